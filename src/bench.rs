@@ -1,0 +1,402 @@
+//! `ordo bench`: enqueue N no-op jobs, drain them with W worker processes, then measure enqueue→start latency at
+//! low load. Never touches real jobs: it works in a scratch database (dropped after) or a private server.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use serde::Serialize;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::queue::{self, NewJob, Queue};
+use crate::tenancy::AccountId;
+use crate::wake::Waker;
+
+/// Errors of a benchmark run.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Database set-up or query failure.
+    #[error(transparent)]
+    Db(#[from] crate::db::Error),
+    /// Queue failure.
+    #[error(transparent)]
+    Queue(#[from] queue::Error),
+    /// SQL failure.
+    #[error(transparent)]
+    Sql(#[from] sqlx::Error),
+    /// Private server failure.
+    #[error(transparent)]
+    Server(#[from] crate::pgserver::Error),
+    /// Spawning workers failed.
+    #[error("failed to start worker processes: {0}")]
+    Spawn(std::io::Error),
+    /// Workers did not drain the queue in time.
+    #[error("the queue was not drained within {0:?}")]
+    Stalled(Duration),
+    /// Bad arguments.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// `ordo bench` flags.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Jobs to enqueue and drain.
+    #[arg(long, default_value_t = 100_000)]
+    pub jobs: usize,
+    /// Concurrency of each worker process.
+    #[arg(long, default_value_t = 256)]
+    pub concurrency: usize,
+    /// Jobs per enqueue transaction.
+    #[arg(long, default_value_t = 1000)]
+    pub batch: usize,
+    /// Worker processes.
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+    /// Latency samples (one job at a time on an idle worker); 0 skips the latency run.
+    #[arg(long, default_value_t = 1000)]
+    pub latency_samples: usize,
+    /// Finished jobs to churn through before the measured run (table growth scenario).
+    #[arg(long, default_value_t = 0)]
+    pub preload_finished: usize,
+    /// Print one line of JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// PostgreSQL server to create the scratch database on; a private server when unset.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Redis for wake-ups; workers poll when unset.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+}
+
+/// Latency percentiles in milliseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Latency {
+    /// Median.
+    pub p50: f64,
+    /// 99th percentile.
+    pub p99: f64,
+}
+
+/// The JSON summary.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// Jobs drained.
+    pub jobs: usize,
+    /// Enqueue rate (one client, `batch` jobs per transaction).
+    pub enqueue_per_s: f64,
+    /// Drain rate from a full queue until the last completion committed.
+    pub drain_per_s: f64,
+    /// Enqueue commit → handler start at low load.
+    pub latency_ms: Option<Latency>,
+    /// Mean time of one claim statement during the drain, in milliseconds.
+    pub claim_ms: Option<f64>,
+    /// Worker processes.
+    pub workers: usize,
+    /// Concurrency per worker.
+    pub concurrency: usize,
+    /// Jobs per enqueue transaction.
+    pub batch: usize,
+    /// Finished jobs in the table before the run.
+    pub preloaded_finished: usize,
+    /// `redis` or `poll`.
+    pub wakeups: &'static str,
+    /// Dead tuples in `job` after the drain.
+    pub dead_tuples: i64,
+    /// Size of the table's indexes after the drain, in bytes.
+    pub index_bytes: i64,
+}
+
+/// Settings of the private benchmark server (BENCH.md): durable defaults, a larger cache and WAL.
+const SERVER_SETTINGS: &[(&str, &str)] = &[
+    ("fsync", "on"),
+    ("synchronous_commit", "on"),
+    ("full_page_writes", "on"),
+    ("shared_buffers", "1GB"),
+    ("max_wal_size", "4GB"),
+    ("checkpoint_timeout", "15min"),
+    ("max_connections", "200"),
+    ("autovacuum", "on"),
+];
+
+/// Runs the benchmark.
+pub async fn run(args: BenchArgs, _shutdown: CancellationToken) -> Result<Summary, Error> {
+    if args.jobs == 0 || args.batch == 0 || args.workers == 0 || args.concurrency == 0 {
+        return Err(Error::Invalid("--jobs, --batch, --workers and --concurrency must be positive".into()));
+    }
+    let mut private = None;
+    let admin_url = match &args.database_url {
+        Some(u) => u.clone(),
+        None => {
+            let dir = std::env::temp_dir().join(format!("ordo-bench-{}", std::process::id()));
+            let port = crate::pgserver::free_port()?;
+            let server = crate::pgserver::PgServer::start(&dir, port, SERVER_SETTINGS)?;
+            let url = server.url("postgres");
+            private = Some((server, dir));
+            url
+        }
+    };
+    let scratch = format!("ordo_bench_{:08x}", rand::random::<u32>());
+    let admin = crate::db::connect(&admin_url, 2).await?;
+    sqlx::query(&format!("create database \"{scratch}\"")).execute(&admin).await?;
+    let url = replace_database(&admin_url, &scratch);
+    let result = measure(&args, &url).await;
+    let _ = sqlx::query(&format!("drop database if exists \"{scratch}\" with (force)")).execute(&admin).await;
+    admin.close().await;
+    if let Some((server, dir)) = private {
+        let _ = server.stop();
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    result
+}
+
+async fn measure(args: &BenchArgs, url: &str) -> Result<Summary, Error> {
+    let pool = crate::db::connect(url, 4).await?;
+    crate::db::migrate(&pool).await?;
+    let account = AccountId::default_account();
+    let shutdown = CancellationToken::new();
+    let waker = match &args.redis_url {
+        Some(r) => Waker::start(r, &scratch_name(&pool).await?, shutdown.clone()).unwrap_or_else(|_| Waker::disabled()),
+        None => Waker::disabled(),
+    };
+    let q = Queue::new(pool.clone(), waker.clone());
+
+    if args.preload_finished > 0 {
+        preload_finished(&pool, args.preload_finished).await?;
+    }
+
+    // Workers start against a paused queue, so the drain is timed from a full queue, not from process start-up.
+    queue::pause(&pool, &account, "default").await?;
+    let mut children = spawn_workers(args, url)?;
+    wait_for_workers(&pool, args.workers).await?;
+
+    let pad = "x".repeat(40);
+    let started = Instant::now();
+    let mut i = 0usize;
+    while i < args.jobs {
+        let n = args.batch.min(args.jobs - i);
+        let jobs: Vec<NewJob> = (i..i + n)
+            .map(|k| NewJob::new("noop", serde_json::json!({"id": k, "pad": pad})))
+            .collect();
+        q.enqueue_many(&account, jobs).await?;
+        i += n;
+    }
+    let enqueue_secs = started.elapsed().as_secs_f64();
+    sqlx::query("analyze job").execute(&pool).await?;
+    sqlx::query("checkpoint").execute(&pool).await?;
+
+    let calls_before = claim_stats(&pool).await;
+    let started = Instant::now();
+    queue::resume(&pool, &account, "default").await?;
+    waker.wake("default");
+    let limit = Duration::from_secs(600);
+    loop {
+        let left: bool = sqlx::query_scalar(
+            r#"
+            select exists (select 1 from job where state in ('available', 'scheduled', 'retryable'))
+                or exists (select 1 from job where state = 'running')
+            "#,
+        )
+        .fetch_one(&pool)
+        .await?;
+        if !left {
+            break;
+        }
+        if started.elapsed() > limit {
+            stop_workers(&mut children).await;
+            return Err(Error::Stalled(limit));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let drain_secs = started.elapsed().as_secs_f64();
+    let claim_ms = match (calls_before, claim_stats(&pool).await) {
+        (Some((c0, t0)), Some((c1, t1))) if c1 > c0 => Some((t1 - t0) / (c1 - c0) as f64),
+        _ => None,
+    };
+    let (dead_tuples, index_bytes): (i64, i64) = sqlx::query_as(
+        "select n_dead_tup, pg_indexes_size('job') from pg_stat_user_tables where relname = 'job'",
+    )
+    .fetch_one(&pool)
+    .await?;
+
+    let latency = if args.latency_samples > 0 { Some(measure_latency(&q, &account, args.latency_samples).await?) } else { None };
+    stop_workers(&mut children).await;
+    shutdown.cancel();
+    pool.close().await;
+    Ok(Summary {
+        jobs: args.jobs,
+        enqueue_per_s: round(args.jobs as f64 / enqueue_secs),
+        drain_per_s: round(args.jobs as f64 / drain_secs),
+        latency_ms: latency,
+        claim_ms: claim_ms.map(|m| (m * 1000.0).round() / 1000.0),
+        workers: args.workers,
+        concurrency: args.concurrency,
+        batch: args.batch,
+        preloaded_finished: args.preload_finished,
+        wakeups: if args.redis_url.is_some() { "redis" } else { "poll" },
+        dead_tuples,
+        index_bytes,
+    })
+}
+
+fn round(x: f64) -> f64 {
+    x.round()
+}
+
+async fn scratch_name(pool: &PgPool) -> Result<String, Error> {
+    Ok(sqlx::query_scalar("select current_database()").fetch_one(pool).await?)
+}
+
+/// Claim statement count and total time (ms), when pg_stat_statements is available; otherwise none.
+async fn claim_stats(pool: &PgPool) -> Option<(i64, f64)> {
+    sqlx::query_as::<_, (i64, f64)>(
+        "select sum(calls)::bigint, sum(total_exec_time) from pg_stat_statements where query like '%with candidate as%'",
+    )
+    .fetch_one(pool)
+    .await
+    .ok()
+}
+
+/// Churns finished jobs through the table (insert, then complete) so the drain runs on a table with history.
+async fn preload_finished(pool: &PgPool, n: usize) -> Result<(), Error> {
+    let mut done = 0;
+    while done < n {
+        let k = 10_000.min(n - done);
+        sqlx::query(
+            r#"
+            insert into job (kind, args, state, attempt, started_at, finished_at)
+            select 'noop', jsonb_build_object('id', g, 'pad', repeat('x', 40)), 'available', 0, null, null
+            from generate_series(1, $1) g
+            "#,
+        )
+        .bind(k as i64)
+        .execute(pool)
+        .await?;
+        sqlx::query(
+            r#"
+            update job
+            set state = 'completed', attempt = 1, started_at = now(), finished_at = now()
+            where state = 'available'
+            "#,
+        )
+        .execute(pool)
+        .await?;
+        done += k;
+    }
+    sqlx::query("vacuum analyze job").execute(pool).await?;
+    Ok(())
+}
+
+fn spawn_workers(args: &BenchArgs, url: &str) -> Result<Vec<tokio::process::Child>, Error> {
+    let exe: PathBuf = std::env::current_exe().map_err(Error::Spawn)?;
+    (0..args.workers)
+        .map(|_| {
+            let mut c = tokio::process::Command::new(&exe);
+            c.arg("worker")
+                .args(["--concurrency", &args.concurrency.to_string()])
+                .env("DATABASE_URL", url)
+                .env("ORDO_POLL_MS", "50")
+                .env("RUST_LOG", "warn")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .kill_on_drop(true);
+            match &args.redis_url {
+                Some(r) => c.env("REDIS_URL", r),
+                None => c.env_remove("REDIS_URL"),
+            };
+            c.spawn().map_err(Error::Spawn)
+        })
+        .collect()
+}
+
+async fn wait_for_workers(pool: &PgPool, n: usize) -> Result<(), Error> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let live: i64 = sqlx::query_scalar("select count(*) from worker").fetch_one(pool).await?;
+        if live as usize >= n {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(Error::Stalled(Duration::from_secs(30)));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn stop_workers(children: &mut [tokio::process::Child]) {
+    for c in children.iter() {
+        if let Some(pid) = c.id() {
+            let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+        }
+    }
+    for c in children.iter_mut() {
+        if tokio::time::timeout(Duration::from_secs(30), c.wait()).await.is_err() {
+            let _ = c.kill().await;
+        }
+    }
+}
+
+/// One job at a time on idle workers: the time from the enqueue's commit (as the client saw it) to the claim
+/// that started the handler.
+async fn measure_latency(q: &Queue, account: &AccountId, samples: usize) -> Result<Latency, Error> {
+    let mut lat = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let job = q.enqueue(account, NewJob::new("noop", serde_json::json!({}))).await?.job;
+        let committed = chrono::Utc::now();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let started: Option<chrono::DateTime<chrono::Utc>> =
+                sqlx::query_scalar("select started_at from job where id = $1").bind(job.id).fetch_one(q.pool()).await?;
+            if let Some(s) = started {
+                let ms = (s - committed).num_microseconds().unwrap_or(0).max(0) as f64 / 1000.0;
+                lat.push(ms);
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(Error::Stalled(Duration::from_secs(10)));
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    lat.sort_by(|a, b| a.total_cmp(b));
+    let pick = |p: f64| lat[((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1];
+    Ok(Latency { p50: (pick(0.50) * 1000.0).round() / 1000.0, p99: (pick(0.99) * 1000.0).round() / 1000.0 })
+}
+
+/// Points a postgres URL at another database, keeping credentials, host and query.
+fn replace_database(url: &str, db: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let host_part = match base[scheme_end..].find('/') {
+        Some(i) => &base[..scheme_end + i],
+        None => base,
+    };
+    match query {
+        Some(q) => format!("{host_part}/{db}?{q}"),
+        None => format!("{host_part}/{db}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The scratch database replaces only the path of the URL.
+    #[test]
+    fn replace_database_keeps_everything_else() {
+        let cases = [
+            ("postgres://u:p@h:5/db", "postgres://u:p@h:5/x"),
+            ("postgres://h/db?sslmode=disable", "postgres://h/x?sslmode=disable"),
+            ("postgres://h:5", "postgres://h:5/x"),
+        ];
+        for (from, to) in cases {
+            assert_eq!(replace_database(from, "x"), to);
+        }
+    }
+}

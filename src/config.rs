@@ -1,0 +1,131 @@
+//! Typed configuration per role: clap flags, each also an environment variable. Defaults live here only.
+
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+use crate::queue::{Retention, RetryPolicy};
+use crate::runtime::WorkerConfig;
+
+/// Errors in the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A required setting is missing.
+    #[error("{0} is required")]
+    Missing(&'static str),
+    /// A setting is out of range.
+    #[error("{name}: {message}")]
+    Invalid {
+        /// The flag.
+        name: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// PostgreSQL.
+#[derive(Debug, Clone, Args)]
+pub struct DbConfig {
+    /// PostgreSQL URL, e.g. postgres://user@host:5432/ordo.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+}
+
+impl DbConfig {
+    /// The URL, or a clear error.
+    pub fn require(&self) -> Result<&str, Error> {
+        self.database_url.as_deref().ok_or(Error::Missing("DATABASE_URL (or --database-url)"))
+    }
+}
+
+/// Redis, the optional fast path.
+#[derive(Debug, Clone, Args)]
+pub struct RedisConfig {
+    /// Redis URL for wake-ups and rate limits; without it ordo polls.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+}
+
+/// Log format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Logging.
+#[derive(Debug, Clone, Args)]
+pub struct TelemetryConfig {
+    /// Log format; levels come from RUST_LOG.
+    #[arg(long = "log", env = "ORDO_LOG", value_enum, default_value = "text", global = true)]
+    pub log: LogFormat,
+}
+
+/// `ordo worker`.
+#[derive(Debug, Clone, Args)]
+pub struct WorkerArgs {
+    /// Pool this worker serves.
+    #[arg(long, env = "ORDO_POOL", default_value = "default")]
+    pub pool: String,
+    /// Version of this worker's code (for rollouts).
+    #[arg(long, env = "ORDO_VERSION", default_value = "v1")]
+    pub version: String,
+    /// Jobs run at once.
+    #[arg(long, env = "ORDO_CONCURRENCY", default_value_t = 16)]
+    pub concurrency: usize,
+    /// Queues served, comma-separated (default: the pool's queues).
+    #[arg(long, env = "ORDO_QUEUES", value_delimiter = ',')]
+    pub queues: Vec<String>,
+    /// Job lease in milliseconds; workers heartbeat every third of it.
+    #[arg(long, env = "ORDO_LEASE_MS", default_value_t = 30_000)]
+    pub lease_ms: u64,
+    /// Idle poll interval in milliseconds when no wake-up arrives.
+    #[arg(long, env = "ORDO_POLL_MS", default_value_t = 1_000)]
+    pub poll_ms: u64,
+    /// Default per-job timeout in milliseconds (a job's `timeout_ms` overrides it).
+    #[arg(long, env = "ORDO_JOB_TIMEOUT_MS", default_value_t = 300_000)]
+    pub job_timeout_ms: u64,
+    /// How long running jobs may finish after SIGTERM before they are handed back, in milliseconds.
+    #[arg(long, env = "ORDO_DRAIN_MS", default_value_t = 25_000)]
+    pub drain_ms: u64,
+    /// Hours finished jobs are kept (jobs with an idempotency key at least 7 days).
+    #[arg(long, env = "ORDO_RETAIN_FINISHED_HOURS", default_value_t = 24)]
+    pub retain_finished_hours: u64,
+    /// Base of the retry backoff in milliseconds (the first retry waits up to this).
+    #[arg(long, env = "ORDO_RETRY_BASE_MS", default_value_t = 1_000, hide = true)]
+    pub retry_base_ms: u64,
+}
+
+impl WorkerArgs {
+    /// Validates and converts into the runtime's config.
+    pub fn to_config(&self, redis: &RedisConfig) -> Result<WorkerConfig, Error> {
+        if self.concurrency == 0 || self.concurrency > 10_000 {
+            return Err(Error::Invalid { name: "--concurrency", message: "must be 1 to 10000".into() });
+        }
+        if self.lease_ms < 300 {
+            return Err(Error::Invalid { name: "ORDO_LEASE_MS", message: "must be at least 300".into() });
+        }
+        if self.poll_ms == 0 {
+            return Err(Error::Invalid { name: "ORDO_POLL_MS", message: "must be positive".into() });
+        }
+        let mut cfg = WorkerConfig::new(&self.pool, &self.version);
+        let queues: Vec<String> = self.queues.iter().map(|q| q.trim().to_owned()).filter(|q| !q.is_empty()).collect();
+        if !queues.is_empty() {
+            cfg.queues = queues;
+        }
+        cfg.concurrency = self.concurrency;
+        cfg.lease = Duration::from_millis(self.lease_ms);
+        cfg.poll = Duration::from_millis(self.poll_ms);
+        cfg.default_timeout = Duration::from_millis(self.job_timeout_ms.max(1));
+        cfg.drain = Duration::from_millis(self.drain_ms);
+        cfg.retry = RetryPolicy { base: Duration::from_millis(self.retry_base_ms.max(1)), ..RetryPolicy::default() };
+        cfg.redis_url = redis.redis_url.clone();
+        cfg.retention = Retention {
+            finished: Duration::from_secs(self.retain_finished_hours * 3600),
+            ..Retention::default()
+        };
+        Ok(cfg)
+    }
+}

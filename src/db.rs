@@ -1,0 +1,82 @@
+//! Connection pools and the embedded migrations. Every role connects through here.
+
+use std::time::Duration;
+
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+
+/// The schema migrations in `migrations/`, embedded in the binary.
+pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// Errors from connecting or migrating.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The database URL could not be parsed.
+    #[error("invalid database url: {0}")]
+    InvalidUrl(String),
+    /// The server did not answer within the connect timeout.
+    #[error("could not connect to postgres at {target}: {source}")]
+    Connect {
+        /// Host and port tried, without credentials.
+        target: String,
+        /// The underlying error.
+        source: sqlx::Error,
+    },
+    /// Applying or checking migrations failed.
+    #[error(transparent)]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The schema is older than this binary needs.
+    #[error("database schema is at version {found}, this binary needs {needed}: run `ordo migrate`")]
+    SchemaTooOld {
+        /// Latest applied migration.
+        found: i64,
+        /// Latest migration this binary knows.
+        needed: i64,
+    },
+    /// Any other database error.
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// Result alias for this module.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Connects a pool of at most `max` connections; fails fast (5 s) when nothing answers.
+pub async fn connect(url: &str, max: u32) -> Result<PgPool> {
+    let opts: PgConnectOptions = url.parse().map_err(|e: sqlx::Error| Error::InvalidUrl(e.to_string()))?;
+    let target = format!("{}:{}/{}", opts.get_host(), opts.get_port(), opts.get_database().unwrap_or(""));
+    PgPoolOptions::new()
+        .max_connections(max)
+        .min_connections(0)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(opts)
+        .await
+        .map_err(|source| Error::Connect { target, source })
+}
+
+/// Applies every embedded migration not yet applied. Newer migrations unknown to this binary are ignored, so an
+/// older binary keeps running against a newer schema during a rollout.
+pub async fn migrate(pool: &PgPool) -> Result<()> {
+    let migrator = Migrator {
+        migrations: MIGRATOR.migrations.clone(),
+        ignore_missing: true,
+        ..Migrator::DEFAULT
+    };
+    migrator.run(pool).await?;
+    Ok(())
+}
+
+/// Checks at start that every migration this binary knows has been applied.
+pub async fn check_schema(pool: &PgPool) -> Result<()> {
+    let needed = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+    let found: Option<i64> = sqlx::query_scalar("select max(version) from _sqlx_migrations where success")
+        .fetch_one(pool)
+        .await
+        .unwrap_or(None);
+    let found = found.unwrap_or(0);
+    if found < needed {
+        return Err(Error::SchemaTooOld { found, needed });
+    }
+    Ok(())
+}

@@ -1,0 +1,35 @@
+//! ordo: a durable orchestration engine on PostgreSQL.
+//!
+//! ```text
+//!  clients ──HTTP──▶ api ──┐                      ┌──▶ workers (pool P, version V) ──▶ handlers (ordo-workers)
+//!  cron ──▶ scheduler ─────┼──▶ PostgreSQL ◀──────┤        │ claim · heartbeat · complete (batched)
+//!  autoscaler ◀── depth ───┘   (source of truth)  └── rollout routing
+//!                 └── Redis: wake-ups, rate limits (soft state; losing it loses nothing)
+//! ```
+//!
+//! - [`db`]: pools and embedded migrations.
+//! - [`queue`]: the durable queue; the only writer of `job` rows.
+//! - [`runtime`]: the worker process: claim, execute, complete in batches, heartbeat, drain.
+//! - [`tenancy`]: account ids.
+//! - [`leader`]: named leases that elect one holder for singleton work.
+//! - [`wake`]: Redis wake-ups, a hint beside the poll loop.
+#![warn(missing_docs)]
+
+pub mod bench;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod leader;
+pub mod pgserver;
+pub mod queue;
+pub mod runtime;
+pub mod supervisor;
+pub mod telemetry;
+pub mod tenancy;
+pub mod wake;
+
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;
+/// Probe job kinds for crash and concurrency tests.
+#[cfg(feature = "testkit")]
+pub mod probe;

@@ -1,0 +1,5 @@
+//! The `ordo` binary: every role is a subcommand.
+
+fn main() -> std::process::ExitCode {
+    ordo::cli::main()
+}

@@ -1,0 +1,166 @@
+//! Jobs as users see them: read, list, cancel, retry; queue pause and resume. Every query names its account.
+
+use std::sync::LazyLock;
+
+use sqlx::{PgConnection, PgExecutor};
+
+use super::types::JOB_COLUMNS;
+use super::{Error, Job, JobId, JobState, Result};
+use crate::tenancy::AccountId;
+
+static GET_SQL: LazyLock<String> =
+    LazyLock::new(|| format!("select {JOB_COLUMNS} from job where account_id = $1 and id = $2"));
+
+/// Reads one job of the account.
+pub async fn get<'e>(exec: impl PgExecutor<'e>, account: &AccountId, id: JobId) -> Result<Job> {
+    sqlx::query_as::<_, Job>(GET_SQL.as_str())
+        .bind(account.as_str())
+        .bind(id)
+        .fetch_optional(exec)
+        .await?
+        .ok_or(Error::NotFound { id })
+}
+
+/// Filters of a job listing.
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    /// Only this queue.
+    pub queue: Option<String>,
+    /// Only this state.
+    pub state: Option<JobState>,
+    /// Only this kind.
+    pub kind: Option<String>,
+    /// Only ids below this one (the cursor of the previous page).
+    pub before: Option<JobId>,
+    /// Page size.
+    pub limit: i64,
+}
+
+static LIST_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        r#"
+        select {JOB_COLUMNS}
+        from job
+        where account_id = $1
+          and ($2::text is null or queue = $2)
+          and ($3::text is null or state = $3)
+          and ($4::text is null or kind = $4)
+          and ($5::bigint is null or id < $5)
+        order by id desc
+        limit $6
+        "#
+    )
+});
+
+/// Lists the account's jobs newest first; returns the page and the cursor of the next one.
+pub async fn list<'e>(exec: impl PgExecutor<'e>, account: &AccountId, f: &JobFilter) -> Result<(Vec<Job>, Option<JobId>)> {
+    // Custom plans: the optional filters change which index is right.
+    let mut jobs: Vec<Job> = sqlx::query_as(LIST_SQL.as_str())
+        .persistent(false)
+        .bind(account.as_str())
+        .bind(&f.queue)
+        .bind(f.state)
+        .bind(&f.kind)
+        .bind(f.before)
+        .bind(f.limit + 1)
+        .fetch_all(exec)
+        .await?;
+    let next = if jobs.len() as i64 > f.limit {
+        jobs.truncate(f.limit as usize);
+        jobs.last().map(|j| j.id)
+    } else {
+        None
+    };
+    Ok((jobs, next))
+}
+
+static CANCEL_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        r#"
+        update job
+        set state = 'cancelled',
+            finished_at = now(),
+            leased_until = null
+        where account_id = $1
+          and id = $2
+          and state in ('scheduled', 'available', 'retryable', 'running')
+        returning {JOB_COLUMNS}
+        "#
+    )
+});
+
+/// Cancels a job that has not finished. A running job's worker loses its lease: its outcome is refused.
+pub async fn cancel(conn: &mut PgConnection, account: &AccountId, id: JobId) -> Result<Job> {
+    let job: Option<Job> = sqlx::query_as(CANCEL_SQL.as_str())
+        .bind(account.as_str())
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    match job {
+        Some(j) => Ok(j),
+        None => {
+            let current = get(&mut *conn, account, id).await?;
+            Err(Error::InvalidState { id, state: current.state, action: "cancel" })
+        }
+    }
+}
+
+static RETRY_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        r#"
+        update job
+        set state = 'available',
+            run_at = now(),
+            finished_at = null,
+            max_attempts = greatest(max_attempts, attempt + 1),
+            version = null
+        where account_id = $1
+          and id = $2
+          and state in ('discarded', 'cancelled', 'retryable', 'scheduled')
+        returning {JOB_COLUMNS}
+        "#
+    )
+});
+
+/// Makes a discarded, cancelled, retryable or scheduled job available now; one with its attempts used up gets one
+/// more.
+pub async fn retry(conn: &mut PgConnection, account: &AccountId, id: JobId) -> Result<Job> {
+    let job: Option<Job> = sqlx::query_as(RETRY_SQL.as_str())
+        .bind(account.as_str())
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    match job {
+        Some(j) => Ok(j),
+        None => {
+            let current = get(&mut *conn, account, id).await?;
+            Err(Error::InvalidState { id, state: current.state, action: "retry" })
+        }
+    }
+}
+
+/// Pauses a queue for the account: its jobs wait, running ones finish. Pausing twice is harmless.
+pub async fn pause<'e>(exec: impl PgExecutor<'e>, account: &AccountId, queue: &str) -> Result<()> {
+    sqlx::query(
+        r#"
+        insert into queue_pause (account_id, queue)
+        values ($1, $2)
+        on conflict (account_id, queue) do nothing
+        "#,
+    )
+    .bind(account.as_str())
+    .bind(queue)
+    .execute(exec)
+    .await?;
+    Ok(())
+}
+
+/// Resumes a paused queue. Resuming a running queue is harmless.
+pub async fn resume<'e>(exec: impl PgExecutor<'e>, account: &AccountId, queue: &str) -> Result<()> {
+    sqlx::query("delete from queue_pause where account_id = $1 and queue = $2")
+        .bind(account.as_str())
+        .bind(queue)
+        .execute(exec)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,95 @@
+//! Claiming: one statement takes up to N runnable jobs of one queue and leases them.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use sqlx::PgExecutor;
+
+use super::types::JOB_COLUMNS;
+use super::{Job, Result};
+
+static CLAIM_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        r#"
+        with candidate as (
+            select j.id
+            from job j
+            where j.state in ('available', 'scheduled', 'retryable')
+              and j.queue = $1
+              and j.run_at <= now()
+              and j.kind = any($2)
+              and (j.version is null or j.version = $3)
+              and not exists (
+                  select 1 from queue_pause p where p.account_id = j.account_id and p.queue = j.queue
+              )
+              and (j.concurrency_key is null or not exists (
+                  select 1
+                  from job e
+                  where e.account_id = j.account_id
+                    and e.concurrency_key = j.concurrency_key
+                    and e.id < j.id
+                    and e.state in ('available', 'scheduled', 'retryable', 'running')
+                    and (e.state <> 'scheduled' or e.run_at <= now())
+              ))
+            order by j.priority, j.run_at, j.id
+            limit $4
+            for update skip locked
+        )
+        update job
+        set state = 'running',
+            attempt = job.attempt + 1,
+            started_at = now(),
+            leased_until = now() + make_interval(secs => $5),
+            lease_owner = $6,
+            pool = $7,
+            version = $3
+        from candidate
+        where job.id = candidate.id
+        returning {cols}
+        "#,
+        cols = JOB_COLUMNS.split(", ").map(|c| format!("job.{c}")).collect::<Vec<_>>().join(", ")
+    )
+});
+
+/// What a worker asks for in one claim.
+#[derive(Debug, Clone)]
+pub struct ClaimRequest<'a> {
+    /// The queue to claim from (one queue per statement keeps the claim an ordered index scan).
+    pub queue: &'a str,
+    /// Kinds the worker has handlers for; others wait for a worker that knows them.
+    pub kinds: &'a [String],
+    /// The worker's pool, recorded on the job.
+    pub pool: &'a str,
+    /// The worker's version: it takes jobs routed to it and unrouted ones.
+    pub version: &'a str,
+    /// The worker id, recorded as lease owner.
+    pub worker_id: &'a str,
+    /// How long the lease lasts before another worker may take the job over.
+    pub lease: Duration,
+    /// At most this many jobs (the worker's free slots).
+    pub limit: i64,
+}
+
+/// Claims up to `limit` runnable jobs: due, not paused, of a known kind, routed to this version or to none, and
+/// not blocked by an earlier unfinished job of the same concurrency key. Each claimed job is `running`, its
+/// `attempt` bumped and its lease set.
+pub async fn claim<'e>(exec: impl PgExecutor<'e>, req: &ClaimRequest<'_>) -> Result<Vec<Job>> {
+    if req.limit <= 0 {
+        return Ok(Vec::new());
+    }
+    // The locking select lives in a CTE: as a plain subquery the planner may lock more rows than the limit.
+    // `persistent(false)` sends an unnamed statement, planned with the actual limit every time: a cached generic
+    // plan can flip to a full scan once statistics change.
+    let jobs = sqlx::query_as::<_, Job>(CLAIM_SQL.as_str())
+    .persistent(false)
+    .bind(req.queue)
+    .bind(req.kinds)
+    .bind(req.version)
+    .bind(req.limit)
+    .bind(req.lease.as_secs_f64())
+    .bind(req.worker_id)
+    .bind(req.pool)
+    .fetch_all(exec)
+    .await?;
+    Ok(jobs)
+}

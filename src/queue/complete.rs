@@ -1,0 +1,280 @@
+//! Settling running jobs: complete, fail, snooze, cancel, hand back, and heartbeat. Every statement is fenced by
+//! `(id, attempt, state = 'running')` and returns the ids it changed, so the caller learns which leases were lost.
+//! The batch forms take `unnest` arrays: one round trip settles a whole batch.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::{PgConnection, PgExecutor};
+
+use super::{Error, JobId, Result};
+
+/// A successful attempt.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    /// The job.
+    pub id: JobId,
+    /// The attempt that held the lease.
+    pub attempt: i32,
+    /// The handler's result (`Value::Null` for none).
+    pub result: Value,
+}
+
+/// A failed attempt.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    /// The job.
+    pub id: JobId,
+    /// The attempt that held the lease.
+    pub attempt: i32,
+    /// Why it failed; recorded in the job's error history.
+    pub message: String,
+    /// A permanent failure discards the job whatever attempts remain.
+    pub permanent: bool,
+    /// When to run again if attempts remain.
+    pub retry_at: DateTime<Utc>,
+}
+
+/// A snooze: run again later without using up the attempt.
+#[derive(Debug, Clone)]
+pub struct Snooze {
+    /// The job.
+    pub id: JobId,
+    /// The attempt that held the lease.
+    pub attempt: i32,
+    /// How long to wait.
+    pub delay: Duration,
+}
+
+/// Longest error message kept per attempt; handlers sometimes put whole response bodies in errors.
+const MAX_ERROR_LEN: usize = 4096;
+
+fn truncate(s: &str) -> String {
+    if s.len() <= MAX_ERROR_LEN {
+        return s.to_owned();
+    }
+    let mut end = MAX_ERROR_LEN;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+fn ids_attempts<'a>(items: impl Iterator<Item = (&'a JobId, &'a i32)>) -> (Vec<i64>, Vec<i32>) {
+    items.map(|(id, a)| (id.0, *a)).unzip()
+}
+
+fn to_ids(rows: Vec<i64>) -> Vec<JobId> {
+    rows.into_iter().map(JobId).collect()
+}
+
+/// Marks jobs completed; returns the ids whose lease was still held (the others were fenced off).
+pub async fn complete_many<'e>(exec: impl PgExecutor<'e>, items: &[Completion]) -> Result<Vec<JobId>> {
+    if items.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (ids, attempts) = ids_attempts(items.iter().map(|c| (&c.id, &c.attempt)));
+    let results: Vec<Option<&Value>> = items.iter().map(|c| (!c.result.is_null()).then_some(&c.result)).collect();
+    let rows: Vec<i64> = sqlx::query_scalar(
+        r#"
+        update job
+        set state = 'completed',
+            finished_at = now(),
+            result = r.result,
+            leased_until = null
+        from unnest($1::bigint[], $2::int[], $3::jsonb[]) as r(id, attempt, result)
+        where job.id = r.id
+          and job.attempt = r.attempt
+          and job.state = 'running'
+        returning job.id
+        "#,
+    )
+    .bind(&ids)
+    .bind(&attempts)
+    .bind(&results)
+    .fetch_all(exec)
+    .await?;
+    Ok(to_ids(rows))
+}
+
+/// Completes one job inside the caller's transaction, so an engine handler's effects commit with the completion
+/// or not at all. Errors with [`Error::LeaseLost`] when the attempt no longer holds the lease.
+pub async fn complete_in(conn: &mut PgConnection, id: JobId, attempt: i32, result: Value) -> Result<()> {
+    let done = complete_many(&mut *conn, &[Completion { id, attempt, result }]).await?;
+    if done.is_empty() {
+        return Err(Error::LeaseLost { id, attempt });
+    }
+    Ok(())
+}
+
+/// Records failed attempts: each job becomes `retryable` at its `retry_at`, or `discarded` when the failure is
+/// permanent or its attempts are used up. Returns the ids changed.
+pub async fn fail_many<'e>(exec: impl PgExecutor<'e>, items: &[Failure]) -> Result<Vec<JobId>> {
+    if items.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (ids, attempts) = ids_attempts(items.iter().map(|f| (&f.id, &f.attempt)));
+    let messages: Vec<String> = items.iter().map(|f| truncate(&f.message)).collect();
+    let permanent: Vec<bool> = items.iter().map(|f| f.permanent).collect();
+    let retry_at: Vec<DateTime<Utc>> = items.iter().map(|f| f.retry_at).collect();
+    let rows: Vec<i64> = sqlx::query_scalar(
+        r#"
+        update job
+        set state = case when r.permanent or job.attempt >= job.max_attempts then 'discarded' else 'retryable' end,
+            run_at = case when r.permanent or job.attempt >= job.max_attempts then job.run_at else r.retry_at end,
+            finished_at = case when r.permanent or job.attempt >= job.max_attempts then now() end,
+            errors = job.errors || jsonb_build_array(jsonb_build_object(
+                'attempt', job.attempt,
+                'at', to_char(now() at time zone 'utc', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+                'message', r.message)),
+            leased_until = null,
+            -- a retry is routed afresh, so it never waits for a retired version
+            version = null
+        from unnest($1::bigint[], $2::int[], $3::text[], $4::bool[], $5::timestamptz[])
+             as r(id, attempt, message, permanent, retry_at)
+        where job.id = r.id
+          and job.attempt = r.attempt
+          and job.state = 'running'
+        returning job.id
+        "#,
+    )
+    .bind(&ids)
+    .bind(&attempts)
+    .bind(&messages)
+    .bind(&permanent)
+    .bind(&retry_at)
+    .fetch_all(exec)
+    .await?;
+    Ok(to_ids(rows))
+}
+
+/// Puts jobs back to wait `delay` without using up the attempt. Returns the ids changed.
+pub async fn snooze_many<'e>(exec: impl PgExecutor<'e>, items: &[Snooze]) -> Result<Vec<JobId>> {
+    if items.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (ids, attempts) = ids_attempts(items.iter().map(|s| (&s.id, &s.attempt)));
+    let delays: Vec<f64> = items.iter().map(|s| s.delay.as_secs_f64()).collect();
+    let rows: Vec<i64> = sqlx::query_scalar(
+        r#"
+        update job
+        set state = case when r.delay > 0 then 'scheduled' else 'available' end,
+            run_at = now() + make_interval(secs => r.delay),
+            attempt = job.attempt - 1,
+            leased_until = null,
+            version = null
+        from unnest($1::bigint[], $2::int[], $3::float8[]) as r(id, attempt, delay)
+        where job.id = r.id
+          and job.attempt = r.attempt
+          and job.state = 'running'
+        returning job.id
+        "#,
+    )
+    .bind(&ids)
+    .bind(&attempts)
+    .bind(&delays)
+    .fetch_all(exec)
+    .await?;
+    Ok(to_ids(rows))
+}
+
+/// Cancels running jobs at their handler's request, recording the reason. Returns the ids changed.
+pub async fn cancel_running<'e>(exec: impl PgExecutor<'e>, items: &[(JobId, i32, String)]) -> Result<Vec<JobId>> {
+    if items.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (ids, attempts) = ids_attempts(items.iter().map(|(id, a, _)| (id, a)));
+    let reasons: Vec<String> = items.iter().map(|(_, _, r)| truncate(r)).collect();
+    let rows: Vec<i64> = sqlx::query_scalar(
+        r#"
+        update job
+        set state = 'cancelled',
+            finished_at = now(),
+            errors = job.errors || jsonb_build_array(jsonb_build_object(
+                'attempt', job.attempt,
+                'at', to_char(now() at time zone 'utc', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+                'message', 'cancelled: ' || r.reason)),
+            leased_until = null
+        from unnest($1::bigint[], $2::int[], $3::text[]) as r(id, attempt, reason)
+        where job.id = r.id
+          and job.attempt = r.attempt
+          and job.state = 'running'
+        returning job.id
+        "#,
+    )
+    .bind(&ids)
+    .bind(&attempts)
+    .bind(&reasons)
+    .fetch_all(exec)
+    .await?;
+    Ok(to_ids(rows))
+}
+
+/// Hands jobs back at shutdown: available at once, the attempt not used up. Returns the ids changed.
+pub async fn hand_back<'e>(exec: impl PgExecutor<'e>, items: &[(JobId, i32)]) -> Result<Vec<JobId>> {
+    if items.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (ids, attempts) = ids_attempts(items.iter().map(|(id, a)| (id, a)));
+    let rows: Vec<i64> = sqlx::query_scalar(
+        r#"
+        update job
+        set state = 'available',
+            attempt = job.attempt - 1,
+            run_at = least(job.run_at, now()),
+            leased_until = null,
+            version = null
+        from unnest($1::bigint[], $2::int[]) as r(id, attempt)
+        where job.id = r.id
+          and job.attempt = r.attempt
+          and job.state = 'running'
+        returning job.id
+        "#,
+    )
+    .bind(&ids)
+    .bind(&attempts)
+    .fetch_all(exec)
+    .await?;
+    Ok(to_ids(rows))
+}
+
+/// Extends the leases of running jobs; returns the ids still held (a missing id means the lease was lost).
+pub async fn heartbeat<'e>(exec: impl PgExecutor<'e>, items: &[(JobId, i32)], lease: Duration) -> Result<Vec<JobId>> {
+    if items.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (ids, attempts) = ids_attempts(items.iter().map(|(id, a)| (id, a)));
+    let rows: Vec<i64> = sqlx::query_scalar(
+        r#"
+        update job
+        set leased_until = now() + make_interval(secs => $3)
+        from unnest($1::bigint[], $2::int[]) as r(id, attempt)
+        where job.id = r.id
+          and job.attempt = r.attempt
+          and job.state = 'running'
+        returning job.id
+        "#,
+    )
+    .bind(&ids)
+    .bind(&attempts)
+    .bind(lease.as_secs_f64())
+    .fetch_all(exec)
+    .await?;
+    Ok(to_ids(rows))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Long error messages are cut on a character boundary.
+    #[test]
+    fn truncate_keeps_char_boundaries() {
+        let s = "é".repeat(MAX_ERROR_LEN);
+        let t = truncate(&s);
+        assert!(t.len() <= MAX_ERROR_LEN + "…".len());
+        assert!(t.ends_with('…'));
+        assert_eq!(truncate("short"), "short");
+    }
+}

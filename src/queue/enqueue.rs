@@ -1,0 +1,266 @@
+//! Enqueue one or many jobs, idempotently when a key is given.
+//!
+//! Idempotency is race-free without check-then-insert: the insert is `on conflict do nothing` against the unique
+//! index on `(account_id, idempotency_key)`, which waits for a concurrent inserter of the same key to commit; a
+//! conflict then reads the winner back and compares payload fingerprints.
+
+use sha2::{Digest, Sha256};
+use sqlx::PgConnection;
+
+use super::types::JOB_COLUMNS;
+use super::{Error, Job, JobId, NewJob, Result};
+use crate::tenancy::AccountId;
+
+/// The result of enqueueing one job.
+#[derive(Debug, Clone)]
+pub struct Enqueued {
+    /// The job (the existing one on a replay).
+    pub job: Job,
+    /// True when the idempotency key matched an existing job with the same payload.
+    pub replayed: bool,
+}
+
+/// The result for one job of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EnqueueOutcome {
+    /// The job's id.
+    pub id: JobId,
+    /// True when an existing job was returned for its idempotency key.
+    pub replayed: bool,
+}
+
+/// The fingerprint of a payload: SHA-256 of its canonical JSON (object keys sorted).
+pub fn fingerprint(payload: &serde_json::Value) -> Vec<u8> {
+    // serde_json's map is ordered by key (no `preserve_order`), so equal payloads serialise identically.
+    Sha256::digest(payload.to_string().as_bytes()).to_vec()
+}
+
+fn job_fingerprint(job: &NewJob) -> Vec<u8> {
+    if let Some(f) = &job.fingerprint {
+        return f.clone();
+    }
+    fingerprint(&serde_json::json!({
+        "kind": job.kind,
+        "args": job.args,
+        "queue": job.queue,
+        "priority": job.priority,
+        "run_at": job.run_at,
+        "max_attempts": job.max_attempts,
+        "timeout_ms": job.timeout_ms,
+        "concurrency_key": job.concurrency_key,
+    }))
+}
+
+/// Takes the per-key advisory locks so that, within one concurrency key, id order is commit order.
+async fn lock_concurrency_keys(conn: &mut PgConnection, account: &AccountId, keys: &[&str]) -> Result<()> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    // Sorted and deduplicated, so two batches sharing keys cannot deadlock.
+    let mut keys: Vec<String> = keys.iter().map(|k| format!("{account}:{k}")).collect();
+    keys.sort();
+    keys.dedup();
+    sqlx::query(
+        r#"
+        select pg_advisory_xact_lock(hashtextextended(k, 0))
+        from unnest($1::text[]) with ordinality as t(k, ord)
+        order by ord
+        "#,
+    )
+    .bind(&keys)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Enqueues one job on `conn` (which may be inside the caller's transaction). Wake workers after commit with
+/// [`crate::wake::Waker::wake`]; [`super::Queue::enqueue`] does both.
+pub async fn enqueue(conn: &mut PgConnection, account: &AccountId, job: NewJob) -> Result<Enqueued> {
+    job.validate().map_err(Error::Invalid)?;
+    match job.concurrency_key.clone() {
+        Some(key) => {
+            // A savepoint when the caller already runs a transaction; the advisory lock lives until the outer
+            // commit either way.
+            let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+            lock_concurrency_keys(&mut tx, account, &[key.as_str()]).await?;
+            let out = insert_one(&mut tx, account, job).await?;
+            tx.commit().await?;
+            Ok(out)
+        }
+        None => insert_one(conn, account, job).await,
+    }
+}
+
+async fn insert_one(conn: &mut PgConnection, account: &AccountId, job: NewJob) -> Result<Enqueued> {
+    let fp = job.idempotency_key.as_ref().map(|_| job_fingerprint(&job));
+    let inserted: Option<Job> = sqlx::query_as(&format!(
+        r#"
+        insert into job (account_id, queue, kind, args, state, priority, max_attempts, run_at, timeout_ms,
+                         idempotency_key, fingerprint, concurrency_key, version, traceparent)
+        values ($1, $2, $3, $4,
+                case when coalesce($7, now()) > now() then 'scheduled' else 'available' end,
+                $5, $6, coalesce($7, now()), $8, $9, $10, $11, $12, $13)
+        on conflict (account_id, idempotency_key) where idempotency_key is not null do nothing
+        returning {JOB_COLUMNS}
+        "#
+    ))
+    .bind(account.as_str())
+    .bind(&job.queue)
+    .bind(&job.kind)
+    .bind(&job.args)
+    .bind(job.priority)
+    .bind(job.max_attempts)
+    .bind(job.run_at)
+    .bind(job.timeout_ms)
+    .bind(&job.idempotency_key)
+    .bind(&fp)
+    .bind(&job.concurrency_key)
+    .bind(&job.version)
+    .bind(&job.traceparent)
+    .fetch_optional(&mut *conn)
+    .await?;
+    match inserted {
+        Some(job) => Ok(Enqueued { job, replayed: false }),
+        None => {
+            let key = job.idempotency_key.clone().unwrap_or_default();
+            let (existing, existing_fp): (Job, Option<Vec<u8>>) = find_by_key(conn, account, &key).await?;
+            if existing_fp != fp {
+                return Err(Error::IdempotencyConflict { key, index: None });
+            }
+            Ok(Enqueued { job: existing, replayed: true })
+        }
+    }
+}
+
+async fn find_by_key(conn: &mut PgConnection, account: &AccountId, key: &str) -> Result<(Job, Option<Vec<u8>>)> {
+    let job: Job = sqlx::query_as(&format!(
+        "select {JOB_COLUMNS} from job where account_id = $1 and idempotency_key = $2"
+    ))
+    .bind(account.as_str())
+    .bind(key)
+    .fetch_one(&mut *conn)
+    .await?;
+    let fp: Option<Vec<u8>> = sqlx::query_scalar("select fingerprint from job where id = $1")
+        .bind(job.id)
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok((job, fp))
+}
+
+/// Enqueues many jobs with one statement. Call inside a transaction: a conflict on any idempotency key fails the
+/// whole batch (the caller rolls back). Ids are drawn in batch order.
+pub async fn enqueue_many(conn: &mut PgConnection, account: &AccountId, jobs: &[NewJob]) -> Result<Vec<EnqueueOutcome>> {
+    if jobs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut invalid = Vec::new();
+    for (i, j) in jobs.iter().enumerate() {
+        if let Err(errs) = j.validate() {
+            invalid.extend(errs.into_iter().map(|e| super::FieldError::new(format!("/jobs/{i}{}", e.path), e.message)));
+        }
+    }
+    if !invalid.is_empty() {
+        return Err(Error::Invalid(invalid));
+    }
+    let keys: Vec<&str> = jobs.iter().filter_map(|j| j.concurrency_key.as_deref()).collect();
+    lock_concurrency_keys(conn, account, &keys).await?;
+
+    let n = jobs.len();
+    let mut queue = Vec::with_capacity(n);
+    let mut kind = Vec::with_capacity(n);
+    let mut args = Vec::with_capacity(n);
+    let mut priority = Vec::with_capacity(n);
+    let mut max_attempts = Vec::with_capacity(n);
+    let mut run_at = Vec::with_capacity(n);
+    let mut timeout_ms = Vec::with_capacity(n);
+    let mut idem = Vec::with_capacity(n);
+    let mut fps = Vec::with_capacity(n);
+    let mut ckey = Vec::with_capacity(n);
+    let mut version = Vec::with_capacity(n);
+    let mut trace = Vec::with_capacity(n);
+    for j in jobs {
+        queue.push(j.queue.as_str());
+        kind.push(j.kind.as_str());
+        args.push(&j.args);
+        priority.push(j.priority);
+        max_attempts.push(j.max_attempts);
+        run_at.push(j.run_at);
+        timeout_ms.push(j.timeout_ms);
+        idem.push(j.idempotency_key.as_deref());
+        fps.push(j.idempotency_key.as_ref().map(|_| job_fingerprint(j)));
+        ckey.push(j.concurrency_key.as_deref());
+        version.push(j.version.as_deref());
+        trace.push(j.traceparent.as_deref());
+    }
+    let rows: Vec<(i64, i64, bool)> = sqlx::query_as(
+        r#"
+        with input as materialized (
+            select nextval('job_id_seq') as id, t.*
+            from unnest($2::text[], $3::text[], $4::jsonb[], $5::smallint[], $6::int[], $7::timestamptz[],
+                        $8::int[], $9::text[], $10::bytea[], $11::text[], $12::text[], $13::text[])
+                 with ordinality
+                 as t(queue, kind, args, priority, max_attempts, run_at, timeout_ms, idempotency_key,
+                      fingerprint, concurrency_key, version, traceparent, ord)
+        ),
+        ins as (
+            insert into job (id, account_id, queue, kind, args, state, priority, max_attempts, run_at, timeout_ms,
+                             idempotency_key, fingerprint, concurrency_key, version, traceparent)
+            select id, $1, queue, kind, args,
+                   case when coalesce(run_at, now()) > now() then 'scheduled' else 'available' end,
+                   priority, max_attempts, coalesce(run_at, now()), timeout_ms,
+                   idempotency_key, fingerprint, concurrency_key, version, traceparent
+            from input
+            order by ord
+            on conflict (account_id, idempotency_key) where idempotency_key is not null do nothing
+            returning id
+        )
+        select input.ord, input.id, ins.id is not null
+        from input
+        left join ins on ins.id = input.id
+        order by input.ord
+        "#,
+    )
+    .bind(account.as_str())
+    .bind(&queue)
+    .bind(&kind)
+    .bind(&args)
+    .bind(&priority)
+    .bind(&max_attempts)
+    .bind(&run_at)
+    .bind(&timeout_ms)
+    .bind(&idem)
+    .bind(&fps)
+    .bind(&ckey)
+    .bind(&version)
+    .bind(&trace)
+    .fetch_all(&mut *conn)
+    .await?;
+
+    let mut out: Vec<EnqueueOutcome> =
+        rows.iter().map(|&(_, id, inserted)| EnqueueOutcome { id: JobId(id), replayed: !inserted }).collect();
+    let conflicted: Vec<usize> = rows.iter().enumerate().filter(|(_, r)| !r.2).map(|(i, _)| i).collect();
+    if conflicted.is_empty() {
+        return Ok(out);
+    }
+    let conflict_keys: Vec<&str> = conflicted.iter().filter_map(|&i| idem[i]).collect();
+    let existing: Vec<(i64, String, Option<Vec<u8>>)> = sqlx::query_as(
+        r#"
+        select id, idempotency_key, fingerprint
+        from job
+        where account_id = $1
+          and idempotency_key = any($2)
+        "#,
+    )
+    .bind(account.as_str())
+    .bind(&conflict_keys)
+    .fetch_all(&mut *conn)
+    .await?;
+    for i in conflicted {
+        let key = idem[i].unwrap_or_default();
+        match existing.iter().find(|(_, k, _)| k == key) {
+            Some((id, _, fp)) if *fp == fps[i] => out[i] = EnqueueOutcome { id: JobId(*id), replayed: true },
+            _ => return Err(Error::IdempotencyConflict { key: key.to_owned(), index: Some(i) }),
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,171 @@
+//! Queue maintenance: rescue expired leases, promote due jobs, prune finished ones. Each step is idempotent and
+//! works in bounded batches, so two holders overlapping after a lease handover do no harm.
+
+use std::time::Duration;
+
+use sqlx::PgExecutor;
+
+use super::{JobId, Result, RetryPolicy};
+
+/// How long finished jobs are kept.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// Finished jobs without an idempotency key.
+    pub finished: Duration,
+    /// Finished jobs with an idempotency key (a replay within this window still finds the job).
+    pub keyed: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention { finished: Duration::from_secs(24 * 3600), keyed: Duration::from_secs(7 * 24 * 3600) }
+    }
+}
+
+/// Returns running jobs whose lease expired (their worker died or stalled): the attempt is used up and recorded,
+/// and the job becomes `retryable` after a backoff, or `discarded` when its attempts are exhausted. Returns the
+/// ids rescued (at most `limit`).
+pub async fn rescue_expired<'e>(exec: impl PgExecutor<'e>, policy: RetryPolicy, limit: i64) -> Result<Vec<JobId>> {
+    let rows: Vec<i64> = sqlx::query_scalar(
+        r#"
+        with expired as (
+            select id
+            from job
+            where state = 'running'
+              and leased_until < now()
+            order by leased_until
+            limit $3
+            for update skip locked
+        )
+        update job
+        set state = case when job.attempt >= job.max_attempts then 'discarded' else 'retryable' end,
+            finished_at = case when job.attempt >= job.max_attempts then now() end,
+            run_at = now() + make_interval(secs => least($2, $1 * power(2, greatest(job.attempt, 1) - 1)) * random()),
+            errors = job.errors || jsonb_build_array(jsonb_build_object(
+                'attempt', job.attempt,
+                'at', to_char(now() at time zone 'utc', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+                'message', 'lease expired: worker ' || coalesce(job.lease_owner, '?') || ' stopped heartbeating')),
+            leased_until = null,
+            version = null
+        from expired
+        where job.id = expired.id
+        returning job.id
+        "#,
+    )
+    .bind(policy.base.as_secs_f64())
+    .bind(policy.cap.as_secs_f64())
+    .bind(limit)
+    .fetch_all(exec)
+    .await?;
+    Ok(rows.into_iter().map(JobId).collect())
+}
+
+/// Moves due `scheduled` and `retryable` jobs to `available`, so counts say what is runnable. Claims take due jobs
+/// directly, so this is bookkeeping, not on the hot path. Returns how many moved.
+pub async fn promote_due<'e>(exec: impl PgExecutor<'e>, limit: i64) -> Result<u64> {
+    let done = sqlx::query(
+        r#"
+        with due as (
+            select id
+            from job
+            where state in ('scheduled', 'retryable')
+              and run_at <= now()
+            order by run_at
+            limit $1
+            for update skip locked
+        )
+        update job
+        set state = 'available'
+        from due
+        where job.id = due.id
+        "#,
+    )
+    .bind(limit)
+    .execute(exec)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Deletes finished jobs older than the retention, at most `limit` per call. Returns how many were deleted.
+pub async fn prune<'e>(exec: impl PgExecutor<'e>, retention: Retention, limit: i64) -> Result<u64> {
+    let done = sqlx::query(
+        r#"
+        with old as (
+            select id
+            from job
+            where state in ('completed', 'discarded', 'cancelled')
+              and finished_at < now() - make_interval(secs => $1)
+              and (idempotency_key is null or finished_at < now() - make_interval(secs => $2))
+            order by finished_at
+            limit $3
+            for update skip locked
+        )
+        delete from job
+        using old
+        where job.id = old.id
+        "#,
+    )
+    .bind(retention.finished.as_secs_f64())
+    .bind(retention.keyed.max(retention.finished).as_secs_f64())
+    .bind(limit)
+    .execute(exec)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// The maintenance loop: whichever process holds the lease `queue.maintenance` rescues, promotes and prunes.
+pub struct Maintainer {
+    pool: sqlx::PgPool,
+    holder: String,
+    retry: RetryPolicy,
+    /// How often to run; the lease lasts three times this.
+    pub interval: Duration,
+    /// Retention of finished jobs.
+    pub retention: Retention,
+}
+
+/// The lease that elects the maintenance holder.
+pub const MAINTENANCE_LEASE: &str = "queue.maintenance";
+
+impl Maintainer {
+    /// A maintainer identified as `holder`, running every second.
+    pub fn new(pool: sqlx::PgPool, holder: String, retry: RetryPolicy) -> Self {
+        Maintainer { pool, holder, retry, interval: Duration::from_secs(1), retention: Retention::default() }
+    }
+
+    /// Runs one round if this process holds (or can take) the lease; returns whether it did.
+    pub async fn tick(&self) -> Result<bool> {
+        let held = crate::leader::acquire(&self.pool, MAINTENANCE_LEASE, &self.holder, self.interval * 3)
+            .await
+            .map_err(|crate::leader::Error::Database(e)| super::Error::Database(e))?;
+        if !held {
+            return Ok(false);
+        }
+        loop {
+            let rescued = rescue_expired(&self.pool, self.retry, 1000).await?;
+            if !rescued.is_empty() {
+                tracing::info!(jobs = rescued.len(), "rescued jobs whose lease expired");
+            }
+            if rescued.len() < 1000 {
+                break;
+            }
+        }
+        promote_due(&self.pool, 5000).await?;
+        prune(&self.pool, self.retention, 5000).await?;
+        Ok(true)
+    }
+
+    /// Ticks until `shutdown`, then gives the lease up.
+    pub async fn run(self, shutdown: tokio_util::sync::CancellationToken) {
+        loop {
+            if let Err(e) = self.tick().await {
+                tracing::warn!(error = %e, "queue maintenance failed");
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(self.interval) => {}
+            }
+        }
+        let _ = crate::leader::release(&self.pool, MAINTENANCE_LEASE, &self.holder).await;
+    }
+}

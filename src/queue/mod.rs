@@ -1,0 +1,134 @@
+//! The durable queue: the only module that writes `job` rows.
+//!
+//! Invariants:
+//! - a job is claimed by one statement (`for update skip locked`), which bumps `attempt` and sets a lease;
+//! - every later write of a running job (complete, fail, snooze, heartbeat, hand back) is fenced by
+//!   `(id, attempt, state = 'running')`, so a worker that lost its lease can change nothing;
+//! - jobs with one `concurrency_key` never run together and start in enqueue (id) order.
+//!
+//! Functions take an executor, so callers can enqueue inside their own transaction; [`Queue`] bundles a pool and
+//! the wake-up publisher for the common case.
+
+mod admin;
+mod backoff;
+mod claim;
+mod complete;
+mod enqueue;
+mod maintenance;
+mod registry;
+mod stats;
+mod types;
+
+pub use admin::{cancel, get, list, pause, resume, retry, JobFilter};
+pub use backoff::{backoff, RetryPolicy};
+pub use claim::{claim, ClaimRequest};
+pub use complete::{
+    cancel_running, complete_in, complete_many, fail_many, hand_back, heartbeat, snooze_many, Completion, Failure,
+    Snooze,
+};
+pub use enqueue::{enqueue, enqueue_many, fingerprint, EnqueueOutcome, Enqueued};
+pub use maintenance::{promote_due, prune, rescue_expired, Maintainer, Retention, MAINTENANCE_LEASE};
+pub use registry::{deregister_worker, heartbeat_worker, live_workers, register_worker, WorkerInfo};
+pub use stats::{queue_stats, QueueStats};
+pub use types::{FieldError, Job, JobId, JobState, NewJob, ACTIVE_STATES, FINISHED_STATES};
+
+use sqlx::PgPool;
+
+use crate::tenancy::AccountId;
+use crate::wake::Waker;
+
+/// Errors of the queue.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No job with that id (in that account).
+    #[error("job {id} not found")]
+    NotFound {
+        /// The id asked for.
+        id: JobId,
+    },
+    /// The job's lease was taken over, or it is no longer running: the write was refused.
+    #[error("job {id} attempt {attempt} no longer holds its lease")]
+    LeaseLost {
+        /// The job.
+        id: JobId,
+        /// The attempt the caller held.
+        attempt: i32,
+    },
+    /// The same idempotency key was used with a different payload.
+    #[error("idempotency key {key:?} was already used with a different payload")]
+    IdempotencyConflict {
+        /// The key.
+        key: String,
+        /// Index in a batch, when the conflict came from one.
+        index: Option<usize>,
+    },
+    /// The job is in a state that does not allow the action.
+    #[error("job {id} is {state}: cannot {action}")]
+    InvalidState {
+        /// The job.
+        id: JobId,
+        /// Its current state.
+        state: JobState,
+        /// What was asked.
+        action: &'static str,
+    },
+    /// One or more fields are invalid.
+    #[error("invalid job: {}", .0.iter().map(|e| format!("{}: {}", e.path, e.message)).collect::<Vec<_>>().join("; "))]
+    Invalid(Vec<FieldError>),
+    /// Any database error.
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// Result alias for this module.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A pool plus the wake-up publisher: enqueues commit and then wake idle workers of the queue.
+#[derive(Clone)]
+pub struct Queue {
+    pool: PgPool,
+    waker: Waker,
+}
+
+impl Queue {
+    /// Wraps a pool; `waker` may be [`Waker::disabled`] (workers then find jobs by polling).
+    pub fn new(pool: PgPool, waker: Waker) -> Self {
+        Queue { pool, waker }
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// The waker.
+    pub fn waker(&self) -> &Waker {
+        &self.waker
+    }
+
+    /// Enqueues one job in its own transaction and wakes the queue's workers.
+    pub async fn enqueue(&self, account: &AccountId, job: NewJob) -> Result<Enqueued> {
+        let mut conn = self.pool.acquire().await?;
+        let queue = job.queue.clone();
+        let out = enqueue(&mut conn, account, job).await?;
+        if !out.replayed {
+            self.waker.wake(&queue);
+        }
+        Ok(out)
+    }
+
+    /// Enqueues many jobs in one transaction (all or nothing) and wakes their queues.
+    pub async fn enqueue_many(&self, account: &AccountId, jobs: Vec<NewJob>) -> Result<Vec<EnqueueOutcome>> {
+        let mut queues: Vec<String> = jobs.iter().map(|j| j.queue.clone()).collect();
+        queues.sort();
+        queues.dedup();
+        let mut tx = self.pool.begin().await?;
+        let out = enqueue_many(&mut tx, account, &jobs).await?;
+        tx.commit().await?;
+        for q in &queues {
+            self.waker.wake(q);
+        }
+        Ok(out)
+    }
+}

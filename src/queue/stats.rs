@@ -1,0 +1,98 @@
+//! Queue statistics per account: counts by state, what no live worker can claim, and the age of the oldest
+//! runnable job.
+
+use std::time::Duration;
+
+use sqlx::PgExecutor;
+
+use super::Result;
+use crate::tenancy::AccountId;
+
+/// One queue's figures.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
+pub struct QueueStats {
+    /// Queue name.
+    pub queue: String,
+    /// Paused for this account.
+    pub paused: bool,
+    /// Runnable now (including due scheduled jobs not yet promoted).
+    pub available: i64,
+    /// Waiting for a future `run_at`.
+    pub scheduled: i64,
+    /// Held by workers.
+    pub running: i64,
+    /// Waiting for a retry.
+    pub retryable: i64,
+    /// Completed within the retention window.
+    pub completed: i64,
+    /// Discarded within the retention window.
+    pub discarded: i64,
+    /// Cancelled within the retention window.
+    pub cancelled: i64,
+    /// Runnable, but no live worker serving the queue has a handler for the kind.
+    pub unclaimable: i64,
+    /// Age of the oldest runnable job, 0 when none.
+    pub oldest_available_ms: i64,
+}
+
+/// Figures for every queue the account has jobs in or has paused. `fresh` is how recent a worker's heartbeat must
+/// be for its kinds to count.
+pub async fn queue_stats<'e>(exec: impl PgExecutor<'e>, account: &AccountId, fresh: Duration) -> Result<Vec<QueueStats>> {
+    let rows = sqlx::query_as(
+        r#"
+        with live as (
+            select queues, kinds
+            from worker
+            where heartbeat_at >= now() - make_interval(secs => $2)
+        ),
+        counts as (
+            select j.queue,
+                   count(*) filter (where j.state = 'available'
+                                       or (j.state = 'scheduled' and j.run_at <= now())) as available,
+                   count(*) filter (where j.state = 'scheduled' and j.run_at > now()) as scheduled,
+                   count(*) filter (where j.state = 'running') as running,
+                   count(*) filter (where j.state = 'retryable') as retryable,
+                   count(*) filter (where j.state = 'completed') as completed,
+                   count(*) filter (where j.state = 'discarded') as discarded,
+                   count(*) filter (where j.state = 'cancelled') as cancelled,
+                   count(*) filter (where j.state in ('available', 'scheduled', 'retryable')
+                                      and j.run_at <= now()
+                                      and not exists (
+                                          select 1 from live w where j.queue = any(w.queues) and j.kind = any(w.kinds)
+                                      )) as unclaimable,
+                   coalesce(
+                       (extract(epoch from now() - min(j.run_at) filter (
+                           where j.state in ('available', 'scheduled', 'retryable') and j.run_at <= now()
+                       )) * 1000)::bigint,
+                       0) as oldest_available_ms
+            from job j
+            where j.account_id = $1
+            group by j.queue
+        ),
+        queues as (
+            select queue from counts
+            union
+            select queue from queue_pause where account_id = $1
+        )
+        select q.queue,
+               exists (select 1 from queue_pause p where p.account_id = $1 and p.queue = q.queue) as paused,
+               coalesce(c.available, 0) as available,
+               coalesce(c.scheduled, 0) as scheduled,
+               coalesce(c.running, 0) as running,
+               coalesce(c.retryable, 0) as retryable,
+               coalesce(c.completed, 0) as completed,
+               coalesce(c.discarded, 0) as discarded,
+               coalesce(c.cancelled, 0) as cancelled,
+               coalesce(c.unclaimable, 0) as unclaimable,
+               coalesce(c.oldest_available_ms, 0) as oldest_available_ms
+        from queues q
+        left join counts c on c.queue = q.queue
+        order by q.queue
+        "#,
+    )
+    .bind(account.as_str())
+    .bind(fresh.as_secs_f64())
+    .fetch_all(exec)
+    .await?;
+    Ok(rows)
+}

@@ -1,0 +1,364 @@
+//! The job row, its states and the shape of a new job.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sqlx::postgres::{PgTypeInfo, PgValueRef};
+use sqlx::{Decode, Encode, Postgres, Type};
+
+/// A job id, drawn from a sequence, so enqueue order is numeric order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, sqlx::Type)]
+#[sqlx(transparent)]
+pub struct JobId(pub i64);
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl Serialize for JobId {
+    // Ids are strings in JSON: JavaScript clients cannot hold every i64.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
+}
+
+impl FromStr for JobId {
+    type Err = std::num::ParseIntError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.parse().map(JobId)
+    }
+}
+
+/// The life cycle of a job, mirroring the `job.state` values exactly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Waiting for its `run_at`.
+    Scheduled,
+    /// Ready to be claimed.
+    Available,
+    /// Claimed by a worker that holds its lease.
+    Running,
+    /// Finished successfully.
+    Completed,
+    /// Failed; waits for its backoff, then runs again.
+    Retryable,
+    /// Failed for good (attempts exhausted or a permanent error).
+    Discarded,
+    /// Cancelled by a user or its handler.
+    Cancelled,
+}
+
+/// States in which a job still has work ahead of it.
+pub const ACTIVE_STATES: [JobState; 4] =
+    [JobState::Scheduled, JobState::Available, JobState::Running, JobState::Retryable];
+/// States that end a job.
+pub const FINISHED_STATES: [JobState; 3] = [JobState::Completed, JobState::Discarded, JobState::Cancelled];
+
+impl JobState {
+    /// The database and JSON spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Scheduled => "scheduled",
+            JobState::Available => "available",
+            JobState::Running => "running",
+            JobState::Completed => "completed",
+            JobState::Retryable => "retryable",
+            JobState::Discarded => "discarded",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+
+    /// Whether the job has ended.
+    pub fn is_finished(self) -> bool {
+        FINISHED_STATES.contains(&self)
+    }
+}
+
+impl fmt::Display for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for JobState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "scheduled" => JobState::Scheduled,
+            "available" => JobState::Available,
+            "running" => JobState::Running,
+            "completed" => JobState::Completed,
+            "retryable" => JobState::Retryable,
+            "discarded" => JobState::Discarded,
+            "cancelled" => JobState::Cancelled,
+            other => return Err(format!("unknown job state {other:?}")),
+        })
+    }
+}
+
+// Stored as text with a CHECK constraint (not a Postgres enum), so map through &str.
+impl Type<Postgres> for JobState {
+    fn type_info() -> PgTypeInfo {
+        <&str as Type<Postgres>>::type_info()
+    }
+    fn compatible(ty: &PgTypeInfo) -> bool {
+        <&str as Type<Postgres>>::compatible(ty)
+    }
+}
+
+impl<'r> Decode<'r, Postgres> for JobState {
+    fn decode(value: PgValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+        let s = <&str as Decode<Postgres>>::decode(value)?;
+        Ok(s.parse()?)
+    }
+}
+
+impl Encode<'_, Postgres> for JobState {
+    fn encode_by_ref(
+        &self,
+        buf: &mut sqlx::postgres::PgArgumentBuffer,
+    ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+        <&str as Encode<Postgres>>::encode(self.as_str(), buf)
+    }
+}
+
+/// A job as stored.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Job {
+    /// Id.
+    pub id: JobId,
+    /// Owning account.
+    #[serde(skip)]
+    pub account_id: String,
+    /// Queue name.
+    pub queue: String,
+    /// Handler kind.
+    pub kind: String,
+    /// Handler arguments.
+    pub args: Value,
+    /// Current state.
+    pub state: JobState,
+    /// 0 runs first.
+    pub priority: i16,
+    /// Attempts started so far.
+    pub attempt: i32,
+    /// Attempts allowed.
+    pub max_attempts: i32,
+    /// Earliest time to run.
+    pub run_at: DateTime<Utc>,
+    /// Enqueue time.
+    pub created_at: DateTime<Utc>,
+    /// Start of the latest attempt.
+    pub started_at: Option<DateTime<Utc>>,
+    /// End time, once finished.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Handler result, once completed.
+    pub result: Option<Value>,
+    /// Error history, one entry per failed attempt.
+    pub errors: Value,
+    /// Per-account deduplication key.
+    pub idempotency_key: Option<String>,
+    /// Jobs of one key run one at a time, in order.
+    pub concurrency_key: Option<String>,
+    /// Pool of the worker that ran it.
+    pub pool: Option<String>,
+    /// Version routed to, or that ran it.
+    pub version: Option<String>,
+    /// Per-job timeout override.
+    pub timeout_ms: Option<i32>,
+    /// W3C trace context of the request that created it.
+    pub traceparent: Option<String>,
+    /// Worker holding the lease.
+    #[serde(skip)]
+    pub lease_owner: Option<String>,
+    /// Lease expiry while running.
+    #[serde(skip)]
+    pub leased_until: Option<DateTime<Utc>>,
+}
+
+/// Columns of [`Job`], in one place so every `returning` clause agrees.
+pub(crate) const JOB_COLUMNS: &str = "id, account_id, queue, kind, args, state, priority, attempt, max_attempts, \
+    run_at, created_at, started_at, finished_at, result, errors, idempotency_key, concurrency_key, pool, version, \
+    timeout_ms, traceparent, lease_owner, leased_until";
+
+/// A job to enqueue. Build with [`NewJob::new`] and the builder methods.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewJob {
+    /// Handler kind.
+    pub kind: String,
+    /// Handler arguments.
+    pub args: Value,
+    /// Queue name.
+    pub queue: String,
+    /// 0..=9, 0 first.
+    pub priority: i16,
+    /// Earliest run time; `None` = now.
+    pub run_at: Option<DateTime<Utc>>,
+    /// Attempts allowed.
+    pub max_attempts: i32,
+    /// Timeout override.
+    pub timeout_ms: Option<i32>,
+    /// Per-account deduplication key.
+    pub idempotency_key: Option<String>,
+    /// Payload fingerprint compared on a key replay; computed from the job when `None`.
+    pub fingerprint: Option<Vec<u8>>,
+    /// Ordered-exclusion key.
+    pub concurrency_key: Option<String>,
+    /// Version this job is routed to (`None` = any worker of the pool).
+    pub version: Option<String>,
+    /// W3C trace context.
+    pub traceparent: Option<String>,
+}
+
+/// One invalid field.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    /// JSON pointer-ish path, e.g. `/priority`.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl FieldError {
+    /// Builds a field error.
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        FieldError { path: path.into(), message: message.into() }
+    }
+}
+
+impl NewJob {
+    /// A job of `kind` with `args` and the contract's defaults (queue `default`, priority 5, 20 attempts).
+    pub fn new(kind: impl Into<String>, args: Value) -> Self {
+        NewJob {
+            kind: kind.into(),
+            args,
+            queue: "default".to_owned(),
+            priority: 5,
+            run_at: None,
+            max_attempts: 20,
+            timeout_ms: None,
+            idempotency_key: None,
+            fingerprint: None,
+            concurrency_key: None,
+            version: None,
+            traceparent: None,
+        }
+    }
+
+    /// Sets the queue.
+    pub fn queue(mut self, q: impl Into<String>) -> Self {
+        self.queue = q.into();
+        self
+    }
+
+    /// Sets the priority.
+    pub fn priority(mut self, p: i16) -> Self {
+        self.priority = p;
+        self
+    }
+
+    /// Sets the earliest run time.
+    pub fn run_at(mut self, t: DateTime<Utc>) -> Self {
+        self.run_at = Some(t);
+        self
+    }
+
+    /// Sets the attempts allowed.
+    pub fn max_attempts(mut self, n: i32) -> Self {
+        self.max_attempts = n;
+        self
+    }
+
+    /// Sets the timeout.
+    pub fn timeout_ms(mut self, ms: i32) -> Self {
+        self.timeout_ms = Some(ms);
+        self
+    }
+
+    /// Sets the idempotency key.
+    pub fn idempotency_key(mut self, k: impl Into<String>) -> Self {
+        self.idempotency_key = Some(k.into());
+        self
+    }
+
+    /// Sets the concurrency key.
+    pub fn concurrency_key(mut self, k: impl Into<String>) -> Self {
+        self.concurrency_key = Some(k.into());
+        self
+    }
+
+    /// Sets the trace context.
+    pub fn traceparent(mut self, t: impl Into<String>) -> Self {
+        self.traceparent = Some(t.into());
+        self
+    }
+
+    /// Checks the fields the schema would refuse, naming each.
+    pub fn validate(&self) -> Result<(), Vec<FieldError>> {
+        let mut errs = Vec::new();
+        if self.kind.is_empty() || self.kind.len() > 255 {
+            errs.push(FieldError::new("/kind", "must be 1 to 255 characters"));
+        }
+        if self.queue.is_empty() || self.queue.len() > 255 {
+            errs.push(FieldError::new("/queue", "must be 1 to 255 characters"));
+        }
+        if !(0..=9).contains(&self.priority) {
+            errs.push(FieldError::new("/priority", "must be between 0 and 9"));
+        }
+        if self.max_attempts < 1 {
+            errs.push(FieldError::new("/max_attempts", "must be at least 1"));
+        }
+        if matches!(self.timeout_ms, Some(t) if t <= 0) {
+            errs.push(FieldError::new("/timeout_ms", "must be positive"));
+        }
+        if matches!(&self.idempotency_key, Some(k) if k.is_empty() || k.len() > 255) {
+            errs.push(FieldError::new("/idempotency_key", "must be 1 to 255 characters"));
+        }
+        if matches!(&self.concurrency_key, Some(k) if k.is_empty() || k.len() > 255) {
+            errs.push(FieldError::new("/concurrency_key", "must be 1 to 255 characters"));
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(errs)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every state round-trips through its database spelling.
+    #[test]
+    fn state_spelling_round_trips() {
+        for s in ACTIVE_STATES.iter().chain(FINISHED_STATES.iter()) {
+            assert_eq!(s.as_str().parse::<JobState>().unwrap(), *s);
+            assert_eq!(serde_json::to_value(s).unwrap(), Value::String(s.as_str().into()));
+        }
+        assert!("dead".parse::<JobState>().is_err());
+    }
+
+    /// Validation names every bad field at once.
+    #[test]
+    fn validate_lists_every_problem() {
+        let mut j = NewJob::new("", Value::Null).priority(12).max_attempts(0);
+        j.queue = String::new();
+        let errs = j.validate().unwrap_err();
+        let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["/kind", "/queue", "/priority", "/max_attempts"]);
+        assert!(NewJob::new("noop", Value::Null).validate().is_ok());
+    }
+
+    /// Ids serialize as strings.
+    #[test]
+    fn job_id_is_a_string_in_json() {
+        assert_eq!(serde_json::to_string(&JobId(42)).unwrap(), "\"42\"");
+    }
+}

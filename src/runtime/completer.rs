@@ -1,0 +1,114 @@
+//! Settles job outcomes in batches. Whatever arrived while the previous write was in flight goes out together,
+//! so a lone job is settled at once and a busy worker writes hundreds per statement. Outcomes are never
+//! dropped on a database error: the batch is retried until it lands (a lease that expires meanwhile fences it).
+
+use std::time::Duration;
+
+use chrono::Utc;
+use serde_json::Value;
+use sqlx::PgPool;
+use tokio::sync::mpsc;
+
+use crate::queue::{self, Completion, Failure, JobId, RetryPolicy, Snooze};
+
+/// What to do with a finished attempt.
+#[derive(Debug, Clone)]
+pub enum SettleKind {
+    /// Completed with a result.
+    Complete(Value),
+    /// Failed; retried after `after` or the backoff, or discarded if `permanent` or out of attempts.
+    Fail {
+        /// Recorded in the error history.
+        message: String,
+        /// Discard now.
+        permanent: bool,
+        /// Retry delay chosen by the handler.
+        after: Option<Duration>,
+    },
+    /// Run again after the delay, attempt not used up.
+    Snooze(Duration),
+    /// Cancelled by its handler.
+    Cancel(String),
+    /// Given back at shutdown.
+    HandBack,
+}
+
+/// One outcome of one attempt.
+#[derive(Debug, Clone)]
+pub struct Settle {
+    /// The job.
+    pub id: JobId,
+    /// The attempt that ran.
+    pub attempt: i32,
+    /// What happened.
+    pub kind: SettleKind,
+}
+
+const MAX_BATCH: usize = 2000;
+
+/// Runs until every sender is dropped and the buffer is written.
+pub(crate) async fn run(pool: PgPool, mut rx: mpsc::UnboundedReceiver<Settle>, retry: RetryPolicy) {
+    let mut batch: Vec<Settle> = Vec::with_capacity(MAX_BATCH);
+    loop {
+        match rx.recv().await {
+            Some(s) => batch.push(s),
+            None => return,
+        }
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(s) => batch.push(s),
+                Err(_) => break,
+            }
+        }
+        let mut delay = Duration::from_millis(50);
+        loop {
+            match write(&pool, &batch, retry).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, jobs = batch.len(), retry_in = ?delay, "failed to settle jobs; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        batch.clear();
+    }
+}
+
+async fn write(pool: &PgPool, batch: &[Settle], retry: RetryPolicy) -> queue::Result<()> {
+    let mut complete = Vec::new();
+    let mut fail = Vec::new();
+    let mut snooze = Vec::new();
+    let mut cancel = Vec::new();
+    let mut back = Vec::new();
+    let now = Utc::now();
+    for s in batch {
+        match &s.kind {
+            SettleKind::Complete(v) => complete.push(Completion { id: s.id, attempt: s.attempt, result: v.clone() }),
+            SettleKind::Fail { message, permanent, after } => {
+                let delay = after.unwrap_or_else(|| queue::backoff(retry, s.attempt));
+                fail.push(Failure {
+                    id: s.id,
+                    attempt: s.attempt,
+                    message: message.clone(),
+                    permanent: *permanent,
+                    retry_at: now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::hours(1)),
+                })
+            }
+            SettleKind::Snooze(d) => snooze.push(Snooze { id: s.id, attempt: s.attempt, delay: *d }),
+            SettleKind::Cancel(r) => cancel.push((s.id, s.attempt, r.clone())),
+            SettleKind::HandBack => back.push((s.id, s.attempt)),
+        }
+    }
+    let mut settled = 0;
+    settled += queue::complete_many(pool, &complete).await?.len();
+    settled += queue::fail_many(pool, &fail).await?.len();
+    settled += queue::snooze_many(pool, &snooze).await?.len();
+    settled += queue::cancel_running(pool, &cancel).await?.len();
+    settled += queue::hand_back(pool, &back).await?.len();
+    if settled < batch.len() {
+        // Fenced off: the lease was taken over (or the job cancelled); the new owner decides.
+        tracing::info!(refused = batch.len() - settled, "outcomes refused: lease no longer held");
+    }
+    Ok(())
+}

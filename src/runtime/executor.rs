@@ -1,0 +1,128 @@
+//! Runs one claimed job: finds its handler, applies the timeout, catches panics, and sends the outcome to the
+//! completer.
+
+use std::panic::AssertUnwindSafe;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use ordo_workers::{Outcome, Registry, StepContext, StepError};
+use sqlx::PgPool;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::completer::{Settle, SettleKind};
+use super::engine::{EngineHandlers, EngineResult};
+use super::Running;
+use crate::queue::Job;
+
+pub(crate) struct Executor {
+    pub pool: PgPool,
+    pub steps: Registry,
+    pub engine: EngineHandlers,
+    pub default_timeout: Duration,
+    pub running: Running,
+    pub settle: mpsc::UnboundedSender<Settle>,
+    /// Fires when the worker begins to stop; a handler cancelled after that hands its job back.
+    pub stopping: CancellationToken,
+}
+
+enum Ran {
+    Outcome(Result<Outcome, StepError>),
+    Settled,
+    TimedOut,
+    Panicked(String),
+}
+
+impl Executor {
+    pub async fn execute(&self, job: Job) {
+        let id = job.id;
+        let attempt = job.attempt;
+        let cancel = CancellationToken::new();
+        if let Ok(mut r) = self.running.lock() {
+            r.insert(id, (attempt, cancel.clone()));
+        }
+        let timeout = job
+            .timeout_ms
+            .and_then(|ms| u64::try_from(ms).ok())
+            .map(Duration::from_millis)
+            .unwrap_or(self.default_timeout);
+        let ctx = StepContext {
+            job_id: id.0,
+            attempt,
+            max_attempts: job.max_attempts,
+            kind: job.kind.clone(),
+            queue: job.queue.clone(),
+            account_id: job.account_id.clone(),
+            cancel: cancel.clone(),
+        };
+        let span = tracing::debug_span!("job", job.id = %id, job.kind = %job.kind, attempt, queue = %job.queue);
+        let _enter = span.enter();
+        let ran = self.run_handler(job, ctx, timeout).await;
+        if let Ok(mut r) = self.running.lock() {
+            r.remove(&id);
+        }
+        let kind = match ran {
+            Ran::Settled => return,
+            Ran::Outcome(Ok(Outcome::Done(v))) => SettleKind::Complete(v),
+            Ran::Outcome(Ok(Outcome::Snooze(d))) => SettleKind::Snooze(d),
+            Ran::Outcome(Ok(Outcome::Cancel { reason })) => SettleKind::Cancel(reason),
+            Ran::Outcome(Err(StepError::Retry { reason, after })) => {
+                tracing::info!(job.id = %id, attempt, error = %reason, "attempt failed; will retry");
+                SettleKind::Fail { message: reason, permanent: false, after }
+            }
+            Ran::Outcome(Err(StepError::Fail { reason })) => {
+                tracing::info!(job.id = %id, attempt, error = %reason, "attempt failed permanently");
+                SettleKind::Fail { message: reason, permanent: true, after: None }
+            }
+            Ran::Outcome(Err(_)) if self.stopping.is_cancelled() => SettleKind::HandBack,
+            Ran::Outcome(Err(e)) => SettleKind::Fail { message: e.to_string(), permanent: false, after: None },
+            Ran::TimedOut => SettleKind::Fail {
+                message: format!("timed out after {} ms", timeout.as_millis()),
+                permanent: false,
+                after: None,
+            },
+            Ran::Panicked(msg) => SettleKind::Fail { message: format!("handler panicked: {msg}"), permanent: false, after: None },
+        };
+        let _ = self.settle.send(Settle { id, attempt, kind });
+    }
+
+    async fn run_handler(&self, job: Job, ctx: StepContext, timeout: Duration) -> Ran {
+        let cancel = ctx.cancel.clone();
+        let fut = if let Some(h) = self.steps.get(&job.kind) {
+            let args = job.args;
+            async move { EngineResultOrStep::Step(h.run(ctx, args).await) }.boxed()
+        } else if let Some(h) = self.engine.get(&job.kind) {
+            let pool = self.pool.clone();
+            async move { EngineResultOrStep::Engine(h.run(pool, job, ctx).await) }.boxed()
+        } else {
+            // Claims only ask for registered kinds, so this is a registry change at run time.
+            return Ran::Outcome(Err(StepError::Fail { reason: format!("no handler for kind {:?}", job.kind) }));
+        };
+        let guarded = AssertUnwindSafe(fut).catch_unwind();
+        match tokio::time::timeout(timeout, guarded).await {
+            Err(_) => {
+                cancel.cancel();
+                Ran::TimedOut
+            }
+            Ok(Err(panic)) => Ran::Panicked(panic_message(panic.as_ref())),
+            Ok(Ok(EngineResultOrStep::Step(r))) => Ran::Outcome(r),
+            Ok(Ok(EngineResultOrStep::Engine(EngineResult::Step(r)))) => Ran::Outcome(r),
+            Ok(Ok(EngineResultOrStep::Engine(EngineResult::Settled))) => Ran::Settled,
+        }
+    }
+}
+
+enum EngineResultOrStep {
+    Step(Result<Outcome, StepError>),
+    Engine(EngineResult),
+}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".to_owned()
+    }
+}

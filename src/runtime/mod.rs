@@ -1,0 +1,384 @@
+//! The worker process: claim what free slots allow, run handlers with a timeout, settle outcomes in batches,
+//! heartbeat leases, and stop in two phases.
+//!
+//! Invariants: a slot permit is taken *before* a claim, so a worker never holds more jobs than `concurrency`;
+//! every write goes through `queue` and is fenced by attempt; the runtime writes no SQL itself.
+
+mod completer;
+mod engine;
+mod executor;
+
+pub use completer::{Settle, SettleKind};
+pub use engine::{EngineHandler, EngineHandlers, EngineResult};
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ordo_workers::Registry;
+use sqlx::PgPool;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::queue::{self, ClaimRequest, JobId, RetryPolicy, WorkerInfo};
+use crate::wake::{self, WakeSignals};
+
+/// Errors that stop a worker.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The worker was configured without any kind to run.
+    #[error("no job kinds registered")]
+    NoKinds,
+    /// A queue operation failed where no retry makes sense (start-up).
+    #[error(transparent)]
+    Queue(#[from] queue::Error),
+}
+
+/// How a worker runs.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Pool served.
+    pub pool: String,
+    /// Code version of this worker.
+    pub version: String,
+    /// Queues served.
+    pub queues: Vec<String>,
+    /// Jobs run at once.
+    pub concurrency: usize,
+    /// Lease length; heartbeats come every third of it.
+    pub lease: Duration,
+    /// Idle poll interval when no wake-up arrives.
+    pub poll: Duration,
+    /// Timeout of a job that sets none.
+    pub default_timeout: Duration,
+    /// How long running jobs may finish after a stop request before they are handed back.
+    pub drain: Duration,
+    /// Retry backoff.
+    pub retry: RetryPolicy,
+    /// Redis for wake-ups; `None` = poll only.
+    pub redis_url: Option<String>,
+    /// Take part in the election for queue maintenance.
+    pub maintenance: bool,
+    /// Most jobs claimed by one statement.
+    pub max_claim: usize,
+    /// Retention applied by queue maintenance.
+    pub retention: queue::Retention,
+}
+
+impl WorkerConfig {
+    /// Defaults of the contract for pool `default`, version `v1`, queue `default`.
+    pub fn new(pool: &str, version: &str) -> Self {
+        WorkerConfig {
+            pool: pool.to_owned(),
+            version: version.to_owned(),
+            queues: vec!["default".to_owned()],
+            concurrency: 16,
+            lease: Duration::from_secs(30),
+            poll: Duration::from_secs(1),
+            default_timeout: Duration::from_secs(300),
+            drain: Duration::from_secs(25),
+            retry: RetryPolicy::default(),
+            redis_url: None,
+            maintenance: true,
+            max_claim: 1000,
+            retention: queue::Retention::default(),
+        }
+    }
+}
+
+/// Jobs this worker holds right now: attempt and the token that stops the handler.
+pub(crate) type Running = Arc<Mutex<HashMap<JobId, (i32, CancellationToken)>>>;
+
+/// A worker process's runtime.
+pub struct Worker {
+    cfg: WorkerConfig,
+    pool: PgPool,
+    steps: Registry,
+    engine: EngineHandlers,
+    id: String,
+}
+
+impl Worker {
+    /// A worker running the step handlers of `steps` and the engine handlers of `engine`.
+    pub fn new(cfg: WorkerConfig, pool: PgPool, steps: Registry, engine: EngineHandlers) -> Self {
+        let host = hostname();
+        let id = format!("{host}-{}-{:08x}", std::process::id(), rand::random::<u32>());
+        Worker { cfg, pool, steps, engine, id }
+    }
+
+    /// This worker's id (also its lease owner name).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn kinds(&self) -> Vec<String> {
+        let mut kinds = self.steps.kinds();
+        kinds.extend(self.engine.kinds());
+        kinds.sort();
+        kinds.dedup();
+        kinds
+    }
+
+    /// Runs until `shutdown` fires, then stops claiming, lets running jobs finish until the drain deadline, hands
+    /// back what is left, flushes outcomes and deregisters.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
+        let kinds = self.kinds();
+        if kinds.is_empty() {
+            return Err(Error::NoKinds);
+        }
+        let cfg = self.cfg.clone();
+        let info = WorkerInfo {
+            id: self.id.clone(),
+            pool: cfg.pool.clone(),
+            version: cfg.version.clone(),
+            queues: cfg.queues.clone(),
+            kinds: kinds.clone(),
+            host: hostname(),
+            pid: std::process::id() as i32,
+            concurrency: cfg.concurrency as i32,
+            started_at: chrono::Utc::now(),
+            heartbeat_at: chrono::Utc::now(),
+            stopping: false,
+        };
+        register_with_retry(&self.pool, &info, &shutdown).await;
+        tracing::info!(worker.id = %self.id, pool = %cfg.pool, pool.version = %cfg.version, queues = ?cfg.queues,
+            concurrency = cfg.concurrency, "worker started");
+
+        let background = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let running: Running = Arc::default();
+        let slots = Arc::new(Semaphore::new(cfg.concurrency));
+        let signals = WakeSignals::new(&cfg.queues);
+
+        if let Some(url) = cfg.redis_url.clone() {
+            let ns = database_name(&self.pool).await;
+            tasks.spawn(wake::subscribe(url, ns, signals.clone(), background.clone()));
+        }
+        let (settle_tx, settle_rx) = mpsc::unbounded_channel::<Settle>();
+        let completer = tokio::spawn(completer::run(self.pool.clone(), settle_rx, cfg.retry));
+        tasks.spawn(heartbeat_loop(self.pool.clone(), info.clone(), running.clone(), cfg.lease, background.clone()));
+        if cfg.maintenance {
+            let mut m = queue::Maintainer::new(self.pool.clone(), self.id.clone(), cfg.retry);
+            m.retention = cfg.retention;
+            tasks.spawn(m.run(background.clone()));
+        }
+
+        let jobs = TaskTracker::new();
+        let exec = Arc::new(executor::Executor {
+            pool: self.pool.clone(),
+            steps: self.steps.clone(),
+            engine: self.engine.clone(),
+            default_timeout: cfg.default_timeout,
+            running: running.clone(),
+            settle: settle_tx.clone(),
+            stopping: shutdown.clone(),
+        });
+        let mut fetchers = Vec::new();
+        for q in &cfg.queues {
+            let f = Fetcher {
+                pool: self.pool.clone(),
+                queue: q.clone(),
+                kinds: kinds.clone(),
+                cfg: cfg.clone(),
+                worker_id: self.id.clone(),
+                slots: slots.clone(),
+                wake: signals.get(q).unwrap_or_default(),
+                exec: exec.clone(),
+                jobs: jobs.clone(),
+            };
+            fetchers.push(tokio::spawn(f.run(shutdown.clone())));
+        }
+
+        shutdown.cancelled().await;
+        tracing::info!(worker.id = %self.id, held = running.lock().map(|r| r.len()).unwrap_or(0), "stopping: no new claims; draining");
+        let _ = queue::heartbeat_worker(&self.pool, &self.id, true).await;
+        for f in fetchers {
+            let _ = f.await;
+        }
+        jobs.close();
+        if tokio::time::timeout(cfg.drain, jobs.wait()).await.is_err() {
+            // Phase two: stop the handlers; each one that stops hands its job back through the completer.
+            let held: Vec<CancellationToken> =
+                running.lock().map(|r| r.values().map(|(_, t)| t.clone()).collect()).unwrap_or_default();
+            tracing::warn!(jobs = held.len(), "drain deadline passed; handing back unfinished jobs");
+            for t in held {
+                t.cancel();
+            }
+            if tokio::time::timeout(Duration::from_secs(2), jobs.wait()).await.is_err() {
+                // Handlers that ignore cancellation: hand their jobs back directly; their late outcomes are fenced.
+                let left: Vec<(JobId, i32)> =
+                    running.lock().map(|r| r.iter().map(|(id, (a, _))| (*id, *a)).collect()).unwrap_or_default();
+                for (id, attempt) in left {
+                    let _ = settle_tx.send(Settle { id, attempt, kind: SettleKind::HandBack });
+                }
+            }
+        }
+        drop(exec);
+        drop(settle_tx);
+        if tokio::time::timeout(Duration::from_secs(10), completer).await.is_err() {
+            tracing::error!("could not flush job outcomes before exit; their leases will expire and be rescued");
+        }
+        background.cancel();
+        tasks.close();
+        tasks.wait().await;
+        let _ = queue::deregister_worker(&self.pool, &self.id).await;
+        tracing::info!(worker.id = %self.id, "worker stopped");
+        Ok(())
+    }
+}
+
+async fn register_with_retry(pool: &PgPool, info: &WorkerInfo, shutdown: &CancellationToken) {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match queue::register_worker(pool, info).await {
+            Ok(()) => return,
+            Err(e) => tracing::warn!(error = %e, retry_in = ?delay, "failed to register worker"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Claims jobs of one queue while there are free slots, waking on a Redis publish or polling.
+struct Fetcher {
+    pool: PgPool,
+    queue: String,
+    kinds: Vec<String>,
+    cfg: WorkerConfig,
+    worker_id: String,
+    slots: Arc<Semaphore>,
+    wake: Arc<tokio::sync::Notify>,
+    exec: Arc<executor::Executor>,
+    jobs: TaskTracker,
+}
+
+impl Fetcher {
+    async fn run(self, shutdown: CancellationToken) {
+        let mut error_delay = Duration::from_millis(50);
+        // Poll fast right after finding work; back off towards the configured interval while idle.
+        let mut idle = Duration::from_millis(10);
+        loop {
+            // A permit before the claim: never claim more than the free slots.
+            let first = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                p = self.slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            };
+            let extra = self.slots.available_permits().min(self.cfg.max_claim.saturating_sub(1));
+            let mut permits = vec![first];
+            for _ in 0..extra {
+                match self.slots.clone().try_acquire_owned() {
+                    Ok(p) => permits.push(p),
+                    Err(_) => break,
+                }
+            }
+            let req = ClaimRequest {
+                queue: &self.queue,
+                kinds: &self.kinds,
+                pool: &self.cfg.pool,
+                version: &self.cfg.version,
+                worker_id: &self.worker_id,
+                lease: self.cfg.lease,
+                limit: permits.len() as i64,
+            };
+            let wanted = permits.len();
+            match queue::claim(&self.pool, &req).await {
+                Ok(jobs) => {
+                    error_delay = Duration::from_millis(50);
+                    let got = jobs.len();
+                    for job in jobs {
+                        let permit = permits.pop();
+                        let exec = self.exec.clone();
+                        self.jobs.spawn(async move {
+                            exec.execute(job).await;
+                            drop(permit);
+                        });
+                    }
+                    drop(permits);
+                    if got == wanted {
+                        idle = Duration::from_millis(10);
+                        continue;
+                    }
+                    if got > 0 {
+                        idle = Duration::from_millis(10);
+                    }
+                }
+                Err(e) => {
+                    drop(permits);
+                    tracing::warn!(queue = %self.queue, error = %e, retry_in = ?error_delay, "claim failed");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(error_delay) => {}
+                    }
+                    error_delay = (error_delay * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(idle) => {}
+            }
+            idle = (idle * 2).min(self.cfg.poll);
+        }
+    }
+}
+
+/// Every third of the lease: refresh the worker row and extend the leases of held jobs; a job whose lease was
+/// lost has its handler stopped (its outcome would be refused anyway).
+async fn heartbeat_loop(pool: PgPool, info: WorkerInfo, running: Running, lease: Duration, stop: CancellationToken) {
+    let every = lease / 3;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        match queue::heartbeat_worker(&pool, &info.id, false).await {
+            Ok(true) => {}
+            Ok(false) => {
+                let _ = queue::register_worker(&pool, &info).await;
+            }
+            Err(e) => tracing::warn!(error = %e, "worker heartbeat failed"),
+        }
+        let held: Vec<(JobId, i32)> =
+            running.lock().map(|r| r.iter().map(|(id, (a, _))| (*id, *a)).collect()).unwrap_or_default();
+        if held.is_empty() {
+            continue;
+        }
+        match queue::heartbeat(&pool, &held, lease).await {
+            Ok(kept) => {
+                if kept.len() < held.len() {
+                    let kept: std::collections::HashSet<JobId> = kept.into_iter().collect();
+                    if let Ok(r) = running.lock() {
+                        for (id, (attempt, token)) in r.iter() {
+                            if held.iter().any(|(h, a)| h == id && a == attempt) && !kept.contains(id) {
+                                tracing::warn!(job.id = %id, attempt, "lease lost; stopping the handler");
+                                token.cancel();
+                            }
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "lease heartbeat failed"),
+        }
+    }
+}
+
+async fn database_name(pool: &PgPool) -> String {
+    sqlx::query_scalar::<_, String>("select current_database()")
+        .fetch_one(pool)
+        .await
+        .unwrap_or_else(|_| "ordo".to_owned())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".to_owned())
+}

@@ -1,0 +1,66 @@
+//! Accounts (tenants): the validated account id. Every tenant-owned query takes an [`AccountId`].
+
+use std::fmt;
+
+/// A validated account slug (`[a-z0-9-]{1,63}`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(transparent)]
+pub struct AccountId(String);
+
+/// The reason an account id was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("account id must be 1 to 63 characters of a-z, 0-9 and '-', got {0:?}")]
+pub struct InvalidAccountId(pub String);
+
+impl AccountId {
+    /// The account created by the migrations, used by library callers and benchmarks that name none.
+    pub fn default_account() -> Self {
+        AccountId("default".to_owned())
+    }
+
+    /// Validates a slug.
+    pub fn parse(s: &str) -> Result<Self, InvalidAccountId> {
+        let ok = !s.is_empty()
+            && s.len() <= 63
+            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if ok {
+            Ok(AccountId(s.to_owned()))
+        } else {
+            Err(InvalidAccountId(s.to_owned()))
+        }
+    }
+
+    /// The slug.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for AccountId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for AccountId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        AccountId::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Only slugs are account ids.
+    #[test]
+    fn parse_accepts_slugs_only() {
+        for ok in ["default", "a", "acme-1", &"a".repeat(63)] {
+            assert!(AccountId::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "Acme", "a_b", "a b", &"a".repeat(64), "é"] {
+            assert!(AccountId::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! Wake-ups through Redis: after an enqueue commits, one coalesced `PUBLISH` per queue wakes idle workers at once.
+//! A hint only: workers also poll, so a lost message or a Redis outage only adds latency. Channels carry the
+//! database name, so clusters sharing one Redis never wake each other.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+
+/// The channel for a queue's wake-ups.
+pub fn channel(namespace: &str, queue: &str) -> String {
+    format!("ordo:{namespace}:wake:{queue}")
+}
+
+/// Publishes wake-ups; cheap to clone. A disabled waker does nothing.
+#[derive(Clone, Debug)]
+pub struct Waker {
+    tx: Option<mpsc::UnboundedSender<String>>,
+}
+
+impl Waker {
+    /// A waker that publishes nothing (no Redis configured).
+    pub fn disabled() -> Self {
+        Waker { tx: None }
+    }
+
+    /// Starts a publisher for `namespace` on the Redis at `url`. The publisher reconnects by itself; until it
+    /// can, wake-ups are dropped (workers still poll). Stops when `shutdown` fires.
+    pub fn start(url: &str, namespace: &str, shutdown: CancellationToken) -> Result<Self, redis::RedisError> {
+        let client = redis::Client::open(url)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(publish_loop(client, namespace.to_owned(), rx, shutdown));
+        Ok(Waker { tx: Some(tx) })
+    }
+
+    /// Asks for the queue's workers to be woken. Call after the enqueue committed.
+    pub fn wake(&self, queue: &str) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(queue.to_owned());
+        }
+    }
+
+    /// Whether wake-ups are published at all.
+    pub fn is_enabled(&self) -> bool {
+        self.tx.is_some()
+    }
+}
+
+async fn publish_loop(
+    client: redis::Client,
+    namespace: String,
+    mut rx: mpsc::UnboundedReceiver<String>,
+    shutdown: CancellationToken,
+) {
+    let mut conn: Option<redis::aio::MultiplexedConnection> = None;
+    loop {
+        let first = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            q = rx.recv() => match q { Some(q) => q, None => return },
+        };
+        // Coalesce: everything queued meanwhile goes out as one publish per queue.
+        let mut queues = BTreeSet::from([first]);
+        while let Ok(q) = rx.try_recv() {
+            queues.insert(q);
+        }
+        if conn.is_none() {
+            match client.get_multiplexed_async_connection().await {
+                Ok(c) => conn = Some(c),
+                Err(e) => {
+                    tracing::debug!(error = %e, "redis unavailable; wake-up dropped");
+                    continue;
+                }
+            }
+        }
+        if let Some(c) = conn.as_mut() {
+            let mut pipe = redis::pipe();
+            for q in &queues {
+                pipe.publish(channel(&namespace, q), 1).ignore();
+            }
+            if let Err(e) = pipe.query_async::<()>(c).await {
+                tracing::debug!(error = %e, "wake-up publish failed; reconnecting");
+                conn = None;
+            }
+        }
+    }
+}
+
+/// Per-queue notifiers that the subscriber pokes when a wake-up arrives.
+#[derive(Clone, Debug, Default)]
+pub struct WakeSignals {
+    by_queue: HashMap<String, Arc<Notify>>,
+}
+
+impl WakeSignals {
+    /// One notifier per queue.
+    pub fn new(queues: &[String]) -> Self {
+        WakeSignals { by_queue: queues.iter().map(|q| (q.clone(), Arc::new(Notify::new()))).collect() }
+    }
+
+    /// The notifier of a queue.
+    pub fn get(&self, queue: &str) -> Option<Arc<Notify>> {
+        self.by_queue.get(queue).cloned()
+    }
+
+    fn wake_all(&self) {
+        for n in self.by_queue.values() {
+            n.notify_one();
+        }
+    }
+}
+
+/// Listens for wake-ups of the given queues until `shutdown`, reconnecting with backoff. After each (re)connect
+/// every queue is poked once, in case a wake-up was missed while disconnected.
+pub async fn subscribe(url: String, namespace: String, signals: WakeSignals, shutdown: CancellationToken) {
+    let client = match redis::Client::open(url.as_str()) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "invalid REDIS_URL; wake-ups off, polling only");
+            return;
+        }
+    };
+    let mut delay = Duration::from_millis(100);
+    let by_channel: HashMap<String, Arc<Notify>> =
+        signals.by_queue.iter().map(|(q, n)| (channel(&namespace, q), n.clone())).collect();
+    loop {
+        let connected = async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            for ch in by_channel.keys() {
+                pubsub.subscribe(ch).await?;
+            }
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        let pubsub = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = connected => r,
+        };
+        match pubsub {
+            Ok(pubsub) => {
+                delay = Duration::from_millis(100);
+                signals.wake_all();
+                let mut stream = pubsub.into_on_message();
+                loop {
+                    let msg = tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        m = stream.next() => m,
+                    };
+                    match msg {
+                        Some(m) => {
+                            if let Some(n) = by_channel.get(m.get_channel_name()) {
+                                n.notify_one();
+                            }
+                        }
+                        None => break,
+                    }
+                }
+                tracing::warn!("redis subscription closed; reconnecting");
+            }
+            Err(e) => tracing::warn!(error = %e, retry_in = ?delay, "redis unavailable; polling until it is back"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
