@@ -1,1 +1,6 @@
+//! The one integration-test binary: real PostgreSQL, real Redis, real processes.
 
+mod crash;
+mod queue;
+mod support;
+mod worker;

@@ -1,0 +1,863 @@
+//! Test kit: real servers, a fresh database per test, polling with a deadline, and a TCP proxy for outages.
+//!
+//! Owns nothing in production: it is compiled only for tests and under the `testkit` feature.
+//!
+//! - Servers are discovered, never assumed: `DATABASE_URL`/`REDIS_URL` when set, else the usual local port when
+//!   something answers there, else a private server started once per test run and shared by every test process
+//!   (a lock file and a port file in a shared temp directory make it a singleton; it stays up for later runs).
+//! - [`db`] clones a migrated template, `ordo_tpl_<hash of the migrations>`, built once under an advisory lock.
+//!   Nothing stays connected to the template (it refuses connections), so cloning it never waits.
+//! - A [`TestDb`] drops its database when dropped, even when the test panicked.
+//! - Outage tests put a [`TcpProxy`] between ordo and the server and cut it; the shared servers are never stopped.
+//! - No test waits with a fixed sleep: [`eventually`] polls a condition until a deadline.
+//!
+//! A missing server is a failure with a message saying how to get one, never a skipped test.
+
+use std::fs::File;
+use std::future::Future;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream as StdTcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{Connection, PgConnection, PgPool};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::OnceCell;
+use tokio_util::sync::CancellationToken;
+
+use crate::db::MIGRATOR;
+use crate::pgserver::PgServer;
+
+/// The usual local PostgreSQL, used when `DATABASE_URL` is unset and something answers there.
+const LOCAL_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+/// The usual local Redis, used when `REDIS_URL` is unset and something answers there.
+const LOCAL_REDIS_URL: &str = "redis://127.0.0.1:6379";
+/// Shared directory (under the system temp dir) of the private PostgreSQL: lock, port, data, log.
+const PG_DIR: &str = "ordo-testkit-pg";
+/// Shared directory (under the system temp dir) of the private Redis: lock, port, log.
+const REDIS_DIR: &str = "ordo-testkit-redis";
+/// How long a private server may take to accept connections after it was started.
+const START_DEADLINE: Duration = Duration::from_secs(60);
+/// Interval between two polls of a condition.
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
+/// Advisory-lock key serialising template builds across test processes ("ordo_tpl" in ASCII).
+const TEMPLATE_LOCK: i64 = 0x6f72_646f_5f74_706c;
+/// Connections a test database's pool may open unless the test asks for more.
+const DEFAULT_POOL_SIZE: u32 = 10;
+
+const NO_POSTGRES: &str = "no PostgreSQL for tests: DATABASE_URL is unset, nothing answers on 127.0.0.1:5432, and \
+    no private server could be started. Set DATABASE_URL=postgres://user@host:port/db, start a server on \
+    127.0.0.1:5432, or install PostgreSQL (Debian: `apt-get install postgresql`)";
+const NO_REDIS: &str = "no Redis for tests: REDIS_URL is unset, nothing answers on 127.0.0.1:6379, and no \
+    `redis-server` was found on PATH or in /usr/bin to start a private one. Set REDIS_URL=redis://host:port, start \
+    Redis on 127.0.0.1:6379, or install it (Debian: `apt-get install redis-server`)";
+
+static POSTGRES_URL: OnceCell<String> = OnceCell::const_new();
+static REDIS_URL: OnceCell<String> = OnceCell::const_new();
+static TEMPLATE: OnceCell<String> = OnceCell::const_new();
+
+/// The admin URL (database `postgres`) of the PostgreSQL server tests use; discovered once per process.
+pub async fn postgres_url() -> String {
+    POSTGRES_URL.get_or_init(discover_postgres).await.clone()
+}
+
+/// The URL of the Redis server tests use; discovered once per process.
+pub async fn redis_url() -> String {
+    REDIS_URL.get_or_init(discover_redis).await.clone()
+}
+
+async fn discover_postgres() -> String {
+    if let Some(url) = env_url("DATABASE_URL") {
+        // Same server, user and password; admin work happens in the `postgres` database.
+        return with_database(&url, "postgres");
+    }
+    if answers(local(5432)) {
+        return LOCAL_POSTGRES_URL.to_owned();
+    }
+    let port = run_blocking(private_postgres).await;
+    format!("postgres://postgres@127.0.0.1:{port}/postgres")
+}
+
+async fn discover_redis() -> String {
+    if let Some(url) = env_url("REDIS_URL") {
+        return url;
+    }
+    if answers(local(6379)) {
+        return LOCAL_REDIS_URL.to_owned();
+    }
+    let port = run_blocking(private_redis).await;
+    format!("redis://127.0.0.1:{port}")
+}
+
+/// A database of its own for one test, cloned from the migrated template and dropped on drop.
+#[derive(Debug)]
+pub struct TestDb {
+    /// Database name, `ordo_t_<16 hex>`.
+    pub name: String,
+    /// Full URL of this database (same server and user as [`postgres_url`]).
+    pub url: String,
+    /// A pool on this database (10 connections unless made by [`db_with_max`]).
+    pub pool: PgPool,
+}
+
+/// A fresh, migrated, empty database for one test, with a pool of at most 10 connections.
+pub async fn db() -> TestDb {
+    db_with_max(DEFAULT_POOL_SIZE).await
+}
+
+/// Like [`db`], for tests that need a pool of more (or fewer) than 10 connections.
+pub async fn db_with_max(max: u32) -> TestDb {
+    let admin = postgres_url().await;
+    let template = template(&admin).await;
+    let name = format!("ordo_t_{:016x}", rand::random::<u64>());
+    let mut conn = admin_connection(&admin).await;
+    sqlx::query(&format!(
+        r#"create database "{name}" template "{template}""#
+    ))
+    .execute(&mut conn)
+    .await
+    .unwrap_or_else(|e| panic!("create test database {name} from template {template}: {e}"));
+    let _ = conn.close().await;
+    let url = with_database(&admin, &name);
+    let pool = match PgPoolOptions::new()
+        .max_connections(max)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect(&url)
+        .await
+    {
+        Ok(pool) => pool,
+        Err(e) => {
+            drop_database(admin, name.clone());
+            panic!("connect to test database {name}: {e}");
+        }
+    };
+    TestDb { name, url, pool }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        // Set by `db_with_max` before any TestDb exists.
+        if let Some(admin) = POSTGRES_URL.get() {
+            drop_database(admin.clone(), self.name.clone());
+        }
+    }
+}
+
+/// Drops `name` from a thread of its own with its own runtime: works from `Drop`, inside or outside a runtime,
+/// and while a test unwinds. `with (force)` ends the connections the test's pool still holds.
+fn drop_database(admin: String, name: String) {
+    let worker = std::thread::spawn(move || -> Result<(), String> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("start a runtime: {e}"))?;
+        runtime.block_on(async {
+            let work = async {
+                let mut conn = PgConnection::connect(&admin).await?;
+                sqlx::query(&format!(r#"drop database if exists "{name}" with (force)"#))
+                    .execute(&mut conn)
+                    .await?;
+                conn.close().await
+            };
+            match tokio::time::timeout(Duration::from_secs(30), work).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(format!("drop test database {name}: {e}")),
+                Err(_) => Err(format!("drop test database {name}: timed out")),
+            }
+        })
+    });
+    // Report, never panic: this may run while a failed test is already unwinding.
+    match worker.join() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => eprintln!("testkit: {e}"),
+        Err(_) => eprintln!("testkit: the thread dropping a test database panicked"),
+    }
+}
+
+/// Name of the template for the current migrations: a hash of every migration's version and checksum, so a
+/// changed or added migration gets a new template instead of a stale one.
+fn template_name() -> String {
+    let mut hash = Sha256::new();
+    for migration in MIGRATOR.iter() {
+        hash.update(migration.version.to_le_bytes());
+        hash.update(&migration.checksum);
+    }
+    let digest = hex::encode(hash.finalize());
+    format!("ordo_tpl_{}", &digest[..12])
+}
+
+/// The migrated template, built by the first test process that needs it.
+async fn template(admin: &str) -> &'static str {
+    TEMPLATE.get_or_init(|| build_template(admin)).await
+}
+
+async fn build_template(admin: &str) -> String {
+    let name = template_name();
+    let mut conn = admin_connection(admin).await;
+    // Parallel test processes queue here; the first builds, the rest find the template done.
+    sqlx::query("select pg_advisory_lock($1)")
+        .bind(TEMPLATE_LOCK)
+        .execute(&mut conn)
+        .await
+        .unwrap_or_else(|e| panic!("take the template lock: {e}"));
+    let exists: bool =
+        sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
+            .bind(&name)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("look for template {name}: {e}"));
+    if !exists {
+        // Built under another name and renamed when complete, so a build that died half-way is never cloned.
+        let build = format!("{name}_build");
+        for sql in [
+            format!(r#"drop database if exists "{build}" with (force)"#),
+            format!(r#"create database "{build}""#),
+        ] {
+            exec(&mut conn, &sql).await;
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&with_database(admin, &build))
+            .await
+            .unwrap_or_else(|e| panic!("connect to {build}: {e}"));
+        crate::db::migrate(&pool)
+            .await
+            .unwrap_or_else(|e| panic!("migrate template {build}: {e}"));
+        // Every connection to the template must be gone before it is renamed or cloned.
+        pool.close().await;
+        for sql in [
+            format!(r#"alter database "{build}" rename to "{name}""#),
+            format!(r#"alter database "{name}" with is_template true allow_connections false"#),
+        ] {
+            exec(&mut conn, &sql).await;
+        }
+    }
+    exec(
+        &mut conn,
+        &format!("select pg_advisory_unlock({TEMPLATE_LOCK})"),
+    )
+    .await;
+    let _ = conn.close().await;
+    name
+}
+
+async fn admin_connection(admin: &str) -> PgConnection {
+    PgConnection::connect(admin)
+        .await
+        .unwrap_or_else(|e| panic!("connect to the test PostgreSQL server: {e}"))
+}
+
+async fn exec(conn: &mut PgConnection, sql: &str) {
+    sqlx::query(sql)
+        .execute(conn)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+/// Polls `f` every 20 ms until it returns `Some`, and returns that value; panics once `timeout` has passed.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = f().await {
+            return value;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+/// A TCP proxy on 127.0.0.1 for outage tests: route a client through it, then [`cut`](Self::cut) and
+/// [`restore`](Self::restore) the link without touching the shared server. Dropping it stops its tasks.
+pub struct TcpProxy {
+    addr: SocketAddr,
+    link: Arc<Mutex<Link>>,
+    /// Parent of every connection's token: cancelling it stops the accept loop and every forwarded connection.
+    shutdown: CancellationToken,
+}
+
+/// The link's state, read by the accept loop and changed by `cut`/`restore` under one lock, so a connection
+/// accepted concurrently with `cut` is either refused or gets the token that `cut` cancels.
+struct Link {
+    cut: bool,
+    /// Token of the connections forwarded since the last cut.
+    connections: CancellationToken,
+}
+
+impl TcpProxy {
+    /// Starts a proxy on 127.0.0.1 (a free port) forwarding every connection to `upstream`.
+    pub async fn start(upstream: SocketAddr) -> TcpProxy {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .await
+            .expect("binding 127.0.0.1:0 succeeds on any test machine");
+        let addr = listener
+            .local_addr()
+            .expect("a bound listener has a local address");
+        let shutdown = CancellationToken::new();
+        let link = Arc::new(Mutex::new(Link {
+            cut: false,
+            connections: shutdown.child_token(),
+        }));
+        tokio::spawn(accept_loop(
+            listener,
+            upstream,
+            Arc::clone(&link),
+            shutdown.clone(),
+        ));
+        TcpProxy {
+            addr,
+            link,
+            shutdown,
+        }
+    }
+
+    /// The address clients connect to (see [`with_host_port`]).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Closes every open forwarded connection and refuses new ones (accepts and closes them) until [`restore`].
+    ///
+    /// [`restore`]: Self::restore
+    pub fn cut(&self) {
+        let mut link = self.link.lock().unwrap_or_else(PoisonError::into_inner);
+        link.cut = true;
+        link.connections.cancel();
+        link.connections = self.shutdown.child_token();
+    }
+
+    /// Forwards new connections again; connections closed by [`cut`](Self::cut) stay closed.
+    pub fn restore(&self) {
+        self.link.lock().unwrap_or_else(PoisonError::into_inner).cut = false;
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    upstream: SocketAddr,
+    link: Arc<Mutex<Link>>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let inbound = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(_) => continue,
+            },
+        };
+        let token = {
+            let link = link.lock().unwrap_or_else(PoisonError::into_inner);
+            (!link.cut).then(|| link.connections.clone())
+        };
+        // A refused connection is accepted and dropped at once: the client sees the peer close.
+        let Some(token) = token else { continue };
+        tokio::spawn(forward(inbound, upstream, token));
+    }
+}
+
+async fn forward(mut inbound: TcpStream, upstream: SocketAddr, cut: CancellationToken) {
+    // Cancellation wins over pending data so a cut link forwards nothing more; both sockets close on return.
+    tokio::select! {
+        biased;
+        () = cut.cancelled() => {}
+        () = async {
+            if let Ok(mut outbound) = TcpStream::connect(upstream).await {
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            }
+        } => {}
+    }
+}
+
+/// Rewrites the host and port of a `postgres://` or `redis://` URL to `addr`, keeping scheme, user, password,
+/// path and query (to route a client through a [`TcpProxy`]).
+pub fn with_host_port(url: &str, addr: SocketAddr) -> String {
+    let parts = UrlParts::split(url);
+    format!(
+        "{}://{}{}{}",
+        parts.scheme, parts.userinfo, addr, parts.rest
+    )
+}
+
+/// Resolves the host and port of a `postgres://` or `redis://` URL (default port by scheme), e.g. the upstream
+/// of a [`TcpProxy`].
+pub async fn server_addr(url: &str) -> SocketAddr {
+    let parts = UrlParts::split(url);
+    let default_port = if parts.scheme.starts_with("redis") {
+        6379
+    } else {
+        5432
+    };
+    let (host, port) = match parts.host_port.strip_prefix('[') {
+        Some(v6) => {
+            let (host, after) = v6.split_once(']').unwrap_or((v6, ""));
+            (host, after.strip_prefix(':'))
+        }
+        None => match parts.host_port.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (parts.host_port, None),
+        },
+    };
+    let port = match port {
+        Some(port) => port
+            .parse()
+            .unwrap_or_else(|_| panic!("bad port {port:?} in a server URL")),
+        None => default_port,
+    };
+    let host = if host.is_empty() { "localhost" } else { host };
+    tokio::net::lookup_host((host, port))
+        .await
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .unwrap_or_else(|| panic!("cannot resolve {host}:{port}"))
+}
+
+/// A free TCP port on 127.0.0.1 (free when asked; bind it soon).
+pub fn free_port() -> u16 {
+    crate::pgserver::free_port().expect("binding 127.0.0.1:0 succeeds on any test machine")
+}
+
+/// `scheme://[userinfo@]host[:port][/path][?query]`, split without decoding anything.
+struct UrlParts<'a> {
+    scheme: &'a str,
+    /// Empty, or ending with `@`.
+    userinfo: &'a str,
+    host_port: &'a str,
+    /// Empty, or starting with `/`, `?` or `#`.
+    rest: &'a str,
+}
+
+impl<'a> UrlParts<'a> {
+    fn split(url: &'a str) -> Self {
+        let (scheme, after) = url
+            .split_once("://")
+            .unwrap_or_else(|| panic!("not a scheme://host URL: {url:?}"));
+        let (authority, rest) = after.split_at(after.find(['/', '?', '#']).unwrap_or(after.len()));
+        let (userinfo, host_port) = authority.split_at(authority.rfind('@').map_or(0, |at| at + 1));
+        UrlParts {
+            scheme,
+            userinfo,
+            host_port,
+            rest,
+        }
+    }
+}
+
+/// The same URL with its path replaced by `/<database>`; the query string is kept.
+fn with_database(url: &str, database: &str) -> String {
+    let parts = UrlParts::split(url);
+    let query = &parts.rest[parts.rest.find(['?', '#']).unwrap_or(parts.rest.len())..];
+    format!(
+        "{}://{}{}/{database}{query}",
+        parts.scheme, parts.userinfo, parts.host_port
+    )
+}
+
+fn env_url(name: &str) -> Option<String> {
+    std::env::var(name)
+        .ok()
+        .filter(|url| !url.trim().is_empty())
+}
+
+fn local(port: u16) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+}
+
+/// Whether something accepts TCP connections on `addr` (bounded to one second).
+fn answers(addr: SocketAddr) -> bool {
+    StdTcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok()
+}
+
+/// Runs blocking server management off the async threads, re-raising its panic in the caller.
+async fn run_blocking<T: Send + 'static>(f: fn() -> T) -> T {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+}
+
+/// Polls `ready` until it holds or `deadline` passes; `Err` carries the reason it gave up.
+fn wait_until(
+    deadline: Duration,
+    mut ready: impl FnMut() -> Result<bool, String>,
+) -> Result<(), String> {
+    let until = Instant::now() + deadline;
+    loop {
+        if ready()? {
+            return Ok(());
+        }
+        if Instant::now() >= until {
+            return Err(format!("not ready after {deadline:?}"));
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+}
+
+/// The shared directory of a private server, and its lock, held until the returned file is dropped: the first
+/// test process starts the server, the others wait here and then reuse it through the port file.
+fn lock_shared_dir(name: &str) -> (PathBuf, File) {
+    let dir = std::env::temp_dir().join(name);
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+    let path = dir.join("lock");
+    let lock = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    lock_file(&lock).unwrap_or_else(|e| panic!("lock {}: {e}", path.display()));
+    (dir, lock)
+}
+
+// `File::lock` is stable since Rust 1.89; the workspace's declared rust-version is older than the toolchain used.
+#[allow(clippy::incompatible_msrv)]
+fn lock_file(file: &File) -> std::io::Result<()> {
+    file.lock()
+}
+
+/// The port in `dir/port` when the server recorded there still answers.
+fn live_port(dir: &Path, alive: impl Fn(u16) -> bool) -> Option<u16> {
+    let port = std::fs::read_to_string(dir.join("port"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    alive(port).then_some(port)
+}
+
+fn record_port(dir: &Path, port: u16) {
+    let path = dir.join("port");
+    std::fs::write(&path, port.to_string())
+        .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+}
+
+/// Starts (or finds) the private PostgreSQL of this test run and returns its port. The cluster lives in the
+/// shared directory and the server is left running for later test processes and runs.
+fn private_postgres() -> u16 {
+    let (dir, _lock) = lock_shared_dir(PG_DIR);
+    if let Some(port) = live_port(&dir, |port| answers(local(port))) {
+        return port;
+    }
+    let settings = [("fsync", "off"), ("max_connections", "300")];
+    let server = PgServer::start(&dir.join("data"), free_port(), &settings)
+        .unwrap_or_else(|e| panic!("{NO_POSTGRES}: {e}"));
+    record_port(&dir, server.port);
+    server.port
+}
+
+/// Starts (or finds) the private Redis of this test run and returns its port; it is left running.
+fn private_redis() -> u16 {
+    let (dir, _lock) = lock_shared_dir(REDIS_DIR);
+    if let Some(port) = live_port(&dir, redis_pongs) {
+        return port;
+    }
+    let bin = redis_server_bin().unwrap_or_else(|| panic!("{NO_REDIS}"));
+    let port = free_port();
+    let log_path = dir.join("redis.log");
+    // Errors before daemonizing go to stderr: keep them in a file, not a pipe the daemon could hold open.
+    let early_path = dir.join("redis-start.log");
+    let early = File::create(&early_path)
+        .unwrap_or_else(|e| panic!("create {}: {e}", early_path.display()));
+    let status = Command::new(&bin)
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no", "--daemonize", "yes"])
+        .arg("--dir")
+        .arg(&dir)
+        .arg("--logfile")
+        .arg(&log_path)
+        .arg("--pidfile")
+        .arg(dir.join("redis.pid"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(early)
+        .status()
+        .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
+    if !status.success() {
+        panic!("redis-server exited with {status}\n{}", tail(&early_path));
+    }
+    wait_until(START_DEADLINE, || Ok(redis_pongs(port)))
+        .unwrap_or_else(|e| panic!("private Redis on port {port}: {e}\n{}", tail(&log_path)));
+    record_port(&dir, port);
+    port
+}
+
+/// Whether a Redis on 127.0.0.1:`port` answers `PING`.
+fn redis_pongs(port: u16) -> bool {
+    let ping = || -> std::io::Result<bool> {
+        let mut stream = StdTcpStream::connect_timeout(&local(port), Duration::from_secs(1))?;
+        stream.set_read_timeout(Some(Duration::from_secs(1)))?;
+        stream.write_all(b"PING\r\n")?;
+        let mut reply = [0_u8; 7];
+        stream.read_exact(&mut reply)?;
+        Ok(&reply == b"+PONG\r\n")
+    };
+    ping().unwrap_or(false)
+}
+
+fn redis_server_bin() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/bin")])
+        .map(|dir| dir.join("redis-server"))
+        .find(|bin| bin.is_file())
+}
+
+/// The last lines of a server log, for a panic message.
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let last = lines[lines.len().saturating_sub(20)..].join("\n");
+    format!("--- last lines of {} ---\n{last}", path.display())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+
+    async fn database_exists(admin: &str, name: &str) -> bool {
+        let mut conn = admin_connection(admin).await;
+        let exists =
+            sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
+                .bind(name)
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+        conn.close().await.unwrap();
+        exists
+    }
+
+    /// Each `db()` is its own migrated, empty database, and dropping a TestDb removes its database.
+    #[tokio::test]
+    async fn db_gives_distinct_migrated_databases_dropped_on_drop() {
+        let a = db().await;
+        let b = db().await;
+        assert_ne!(a.name, b.name);
+        assert!(a.name.starts_with("ordo_t_") && a.name.len() == "ordo_t_".len() + 16);
+        for t in [&a, &b] {
+            let jobs: i64 = sqlx::query_scalar("select count(*) from job")
+                .fetch_one(&t.pool)
+                .await
+                .unwrap();
+            assert_eq!(jobs, 0, "{} starts empty", t.name);
+        }
+        sqlx::query("insert into job (kind) values ('probe')")
+            .execute(&a.pool)
+            .await
+            .unwrap();
+        let in_b: i64 = sqlx::query_scalar("select count(*) from job")
+            .fetch_one(&b.pool)
+            .await
+            .unwrap();
+        assert_eq!(
+            in_b, 0,
+            "a row written in one test database is invisible in another"
+        );
+        let (a_name, b_name) = (a.name.clone(), b.name.clone());
+        let admin = postgres_url().await;
+        assert!(database_exists(&admin, &a_name).await);
+        drop(a);
+        drop(b);
+        assert!(!database_exists(&admin, &a_name).await, "{a_name} dropped");
+        assert!(!database_exists(&admin, &b_name).await, "{b_name} dropped");
+    }
+
+    /// The template carries the migrations' hash, holds no connection and refuses new ones.
+    #[tokio::test]
+    async fn template_is_unconnectable_after_build() {
+        let _t = db().await;
+        let admin = postgres_url().await;
+        let name = template_name();
+        assert_eq!(TEMPLATE.get().map(String::as_str), Some(name.as_str()));
+        let mut conn = admin_connection(&admin).await;
+        let (is_template, allow_conn): (bool, bool) = sqlx::query_as(
+            "select datistemplate, datallowconn from pg_database where datname = $1",
+        )
+        .bind(&name)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        assert!(is_template && !allow_conn);
+        let connected: i64 =
+            sqlx::query_scalar("select count(*) from pg_stat_activity where datname = $1")
+                .bind(&name)
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+        assert_eq!(connected, 0);
+    }
+
+    /// The proxy forwards; `cut` breaks open connections and refuses new ones; `restore` lets new ones through.
+    #[tokio::test]
+    async fn proxy_cut_breaks_connections_and_restore_heals() {
+        let t = db().await;
+        let proxy = TcpProxy::start(server_addr(&t.url).await).await;
+        let url = with_host_port(&t.url, proxy.addr());
+        let mut conn = PgConnection::connect(&url).await.unwrap();
+        let one: i32 = sqlx::query_scalar("select 1")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(one, 1);
+
+        proxy.cut();
+        let broken = tokio::time::timeout(
+            Duration::from_secs(10),
+            sqlx::query("select 1").execute(&mut conn),
+        )
+        .await;
+        assert!(
+            matches!(broken, Ok(Err(_))),
+            "a query over a cut link fails: {broken:?}"
+        );
+        let refused =
+            tokio::time::timeout(Duration::from_secs(10), PgConnection::connect(&url)).await;
+        assert!(
+            matches!(refused, Ok(Err(_))),
+            "a new connection over a cut link fails"
+        );
+
+        proxy.restore();
+        let mut fresh = PgConnection::connect(&url).await.unwrap();
+        let one: i32 = sqlx::query_scalar("select 1")
+            .fetch_one(&mut fresh)
+            .await
+            .unwrap();
+        assert_eq!(one, 1);
+        fresh.close().await.unwrap();
+    }
+
+    /// The Redis the kit finds answers commands.
+    #[tokio::test]
+    async fn redis_url_answers_ping() {
+        let client = redis::Client::open(redis_url().await).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let pong: String = redis::cmd("PING").query_async(&mut conn).await.unwrap();
+        assert_eq!(pong, "PONG");
+    }
+
+    /// `eventually` keeps polling and returns the first `Some`.
+    #[tokio::test]
+    async fn eventually_returns_the_first_some() {
+        let calls = AtomicU32::new(0);
+        let value = eventually(Duration::from_secs(10), "the third call", || {
+            let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+            async move { (n >= 3).then_some(n * 10) }
+        })
+        .await;
+        assert_eq!(value, 30);
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+    }
+
+    /// `eventually` fails the test, naming the condition, when it never holds.
+    #[tokio::test]
+    #[should_panic(expected = "timed out after 100ms waiting for nothing")]
+    async fn eventually_panics_after_the_timeout() {
+        eventually(Duration::from_millis(100), "nothing", || async {
+            None::<()>
+        })
+        .await;
+    }
+
+    /// `with_host_port` swaps only host and port; credentials, path and query survive.
+    #[test]
+    fn with_host_port_rewrites_only_host_and_port() {
+        let v4: SocketAddr = "127.0.0.1:40001".parse().unwrap();
+        let v6: SocketAddr = "[::1]:40002".parse().unwrap();
+        let cases = [
+            (
+                "postgres://postgres@127.0.0.1:5432/postgres",
+                v4,
+                "postgres://postgres@127.0.0.1:40001/postgres",
+            ),
+            (
+                "postgres://u:p%40ss@db.example:6543/app?sslmode=disable",
+                v4,
+                "postgres://u:p%40ss@127.0.0.1:40001/app?sslmode=disable",
+            ),
+            (
+                "postgresql://localhost?application_name=x",
+                v4,
+                "postgresql://127.0.0.1:40001?application_name=x",
+            ),
+            (
+                "postgres://[::1]:5432/ordo",
+                v4,
+                "postgres://127.0.0.1:40001/ordo",
+            ),
+            ("redis://127.0.0.1:6379", v4, "redis://127.0.0.1:40001"),
+            (
+                "redis://:secret@cache:6380/2",
+                v6,
+                "redis://:secret@[::1]:40002/2",
+            ),
+        ];
+        for (url, addr, want) in cases {
+            assert_eq!(with_host_port(url, addr), want, "{url}");
+        }
+    }
+
+    /// Admin work and test databases keep the server, user and query of the configured URL.
+    #[test]
+    fn with_database_replaces_only_the_path() {
+        let cases = [
+            (
+                "postgres://postgres@127.0.0.1:5432/ordo",
+                "postgres",
+                "postgres://postgres@127.0.0.1:5432/postgres",
+            ),
+            (
+                "postgres://u:pw@h:1/app?sslmode=disable",
+                "ordo_t_1",
+                "postgres://u:pw@h:1/ordo_t_1?sslmode=disable",
+            ),
+            ("postgres://u@h", "postgres", "postgres://u@h/postgres"),
+            ("postgres://u@h?x=1", "db", "postgres://u@h/db?x=1"),
+        ];
+        for (url, database, want) in cases {
+            assert_eq!(with_database(url, database), want, "{url}");
+        }
+    }
+
+    /// `server_addr` resolves the URL's host and port, defaulting the port by scheme.
+    #[tokio::test]
+    async fn server_addr_uses_the_scheme_default_port() {
+        let cases = [
+            ("postgres://u@127.0.0.1:6543/x", "127.0.0.1:6543"),
+            ("postgres://u@127.0.0.1/x", "127.0.0.1:5432"),
+            ("redis://127.0.0.1", "127.0.0.1:6379"),
+            ("redis://:pw@[::1]:7000/1", "[::1]:7000"),
+        ];
+        for (url, want) in cases {
+            assert_eq!(
+                server_addr(url).await,
+                want.parse::<SocketAddr>().unwrap(),
+                "{url}"
+            );
+        }
+    }
+
+    /// `free_port` returns a port that can be bound right away.
+    #[test]
+    fn free_port_is_bindable() {
+        let port = free_port();
+        assert_ne!(port, 0);
+        std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port)).unwrap();
+    }
+}

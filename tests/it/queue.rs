@@ -1,0 +1,612 @@
+//! The queue library against a real database: claim, fencing, idempotency, ordering, retries, maintenance.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use ordo::queue::{
+    self, ClaimRequest, Completion, Failure, JobFilter, JobId, JobState, NewJob, Retention, RetryPolicy, Snooze,
+};
+use ordo::tenancy::AccountId;
+use ordo::testkit::{self, eventually};
+use serde_json::json;
+use sqlx::PgPool;
+use tokio::sync::Barrier;
+
+use crate::support::acct;
+
+fn kinds() -> Vec<String> {
+    vec!["noop".to_owned(), "sleep".to_owned(), "fail".to_owned()]
+}
+
+async fn claim_n(pool: &PgPool, n: i64, lease: Duration) -> Vec<queue::Job> {
+    let kinds = kinds();
+    queue::claim(
+        pool,
+        &ClaimRequest {
+            queue: "default",
+            kinds: &kinds,
+            pool: "default",
+            version: "v1",
+            worker_id: "test-worker",
+            lease,
+            limit: n,
+        },
+    )
+    .await
+    .expect("claim")
+}
+
+async fn enqueue(pool: &PgPool, job: NewJob) -> queue::Job {
+    let mut conn = pool.acquire().await.expect("conn");
+    queue::enqueue(&mut conn, &acct(), job).await.expect("enqueue").job
+}
+
+fn ok(id: JobId, attempt: i32) -> Completion {
+    Completion { id, attempt, result: json!({"ok": true}) }
+}
+
+/// A claimed job is running, its attempt bumped, leased, and a second claim does not see it.
+#[tokio::test]
+async fn claim_leases_job_and_hides_it_from_other_claims() {
+    let db = testkit::db().await;
+    let j = enqueue(&db.pool, NewJob::new("noop", json!({"a": 1}))).await;
+    assert_eq!(j.state, JobState::Available);
+    assert_eq!(j.attempt, 0);
+    let got = claim_n(&db.pool, 10, Duration::from_secs(30)).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].id, j.id);
+    assert_eq!(got[0].state, JobState::Running);
+    assert_eq!(got[0].attempt, 1);
+    assert_eq!(got[0].version.as_deref(), Some("v1"));
+    assert!(got[0].leased_until.is_some());
+    assert!(claim_n(&db.pool, 10, Duration::from_secs(30)).await.is_empty());
+    let done = queue::complete_many(&db.pool, &[ok(j.id, 1)]).await.unwrap();
+    assert_eq!(done, vec![j.id]);
+    let j = queue::get(&db.pool, &acct(), j.id).await.unwrap();
+    assert_eq!(j.state, JobState::Completed);
+    assert_eq!(j.result, Some(json!({"ok": true})));
+    assert!(j.finished_at.is_some());
+}
+
+/// A claim only takes kinds the worker knows; the others wait.
+#[tokio::test]
+async fn claim_skips_unknown_kinds() {
+    let db = testkit::db().await;
+    let unknown = enqueue(&db.pool, NewJob::new("mystery", json!({}))).await;
+    let known = enqueue(&db.pool, NewJob::new("noop", json!({}))).await;
+    let got = claim_n(&db.pool, 10, Duration::from_secs(30)).await;
+    assert_eq!(got.iter().map(|j| j.id).collect::<Vec<_>>(), vec![known.id]);
+    let u = queue::get(&db.pool, &acct(), unknown.id).await.unwrap();
+    assert_eq!(u.state, JobState::Available);
+}
+
+/// After a lease expires and another worker takes the job over, the first worker can no longer complete, fail
+/// or heartbeat it.
+#[tokio::test]
+async fn stale_attempt_cannot_complete_fail_or_heartbeat_after_lease_reclaimed() {
+    let db = testkit::db().await;
+    let j = enqueue(&db.pool, NewJob::new("noop", json!({}))).await;
+    let first = claim_n(&db.pool, 1, Duration::from_millis(200)).await;
+    assert_eq!(first[0].attempt, 1);
+    // Wait for the lease to run out, then rescue (as maintenance would) with no backoff.
+    let instant = RetryPolicy { base: Duration::from_millis(1), cap: Duration::from_millis(1) };
+    eventually(Duration::from_secs(10), "lease to expire and be rescued", || async {
+        let r = queue::rescue_expired(&db.pool, instant, 100).await.unwrap();
+        (!r.is_empty()).then_some(())
+    })
+    .await;
+    let rescued = queue::get(&db.pool, &acct(), j.id).await.unwrap();
+    assert_eq!(rescued.state, JobState::Retryable);
+    assert!(rescued.errors.to_string().contains("lease expired"));
+    let second = eventually(Duration::from_secs(10), "re-claim", || async {
+        let c = claim_n(&db.pool, 1, Duration::from_secs(30)).await;
+        c.into_iter().next()
+    })
+    .await;
+    assert_eq!(second.attempt, 2);
+
+    // The stale owner (attempt 1) is fenced off everywhere.
+    assert!(queue::complete_many(&db.pool, &[ok(j.id, 1)]).await.unwrap().is_empty());
+    let stale_fail =
+        Failure { id: j.id, attempt: 1, message: "x".into(), permanent: true, retry_at: Utc::now() };
+    assert!(queue::fail_many(&db.pool, &[stale_fail]).await.unwrap().is_empty());
+    assert!(queue::heartbeat(&db.pool, &[(j.id, 1)], Duration::from_secs(30)).await.unwrap().is_empty());
+    assert!(queue::snooze_many(&db.pool, &[Snooze { id: j.id, attempt: 1, delay: Duration::ZERO }])
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(queue::hand_back(&db.pool, &[(j.id, 1)]).await.unwrap().is_empty());
+    let mut conn = db.pool.acquire().await.unwrap();
+    assert!(matches!(
+        queue::complete_in(&mut conn, j.id, 1, json!(null)).await,
+        Err(queue::Error::LeaseLost { attempt: 1, .. })
+    ));
+
+    // The new owner still can.
+    assert_eq!(queue::heartbeat(&db.pool, &[(j.id, 2)], Duration::from_secs(30)).await.unwrap(), vec![j.id]);
+    assert_eq!(queue::complete_many(&db.pool, &[ok(j.id, 2)]).await.unwrap(), vec![j.id]);
+}
+
+/// 50 concurrent enqueues with one idempotency key create exactly one job; all callers get it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_concurrent_enqueues_with_one_key_create_one_job() {
+    let db = testkit::db_with_max(60).await;
+    let barrier = Arc::new(Barrier::new(50));
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let pool = db.pool.clone();
+        let barrier = barrier.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut conn = pool.acquire().await.unwrap();
+            barrier.wait().await;
+            queue::enqueue(&mut conn, &acct(), NewJob::new("noop", json!({"n": 1})).idempotency_key("order-1"))
+                .await
+                .unwrap()
+        }));
+    }
+    let mut ids = Vec::new();
+    let mut created = 0;
+    for t in tasks {
+        let e = t.await.unwrap();
+        ids.push(e.job.id);
+        if !e.replayed {
+            created += 1;
+        }
+    }
+    assert_eq!(created, 1);
+    ids.dedup();
+    assert_eq!(ids.len(), 1);
+    let n: i64 = sqlx::query_scalar("select count(*) from job").fetch_one(&db.pool).await.unwrap();
+    assert_eq!(n, 1);
+
+    // Same key, different payload: a conflict.
+    let mut conn = db.pool.acquire().await.unwrap();
+    let r = queue::enqueue(&mut conn, &acct(), NewJob::new("noop", json!({"n": 2})).idempotency_key("order-1")).await;
+    assert!(matches!(r, Err(queue::Error::IdempotencyConflict { .. })), "{r:?}");
+}
+
+/// Idempotency keys are per account: another account may reuse one.
+#[tokio::test]
+async fn idempotency_keys_are_per_account() {
+    let db = testkit::db().await;
+    sqlx::query("insert into account (id) values ('other')").execute(&db.pool).await.unwrap();
+    let other = AccountId::parse("other").unwrap();
+    let mut conn = db.pool.acquire().await.unwrap();
+    let a = queue::enqueue(&mut conn, &acct(), NewJob::new("noop", json!({})).idempotency_key("k")).await.unwrap();
+    let b = queue::enqueue(&mut conn, &other, NewJob::new("noop", json!({})).idempotency_key("k")).await.unwrap();
+    assert!(!a.replayed && !b.replayed);
+    assert_ne!(a.job.id, b.job.id);
+}
+
+/// A batch gets ids in batch order; a replayed key returns the existing job; a conflicting key fails the whole
+/// batch, naming its index.
+#[tokio::test]
+async fn batch_enqueue_orders_ids_replays_and_rejects_conflicts_whole() {
+    let db = testkit::db().await;
+    let first = enqueue(&db.pool, NewJob::new("noop", json!({"x": 1})).idempotency_key("dup")).await;
+    let q = queue::Queue::new(db.pool.clone(), ordo::wake::Waker::disabled());
+    let jobs: Vec<NewJob> = (0..100)
+        .map(|i| NewJob::new("noop", json!({"i": i})))
+        .chain([NewJob::new("noop", json!({"x": 1})).idempotency_key("dup")])
+        .collect();
+    let out = q.enqueue_many(&acct(), jobs).await.unwrap();
+    assert_eq!(out.len(), 101);
+    assert!(out.windows(2).take(99).all(|w| w[0].id < w[1].id), "ids follow batch order");
+    assert!(out[..100].iter().all(|o| !o.replayed));
+    assert_eq!(out[100].id, first.id);
+    assert!(out[100].replayed);
+
+    let before: i64 = sqlx::query_scalar("select count(*) from job").fetch_one(&db.pool).await.unwrap();
+    let bad: Vec<NewJob> = (0..5)
+        .map(|i| NewJob::new("noop", json!({"i": i})))
+        .chain([NewJob::new("noop", json!({"x": 2})).idempotency_key("dup")])
+        .collect();
+    match q.enqueue_many(&acct(), bad).await {
+        Err(queue::Error::IdempotencyConflict { index: Some(5), .. }) => {}
+        other => panic!("expected a conflict at index 5, got {other:?}"),
+    }
+    let after: i64 = sqlx::query_scalar("select count(*) from job").fetch_one(&db.pool).await.unwrap();
+    assert_eq!(before, after, "nothing of a failed batch is kept");
+
+    let invalid = vec![NewJob::new("noop", json!({})), NewJob::new("noop", json!({})).priority(11)];
+    match q.enqueue_many(&acct(), invalid).await {
+        Err(queue::Error::Invalid(errs)) => assert_eq!(errs[0].path, "/jobs/1/priority"),
+        other => panic!("expected invalid, got {other:?}"),
+    }
+}
+
+/// Claims follow priority (0 first), then run_at, then enqueue order.
+#[tokio::test]
+async fn claims_follow_priority_then_age() {
+    let db = testkit::db().await;
+    let low = enqueue(&db.pool, NewJob::new("noop", json!({})).priority(9)).await;
+    let mid1 = enqueue(&db.pool, NewJob::new("noop", json!({})).priority(5)).await;
+    let high = enqueue(&db.pool, NewJob::new("noop", json!({})).priority(0)).await;
+    let mid2 = enqueue(&db.pool, NewJob::new("noop", json!({})).priority(5)).await;
+    let mut order = Vec::new();
+    for _ in 0..4 {
+        let c = claim_n(&db.pool, 1, Duration::from_secs(30)).await;
+        order.push(c[0].id);
+    }
+    assert_eq!(order, vec![high.id, mid1.id, mid2.id, low.id]);
+}
+
+/// A job with a future run_at is not claimed before it, and is claimed once it passes.
+#[tokio::test]
+async fn run_at_in_the_future_waits() {
+    let db = testkit::db().await;
+    let at = Utc::now() + chrono::Duration::milliseconds(700);
+    let j = enqueue(&db.pool, NewJob::new("noop", json!({})).run_at(at)).await;
+    assert_eq!(j.state, JobState::Scheduled);
+    assert!(claim_n(&db.pool, 10, Duration::from_secs(30)).await.is_empty());
+    let got = eventually(Duration::from_secs(10), "scheduled job to be claimable", || async {
+        claim_n(&db.pool, 10, Duration::from_secs(30)).await.into_iter().next()
+    })
+    .await;
+    assert_eq!(got.id, j.id);
+    assert!(got.started_at.unwrap() >= at);
+}
+
+/// A paused queue yields nothing for that account; other accounts and the resumed queue proceed.
+#[tokio::test]
+async fn pause_stops_claims_for_that_account_only() {
+    let db = testkit::db().await;
+    sqlx::query("insert into account (id) values ('other')").execute(&db.pool).await.unwrap();
+    let other = AccountId::parse("other").unwrap();
+    let mine = enqueue(&db.pool, NewJob::new("noop", json!({}))).await;
+    let mut conn = db.pool.acquire().await.unwrap();
+    let theirs = queue::enqueue(&mut conn, &other, NewJob::new("noop", json!({}))).await.unwrap().job;
+    queue::pause(&db.pool, &acct(), "default").await.unwrap();
+    queue::pause(&db.pool, &acct(), "default").await.unwrap();
+    let got = claim_n(&db.pool, 10, Duration::from_secs(30)).await;
+    assert_eq!(got.iter().map(|j| j.id).collect::<Vec<_>>(), vec![theirs.id]);
+    let stats = queue::queue_stats(&db.pool, &acct(), Duration::from_secs(30)).await.unwrap();
+    assert!(stats[0].paused);
+    queue::resume(&db.pool, &acct(), "default").await.unwrap();
+    let got = claim_n(&db.pool, 10, Duration::from_secs(30)).await;
+    assert_eq!(got.iter().map(|j| j.id).collect::<Vec<_>>(), vec![mine.id]);
+}
+
+/// Jobs of one concurrency key never run together and start in enqueue order, even when enqueued by 8
+/// concurrent clients; other keys are not blocked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrency_key_runs_one_at_a_time_in_enqueue_order() {
+    let db = testkit::db_with_max(20).await;
+    let barrier = Arc::new(Barrier::new(8));
+    let mut tasks = Vec::new();
+    for c in 0..8 {
+        let pool = db.pool.clone();
+        let barrier = barrier.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut conn = pool.acquire().await.unwrap();
+            barrier.wait().await;
+            for i in 0..10 {
+                queue::enqueue(&mut conn, &acct(), NewJob::new("noop", json!({"c": c, "i": i})).concurrency_key("K"))
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let other = enqueue(&db.pool, NewJob::new("noop", json!({})).concurrency_key("L")).await;
+    let mut started = Vec::new();
+    let mut saw_other = false;
+    loop {
+        let got = claim_n(&db.pool, 50, Duration::from_secs(30)).await;
+        let of_k: Vec<_> = got.iter().filter(|j| j.concurrency_key.as_deref() == Some("K")).collect();
+        assert!(of_k.len() <= 1, "two jobs of one key claimed together");
+        saw_other |= got.iter().any(|j| j.id == other.id);
+        if got.is_empty() {
+            break;
+        }
+        for j in &got {
+            if j.concurrency_key.as_deref() == Some("K") {
+                started.push(j.id);
+            }
+        }
+        let done: Vec<Completion> = got.iter().map(|j| ok(j.id, j.attempt)).collect();
+        queue::complete_many(&db.pool, &done).await.unwrap();
+    }
+    assert!(saw_other, "another key is not blocked");
+    assert_eq!(started.len(), 80);
+    let mut sorted = started.clone();
+    sorted.sort();
+    assert_eq!(started, sorted, "a key's jobs start in enqueue order");
+}
+
+/// A retryable job blocks later jobs of its key; a job scheduled in the future does not, until it is due.
+#[tokio::test]
+async fn concurrency_key_blocking_rules() {
+    let db = testkit::db().await;
+    let later = Utc::now() + chrono::Duration::hours(1);
+    let future = enqueue(&db.pool, NewJob::new("noop", json!({})).concurrency_key("K").run_at(later)).await;
+    let a = enqueue(&db.pool, NewJob::new("noop", json!({})).concurrency_key("K")).await;
+    let b = enqueue(&db.pool, NewJob::new("noop", json!({})).concurrency_key("K")).await;
+    let got = claim_n(&db.pool, 10, Duration::from_secs(30)).await;
+    assert_eq!(got.iter().map(|j| j.id).collect::<Vec<_>>(), vec![a.id], "future job does not block");
+    let f = Failure { id: a.id, attempt: 1, message: "boom".into(), permanent: false, retry_at: later };
+    queue::fail_many(&db.pool, &[f]).await.unwrap();
+    assert!(claim_n(&db.pool, 10, Duration::from_secs(30)).await.is_empty(), "retryable job blocks b");
+    let _ = (future, b);
+}
+
+/// Failures back off as retryable with the error recorded, and are discarded once attempts run out; a permanent
+/// failure discards at once.
+#[tokio::test]
+async fn failures_retry_then_discard() {
+    let db = testkit::db().await;
+    let j = enqueue(&db.pool, NewJob::new("fail", json!({})).max_attempts(2)).await;
+    let perm = enqueue(&db.pool, NewJob::new("fail", json!({}))).await;
+    let got = claim_n(&db.pool, 10, Duration::from_secs(30)).await;
+    assert_eq!(got.len(), 2);
+    let soon = Utc::now() + chrono::Duration::milliseconds(50);
+    queue::fail_many(
+        &db.pool,
+        &[
+            Failure { id: j.id, attempt: 1, message: "first".into(), permanent: false, retry_at: soon },
+            Failure { id: perm.id, attempt: 1, message: "bad args".into(), permanent: true, retry_at: soon },
+        ],
+    )
+    .await
+    .unwrap();
+    let r = queue::get(&db.pool, &acct(), j.id).await.unwrap();
+    assert_eq!(r.state, JobState::Retryable);
+    assert_eq!(r.errors[0]["attempt"], 1);
+    assert_eq!(r.errors[0]["message"], "first");
+    assert!(r.errors[0]["at"].as_str().unwrap().ends_with('Z'));
+    let p = queue::get(&db.pool, &acct(), perm.id).await.unwrap();
+    assert_eq!(p.state, JobState::Discarded);
+    assert!(p.finished_at.is_some());
+
+    let again = eventually(Duration::from_secs(10), "retry to be due", || async {
+        claim_n(&db.pool, 10, Duration::from_secs(30)).await.into_iter().next()
+    })
+    .await;
+    assert_eq!((again.id, again.attempt), (j.id, 2));
+    let f = Failure { id: j.id, attempt: 2, message: "second".into(), permanent: false, retry_at: soon };
+    queue::fail_many(&db.pool, &[f]).await.unwrap();
+    let r = queue::get(&db.pool, &acct(), j.id).await.unwrap();
+    assert_eq!(r.state, JobState::Discarded, "attempts exhausted");
+    assert_eq!(r.errors.as_array().unwrap().len(), 2);
+
+    // Retrying a discarded job with no attempts left grants one more.
+    let mut conn = db.pool.acquire().await.unwrap();
+    let r = queue::retry(&mut conn, &acct(), j.id).await.unwrap();
+    assert_eq!((r.state, r.max_attempts), (JobState::Available, 3));
+    let c = claim_n(&db.pool, 10, Duration::from_secs(30)).await;
+    assert_eq!((c[0].id, c[0].attempt), (j.id, 3));
+}
+
+/// A snooze puts the job back without using up the attempt.
+#[tokio::test]
+async fn snooze_does_not_use_an_attempt() {
+    let db = testkit::db().await;
+    let j = enqueue(&db.pool, NewJob::new("noop", json!({}))).await;
+    claim_n(&db.pool, 1, Duration::from_secs(30)).await;
+    let s = Snooze { id: j.id, attempt: 1, delay: Duration::from_secs(60) };
+    assert_eq!(queue::snooze_many(&db.pool, &[s]).await.unwrap(), vec![j.id]);
+    let r = queue::get(&db.pool, &acct(), j.id).await.unwrap();
+    assert_eq!((r.state, r.attempt), (JobState::Scheduled, 0));
+    assert!(r.run_at > Utc::now() + chrono::Duration::seconds(50));
+}
+
+/// Hand-back at shutdown makes a job available at once and returns its attempt.
+#[tokio::test]
+async fn hand_back_returns_the_attempt() {
+    let db = testkit::db().await;
+    let j = enqueue(&db.pool, NewJob::new("noop", json!({}))).await;
+    claim_n(&db.pool, 1, Duration::from_secs(30)).await;
+    assert_eq!(queue::hand_back(&db.pool, &[(j.id, 1)]).await.unwrap(), vec![j.id]);
+    let r = queue::get(&db.pool, &acct(), j.id).await.unwrap();
+    assert_eq!((r.state, r.attempt), (JobState::Available, 0));
+    assert_eq!(claim_n(&db.pool, 1, Duration::from_secs(30)).await[0].attempt, 1);
+}
+
+/// Cancelling a waiting job finishes it; cancelling a running one fences its worker; a finished job cannot be
+/// cancelled.
+#[tokio::test]
+async fn cancel_waiting_and_running_jobs() {
+    let db = testkit::db().await;
+    let mut conn = db.pool.acquire().await.unwrap();
+    let w = enqueue(&db.pool, NewJob::new("noop", json!({})).run_at(Utc::now() + chrono::Duration::hours(1))).await;
+    let c = queue::cancel(&mut conn, &acct(), w.id).await.unwrap();
+    assert_eq!(c.state, JobState::Cancelled);
+    assert!(matches!(
+        queue::cancel(&mut conn, &acct(), w.id).await,
+        Err(queue::Error::InvalidState { state: JobState::Cancelled, .. })
+    ));
+    let r = enqueue(&db.pool, NewJob::new("noop", json!({}))).await;
+    claim_n(&db.pool, 1, Duration::from_secs(30)).await;
+    queue::cancel(&mut conn, &acct(), r.id).await.unwrap();
+    assert!(queue::complete_many(&db.pool, &[ok(r.id, 1)]).await.unwrap().is_empty());
+    assert!(matches!(queue::cancel(&mut conn, &acct(), JobId(999_999)).await, Err(queue::Error::NotFound { .. })));
+    // A handler may cancel its own running job too.
+    let h = enqueue(&db.pool, NewJob::new("noop", json!({}))).await;
+    claim_n(&db.pool, 1, Duration::from_secs(30)).await;
+    assert_eq!(queue::cancel_running(&db.pool, &[(h.id, 1, "not needed".into())]).await.unwrap(), vec![h.id]);
+    let h = queue::get(&db.pool, &acct(), h.id).await.unwrap();
+    assert_eq!(h.state, JobState::Cancelled);
+    assert!(h.errors.to_string().contains("not needed"));
+}
+
+/// Listing is newest first, filtered, and paged by cursor; another account's jobs never appear.
+#[tokio::test]
+async fn list_pages_newest_first() {
+    let db = testkit::db().await;
+    sqlx::query("insert into account (id) values ('other')").execute(&db.pool).await.unwrap();
+    let mut conn = db.pool.acquire().await.unwrap();
+    queue::enqueue(&mut conn, &AccountId::parse("other").unwrap(), NewJob::new("noop", json!({}))).await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(enqueue(&db.pool, NewJob::new(if i % 2 == 0 { "noop" } else { "sleep" }, json!({}))).await.id);
+    }
+    let (page, next) =
+        queue::list(&db.pool, &acct(), &JobFilter { limit: 2, ..Default::default() }).await.unwrap();
+    assert_eq!(page.iter().map(|j| j.id).collect::<Vec<_>>(), vec![ids[4], ids[3]]);
+    let (page2, next2) =
+        queue::list(&db.pool, &acct(), &JobFilter { limit: 10, before: next, ..Default::default() }).await.unwrap();
+    assert_eq!(page2.iter().map(|j| j.id).collect::<Vec<_>>(), vec![ids[2], ids[1], ids[0]]);
+    assert_eq!(next2, None);
+    let f = JobFilter { kind: Some("sleep".into()), state: Some(JobState::Available), limit: 10, ..Default::default() };
+    let (sleeps, _) = queue::list(&db.pool, &acct(), &f).await.unwrap();
+    assert_eq!(sleeps.len(), 2);
+}
+
+/// Queue statistics count by state, count kinds no live worker knows as unclaimable, and age the oldest job.
+#[tokio::test]
+async fn queue_stats_count_states_and_unclaimable() {
+    let db = testkit::db().await;
+    enqueue(&db.pool, NewJob::new("noop", json!({}))).await;
+    enqueue(&db.pool, NewJob::new("mystery", json!({}))).await;
+    enqueue(&db.pool, NewJob::new("noop", json!({})).run_at(Utc::now() + chrono::Duration::hours(1))).await;
+    let done = enqueue(&db.pool, NewJob::new("noop", json!({})).queue("other")).await;
+    sqlx::query("update job set state = 'completed', finished_at = now() where id = $1")
+        .bind(done.id)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let w = queue::WorkerInfo {
+        id: "w1".into(),
+        pool: "default".into(),
+        version: "v1".into(),
+        queues: vec!["default".into()],
+        kinds: vec!["noop".into()],
+        host: "h".into(),
+        pid: 1,
+        concurrency: 1,
+        started_at: Utc::now(),
+        heartbeat_at: Utc::now(),
+        stopping: false,
+    };
+    queue::register_worker(&db.pool, &w).await.unwrap();
+    let stats = queue::queue_stats(&db.pool, &acct(), Duration::from_secs(30)).await.unwrap();
+    let d = stats.iter().find(|s| s.queue == "default").unwrap();
+    assert_eq!((d.available, d.scheduled, d.unclaimable), (2, 1, 1));
+    let o = stats.iter().find(|s| s.queue == "other").unwrap();
+    assert_eq!((o.completed, o.available, o.unclaimable), (1, 0, 0));
+}
+
+/// Pruning deletes finished jobs past retention but keeps keyed ones for their longer window, and never touches
+/// unfinished jobs.
+#[tokio::test]
+async fn prune_respects_retention() {
+    let db = testkit::db().await;
+    let old = enqueue(&db.pool, NewJob::new("noop", json!({}))).await;
+    let keyed = enqueue(&db.pool, NewJob::new("noop", json!({})).idempotency_key("k")).await;
+    let waiting = enqueue(&db.pool, NewJob::new("noop", json!({}))).await;
+    sqlx::query("update job set state = 'completed', finished_at = now() - interval '2 days' where id = any($1)")
+        .bind(vec![old.id.0, keyed.id.0])
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let n = queue::prune(&db.pool, Retention::default(), 100).await.unwrap();
+    assert_eq!(n, 1);
+    assert!(queue::get(&db.pool, &acct(), old.id).await.is_err());
+    assert!(queue::get(&db.pool, &acct(), keyed.id).await.is_ok());
+    assert!(queue::get(&db.pool, &acct(), waiting.id).await.is_ok());
+}
+
+/// Due scheduled and retryable jobs are promoted to available.
+#[tokio::test]
+async fn promote_due_moves_due_jobs_to_available() {
+    let db = testkit::db().await;
+    let j = enqueue(&db.pool, NewJob::new("noop", json!({})).run_at(Utc::now() + chrono::Duration::milliseconds(100))).await;
+    eventually(Duration::from_secs(10), "promotion", || async {
+        queue::promote_due(&db.pool, 100).await.unwrap();
+        let s = queue::get(&db.pool, &acct(), j.id).await.unwrap().state;
+        (s == JobState::Available).then_some(())
+    })
+    .await;
+}
+
+/// The claim uses the partial claim index on a large backlog with finished history, never a sequential scan.
+#[tokio::test]
+async fn claim_plan_uses_the_claim_index_on_a_large_table() {
+    let db = testkit::db().await;
+    sqlx::query(
+        r#"
+        insert into job (kind, args, state, finished_at)
+        select 'noop', '{}', case when g % 2 = 0 then 'completed' else 'available' end,
+               case when g % 2 = 0 then now() end
+        from generate_series(1, 100000) g
+        "#,
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query("analyze job").execute(&db.pool).await.unwrap();
+    let sql = r#"
+        explain
+        select j.id from job j
+        where j.state in ('available', 'scheduled', 'retryable') and j.queue = 'default' and j.run_at <= now()
+          and j.kind = any('{noop}') and (j.version is null or j.version = 'v1')
+          and not exists (select 1 from queue_pause p where p.account_id = j.account_id and p.queue = j.queue)
+        order by j.priority, j.run_at, j.id
+        limit 500
+        for update skip locked
+    "#;
+    let plan: Vec<String> = sqlx::query_scalar(sql).fetch_all(&db.pool).await.unwrap();
+    let plan = plan.join("\n");
+    assert!(plan.contains("job_queue_priority_run_at_id_idx"), "{plan}");
+    assert!(!plan.contains("Seq Scan on job"), "{plan}");
+    assert!(!plan.contains("Sort"), "the index provides the order: {plan}");
+}
+
+/// One holder at a time for a named lease; it passes on after release or expiry.
+#[tokio::test]
+async fn leader_lease_has_one_holder() {
+    let db = testkit::db().await;
+    let ttl = Duration::from_secs(30);
+    assert!(ordo::leader::acquire(&db.pool, "x", "a", ttl).await.unwrap());
+    assert!(ordo::leader::acquire(&db.pool, "x", "a", ttl).await.unwrap(), "renewal");
+    assert!(!ordo::leader::acquire(&db.pool, "x", "b", ttl).await.unwrap());
+    assert_eq!(ordo::leader::holder(&db.pool, "x").await.unwrap().as_deref(), Some("a"));
+    ordo::leader::release(&db.pool, "x", "a").await.unwrap();
+    assert!(ordo::leader::acquire(&db.pool, "x", "b", Duration::from_millis(100)).await.unwrap());
+    eventually(Duration::from_secs(5), "short lease to expire", || async {
+        ordo::leader::acquire(&db.pool, "x", "c", ttl).await.unwrap().then_some(())
+    })
+    .await;
+}
+
+/// Workers register, heartbeat, show up as live, and disappear when deregistered.
+#[tokio::test]
+async fn worker_registry_tracks_live_workers() {
+    let db = testkit::db().await;
+    let w = queue::WorkerInfo {
+        id: "w1".into(),
+        pool: "default".into(),
+        version: "v1".into(),
+        queues: vec!["default".into()],
+        kinds: vec!["noop".into()],
+        host: "h".into(),
+        pid: 1,
+        concurrency: 4,
+        started_at: Utc::now(),
+        heartbeat_at: Utc::now(),
+        stopping: false,
+    };
+    queue::register_worker(&db.pool, &w).await.unwrap();
+    assert!(queue::heartbeat_worker(&db.pool, "w1", true).await.unwrap());
+    let live = queue::live_workers(&db.pool, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(live.len(), 1);
+    assert!(live[0].stopping);
+    queue::deregister_worker(&db.pool, "w1").await.unwrap();
+    assert!(!queue::heartbeat_worker(&db.pool, "w1", false).await.unwrap());
+    assert!(queue::live_workers(&db.pool, Duration::from_secs(30)).await.unwrap().is_empty());
+}
+
+/// Invalid jobs are refused before reaching the database, naming each field.
+#[tokio::test]
+async fn enqueue_rejects_invalid_jobs() {
+    let db = testkit::db().await;
+    let mut conn = db.pool.acquire().await.unwrap();
+    let r = queue::enqueue(&mut conn, &acct(), NewJob::new("noop", json!({})).max_attempts(0)).await;
+    match r {
+        Err(queue::Error::Invalid(e)) => assert_eq!(e[0].path, "/max_attempts"),
+        other => panic!("{other:?}"),
+    }
+}

@@ -1,0 +1,133 @@
+//! The worker runtime in process: handlers, retries, timeouts, wake-ups and database outages.
+
+use std::time::Duration;
+
+use ordo::queue::{self, JobState, NewJob};
+use ordo::testkit::{self, eventually, TcpProxy};
+use serde_json::json;
+
+use crate::support::{acct, count_state, fast_config, start_worker, wait_for_state};
+
+/// Built-in kinds run to their outcomes: success, retry then success, permanent failure, malformed args.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_runs_kinds_to_their_outcomes() {
+    let db = testkit::db().await;
+    let q = queue::Queue::new(db.pool.clone(), ordo::wake::Waker::disabled());
+    let noop = q.enqueue(&acct(), NewJob::new("noop", json!({}))).await.unwrap().job;
+    let flaky = q.enqueue(&acct(), NewJob::new("fail", json!({"times": 2}))).await.unwrap().job;
+    let perm = q.enqueue(&acct(), NewJob::new("fail", json!({"permanent": true}))).await.unwrap().job;
+    let bad = q.enqueue(&acct(), NewJob::new("sleep", json!({"msec": 5}))).await.unwrap().job;
+    let w = start_worker(&db.pool, fast_config());
+
+    wait_for_state(&db.pool, noop.id, JobState::Completed, Duration::from_secs(10)).await;
+    let f = wait_for_state(&db.pool, flaky.id, JobState::Completed, Duration::from_secs(20)).await;
+    assert_eq!(f.attempt, 3);
+    assert_eq!(f.errors.as_array().unwrap().len(), 2);
+    let p = wait_for_state(&db.pool, perm.id, JobState::Discarded, Duration::from_secs(10)).await;
+    assert_eq!(p.attempt, 1);
+    let b = wait_for_state(&db.pool, bad.id, JobState::Discarded, Duration::from_secs(10)).await;
+    assert!(b.errors[0]["message"].as_str().unwrap().contains("invalid args for sleep"), "{}", b.errors);
+    assert_eq!(b.attempt, 1, "malformed args are not retried");
+    w.stop().await;
+}
+
+/// A job of a kind no worker knows waits (it is not lost or discarded) and is counted as unclaimable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_kind_waits_and_is_counted_unclaimable() {
+    let db = testkit::db().await;
+    let q = queue::Queue::new(db.pool.clone(), ordo::wake::Waker::disabled());
+    let mystery = q.enqueue(&acct(), NewJob::new("mystery", json!({}))).await.unwrap().job;
+    let marker = q.enqueue(&acct(), NewJob::new("noop", json!({}))).await.unwrap().job;
+    let w = start_worker(&db.pool, fast_config());
+    wait_for_state(&db.pool, marker.id, JobState::Completed, Duration::from_secs(10)).await;
+    let m = queue::get(&db.pool, &acct(), mystery.id).await.unwrap();
+    assert_eq!(m.state, JobState::Available);
+    let stats = queue::queue_stats(&db.pool, &acct(), Duration::from_secs(30)).await.unwrap();
+    assert_eq!(stats[0].unclaimable, 1);
+    w.stop().await;
+}
+
+/// A job past its timeout is stopped and its attempt fails with a clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_timeout_fails_the_attempt() {
+    let db = testkit::db().await;
+    let q = queue::Queue::new(db.pool.clone(), ordo::wake::Waker::disabled());
+    let j = q
+        .enqueue(&acct(), NewJob::new("sleep", json!({"ms": 60_000})).timeout_ms(100).max_attempts(1))
+        .await
+        .unwrap()
+        .job;
+    let w = start_worker(&db.pool, fast_config());
+    let d = wait_for_state(&db.pool, j.id, JobState::Discarded, Duration::from_secs(10)).await;
+    assert!(d.errors[0]["message"].as_str().unwrap().contains("timed out after 100 ms"), "{}", d.errors);
+    w.stop().await;
+}
+
+/// With Redis, an idle worker starts a new job on the wake-up, long before its (here very long) poll interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_wake_up_starts_jobs_without_waiting_for_the_poll() {
+    let db = testkit::db().await;
+    let redis = testkit::redis_url().await;
+    let mut cfg = fast_config();
+    cfg.poll = Duration::from_secs(3600);
+    cfg.redis_url = Some(redis.clone());
+    let w = start_worker(&db.pool, cfg);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let waker = ordo::wake::Waker::start(&redis, &db.name, stop.clone()).unwrap();
+    let q = queue::Queue::new(db.pool.clone(), waker);
+    // The worker pokes itself once when its subscription is up; wait until it is idle.
+    eventually(Duration::from_secs(10), "worker registered", || async {
+        (!queue::live_workers(&db.pool, Duration::from_secs(30)).await.unwrap().is_empty()).then_some(())
+    })
+    .await;
+    for _ in 0..3 {
+        let j = q.enqueue(&acct(), NewJob::new("noop", json!({}))).await.unwrap().job;
+        wait_for_state(&db.pool, j.id, JobState::Completed, Duration::from_secs(20)).await;
+    }
+    stop.cancel();
+    w.stop().await;
+}
+
+/// The database going away mid-run and coming back loses nothing: the worker reconnects, and every job
+/// completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_outage_mid_run_loses_nothing() {
+    let db = testkit::db().await;
+    let addr = pg_addr(&db.url);
+    let proxy = TcpProxy::start(addr).await;
+    let proxied = ordo::db::connect(&testkit::with_host_port(&db.url, proxy.addr()), 8).await.unwrap();
+    let q = queue::Queue::new(db.pool.clone(), ordo::wake::Waker::disabled());
+    let jobs: Vec<NewJob> = (0..50).map(|i| NewJob::new("sleep", json!({"ms": 20 + i}))).collect();
+    q.enqueue_many(&acct(), jobs).await.unwrap();
+    let w = start_worker(&proxied, fast_config());
+    eventually(Duration::from_secs(20), "some jobs to complete", || async {
+        (count_state(&db.pool, "completed").await > 0).then_some(())
+    })
+    .await;
+    proxy.cut();
+    let more: Vec<NewJob> = (0..50).map(|_| NewJob::new("noop", json!({}))).collect();
+    q.enqueue_many(&acct(), more).await.unwrap();
+    // Let the worker hit the outage before restoring.
+    eventually(Duration::from_secs(10), "the outage to be noticed", || async {
+        let active: i64 =
+            sqlx::query_scalar("select count(*) from pg_stat_activity where datname = current_database()")
+                .fetch_one(&db.pool)
+                .await
+                .unwrap();
+        (active <= 2).then_some(())
+    })
+    .await;
+    proxy.restore();
+    eventually(Duration::from_secs(60), "all 100 jobs to complete", || async {
+        (count_state(&db.pool, "completed").await == 100).then_some(())
+    })
+    .await;
+    w.stop().await;
+    assert_eq!(count_state(&db.pool, "running").await, 0);
+}
+
+fn pg_addr(url: &str) -> std::net::SocketAddr {
+    let opts: sqlx::postgres::PgConnectOptions = url.parse().unwrap();
+    let host = if opts.get_host() == "localhost" { "127.0.0.1" } else { opts.get_host() };
+    format!("{host}:{}", opts.get_port()).parse().unwrap()
+}
