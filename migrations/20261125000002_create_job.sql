@@ -36,7 +36,7 @@ create table job (
     constraint job_kind_check check (length(kind) between 1 and 255),
     constraint job_queue_check check (length(queue) between 1 and 255),
     constraint job_timeout_ms_check check (timeout_ms is null or timeout_ms > 0),
-    constraint job_lease_check check (state <> 'running' or leased_until is not null)
+    constraint job_lease_check check ((state = 'running') = (leased_until is not null))
 );
 
 -- The claim walks this index in claim order (priority, run_at, id) within one queue.
@@ -51,8 +51,10 @@ create unique index job_account_id_idempotency_key_key on job (account_id, idemp
 create index job_account_id_concurrency_key_id_idx on job (account_id, concurrency_key, id)
     where concurrency_key is not null and state in ('available', 'scheduled', 'retryable', 'running');
 
--- Rescue of expired leases.
-create index job_leased_until_idx on job (leased_until) where state = 'running';
+-- Rescue of expired leases. The predicate is deliberately not `state = 'running'`: fenced writes filter on that
+-- state, and a partial index matching it tempts the planner (when statistics say few jobs run) into scanning
+-- every running row per batch instead of probing the primary key.
+create index job_leased_until_idx on job (leased_until) where leased_until is not null;
 
 -- Listing an account's jobs newest first.
 create index job_account_id_id_idx on job (account_id, id);

@@ -125,7 +125,9 @@ const SERVER_SETTINGS: &[(&str, &str)] = &[
 /// Runs the benchmark.
 pub async fn run(args: BenchArgs, _shutdown: CancellationToken) -> Result<Summary, Error> {
     if args.jobs == 0 || args.batch == 0 || args.workers == 0 || args.concurrency == 0 {
-        return Err(Error::Invalid("--jobs, --batch, --workers and --concurrency must be positive".into()));
+        return Err(Error::Invalid(
+            "--jobs, --batch, --workers and --concurrency must be positive".into(),
+        ));
     }
     let mut private = None;
     let admin_url = match &args.database_url {
@@ -141,10 +143,14 @@ pub async fn run(args: BenchArgs, _shutdown: CancellationToken) -> Result<Summar
     };
     let scratch = format!("ordo_bench_{:08x}", rand::random::<u32>());
     let admin = crate::db::connect(&admin_url, 2).await?;
-    sqlx::query(&format!("create database \"{scratch}\"")).execute(&admin).await?;
+    sqlx::query(&format!("create database \"{scratch}\""))
+        .execute(&admin)
+        .await?;
     let url = replace_database(&admin_url, &scratch);
     let result = measure(&args, &url).await;
-    let _ = sqlx::query(&format!("drop database if exists \"{scratch}\" with (force)")).execute(&admin).await;
+    let _ = sqlx::query(&format!("drop database if exists \"{scratch}\" with (force)"))
+        .execute(&admin)
+        .await;
     admin.close().await;
     if let Some((server, dir)) = private {
         let _ = server.stop();
@@ -216,13 +222,16 @@ async fn measure(args: &BenchArgs, url: &str) -> Result<Summary, Error> {
         (Some((c0, t0)), Some((c1, t1))) if c1 > c0 => Some((t1 - t0) / (c1 - c0) as f64),
         _ => None,
     };
-    let (dead_tuples, index_bytes): (i64, i64) = sqlx::query_as(
-        "select n_dead_tup, pg_indexes_size('job') from pg_stat_user_tables where relname = 'job'",
-    )
-    .fetch_one(&pool)
-    .await?;
+    let (dead_tuples, index_bytes): (i64, i64) =
+        sqlx::query_as("select n_dead_tup, pg_indexes_size('job') from pg_stat_user_tables where relname = 'job'")
+            .fetch_one(&pool)
+            .await?;
 
-    let latency = if args.latency_samples > 0 { Some(measure_latency(&q, &account, args.latency_samples).await?) } else { None };
+    let latency = if args.latency_samples > 0 {
+        Some(measure_latency(&q, &account, args.latency_samples).await?)
+    } else {
+        None
+    };
     stop_workers(&mut children).await;
     shutdown.cancel();
     pool.close().await;
@@ -315,7 +324,9 @@ fn spawn_workers(args: &BenchArgs, url: &str) -> Result<Vec<tokio::process::Chil
 async fn wait_for_workers(pool: &PgPool, n: usize) -> Result<(), Error> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let live: i64 = sqlx::query_scalar("select count(*) from worker").fetch_one(pool).await?;
+        let live: i64 = sqlx::query_scalar("select count(*) from worker")
+            .fetch_one(pool)
+            .await?;
         if live as usize >= n {
             return Ok(());
         }
@@ -329,7 +340,9 @@ async fn wait_for_workers(pool: &PgPool, n: usize) -> Result<(), Error> {
 async fn stop_workers(children: &mut [tokio::process::Child]) {
     for c in children.iter() {
         if let Some(pid) = c.id() {
-            let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
         }
     }
     for c in children.iter_mut() {
@@ -344,12 +357,18 @@ async fn stop_workers(children: &mut [tokio::process::Child]) {
 async fn measure_latency(q: &Queue, account: &AccountId, samples: usize) -> Result<Latency, Error> {
     let mut lat = Vec::with_capacity(samples);
     for _ in 0..samples {
-        let job = q.enqueue(account, NewJob::new("noop", serde_json::json!({}))).await?.job;
+        let job = q
+            .enqueue(account, NewJob::new("noop", serde_json::json!({})))
+            .await?
+            .job;
         let committed = chrono::Utc::now();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let started: Option<chrono::DateTime<chrono::Utc>> =
-                sqlx::query_scalar("select started_at from job where id = $1").bind(job.id).fetch_one(q.pool()).await?;
+                sqlx::query_scalar("select started_at from job where id = $1")
+                    .bind(job.id)
+                    .fetch_one(q.pool())
+                    .await?;
             if let Some(s) = started {
                 let ms = (s - committed).num_microseconds().unwrap_or(0).max(0) as f64 / 1000.0;
                 lat.push(ms);
@@ -363,7 +382,10 @@ async fn measure_latency(q: &Queue, account: &AccountId, samples: usize) -> Resu
     }
     lat.sort_by(|a, b| a.total_cmp(b));
     let pick = |p: f64| lat[((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1];
-    Ok(Latency { p50: (pick(0.50) * 1000.0).round() / 1000.0, p99: (pick(0.99) * 1000.0).round() / 1000.0 })
+    Ok(Latency {
+        p50: (pick(0.50) * 1000.0).round() / 1000.0,
+        p99: (pick(0.99) * 1000.0).round() / 1000.0,
+    })
 }
 
 /// Points a postgres URL at another database, keeping credentials, host and query.

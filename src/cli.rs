@@ -65,7 +65,9 @@ pub fn main() -> ExitCode {
 async fn run(cmd: Command) -> anyhow::Result<()> {
     match cmd {
         Command::Migrate { db } => {
-            let pool = crate::db::connect(db.require()?, 2).await.context("connect to postgres")?;
+            let pool = crate::db::connect(db.require()?, 2)
+                .await
+                .context("connect to postgres")?;
             crate::db::migrate(&pool).await.context("apply migrations")?;
             println!("migrations applied");
             Ok(())
@@ -75,14 +77,18 @@ async fn run(cmd: Command) -> anyhow::Result<()> {
             let pool = crate::db::connect(db.require()?, (cfg.queues.len() as u32 + 4).max(6))
                 .await
                 .context("connect to postgres")?;
-            crate::db::check_schema(&pool).await.context("check the schema version")?;
+            crate::db::check_schema(&pool)
+                .await
+                .context("check the schema version")?;
             let shutdown = crate::supervisor::shutdown_on_signals();
             let worker = Worker::new(cfg, pool, ordo_workers::registry(), engine_handlers());
             worker.run(shutdown).await.context("run worker")?;
             Ok(())
         }
         Command::Bench(args) => {
-            let summary = crate::bench::run(args.clone(), CancellationToken::new()).await.context("run benchmark")?;
+            let summary = crate::bench::run(args.clone(), CancellationToken::new())
+                .await
+                .context("run benchmark")?;
             if args.json {
                 println!("{}", serde_json::to_string(&summary)?);
             } else {

@@ -34,7 +34,9 @@ pub struct DbConfig {
 impl DbConfig {
     /// The URL, or a clear error.
     pub fn require(&self) -> Result<&str, Error> {
-        self.database_url.as_deref().ok_or(Error::Missing("DATABASE_URL (or --database-url)"))
+        self.database_url
+            .as_deref()
+            .ok_or(Error::Missing("DATABASE_URL (or --database-url)"))
     }
 }
 
@@ -102,16 +104,30 @@ impl WorkerArgs {
     /// Validates and converts into the runtime's config.
     pub fn to_config(&self, redis: &RedisConfig) -> Result<WorkerConfig, Error> {
         if self.concurrency == 0 || self.concurrency > 10_000 {
-            return Err(Error::Invalid { name: "--concurrency", message: "must be 1 to 10000".into() });
+            return Err(Error::Invalid {
+                name: "--concurrency",
+                message: "must be 1 to 10000".into(),
+            });
         }
         if self.lease_ms < 300 {
-            return Err(Error::Invalid { name: "ORDO_LEASE_MS", message: "must be at least 300".into() });
+            return Err(Error::Invalid {
+                name: "ORDO_LEASE_MS",
+                message: "must be at least 300".into(),
+            });
         }
         if self.poll_ms == 0 {
-            return Err(Error::Invalid { name: "ORDO_POLL_MS", message: "must be positive".into() });
+            return Err(Error::Invalid {
+                name: "ORDO_POLL_MS",
+                message: "must be positive".into(),
+            });
         }
         let mut cfg = WorkerConfig::new(&self.pool, &self.version);
-        let queues: Vec<String> = self.queues.iter().map(|q| q.trim().to_owned()).filter(|q| !q.is_empty()).collect();
+        let queues: Vec<String> = self
+            .queues
+            .iter()
+            .map(|q| q.trim().to_owned())
+            .filter(|q| !q.is_empty())
+            .collect();
         if !queues.is_empty() {
             cfg.queues = queues;
         }
@@ -120,7 +136,10 @@ impl WorkerArgs {
         cfg.poll = Duration::from_millis(self.poll_ms);
         cfg.default_timeout = Duration::from_millis(self.job_timeout_ms.max(1));
         cfg.drain = Duration::from_millis(self.drain_ms);
-        cfg.retry = RetryPolicy { base: Duration::from_millis(self.retry_base_ms.max(1)), ..RetryPolicy::default() };
+        cfg.retry = RetryPolicy {
+            base: Duration::from_millis(self.retry_base_ms.max(1)),
+            ..RetryPolicy::default()
+        };
         cfg.redis_url = redis.redis_url.clone();
         cfg.retention = Retention {
             finished: Duration::from_secs(self.retain_finished_hours * 3600),

@@ -45,7 +45,12 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Connects a pool of at most `max` connections; fails fast (5 s) when nothing answers.
 pub async fn connect(url: &str, max: u32) -> Result<PgPool> {
     let opts: PgConnectOptions = url.parse().map_err(|e: sqlx::Error| Error::InvalidUrl(e.to_string()))?;
-    let target = format!("{}:{}/{}", opts.get_host(), opts.get_port(), opts.get_database().unwrap_or(""));
+    let target = format!(
+        "{}:{}/{}",
+        opts.get_host(),
+        opts.get_port(),
+        opts.get_database().unwrap_or("")
+    );
     PgPoolOptions::new()
         .max_connections(max)
         .min_connections(0)

@@ -50,8 +50,10 @@ pub async fn release<'e>(exec: impl PgExecutor<'e>, name: &str, holder: &str) ->
 
 /// The current holder of `name`, if its lease has not expired.
 pub async fn holder<'e>(exec: impl PgExecutor<'e>, name: &str) -> Result<Option<String>, Error> {
-    Ok(sqlx::query_scalar("select holder from leader_lease where name = $1 and expires_at >= now()")
-        .bind(name)
-        .fetch_optional(exec)
-        .await?)
+    Ok(
+        sqlx::query_scalar("select holder from leader_lease where name = $1 and expires_at >= now()")
+            .bind(name)
+            .fetch_optional(exec)
+            .await?,
+    )
 }

@@ -7,6 +7,7 @@
 //!                 └── Redis: wake-ups, rate limits (soft state; losing it loses nothing)
 //! ```
 //!
+//! - [`api`]: the HTTP API (axum): jobs, queues, accounts, health, metrics, OpenAPI.
 //! - [`db`]: pools and embedded migrations.
 //! - [`queue`]: the durable queue; the only writer of `job` rows.
 //! - [`runtime`]: the worker process: claim, execute, complete in batches, heartbeat, drain.
@@ -15,6 +16,7 @@
 //! - [`wake`]: Redis wake-ups, a hint beside the poll loop.
 #![warn(missing_docs)]
 
+pub mod api;
 pub mod bench;
 pub mod cli;
 pub mod config;
@@ -28,8 +30,8 @@ pub mod telemetry;
 pub mod tenancy;
 pub mod wake;
 
-#[cfg(any(test, feature = "testkit"))]
-pub mod testkit;
 /// Probe job kinds for crash and concurrency tests.
 #[cfg(feature = "testkit")]
 pub mod probe;
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;

@@ -80,7 +80,11 @@ fn is_root() -> bool {
     // The effective uid without libc: /proc/self/status has "Uid: real effective ...".
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) == Some("0")))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
         .unwrap_or(false)
 }
 
@@ -102,7 +106,11 @@ fn run(mut cmd: Command) -> Result<(), Error> {
     } else {
         Err(Error::Command {
             command: format!("{cmd:?}"),
-            detail: format!("{}{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout)),
+            detail: format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stderr),
+                String::from_utf8_lossy(&out.stdout)
+            ),
         })
     }
 }
@@ -121,11 +129,17 @@ impl PgServer {
                 c
             })?;
         }
-        let server = PgServer { data_dir: data_dir.clone(), port, bin_dir: bin_dir.clone() };
+        let server = PgServer {
+            data_dir: data_dir.clone(),
+            port,
+            bin_dir: bin_dir.clone(),
+        };
         if !data_dir.join("PG_VERSION").exists() {
             run({
                 let mut c = pg_command(&bin_dir.join("initdb"));
-                c.args(["-D"]).arg(&data_dir).args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"]);
+                c.args(["-D"])
+                    .arg(&data_dir)
+                    .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"]);
                 c
             })?;
         }
@@ -151,7 +165,10 @@ impl PgServer {
         let deadline = Instant::now() + Duration::from_secs(60);
         while !server.accepts() {
             if Instant::now() > deadline {
-                return Err(Error::Timeout { dir: data_dir.display().to_string(), secs: 60 });
+                return Err(Error::Timeout {
+                    dir: data_dir.display().to_string(),
+                    secs: 60,
+                });
             }
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -47,7 +47,10 @@ impl EngineHandler for Record {
             match r.await {
                 Ok(true) => EngineResult::Step(Ok(Outcome::Done(serde_json::Value::Null))),
                 Ok(false) => EngineResult::Step(Err(StepError::Cancelled)),
-                Err(e) => EngineResult::Step(Err(StepError::Retry { reason: e.to_string(), after: None })),
+                Err(e) => EngineResult::Step(Err(StepError::Retry {
+                    reason: e.to_string(),
+                    after: None,
+                })),
             }
         })
     }

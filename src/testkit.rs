@@ -115,12 +115,10 @@ pub async fn db_with_max(max: u32) -> TestDb {
     let template = template(&admin).await;
     let name = format!("ordo_t_{:016x}", rand::random::<u64>());
     let mut conn = admin_connection(&admin).await;
-    sqlx::query(&format!(
-        r#"create database "{name}" template "{template}""#
-    ))
-    .execute(&mut conn)
-    .await
-    .unwrap_or_else(|e| panic!("create test database {name} from template {template}: {e}"));
+    sqlx::query(&format!(r#"create database "{name}" template "{template}""#))
+        .execute(&mut conn)
+        .await
+        .unwrap_or_else(|e| panic!("create test database {name} from template {template}: {e}"));
     let _ = conn.close().await;
     let url = with_database(&admin, &name);
     let pool = match PgPoolOptions::new()
@@ -204,12 +202,11 @@ async fn build_template(admin: &str) -> String {
         .execute(&mut conn)
         .await
         .unwrap_or_else(|e| panic!("take the template lock: {e}"));
-    let exists: bool =
-        sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
-            .bind(&name)
-            .fetch_one(&mut conn)
-            .await
-            .unwrap_or_else(|e| panic!("look for template {name}: {e}"));
+    let exists: bool = sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
+        .bind(&name)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap_or_else(|e| panic!("look for template {name}: {e}"));
     if !exists {
         // Built under another name and renamed when complete, so a build that died half-way is never cloned.
         let build = format!("{name}_build");
@@ -236,11 +233,7 @@ async fn build_template(admin: &str) -> String {
             exec(&mut conn, &sql).await;
         }
     }
-    exec(
-        &mut conn,
-        &format!("select pg_advisory_unlock({TEMPLATE_LOCK})"),
-    )
-    .await;
+    exec(&mut conn, &format!("select pg_advisory_unlock({TEMPLATE_LOCK})")).await;
     let _ = conn.close().await;
     name
 }
@@ -299,25 +292,14 @@ impl TcpProxy {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
             .await
             .expect("binding 127.0.0.1:0 succeeds on any test machine");
-        let addr = listener
-            .local_addr()
-            .expect("a bound listener has a local address");
+        let addr = listener.local_addr().expect("a bound listener has a local address");
         let shutdown = CancellationToken::new();
         let link = Arc::new(Mutex::new(Link {
             cut: false,
             connections: shutdown.child_token(),
         }));
-        tokio::spawn(accept_loop(
-            listener,
-            upstream,
-            Arc::clone(&link),
-            shutdown.clone(),
-        ));
-        TcpProxy {
-            addr,
-            link,
-            shutdown,
-        }
+        tokio::spawn(accept_loop(listener, upstream, Arc::clone(&link), shutdown.clone()));
+        TcpProxy { addr, link, shutdown }
     }
 
     /// The address clients connect to (see [`with_host_port`]).
@@ -347,12 +329,7 @@ impl Drop for TcpProxy {
     }
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    upstream: SocketAddr,
-    link: Arc<Mutex<Link>>,
-    shutdown: CancellationToken,
-) {
+async fn accept_loop(listener: TcpListener, upstream: SocketAddr, link: Arc<Mutex<Link>>, shutdown: CancellationToken) {
     loop {
         let inbound = tokio::select! {
             biased;
@@ -389,21 +366,14 @@ async fn forward(mut inbound: TcpStream, upstream: SocketAddr, cut: Cancellation
 /// path and query (to route a client through a [`TcpProxy`]).
 pub fn with_host_port(url: &str, addr: SocketAddr) -> String {
     let parts = UrlParts::split(url);
-    format!(
-        "{}://{}{}{}",
-        parts.scheme, parts.userinfo, addr, parts.rest
-    )
+    format!("{}://{}{}{}", parts.scheme, parts.userinfo, addr, parts.rest)
 }
 
 /// Resolves the host and port of a `postgres://` or `redis://` URL (default port by scheme), e.g. the upstream
 /// of a [`TcpProxy`].
 pub async fn server_addr(url: &str) -> SocketAddr {
     let parts = UrlParts::split(url);
-    let default_port = if parts.scheme.starts_with("redis") {
-        6379
-    } else {
-        5432
-    };
+    let default_port = if parts.scheme.starts_with("redis") { 6379 } else { 5432 };
     let (host, port) = match parts.host_port.strip_prefix('[') {
         Some(v6) => {
             let (host, after) = v6.split_once(']').unwrap_or((v6, ""));
@@ -470,9 +440,7 @@ fn with_database(url: &str, database: &str) -> String {
 }
 
 fn env_url(name: &str) -> Option<String> {
-    std::env::var(name)
-        .ok()
-        .filter(|url| !url.trim().is_empty())
+    std::env::var(name).ok().filter(|url| !url.trim().is_empty())
 }
 
 fn local(port: u16) -> SocketAddr {
@@ -492,10 +460,7 @@ async fn run_blocking<T: Send + 'static>(f: fn() -> T) -> T {
 }
 
 /// Polls `ready` until it holds or `deadline` passes; `Err` carries the reason it gave up.
-fn wait_until(
-    deadline: Duration,
-    mut ready: impl FnMut() -> Result<bool, String>,
-) -> Result<(), String> {
+fn wait_until(deadline: Duration, mut ready: impl FnMut() -> Result<bool, String>) -> Result<(), String> {
     let until = Instant::now() + deadline;
     loop {
         if ready()? {
@@ -524,26 +489,19 @@ fn lock_shared_dir(name: &str) -> (PathBuf, File) {
     (dir, lock)
 }
 
-// `File::lock` is stable since Rust 1.89; the workspace's declared rust-version is older than the toolchain used.
-#[allow(clippy::incompatible_msrv)]
 fn lock_file(file: &File) -> std::io::Result<()> {
     file.lock()
 }
 
 /// The port in `dir/port` when the server recorded there still answers.
 fn live_port(dir: &Path, alive: impl Fn(u16) -> bool) -> Option<u16> {
-    let port = std::fs::read_to_string(dir.join("port"))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
+    let port = std::fs::read_to_string(dir.join("port")).ok()?.trim().parse().ok()?;
     alive(port).then_some(port)
 }
 
 fn record_port(dir: &Path, port: u16) {
     let path = dir.join("port");
-    std::fs::write(&path, port.to_string())
-        .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    std::fs::write(&path, port.to_string()).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
 }
 
 /// Starts (or finds) the private PostgreSQL of this test run and returns its port. The cluster lives in the
@@ -554,8 +512,8 @@ fn private_postgres() -> u16 {
         return port;
     }
     let settings = [("fsync", "off"), ("max_connections", "300")];
-    let server = PgServer::start(&dir.join("data"), free_port(), &settings)
-        .unwrap_or_else(|e| panic!("{NO_POSTGRES}: {e}"));
+    let server =
+        PgServer::start(&dir.join("data"), free_port(), &settings).unwrap_or_else(|e| panic!("{NO_POSTGRES}: {e}"));
     record_port(&dir, server.port);
     server.port
 }
@@ -571,8 +529,7 @@ fn private_redis() -> u16 {
     let log_path = dir.join("redis.log");
     // Errors before daemonizing go to stderr: keep them in a file, not a pipe the daemon could hold open.
     let early_path = dir.join("redis-start.log");
-    let early = File::create(&early_path)
-        .unwrap_or_else(|e| panic!("create {}: {e}", early_path.display()));
+    let early = File::create(&early_path).unwrap_or_else(|e| panic!("create {}: {e}", early_path.display()));
     let status = Command::new(&bin)
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
         .args(["--save", "", "--appendonly", "no", "--daemonize", "yes"])
@@ -633,12 +590,11 @@ mod tests {
 
     async fn database_exists(admin: &str, name: &str) -> bool {
         let mut conn = admin_connection(admin).await;
-        let exists =
-            sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
-                .bind(name)
-                .fetch_one(&mut conn)
-                .await
-                .unwrap();
+        let exists = sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
+            .bind(name)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
         conn.close().await.unwrap();
         exists
     }
@@ -665,10 +621,7 @@ mod tests {
             .fetch_one(&b.pool)
             .await
             .unwrap();
-        assert_eq!(
-            in_b, 0,
-            "a row written in one test database is invisible in another"
-        );
+        assert_eq!(in_b, 0, "a row written in one test database is invisible in another");
         let (a_name, b_name) = (a.name.clone(), b.name.clone());
         let admin = postgres_url().await;
         assert!(database_exists(&admin, &a_name).await);
@@ -686,20 +639,18 @@ mod tests {
         let name = template_name();
         assert_eq!(TEMPLATE.get().map(String::as_str), Some(name.as_str()));
         let mut conn = admin_connection(&admin).await;
-        let (is_template, allow_conn): (bool, bool) = sqlx::query_as(
-            "select datistemplate, datallowconn from pg_database where datname = $1",
-        )
-        .bind(&name)
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
-        assert!(is_template && !allow_conn);
-        let connected: i64 =
-            sqlx::query_scalar("select count(*) from pg_stat_activity where datname = $1")
+        let (is_template, allow_conn): (bool, bool) =
+            sqlx::query_as("select datistemplate, datallowconn from pg_database where datname = $1")
                 .bind(&name)
                 .fetch_one(&mut conn)
                 .await
                 .unwrap();
+        assert!(is_template && !allow_conn);
+        let connected: i64 = sqlx::query_scalar("select count(*) from pg_stat_activity where datname = $1")
+            .bind(&name)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
         assert_eq!(connected, 0);
     }
 
@@ -710,35 +661,21 @@ mod tests {
         let proxy = TcpProxy::start(server_addr(&t.url).await).await;
         let url = with_host_port(&t.url, proxy.addr());
         let mut conn = PgConnection::connect(&url).await.unwrap();
-        let one: i32 = sqlx::query_scalar("select 1")
-            .fetch_one(&mut conn)
-            .await
-            .unwrap();
+        let one: i32 = sqlx::query_scalar("select 1").fetch_one(&mut conn).await.unwrap();
         assert_eq!(one, 1);
 
         proxy.cut();
-        let broken = tokio::time::timeout(
-            Duration::from_secs(10),
-            sqlx::query("select 1").execute(&mut conn),
-        )
-        .await;
+        let broken = tokio::time::timeout(Duration::from_secs(10), sqlx::query("select 1").execute(&mut conn)).await;
         assert!(
             matches!(broken, Ok(Err(_))),
             "a query over a cut link fails: {broken:?}"
         );
-        let refused =
-            tokio::time::timeout(Duration::from_secs(10), PgConnection::connect(&url)).await;
-        assert!(
-            matches!(refused, Ok(Err(_))),
-            "a new connection over a cut link fails"
-        );
+        let refused = tokio::time::timeout(Duration::from_secs(10), PgConnection::connect(&url)).await;
+        assert!(matches!(refused, Ok(Err(_))), "a new connection over a cut link fails");
 
         proxy.restore();
         let mut fresh = PgConnection::connect(&url).await.unwrap();
-        let one: i32 = sqlx::query_scalar("select 1")
-            .fetch_one(&mut fresh)
-            .await
-            .unwrap();
+        let one: i32 = sqlx::query_scalar("select 1").fetch_one(&mut fresh).await.unwrap();
         assert_eq!(one, 1);
         fresh.close().await.unwrap();
     }
@@ -769,10 +706,7 @@ mod tests {
     #[tokio::test]
     #[should_panic(expected = "timed out after 100ms waiting for nothing")]
     async fn eventually_panics_after_the_timeout() {
-        eventually(Duration::from_millis(100), "nothing", || async {
-            None::<()>
-        })
-        .await;
+        eventually(Duration::from_millis(100), "nothing", || async { None::<()> }).await;
     }
 
     /// `with_host_port` swaps only host and port; credentials, path and query survive.
@@ -796,17 +730,9 @@ mod tests {
                 v4,
                 "postgresql://127.0.0.1:40001?application_name=x",
             ),
-            (
-                "postgres://[::1]:5432/ordo",
-                v4,
-                "postgres://127.0.0.1:40001/ordo",
-            ),
+            ("postgres://[::1]:5432/ordo", v4, "postgres://127.0.0.1:40001/ordo"),
             ("redis://127.0.0.1:6379", v4, "redis://127.0.0.1:40001"),
-            (
-                "redis://:secret@cache:6380/2",
-                v6,
-                "redis://:secret@[::1]:40002/2",
-            ),
+            ("redis://:secret@cache:6380/2", v6, "redis://:secret@[::1]:40002/2"),
         ];
         for (url, addr, want) in cases {
             assert_eq!(with_host_port(url, addr), want, "{url}");
@@ -845,11 +771,7 @@ mod tests {
             ("redis://:pw@[::1]:7000/1", "[::1]:7000"),
         ];
         for (url, want) in cases {
-            assert_eq!(
-                server_addr(url).await,
-                want.parse::<SocketAddr>().unwrap(),
-                "{url}"
-            );
+            assert_eq!(server_addr(url).await, want.parse::<SocketAddr>().unwrap(), "{url}");
         }
     }
 

@@ -97,7 +97,9 @@ pub struct WakeSignals {
 impl WakeSignals {
     /// One notifier per queue.
     pub fn new(queues: &[String]) -> Self {
-        WakeSignals { by_queue: queues.iter().map(|q| (q.clone(), Arc::new(Notify::new()))).collect() }
+        WakeSignals {
+            by_queue: queues.iter().map(|q| (q.clone(), Arc::new(Notify::new()))).collect(),
+        }
     }
 
     /// The notifier of a queue.
@@ -123,8 +125,11 @@ pub async fn subscribe(url: String, namespace: String, signals: WakeSignals, shu
         }
     };
     let mut delay = Duration::from_millis(100);
-    let by_channel: HashMap<String, Arc<Notify>> =
-        signals.by_queue.iter().map(|(q, n)| (channel(&namespace, q), n.clone())).collect();
+    let by_channel: HashMap<String, Arc<Notify>> = signals
+        .by_queue
+        .iter()
+        .map(|(q, n)| (channel(&namespace, q), n.clone()))
+        .collect();
     loop {
         let connected = async {
             let mut pubsub = client.get_async_pubsub().await?;

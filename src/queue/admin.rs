@@ -53,7 +53,11 @@ static LIST_SQL: LazyLock<String> = LazyLock::new(|| {
 });
 
 /// Lists the account's jobs newest first; returns the page and the cursor of the next one.
-pub async fn list<'e>(exec: impl PgExecutor<'e>, account: &AccountId, f: &JobFilter) -> Result<(Vec<Job>, Option<JobId>)> {
+pub async fn list<'e>(
+    exec: impl PgExecutor<'e>,
+    account: &AccountId,
+    f: &JobFilter,
+) -> Result<(Vec<Job>, Option<JobId>)> {
     // Custom plans: the optional filters change which index is right.
     let mut jobs: Vec<Job> = sqlx::query_as(LIST_SQL.as_str())
         .persistent(false)
@@ -100,7 +104,11 @@ pub async fn cancel(conn: &mut PgConnection, account: &AccountId, id: JobId) -> 
         Some(j) => Ok(j),
         None => {
             let current = get(&mut *conn, account, id).await?;
-            Err(Error::InvalidState { id, state: current.state, action: "cancel" })
+            Err(Error::InvalidState {
+                id,
+                state: current.state,
+                action: "cancel",
+            })
         }
     }
 }
@@ -134,7 +142,11 @@ pub async fn retry(conn: &mut PgConnection, account: &AccountId, id: JobId) -> R
         Some(j) => Ok(j),
         None => {
             let current = get(&mut *conn, account, id).await?;
-            Err(Error::InvalidState { id, state: current.state, action: "retry" })
+            Err(Error::InvalidState {
+                id,
+                state: current.state,
+                action: "retry",
+            })
         }
     }
 }

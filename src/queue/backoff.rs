@@ -16,7 +16,10 @@ pub struct RetryPolicy {
 impl Default for RetryPolicy {
     /// From 1 s, capped at 1 h (the contract's schedule).
     fn default() -> Self {
-        RetryPolicy { base: Duration::from_secs(1), cap: Duration::from_secs(3600) }
+        RetryPolicy {
+            base: Duration::from_secs(1),
+            cap: Duration::from_secs(3600),
+        }
     }
 }
 
@@ -42,7 +45,16 @@ mod tests {
     #[test]
     fn ceiling_doubles_then_caps() {
         let p = RetryPolicy::default();
-        let cases = [(0, 1), (1, 1), (2, 2), (3, 4), (10, 512), (12, 2048), (13, 3600), (1000, 3600)];
+        let cases = [
+            (0, 1),
+            (1, 1),
+            (2, 2),
+            (3, 4),
+            (10, 512),
+            (12, 2048),
+            (13, 3600),
+            (1000, 3600),
+        ];
         for (attempt, secs) in cases {
             assert_eq!(ceiling(p, attempt), Duration::from_secs(secs), "attempt {attempt}");
         }
@@ -51,7 +63,10 @@ mod tests {
     /// Every delay lies within [0, ceiling].
     #[test]
     fn backoff_stays_within_ceiling() {
-        let p = RetryPolicy { base: Duration::from_millis(10), cap: Duration::from_secs(1) };
+        let p = RetryPolicy {
+            base: Duration::from_millis(10),
+            cap: Duration::from_secs(1),
+        };
         for attempt in 1..30 {
             let d = backoff(p, attempt);
             assert!(d <= ceiling(p, attempt), "attempt {attempt}: {d:?}");

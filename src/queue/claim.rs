@@ -47,7 +47,11 @@ static CLAIM_SQL: LazyLock<String> = LazyLock::new(|| {
         where job.id = candidate.id
         returning {cols}
         "#,
-        cols = JOB_COLUMNS.split(", ").map(|c| format!("job.{c}")).collect::<Vec<_>>().join(", ")
+        cols = JOB_COLUMNS
+            .split(", ")
+            .map(|c| format!("job.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     )
 });
 
@@ -81,15 +85,15 @@ pub async fn claim<'e>(exec: impl PgExecutor<'e>, req: &ClaimRequest<'_>) -> Res
     // `persistent(false)` sends an unnamed statement, planned with the actual limit every time: a cached generic
     // plan can flip to a full scan once statistics change.
     let jobs = sqlx::query_as::<_, Job>(CLAIM_SQL.as_str())
-    .persistent(false)
-    .bind(req.queue)
-    .bind(req.kinds)
-    .bind(req.version)
-    .bind(req.limit)
-    .bind(req.lease.as_secs_f64())
-    .bind(req.worker_id)
-    .bind(req.pool)
-    .fetch_all(exec)
-    .await?;
+        .persistent(false)
+        .bind(req.queue)
+        .bind(req.kinds)
+        .bind(req.version)
+        .bind(req.limit)
+        .bind(req.lease.as_secs_f64())
+        .bind(req.worker_id)
+        .bind(req.pool)
+        .fetch_all(exec)
+        .await?;
     Ok(jobs)
 }

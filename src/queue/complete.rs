@@ -75,7 +75,10 @@ pub async fn complete_many<'e>(exec: impl PgExecutor<'e>, items: &[Completion]) 
         return Ok(Vec::new());
     }
     let (ids, attempts) = ids_attempts(items.iter().map(|c| (&c.id, &c.attempt)));
-    let results: Vec<Option<&Value>> = items.iter().map(|c| (!c.result.is_null()).then_some(&c.result)).collect();
+    let results: Vec<Option<&Value>> = items
+        .iter()
+        .map(|c| (!c.result.is_null()).then_some(&c.result))
+        .collect();
     let rows: Vec<i64> = sqlx::query_scalar(
         r#"
         update job

@@ -127,7 +127,10 @@ async fn insert_one(conn: &mut PgConnection, account: &AccountId, job: NewJob) -
             if existing_fp != fp {
                 return Err(Error::IdempotencyConflict { key, index: None });
             }
-            Ok(Enqueued { job: existing, replayed: true })
+            Ok(Enqueued {
+                job: existing,
+                replayed: true,
+            })
         }
     }
 }
@@ -149,14 +152,21 @@ async fn find_by_key(conn: &mut PgConnection, account: &AccountId, key: &str) ->
 
 /// Enqueues many jobs with one statement. Call inside a transaction: a conflict on any idempotency key fails the
 /// whole batch (the caller rolls back). Ids are drawn in batch order.
-pub async fn enqueue_many(conn: &mut PgConnection, account: &AccountId, jobs: &[NewJob]) -> Result<Vec<EnqueueOutcome>> {
+pub async fn enqueue_many(
+    conn: &mut PgConnection,
+    account: &AccountId,
+    jobs: &[NewJob],
+) -> Result<Vec<EnqueueOutcome>> {
     if jobs.is_empty() {
         return Ok(Vec::new());
     }
     let mut invalid = Vec::new();
     for (i, j) in jobs.iter().enumerate() {
         if let Err(errs) = j.validate() {
-            invalid.extend(errs.into_iter().map(|e| super::FieldError::new(format!("/jobs/{i}{}", e.path), e.message)));
+            invalid.extend(
+                errs.into_iter()
+                    .map(|e| super::FieldError::new(format!("/jobs/{i}{}", e.path), e.message)),
+            );
         }
     }
     if !invalid.is_empty() {
@@ -236,8 +246,13 @@ pub async fn enqueue_many(conn: &mut PgConnection, account: &AccountId, jobs: &[
     .fetch_all(&mut *conn)
     .await?;
 
-    let mut out: Vec<EnqueueOutcome> =
-        rows.iter().map(|&(_, id, inserted)| EnqueueOutcome { id: JobId(id), replayed: !inserted }).collect();
+    let mut out: Vec<EnqueueOutcome> = rows
+        .iter()
+        .map(|&(_, id, inserted)| EnqueueOutcome {
+            id: JobId(id),
+            replayed: !inserted,
+        })
+        .collect();
     let conflicted: Vec<usize> = rows.iter().enumerate().filter(|(_, r)| !r.2).map(|(i, _)| i).collect();
     if conflicted.is_empty() {
         return Ok(out);
@@ -258,8 +273,18 @@ pub async fn enqueue_many(conn: &mut PgConnection, account: &AccountId, jobs: &[
     for i in conflicted {
         let key = idem[i].unwrap_or_default();
         match existing.iter().find(|(_, k, _)| k == key) {
-            Some((id, _, fp)) if *fp == fps[i] => out[i] = EnqueueOutcome { id: JobId(*id), replayed: true },
-            _ => return Err(Error::IdempotencyConflict { key: key.to_owned(), index: Some(i) }),
+            Some((id, _, fp)) if *fp == fps[i] => {
+                out[i] = EnqueueOutcome {
+                    id: JobId(*id),
+                    replayed: true,
+                }
+            }
+            _ => {
+                return Err(Error::IdempotencyConflict {
+                    key: key.to_owned(),
+                    index: Some(i),
+                })
+            }
         }
     }
     Ok(out)

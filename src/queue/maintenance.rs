@@ -18,7 +18,10 @@ pub struct Retention {
 
 impl Default for Retention {
     fn default() -> Self {
-        Retention { finished: Duration::from_secs(24 * 3600), keyed: Duration::from_secs(7 * 24 * 3600) }
+        Retention {
+            finished: Duration::from_secs(24 * 3600),
+            keyed: Duration::from_secs(7 * 24 * 3600),
+        }
     }
 }
 
@@ -130,7 +133,13 @@ pub const MAINTENANCE_LEASE: &str = "queue.maintenance";
 impl Maintainer {
     /// A maintainer identified as `holder`, running every second.
     pub fn new(pool: sqlx::PgPool, holder: String, retry: RetryPolicy) -> Self {
-        Maintainer { pool, holder, retry, interval: Duration::from_secs(1), retention: Retention::default() }
+        Maintainer {
+            pool,
+            holder,
+            retry,
+            interval: Duration::from_secs(1),
+            retention: Retention::default(),
+        }
     }
 
     /// Runs one round if this process holds (or can take) the lease; returns whether it did.

@@ -74,7 +74,10 @@ pub async fn heartbeat_worker<'e>(exec: impl PgExecutor<'e>, id: &str, stopping:
 
 /// Removes a worker's row at a clean exit.
 pub async fn deregister_worker<'e>(exec: impl PgExecutor<'e>, id: &str) -> Result<()> {
-    sqlx::query("delete from worker where id = $1").bind(id).execute(exec).await?;
+    sqlx::query("delete from worker where id = $1")
+        .bind(id)
+        .execute(exec)
+        .await?;
     Ok(())
 }
 

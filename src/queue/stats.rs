@@ -37,7 +37,11 @@ pub struct QueueStats {
 
 /// Figures for every queue the account has jobs in or has paused. `fresh` is how recent a worker's heartbeat must
 /// be for its kinds to count.
-pub async fn queue_stats<'e>(exec: impl PgExecutor<'e>, account: &AccountId, fresh: Duration) -> Result<Vec<QueueStats>> {
+pub async fn queue_stats<'e>(
+    exec: impl PgExecutor<'e>,
+    account: &AccountId,
+    fresh: Duration,
+) -> Result<Vec<QueueStats>> {
     let rows = sqlx::query_as(
         r#"
         with live as (

@@ -55,8 +55,12 @@ pub enum JobState {
 }
 
 /// States in which a job still has work ahead of it.
-pub const ACTIVE_STATES: [JobState; 4] =
-    [JobState::Scheduled, JobState::Available, JobState::Running, JobState::Retryable];
+pub const ACTIVE_STATES: [JobState; 4] = [
+    JobState::Scheduled,
+    JobState::Available,
+    JobState::Running,
+    JobState::Retryable,
+];
 /// States that end a job.
 pub const FINISHED_STATES: [JobState; 3] = [JobState::Completed, JobState::Discarded, JobState::Cancelled];
 
@@ -228,7 +232,10 @@ pub struct FieldError {
 impl FieldError {
     /// Builds a field error.
     pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        FieldError { path: path.into(), message: message.into() }
+        FieldError {
+            path: path.into(),
+            message: message.into(),
+        }
     }
 }
 

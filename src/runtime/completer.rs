@@ -84,8 +84,16 @@ async fn write(pool: &PgPool, batch: &[Settle], retry: RetryPolicy) -> queue::Re
     let now = Utc::now();
     for s in batch {
         match &s.kind {
-            SettleKind::Complete(v) => complete.push(Completion { id: s.id, attempt: s.attempt, result: v.clone() }),
-            SettleKind::Fail { message, permanent, after } => {
+            SettleKind::Complete(v) => complete.push(Completion {
+                id: s.id,
+                attempt: s.attempt,
+                result: v.clone(),
+            }),
+            SettleKind::Fail {
+                message,
+                permanent,
+                after,
+            } => {
                 let delay = after.unwrap_or_else(|| queue::backoff(retry, s.attempt));
                 fail.push(Failure {
                     id: s.id,
@@ -95,7 +103,11 @@ async fn write(pool: &PgPool, batch: &[Settle], retry: RetryPolicy) -> queue::Re
                     retry_at: now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::hours(1)),
                 })
             }
-            SettleKind::Snooze(d) => snooze.push(Snooze { id: s.id, attempt: s.attempt, delay: *d }),
+            SettleKind::Snooze(d) => snooze.push(Snooze {
+                id: s.id,
+                attempt: s.attempt,
+                delay: *d,
+            }),
             SettleKind::Cancel(r) => cancel.push((s.id, s.attempt, r.clone())),
             SettleKind::HandBack => back.push((s.id, s.attempt)),
         }
@@ -108,7 +120,10 @@ async fn write(pool: &PgPool, batch: &[Settle], retry: RetryPolicy) -> queue::Re
     settled += queue::hand_back(pool, &back).await?.len();
     if settled < batch.len() {
         // Fenced off: the lease was taken over (or the job cancelled); the new owner decides.
-        tracing::info!(refused = batch.len() - settled, "outcomes refused: lease no longer held");
+        tracing::info!(
+            refused = batch.len() - settled,
+            "outcomes refused: lease no longer held"
+        );
     }
     Ok(())
 }

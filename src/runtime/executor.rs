@@ -68,20 +68,36 @@ impl Executor {
             Ran::Outcome(Ok(Outcome::Cancel { reason })) => SettleKind::Cancel(reason),
             Ran::Outcome(Err(StepError::Retry { reason, after })) => {
                 tracing::info!(job.id = %id, attempt, error = %reason, "attempt failed; will retry");
-                SettleKind::Fail { message: reason, permanent: false, after }
+                SettleKind::Fail {
+                    message: reason,
+                    permanent: false,
+                    after,
+                }
             }
             Ran::Outcome(Err(StepError::Fail { reason })) => {
                 tracing::info!(job.id = %id, attempt, error = %reason, "attempt failed permanently");
-                SettleKind::Fail { message: reason, permanent: true, after: None }
+                SettleKind::Fail {
+                    message: reason,
+                    permanent: true,
+                    after: None,
+                }
             }
             Ran::Outcome(Err(_)) if self.stopping.is_cancelled() => SettleKind::HandBack,
-            Ran::Outcome(Err(e)) => SettleKind::Fail { message: e.to_string(), permanent: false, after: None },
+            Ran::Outcome(Err(e)) => SettleKind::Fail {
+                message: e.to_string(),
+                permanent: false,
+                after: None,
+            },
             Ran::TimedOut => SettleKind::Fail {
                 message: format!("timed out after {} ms", timeout.as_millis()),
                 permanent: false,
                 after: None,
             },
-            Ran::Panicked(msg) => SettleKind::Fail { message: format!("handler panicked: {msg}"), permanent: false, after: None },
+            Ran::Panicked(msg) => SettleKind::Fail {
+                message: format!("handler panicked: {msg}"),
+                permanent: false,
+                after: None,
+            },
         };
         let _ = self.settle.send(Settle { id, attempt, kind });
     }
@@ -96,7 +112,9 @@ impl Executor {
             async move { EngineResultOrStep::Engine(h.run(pool, job, ctx).await) }.boxed()
         } else {
             // Claims only ask for registered kinds, so this is a registry change at run time.
-            return Ran::Outcome(Err(StepError::Fail { reason: format!("no handler for kind {:?}", job.kind) }));
+            return Ran::Outcome(Err(StepError::Fail {
+                reason: format!("no handler for kind {:?}", job.kind),
+            }));
         };
         let guarded = AssertUnwindSafe(fut).catch_unwind();
         match tokio::time::timeout(timeout, guarded).await {

@@ -104,7 +104,13 @@ impl Worker {
     pub fn new(cfg: WorkerConfig, pool: PgPool, steps: Registry, engine: EngineHandlers) -> Self {
         let host = hostname();
         let id = format!("{host}-{}-{:08x}", std::process::id(), rand::random::<u32>());
-        Worker { cfg, pool, steps, engine, id }
+        Worker {
+            cfg,
+            pool,
+            steps,
+            engine,
+            id,
+        }
     }
 
     /// This worker's id (also its lease owner name).
@@ -157,7 +163,13 @@ impl Worker {
         }
         let (settle_tx, settle_rx) = mpsc::unbounded_channel::<Settle>();
         let completer = tokio::spawn(completer::run(self.pool.clone(), settle_rx, cfg.retry));
-        tasks.spawn(heartbeat_loop(self.pool.clone(), info.clone(), running.clone(), cfg.lease, background.clone()));
+        tasks.spawn(heartbeat_loop(
+            self.pool.clone(),
+            info.clone(),
+            running.clone(),
+            cfg.lease,
+            background.clone(),
+        ));
         if cfg.maintenance {
             let mut m = queue::Maintainer::new(self.pool.clone(), self.id.clone(), cfg.retry);
             m.retention = cfg.retention;
@@ -199,18 +211,26 @@ impl Worker {
         jobs.close();
         if tokio::time::timeout(cfg.drain, jobs.wait()).await.is_err() {
             // Phase two: stop the handlers; each one that stops hands its job back through the completer.
-            let held: Vec<CancellationToken> =
-                running.lock().map(|r| r.values().map(|(_, t)| t.clone()).collect()).unwrap_or_default();
+            let held: Vec<CancellationToken> = running
+                .lock()
+                .map(|r| r.values().map(|(_, t)| t.clone()).collect())
+                .unwrap_or_default();
             tracing::warn!(jobs = held.len(), "drain deadline passed; handing back unfinished jobs");
             for t in held {
                 t.cancel();
             }
             if tokio::time::timeout(Duration::from_secs(2), jobs.wait()).await.is_err() {
                 // Handlers that ignore cancellation: hand their jobs back directly; their late outcomes are fenced.
-                let left: Vec<(JobId, i32)> =
-                    running.lock().map(|r| r.iter().map(|(id, (a, _))| (*id, *a)).collect()).unwrap_or_default();
+                let left: Vec<(JobId, i32)> = running
+                    .lock()
+                    .map(|r| r.iter().map(|(id, (a, _))| (*id, *a)).collect())
+                    .unwrap_or_default();
                 for (id, attempt) in left {
-                    let _ = settle_tx.send(Settle { id, attempt, kind: SettleKind::HandBack });
+                    let _ = settle_tx.send(Settle {
+                        id,
+                        attempt,
+                        kind: SettleKind::HandBack,
+                    });
                 }
             }
         }
@@ -343,8 +363,10 @@ async fn heartbeat_loop(pool: PgPool, info: WorkerInfo, running: Running, lease:
             }
             Err(e) => tracing::warn!(error = %e, "worker heartbeat failed"),
         }
-        let held: Vec<(JobId, i32)> =
-            running.lock().map(|r| r.iter().map(|(id, (a, _))| (*id, *a)).collect()).unwrap_or_default();
+        let held: Vec<(JobId, i32)> = running
+            .lock()
+            .map(|r| r.iter().map(|(id, (a, _))| (*id, *a)).collect())
+            .unwrap_or_default();
         if held.is_empty() {
             continue;
         }

@@ -1,5 +1,7 @@
 //! Logging set-up. Levels come from `RUST_LOG` (default `info`); `ORDO_LOG=json` switches to JSON lines.
 
+pub mod metrics;
+
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
@@ -7,7 +9,9 @@ use crate::config::LogFormat;
 /// Installs the global subscriber; logs go to stderr so stdout stays free for command output.
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),

@@ -1,6 +1,38 @@
-//! Accounts (tenants): the validated account id. Every tenant-owned query takes an [`AccountId`].
+//! Accounts (tenants): the validated account id, accounts and their API keys. Every tenant-owned query takes an
+//! [`AccountId`]. All SQL on the `account` and `api_key` tables lives in this module.
+
+mod accounts;
 
 use std::fmt;
+
+pub use accounts::{
+    create_account, create_key, find_key, generate_key, generate_webhook_secret, hash_key, list_accounts,
+    revoke_key, secrets_equal, webhook_secret, Account, KeyOwner, NewAccount, NewKey,
+};
+
+/// Errors of accounts and keys.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An account with that id already exists.
+    #[error("account {0} already exists")]
+    AccountExists(AccountId),
+    /// No account with that id.
+    #[error("account {0} not found")]
+    AccountNotFound(AccountId),
+    /// No live key with that id in the account.
+    #[error("api key {0} not found")]
+    KeyNotFound(String),
+    /// A stored value does not have the shape the schema promises.
+    #[error("corrupt account data: {0}")]
+    Corrupt(String),
+    /// Any database error.
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// Result alias for this module.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// A validated account slug (`[a-z0-9-]{1,63}`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
@@ -22,7 +54,8 @@ impl AccountId {
     pub fn parse(s: &str) -> Result<Self, InvalidAccountId> {
         let ok = !s.is_empty()
             && s.len() <= 63
-            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
         if ok {
             Ok(AccountId(s.to_owned()))
         } else {

@@ -10,7 +10,10 @@ use sqlx::PgPool;
 use crate::support::{acct, count_state, create_execution_table, signal, spawn_worker_process};
 
 async fn started_executions(pool: &PgPool) -> i64 {
-    sqlx::query_scalar("select count(*) from test_execution").fetch_one(pool).await.unwrap()
+    sqlx::query_scalar("select count(*) from test_execution")
+        .fetch_one(pool)
+        .await
+        .unwrap()
 }
 
 /// No two executions of one job ever overlapped in time.
@@ -38,22 +41,32 @@ async fn sigkilled_worker_jobs_are_completed_by_another_worker() {
     let db = testkit::db().await;
     create_execution_table(&db.pool).await;
     let q = queue::Queue::new(db.pool.clone(), ordo::wake::Waker::disabled());
-    let jobs: Vec<NewJob> = (0..8).map(|_| NewJob::new("test.record", json!({"ms": 1500}))).collect();
+    let jobs: Vec<NewJob> = (0..8)
+        .map(|_| NewJob::new("test.record", json!({"ms": 1500})))
+        .collect();
     let ids = q.enqueue_many(&acct(), jobs).await.unwrap();
     let env = [("ORDO_LEASE_MS", "1000")];
     let mut first = spawn_worker_process(&db.url, &env, &["--concurrency", "8"]);
-    eventually(Duration::from_secs(30), "all 8 jobs to start on the first worker", || async {
-        (started_executions(&db.pool).await == 8).then_some(())
-    })
+    eventually(
+        Duration::from_secs(30),
+        "all 8 jobs to start on the first worker",
+        || async { (started_executions(&db.pool).await == 8).then_some(()) },
+    )
     .await;
     signal(&first, "-KILL");
     let _ = first.wait().await;
-    assert_eq!(count_state(&db.pool, "running").await, 8, "killed worker still holds its leases");
+    assert_eq!(
+        count_state(&db.pool, "running").await,
+        8,
+        "killed worker still holds its leases"
+    );
 
     let mut second = spawn_worker_process(&db.url, &env, &["--concurrency", "8"]);
-    eventually(Duration::from_secs(60), "every job to complete on the second worker", || async {
-        (count_state(&db.pool, "completed").await == 8).then_some(())
-    })
+    eventually(
+        Duration::from_secs(60),
+        "every job to complete on the second worker",
+        || async { (count_state(&db.pool, "completed").await == 8).then_some(()) },
+    )
     .await;
     for o in &ids {
         let j = queue::get(&db.pool, &acct(), o.id).await.unwrap();
@@ -68,7 +81,10 @@ async fn sigkilled_worker_jobs_are_completed_by_another_worker() {
     .await
     .unwrap();
     assert_eq!(finished_per_job.len(), 8);
-    assert!(finished_per_job.iter().all(|&n| n == 1), "each job completed exactly once: {finished_per_job:?}");
+    assert!(
+        finished_per_job.iter().all(|&n| n == 1),
+        "each job completed exactly once: {finished_per_job:?}"
+    );
     assert_no_overlap(&db.pool).await;
     signal(&second, "-TERM");
     let status = second.wait().await.unwrap();
@@ -81,7 +97,9 @@ async fn sigterm_finishes_running_jobs_and_exits_zero() {
     let db = testkit::db().await;
     create_execution_table(&db.pool).await;
     let q = queue::Queue::new(db.pool.clone(), ordo::wake::Waker::disabled());
-    let jobs: Vec<NewJob> = (0..4).map(|_| NewJob::new("test.record", json!({"ms": 1000}))).collect();
+    let jobs: Vec<NewJob> = (0..4)
+        .map(|_| NewJob::new("test.record", json!({"ms": 1000})))
+        .collect();
     q.enqueue_many(&acct(), jobs).await.unwrap();
     let mut w = spawn_worker_process(&db.url, &[], &["--concurrency", "4"]);
     eventually(Duration::from_secs(30), "4 jobs to start", || async {
@@ -89,11 +107,17 @@ async fn sigterm_finishes_running_jobs_and_exits_zero() {
     })
     .await;
     signal(&w, "-TERM");
-    let status = tokio::time::timeout(Duration::from_secs(30), w.wait()).await.expect("exits").unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), w.wait())
+        .await
+        .expect("exits")
+        .unwrap();
     assert!(status.success(), "exit status {status:?}");
     assert_eq!(count_state(&db.pool, "completed").await, 4);
     assert_eq!(count_state(&db.pool, "running").await, 0);
-    let workers: i64 = sqlx::query_scalar("select count(*) from worker").fetch_one(&db.pool).await.unwrap();
+    let workers: i64 = sqlx::query_scalar("select count(*) from worker")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
     assert_eq!(workers, 0, "the worker deregistered");
 }
 
@@ -103,7 +127,9 @@ async fn sigterm_past_drain_deadline_hands_jobs_back() {
     let db = testkit::db().await;
     create_execution_table(&db.pool).await;
     let q = queue::Queue::new(db.pool.clone(), ordo::wake::Waker::disabled());
-    let jobs: Vec<NewJob> = (0..3).map(|_| NewJob::new("test.record", json!({"ms": 600_000}))).collect();
+    let jobs: Vec<NewJob> = (0..3)
+        .map(|_| NewJob::new("test.record", json!({"ms": 600_000})))
+        .collect();
     let ids = q.enqueue_many(&acct(), jobs).await.unwrap();
     let mut w = spawn_worker_process(&db.url, &[("ORDO_DRAIN_MS", "300")], &["--concurrency", "4"]);
     eventually(Duration::from_secs(30), "3 jobs to start", || async {
@@ -111,7 +137,10 @@ async fn sigterm_past_drain_deadline_hands_jobs_back() {
     })
     .await;
     signal(&w, "-TERM");
-    let status = tokio::time::timeout(Duration::from_secs(30), w.wait()).await.expect("exits").unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), w.wait())
+        .await
+        .expect("exits")
+        .unwrap();
     assert!(status.success(), "exit status {status:?}");
     for o in ids {
         let j = queue::get(&db.pool, &acct(), o.id).await.unwrap();
@@ -126,12 +155,15 @@ async fn four_workers_never_run_a_job_twice() {
     create_execution_table(&db.pool).await;
     let q = queue::Queue::new(db.pool.clone(), ordo::wake::Waker::disabled());
     let n = 3000;
-    let jobs: Vec<NewJob> = (0..n).map(|i| NewJob::new("test.record", json!({"ms": i % 4}))).collect();
+    let jobs: Vec<NewJob> = (0..n)
+        .map(|i| NewJob::new("test.record", json!({"ms": i % 4})))
+        .collect();
     // Workers first, so they compete for the queue from the start.
     queue::pause(&db.pool, &acct(), "default").await.unwrap();
     q.enqueue_many(&acct(), jobs).await.unwrap();
-    let mut workers: Vec<_> =
-        (0..4).map(|_| spawn_worker_process(&db.url, &[], &["--concurrency", "64"])).collect();
+    let mut workers: Vec<_> = (0..4)
+        .map(|_| spawn_worker_process(&db.url, &[], &["--concurrency", "64"]))
+        .collect();
     eventually(Duration::from_secs(30), "4 workers registered", || async {
         let live = queue::live_workers(&db.pool, Duration::from_secs(30)).await.unwrap();
         (live.len() == 4).then_some(())

@@ -43,7 +43,11 @@ async fn enqueue(pool: &PgPool, job: NewJob) -> queue::Job {
 }
 
 fn ok(id: JobId, attempt: i32) -> Completion {
-    Completion { id, attempt, result: json!({"ok": true}) }
+    Completion {
+        id,
+        attempt,
+        result: json!({"ok": true}),
+    }
 }
 
 /// A claimed job is running, its attempt bumped, leased, and a second claim does not see it.
@@ -90,7 +94,10 @@ async fn stale_attempt_cannot_complete_fail_or_heartbeat_after_lease_reclaimed()
     let first = claim_n(&db.pool, 1, Duration::from_millis(200)).await;
     assert_eq!(first[0].attempt, 1);
     // Wait for the lease to run out, then rescue (as maintenance would) with no backoff.
-    let instant = RetryPolicy { base: Duration::from_millis(1), cap: Duration::from_millis(1) };
+    let instant = RetryPolicy {
+        base: Duration::from_millis(1),
+        cap: Duration::from_millis(1),
+    };
     eventually(Duration::from_secs(10), "lease to expire and be rescued", || async {
         let r = queue::rescue_expired(&db.pool, instant, 100).await.unwrap();
         (!r.is_empty()).then_some(())
@@ -108,14 +115,29 @@ async fn stale_attempt_cannot_complete_fail_or_heartbeat_after_lease_reclaimed()
 
     // The stale owner (attempt 1) is fenced off everywhere.
     assert!(queue::complete_many(&db.pool, &[ok(j.id, 1)]).await.unwrap().is_empty());
-    let stale_fail =
-        Failure { id: j.id, attempt: 1, message: "x".into(), permanent: true, retry_at: Utc::now() };
+    let stale_fail = Failure {
+        id: j.id,
+        attempt: 1,
+        message: "x".into(),
+        permanent: true,
+        retry_at: Utc::now(),
+    };
     assert!(queue::fail_many(&db.pool, &[stale_fail]).await.unwrap().is_empty());
-    assert!(queue::heartbeat(&db.pool, &[(j.id, 1)], Duration::from_secs(30)).await.unwrap().is_empty());
-    assert!(queue::snooze_many(&db.pool, &[Snooze { id: j.id, attempt: 1, delay: Duration::ZERO }])
+    assert!(queue::heartbeat(&db.pool, &[(j.id, 1)], Duration::from_secs(30))
         .await
         .unwrap()
         .is_empty());
+    assert!(queue::snooze_many(
+        &db.pool,
+        &[Snooze {
+            id: j.id,
+            attempt: 1,
+            delay: Duration::ZERO
+        }]
+    )
+    .await
+    .unwrap()
+    .is_empty());
     assert!(queue::hand_back(&db.pool, &[(j.id, 1)]).await.unwrap().is_empty());
     let mut conn = db.pool.acquire().await.unwrap();
     assert!(matches!(
@@ -124,8 +146,16 @@ async fn stale_attempt_cannot_complete_fail_or_heartbeat_after_lease_reclaimed()
     ));
 
     // The new owner still can.
-    assert_eq!(queue::heartbeat(&db.pool, &[(j.id, 2)], Duration::from_secs(30)).await.unwrap(), vec![j.id]);
-    assert_eq!(queue::complete_many(&db.pool, &[ok(j.id, 2)]).await.unwrap(), vec![j.id]);
+    assert_eq!(
+        queue::heartbeat(&db.pool, &[(j.id, 2)], Duration::from_secs(30))
+            .await
+            .unwrap(),
+        vec![j.id]
+    );
+    assert_eq!(
+        queue::complete_many(&db.pool, &[ok(j.id, 2)]).await.unwrap(),
+        vec![j.id]
+    );
 }
 
 /// 50 concurrent enqueues with one idempotency key create exactly one job; all callers get it back.
@@ -140,9 +170,13 @@ async fn fifty_concurrent_enqueues_with_one_key_create_one_job() {
         tasks.push(tokio::spawn(async move {
             let mut conn = pool.acquire().await.unwrap();
             barrier.wait().await;
-            queue::enqueue(&mut conn, &acct(), NewJob::new("noop", json!({"n": 1})).idempotency_key("order-1"))
-                .await
-                .unwrap()
+            queue::enqueue(
+                &mut conn,
+                &acct(),
+                NewJob::new("noop", json!({"n": 1})).idempotency_key("order-1"),
+            )
+            .await
+            .unwrap()
         }));
     }
     let mut ids = Vec::new();
@@ -157,12 +191,20 @@ async fn fifty_concurrent_enqueues_with_one_key_create_one_job() {
     assert_eq!(created, 1);
     ids.dedup();
     assert_eq!(ids.len(), 1);
-    let n: i64 = sqlx::query_scalar("select count(*) from job").fetch_one(&db.pool).await.unwrap();
+    let n: i64 = sqlx::query_scalar("select count(*) from job")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
     assert_eq!(n, 1);
 
     // Same key, different payload: a conflict.
     let mut conn = db.pool.acquire().await.unwrap();
-    let r = queue::enqueue(&mut conn, &acct(), NewJob::new("noop", json!({"n": 2})).idempotency_key("order-1")).await;
+    let r = queue::enqueue(
+        &mut conn,
+        &acct(),
+        NewJob::new("noop", json!({"n": 2})).idempotency_key("order-1"),
+    )
+    .await;
     assert!(matches!(r, Err(queue::Error::IdempotencyConflict { .. })), "{r:?}");
 }
 
@@ -170,11 +212,18 @@ async fn fifty_concurrent_enqueues_with_one_key_create_one_job() {
 #[tokio::test]
 async fn idempotency_keys_are_per_account() {
     let db = testkit::db().await;
-    sqlx::query("insert into account (id) values ('other')").execute(&db.pool).await.unwrap();
+    sqlx::query("insert into account (id) values ('other')")
+        .execute(&db.pool)
+        .await
+        .unwrap();
     let other = AccountId::parse("other").unwrap();
     let mut conn = db.pool.acquire().await.unwrap();
-    let a = queue::enqueue(&mut conn, &acct(), NewJob::new("noop", json!({})).idempotency_key("k")).await.unwrap();
-    let b = queue::enqueue(&mut conn, &other, NewJob::new("noop", json!({})).idempotency_key("k")).await.unwrap();
+    let a = queue::enqueue(&mut conn, &acct(), NewJob::new("noop", json!({})).idempotency_key("k"))
+        .await
+        .unwrap();
+    let b = queue::enqueue(&mut conn, &other, NewJob::new("noop", json!({})).idempotency_key("k"))
+        .await
+        .unwrap();
     assert!(!a.replayed && !b.replayed);
     assert_ne!(a.job.id, b.job.id);
 }
@@ -192,12 +241,18 @@ async fn batch_enqueue_orders_ids_replays_and_rejects_conflicts_whole() {
         .collect();
     let out = q.enqueue_many(&acct(), jobs).await.unwrap();
     assert_eq!(out.len(), 101);
-    assert!(out.windows(2).take(99).all(|w| w[0].id < w[1].id), "ids follow batch order");
+    assert!(
+        out.windows(2).take(99).all(|w| w[0].id < w[1].id),
+        "ids follow batch order"
+    );
     assert!(out[..100].iter().all(|o| !o.replayed));
     assert_eq!(out[100].id, first.id);
     assert!(out[100].replayed);
 
-    let before: i64 = sqlx::query_scalar("select count(*) from job").fetch_one(&db.pool).await.unwrap();
+    let before: i64 = sqlx::query_scalar("select count(*) from job")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
     let bad: Vec<NewJob> = (0..5)
         .map(|i| NewJob::new("noop", json!({"i": i})))
         .chain([NewJob::new("noop", json!({"x": 2})).idempotency_key("dup")])
@@ -206,10 +261,16 @@ async fn batch_enqueue_orders_ids_replays_and_rejects_conflicts_whole() {
         Err(queue::Error::IdempotencyConflict { index: Some(5), .. }) => {}
         other => panic!("expected a conflict at index 5, got {other:?}"),
     }
-    let after: i64 = sqlx::query_scalar("select count(*) from job").fetch_one(&db.pool).await.unwrap();
+    let after: i64 = sqlx::query_scalar("select count(*) from job")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
     assert_eq!(before, after, "nothing of a failed batch is kept");
 
-    let invalid = vec![NewJob::new("noop", json!({})), NewJob::new("noop", json!({})).priority(11)];
+    let invalid = vec![
+        NewJob::new("noop", json!({})),
+        NewJob::new("noop", json!({})).priority(11),
+    ];
     match q.enqueue_many(&acct(), invalid).await {
         Err(queue::Error::Invalid(errs)) => assert_eq!(errs[0].path, "/jobs/1/priority"),
         other => panic!("expected invalid, got {other:?}"),
@@ -252,16 +313,24 @@ async fn run_at_in_the_future_waits() {
 #[tokio::test]
 async fn pause_stops_claims_for_that_account_only() {
     let db = testkit::db().await;
-    sqlx::query("insert into account (id) values ('other')").execute(&db.pool).await.unwrap();
+    sqlx::query("insert into account (id) values ('other')")
+        .execute(&db.pool)
+        .await
+        .unwrap();
     let other = AccountId::parse("other").unwrap();
     let mine = enqueue(&db.pool, NewJob::new("noop", json!({}))).await;
     let mut conn = db.pool.acquire().await.unwrap();
-    let theirs = queue::enqueue(&mut conn, &other, NewJob::new("noop", json!({}))).await.unwrap().job;
+    let theirs = queue::enqueue(&mut conn, &other, NewJob::new("noop", json!({})))
+        .await
+        .unwrap()
+        .job;
     queue::pause(&db.pool, &acct(), "default").await.unwrap();
     queue::pause(&db.pool, &acct(), "default").await.unwrap();
     let got = claim_n(&db.pool, 10, Duration::from_secs(30)).await;
     assert_eq!(got.iter().map(|j| j.id).collect::<Vec<_>>(), vec![theirs.id]);
-    let stats = queue::queue_stats(&db.pool, &acct(), Duration::from_secs(30)).await.unwrap();
+    let stats = queue::queue_stats(&db.pool, &acct(), Duration::from_secs(30))
+        .await
+        .unwrap();
     assert!(stats[0].paused);
     queue::resume(&db.pool, &acct(), "default").await.unwrap();
     let got = claim_n(&db.pool, 10, Duration::from_secs(30)).await;
@@ -282,9 +351,13 @@ async fn concurrency_key_runs_one_at_a_time_in_enqueue_order() {
             let mut conn = pool.acquire().await.unwrap();
             barrier.wait().await;
             for i in 0..10 {
-                queue::enqueue(&mut conn, &acct(), NewJob::new("noop", json!({"c": c, "i": i})).concurrency_key("K"))
-                    .await
-                    .unwrap();
+                queue::enqueue(
+                    &mut conn,
+                    &acct(),
+                    NewJob::new("noop", json!({"c": c, "i": i})).concurrency_key("K"),
+                )
+                .await
+                .unwrap();
             }
         }));
     }
@@ -296,7 +369,10 @@ async fn concurrency_key_runs_one_at_a_time_in_enqueue_order() {
     let mut saw_other = false;
     loop {
         let got = claim_n(&db.pool, 50, Duration::from_secs(30)).await;
-        let of_k: Vec<_> = got.iter().filter(|j| j.concurrency_key.as_deref() == Some("K")).collect();
+        let of_k: Vec<_> = got
+            .iter()
+            .filter(|j| j.concurrency_key.as_deref() == Some("K"))
+            .collect();
         assert!(of_k.len() <= 1, "two jobs of one key claimed together");
         saw_other |= got.iter().any(|j| j.id == other.id);
         if got.is_empty() {
@@ -322,14 +398,31 @@ async fn concurrency_key_runs_one_at_a_time_in_enqueue_order() {
 async fn concurrency_key_blocking_rules() {
     let db = testkit::db().await;
     let later = Utc::now() + chrono::Duration::hours(1);
-    let future = enqueue(&db.pool, NewJob::new("noop", json!({})).concurrency_key("K").run_at(later)).await;
+    let future = enqueue(
+        &db.pool,
+        NewJob::new("noop", json!({})).concurrency_key("K").run_at(later),
+    )
+    .await;
     let a = enqueue(&db.pool, NewJob::new("noop", json!({})).concurrency_key("K")).await;
     let b = enqueue(&db.pool, NewJob::new("noop", json!({})).concurrency_key("K")).await;
     let got = claim_n(&db.pool, 10, Duration::from_secs(30)).await;
-    assert_eq!(got.iter().map(|j| j.id).collect::<Vec<_>>(), vec![a.id], "future job does not block");
-    let f = Failure { id: a.id, attempt: 1, message: "boom".into(), permanent: false, retry_at: later };
+    assert_eq!(
+        got.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![a.id],
+        "future job does not block"
+    );
+    let f = Failure {
+        id: a.id,
+        attempt: 1,
+        message: "boom".into(),
+        permanent: false,
+        retry_at: later,
+    };
     queue::fail_many(&db.pool, &[f]).await.unwrap();
-    assert!(claim_n(&db.pool, 10, Duration::from_secs(30)).await.is_empty(), "retryable job blocks b");
+    assert!(
+        claim_n(&db.pool, 10, Duration::from_secs(30)).await.is_empty(),
+        "retryable job blocks b"
+    );
     let _ = (future, b);
 }
 
@@ -346,8 +439,20 @@ async fn failures_retry_then_discard() {
     queue::fail_many(
         &db.pool,
         &[
-            Failure { id: j.id, attempt: 1, message: "first".into(), permanent: false, retry_at: soon },
-            Failure { id: perm.id, attempt: 1, message: "bad args".into(), permanent: true, retry_at: soon },
+            Failure {
+                id: j.id,
+                attempt: 1,
+                message: "first".into(),
+                permanent: false,
+                retry_at: soon,
+            },
+            Failure {
+                id: perm.id,
+                attempt: 1,
+                message: "bad args".into(),
+                permanent: true,
+                retry_at: soon,
+            },
         ],
     )
     .await
@@ -366,7 +471,13 @@ async fn failures_retry_then_discard() {
     })
     .await;
     assert_eq!((again.id, again.attempt), (j.id, 2));
-    let f = Failure { id: j.id, attempt: 2, message: "second".into(), permanent: false, retry_at: soon };
+    let f = Failure {
+        id: j.id,
+        attempt: 2,
+        message: "second".into(),
+        permanent: false,
+        retry_at: soon,
+    };
     queue::fail_many(&db.pool, &[f]).await.unwrap();
     let r = queue::get(&db.pool, &acct(), j.id).await.unwrap();
     assert_eq!(r.state, JobState::Discarded, "attempts exhausted");
@@ -386,7 +497,11 @@ async fn snooze_does_not_use_an_attempt() {
     let db = testkit::db().await;
     let j = enqueue(&db.pool, NewJob::new("noop", json!({}))).await;
     claim_n(&db.pool, 1, Duration::from_secs(30)).await;
-    let s = Snooze { id: j.id, attempt: 1, delay: Duration::from_secs(60) };
+    let s = Snooze {
+        id: j.id,
+        attempt: 1,
+        delay: Duration::from_secs(60),
+    };
     assert_eq!(queue::snooze_many(&db.pool, &[s]).await.unwrap(), vec![j.id]);
     let r = queue::get(&db.pool, &acct(), j.id).await.unwrap();
     assert_eq!((r.state, r.attempt), (JobState::Scheduled, 0));
@@ -411,22 +526,37 @@ async fn hand_back_returns_the_attempt() {
 async fn cancel_waiting_and_running_jobs() {
     let db = testkit::db().await;
     let mut conn = db.pool.acquire().await.unwrap();
-    let w = enqueue(&db.pool, NewJob::new("noop", json!({})).run_at(Utc::now() + chrono::Duration::hours(1))).await;
+    let w = enqueue(
+        &db.pool,
+        NewJob::new("noop", json!({})).run_at(Utc::now() + chrono::Duration::hours(1)),
+    )
+    .await;
     let c = queue::cancel(&mut conn, &acct(), w.id).await.unwrap();
     assert_eq!(c.state, JobState::Cancelled);
     assert!(matches!(
         queue::cancel(&mut conn, &acct(), w.id).await,
-        Err(queue::Error::InvalidState { state: JobState::Cancelled, .. })
+        Err(queue::Error::InvalidState {
+            state: JobState::Cancelled,
+            ..
+        })
     ));
     let r = enqueue(&db.pool, NewJob::new("noop", json!({}))).await;
     claim_n(&db.pool, 1, Duration::from_secs(30)).await;
     queue::cancel(&mut conn, &acct(), r.id).await.unwrap();
     assert!(queue::complete_many(&db.pool, &[ok(r.id, 1)]).await.unwrap().is_empty());
-    assert!(matches!(queue::cancel(&mut conn, &acct(), JobId(999_999)).await, Err(queue::Error::NotFound { .. })));
+    assert!(matches!(
+        queue::cancel(&mut conn, &acct(), JobId(999_999)).await,
+        Err(queue::Error::NotFound { .. })
+    ));
     // A handler may cancel its own running job too.
     let h = enqueue(&db.pool, NewJob::new("noop", json!({}))).await;
     claim_n(&db.pool, 1, Duration::from_secs(30)).await;
-    assert_eq!(queue::cancel_running(&db.pool, &[(h.id, 1, "not needed".into())]).await.unwrap(), vec![h.id]);
+    assert_eq!(
+        queue::cancel_running(&db.pool, &[(h.id, 1, "not needed".into())])
+            .await
+            .unwrap(),
+        vec![h.id]
+    );
     let h = queue::get(&db.pool, &acct(), h.id).await.unwrap();
     assert_eq!(h.state, JobState::Cancelled);
     assert!(h.errors.to_string().contains("not needed"));
@@ -436,21 +566,62 @@ async fn cancel_waiting_and_running_jobs() {
 #[tokio::test]
 async fn list_pages_newest_first() {
     let db = testkit::db().await;
-    sqlx::query("insert into account (id) values ('other')").execute(&db.pool).await.unwrap();
+    sqlx::query("insert into account (id) values ('other')")
+        .execute(&db.pool)
+        .await
+        .unwrap();
     let mut conn = db.pool.acquire().await.unwrap();
-    queue::enqueue(&mut conn, &AccountId::parse("other").unwrap(), NewJob::new("noop", json!({}))).await.unwrap();
+    queue::enqueue(
+        &mut conn,
+        &AccountId::parse("other").unwrap(),
+        NewJob::new("noop", json!({})),
+    )
+    .await
+    .unwrap();
     let mut ids = Vec::new();
     for i in 0..5 {
-        ids.push(enqueue(&db.pool, NewJob::new(if i % 2 == 0 { "noop" } else { "sleep" }, json!({}))).await.id);
+        ids.push(
+            enqueue(
+                &db.pool,
+                NewJob::new(if i % 2 == 0 { "noop" } else { "sleep" }, json!({})),
+            )
+            .await
+            .id,
+        );
     }
-    let (page, next) =
-        queue::list(&db.pool, &acct(), &JobFilter { limit: 2, ..Default::default() }).await.unwrap();
+    let (page, next) = queue::list(
+        &db.pool,
+        &acct(),
+        &JobFilter {
+            limit: 2,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
     assert_eq!(page.iter().map(|j| j.id).collect::<Vec<_>>(), vec![ids[4], ids[3]]);
-    let (page2, next2) =
-        queue::list(&db.pool, &acct(), &JobFilter { limit: 10, before: next, ..Default::default() }).await.unwrap();
-    assert_eq!(page2.iter().map(|j| j.id).collect::<Vec<_>>(), vec![ids[2], ids[1], ids[0]]);
+    let (page2, next2) = queue::list(
+        &db.pool,
+        &acct(),
+        &JobFilter {
+            limit: 10,
+            before: next,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        page2.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![ids[2], ids[1], ids[0]]
+    );
     assert_eq!(next2, None);
-    let f = JobFilter { kind: Some("sleep".into()), state: Some(JobState::Available), limit: 10, ..Default::default() };
+    let f = JobFilter {
+        kind: Some("sleep".into()),
+        state: Some(JobState::Available),
+        limit: 10,
+        ..Default::default()
+    };
     let (sleeps, _) = queue::list(&db.pool, &acct(), &f).await.unwrap();
     assert_eq!(sleeps.len(), 2);
 }
@@ -461,7 +632,11 @@ async fn queue_stats_count_states_and_unclaimable() {
     let db = testkit::db().await;
     enqueue(&db.pool, NewJob::new("noop", json!({}))).await;
     enqueue(&db.pool, NewJob::new("mystery", json!({}))).await;
-    enqueue(&db.pool, NewJob::new("noop", json!({})).run_at(Utc::now() + chrono::Duration::hours(1))).await;
+    enqueue(
+        &db.pool,
+        NewJob::new("noop", json!({})).run_at(Utc::now() + chrono::Duration::hours(1)),
+    )
+    .await;
     let done = enqueue(&db.pool, NewJob::new("noop", json!({})).queue("other")).await;
     sqlx::query("update job set state = 'completed', finished_at = now() where id = $1")
         .bind(done.id)
@@ -482,7 +657,9 @@ async fn queue_stats_count_states_and_unclaimable() {
         stopping: false,
     };
     queue::register_worker(&db.pool, &w).await.unwrap();
-    let stats = queue::queue_stats(&db.pool, &acct(), Duration::from_secs(30)).await.unwrap();
+    let stats = queue::queue_stats(&db.pool, &acct(), Duration::from_secs(30))
+        .await
+        .unwrap();
     let d = stats.iter().find(|s| s.queue == "default").unwrap();
     assert_eq!((d.available, d.scheduled, d.unclaimable), (2, 1, 1));
     let o = stats.iter().find(|s| s.queue == "other").unwrap();
@@ -513,7 +690,11 @@ async fn prune_respects_retention() {
 #[tokio::test]
 async fn promote_due_moves_due_jobs_to_available() {
     let db = testkit::db().await;
-    let j = enqueue(&db.pool, NewJob::new("noop", json!({})).run_at(Utc::now() + chrono::Duration::milliseconds(100))).await;
+    let j = enqueue(
+        &db.pool,
+        NewJob::new("noop", json!({})).run_at(Utc::now() + chrono::Duration::milliseconds(100)),
+    )
+    .await;
     eventually(Duration::from_secs(10), "promotion", || async {
         queue::promote_due(&db.pool, 100).await.unwrap();
         let s = queue::get(&db.pool, &acct(), j.id).await.unwrap().state;
@@ -565,9 +746,14 @@ async fn leader_lease_has_one_holder() {
     assert!(!ordo::leader::acquire(&db.pool, "x", "b", ttl).await.unwrap());
     assert_eq!(ordo::leader::holder(&db.pool, "x").await.unwrap().as_deref(), Some("a"));
     ordo::leader::release(&db.pool, "x", "a").await.unwrap();
-    assert!(ordo::leader::acquire(&db.pool, "x", "b", Duration::from_millis(100)).await.unwrap());
+    assert!(ordo::leader::acquire(&db.pool, "x", "b", Duration::from_millis(100))
+        .await
+        .unwrap());
     eventually(Duration::from_secs(5), "short lease to expire", || async {
-        ordo::leader::acquire(&db.pool, "x", "c", ttl).await.unwrap().then_some(())
+        ordo::leader::acquire(&db.pool, "x", "c", ttl)
+            .await
+            .unwrap()
+            .then_some(())
     })
     .await;
 }
@@ -596,7 +782,10 @@ async fn worker_registry_tracks_live_workers() {
     assert!(live[0].stopping);
     queue::deregister_worker(&db.pool, "w1").await.unwrap();
     assert!(!queue::heartbeat_worker(&db.pool, "w1", false).await.unwrap());
-    assert!(queue::live_workers(&db.pool, Duration::from_secs(30)).await.unwrap().is_empty());
+    assert!(queue::live_workers(&db.pool, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 /// Invalid jobs are refused before reaching the database, naming each field.
@@ -609,4 +798,42 @@ async fn enqueue_rejects_invalid_jobs() {
         Err(queue::Error::Invalid(e)) => assert_eq!(e[0].path, "/max_attempts"),
         other => panic!("{other:?}"),
     }
+}
+
+/// Fenced batch writes probe the primary key even when statistics say no job is running (a generic plan
+/// scanning every running row per batch made completions quadratic).
+#[tokio::test]
+async fn fenced_writes_probe_the_primary_key() {
+    let db = testkit::db().await;
+    sqlx::query("insert into job (kind, args) select 'noop', '{}' from generate_series(1, 50000)")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query("analyze job").execute(&db.pool).await.unwrap();
+    claim_n(&db.pool, 1000, Duration::from_secs(30)).await;
+    let mut conn = db.pool.acquire().await.unwrap();
+    sqlx::query(
+        r#"
+        prepare fenced(bigint[], int[], jsonb[]) as
+        update job
+        set state = 'completed', finished_at = now(), result = r.result, leased_until = null
+        from unnest($1::bigint[], $2::int[], $3::jsonb[]) as r(id, attempt, result)
+        where job.id = r.id and job.attempt = r.attempt and job.state = 'running'
+        returning job.id
+        "#,
+    )
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    sqlx::query("set plan_cache_mode = force_generic_plan")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let plan: Vec<String> = sqlx::query_scalar("explain execute fenced('{1,2}', '{1,1}', '{null,null}')")
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap();
+    let plan = plan.join("\n");
+    assert!(plan.contains("job_pkey"), "{plan}");
+    assert!(!plan.contains("job_leased_until_idx"), "{plan}");
 }

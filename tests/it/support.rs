@@ -19,7 +19,10 @@ pub fn acct() -> AccountId {
 pub fn fast_config() -> WorkerConfig {
     let mut cfg = WorkerConfig::new("default", "v1");
     cfg.poll = Duration::from_millis(50);
-    cfg.retry = queue::RetryPolicy { base: Duration::from_millis(20), cap: Duration::from_millis(200) };
+    cfg.retry = queue::RetryPolicy {
+        base: Duration::from_millis(20),
+        cap: Duration::from_millis(200),
+    };
     cfg.drain = Duration::from_secs(10);
     cfg
 }
@@ -43,7 +46,12 @@ impl InProcessWorker {
 /// Starts an in-process worker with the built-in kinds and the probe kinds.
 pub fn start_worker(pool: &PgPool, cfg: WorkerConfig) -> InProcessWorker {
     let stop = CancellationToken::new();
-    let w = Worker::new(cfg, pool.clone(), ordo_workers::registry(), ordo::cli::engine_handlers());
+    let w = Worker::new(
+        cfg,
+        pool.clone(),
+        ordo_workers::registry(),
+        ordo::cli::engine_handlers(),
+    );
     let token = stop.clone();
     let handle = tokio::spawn(async move {
         w.run(token).await.expect("worker runs");
@@ -72,7 +80,10 @@ pub fn spawn_worker_process(db_url: &str, extra_env: &[(&str, &str)], args: &[&s
 /// Sends a signal to a child process.
 pub fn signal(child: &Child, sig: &str) {
     let pid = child.id().expect("child is running");
-    let ok = std::process::Command::new("kill").args([sig, &pid.to_string()]).status().expect("run kill");
+    let ok = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .expect("run kill");
     assert!(ok.success(), "kill {sig} {pid}");
 }
 
@@ -106,5 +117,9 @@ pub async fn wait_for_state(pool: &PgPool, id: queue::JobId, state: JobState, ti
 
 /// Counts jobs by state.
 pub async fn count_state(pool: &PgPool, state: &str) -> i64 {
-    sqlx::query_scalar("select count(*) from job where state = $1").bind(state).fetch_one(pool).await.expect("count")
+    sqlx::query_scalar("select count(*) from job where state = $1")
+        .bind(state)
+        .fetch_one(pool)
+        .await
+        .expect("count")
 }

@@ -14,9 +14,21 @@ async fn worker_runs_kinds_to_their_outcomes() {
     let db = testkit::db().await;
     let q = queue::Queue::new(db.pool.clone(), ordo::wake::Waker::disabled());
     let noop = q.enqueue(&acct(), NewJob::new("noop", json!({}))).await.unwrap().job;
-    let flaky = q.enqueue(&acct(), NewJob::new("fail", json!({"times": 2}))).await.unwrap().job;
-    let perm = q.enqueue(&acct(), NewJob::new("fail", json!({"permanent": true}))).await.unwrap().job;
-    let bad = q.enqueue(&acct(), NewJob::new("sleep", json!({"msec": 5}))).await.unwrap().job;
+    let flaky = q
+        .enqueue(&acct(), NewJob::new("fail", json!({"times": 2})))
+        .await
+        .unwrap()
+        .job;
+    let perm = q
+        .enqueue(&acct(), NewJob::new("fail", json!({"permanent": true})))
+        .await
+        .unwrap()
+        .job;
+    let bad = q
+        .enqueue(&acct(), NewJob::new("sleep", json!({"msec": 5})))
+        .await
+        .unwrap()
+        .job;
     let w = start_worker(&db.pool, fast_config());
 
     wait_for_state(&db.pool, noop.id, JobState::Completed, Duration::from_secs(10)).await;
@@ -26,7 +38,14 @@ async fn worker_runs_kinds_to_their_outcomes() {
     let p = wait_for_state(&db.pool, perm.id, JobState::Discarded, Duration::from_secs(10)).await;
     assert_eq!(p.attempt, 1);
     let b = wait_for_state(&db.pool, bad.id, JobState::Discarded, Duration::from_secs(10)).await;
-    assert!(b.errors[0]["message"].as_str().unwrap().contains("invalid args for sleep"), "{}", b.errors);
+    assert!(
+        b.errors[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("invalid args for sleep"),
+        "{}",
+        b.errors
+    );
     assert_eq!(b.attempt, 1, "malformed args are not retried");
     w.stop().await;
 }
@@ -42,7 +61,9 @@ async fn unknown_kind_waits_and_is_counted_unclaimable() {
     wait_for_state(&db.pool, marker.id, JobState::Completed, Duration::from_secs(10)).await;
     let m = queue::get(&db.pool, &acct(), mystery.id).await.unwrap();
     assert_eq!(m.state, JobState::Available);
-    let stats = queue::queue_stats(&db.pool, &acct(), Duration::from_secs(30)).await.unwrap();
+    let stats = queue::queue_stats(&db.pool, &acct(), Duration::from_secs(30))
+        .await
+        .unwrap();
     assert_eq!(stats[0].unclaimable, 1);
     w.stop().await;
 }
@@ -53,13 +74,25 @@ async fn job_timeout_fails_the_attempt() {
     let db = testkit::db().await;
     let q = queue::Queue::new(db.pool.clone(), ordo::wake::Waker::disabled());
     let j = q
-        .enqueue(&acct(), NewJob::new("sleep", json!({"ms": 60_000})).timeout_ms(100).max_attempts(1))
+        .enqueue(
+            &acct(),
+            NewJob::new("sleep", json!({"ms": 60_000}))
+                .timeout_ms(100)
+                .max_attempts(1),
+        )
         .await
         .unwrap()
         .job;
     let w = start_worker(&db.pool, fast_config());
     let d = wait_for_state(&db.pool, j.id, JobState::Discarded, Duration::from_secs(10)).await;
-    assert!(d.errors[0]["message"].as_str().unwrap().contains("timed out after 100 ms"), "{}", d.errors);
+    assert!(
+        d.errors[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("timed out after 100 ms"),
+        "{}",
+        d.errors
+    );
     w.stop().await;
 }
 
@@ -77,7 +110,11 @@ async fn redis_wake_up_starts_jobs_without_waiting_for_the_poll() {
     let q = queue::Queue::new(db.pool.clone(), waker);
     // The worker pokes itself once when its subscription is up; wait until it is idle.
     eventually(Duration::from_secs(10), "worker registered", || async {
-        (!queue::live_workers(&db.pool, Duration::from_secs(30)).await.unwrap().is_empty()).then_some(())
+        (!queue::live_workers(&db.pool, Duration::from_secs(30))
+            .await
+            .unwrap()
+            .is_empty())
+        .then_some(())
     })
     .await;
     for _ in 0..3 {
@@ -95,7 +132,9 @@ async fn database_outage_mid_run_loses_nothing() {
     let db = testkit::db().await;
     let addr = pg_addr(&db.url);
     let proxy = TcpProxy::start(addr).await;
-    let proxied = ordo::db::connect(&testkit::with_host_port(&db.url, proxy.addr()), 8).await.unwrap();
+    let proxied = ordo::db::connect(&testkit::with_host_port(&db.url, proxy.addr()), 8)
+        .await
+        .unwrap();
     let q = queue::Queue::new(db.pool.clone(), ordo::wake::Waker::disabled());
     let jobs: Vec<NewJob> = (0..50).map(|i| NewJob::new("sleep", json!({"ms": 20 + i}))).collect();
     q.enqueue_many(&acct(), jobs).await.unwrap();
@@ -128,6 +167,10 @@ async fn database_outage_mid_run_loses_nothing() {
 
 fn pg_addr(url: &str) -> std::net::SocketAddr {
     let opts: sqlx::postgres::PgConnectOptions = url.parse().unwrap();
-    let host = if opts.get_host() == "localhost" { "127.0.0.1" } else { opts.get_host() };
+    let host = if opts.get_host() == "localhost" {
+        "127.0.0.1"
+    } else {
+        opts.get_host()
+    };
     format!("{host}:{}", opts.get_port()).parse().unwrap()
 }

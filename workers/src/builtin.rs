@@ -21,11 +21,7 @@ impl Handler for Noop {
         "completes at once with no result; args are ignored"
     }
 
-    fn run(
-        &self,
-        _ctx: StepContext,
-        _args: Value,
-    ) -> BoxFuture<'static, Result<Outcome, StepError>> {
+    fn run(&self, _ctx: StepContext, _args: Value) -> BoxFuture<'static, Result<Outcome, StepError>> {
         // Benchmarks run this kind by the hundred thousand to measure the engine alone, so it
         // allocates nothing beyond the box: `Value::Null` owns no heap memory.
         Box::pin(std::future::ready(Ok(Outcome::Done(Value::Null))))
@@ -101,10 +97,7 @@ impl Handler for Fail {
             }
             // Widened so a `times` above i32::MAX still compares correctly with the attempt.
             if i64::from(ctx.attempt) <= i64::from(times) {
-                return Err(StepError::retry(format!(
-                    "failing attempt {} of {times}",
-                    ctx.attempt
-                )));
+                return Err(StepError::retry(format!("failing attempt {} of {times}", ctx.attempt)));
             }
             Ok(Outcome::Done(json!({ "attempts_failed": times })))
         })
@@ -125,12 +118,7 @@ mod tests {
     /// `noop` completes with a null result whatever args it is given.
     #[tokio::test]
     async fn noop_returns_done_with_null_for_any_args() {
-        for args in [
-            Value::Null,
-            json!({}),
-            json!({"pad": "xxxxxxxx"}),
-            json!([1, 2]),
-        ] {
+        for args in [Value::Null, json!({}), json!({"pad": "xxxxxxxx"}), json!([1, 2])] {
             let outcome = Noop.run(StepContext::for_test("noop"), args.clone()).await;
             assert_eq!(outcome, Ok(Outcome::Done(Value::Null)), "args {args}");
         }
@@ -141,10 +129,7 @@ mod tests {
     async fn sleep_completes_after_the_requested_delay() {
         let start = tokio::time::Instant::now();
         let outcome = Sleep
-            .run(
-                StepContext::for_test("sleep"),
-                json!({"ms": 250, "pad": "xx"}),
-            )
+            .run(StepContext::for_test("sleep"), json!({"ms": 250, "pad": "xx"}))
             .await;
         assert_eq!(outcome, Ok(Outcome::Done(json!({"slept_ms": 250}))));
         assert!(start.elapsed() >= Duration::from_millis(250));
@@ -179,19 +164,14 @@ mod tests {
     async fn sleep_with_bad_args_fails_permanently() {
         let cases = [
             (json!({}), "invalid args for sleep: missing field `ms`"),
-            (
-                json!({"pad": 1}),
-                "invalid args for sleep: missing field `ms`",
-            ),
+            (json!({"pad": 1}), "invalid args for sleep: missing field `ms`"),
             (
                 json!({"ms": -1}),
                 "invalid args for sleep: invalid value: integer `-1`, expected u64",
             ),
         ];
         for (args, want) in cases {
-            let outcome = Sleep
-                .run(StepContext::for_test("sleep"), args.clone())
-                .await;
+            let outcome = Sleep.run(StepContext::for_test("sleep"), args.clone()).await;
             assert_eq!(outcome, Err(StepError::fail(want)), "args {args}");
         }
     }
@@ -200,36 +180,12 @@ mod tests {
     #[tokio::test]
     async fn fail_fails_the_first_times_attempts_then_succeeds() {
         let cases: [(Value, i32, Result<Outcome, StepError>); 6] = [
-            (
-                json!({"times": 2}),
-                1,
-                Err(StepError::retry("failing attempt 1 of 2")),
-            ),
-            (
-                json!({"times": 2}),
-                2,
-                Err(StepError::retry("failing attempt 2 of 2")),
-            ),
-            (
-                json!({"times": 2}),
-                3,
-                Ok(Outcome::Done(json!({"attempts_failed": 2}))),
-            ),
-            (
-                Value::Null,
-                1,
-                Err(StepError::retry("failing attempt 1 of 1")),
-            ),
-            (
-                json!({}),
-                2,
-                Ok(Outcome::Done(json!({"attempts_failed": 1}))),
-            ),
-            (
-                json!({"times": 0}),
-                1,
-                Ok(Outcome::Done(json!({"attempts_failed": 0}))),
-            ),
+            (json!({"times": 2}), 1, Err(StepError::retry("failing attempt 1 of 2"))),
+            (json!({"times": 2}), 2, Err(StepError::retry("failing attempt 2 of 2"))),
+            (json!({"times": 2}), 3, Ok(Outcome::Done(json!({"attempts_failed": 2})))),
+            (Value::Null, 1, Err(StepError::retry("failing attempt 1 of 1"))),
+            (json!({}), 2, Ok(Outcome::Done(json!({"attempts_failed": 1})))),
+            (json!({"times": 0}), 1, Ok(Outcome::Done(json!({"attempts_failed": 0})))),
         ];
         for (args, attempt, want) in cases {
             let outcome = Fail.run(ctx_at("fail", attempt), args.clone()).await;

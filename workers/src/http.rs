@@ -63,9 +63,7 @@ impl HttpRequest {
         let client = Client::builder()
             .user_agent(concat!("ordo-workers/", env!("CARGO_PKG_VERSION")))
             .build()
-            .expect(
-                "a client with default TLS settings and built-in root certificates always builds",
-            );
+            .expect("a client with default TLS settings and built-in root certificates always builds");
         Self::with_client(client)
     }
 
@@ -109,8 +107,7 @@ impl Handler for HttpRequest {
 fn build_request(client: &Client, args: RequestArgs) -> Result<RequestBuilder, StepError> {
     let method = Method::from_bytes(args.method.to_ascii_uppercase().as_bytes())
         .map_err(|_| StepError::fail(format!("invalid HTTP method {:?}", args.method)))?;
-    let url = Url::parse(&args.url)
-        .map_err(|e| StepError::fail(format!("invalid url {:?}: {e}", args.url)))?;
+    let url = Url::parse(&args.url).map_err(|e| StepError::fail(format!("invalid url {:?}: {e}", args.url)))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(StepError::fail(format!(
             "unsupported url scheme {:?}: only http and https are allowed",
@@ -121,8 +118,8 @@ fn build_request(client: &Client, args: RequestArgs) -> Result<RequestBuilder, S
     for (name, value) in args.headers.unwrap_or_default() {
         let header = HeaderName::from_bytes(name.as_bytes())
             .map_err(|_| StepError::fail(format!("invalid header name {name:?}")))?;
-        let value = HeaderValue::from_str(&value)
-            .map_err(|_| StepError::fail(format!("invalid value for header {name:?}")))?;
+        let value =
+            HeaderValue::from_str(&value).map_err(|_| StepError::fail(format!("invalid value for header {name:?}")))?;
         headers.append(header, value);
     }
     let mut request = client
@@ -142,30 +139,20 @@ async fn execute(request: RequestBuilder) -> Result<Outcome, StepError> {
     let status = response.status();
     if status.is_success() {
         let is_json = is_json(response.headers());
-        let (body, truncated) = read_limited(&mut response, MAX_BODY_BYTES)
-            .await
-            .map_err(send_error)?;
+        let (body, truncated) = read_limited(&mut response, MAX_BODY_BYTES).await.map_err(send_error)?;
         // A truncated body cannot parse as JSON, so it is kept as text.
         let body = if is_json && !truncated {
             serde_json::from_slice(&body).unwrap_or_else(|_| Value::String(text(body, false)))
         } else {
             Value::String(text(body, truncated))
         };
-        return Ok(Outcome::Done(
-            json!({ "status": status.as_u16(), "body": body }),
-        ));
+        return Ok(Outcome::Done(json!({ "status": status.as_u16(), "body": body })));
     }
 
     let after = retry_after(response.headers());
     // The body only decorates the reason, so failing to read it must not hide the status.
-    let (body, truncated) = read_limited(&mut response, ERROR_BODY_BYTES)
-        .await
-        .unwrap_or_default();
-    let snippet: String = text(body, truncated)
-        .trim()
-        .chars()
-        .take(ERROR_BODY_CHARS)
-        .collect();
+    let (body, truncated) = read_limited(&mut response, ERROR_BODY_BYTES).await.unwrap_or_default();
+    let snippet: String = text(body, truncated).trim().chars().take(ERROR_BODY_CHARS).collect();
     let reason = if snippet.is_empty() {
         format!("HTTP {}", status.as_u16())
     } else {
@@ -197,10 +184,7 @@ fn send_error(e: reqwest::Error) -> StepError {
 }
 
 /// Reads at most `limit` bytes of the body, saying whether more was left unread.
-async fn read_limited(
-    response: &mut Response,
-    limit: usize,
-) -> Result<(Vec<u8>, bool), reqwest::Error> {
+async fn read_limited(response: &mut Response, limit: usize) -> Result<(Vec<u8>, bool), reqwest::Error> {
     let mut body = Vec::new();
     while let Some(chunk) = response.chunk().await? {
         // `body.len() <= limit` holds on every iteration, so this cannot underflow.
@@ -262,10 +246,7 @@ mod tests {
 
     /// A handler that ignores proxy settings of the machine running the tests.
     fn handler() -> HttpRequest {
-        let client = Client::builder()
-            .no_proxy()
-            .build()
-            .expect("test client builds");
+        let client = Client::builder().no_proxy().build().expect("test client builds");
         HttpRequest::with_client(client)
     }
 
@@ -361,25 +342,12 @@ mod tests {
                 "[1,2]",
                 json!([1, 2]),
             ),
-            (
-                "200 OK",
-                Some("text/plain"),
-                r#"{"ok":true}"#,
-                json!(r#"{"ok":true}"#),
-            ),
-            (
-                "200 OK",
-                Some("application/json"),
-                "not json",
-                json!("not json"),
-            ),
+            ("200 OK", Some("text/plain"), r#"{"ok":true}"#, json!(r#"{"ok":true}"#)),
+            ("200 OK", Some("application/json"), "not json", json!("not json")),
             ("204 No Content", None, "", json!("")),
         ];
         for (status_line, content_type, body, want) in cases {
-            let headers: Vec<_> = content_type
-                .map(|ct| ("Content-Type", ct))
-                .into_iter()
-                .collect();
+            let headers: Vec<_> = content_type.map(|ct| ("Content-Type", ct)).into_iter().collect();
             let (url, server) = serve_once(response(status_line, &headers, body)).await;
             let outcome = run(json!({"url": format!("{url}/status")})).await;
             let code: u16 = status_line[..3].parse().expect("numeric status");
@@ -408,15 +376,9 @@ mod tests {
             Ok(Outcome::Done(json!({"status": 202, "body": "queued"})))
         );
         let request = server.await.expect("server task");
-        assert!(
-            request.starts_with("POST /hooks?x=1 HTTP/1.1\r\n"),
-            "{request}"
-        );
+        assert!(request.starts_with("POST /hooks?x=1 HTTP/1.1\r\n"), "{request}");
         assert!(request.contains("x-trace: abc\r\n"), "{request}");
-        assert!(
-            request.contains("content-type: application/json\r\n"),
-            "{request}"
-        );
+        assert!(request.contains("content-type: application/json\r\n"), "{request}");
         assert!(request.ends_with("\r\n\r\n{\"a\":1}"), "{request}");
     }
 
@@ -449,12 +411,7 @@ mod tests {
                 "",
                 StepError::retry("HTTP 429"),
             ),
-            (
-                "408 Request Timeout",
-                vec![],
-                "",
-                StepError::retry("HTTP 408"),
-            ),
+            ("408 Request Timeout", vec![], "", StepError::retry("HTTP 408")),
             (
                 "500 Internal Server Error",
                 vec![],
@@ -505,10 +462,7 @@ mod tests {
                 json!({"url": "not a url"}),
                 "invalid url \"not a url\": relative URL without a base",
             ),
-            (
-                json!({"method": "GE T", "url": url}),
-                "invalid HTTP method \"GE T\"",
-            ),
+            (json!({"method": "GE T", "url": url}), "invalid HTTP method \"GE T\""),
             (
                 json!({"url": url, "headers": {"bad header": "x"}}),
                 "invalid header name \"bad header\"",
@@ -523,11 +477,7 @@ mod tests {
             ),
         ];
         for (args, want) in cases {
-            assert_eq!(
-                run(args.clone()).await,
-                Err(StepError::fail(want)),
-                "args {args}"
-            );
+            assert_eq!(run(args.clone()).await, Err(StepError::fail(want)), "args {args}");
         }
     }
 
@@ -548,11 +498,7 @@ mod tests {
     async fn http_request_timeout_retries() {
         let (url, _arrived, _server) = serve_silently().await;
         let outcome = run(json!({"url": url, "timeout_ms": 50})).await;
-        let Err(StepError::Retry {
-            reason,
-            after: None,
-        }) = &outcome
-        else {
+        let Err(StepError::Retry { reason, after: None }) = &outcome else {
             panic!("expected Retry, got {outcome:?}");
         };
         assert!(reason.contains("timed out"), "{reason}");

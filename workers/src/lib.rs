@@ -46,9 +46,7 @@ pub mod builtin;
 pub mod http;
 pub mod step;
 
-pub use step::{
-    parse_args, BoxFuture, Handler, Outcome, Registry, ResultExt, StepContext, StepError,
-};
+pub use step::{parse_args, BoxFuture, Handler, Outcome, Registry, ResultExt, StepContext, StepError};
 
 /// All built-in handlers: noop, sleep, fail, http.request.
 pub fn registry() -> Registry {
@@ -85,10 +83,7 @@ mod tests {
         for kind in registry.kinds() {
             let handler = registry.get(&kind).expect("listed kinds are registered");
             assert_eq!(handler.kind(), kind);
-            assert!(
-                !handler.description().is_empty(),
-                "{kind} has no description"
-            );
+            assert!(!handler.description().is_empty(), "{kind} has no description");
         }
         assert!(registry.get("no.such.kind").is_none());
     }

@@ -110,9 +110,7 @@ impl StepError {
 
     /// A permanent failure.
     pub fn fail(reason: impl Into<String>) -> Self {
-        StepError::Fail {
-            reason: reason.into(),
-        }
+        StepError::Fail { reason: reason.into() }
     }
 }
 
@@ -145,8 +143,7 @@ pub fn parse_args<T: DeserializeOwned>(kind: &str, args: Value) -> Result<T, Ste
         args
     };
     // Retrying cannot fix args that were stored malformed, hence a permanent failure.
-    serde_json::from_value(args)
-        .map_err(|e| StepError::fail(format!("invalid args for {kind}: {e}")))
+    serde_json::from_value(args).map_err(|e| StepError::fail(format!("invalid args for {kind}: {e}")))
 }
 
 /// The code that runs one job kind.

@@ -1,0 +1,284 @@
+//! The HTTP API (`ordo api`): axum router, shared state, middleware and server.
+//!
+//! Owns no table: handlers call [`crate::queue`] and [`crate::tenancy`]. Invariants:
+//! - every account-scoped handler runs its queries in a [`Tenant`](auth::Tenant) transaction that first switches to
+//!   the role `ordo_api` and sets `ordo.account_id`, so row-level security hides other accounts' rows even from a
+//!   query that forgets its filter;
+//! - workers are woken only after the transaction committed;
+//! - every error is an [`ApiError`](error::ApiError) rendered as problem JSON; bad input never yields a 500.
+//!
+//! Routes are registered from one table ([`routes`]), which the OpenAPI coverage test reads too.
+
+pub mod accounts;
+pub mod auth;
+pub mod error;
+pub mod extract;
+pub mod health;
+pub mod jobs;
+pub mod middleware;
+pub mod openapi;
+pub mod queues;
+pub mod rate_limit;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{delete, get, post, MethodRouter};
+use axum::Router;
+use clap::Args;
+use metrics_exporter_prometheus::PrometheusHandle;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{DbConfig, RedisConfig};
+use crate::wake::Waker;
+
+pub use error::ApiError;
+
+/// Largest body accepted on most routes.
+pub const BODY_LIMIT: usize = 1 << 20;
+/// Largest body accepted on batch routes.
+pub const BATCH_BODY_LIMIT: usize = 16 << 20;
+/// Most jobs in one batch.
+pub const MAX_BATCH_JOBS: usize = 10_000;
+
+/// `ordo api` flags (each also an environment variable).
+#[derive(Debug, Clone, Args)]
+pub struct ApiArgs {
+    /// Address to listen on.
+    #[arg(long, env = "ORDO_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Token for the admin API (accounts, pools, rollouts); unset = admin routes answer 401.
+    #[arg(long, env = "ORDO_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// This node's region; accounts homed elsewhere get 421.
+    #[arg(long, env = "ORDO_REGION", default_value = "local")]
+    pub region: String,
+    /// Requests per second per account (burst 2x); 0 = off.
+    #[arg(long, env = "ORDO_RATE_LIMIT_RPS", default_value_t = 1000)]
+    pub rate_limit_rps: u32,
+    /// Deadline of one request in milliseconds; past it the request answers 503.
+    #[arg(long, env = "ORDO_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
+    pub request_timeout_ms: u64,
+    /// Database connections of this node.
+    #[arg(long, env = "ORDO_API_DB_CONNECTIONS", default_value_t = 32)]
+    pub db_connections: u32,
+}
+
+/// Settings of the API state, for embedding and tests (`ordo api` builds them from [`ApiArgs`]).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Admin token; `None` disables the admin API.
+    pub admin_token: Option<String>,
+    /// This node's region.
+    pub region: String,
+    /// Per-account requests per second; 0 disables the limit.
+    pub rate_limit_rps: u32,
+    /// Redis for shared rate limits; `None` = a per-node bucket.
+    pub redis_url: Option<String>,
+    /// Request deadline.
+    pub request_timeout: Duration,
+    /// How long a resolved API key is trusted before it is looked up again (revocation on another node takes
+    /// effect within this; on this node at once).
+    pub key_cache_ttl: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            admin_token: None,
+            region: "local".to_owned(),
+            rate_limit_rps: 1000,
+            redis_url: None,
+            request_timeout: Duration::from_secs(30),
+            key_cache_ttl: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Shared state of every handler; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: PgPool,
+    waker: Waker,
+    settings: Settings,
+    limiter: rate_limit::RateLimiter,
+    keys: auth::KeyCache,
+    metrics: PrometheusHandle,
+}
+
+impl AppState {
+    /// Builds the state; `waker` wakes workers after enqueues (may be [`Waker::disabled`]).
+    pub fn new(pool: PgPool, waker: Waker, settings: Settings) -> Self {
+        let namespace = pool.connect_options().get_database().unwrap_or("ordo").to_owned();
+        let limiter = rate_limit::RateLimiter::new(settings.rate_limit_rps, settings.redis_url.as_deref(), &namespace);
+        AppState {
+            inner: Arc::new(Inner {
+                keys: auth::KeyCache::new(settings.key_cache_ttl),
+                pool,
+                waker,
+                settings,
+                limiter,
+                metrics: crate::telemetry::metrics::install(),
+            }),
+        }
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.inner.pool
+    }
+
+    /// The waker.
+    pub fn waker(&self) -> &Waker {
+        &self.inner.waker
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &Settings {
+        &self.inner.settings
+    }
+
+    pub(crate) fn limiter(&self) -> &rate_limit::RateLimiter {
+        &self.inner.limiter
+    }
+
+    pub(crate) fn keys(&self) -> &auth::KeyCache {
+        &self.inner.keys
+    }
+
+    pub(crate) fn metrics(&self) -> &PrometheusHandle {
+        &self.inner.metrics
+    }
+}
+
+/// One registered route: method, path template and handler.
+pub struct Route {
+    /// HTTP method, upper case.
+    pub method: &'static str,
+    /// Path template in axum and OpenAPI syntax (`/api/jobs/{id}`).
+    pub path: &'static str,
+    handler: MethodRouter<AppState>,
+}
+
+fn route(method: &'static str, path: &'static str, handler: MethodRouter<AppState>) -> Route {
+    Route { method, path, handler }
+}
+
+/// Every route the router serves; the router is built from this table.
+pub fn routes() -> Vec<Route> {
+    vec![
+        route("GET", "/healthz", get(health::healthz)),
+        route("GET", "/readyz", get(health::readyz)),
+        route("GET", "/metrics", get(health::metrics)),
+        route("GET", "/openapi.json", get(openapi::document)),
+        route("POST", "/api/jobs", post(jobs::create)),
+        route("GET", "/api/jobs", get(jobs::list)),
+        route(
+            "POST",
+            "/api/jobs/batch",
+            post(jobs::create_batch).layer(DefaultBodyLimit::max(BATCH_BODY_LIMIT)),
+        ),
+        route("GET", "/api/jobs/{id}", get(jobs::get)),
+        route("POST", "/api/jobs/{id}/cancel", post(jobs::cancel)),
+        route("POST", "/api/jobs/{id}/retry", post(jobs::retry)),
+        route("GET", "/api/queues", get(queues::list)),
+        route("POST", "/api/queues/{queue}/pause", post(queues::pause)),
+        route("POST", "/api/queues/{queue}/resume", post(queues::resume)),
+        route("POST", "/api/accounts", post(accounts::create)),
+        route("GET", "/api/accounts", get(accounts::list)),
+        route("POST", "/api/accounts/{id}/keys", post(accounts::create_key)),
+        route("DELETE", "/api/accounts/{id}/keys/{key_id}", delete(accounts::revoke_key)),
+    ]
+}
+
+/// The API router with its middleware: request ids, tracing, metrics, deadline, body limit, panic guard.
+pub fn router(state: AppState) -> Router {
+    let mut router = Router::new();
+    for r in routes() {
+        // Same path, several methods: axum merges the method routers.
+        router = router.route(r.path, r.handler);
+    }
+    middleware::wrap(router.fallback(middleware::not_found), state)
+}
+
+/// Serves `router(state)` on `listener` until `shutdown`, then finishes in-flight requests.
+pub async fn serve(listener: TcpListener, state: AppState, shutdown: CancellationToken) -> std::io::Result<()> {
+    let app = router(state);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}
+
+/// Errors starting the API.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Configuration problem.
+    #[error(transparent)]
+    Config(#[from] crate::config::Error),
+    /// Database problem.
+    #[error(transparent)]
+    Db(#[from] crate::db::Error),
+    /// Binding or serving failed.
+    #[error("serve on {addr}: {source}")]
+    Io {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// `ordo api`: connects, checks the schema, starts wake-ups and serves until `shutdown`.
+pub async fn run(
+    db: &DbConfig,
+    redis: &RedisConfig,
+    args: &ApiArgs,
+    shutdown: CancellationToken,
+) -> Result<(), StartError> {
+    let url = db.require()?;
+    let opts: PgConnectOptions = url
+        .parse()
+        .map_err(|e: sqlx::Error| crate::db::Error::InvalidUrl(e.to_string()))?;
+    // A short acquire timeout: while the database is away, requests answer 503 quickly instead of piling up.
+    let pool = PgPoolOptions::new()
+        .max_connections(args.db_connections.max(2))
+        .min_connections(0)
+        .acquire_timeout(Duration::from_secs(2))
+        .connect_lazy_with(opts);
+    crate::db::check_schema(&pool).await?;
+    let namespace = pool.connect_options().get_database().unwrap_or("ordo").to_owned();
+    let waker = match &redis.redis_url {
+        Some(url) => Waker::start(url, &namespace, shutdown.child_token()).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "invalid REDIS_URL; workers will find jobs by polling");
+            Waker::disabled()
+        }),
+        None => Waker::disabled(),
+    };
+    let settings = Settings {
+        admin_token: args.admin_token.clone().filter(|t| !t.is_empty()),
+        region: args.region.clone(),
+        rate_limit_rps: args.rate_limit_rps,
+        redis_url: redis.redis_url.clone(),
+        request_timeout: Duration::from_millis(args.request_timeout_ms.max(1)),
+        ..Settings::default()
+    };
+    let state = AppState::new(pool, waker, settings);
+    let listener = TcpListener::bind(args.listen).await.map_err(|source| StartError::Io {
+        addr: args.listen,
+        source,
+    })?;
+    let addr = listener.local_addr().unwrap_or(args.listen);
+    tracing::info!(%addr, region = %args.region, "api listening");
+    serve(listener, state, shutdown).await.map_err(|source| StartError::Io { addr, source })?;
+    tracing::info!("api stopped");
+    Ok(())
+}

@@ -1,0 +1,48 @@
+//! Every metric name of ordo, its description, and the Prometheus recorder behind `/metrics`.
+//!
+//! Labels come only from bounded sets (route templates, methods, status codes, queue names); never ids.
+
+use std::sync::OnceLock;
+
+use metrics::{describe_counter, describe_histogram, Unit};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+/// HTTP requests answered, by `route` template, `method` and `status`.
+pub const HTTP_REQUESTS_TOTAL: &str = "ordo_http_requests_total";
+/// HTTP request duration in seconds, by `route` template and `method`.
+pub const HTTP_REQUEST_DURATION_SECONDS: &str = "ordo_http_request_duration_seconds";
+/// Jobs enqueued through the API (replays excluded), by `queue`.
+pub const JOBS_ENQUEUED_TOTAL: &str = "ordo_jobs_enqueued_total";
+/// Requests refused by the per-account rate limit.
+pub const RATE_LIMITED_TOTAL: &str = "ordo_rate_limited_total";
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide Prometheus recorder once and describes every metric; later calls return the same
+/// handle (tests build many routers in one process).
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be installed (an embedding application's); then ours only renders
+            // what it sees, which is nothing, and /metrics stays valid but empty.
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("a metrics recorder was already installed; /metrics will be empty");
+            }
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    describe_counter!(HTTP_REQUESTS_TOTAL, "HTTP requests answered, by route template, method and status");
+    describe_histogram!(
+        HTTP_REQUEST_DURATION_SECONDS,
+        Unit::Seconds,
+        "HTTP request duration, by route template and method"
+    );
+    describe_counter!(JOBS_ENQUEUED_TOTAL, "Jobs enqueued through the API, replays excluded, by queue");
+    describe_counter!(RATE_LIMITED_TOTAL, "Requests refused by the per-account rate limit");
+}

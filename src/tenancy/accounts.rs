@@ -1,0 +1,245 @@
+//! Accounts and their API keys: every SQL statement on `account` and `api_key`.
+//!
+//! These run as the connecting role (not `ordo_api`): authentication has to find a key before it knows which
+//! account to scope to, and creating accounts is an admin action across tenants.
+
+use chrono::{DateTime, Utc};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use sqlx::{PgExecutor, PgPool};
+use subtle::ConstantTimeEq;
+
+use super::{AccountId, Error, Result};
+
+/// Prefix of every API key, so leaked keys are recognisable by secret scanners.
+const KEY_PREFIX: &str = "ordo_";
+/// Prefix of every webhook secret.
+const WEBHOOK_SECRET_PREFIX: &str = "whsec_";
+
+/// An account as listed to administrators (never with its secrets).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
+pub struct Account {
+    /// Slug.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Home region: requests reaching a node of another region are refused with 421.
+    pub region: String,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+}
+
+/// A freshly created account with the secrets shown exactly once.
+#[derive(Debug, Clone)]
+pub struct NewAccount {
+    /// The account.
+    pub account: Account,
+    /// Its first API key (plain text; only the hash is stored).
+    pub api_key: String,
+    /// Its webhook signing secret.
+    pub webhook_secret: String,
+}
+
+/// A freshly created API key, shown exactly once.
+#[derive(Debug, Clone)]
+pub struct NewKey {
+    /// Id of the key, to revoke it.
+    pub key_id: String,
+    /// The key itself.
+    pub api_key: String,
+}
+
+/// Who an API key belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyOwner {
+    /// The account.
+    pub account: AccountId,
+    /// The account's home region.
+    pub region: String,
+}
+
+/// SHA-256 of an API key: what is stored and looked up.
+pub fn hash_key(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+/// Compares two secrets in constant time (through their hashes, so lengths leak nothing either).
+pub fn secrets_equal(a: &str, b: &str) -> bool {
+    hash_key(a).ct_eq(&hash_key(b)).into()
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    rand::rngs::OsRng.fill_bytes(&mut buf);
+    hex::encode(buf)
+}
+
+/// A new 256-bit random API key.
+pub fn generate_key() -> String {
+    format!("{KEY_PREFIX}{}", random_hex(32))
+}
+
+/// A new 256-bit random webhook signing secret.
+pub fn generate_webhook_secret() -> String {
+    format!("{WEBHOOK_SECRET_PREFIX}{}", random_hex(32))
+}
+
+fn generate_key_id() -> String {
+    format!("key_{}", random_hex(8))
+}
+
+/// Creates an account with one API key and a webhook secret.
+pub async fn create_account(pool: &PgPool, id: &AccountId, name: &str, region: &str) -> Result<NewAccount> {
+    let mut tx = pool.begin().await?;
+    let webhook_secret = generate_webhook_secret();
+    let account: Option<Account> = sqlx::query_as(
+        r#"
+        insert into account (id, name, region, webhook_secret)
+        values ($1, $2, $3, $4)
+        on conflict (id) do nothing
+        returning id, name, region, created_at
+        "#,
+    )
+    .bind(id.as_str())
+    .bind(name)
+    .bind(region)
+    .bind(&webhook_secret)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let account = account.ok_or_else(|| Error::AccountExists(id.clone()))?;
+    let key = insert_key(&mut *tx, id).await?;
+    tx.commit().await?;
+    Ok(NewAccount {
+        account,
+        api_key: key.api_key,
+        webhook_secret,
+    })
+}
+
+async fn insert_key<'e>(exec: impl PgExecutor<'e>, account: &AccountId) -> Result<NewKey> {
+    let api_key = generate_key();
+    let key_id = generate_key_id();
+    sqlx::query("insert into api_key (account_id, id, key_hash) values ($1, $2, $3)")
+        .bind(account.as_str())
+        .bind(&key_id)
+        .bind(hash_key(&api_key).as_slice())
+        .execute(exec)
+        .await?;
+    Ok(NewKey { key_id, api_key })
+}
+
+/// Lists accounts ordered by id, after `after` (the previous page's cursor); returns the page and the next cursor.
+pub async fn list_accounts(pool: &PgPool, after: Option<&str>, limit: i64) -> Result<(Vec<Account>, Option<String>)> {
+    let mut rows: Vec<Account> = sqlx::query_as(
+        r#"
+        select id, name, region, created_at
+        from account
+        where $1::text is null or id > $1
+        order by id
+        limit $2
+        "#,
+    )
+    .bind(after)
+    .bind(limit + 1)
+    .fetch_all(pool)
+    .await?;
+    let next = if rows.len() as i64 > limit {
+        rows.truncate(limit as usize);
+        rows.last().map(|a| a.id.clone())
+    } else {
+        None
+    };
+    Ok((rows, next))
+}
+
+/// Adds an API key to an existing account.
+pub async fn create_key(pool: &PgPool, account: &AccountId) -> Result<NewKey> {
+    let mut tx = pool.begin().await?;
+    // Lock the account row so a key is never added to an account being deleted concurrently.
+    let exists: Option<String> = sqlx::query_scalar("select id from account where id = $1 for share")
+        .bind(account.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+    if exists.is_none() {
+        return Err(Error::AccountNotFound(account.clone()));
+    }
+    let key = insert_key(&mut *tx, account).await?;
+    tx.commit().await?;
+    Ok(key)
+}
+
+/// Revokes a key; returns its hash so callers can drop it from caches. Revoking twice is `KeyNotFound`.
+pub async fn revoke_key(pool: &PgPool, account: &AccountId, key_id: &str) -> Result<[u8; 32]> {
+    let hash: Option<Vec<u8>> = sqlx::query_scalar(
+        r#"
+        update api_key
+        set revoked_at = now()
+        where account_id = $1
+          and id = $2
+          and revoked_at is null
+        returning key_hash
+        "#,
+    )
+    .bind(account.as_str())
+    .bind(key_id)
+    .fetch_optional(pool)
+    .await?;
+    let hash = hash.ok_or_else(|| Error::KeyNotFound(key_id.to_owned()))?;
+    hash.try_into()
+        .map_err(|_| Error::KeyNotFound(key_id.to_owned()))
+}
+
+/// Finds the live (unrevoked) key with this hash and its account's region.
+pub async fn find_key<'e>(exec: impl PgExecutor<'e>, hash: &[u8; 32]) -> Result<Option<KeyOwner>> {
+    let row: Option<(String, String)> = sqlx::query_as(
+        r#"
+        select a.id, a.region
+        from api_key k
+        join account a on a.id = k.account_id
+        where k.key_hash = $1
+          and k.revoked_at is null
+        "#,
+    )
+    .bind(hash.as_slice())
+    .fetch_optional(exec)
+    .await?;
+    match row {
+        None => Ok(None),
+        Some((id, region)) => Ok(Some(KeyOwner {
+            account: AccountId::parse(&id).map_err(|e| Error::Corrupt(e.to_string()))?,
+            region,
+        })),
+    }
+}
+
+/// The account's webhook signing secret.
+pub async fn webhook_secret<'e>(exec: impl PgExecutor<'e>, account: &AccountId) -> Result<String> {
+    sqlx::query_scalar("select webhook_secret from account where id = $1")
+        .bind(account.as_str())
+        .fetch_optional(exec)
+        .await?
+        .ok_or_else(|| Error::AccountNotFound(account.clone()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Keys carry 256 random bits and never repeat.
+    #[test]
+    fn generated_keys_are_long_and_distinct() {
+        let a = generate_key();
+        let b = generate_key();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), KEY_PREFIX.len() + 64);
+        assert!(generate_webhook_secret().starts_with(WEBHOOK_SECRET_PREFIX));
+    }
+
+    /// Secret comparison is exact.
+    #[test]
+    fn secrets_equal_only_for_identical_strings() {
+        assert!(secrets_equal("abc", "abc"));
+        assert!(!secrets_equal("abc", "abd"));
+        assert!(!secrets_equal("abc", "abcd"));
+    }
+}
