@@ -94,6 +94,8 @@ pub struct Summary {
     pub latency_ms: Option<Latency>,
     /// Mean time of one claim statement during the drain, in milliseconds.
     pub claim_ms: Option<f64>,
+    /// The busiest statements of the drain (calls, rows, total and mean ms), when pg_stat_statements is loaded.
+    pub statements: Vec<StatementStat>,
     /// Worker processes.
     pub workers: usize,
     /// Concurrency per worker.
@@ -120,6 +122,8 @@ const SERVER_SETTINGS: &[(&str, &str)] = &[
     ("checkpoint_timeout", "15min"),
     ("max_connections", "200"),
     ("autovacuum", "on"),
+    // Per-statement timings (claim and settle times in the summary); its overhead is a few percent at most.
+    ("shared_preload_libraries", "pg_stat_statements"),
 ];
 
 /// Runs the benchmark.
@@ -194,20 +198,24 @@ async fn measure(args: &BenchArgs, url: &str) -> Result<Summary, Error> {
     sqlx::query("analyze job").execute(&pool).await?;
     sqlx::query("checkpoint").execute(&pool).await?;
 
+    // Statement timings when the server has pg_stat_statements loaded (the private server does).
+    let _ = sqlx::query("create extension if not exists pg_stat_statements")
+        .execute(&pool)
+        .await;
+    let _ = sqlx::query("select pg_stat_statements_reset()").execute(&pool).await;
     let calls_before = claim_stats(&pool).await;
-    let started = Instant::now();
     queue::resume(&pool, &account, "default").await?;
     waker.wake("default");
+    // Timed by the database's own clock: from just after the resume committed to the last completion. The poll
+    // that notices the end is slow on purpose, so it takes no CPU from the drain.
+    let resumed: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("select now()").fetch_one(&pool).await?;
+    let started = Instant::now();
     let limit = Duration::from_secs(600);
     loop {
-        let left: bool = sqlx::query_scalar(
-            r#"
-            select exists (select 1 from job where state in ('available', 'scheduled', 'retryable'))
-                or exists (select 1 from job where state = 'running')
-            "#,
-        )
-        .fetch_one(&pool)
-        .await?;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let left: bool = sqlx::query_scalar("select exists (select 1 from job where state <> 'completed')")
+            .fetch_one(&pool)
+            .await?;
         if !left {
             break;
         }
@@ -215,13 +223,16 @@ async fn measure(args: &BenchArgs, url: &str) -> Result<Summary, Error> {
             stop_workers(&mut children).await;
             return Err(Error::Stalled(limit));
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let drain_secs = started.elapsed().as_secs_f64();
+    let last: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("select max(finished_at) from job")
+        .fetch_one(&pool)
+        .await?;
+    let drain_secs = ((last - resumed).num_microseconds().unwrap_or(1) as f64 / 1e6).max(1e-6);
     let claim_ms = match (calls_before, claim_stats(&pool).await) {
         (Some((c0, t0)), Some((c1, t1))) if c1 > c0 => Some((t1 - t0) / (c1 - c0) as f64),
         _ => None,
     };
+    let statements = statement_stats(&pool).await;
     let (dead_tuples, index_bytes): (i64, i64) =
         sqlx::query_as("select n_dead_tup, pg_indexes_size('job') from pg_stat_user_tables where relname = 'job'")
             .fetch_one(&pool)
@@ -241,6 +252,7 @@ async fn measure(args: &BenchArgs, url: &str) -> Result<Summary, Error> {
         drain_per_s: round(args.jobs as f64 / drain_secs),
         latency_ms: latency,
         claim_ms: claim_ms.map(|m| (m * 1000.0).round() / 1000.0),
+        statements,
         workers: args.workers,
         concurrency: args.concurrency,
         batch: args.batch,
@@ -267,6 +279,38 @@ async fn claim_stats(pool: &PgPool) -> Option<(i64, f64)> {
     .fetch_one(pool)
     .await
     .ok()
+}
+
+/// One statement's figures from pg_stat_statements.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct StatementStat {
+    /// The statement's first words.
+    pub query: String,
+    /// Executions.
+    pub calls: i64,
+    /// Rows touched.
+    pub rows: i64,
+    /// Total execution time.
+    pub total_ms: f64,
+    /// Mean execution time.
+    pub mean_ms: f64,
+}
+
+async fn statement_stats(pool: &PgPool) -> Vec<StatementStat> {
+    sqlx::query_as(
+        r#"
+        select left(regexp_replace(query, '\s+', ' ', 'g'), 60) as query, calls, rows,
+               round(total_exec_time::numeric, 1)::float8 as total_ms,
+               round(mean_exec_time::numeric, 3)::float8 as mean_ms
+        from pg_stat_statements
+        where dbid = (select oid from pg_database where datname = current_database())
+        order by total_exec_time desc
+        limit 6
+        "#,
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap_or_default()
 }
 
 /// Churns finished jobs through the table (insert, then complete) so the drain runs on a table with history.

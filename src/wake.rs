@@ -15,6 +15,14 @@ pub fn channel(namespace: &str, queue: &str) -> String {
     format!("ordo:{namespace}:wake:{queue}")
 }
 
+/// The namespace of a database's wake-up channels: its name, so clusters sharing one Redis stay apart.
+pub async fn namespace(pool: &sqlx::PgPool) -> String {
+    sqlx::query_scalar::<_, String>("select current_database()")
+        .fetch_one(pool)
+        .await
+        .unwrap_or_else(|_| "ordo".to_owned())
+}
+
 /// Publishes wake-ups; cheap to clone. A disabled waker does nothing.
 #[derive(Clone, Debug)]
 pub struct Waker {
@@ -34,6 +42,15 @@ impl Waker {
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(publish_loop(client, namespace.to_owned(), rx, shutdown));
         Ok(Waker { tx: Some(tx) })
+    }
+
+    /// Starts a publisher whose namespace is the database `pool` connects to, as workers expect.
+    pub async fn for_database(
+        url: &str,
+        pool: &sqlx::PgPool,
+        shutdown: CancellationToken,
+    ) -> Result<Self, redis::RedisError> {
+        Self::start(url, &namespace(pool).await, shutdown)
     }
 
     /// Asks for the queue's workers to be woken. Call after the enqueue committed.

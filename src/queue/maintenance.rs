@@ -94,12 +94,13 @@ pub async fn prune<'e>(exec: impl PgExecutor<'e>, retention: Retention, limit: i
     let done = sqlx::query(
         r#"
         with old as (
+            -- Oldest first along the primary key: finished jobs cluster at low ids.
             select id
             from job
             where state in ('completed', 'discarded', 'cancelled')
               and finished_at < now() - make_interval(secs => $1)
               and (idempotency_key is null or finished_at < now() - make_interval(secs => $2))
-            order by finished_at
+            order by id
             limit $3
             for update skip locked
         )

@@ -55,8 +55,6 @@ impl Executor {
             account_id: job.account_id.clone(),
             cancel: cancel.clone(),
         };
-        let span = tracing::debug_span!("job", job.id = %id, job.kind = %job.kind, attempt, queue = %job.queue);
-        let _enter = span.enter();
         let ran = self.run_handler(job, ctx, timeout).await;
         if let Ok(mut r) = self.running.lock() {
             r.remove(&id);
@@ -104,16 +102,16 @@ impl Executor {
 
     async fn run_handler(&self, job: Job, ctx: StepContext, timeout: Duration) -> Ran {
         let cancel = ctx.cancel.clone();
-        let fut = if let Some(h) = self.steps.get(&job.kind) {
+        let fut = if let Some(h) = self.steps.get(&ctx.kind) {
             let args = job.args;
             async move { EngineResultOrStep::Step(h.run(ctx, args).await) }.boxed()
-        } else if let Some(h) = self.engine.get(&job.kind) {
+        } else if let Some(h) = self.engine.get(&ctx.kind) {
             let pool = self.pool.clone();
             async move { EngineResultOrStep::Engine(h.run(pool, job, ctx).await) }.boxed()
         } else {
             // Claims only ask for registered kinds, so this is a registry change at run time.
             return Ran::Outcome(Err(StepError::Fail {
-                reason: format!("no handler for kind {:?}", job.kind),
+                reason: format!("no handler for kind {:?}", ctx.kind),
             }));
         };
         let guarded = AssertUnwindSafe(fut).catch_unwind();

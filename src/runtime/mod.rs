@@ -62,6 +62,8 @@ pub struct WorkerConfig {
     pub maintenance: bool,
     /// Most jobs claimed by one statement.
     pub max_claim: usize,
+    /// Claim loops per queue: while one claim statement runs, another can, so the database's cores overlap.
+    pub claimers: usize,
     /// Retention applied by queue maintenance.
     pub retention: queue::Retention,
 }
@@ -82,6 +84,7 @@ impl WorkerConfig {
             redis_url: None,
             maintenance: true,
             max_claim: 1000,
+            claimers: 2,
             retention: queue::Retention::default(),
         }
     }
@@ -158,7 +161,7 @@ impl Worker {
         let signals = WakeSignals::new(&cfg.queues);
 
         if let Some(url) = cfg.redis_url.clone() {
-            let ns = database_name(&self.pool).await;
+            let ns = wake::namespace(&self.pool).await;
             tasks.spawn(wake::subscribe(url, ns, signals.clone(), background.clone()));
         }
         let (settle_tx, settle_rx) = mpsc::unbounded_channel::<Settle>();
@@ -188,18 +191,20 @@ impl Worker {
         });
         let mut fetchers = Vec::new();
         for q in &cfg.queues {
-            let f = Fetcher {
-                pool: self.pool.clone(),
-                queue: q.clone(),
-                kinds: kinds.clone(),
-                cfg: cfg.clone(),
-                worker_id: self.id.clone(),
-                slots: slots.clone(),
-                wake: signals.get(q).unwrap_or_default(),
-                exec: exec.clone(),
-                jobs: jobs.clone(),
-            };
-            fetchers.push(tokio::spawn(f.run(shutdown.clone())));
+            for _ in 0..cfg.claimers.max(1) {
+                let f = Fetcher {
+                    pool: self.pool.clone(),
+                    queue: q.clone(),
+                    kinds: kinds.clone(),
+                    cfg: cfg.clone(),
+                    worker_id: self.id.clone(),
+                    slots: slots.clone(),
+                    wake: signals.get(q).unwrap_or_default(),
+                    exec: exec.clone(),
+                    jobs: jobs.clone(),
+                };
+                fetchers.push(tokio::spawn(f.run(shutdown.clone())));
+            }
         }
 
         shutdown.cancelled().await;
@@ -287,9 +292,18 @@ impl Fetcher {
                 _ = shutdown.cancelled() => return,
                 p = self.slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
             };
-            let extra = self.slots.available_permits().min(self.cfg.max_claim.saturating_sub(1));
+            // Under load, slots come back one by one as handlers finish; claiming each at once would mean many
+            // tiny claims. Gather a quarter of the slots (briefly) first; when idle they are all free anyway.
             let mut permits = vec![first];
-            for _ in 0..extra {
+            let want = (self.cfg.concurrency / 4).clamp(1, self.cfg.max_claim);
+            let gather_until = tokio::time::Instant::now() + Duration::from_millis(2);
+            while permits.len() < want {
+                match tokio::time::timeout_at(gather_until, self.slots.clone().acquire_owned()).await {
+                    Ok(Ok(p)) => permits.push(p),
+                    _ => break,
+                }
+            }
+            while permits.len() < self.cfg.max_claim {
                 match self.slots.clone().try_acquire_owned() {
                     Ok(p) => permits.push(p),
                     Err(_) => break,
@@ -387,13 +401,6 @@ async fn heartbeat_loop(pool: PgPool, info: WorkerInfo, running: Running, lease:
             Err(e) => tracing::warn!(error = %e, "lease heartbeat failed"),
         }
     }
-}
-
-async fn database_name(pool: &PgPool) -> String {
-    sqlx::query_scalar::<_, String>("select current_database()")
-        .fetch_one(pool)
-        .await
-        .unwrap_or_else(|_| "ordo".to_owned())
 }
 
 fn hostname() -> String {
