@@ -61,6 +61,10 @@ pub struct BenchArgs {
     /// Finished jobs to churn through before the measured run (table growth scenario).
     #[arg(long, default_value_t = 0)]
     pub preload_finished: usize,
+    /// Waiting jobs behind the measured ones (backlog scenario): the drain is timed until the measured jobs are
+    /// done, with this many still queued behind them.
+    #[arg(long, default_value_t = 0)]
+    pub backlog: usize,
     /// Print one line of JSON.
     #[arg(long)]
     pub json: bool,
@@ -104,6 +108,10 @@ pub struct Summary {
     pub batch: usize,
     /// Finished jobs in the table before the run.
     pub preloaded_finished: usize,
+    /// Jobs still waiting behind the measured ones.
+    pub backlog: usize,
+    /// Peak resident memory of the largest worker process, in MiB.
+    pub worker_max_rss_mib: f64,
     /// `redis` or `poll`.
     pub wakeups: &'static str,
     /// Dead tuples in `job` after the drain.
@@ -184,12 +192,15 @@ async fn measure(args: &BenchArgs, url: &str) -> Result<Summary, Error> {
     wait_for_workers(&pool, args.workers).await?;
 
     let pad = "x".repeat(40);
+    if args.backlog > 0 {
+        enqueue_backlog(&pool, args.backlog).await?;
+    }
     let started = Instant::now();
     let mut i = 0usize;
     while i < args.jobs {
         let n = args.batch.min(args.jobs - i);
         let jobs: Vec<NewJob> = (i..i + n)
-            .map(|k| NewJob::new("noop", serde_json::json!({"id": k, "pad": pad})))
+            .map(|k| NewJob::new("noop", serde_json::json!({"id": k, "pad": pad})).priority(0))
             .collect();
         q.enqueue_many(&account, jobs).await?;
         i += n;
@@ -213,9 +224,17 @@ async fn measure(args: &BenchArgs, url: &str) -> Result<Summary, Error> {
     let limit = Duration::from_secs(600);
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
-        let left: bool = sqlx::query_scalar("select exists (select 1 from job where state <> 'completed')")
-            .fetch_one(&pool)
-            .await?;
+        // The measured jobs have priority 0; the backlog (if any) waits behind them at priority 5.
+        let left: bool = sqlx::query_scalar(
+            r#"
+            select exists (select 1 from job
+                           where state in ('available', 'scheduled', 'retryable') and queue = 'default'
+                             and priority = 0)
+                or exists (select 1 from job where leased_until is not null and priority = 0)
+            "#,
+        )
+        .fetch_one(&pool)
+        .await?;
         if !left {
             break;
         }
@@ -238,11 +257,17 @@ async fn measure(args: &BenchArgs, url: &str) -> Result<Summary, Error> {
             .fetch_one(&pool)
             .await?;
 
-    let latency = if args.latency_samples > 0 {
+    // A backlog keeps the workers busy, so enqueue→start latency is only measured without one.
+    let latency = if args.latency_samples > 0 && args.backlog == 0 {
         Some(measure_latency(&q, &account, args.latency_samples).await?)
     } else {
         None
     };
+    let worker_max_rss_mib = children
+        .iter()
+        .filter_map(|c| c.id())
+        .filter_map(|pid| peak_rss_mib(pid))
+        .fold(0.0, f64::max);
     stop_workers(&mut children).await;
     shutdown.cancel();
     pool.close().await;
@@ -257,6 +282,8 @@ async fn measure(args: &BenchArgs, url: &str) -> Result<Summary, Error> {
         concurrency: args.concurrency,
         batch: args.batch,
         preloaded_finished: args.preload_finished,
+        backlog: args.backlog,
+        worker_max_rss_mib,
         wakeups: if args.redis_url.is_some() { "redis" } else { "poll" },
         dead_tuples,
         index_bytes,
@@ -311,6 +338,34 @@ async fn statement_stats(pool: &PgPool) -> Vec<StatementStat> {
     .fetch_all(pool)
     .await
     .unwrap_or_default()
+}
+
+/// Peak resident set (VmHWM) of a process, from /proc.
+fn peak_rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some((kb / 1024.0 * 10.0).round() / 10.0)
+}
+
+/// Queues `n` waiting jobs at priority 5 (behind the measured ones), in bulk.
+async fn enqueue_backlog(pool: &PgPool, n: usize) -> Result<(), Error> {
+    sqlx::query(
+        r#"
+        insert into job (kind, args, priority)
+        select 'noop', jsonb_build_object('id', g, 'pad', repeat('x', 40)), 5
+        from generate_series(1, $1) g
+        "#,
+    )
+    .bind(n as i64)
+    .execute(pool)
+    .await?;
+    Ok(())
 }
 
 /// Churns finished jobs through the table (insert, then complete) so the drain runs on a table with history.

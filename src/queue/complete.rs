@@ -1,6 +1,7 @@
 //! Settling running jobs: complete, fail, snooze, cancel, hand back, and heartbeat. Every statement is fenced by
 //! `(id, attempt, state = 'running')` and returns the ids it changed, so the caller learns which leases were lost.
-//! The batch forms take `unnest` arrays: one round trip settles a whole batch.
+//! The batch forms take arrays, paired through `job_leases` (see its migration): one round trip and one
+//! primary-key probe per job settle a whole batch.
 
 use std::time::Duration;
 
@@ -84,9 +85,9 @@ pub async fn complete_many<'e>(exec: impl PgExecutor<'e>, items: &[Completion]) 
         update job
         set state = 'completed',
             finished_at = now(),
-            result = r.result,
+            result = ($3::jsonb[])[r.ord],
             leased_until = null
-        from unnest($1::bigint[], $2::int[], $3::jsonb[]) as r(id, attempt, result)
+        from job_leases($1, $2) as r
         where job.id = r.id
           and job.attempt = r.attempt
           and job.state = 'running'
@@ -124,18 +125,19 @@ pub async fn fail_many<'e>(exec: impl PgExecutor<'e>, items: &[Failure]) -> Resu
     let rows: Vec<i64> = sqlx::query_scalar(
         r#"
         update job
-        set state = case when r.permanent or job.attempt >= job.max_attempts then 'discarded' else 'retryable' end,
-            run_at = case when r.permanent or job.attempt >= job.max_attempts then job.run_at else r.retry_at end,
-            finished_at = case when r.permanent or job.attempt >= job.max_attempts then now() end,
+        set state = case when ($4::bool[])[r.ord] or job.attempt >= job.max_attempts
+                         then 'discarded' else 'retryable' end,
+            run_at = case when ($4::bool[])[r.ord] or job.attempt >= job.max_attempts
+                          then job.run_at else ($5::timestamptz[])[r.ord] end,
+            finished_at = case when ($4::bool[])[r.ord] or job.attempt >= job.max_attempts then now() end,
             errors = job.errors || jsonb_build_array(jsonb_build_object(
                 'attempt', job.attempt,
                 'at', to_char(now() at time zone 'utc', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-                'message', r.message)),
+                'message', ($3::text[])[r.ord])),
             leased_until = null,
             -- a retry is routed afresh, so it never waits for a retired version
             version = null
-        from unnest($1::bigint[], $2::int[], $3::text[], $4::bool[], $5::timestamptz[])
-             as r(id, attempt, message, permanent, retry_at)
+        from job_leases($1, $2) as r
         where job.id = r.id
           and job.attempt = r.attempt
           and job.state = 'running'
@@ -162,12 +164,12 @@ pub async fn snooze_many<'e>(exec: impl PgExecutor<'e>, items: &[Snooze]) -> Res
     let rows: Vec<i64> = sqlx::query_scalar(
         r#"
         update job
-        set state = case when r.delay > 0 then 'scheduled' else 'available' end,
-            run_at = now() + make_interval(secs => r.delay),
+        set state = case when ($3::float8[])[r.ord] > 0 then 'scheduled' else 'available' end,
+            run_at = now() + make_interval(secs => ($3::float8[])[r.ord]),
             attempt = job.attempt - 1,
             leased_until = null,
             version = null
-        from unnest($1::bigint[], $2::int[], $3::float8[]) as r(id, attempt, delay)
+        from job_leases($1, $2) as r
         where job.id = r.id
           and job.attempt = r.attempt
           and job.state = 'running'
@@ -197,9 +199,9 @@ pub async fn cancel_running<'e>(exec: impl PgExecutor<'e>, items: &[(JobId, i32,
             errors = job.errors || jsonb_build_array(jsonb_build_object(
                 'attempt', job.attempt,
                 'at', to_char(now() at time zone 'utc', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-                'message', 'cancelled: ' || r.reason)),
+                'message', 'cancelled: ' || ($3::text[])[r.ord])),
             leased_until = null
-        from unnest($1::bigint[], $2::int[], $3::text[]) as r(id, attempt, reason)
+        from job_leases($1, $2) as r
         where job.id = r.id
           and job.attempt = r.attempt
           and job.state = 'running'
@@ -228,7 +230,7 @@ pub async fn hand_back<'e>(exec: impl PgExecutor<'e>, items: &[(JobId, i32)]) ->
             run_at = least(job.run_at, now()),
             leased_until = null,
             version = null
-        from unnest($1::bigint[], $2::int[]) as r(id, attempt)
+        from job_leases($1, $2) as r
         where job.id = r.id
           and job.attempt = r.attempt
           and job.state = 'running'
@@ -252,7 +254,7 @@ pub async fn heartbeat<'e>(exec: impl PgExecutor<'e>, items: &[(JobId, i32)], le
         r#"
         update job
         set leased_until = now() + make_interval(secs => $3)
-        from unnest($1::bigint[], $2::int[]) as r(id, attempt)
+        from job_leases($1, $2) as r
         where job.id = r.id
           and job.attempt = r.attempt
           and job.state = 'running'

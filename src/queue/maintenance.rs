@@ -89,32 +89,60 @@ pub async fn promote_due<'e>(exec: impl PgExecutor<'e>, limit: i64) -> Result<u6
     Ok(done.rows_affected())
 }
 
-/// Deletes finished jobs older than the retention, at most `limit` per call. Returns how many were deleted.
-pub async fn prune<'e>(exec: impl PgExecutor<'e>, retention: Retention, limit: i64) -> Result<u64> {
-    let done = sqlx::query(
+/// What one pruning pass did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pruned {
+    /// Jobs deleted.
+    pub deleted: u64,
+    /// Rows looked at.
+    pub scanned: u64,
+    /// Where the next pass starts (0 after the end of the table: start over).
+    pub next_after: i64,
+}
+
+/// Deletes finished jobs older than the retention among the `scan` rows after id `after`, walking the primary
+/// key. A cursor instead of an index on `finished_at` keeps pruning off the write path (no index entry per
+/// completion) and bounds each pass, however large the table.
+pub async fn prune<'e>(exec: impl PgExecutor<'e>, retention: Retention, after: i64, scan: i64) -> Result<Pruned> {
+    let (deleted, scanned, last): (i64, i64, Option<i64>) = sqlx::query_as(
         r#"
-        with old as (
-            -- Oldest first along the primary key: finished jobs cluster at low ids.
-            select id
+        with scanned as (
+            select id, state, finished_at, idempotency_key
             from job
-            where state in ('completed', 'discarded', 'cancelled')
-              and finished_at < now() - make_interval(secs => $1)
-              and (idempotency_key is null or finished_at < now() - make_interval(secs => $2))
+            where id > $3
             order by id
-            limit $3
-            for update skip locked
+            limit $4
+        ),
+        old as (
+            select job.id
+            from job
+            join scanned on scanned.id = job.id
+            where scanned.state in ('completed', 'discarded', 'cancelled')
+              and scanned.finished_at < now() - make_interval(secs => $1)
+              and (scanned.idempotency_key is null or scanned.finished_at < now() - make_interval(secs => $2))
+            for update of job skip locked
+        ),
+        deleted as (
+            delete from job
+            using old
+            where job.id = old.id
+            returning job.id
         )
-        delete from job
-        using old
-        where job.id = old.id
+        select (select count(*) from deleted), (select count(*) from scanned), (select max(id) from scanned)
         "#,
     )
     .bind(retention.finished.as_secs_f64())
     .bind(retention.keyed.max(retention.finished).as_secs_f64())
-    .bind(limit)
-    .execute(exec)
+    .bind(after)
+    .bind(scan)
+    .fetch_one(exec)
     .await?;
-    Ok(done.rows_affected())
+    let next_after = if scanned < scan { 0 } else { last.unwrap_or(0) };
+    Ok(Pruned {
+        deleted: deleted as u64,
+        scanned: scanned as u64,
+        next_after,
+    })
 }
 
 /// The maintenance loop: whichever process holds the lease `queue.maintenance` rescues, promotes and prunes.
@@ -126,6 +154,7 @@ pub struct Maintainer {
     pub interval: Duration,
     /// Retention of finished jobs.
     pub retention: Retention,
+    prune_after: std::sync::atomic::AtomicI64,
 }
 
 /// The lease that elects the maintenance holder.
@@ -140,6 +169,7 @@ impl Maintainer {
             retry,
             interval: Duration::from_secs(1),
             retention: Retention::default(),
+            prune_after: std::sync::atomic::AtomicI64::new(0),
         }
     }
 
@@ -161,7 +191,18 @@ impl Maintainer {
             }
         }
         promote_due(&self.pool, 5000).await?;
-        prune(&self.pool, self.retention, 5000).await?;
+        // Prune in passes of 10 000 rows; keep going while passes find mostly deletable rows, so pruning keeps up
+        // with a busy queue, but give the tick back after ~200 ms.
+        let started = std::time::Instant::now();
+        loop {
+            let after = self.prune_after.load(std::sync::atomic::Ordering::Relaxed);
+            let p = prune(&self.pool, self.retention, after, 10_000).await?;
+            self.prune_after
+                .store(p.next_after, std::sync::atomic::Ordering::Relaxed);
+            if p.deleted * 2 < p.scanned || p.next_after == 0 || started.elapsed() > Duration::from_millis(200) {
+                break;
+            }
+        }
         Ok(true)
     }
 

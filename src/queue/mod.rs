@@ -27,7 +27,7 @@ pub use complete::{
     Snooze,
 };
 pub use enqueue::{enqueue, enqueue_many, fingerprint, EnqueueOutcome, Enqueued};
-pub use maintenance::{promote_due, prune, rescue_expired, Maintainer, Retention, MAINTENANCE_LEASE};
+pub use maintenance::{promote_due, prune, rescue_expired, Maintainer, Pruned, Retention, MAINTENANCE_LEASE};
 pub use registry::{deregister_worker, heartbeat_worker, live_workers, register_worker, WorkerInfo};
 pub use stats::{queue_stats, QueueStats};
 pub use types::{FieldError, Job, JobId, JobState, NewJob, ACTIVE_STATES, FINISHED_STATES};
