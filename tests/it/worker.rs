@@ -130,8 +130,7 @@ async fn redis_wake_up_starts_jobs_without_waiting_for_the_poll() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn database_outage_mid_run_loses_nothing() {
     let db = testkit::db().await;
-    let addr = pg_addr(&db.url);
-    let proxy = TcpProxy::start(addr).await;
+    let proxy = TcpProxy::start(testkit::server_addr(&db.url).await).await;
     let proxied = ordo::db::connect(&testkit::with_host_port(&db.url, proxy.addr()), 8)
         .await
         .unwrap();
@@ -165,12 +164,50 @@ async fn database_outage_mid_run_loses_nothing() {
     assert_eq!(count_state(&db.pool, "running").await, 0);
 }
 
-fn pg_addr(url: &str) -> std::net::SocketAddr {
-    let opts: sqlx::postgres::PgConnectOptions = url.parse().unwrap();
-    let host = if opts.get_host() == "localhost" {
-        "127.0.0.1"
-    } else {
-        opts.get_host()
-    };
-    format!("{host}:{}", opts.get_port()).parse().unwrap()
+/// A job running longer than its lease keeps it through heartbeats: it completes on its first attempt and is
+/// never rescued, while maintenance runs beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_keep_long_jobs_leased() {
+    let db = testkit::db().await;
+    let q = queue::Queue::new(db.pool.clone(), ordo::wake::Waker::disabled());
+    let j = q
+        .enqueue(&acct(), NewJob::new("sleep", json!({"ms": 2500})))
+        .await
+        .unwrap()
+        .job;
+    let mut cfg = fast_config();
+    cfg.lease = Duration::from_millis(600);
+    let w = start_worker(&db.pool, cfg);
+    let done = wait_for_state(&db.pool, j.id, JobState::Completed, Duration::from_secs(20)).await;
+    assert_eq!(done.attempt, 1);
+    assert_eq!(done.errors, json!([]), "never rescued");
+    w.stop().await;
+}
+
+/// Redis going away does not stop work (workers fall back to polling) and wake-ups resume once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_falls_back_to_polling() {
+    let db = testkit::db().await;
+    let redis = testkit::redis_url().await;
+    let proxy = TcpProxy::start(testkit::server_addr(&redis).await).await;
+    let via_proxy = testkit::with_host_port(&redis, proxy.addr());
+    let mut cfg = fast_config();
+    cfg.poll = Duration::from_millis(200);
+    cfg.redis_url = Some(via_proxy.clone());
+    let w = start_worker(&db.pool, cfg);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let q = queue::Queue::new(
+        db.pool.clone(),
+        ordo::wake::Waker::start(&via_proxy, &db.name, stop.clone()).unwrap(),
+    );
+    let first = q.enqueue(&acct(), NewJob::new("noop", json!({}))).await.unwrap().job;
+    wait_for_state(&db.pool, first.id, JobState::Completed, Duration::from_secs(10)).await;
+    proxy.cut();
+    let during = q.enqueue(&acct(), NewJob::new("noop", json!({}))).await.unwrap().job;
+    wait_for_state(&db.pool, during.id, JobState::Completed, Duration::from_secs(10)).await;
+    proxy.restore();
+    let after = q.enqueue(&acct(), NewJob::new("noop", json!({}))).await.unwrap().job;
+    wait_for_state(&db.pool, after.id, JobState::Completed, Duration::from_secs(10)).await;
+    stop.cancel();
+    w.stop().await;
 }
