@@ -37,8 +37,48 @@ enum Command {
         #[command(flatten)]
         args: WorkerArgs,
     },
+    /// Fire cron schedules; run one or many (one leads).
+    Scheduler {
+        #[command(flatten)]
+        db: DbConfig,
+        #[command(flatten)]
+        redis: RedisConfig,
+        #[command(flatten)]
+        args: crate::scheduler::SchedulerArgs,
+    },
     /// Queue benchmark; prints a JSON summary.
     Bench(crate::bench::BenchArgs),
+    /// HTTP API, /metrics, /healthz, /readyz.
+    Api {
+        #[command(flatten)]
+        db: DbConfig,
+        #[command(flatten)]
+        redis: RedisConfig,
+        #[command(flatten)]
+        args: crate::api::ApiArgs,
+    },
+    /// Manage accounts directly in the database.
+    Account {
+        #[command(flatten)]
+        db: DbConfig,
+        #[command(subcommand)]
+        command: AccountCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AccountCommand {
+    /// Create an account; prints `api_key=<key>` and `webhook_secret=<secret>` once.
+    Create {
+        /// Account id (a slug: a-z, 0-9, '-').
+        id: String,
+        /// Display name.
+        #[arg(long, default_value = "")]
+        name: String,
+        /// Home region.
+        #[arg(long, env = "ORDO_REGION", default_value = "local")]
+        region: String,
+    },
 }
 
 /// Parses the command line and runs the chosen role; exit code 0 on success.
@@ -74,7 +114,7 @@ async fn run(cmd: Command) -> anyhow::Result<()> {
         }
         Command::Worker { db, redis, args } => {
             let cfg = args.to_config(&redis)?;
-            let pool = crate::db::connect(db.require()?, (cfg.queues.len() as u32 + 4).max(6))
+            let pool = crate::db::connect(db.require()?, (cfg.queues.len() * cfg.claimers.max(1)) as u32 + 4)
                 .await
                 .context("connect to postgres")?;
             crate::db::check_schema(&pool)
@@ -83,6 +123,33 @@ async fn run(cmd: Command) -> anyhow::Result<()> {
             let shutdown = crate::supervisor::shutdown_on_signals();
             let worker = Worker::new(cfg, pool, ordo_workers::registry(), engine_handlers());
             worker.run(shutdown).await.context("run worker")?;
+            Ok(())
+        }
+        Command::Scheduler { db, redis, args } => {
+            let shutdown = crate::supervisor::shutdown_on_signals();
+            crate::scheduler::serve(&db, &redis, &args, shutdown)
+                .await
+                .context("run scheduler")?;
+            Ok(())
+        }
+        Command::Api { db, redis, args } => {
+            let shutdown = crate::supervisor::shutdown_on_signals();
+            crate::api::run(&db, &redis, &args, shutdown).await.context("run api")?;
+            Ok(())
+        }
+        Command::Account {
+            db,
+            command: AccountCommand::Create { id, name, region },
+        } => {
+            let id = crate::tenancy::AccountId::parse(&id)?;
+            let pool = crate::db::connect(db.require()?, 2)
+                .await
+                .context("connect to postgres")?;
+            let created = crate::tenancy::create_account(&pool, &id, &name, &region)
+                .await
+                .context("create account")?;
+            println!("api_key={}", created.api_key);
+            println!("webhook_secret={}", created.webhook_secret);
             Ok(())
         }
         Command::Bench(args) => {

@@ -13,6 +13,7 @@
 //! - [`runtime`]: the worker process: claim, execute, complete in batches, heartbeat, drain.
 //! - [`tenancy`]: account ids.
 //! - [`leader`]: named leases that elect one holder for singleton work.
+//! - [`scheduler`]: cron schedules; fires each tick exactly once under the `scheduler` lease.
 //! - [`wake`]: Redis wake-ups, a hint beside the poll loop.
 #![warn(missing_docs)]
 
@@ -25,6 +26,7 @@ pub mod leader;
 pub mod pgserver;
 pub mod queue;
 pub mod runtime;
+pub mod scheduler;
 pub mod supervisor;
 pub mod telemetry;
 pub mod tenancy;

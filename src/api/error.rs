@@ -186,8 +186,14 @@ impl IntoResponse for ApiError {
         let status = self.status();
         let body = serde_json::to_vec(&self.problem()).unwrap_or_default();
         let mut headers = HeaderMap::new();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
         match &self {
+            ApiError::Unauthorized(_) => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
             ApiError::Unavailable(_) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(DB_RETRY_AFTER_S));
             }
@@ -221,10 +227,23 @@ impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
         if is_unavailable(&e) {
             tracing::warn!(error = %e, "database unavailable");
-            ApiError::Unavailable("database unavailable; retry later".to_owned())
-        } else {
-            ApiError::Internal(e.to_string())
+            return ApiError::Unavailable("database unavailable; retry later".to_owned());
         }
+        if let sqlx::Error::Database(db) = &e {
+            // Input the handlers did not anticipate but the database refused (a NUL byte in a text value, a
+            // number out of a column's range, a check constraint) is still the client's input: never a 500.
+            let code = db.code().unwrap_or_default();
+            if code.starts_with("22") || code == "23514" {
+                return ApiError::invalid("", format!("invalid value: {}", db.message()));
+            }
+            if code == "23505" || code == "23503" {
+                return ApiError::Conflict {
+                    detail: "the request conflicts with the current state; retry or change it".to_owned(),
+                    errors: Vec::new(),
+                };
+            }
+        }
+        ApiError::Internal(e.to_string())
     }
 }
 

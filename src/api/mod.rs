@@ -11,6 +11,7 @@
 
 pub mod accounts;
 pub mod auth;
+mod enqueuer;
 pub mod error;
 pub mod extract;
 pub mod health;
@@ -113,15 +114,23 @@ struct Inner {
     limiter: rate_limit::RateLimiter,
     keys: auth::KeyCache,
     metrics: PrometheusHandle,
+    enqueuer: enqueuer::Enqueuer,
 }
 
 impl AppState {
-    /// Builds the state; `waker` wakes workers after enqueues (may be [`Waker::disabled`]).
+    /// Builds the state; `waker` wakes workers after enqueues (may be [`Waker::disabled`]). Call inside a Tokio
+    /// runtime: it starts the enqueue dispatcher, which stops when the last clone is dropped.
     pub fn new(pool: PgPool, waker: Waker, settings: Settings) -> Self {
         let namespace = pool.connect_options().get_database().unwrap_or("ordo").to_owned();
         let limiter = rate_limit::RateLimiter::new(settings.rate_limit_rps, settings.redis_url.as_deref(), &namespace);
+        // Group-committed enqueues use at most half the pool; the rest serves everything else.
+        let flushes = enqueuer::FLUSHES
+            .min(pool.options().get_max_connections() as usize / 2)
+            .max(1);
+        let enqueuer = enqueuer::Enqueuer::start(pool.clone(), waker.clone(), flushes);
         AppState {
             inner: Arc::new(Inner {
+                enqueuer,
                 keys: auth::KeyCache::new(settings.key_cache_ttl),
                 pool,
                 waker,
@@ -155,8 +164,20 @@ impl AppState {
         &self.inner.keys
     }
 
+    pub(crate) fn enqueuer(&self) -> &enqueuer::Enqueuer {
+        &self.inner.enqueuer
+    }
+
     pub(crate) fn metrics(&self) -> &PrometheusHandle {
         &self.inner.metrics
+    }
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("region", &self.settings().region)
+            .finish_non_exhaustive()
     }
 }
 
@@ -196,7 +217,11 @@ pub fn routes() -> Vec<Route> {
         route("POST", "/api/accounts", post(accounts::create)),
         route("GET", "/api/accounts", get(accounts::list)),
         route("POST", "/api/accounts/{id}/keys", post(accounts::create_key)),
-        route("DELETE", "/api/accounts/{id}/keys/{key_id}", delete(accounts::revoke_key)),
+        route(
+            "DELETE",
+            "/api/accounts/{id}/keys/{key_id}",
+            delete(accounts::revoke_key),
+        ),
     ]
 }
 
@@ -278,7 +303,9 @@ pub async fn run(
     })?;
     let addr = listener.local_addr().unwrap_or(args.listen);
     tracing::info!(%addr, region = %args.region, "api listening");
-    serve(listener, state, shutdown).await.map_err(|source| StartError::Io { addr, source })?;
+    serve(listener, state, shutdown)
+        .await
+        .map_err(|source| StartError::Io { addr, source })?;
     tracing::info!("api stopped");
     Ok(())
 }

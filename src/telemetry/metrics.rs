@@ -16,6 +16,11 @@ pub const JOBS_ENQUEUED_TOTAL: &str = "ordo_jobs_enqueued_total";
 /// Requests refused by the per-account rate limit.
 pub const RATE_LIMITED_TOTAL: &str = "ordo_rate_limited_total";
 
+/// Histogram buckets for durations in seconds: 1 ms to 10 s.
+const DURATION_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// Installs the process-wide Prometheus recorder once and describes every metric; later calls return the same
@@ -23,7 +28,12 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 pub fn install() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
-            let recorder = PrometheusBuilder::new().build_recorder();
+            // Buckets make durations real histograms (aggregatable across nodes) rather than per-node summaries.
+            let builder = PrometheusBuilder::new();
+            let builder = builder
+                .set_buckets(DURATION_BUCKETS)
+                .unwrap_or_else(|_| PrometheusBuilder::new());
+            let recorder = builder.build_recorder();
             let handle = recorder.handle();
             // Another recorder may already be installed (an embedding application's); then ours only renders
             // what it sees, which is nothing, and /metrics stays valid but empty.
@@ -37,12 +47,18 @@ pub fn install() -> PrometheusHandle {
 }
 
 fn describe() {
-    describe_counter!(HTTP_REQUESTS_TOTAL, "HTTP requests answered, by route template, method and status");
+    describe_counter!(
+        HTTP_REQUESTS_TOTAL,
+        "HTTP requests answered, by route template, method and status"
+    );
     describe_histogram!(
         HTTP_REQUEST_DURATION_SECONDS,
         Unit::Seconds,
         "HTTP request duration, by route template and method"
     );
-    describe_counter!(JOBS_ENQUEUED_TOTAL, "Jobs enqueued through the API, replays excluded, by queue");
+    describe_counter!(
+        JOBS_ENQUEUED_TOTAL,
+        "Jobs enqueued through the API, replays excluded, by queue"
+    );
     describe_counter!(RATE_LIMITED_TOTAL, "Requests refused by the per-account rate limit");
 }

@@ -185,8 +185,7 @@ pub async fn revoke_key(pool: &PgPool, account: &AccountId, key_id: &str) -> Res
     .fetch_optional(pool)
     .await?;
     let hash = hash.ok_or_else(|| Error::KeyNotFound(key_id.to_owned()))?;
-    hash.try_into()
-        .map_err(|_| Error::KeyNotFound(key_id.to_owned()))
+    hash.try_into().map_err(|_| Error::KeyNotFound(key_id.to_owned()))
 }
 
 /// Finds the live (unrevoked) key with this hash and its account's region.

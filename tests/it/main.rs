@@ -3,7 +3,9 @@
 // Helpers outside #[test] functions unwrap too; a failed unwrap is a failed test here.
 #![allow(clippy::unwrap_used)]
 
+mod api;
 mod crash;
 mod queue;
+mod scheduler;
 mod support;
 mod worker;

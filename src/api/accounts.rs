@@ -1,0 +1,247 @@
+//! `/api/accounts` (admin): create accounts, list them, add and revoke API keys (CONTRACT §3).
+
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::ToSchema;
+
+use super::auth::Admin;
+use super::error::{ApiError, Problem};
+use super::extract::{ApiPath, JsonBody, QueryParams};
+use super::AppState;
+use crate::queue::FieldError;
+use crate::tenancy::{self, Account, AccountId};
+
+/// `POST /api/accounts` body.
+#[derive(Debug, ToSchema)]
+#[schema(as = NewAccount)]
+#[allow(dead_code)]
+pub struct CreateAccountBody {
+    /// Slug `[a-z0-9-]{1,63}`.
+    id: String,
+    /// Display name (default empty).
+    name: Option<String>,
+    /// Home region (default: this node's `ORDO_REGION`).
+    region: Option<String>,
+}
+
+/// A created account with its secrets, shown once.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AccountCreated {
+    /// Slug.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Home region.
+    pub region: String,
+    /// The first API key; only its hash is stored.
+    pub api_key: String,
+    /// Secret that signs this account's webhooks.
+    pub webhook_secret: String,
+}
+
+/// An account as listed.
+#[derive(Debug, ToSchema)]
+#[schema(as = Account)]
+#[allow(dead_code)]
+pub struct AccountBody {
+    /// Slug.
+    id: String,
+    /// Display name.
+    name: String,
+    /// Home region.
+    region: String,
+    /// Creation time.
+    created_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// A page of accounts.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AccountPage {
+    /// Accounts ordered by id.
+    #[schema(value_type = Vec<AccountBody>)]
+    pub items: Vec<Account>,
+    /// Cursor of the next page; null on the last.
+    pub next_cursor: Option<String>,
+}
+
+/// A created API key, shown once.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeyCreated {
+    /// Id of the key, to revoke it.
+    pub key_id: String,
+    /// The key.
+    pub api_key: String,
+}
+
+fn text(obj: &serde_json::Map<String, Value>, name: &str, errs: &mut Vec<FieldError>) -> Option<String> {
+    match obj.get(name) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.len() <= 255 => Some(s.clone()),
+        Some(Value::String(_)) => {
+            errs.push(FieldError::new(format!("/{name}"), "must be at most 255 characters"));
+            None
+        }
+        Some(_) => {
+            errs.push(FieldError::new(format!("/{name}"), "must be a string"));
+            None
+        }
+    }
+}
+
+/// Create an account with one API key and a webhook secret.
+#[utoipa::path(
+    post,
+    path = "/api/accounts",
+    tag = "accounts",
+    request_body = CreateAccountBody,
+    responses(
+        (status = 201, description = "Created", body = AccountCreated),
+        (status = 409, description = "The id is taken", body = Problem),
+        (status = 422, description = "Invalid fields", body = Problem),
+    ),
+    security(("admin" = []))
+)]
+#[tracing::instrument(skip_all)]
+pub async fn create(
+    _: Admin,
+    state: axum::extract::State<AppState>,
+    JsonBody(body): JsonBody,
+) -> Result<(StatusCode, Json<AccountCreated>), ApiError> {
+    let Some(obj) = body.as_object() else {
+        return Err(ApiError::invalid("", "must be an object"));
+    };
+    let mut errs = Vec::new();
+    for k in obj.keys() {
+        if !["id", "name", "region"].contains(&k.as_str()) {
+            errs.push(FieldError::new(format!("/{k}"), "unknown field"));
+        }
+    }
+    let id = match obj.get("id") {
+        Some(Value::String(s)) => match AccountId::parse(s) {
+            Ok(id) => Some(id),
+            Err(e) => {
+                errs.push(FieldError::new("/id", e.to_string()));
+                None
+            }
+        },
+        None | Some(Value::Null) => {
+            errs.push(FieldError::new("/id", "is required"));
+            None
+        }
+        Some(_) => {
+            errs.push(FieldError::new("/id", "must be a string"));
+            None
+        }
+    };
+    let name = text(obj, "name", &mut errs).unwrap_or_default();
+    let region = text(obj, "region", &mut errs);
+    if matches!(&region, Some(r) if r.is_empty()) {
+        errs.push(FieldError::new("/region", "must not be empty"));
+    }
+    let (Some(id), true) = (id, errs.is_empty()) else {
+        return Err(ApiError::Invalid(errs));
+    };
+    let region = region.unwrap_or_else(|| state.settings().region.clone());
+    let created = tenancy::create_account(state.pool(), &id, &name, &region).await?;
+    tracing::info!(account = %id, %region, "account created");
+    Ok((
+        StatusCode::CREATED,
+        Json(AccountCreated {
+            id: created.account.id,
+            name: created.account.name,
+            region: created.account.region,
+            api_key: created.api_key,
+            webhook_secret: created.webhook_secret,
+        }),
+    ))
+}
+
+/// List accounts by id.
+#[utoipa::path(
+    get,
+    path = "/api/accounts",
+    tag = "accounts",
+    params(
+        ("limit" = Option<i64>, Query, description = "Page size, 1..1000 (default 100)"),
+        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "A page of accounts", body = AccountPage),
+        (status = 422, description = "Invalid limit", body = Problem),
+    ),
+    security(("admin" = []))
+)]
+#[tracing::instrument(skip_all)]
+pub async fn list(
+    _: Admin,
+    state: axum::extract::State<AppState>,
+    q: QueryParams,
+) -> Result<Json<AccountPage>, ApiError> {
+    let limit = q.limit()?;
+    let (items, next_cursor) = tenancy::list_accounts(state.pool(), q.get("cursor"), limit).await?;
+    Ok(Json(AccountPage { items, next_cursor }))
+}
+
+fn account_id(id: &str) -> Result<AccountId, ApiError> {
+    AccountId::parse(id).map_err(|_| ApiError::NotFound(format!("account {id} not found")))
+}
+
+/// Add an API key to an account.
+#[utoipa::path(
+    post,
+    path = "/api/accounts/{id}/keys",
+    tag = "accounts",
+    params(("id" = String, Path, description = "Account id")),
+    responses(
+        (status = 201, description = "Created", body = KeyCreated),
+        (status = 404, description = "Unknown account", body = Problem),
+    ),
+    security(("admin" = []))
+)]
+#[tracing::instrument(skip_all, fields(account = %id))]
+pub async fn create_key(
+    _: Admin,
+    state: axum::extract::State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<(StatusCode, Json<KeyCreated>), ApiError> {
+    let id = account_id(&id)?;
+    let key = tenancy::create_key(state.pool(), &id).await?;
+    tracing::info!(key_id = %key.key_id, "api key created");
+    Ok((
+        StatusCode::CREATED,
+        Json(KeyCreated {
+            key_id: key.key_id,
+            api_key: key.api_key,
+        }),
+    ))
+}
+
+/// Revoke an API key.
+#[utoipa::path(
+    delete,
+    path = "/api/accounts/{id}/keys/{key_id}",
+    tag = "accounts",
+    params(
+        ("id" = String, Path, description = "Account id"),
+        ("key_id" = String, Path, description = "Key id"),
+    ),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 404, description = "Unknown account or key", body = Problem),
+    ),
+    security(("admin" = []))
+)]
+#[tracing::instrument(skip_all, fields(account = %id, key_id = %key_id))]
+pub async fn revoke_key(
+    _: Admin,
+    state: axum::extract::State<AppState>,
+    ApiPath((id, key_id)): ApiPath<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let account = account_id(&id)?;
+    let hash = tenancy::revoke_key(state.pool(), &account, &key_id).await?;
+    state.keys().forget(&hash);
+    tracing::info!("api key revoked");
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,143 @@
+//! `/api/queues`: per-queue figures, pause and resume (CONTRACT §4).
+
+use std::time::Duration;
+
+use axum::Json;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::auth::Tenant;
+use super::error::{ApiError, Problem};
+use super::extract::ApiPath;
+use crate::queue::{self, QueueStats};
+
+/// A worker counts as live (its kinds claimable) while its heartbeat is this fresh: three heartbeat intervals of
+/// the default 30 s lease.
+const LIVE_WORKER: Duration = Duration::from_secs(30);
+
+/// One queue's figures.
+#[derive(Debug, ToSchema)]
+#[schema(as = QueueStats)]
+#[allow(dead_code)]
+pub struct QueueStatsBody {
+    /// Queue name.
+    queue: String,
+    /// Paused for this account.
+    paused: bool,
+    /// Runnable now.
+    available: i64,
+    /// Waiting for a future `run_at`.
+    scheduled: i64,
+    /// Held by workers.
+    running: i64,
+    /// Waiting for a retry.
+    retryable: i64,
+    /// Completed within the retention window.
+    completed: i64,
+    /// Discarded within the retention window.
+    discarded: i64,
+    /// Cancelled within the retention window.
+    cancelled: i64,
+    /// Runnable, but no live worker has a handler for the kind.
+    unclaimable: i64,
+    /// Age of the oldest runnable job in milliseconds, 0 when none.
+    oldest_available_ms: i64,
+}
+
+/// `GET /api/queues` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QueuePage {
+    /// Every queue the account has jobs in or has paused.
+    #[schema(value_type = Vec<QueueStatsBody>)]
+    pub items: Vec<QueueStats>,
+    /// Always null: all queues fit one page.
+    pub next_cursor: Option<String>,
+}
+
+/// Figures of every queue of the account.
+#[utoipa::path(
+    get,
+    path = "/api/queues",
+    tag = "queues",
+    responses((status = 200, description = "Queues", body = QueuePage)),
+    security(("bearer" = []))
+)]
+#[tracing::instrument(skip_all, fields(account = %tenant.account))]
+pub async fn list(tenant: Tenant) -> Result<Json<QueuePage>, ApiError> {
+    let mut tx = tenant.begin().await?;
+    let items = queue::queue_stats(&mut *tx, &tenant.account, LIVE_WORKER).await?;
+    tx.commit().await?;
+    Ok(Json(QueuePage {
+        items,
+        next_cursor: None,
+    }))
+}
+
+fn check_queue(name: &str) -> Result<(), ApiError> {
+    if name.is_empty() || name.len() > 255 {
+        return Err(ApiError::invalid("/path/queue", "must be 1 to 255 characters"));
+    }
+    Ok(())
+}
+
+async fn set_paused(tenant: &Tenant, name: &str, paused: bool) -> Result<QueueStats, ApiError> {
+    check_queue(name)?;
+    let mut tx = tenant.begin().await?;
+    if paused {
+        queue::pause(&mut *tx, &tenant.account, name).await?;
+    } else {
+        queue::resume(&mut *tx, &tenant.account, name).await?;
+    }
+    let stats = queue::queue_stats(&mut *tx, &tenant.account, LIVE_WORKER).await?;
+    tx.commit().await?;
+    if !paused {
+        tenant.state().waker().wake(name);
+    }
+    Ok(stats.into_iter().find(|s| s.queue == name).unwrap_or(QueueStats {
+        queue: name.to_owned(),
+        paused,
+        available: 0,
+        scheduled: 0,
+        running: 0,
+        retryable: 0,
+        completed: 0,
+        discarded: 0,
+        cancelled: 0,
+        unclaimable: 0,
+        oldest_available_ms: 0,
+    }))
+}
+
+/// Pause a queue for the account: its jobs wait, running ones finish.
+#[utoipa::path(
+    post,
+    path = "/api/queues/{queue}/pause",
+    tag = "queues",
+    params(("queue" = String, Path, description = "Queue name")),
+    responses(
+        (status = 200, description = "The queue", body = QueueStatsBody),
+        (status = 422, description = "Invalid queue name", body = Problem),
+    ),
+    security(("bearer" = []))
+)]
+#[tracing::instrument(skip_all, fields(account = %tenant.account, queue = %name))]
+pub async fn pause(tenant: Tenant, ApiPath(name): ApiPath<String>) -> Result<Json<QueueStats>, ApiError> {
+    set_paused(&tenant, &name, true).await.map(Json)
+}
+
+/// Resume a paused queue.
+#[utoipa::path(
+    post,
+    path = "/api/queues/{queue}/resume",
+    tag = "queues",
+    params(("queue" = String, Path, description = "Queue name")),
+    responses(
+        (status = 200, description = "The queue", body = QueueStatsBody),
+        (status = 422, description = "Invalid queue name", body = Problem),
+    ),
+    security(("bearer" = []))
+)]
+#[tracing::instrument(skip_all, fields(account = %tenant.account, queue = %name))]
+pub async fn resume(tenant: Tenant, ApiPath(name): ApiPath<String>) -> Result<Json<QueueStats>, ApiError> {
+    set_paused(&tenant, &name, false).await.map(Json)
+}
