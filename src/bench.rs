@@ -266,7 +266,7 @@ async fn measure(args: &BenchArgs, url: &str) -> Result<Summary, Error> {
     let worker_max_rss_mib = children
         .iter()
         .filter_map(|c| c.id())
-        .filter_map(|pid| peak_rss_mib(pid))
+        .filter_map(peak_rss_mib)
         .fold(0.0, f64::max);
     stop_workers(&mut children).await;
     shutdown.cancel();

@@ -5,6 +5,7 @@
 //!   the role `ordo_api` and sets `ordo.account_id`, so row-level security hides other accounts' rows even from a
 //!   query that forgets its filter;
 //! - workers are woken only after the transaction committed;
+//! - concurrent single-job enqueues of one account are group-committed (`enqueuer`), each still answered alone;
 //! - every error is an [`ApiError`](error::ApiError) rendered as problem JSON; bad input never yields a 500.
 //!
 //! Routes are registered from one table ([`routes`]), which the OpenAPI coverage test reads too.
