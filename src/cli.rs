@@ -46,8 +46,17 @@ enum Command {
         #[command(flatten)]
         args: crate::scheduler::SchedulerArgs,
     },
+    /// Scale worker pools on queue depth and drive rollouts (promote, abort, complete) on their own.
+    Autoscaler {
+        #[command(flatten)]
+        db: DbConfig,
+        #[command(flatten)]
+        args: crate::autoscale::AutoscalerArgs,
+    },
     /// Queue benchmark; prints a JSON summary.
     Bench(crate::bench::BenchArgs),
+    /// The whole cluster in one command: private PostgreSQL, API, scheduler, workers blue and green.
+    Sandbox(crate::sandbox::SandboxArgs),
     /// HTTP API, /metrics, /healthz, /readyz.
     Api {
         #[command(flatten)]
@@ -113,16 +122,35 @@ async fn run(cmd: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Worker { db, redis, args } => {
-            let cfg = args.to_config(&redis)?;
-            let pool = crate::db::connect(db.require()?, (cfg.queues.len() * cfg.claimers.max(1)) as u32 + 4)
-                .await
-                .context("connect to postgres")?;
+            let mut cfg = args.to_config(&redis)?;
+            let pool = crate::db::connect(db.require()?, 4).await.context("connect to postgres")?;
             crate::db::check_schema(&pool)
                 .await
                 .context("check the schema version")?;
+            // Without --queues a worker serves its pool's queues.
+            if args.queues.is_empty() {
+                if let Some(queues) = crate::rollout::pool_queues(&pool, &cfg.pool)
+                    .await
+                    .context("read the pool's queues")?
+                    .filter(|q| !q.is_empty())
+                {
+                    cfg.queues = queues;
+                }
+            }
+            pool.close().await;
+            let pool = crate::db::connect(db.require()?, (cfg.queues.len() * cfg.claimers.max(1)) as u32 + 4)
+                .await
+                .context("connect to postgres")?;
             let shutdown = crate::supervisor::shutdown_on_signals();
             let worker = Worker::new(cfg, pool, ordo_workers::registry(), engine_handlers());
             worker.run(shutdown).await.context("run worker")?;
+            Ok(())
+        }
+        Command::Autoscaler { db, args } => {
+            let shutdown = crate::supervisor::shutdown_on_signals();
+            crate::autoscale::serve(&db, &args, shutdown)
+                .await
+                .context("run autoscaler")?;
             Ok(())
         }
         Command::Scheduler { db, redis, args } => {
@@ -150,6 +178,25 @@ async fn run(cmd: Command) -> anyhow::Result<()> {
                 .context("create account")?;
             println!("api_key={}", created.api_key);
             println!("webhook_secret={}", created.webhook_secret);
+            Ok(())
+        }
+        Command::Sandbox(args) => {
+            let shutdown = crate::supervisor::shutdown_on_signals();
+            crate::sandbox::run(args, shutdown, |r| {
+                println!("ordo sandbox ready: url={} api_key={} admin_token={}", r.url, r.api_key, r.admin_token);
+                println!();
+                println!("Try:");
+                println!(
+                    "  curl -s -X POST {}/api/jobs -H 'Authorization: Bearer {}' -H 'Content-Type: application/json' \\\n       -d '{{\"kind\": \"sleep\", \"args\": {{\"ms\": 500}}}}'",
+                    r.url, r.api_key
+                );
+                println!("  curl -s {}/api/queues -H 'Authorization: Bearer {}'", r.url, r.api_key);
+                println!("  curl -s {}/api/accounts -H 'Authorization: Bearer {}'", r.url, r.admin_token);
+                println!();
+                println!("Ctrl-C stops everything.");
+            })
+            .await
+            .context("run sandbox")?;
             Ok(())
         }
         Command::Bench(args) => {

@@ -13,11 +13,14 @@
 //! - [`runtime`]: the worker process: claim, execute, complete in batches, heartbeat, drain.
 //! - [`tenancy`]: account ids.
 //! - [`leader`]: named leases that elect one holder for singleton work.
+//! - [`rollout`]: versioned worker pools and blue-green rollouts (canary → promoted → completed | aborted).
+//! - [`autoscale`]: worker counts per pool version from queue depth, applied by a driver (processes, Kubernetes).
 //! - [`scheduler`]: cron schedules; fires each tick exactly once under the `scheduler` lease.
 //! - [`wake`]: Redis wake-ups, a hint beside the poll loop.
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod autoscale;
 pub mod bench;
 pub mod cli;
 pub mod config;
@@ -25,7 +28,9 @@ pub mod db;
 pub mod leader;
 pub mod pgserver;
 pub mod queue;
+pub mod rollout;
 pub mod runtime;
+pub mod sandbox;
 pub mod scheduler;
 pub mod supervisor;
 pub mod telemetry;

@@ -121,7 +121,7 @@ static RETRY_SQL: LazyLock<String> = LazyLock::new(|| {
             run_at = now(),
             finished_at = null,
             max_attempts = greatest(max_attempts, attempt + 1),
-            version = null
+            version = route_version(queue, coalesce(concurrency_key, id::text))
         where account_id = $1
           and id = $2
           and state in ('discarded', 'cancelled', 'retryable', 'scheduled')

@@ -19,6 +19,10 @@ static CLAIM_SQL: LazyLock<String> = LazyLock::new(|| {
               and j.run_at <= now()
               and j.kind = any($2)
               and (j.version is null or j.version = $3)
+              -- a retired version claims nothing (evaluated once per statement: it does not depend on the row)
+              and not exists (
+                  select 1 from pool_version v where v.pool = $7 and v.version = $3 and v.role = 'retired'
+              )
               and not exists (
                   select 1 from queue_pause p where p.account_id = j.account_id and p.queue = j.queue
               )

@@ -133,10 +133,13 @@ pub async fn fail_many<'e>(exec: impl PgExecutor<'e>, items: &[Failure]) -> Resu
             errors = job.errors || jsonb_build_array(jsonb_build_object(
                 'attempt', job.attempt,
                 'at', to_char(now() at time zone 'utc', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-                'message', ($3::text[])[r.ord])),
+                'message', ($3::text[])[r.ord],
+                'version', job.version)),
             leased_until = null,
-            -- a retry is routed afresh, so it never waits for a retired version
-            version = null
+            -- a retry is routed afresh (null outside a rollout), so it never waits for a retired version; a
+            -- discarded job keeps the version that ran it
+            version = case when ($4::bool[])[r.ord] or job.attempt >= job.max_attempts
+                           then job.version else route_version(job.queue, coalesce(job.concurrency_key, job.id::text)) end
         from job_leases($1, $2) as r
         where job.id = r.id
           and job.attempt = r.attempt
@@ -168,7 +171,7 @@ pub async fn snooze_many<'e>(exec: impl PgExecutor<'e>, items: &[Snooze]) -> Res
             run_at = now() + make_interval(secs => ($3::float8[])[r.ord]),
             attempt = job.attempt - 1,
             leased_until = null,
-            version = null
+            version = route_version(job.queue, coalesce(job.concurrency_key, job.id::text))
         from job_leases($1, $2) as r
         where job.id = r.id
           and job.attempt = r.attempt
@@ -229,7 +232,7 @@ pub async fn hand_back<'e>(exec: impl PgExecutor<'e>, items: &[(JobId, i32)]) ->
             attempt = job.attempt - 1,
             run_at = least(job.run_at, now()),
             leased_until = null,
-            version = null
+            version = route_version(job.queue, coalesce(job.concurrency_key, job.id::text))
         from job_leases($1, $2) as r
         where job.id = r.id
           and job.attempt = r.attempt

@@ -51,6 +51,16 @@ fn job_fingerprint(job: &NewJob) -> Vec<u8> {
     }))
 }
 
+/// The version a new job is routed to (see the migration `create_rollout`): the uncorrelated `exists` is
+/// evaluated once per statement, so without an active rollout enqueue pays one probe of an empty index and never
+/// calls `route_version` per row. The key is the job's concurrency key (sticky per root entity), else its id.
+fn route_sql(queue: &str, key: &str) -> String {
+    format!(
+        "case when (select exists (select 1 from rollout where state in ('canary', 'promoted'))) \
+         then route_version({queue}, {key}) end"
+    )
+}
+
 /// Takes the per-key advisory locks so that, within one concurrency key, id order is commit order.
 async fn lock_concurrency_keys(conn: &mut PgConnection, account: &AccountId, keys: &[&str]) -> Result<()> {
     if keys.is_empty() {
@@ -95,14 +105,19 @@ async fn insert_one(conn: &mut PgConnection, account: &AccountId, job: NewJob) -
     let fp = job.idempotency_key.as_ref().map(|_| job_fingerprint(&job));
     let inserted: Option<Job> = sqlx::query_as(&format!(
         r#"
-        insert into job (account_id, queue, kind, args, state, priority, max_attempts, run_at, timeout_ms,
+        with n as (select nextval('job_id_seq') as id)
+        insert into job (id, account_id, queue, kind, args, state, priority, max_attempts, run_at, timeout_ms,
                          idempotency_key, fingerprint, concurrency_key, version, traceparent)
-        values ($1, $2, $3, $4,
-                case when coalesce($7, now()) > now() then 'scheduled' else 'available' end,
-                $5, $6, coalesce($7, now()), $8, $9, $10, $11, $12, $13)
+        select n.id, $1, $2, $3, $4,
+               case when coalesce($7, now()) > now() then 'scheduled' else 'available' end,
+               $5, $6, coalesce($7, now()), $8, $9, $10, $11,
+               coalesce($12, {ROUTE}),
+               $13
+        from n
         on conflict (account_id, idempotency_key) where idempotency_key is not null do nothing
         returning {JOB_COLUMNS}
-        "#
+        "#,
+        ROUTE = route_sql("$2", "coalesce($11, n.id::text)")
     ))
     .bind(account.as_str())
     .bind(&job.queue)
@@ -202,7 +217,7 @@ pub async fn enqueue_many(
         version.push(j.version.as_deref());
         trace.push(j.traceparent.as_deref());
     }
-    let rows: Vec<(i64, i64, bool)> = sqlx::query_as(
+    let rows: Vec<(i64, i64, bool)> = sqlx::query_as(&format!(
         r#"
         with input as materialized (
             select nextval('job_id_seq') as id, t.*
@@ -218,7 +233,9 @@ pub async fn enqueue_many(
             select id, $1, queue, kind, args,
                    case when coalesce(run_at, now()) > now() then 'scheduled' else 'available' end,
                    priority, max_attempts, coalesce(run_at, now()), timeout_ms,
-                   idempotency_key, fingerprint, concurrency_key, version, traceparent
+                   idempotency_key, fingerprint, concurrency_key,
+                   coalesce(version, {route}),
+                   traceparent
             from input
             order by ord
             on conflict (account_id, idempotency_key) where idempotency_key is not null do nothing
@@ -229,7 +246,8 @@ pub async fn enqueue_many(
         left join ins on ins.id = input.id
         order by input.ord
         "#,
-    )
+        route = route_sql("queue", "coalesce(concurrency_key, id::text)")
+    ))
     .bind(account.as_str())
     .bind(&queue)
     .bind(&kind)

@@ -47,9 +47,10 @@ pub async fn rescue_expired<'e>(exec: impl PgExecutor<'e>, policy: RetryPolicy, 
             errors = job.errors || jsonb_build_array(jsonb_build_object(
                 'attempt', job.attempt,
                 'at', to_char(now() at time zone 'utc', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-                'message', 'lease expired: worker ' || coalesce(job.lease_owner, '?') || ' stopped heartbeating')),
+                'message', 'lease expired: worker ' || coalesce(job.lease_owner, '?') || ' stopped heartbeating',
+                'version', job.version)),
             leased_until = null,
-            version = null
+            version = case when job.attempt >= job.max_attempts then job.version else route_version(job.queue, coalesce(job.concurrency_key, job.id::text)) end
         from expired
         where job.id = expired.id
         returning job.id

@@ -150,7 +150,17 @@ impl Worker {
             heartbeat_at: chrono::Utc::now(),
             stopping: false,
         };
+        // A retired version stops on its own (its rollout moved on): a child token, so the caller's stays as it is.
+        let shutdown = shutdown.child_token();
         register_with_retry(&self.pool, &info, &shutdown).await;
+        match crate::rollout::announce_version(&self.pool, &cfg.pool, &cfg.version, &cfg.queues).await {
+            Ok(Some(crate::rollout::Role::Retired)) => {
+                tracing::info!(pool = %cfg.pool, pool.version = %cfg.version, "this version is retired; exiting");
+                shutdown.cancel();
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "failed to announce the worker's pool version"),
+        }
         tracing::info!(worker.id = %self.id, pool = %cfg.pool, pool.version = %cfg.version, queues = ?cfg.queues,
             concurrency = cfg.concurrency, "worker started");
 
@@ -172,6 +182,7 @@ impl Worker {
             running.clone(),
             cfg.lease,
             background.clone(),
+            shutdown.clone(),
         ));
         if cfg.maintenance {
             let mut m = queue::Maintainer::new(self.pool.clone(), self.id.clone(), cfg.retry);
@@ -362,20 +373,39 @@ impl Fetcher {
 }
 
 /// Every third of the lease: refresh the worker row and extend the leases of held jobs; a job whose lease was
-/// lost has its handler stopped (its outcome would be refused anyway).
-async fn heartbeat_loop(pool: PgPool, info: WorkerInfo, running: Running, lease: Duration, stop: CancellationToken) {
+/// lost has its handler stopped (its outcome would be refused anyway). When this worker's version has been
+/// retired (its rollout moved on), `retire` is cancelled: the worker stops claiming, drains and exits 0.
+async fn heartbeat_loop(
+    pool: PgPool,
+    info: WorkerInfo,
+    running: Running,
+    lease: Duration,
+    stop: CancellationToken,
+    retire: CancellationToken,
+) {
     let every = lease / 3;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
         }
-        match queue::heartbeat_worker(&pool, &info.id, false).await {
+        match queue::heartbeat_worker(&pool, &info.id, retire.is_cancelled()).await {
             Ok(true) => {}
             Ok(false) => {
                 let _ = queue::register_worker(&pool, &info).await;
             }
             Err(e) => tracing::warn!(error = %e, "worker heartbeat failed"),
+        }
+        if !retire.is_cancelled() {
+            match crate::rollout::role_of(&pool, &info.pool, &info.version).await {
+                Ok(Some(crate::rollout::Role::Retired)) => {
+                    tracing::info!(pool = %info.pool, pool.version = %info.version,
+                        "this version was retired; stopping");
+                    retire.cancel();
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "failed to read the worker's pool version role"),
+            }
         }
         let held: Vec<(JobId, i32)> = running
             .lock()

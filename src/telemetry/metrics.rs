@@ -4,7 +4,7 @@
 
 use std::sync::OnceLock;
 
-use metrics::{describe_counter, describe_histogram, Unit};
+use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 /// HTTP requests answered, by `route` template, `method` and `status`.
@@ -15,6 +15,15 @@ pub const HTTP_REQUEST_DURATION_SECONDS: &str = "ordo_http_request_duration_seco
 pub const JOBS_ENQUEUED_TOTAL: &str = "ordo_jobs_enqueued_total";
 /// Requests refused by the per-account rate limit.
 pub const RATE_LIMITED_TOTAL: &str = "ordo_rate_limited_total";
+
+/// Runnable-now plus running jobs per pool version, as the autoscaler reads them (`pool`, `pool.version`).
+pub const POOL_DEPTH: &str = "ordo_pool_depth";
+/// Workers the autoscaler wants per pool version.
+pub const POOL_WORKERS_DESIRED: &str = "ordo_pool_workers_desired";
+/// Live workers per pool version (fresh heartbeat).
+pub const POOL_WORKERS: &str = "ordo_pool_workers";
+/// Changes of a pool version's desired worker count.
+pub const AUTOSCALER_DECISIONS_TOTAL: &str = "ordo_autoscaler_decisions_total";
 
 /// Histogram buckets for durations in seconds: 1 ms to 10 s.
 const DURATION_BUCKETS: &[f64] = &[
@@ -61,4 +70,8 @@ fn describe() {
         "Jobs enqueued through the API, replays excluded, by queue"
     );
     describe_counter!(RATE_LIMITED_TOTAL, "Requests refused by the per-account rate limit");
+    describe_gauge!(POOL_DEPTH, "Runnable-now plus running jobs per pool version");
+    describe_gauge!(POOL_WORKERS_DESIRED, "Workers the autoscaler wants per pool version");
+    describe_gauge!(POOL_WORKERS, "Live workers per pool version");
+    describe_counter!(AUTOSCALER_DECISIONS_TOTAL, "Changes of a pool version's desired worker count");
 }

@@ -4,8 +4,11 @@
 #![allow(clippy::unwrap_used)]
 
 mod api;
+mod autoscale;
 mod crash;
 mod queue;
+mod sandbox;
+mod rollout;
 mod scheduler;
 mod support;
 mod worker;

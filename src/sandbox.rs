@@ -1,0 +1,257 @@
+//! `ordo sandbox`: the whole cluster on one machine in one command. Without `DATABASE_URL` it keeps a private
+//! PostgreSQL in a data directory (`./.ordo/` by default, reused on the next start), runs migrations, creates the
+//! account `demo`, and runs each role as a child process of this binary: the API, a scheduler, and pool `default`
+//! at two versions, `blue` and `green`. Stopping it stops everything it started.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+
+use crate::tenancy::AccountId;
+
+/// Errors of the sandbox.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The private server could not start.
+    #[error(transparent)]
+    Server(#[from] crate::pgserver::Error),
+    /// Connecting or migrating failed.
+    #[error(transparent)]
+    Db(#[from] crate::db::Error),
+    /// Creating the demo account failed.
+    #[error(transparent)]
+    Tenancy(#[from] crate::tenancy::Error),
+    /// A role could not be started.
+    #[error("failed to start `ordo {role}`: {source}")]
+    Spawn {
+        /// The role.
+        role: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A role exited while the sandbox was starting.
+    #[error("`ordo {0}` exited during start-up; see its output above")]
+    RoleExited(String),
+    /// The API did not become ready.
+    #[error("the API at {0} did not become ready within 60 s")]
+    NotReady(String),
+    /// File system or socket error.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// `ordo sandbox` flags.
+#[derive(Debug, Clone, Args)]
+pub struct SandboxArgs {
+    /// Where the private PostgreSQL keeps its data (reused on the next start).
+    #[arg(long, default_value = ".ordo")]
+    pub data_dir: PathBuf,
+    /// API address.
+    #[arg(long, env = "ORDO_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// PostgreSQL URL; a private server in the data directory when unset.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Redis URL; the local Redis on 127.0.0.1:6379 when it answers, else workers poll.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+}
+
+/// What a running sandbox offers.
+#[derive(Debug, Clone)]
+pub struct Ready {
+    /// Base URL of the API.
+    pub url: String,
+    /// API key of the account `demo`.
+    pub api_key: String,
+    /// Admin token of this run.
+    pub admin_token: String,
+}
+
+/// Runs the sandbox until `shutdown`; `on_ready` is called once everything answers.
+pub async fn run(args: SandboxArgs, shutdown: CancellationToken, on_ready: impl FnOnce(&Ready)) -> Result<(), Error> {
+    let mut private = None;
+    let database_url = match &args.database_url {
+        Some(u) => u.clone(),
+        None => {
+            let dir = args.data_dir.join("postgres");
+            let port = stored_port(&args.data_dir)?;
+            let server = crate::pgserver::PgServer::start(&dir, port, &[("max_connections", "200")])?;
+            let url = server.url("postgres");
+            private = Some(server);
+            url
+        }
+    };
+    let result = run_cluster(&args, &database_url, shutdown).await;
+    let result = match result {
+        Ok((ready, children, stop)) => {
+            on_ready(&ready);
+            stop.cancelled().await;
+            stop_children(children).await;
+            Ok(())
+        }
+        Err(e) => Err(e),
+    };
+    if let Some(server) = private {
+        if let Err(e) = server.stop() {
+            tracing::warn!("failed to stop the private postgres: {e}");
+        }
+    }
+    result
+}
+
+/// The port of the private server: kept in the data directory so the URL stays the same between runs when it
+/// can, a fresh free one when it is taken.
+fn stored_port(dir: &std::path::Path) -> Result<u16, Error> {
+    std::fs::create_dir_all(dir)?;
+    let file = dir.join("port");
+    if let Some(p) = std::fs::read_to_string(&file)
+        .ok()
+        .and_then(|s| s.trim().parse::<u16>().ok())
+    {
+        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            return Ok(p);
+        }
+    }
+    let p = crate::pgserver::free_port()?;
+    std::fs::write(&file, p.to_string())?;
+    Ok(p)
+}
+
+async fn run_cluster(
+    args: &SandboxArgs,
+    database_url: &str,
+    shutdown: CancellationToken,
+) -> Result<(Ready, Vec<(String, Child)>, CancellationToken), Error> {
+    let pool = crate::db::connect(database_url, 2).await?;
+    crate::db::migrate(&pool).await?;
+    let demo = AccountId::parse("demo").map_err(|e| std::io::Error::other(e.to_string()))?;
+    let api_key = match crate::tenancy::create_account(&pool, &demo, "Demo", "local").await {
+        Ok(created) => created.api_key,
+        // A second start on the same data: the account exists; give this run a fresh key.
+        Err(crate::tenancy::Error::AccountExists(_)) => crate::tenancy::create_key(&pool, &demo).await?.api_key,
+        Err(e) => return Err(e.into()),
+    };
+    pool.close().await;
+    let admin_token = crate::tenancy::generate_key();
+    let redis_url = match &args.redis_url {
+        Some(u) => Some(u.clone()),
+        None => local_redis().await,
+    };
+
+    let exe = std::env::current_exe()?;
+    let mut env: Vec<(&str, String)> = vec![
+        ("DATABASE_URL", database_url.to_owned()),
+        ("ORDO_LISTEN", args.listen.clone()),
+        ("ORDO_ADMIN_TOKEN", admin_token.clone()),
+    ];
+    if let Some(r) = &redis_url {
+        env.push(("REDIS_URL", r.clone()));
+    }
+    let roles: [(&str, &[&str]); 4] = [
+        ("api", &["api"]),
+        ("scheduler", &["scheduler"]),
+        ("worker blue", &["worker", "--pool", "default", "--version", "blue"]),
+        ("worker green", &["worker", "--pool", "default", "--version", "green"]),
+    ];
+    let mut children = Vec::new();
+    for (name, argv) in roles {
+        let mut c = Command::new(&exe);
+        c.args(argv).stdin(Stdio::null()).kill_on_drop(true);
+        if redis_url.is_none() {
+            c.env_remove("REDIS_URL");
+        }
+        for (k, v) in &env {
+            c.env(k, v);
+        }
+        let child = c.spawn().map_err(|source| Error::Spawn {
+            role: name.to_owned(),
+            source,
+        })?;
+        children.push((name.to_owned(), child));
+    }
+    let url = format!("http://{}", args.listen);
+    if let Err(e) = wait_ready(&args.listen, &mut children, &shutdown).await {
+        stop_children(children).await;
+        return Err(e);
+    }
+    Ok((
+        Ready {
+            url,
+            api_key,
+            admin_token,
+        },
+        children,
+        shutdown,
+    ))
+}
+
+async fn local_redis() -> Option<String> {
+    let up = tokio::time::timeout(
+        Duration::from_millis(300),
+        tokio::net::TcpStream::connect("127.0.0.1:6379"),
+    )
+    .await;
+    matches!(up, Ok(Ok(_))).then(|| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// Polls `/readyz` until it answers 200, failing early if a role exits.
+async fn wait_ready(listen: &str, children: &mut [(String, Child)], shutdown: &CancellationToken) -> Result<(), Error> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        for (name, child) in children.iter_mut() {
+            if let Ok(Some(_)) = child.try_wait() {
+                return Err(Error::RoleExited(name.clone()));
+            }
+        }
+        if readyz(listen).await {
+            return Ok(());
+        }
+        if Instant::now() > deadline || shutdown.is_cancelled() {
+            return Err(Error::NotReady(format!("http://{listen}")));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A bare HTTP/1.1 GET of `/readyz`, so the sandbox needs no HTTP client.
+async fn readyz(listen: &str) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let attempt = async {
+        let mut s = tokio::net::TcpStream::connect(listen).await?;
+        s.write_all(format!("GET /readyz HTTP/1.1\r\nHost: {listen}\r\nConnection: close\r\n\r\n").as_bytes())
+            .await?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await?;
+        Ok::<_, std::io::Error>(buf.starts_with(b"HTTP/1.1 200"))
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), attempt).await,
+        Ok(Ok(true))
+    )
+}
+
+/// SIGTERM to every role, then wait for each (they drain and exit 0); SIGKILL after 30 s.
+async fn stop_children(children: Vec<(String, Child)>) {
+    for (_, c) in &children {
+        if let Some(pid) = c.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+    }
+    for (name, mut c) in children {
+        match tokio::time::timeout(Duration::from_secs(30), c.wait()).await {
+            Ok(Ok(status)) if !status.success() => tracing::warn!(role = %name, %status, "role exited with an error"),
+            Ok(_) => {}
+            Err(_) => {
+                tracing::warn!(role = %name, "role did not stop within 30 s; killing it");
+                let _ = c.kill().await;
+            }
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! The real `ordo sandbox`, with no DATABASE_URL or REDIS_URL: it starts its own PostgreSQL and the cluster.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use ordo::testkit::{self, eventually};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::support::signal;
+
+struct Sandbox {
+    child: Child,
+    url: String,
+    api_key: String,
+}
+
+/// Starts the sandbox on `dir` and waits for its ready line (at most 30 s).
+async fn start(dir: &std::path::Path, port: u16) -> Sandbox {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ordo"))
+        .args(["sandbox", "--data-dir"])
+        .arg(dir)
+        .env_remove("DATABASE_URL")
+        .env_remove("REDIS_URL")
+        .env("ORDO_LISTEN", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn ordo sandbox");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let ready = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(rest) = line.strip_prefix("ordo sandbox ready: ") {
+                return rest.to_owned();
+            }
+        }
+        panic!("sandbox exited before it was ready");
+    })
+    .await
+    .expect("sandbox ready within 30 s");
+    // Keep draining stdout so the sandbox never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let field = |name: &str| {
+        ready
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("{name} in {ready:?}"))
+            .to_owned()
+    };
+    Sandbox {
+        url: field("url"),
+        api_key: field("api_key"),
+        child,
+    }
+}
+
+impl Sandbox {
+    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let r = reqwest::Client::new()
+            .post(format!("{}{path}", self.url))
+            .bearer_auth(&self.api_key)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        (
+            r.status().as_u16(),
+            serde_json::from_str(&r.text().await.unwrap()).unwrap_or(Value::Null),
+        )
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        let r = reqwest::Client::new()
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(&self.api_key)
+            .send()
+            .await
+            .unwrap();
+        (
+            r.status().as_u16(),
+            serde_json::from_str(&r.text().await.unwrap()).unwrap_or(Value::Null),
+        )
+    }
+
+    async fn stop(mut self) {
+        signal(&self.child, "-INT");
+        let status = tokio::time::timeout(Duration::from_secs(60), self.child.wait())
+            .await
+            .expect("stops")
+            .unwrap();
+        assert!(status.success(), "sandbox exit status {status:?}");
+    }
+}
+
+/// `ordo sandbox` with no servers configured starts its own PostgreSQL, runs jobs through its API and workers,
+/// stops cleanly on Ctrl-C, and keeps its data for the next start on the same directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sandbox_starts_runs_jobs_stops_and_keeps_its_data() {
+    let dir = std::env::temp_dir().join(format!("ordo-sandbox-test-{}", rand_suffix()));
+    let port = testkit::free_port();
+    let sb = start(&dir, port).await;
+    let (status, job) = sb.post("/api/jobs", json!({"kind": "sleep", "args": {"ms": 50}})).await;
+    assert_eq!(status, 201, "{job}");
+    let id = job["id"].as_str().unwrap().to_owned();
+    eventually(
+        Duration::from_secs(30),
+        "the job to complete on a sandbox worker",
+        || async {
+            let (_, j) = sb.get(&format!("/api/jobs/{id}")).await;
+            (j["state"] == "completed").then_some(())
+        },
+    )
+    .await;
+    let (_, j) = sb.get(&format!("/api/jobs/{id}")).await;
+    assert!(["blue", "green"].contains(&j["version"].as_str().unwrap()), "{j}");
+    sb.stop().await;
+
+    // Same directory: the job is still there.
+    let sb = start(&dir, port).await;
+    let (status, j) = sb.get(&format!("/api/jobs/{id}")).await;
+    assert_eq!(status, 200, "{j}");
+    assert_eq!(j["state"], "completed");
+    sb.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn rand_suffix() -> String {
+    format!(
+        "{}-{:?}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
+}
