@@ -182,6 +182,25 @@ async fn four_workers_never_run_a_job_twice() {
     assert_eq!(execs, n as i64, "every job executed exactly once");
     assert_eq!(distinct, n as i64);
     assert!(pids >= 2, "work was shared between processes ({pids})");
+    // No process ever ran more jobs at once than its 64 slots.
+    let most_at_once: i64 = sqlx::query_scalar(
+        r#"
+        select coalesce(max(n), 0)
+        from (
+            select (select count(*) from test_execution b
+                    where b.pid = a.pid and b.started_at <= a.started_at
+                      and coalesce(b.finished_at, 'infinity') > a.started_at) as n
+            from test_execution a
+        ) t
+        "#,
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert!(
+        (1..=64).contains(&most_at_once),
+        "{most_at_once} jobs at once in one process"
+    );
     assert_no_overlap(&db.pool).await;
     for w in &workers {
         signal(w, "-TERM");

@@ -845,3 +845,40 @@ async fn fenced_writes_probe_the_primary_key() {
         assert_eq!(done.len(), 1000);
     }
 }
+
+/// A job enqueued inside the caller's transaction commits with it or not at all, concurrency key included.
+#[tokio::test]
+async fn enqueue_inside_a_callers_transaction_commits_or_rolls_back_with_it() {
+    let db = testkit::db().await;
+    let mut tx = db.pool.begin().await.unwrap();
+    let gone = queue::enqueue(&mut tx, &acct(), NewJob::new("noop", json!({})).concurrency_key("K"))
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    assert!(queue::get(&db.pool, &acct(), gone.job.id).await.is_err());
+
+    let mut tx = db.pool.begin().await.unwrap();
+    sqlx::query("create table app_order (id int primary key)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("insert into app_order values (1)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let kept = queue::enqueue(&mut tx, &acct(), NewJob::new("noop", json!({"order": 1})))
+        .await
+        .unwrap();
+    let keyed = queue::enqueue(&mut tx, &acct(), NewJob::new("noop", json!({})).concurrency_key("K"))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        queue::get(&db.pool, &acct(), kept.job.id).await.unwrap().state,
+        JobState::Available
+    );
+    assert_eq!(
+        queue::get(&db.pool, &acct(), keyed.job.id).await.unwrap().state,
+        JobState::Available
+    );
+}
