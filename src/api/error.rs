@@ -272,6 +272,23 @@ impl From<queue::Error> for ApiError {
     }
 }
 
+impl From<crate::scheduler::Error> for ApiError {
+    fn from(e: crate::scheduler::Error) -> Self {
+        use crate::scheduler::Error as S;
+        match e {
+            S::Invalid(errs) => ApiError::Invalid(errs),
+            e @ S::NotFound { .. } => ApiError::NotFound(e.to_string()),
+            S::Conflict { name } => ApiError::Conflict {
+                detail: format!("schedule {name:?} already exists"),
+                errors: vec![FieldError::new("/name", "already exists")],
+            },
+            S::Queue(e) => e.into(),
+            S::Database(e) => e.into(),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
 impl From<tenancy::Error> for ApiError {
     fn from(e: tenancy::Error) -> Self {
         match e {

@@ -188,7 +188,7 @@ pub struct JobPage {
 }
 
 /// Whether a JSON value holds a NUL character anywhere, which PostgreSQL cannot store in `text` or `jsonb`.
-fn has_nul(v: &Value) -> bool {
+pub(crate) fn has_nul(v: &Value) -> bool {
     match v {
         Value::String(s) => s.contains('\0'),
         Value::Array(a) => a.iter().any(has_nul),

@@ -21,13 +21,14 @@ pub mod middleware;
 pub mod openapi;
 pub mod queues;
 pub mod rate_limit;
+pub mod schedules;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{delete, get, post, MethodRouter};
+use axum::routing::{delete, get, patch, post, MethodRouter};
 use axum::Router;
 use clap::Args;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -215,6 +216,11 @@ pub fn routes() -> Vec<Route> {
         route("GET", "/api/queues", get(queues::list)),
         route("POST", "/api/queues/{queue}/pause", post(queues::pause)),
         route("POST", "/api/queues/{queue}/resume", post(queues::resume)),
+        route("POST", "/api/schedules", post(schedules::create)),
+        route("GET", "/api/schedules", get(schedules::list)),
+        route("GET", "/api/schedules/{name}", get(schedules::get)),
+        route("PATCH", "/api/schedules/{name}", patch(schedules::update)),
+        route("DELETE", "/api/schedules/{name}", delete(schedules::delete)),
         route("POST", "/api/accounts", post(accounts::create)),
         route("GET", "/api/accounts", get(accounts::list)),
         route("POST", "/api/accounts/{id}/keys", post(accounts::create_key)),

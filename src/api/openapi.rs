@@ -8,7 +8,7 @@ use axum::response::IntoResponse;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{accounts, error, health, jobs, queues};
+use super::{accounts, error, health, jobs, queues, schedules};
 
 /// The API description.
 #[derive(OpenApi)]
@@ -28,6 +28,11 @@ use super::{accounts, error, health, jobs, queues};
         queues::list,
         queues::pause,
         queues::resume,
+        schedules::create,
+        schedules::list,
+        schedules::get,
+        schedules::update,
+        schedules::delete,
         accounts::create,
         accounts::list,
         accounts::create_key,
@@ -38,6 +43,7 @@ use super::{accounts, error, health, jobs, queues};
     tags(
         (name = "jobs", description = "The durable queue"),
         (name = "queues", description = "Queue figures, pause and resume"),
+        (name = "schedules", description = "Cron schedules"),
         (name = "accounts", description = "Accounts and API keys (admin token)"),
         (name = "health", description = "Probes, metrics and this document"),
     )

@@ -1,0 +1,300 @@
+//! `/api/schedules`: cron schedules of the account (CONTRACT §7). The scheduler role fires them; this module only
+//! manages them through `scheduler::store`.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::Utc;
+use serde::Serialize;
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
+
+use super::auth::Tenant;
+use super::error::{ApiError, Problem};
+use super::extract::{ApiPath, JsonBody, QueryParams};
+use crate::queue::FieldError;
+use crate::scheduler::store::{self, JobSpec, NewSchedule, Schedule, ScheduleUpdate, Target};
+
+/// A schedule as the API shows it.
+#[derive(Debug, ToSchema)]
+#[schema(as = Schedule)]
+#[allow(dead_code)]
+pub struct ScheduleBody {
+    /// Unique per account: 1 to 128 of `A-Z a-z 0-9 . _ -`.
+    name: String,
+    /// 5 fields, or 6 with leading seconds.
+    cron: String,
+    /// IANA time zone.
+    timezone: String,
+    /// The job each tick enqueues (as `POST /api/jobs`, without `run_at` and `idempotency_key`).
+    #[schema(value_type = Object)]
+    job: Value,
+    /// Paused schedules do not fire.
+    paused: bool,
+    /// The next tick; null while paused.
+    next_fire_at: Option<String>,
+    /// The latest tick fired.
+    last_fired_at: Option<String>,
+    /// Creation time.
+    created_at: String,
+    /// Latest change.
+    updated_at: String,
+}
+
+/// `POST /api/schedules` body.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct NewScheduleBody {
+    /// Unique per account.
+    name: String,
+    /// 5 fields, or 6 with leading seconds.
+    cron: String,
+    /// IANA time zone (default `UTC`).
+    timezone: Option<String>,
+    /// The job each tick enqueues.
+    #[schema(value_type = Object)]
+    job: Value,
+    /// Create it paused.
+    paused: Option<bool>,
+}
+
+/// `PATCH /api/schedules/{name}` body: the fields to change.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct ScheduleChangeBody {
+    /// New expression.
+    cron: Option<String>,
+    /// New time zone.
+    timezone: Option<String>,
+    /// New job.
+    #[schema(value_type = Object)]
+    job: Option<Value>,
+    /// Pause (`true`) or resume (`false`).
+    paused: Option<bool>,
+}
+
+/// A page of schedules.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SchedulePage {
+    /// Schedules in name order.
+    #[schema(value_type = Vec<ScheduleBody>)]
+    pub items: Vec<Schedule>,
+    /// Cursor of the next page; null on the last.
+    pub next_cursor: Option<String>,
+}
+
+fn object(body: &Value) -> Result<&Map<String, Value>, ApiError> {
+    body.as_object()
+        .ok_or_else(|| ApiError::invalid("", "must be a JSON object"))
+}
+
+fn reject_unknown(obj: &Map<String, Value>, known: &[&str], errs: &mut Vec<FieldError>) {
+    for k in obj.keys() {
+        if !known.contains(&k.as_str()) {
+            errs.push(FieldError::new(format!("/{k}"), "unknown field"));
+        }
+    }
+}
+
+fn opt_string(obj: &Map<String, Value>, name: &str, errs: &mut Vec<FieldError>) -> Option<String> {
+    match obj.get(name) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if !s.contains('\0') => Some(s.clone()),
+        Some(_) => {
+            errs.push(FieldError::new(format!("/{name}"), "must be a string"));
+            None
+        }
+    }
+}
+
+fn opt_bool(obj: &Map<String, Value>, name: &str, errs: &mut Vec<FieldError>) -> Option<bool> {
+    match obj.get(name) {
+        None | Some(Value::Null) => None,
+        Some(Value::Bool(b)) => Some(*b),
+        Some(_) => {
+            errs.push(FieldError::new(format!("/{name}"), "must be a boolean"));
+            None
+        }
+    }
+}
+
+fn target(obj: &Map<String, Value>, required: bool, errs: &mut Vec<FieldError>) -> Option<Target> {
+    if obj.contains_key("event") {
+        errs.push(FieldError::new(
+            "/event",
+            "event schedules are not supported by this version; use job",
+        ));
+        return None;
+    }
+    match obj.get("job") {
+        None | Some(Value::Null) => {
+            if required {
+                errs.push(FieldError::new("/job", "is required"));
+            }
+            None
+        }
+        Some(v) if super::jobs::has_nul(v) => {
+            errs.push(FieldError::new("/job", "strings must not contain NUL characters"));
+            None
+        }
+        Some(v) => match serde_json::from_value::<JobSpec>(v.clone()) {
+            Ok(spec) => Some(Target::Job(spec)),
+            Err(e) => {
+                errs.push(FieldError::new("/job", e.to_string()));
+                None
+            }
+        },
+    }
+}
+
+/// Create a schedule.
+#[utoipa::path(
+    post,
+    path = "/api/schedules",
+    tag = "schedules",
+    request_body = NewScheduleBody,
+    responses(
+        (status = 201, description = "Created, with its next tick", body = ScheduleBody),
+        (status = 409, description = "A schedule of that name exists", body = Problem),
+        (status = 422, description = "Invalid fields (cron, timezone, job, …)", body = Problem),
+    ),
+    security(("bearer" = []))
+)]
+#[tracing::instrument(skip_all, fields(account = %tenant.account))]
+pub async fn create(tenant: Tenant, JsonBody(body): JsonBody) -> Result<Response, ApiError> {
+    let obj = object(&body)?;
+    let mut errs = Vec::new();
+    reject_unknown(obj, &["name", "cron", "timezone", "job", "event", "paused"], &mut errs);
+    let name = opt_string(obj, "name", &mut errs);
+    let cron = opt_string(obj, "cron", &mut errs);
+    let timezone = opt_string(obj, "timezone", &mut errs);
+    let paused = opt_bool(obj, "paused", &mut errs).unwrap_or(false);
+    let target = target(obj, true, &mut errs);
+    if name.is_none() && !errs.iter().any(|e| e.path == "/name") {
+        errs.push(FieldError::new("/name", "is required"));
+    }
+    if cron.is_none() && !errs.iter().any(|e| e.path == "/cron") {
+        errs.push(FieldError::new("/cron", "is required"));
+    }
+    let (Some(name), Some(cron), Some(target), true) = (name, cron, target, errs.is_empty()) else {
+        return Err(ApiError::Invalid(errs));
+    };
+    let mut new = NewSchedule::new(name, cron, target).paused(paused);
+    if let Some(tz) = timezone {
+        new = new.timezone(tz);
+    }
+    let mut tx = tenant.begin().await?;
+    let created = store::create(&mut *tx, &tenant.account, &new, Utc::now()).await?;
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, Json(created)).into_response())
+}
+
+/// List the account's schedules in name order.
+#[utoipa::path(
+    get,
+    path = "/api/schedules",
+    tag = "schedules",
+    params(
+        ("limit" = Option<i64>, Query, description = "Page size, 1..1000 (default 100)"),
+        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "A page of schedules", body = SchedulePage),
+        (status = 422, description = "Invalid limit", body = Problem),
+    ),
+    security(("bearer" = []))
+)]
+#[tracing::instrument(skip_all, fields(account = %tenant.account))]
+pub async fn list(tenant: Tenant, q: QueryParams) -> Result<Json<SchedulePage>, ApiError> {
+    let limit = q.limit()?;
+    let after = q.get("cursor");
+    let mut tx = tenant.begin().await?;
+    let mut items = store::list(&mut *tx, &tenant.account, after, limit + 1).await?;
+    tx.commit().await?;
+    let next_cursor = if items.len() as i64 > limit {
+        items.truncate(limit as usize);
+        items.last().map(|s| s.name.clone())
+    } else {
+        None
+    };
+    Ok(Json(SchedulePage { items, next_cursor }))
+}
+
+/// Read one schedule.
+#[utoipa::path(
+    get,
+    path = "/api/schedules/{name}",
+    tag = "schedules",
+    params(("name" = String, Path, description = "Schedule name")),
+    responses(
+        (status = 200, description = "The schedule", body = ScheduleBody),
+        (status = 404, description = "No such schedule in this account", body = Problem),
+    ),
+    security(("bearer" = []))
+)]
+#[tracing::instrument(skip_all, fields(account = %tenant.account))]
+pub async fn get(tenant: Tenant, ApiPath(name): ApiPath<String>) -> Result<Json<Schedule>, ApiError> {
+    let mut tx = tenant.begin().await?;
+    let s = store::get(&mut *tx, &tenant.account, &name).await?;
+    tx.commit().await?;
+    Ok(Json(s))
+}
+
+/// Change a schedule's expression, time zone, job or pause state; a resume or a new expression computes the next
+/// tick from now (no burst of missed ticks).
+#[utoipa::path(
+    patch,
+    path = "/api/schedules/{name}",
+    tag = "schedules",
+    params(("name" = String, Path, description = "Schedule name")),
+    request_body = ScheduleChangeBody,
+    responses(
+        (status = 200, description = "The changed schedule", body = ScheduleBody),
+        (status = 404, description = "No such schedule in this account", body = Problem),
+        (status = 422, description = "Invalid fields", body = Problem),
+    ),
+    security(("bearer" = []))
+)]
+#[tracing::instrument(skip_all, fields(account = %tenant.account))]
+pub async fn update(
+    tenant: Tenant,
+    ApiPath(name): ApiPath<String>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Schedule>, ApiError> {
+    let obj = object(&body)?;
+    let mut errs = Vec::new();
+    reject_unknown(obj, &["cron", "timezone", "job", "event", "paused"], &mut errs);
+    let change = ScheduleUpdate {
+        cron: opt_string(obj, "cron", &mut errs),
+        timezone: opt_string(obj, "timezone", &mut errs),
+        target: target(obj, false, &mut errs),
+        paused: opt_bool(obj, "paused", &mut errs),
+    };
+    if !errs.is_empty() {
+        return Err(ApiError::Invalid(errs));
+    }
+    let mut tx = tenant.begin().await?;
+    let s = store::update(&mut tx, &tenant.account, &name, &change, Utc::now()).await?;
+    tx.commit().await?;
+    Ok(Json(s))
+}
+
+/// Delete a schedule; ticks already fired keep their jobs.
+#[utoipa::path(
+    delete,
+    path = "/api/schedules/{name}",
+    tag = "schedules",
+    params(("name" = String, Path, description = "Schedule name")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No such schedule in this account", body = Problem),
+    ),
+    security(("bearer" = []))
+)]
+#[tracing::instrument(skip_all, fields(account = %tenant.account))]
+pub async fn delete(tenant: Tenant, ApiPath(name): ApiPath<String>) -> Result<StatusCode, ApiError> {
+    let mut tx = tenant.begin().await?;
+    store::delete(&mut *tx, &tenant.account, &name).await?;
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
