@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{DbConfig, RedisConfig, TelemetryConfig, WorkerArgs};
+use crate::config::{DbConfig, MetricsConfig, RedisConfig, TelemetryConfig, WorkerArgs};
 use crate::runtime::{EngineHandlers, Worker};
 
 /// ordo: a durable orchestration engine on PostgreSQL.
@@ -35,6 +35,8 @@ enum Command {
         #[command(flatten)]
         redis: RedisConfig,
         #[command(flatten)]
+        metrics: MetricsConfig,
+        #[command(flatten)]
         args: WorkerArgs,
     },
     /// Fire cron schedules; run one or many (one leads).
@@ -44,12 +46,16 @@ enum Command {
         #[command(flatten)]
         redis: RedisConfig,
         #[command(flatten)]
+        metrics: MetricsConfig,
+        #[command(flatten)]
         args: crate::scheduler::SchedulerArgs,
     },
     /// Scale worker pools on queue depth and drive rollouts (promote, abort, complete) on their own.
     Autoscaler {
         #[command(flatten)]
         db: DbConfig,
+        #[command(flatten)]
+        metrics: MetricsConfig,
         #[command(flatten)]
         args: crate::autoscale::AutoscalerArgs,
     },
@@ -121,9 +127,16 @@ async fn run(cmd: Command) -> anyhow::Result<()> {
             println!("migrations applied");
             Ok(())
         }
-        Command::Worker { db, redis, args } => {
+        Command::Worker {
+            db,
+            redis,
+            metrics,
+            args,
+        } => {
             let mut cfg = args.to_config(&redis)?;
-            let pool = crate::db::connect(db.require()?, 4).await.context("connect to postgres")?;
+            let pool = crate::db::connect(db.require()?, 4)
+                .await
+                .context("connect to postgres")?;
             crate::db::check_schema(&pool)
                 .await
                 .context("check the schema version")?;
@@ -142,19 +155,27 @@ async fn run(cmd: Command) -> anyhow::Result<()> {
                 .await
                 .context("connect to postgres")?;
             let shutdown = crate::supervisor::shutdown_on_signals();
+            metrics.start(&shutdown);
             let worker = Worker::new(cfg, pool, ordo_workers::registry(), engine_handlers());
             worker.run(shutdown).await.context("run worker")?;
             Ok(())
         }
-        Command::Autoscaler { db, args } => {
+        Command::Autoscaler { db, metrics, args } => {
             let shutdown = crate::supervisor::shutdown_on_signals();
+            metrics.start(&shutdown);
             crate::autoscale::serve(&db, &args, shutdown)
                 .await
                 .context("run autoscaler")?;
             Ok(())
         }
-        Command::Scheduler { db, redis, args } => {
+        Command::Scheduler {
+            db,
+            redis,
+            metrics,
+            args,
+        } => {
             let shutdown = crate::supervisor::shutdown_on_signals();
+            metrics.start(&shutdown);
             crate::scheduler::serve(&db, &redis, &args, shutdown)
                 .await
                 .context("run scheduler")?;

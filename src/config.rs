@@ -65,6 +65,28 @@ pub struct TelemetryConfig {
     pub log: LogFormat,
 }
 
+/// Where a role without the HTTP API serves `/metrics`.
+#[derive(Debug, Clone, Args)]
+pub struct MetricsConfig {
+    /// Address for `/metrics` and `/healthz` (e.g. 0.0.0.0:9090); unset = no metrics listener.
+    #[arg(long, env = "ORDO_METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+}
+
+impl MetricsConfig {
+    /// Starts the listener when configured; a bind failure is logged, the role keeps running.
+    pub fn start(&self, shutdown: &tokio_util::sync::CancellationToken) {
+        if let Some(addr) = self.metrics_listen {
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                if let Err(e) = crate::telemetry::serve_metrics(addr, shutdown).await {
+                    tracing::error!("failed to serve metrics on {addr}: {e}");
+                }
+            });
+        }
+    }
+}
+
 /// `ordo worker`.
 #[derive(Debug, Clone, Args)]
 pub struct WorkerArgs {

@@ -156,6 +156,12 @@ pub struct Maintainer {
     /// Retention of finished jobs.
     pub retention: Retention,
     prune_after: std::sync::atomic::AtomicI64,
+    gauges_at: std::sync::Mutex<Option<std::time::Instant>>,
+    /// Label sets published before, so a queue or pool version that emptied is set back to zero.
+    gauge_labels: std::sync::Mutex<(
+        std::collections::BTreeSet<String>,
+        std::collections::BTreeSet<(String, String)>,
+    )>,
 }
 
 /// The lease that elects the maintenance holder.
@@ -171,6 +177,8 @@ impl Maintainer {
             interval: Duration::from_secs(1),
             retention: Retention::default(),
             prune_after: std::sync::atomic::AtomicI64::new(0),
+            gauges_at: std::sync::Mutex::new(None),
+            gauge_labels: std::sync::Mutex::default(),
         }
     }
 
@@ -192,6 +200,7 @@ impl Maintainer {
             }
         }
         promote_due(&self.pool, 5000).await?;
+        self.publish_gauges().await;
         // Prune in passes of 10 000 rows; keep going while passes find mostly deletable rows, so pruning keeps up
         // with a busy queue, but give the tick back after ~200 ms.
         let started = std::time::Instant::now();
@@ -205,6 +214,54 @@ impl Maintainer {
             }
         }
         Ok(true)
+    }
+
+    /// Every 5 s, the holder publishes the cluster's queue and worker gauges (one holder, so no double counting
+    /// across processes). A failure only skips a round.
+    async fn publish_gauges(&self) {
+        use crate::telemetry::metrics as m;
+        {
+            let Ok(mut at) = self.gauges_at.lock() else { return };
+            if at.is_some_and(|t| t.elapsed() < Duration::from_secs(5)) {
+                return;
+            }
+            *at = Some(std::time::Instant::now());
+        }
+        let (Ok(rows), Ok(workers)) = (
+            super::queue_gauges(&self.pool).await,
+            super::live_workers(&self.pool, Duration::from_secs(90)).await,
+        ) else {
+            return;
+        };
+        let Ok(mut seen) = self.gauge_labels.lock() else { return };
+        let mut queues = std::collections::BTreeMap::new();
+        for (queue, available, scheduled, running, retryable, oldest) in rows {
+            queues.insert(queue, ([available, scheduled, running, retryable], oldest));
+        }
+        for q in &seen.0 {
+            queues.entry(q.clone()).or_insert(([0; 4], 0.0));
+        }
+        for (queue, (counts, oldest)) in &queues {
+            for (state, n) in ["available", "scheduled", "running", "retryable"]
+                .into_iter()
+                .zip(counts)
+            {
+                metrics::gauge!(m::QUEUE_JOBS, "queue" => queue.clone(), "state" => state).set(*n as f64);
+            }
+            metrics::gauge!(m::QUEUE_OLDEST_AVAILABLE_SECONDS, "queue" => queue.clone()).set(*oldest);
+        }
+        seen.0 = queues.into_keys().collect();
+        let mut counts = std::collections::BTreeMap::<(String, String), u32>::new();
+        for w in workers {
+            *counts.entry((w.pool, w.version)).or_default() += 1;
+        }
+        for key in &seen.1 {
+            counts.entry(key.clone()).or_default();
+        }
+        for ((pool, version), n) in &counts {
+            metrics::gauge!(m::WORKERS_LIVE, "pool" => pool.clone(), "version" => version.clone()).set(f64::from(*n));
+        }
+        seen.1 = counts.into_keys().collect();
     }
 
     /// Ticks until `shutdown`, then gives the lease up.

@@ -100,3 +100,26 @@ pub async fn queue_stats<'e>(
     .await?;
     Ok(rows)
 }
+
+/// Cluster-wide figures for the metrics gauges: per queue, jobs by state (`available` counts due jobs) and the age
+/// of the oldest due job, over all accounts. Only waiting and running jobs are read (partial indexes).
+pub async fn queue_gauges<'e>(exec: impl PgExecutor<'e>) -> Result<Vec<(String, i64, i64, i64, i64, f64)>> {
+    let rows = sqlx::query_as(
+        r#"
+        select queue,
+               count(*) filter (where state in ('available', 'scheduled', 'retryable') and run_at <= now()),
+               count(*) filter (where state in ('scheduled', 'retryable') and run_at > now()),
+               count(*) filter (where state = 'running'),
+               count(*) filter (where state = 'retryable'),
+               coalesce(extract(epoch from now() - min(run_at) filter (
+                   where state in ('available', 'scheduled', 'retryable') and run_at <= now())), 0)::float8
+        from job
+        where state in ('available', 'scheduled', 'retryable', 'running')
+        group by queue
+        order by queue
+        "#,
+    )
+    .fetch_all(exec)
+    .await?;
+    Ok(rows)
+}

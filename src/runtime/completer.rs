@@ -125,5 +125,17 @@ async fn write(pool: &PgPool, batch: &[Settle], retry: RetryPolicy) -> queue::Re
             "outcomes refused: lease no longer held"
         );
     }
+    // Counted once the writes landed: a retried batch is not counted twice.
+    for (outcome, n) in [
+        ("completed", complete.len()),
+        ("failed", fail.len()),
+        ("snoozed", snooze.len()),
+        ("cancelled", cancel.len()),
+        ("handed_back", back.len()),
+    ] {
+        if n > 0 {
+            metrics::counter!(crate::telemetry::metrics::JOBS_SETTLED_TOTAL, "outcome" => outcome).increment(n as u64);
+        }
+    }
     Ok(())
 }

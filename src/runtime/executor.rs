@@ -14,6 +14,7 @@ use super::completer::{Settle, SettleKind};
 use super::engine::{EngineHandlers, EngineResult};
 use super::Running;
 use crate::queue::Job;
+use crate::telemetry::metrics as m;
 
 pub(crate) struct Executor {
     pub pool: PgPool,
@@ -55,7 +56,12 @@ impl Executor {
             account_id: job.account_id.clone(),
             cancel: cancel.clone(),
         };
+        let kind_label = job.kind.clone();
+        let delay = (chrono::Utc::now() - job.run_at).num_milliseconds().max(0) as f64 / 1000.0;
+        metrics::histogram!(m::JOB_START_DELAY_SECONDS, "queue" => job.queue.clone()).record(delay);
+        let started = std::time::Instant::now();
         let ran = self.run_handler(job, ctx, timeout).await;
+        metrics::histogram!(m::JOB_DURATION_SECONDS, "kind" => kind_label).record(started.elapsed().as_secs_f64());
         if let Ok(mut r) = self.running.lock() {
             r.remove(&id);
         }

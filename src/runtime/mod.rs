@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::queue::{self, ClaimRequest, JobId, RetryPolicy, WorkerInfo};
+use crate::telemetry::metrics as m;
 use crate::wake::{self, WakeSignals};
 
 /// Errors that stop a worker.
@@ -330,8 +331,15 @@ impl Fetcher {
                 limit: permits.len() as i64,
             };
             let wanted = permits.len();
+            let started = std::time::Instant::now();
             match queue::claim(&self.pool, &req).await {
                 Ok(jobs) => {
+                    metrics::histogram!(m::CLAIM_DURATION_SECONDS, "queue" => self.queue.clone())
+                        .record(started.elapsed().as_secs_f64());
+                    if !jobs.is_empty() {
+                        metrics::counter!(m::JOBS_CLAIMED_TOTAL, "queue" => self.queue.clone())
+                            .increment(jobs.len() as u64);
+                    }
                     error_delay = Duration::from_millis(50);
                     let got = jobs.len();
                     for job in jobs {

@@ -25,6 +25,23 @@ pub const POOL_WORKERS: &str = "ordo_pool_workers";
 /// Changes of a pool version's desired worker count.
 pub const AUTOSCALER_DECISIONS_TOTAL: &str = "ordo_autoscaler_decisions_total";
 
+/// Jobs claimed by workers, by `queue`.
+pub const JOBS_CLAIMED_TOTAL: &str = "ordo_jobs_claimed_total";
+/// Attempts settled by workers, by `outcome` (completed, failed, discarded, snoozed, cancelled, handed_back).
+pub const JOBS_SETTLED_TOTAL: &str = "ordo_jobs_settled_total";
+/// Duration of one claim statement, by `queue`.
+pub const CLAIM_DURATION_SECONDS: &str = "ordo_claim_duration_seconds";
+/// Handler run time of one attempt, by `kind`.
+pub const JOB_DURATION_SECONDS: &str = "ordo_job_duration_seconds";
+/// Time from a job being due (`run_at`) to its handler starting, by `queue`.
+pub const JOB_START_DELAY_SECONDS: &str = "ordo_job_start_delay_seconds";
+/// Jobs per `queue` and `state` (available counts due jobs), all accounts, as seen by the maintenance holder.
+pub const QUEUE_JOBS: &str = "ordo_queue_jobs";
+/// Age of the oldest due job per `queue`, all accounts.
+pub const QUEUE_OLDEST_AVAILABLE_SECONDS: &str = "ordo_queue_oldest_available_seconds";
+/// Live workers per `pool` and `version`, as seen by the maintenance holder.
+pub const WORKERS_LIVE: &str = "ordo_workers_live";
+
 /// Histogram buckets for durations in seconds: 1 ms to 10 s.
 const DURATION_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -73,5 +90,34 @@ fn describe() {
     describe_gauge!(POOL_DEPTH, "Runnable-now plus running jobs per pool version");
     describe_gauge!(POOL_WORKERS_DESIRED, "Workers the autoscaler wants per pool version");
     describe_gauge!(POOL_WORKERS, "Live workers per pool version");
-    describe_counter!(AUTOSCALER_DECISIONS_TOTAL, "Changes of a pool version's desired worker count");
+    describe_counter!(
+        AUTOSCALER_DECISIONS_TOTAL,
+        "Changes of a pool version's desired worker count"
+    );
+    describe_counter!(JOBS_CLAIMED_TOTAL, "Jobs claimed by workers, by queue");
+    describe_counter!(JOBS_SETTLED_TOTAL, "Attempts settled by workers, by outcome");
+    describe_histogram!(
+        CLAIM_DURATION_SECONDS,
+        Unit::Seconds,
+        "Duration of one claim statement, by queue"
+    );
+    describe_histogram!(
+        JOB_DURATION_SECONDS,
+        Unit::Seconds,
+        "Handler run time of one attempt, by kind"
+    );
+    describe_histogram!(
+        JOB_START_DELAY_SECONDS,
+        Unit::Seconds,
+        "Time from a job being due to its handler starting, by queue"
+    );
+    describe_gauge!(
+        QUEUE_JOBS,
+        "Jobs per queue and state, all accounts (available counts due jobs)"
+    );
+    describe_gauge!(
+        QUEUE_OLDEST_AVAILABLE_SECONDS,
+        "Age of the oldest due job per queue, all accounts"
+    );
+    describe_gauge!(WORKERS_LIVE, "Live workers per pool and version");
 }

@@ -211,3 +211,42 @@ async fn redis_outage_falls_back_to_polling() {
     stop.cancel();
     w.stop().await;
 }
+
+/// A worker process with ORDO_METRICS_LISTEN serves Prometheus metrics of what it claimed and settled, and, as
+/// maintenance holder, the queue gauges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_process_serves_metrics() {
+    let db = testkit::db().await;
+    let q = queue::Queue::new(db.pool.clone(), ordo::wake::Waker::disabled());
+    let j = q.enqueue(&acct(), NewJob::new("noop", json!({}))).await.unwrap().job;
+    let port = testkit::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut w = crate::support::spawn_worker_process(&db.url, &[("ORDO_METRICS_LISTEN", listen.as_str())], &[]);
+    wait_for_state(&db.pool, j.id, JobState::Completed, Duration::from_secs(20)).await;
+    let body = eventually(
+        Duration::from_secs(20),
+        "metrics with the settled job and queue gauges",
+        || async {
+            let body = reqwest::get(format!("http://{listen}/metrics"))
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            (body.contains("ordo_jobs_settled_total{outcome=\"completed\"} 1") && body.contains("ordo_queue_jobs{"))
+                .then_some(body)
+        },
+    )
+    .await;
+    assert!(body.contains("ordo_jobs_claimed_total{queue=\"default\"} 1"), "{body}");
+    assert!(
+        body.contains("ordo_job_duration_seconds_bucket{kind=\"noop\""),
+        "{body}"
+    );
+    assert!(
+        body.contains("ordo_workers_live{pool=\"default\",version=\"v1\"} 1"),
+        "{body}"
+    );
+    crate::support::signal(&w, "-TERM");
+    assert!(w.wait().await.unwrap().success());
+}
