@@ -6,9 +6,10 @@
 mod api;
 mod autoscale;
 mod crash;
+mod deploy;
 mod queue;
-mod sandbox;
 mod rollout;
+mod sandbox;
 mod scheduler;
 mod support;
 mod worker;
