@@ -21,6 +21,23 @@ pub async fn get<'e>(exec: impl PgExecutor<'e>, account: &AccountId, id: JobId) 
         .ok_or(Error::NotFound { id })
 }
 
+static GET_MANY_SQL: LazyLock<String> =
+    LazyLock::new(|| format!("select {JOB_COLUMNS} from job where account_id = $1 and id = any($2)"));
+
+/// Reads several jobs of the account in one round trip, in the order of `ids` (ids not found are left out).
+pub async fn get_many<'e>(exec: impl PgExecutor<'e>, account: &AccountId, ids: &[JobId]) -> Result<Vec<Job>> {
+    let raw: Vec<i64> = ids.iter().map(|i| i.0).collect();
+    let mut found: std::collections::HashMap<JobId, Job> = sqlx::query_as::<_, Job>(GET_MANY_SQL.as_str())
+        .bind(account.as_str())
+        .bind(&raw)
+        .fetch_all(exec)
+        .await?
+        .into_iter()
+        .map(|j| (j.id, j))
+        .collect();
+    Ok(ids.iter().filter_map(|id| found.remove(id)).collect())
+}
+
 /// Filters of a job listing.
 #[derive(Debug, Clone, Default)]
 pub struct JobFilter {

@@ -20,7 +20,7 @@ mod routing;
 mod stats;
 mod types;
 
-pub use admin::{cancel, get, list, pause, resume, retry, JobFilter};
+pub use admin::{cancel, get, get_many, list, pause, resume, retry, JobFilter};
 pub use backoff::{backoff, RetryPolicy};
 pub use claim::{claim, ClaimRequest};
 pub use complete::{

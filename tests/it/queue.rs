@@ -882,3 +882,28 @@ async fn enqueue_inside_a_callers_transaction_commits_or_rolls_back_with_it() {
         JobState::Available
     );
 }
+
+/// Several jobs read in one round trip come back in the order asked, without other accounts' jobs.
+#[tokio::test]
+async fn get_many_reads_in_the_order_asked() {
+    let db = testkit::db().await;
+    sqlx::query("insert into account (id) values ('other')")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let a = enqueue(&db.pool, NewJob::new("noop", json!({"n": 1}))).await;
+    let b = enqueue(&db.pool, NewJob::new("noop", json!({"n": 2}))).await;
+    let mut conn = db.pool.acquire().await.unwrap();
+    let theirs = queue::enqueue(
+        &mut conn,
+        &AccountId::parse("other").unwrap(),
+        NewJob::new("noop", json!({})),
+    )
+    .await
+    .unwrap()
+    .job;
+    let got = queue::get_many(&db.pool, &acct(), &[b.id, theirs.id, a.id])
+        .await
+        .unwrap();
+    assert_eq!(got.iter().map(|j| j.id).collect::<Vec<_>>(), vec![b.id, a.id]);
+}
