@@ -112,7 +112,19 @@ static CANCEL_SQL: LazyLock<String> = LazyLock::new(|| {
 
 /// Cancels a job that has not finished. A running job's worker loses its lease: its outcome is refused.
 pub async fn cancel(conn: &mut PgConnection, account: &AccountId, id: JobId) -> Result<Job> {
-    let job: Option<Job> = sqlx::query_as(CANCEL_SQL.as_str())
+    transition(conn, account, id, CANCEL_SQL.as_str(), "cancel").await
+}
+
+/// Runs a state change that matches only allowed states; when it matches nothing, says why: the job is missing
+/// or in a state that does not allow `action`.
+async fn transition(
+    conn: &mut PgConnection,
+    account: &AccountId,
+    id: JobId,
+    sql: &str,
+    action: &'static str,
+) -> Result<Job> {
+    let job: Option<Job> = sqlx::query_as(sql)
         .bind(account.as_str())
         .bind(id)
         .fetch_optional(&mut *conn)
@@ -124,7 +136,7 @@ pub async fn cancel(conn: &mut PgConnection, account: &AccountId, id: JobId) -> 
             Err(Error::InvalidState {
                 id,
                 state: current.state,
-                action: "cancel",
+                action,
             })
         }
     }
@@ -150,22 +162,7 @@ static RETRY_SQL: LazyLock<String> = LazyLock::new(|| {
 /// Makes a discarded, cancelled, retryable or scheduled job available now; one with its attempts used up gets one
 /// more.
 pub async fn retry(conn: &mut PgConnection, account: &AccountId, id: JobId) -> Result<Job> {
-    let job: Option<Job> = sqlx::query_as(RETRY_SQL.as_str())
-        .bind(account.as_str())
-        .bind(id)
-        .fetch_optional(&mut *conn)
-        .await?;
-    match job {
-        Some(j) => Ok(j),
-        None => {
-            let current = get(&mut *conn, account, id).await?;
-            Err(Error::InvalidState {
-                id,
-                state: current.state,
-                action: "retry",
-            })
-        }
-    }
+    transition(conn, account, id, RETRY_SQL.as_str(), "retry").await
 }
 
 /// Pauses a queue for the account: its jobs wait, running ones finish. Pausing twice is harmless.
