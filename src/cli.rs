@@ -240,5 +240,7 @@ pub fn engine_handlers() -> EngineHandlers {
     let mut h = EngineHandlers::new();
     #[cfg(feature = "testkit")]
     crate::probe::register(&mut h);
+    // Test builds deliver webhooks to local receivers; ORDO_WEBHOOK_ALLOW_PRIVATE is not plumbed here yet.
+    crate::orchestration::register(&mut h, cfg!(feature = "testkit"));
     h
 }

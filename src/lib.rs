@@ -12,6 +12,7 @@
 //! - [`queue`]: the durable queue; the only writer of `job` rows.
 //! - [`runtime`]: the worker process: claim, execute, complete in batches, heartbeat, drain.
 //! - [`tenancy`]: account ids.
+//! - [`orchestration`]: workflows, entities, events and their audit log; the rule engine that executes events.
 //! - [`leader`]: named leases that elect one holder for singleton work.
 //! - [`rollout`]: versioned worker pools and blue-green rollouts (canary → promoted → completed | aborted).
 //! - [`autoscale`]: worker counts per pool version from queue depth, applied by a driver (processes, Kubernetes).
@@ -26,6 +27,7 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod leader;
+pub mod orchestration;
 pub mod pgserver;
 pub mod queue;
 pub mod rollout;

@@ -19,6 +19,7 @@ pub mod health;
 pub mod jobs;
 pub mod middleware;
 pub mod openapi;
+pub mod pools;
 pub mod queues;
 pub mod rate_limit;
 pub mod schedules;
@@ -28,7 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{delete, get, patch, post, MethodRouter};
+use axum::routing::{delete, get, patch, post, put, MethodRouter};
 use axum::Router;
 use clap::Args;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -221,6 +222,13 @@ pub fn routes() -> Vec<Route> {
         route("GET", "/api/schedules/{name}", get(schedules::get)),
         route("PATCH", "/api/schedules/{name}", patch(schedules::update)),
         route("DELETE", "/api/schedules/{name}", delete(schedules::delete)),
+        route("GET", "/api/pools", get(pools::list)),
+        route("PUT", "/api/pools/{pool}", put(pools::put)),
+        route("PUT", "/api/pools/{pool}/scaling", put(pools::put_scaling)),
+        route("POST", "/api/rollouts", post(pools::create_rollout)),
+        route("GET", "/api/rollouts/{id}", get(pools::get_rollout)),
+        route("POST", "/api/rollouts/{id}/promote", post(pools::promote)),
+        route("POST", "/api/rollouts/{id}/abort", post(pools::abort)),
         route("POST", "/api/accounts", post(accounts::create)),
         route("GET", "/api/accounts", get(accounts::list)),
         route("POST", "/api/accounts/{id}/keys", post(accounts::create_key)),

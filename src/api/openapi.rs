@@ -8,7 +8,7 @@ use axum::response::IntoResponse;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{accounts, error, health, jobs, queues, schedules};
+use super::{accounts, error, health, jobs, pools, queues, schedules};
 
 /// The API description.
 #[derive(OpenApi)]
@@ -33,6 +33,13 @@ use super::{accounts, error, health, jobs, queues, schedules};
         schedules::get,
         schedules::update,
         schedules::delete,
+        pools::list,
+        pools::put,
+        pools::put_scaling,
+        pools::create_rollout,
+        pools::get_rollout,
+        pools::promote,
+        pools::abort,
         accounts::create,
         accounts::list,
         accounts::create_key,
@@ -44,6 +51,7 @@ use super::{accounts, error, health, jobs, queues, schedules};
         (name = "jobs", description = "The durable queue"),
         (name = "queues", description = "Queue figures, pause and resume"),
         (name = "schedules", description = "Cron schedules"),
+        (name = "pools", description = "Worker pools, rollouts and scaling (admin token)"),
         (name = "accounts", description = "Accounts and API keys (admin token)"),
         (name = "health", description = "Probes, metrics and this document"),
     )

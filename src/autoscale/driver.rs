@@ -62,6 +62,7 @@ impl PoolDriver for NoneDriver {
 pub struct ProcessDriver {
     exe: PathBuf,
     extra_args: Vec<String>,
+    env: Vec<(String, String)>,
     running: BTreeMap<(String, String), Vec<Child>>,
     stopping: Vec<Child>,
 }
@@ -72,9 +73,16 @@ impl ProcessDriver {
         ProcessDriver {
             exe,
             extra_args,
+            env: Vec::new(),
             running: BTreeMap::new(),
             stopping: Vec::new(),
         }
+    }
+
+    /// Sets an environment variable for every child (e.g. `DATABASE_URL` given to the autoscaler as a flag).
+    pub fn with_env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
     }
 
     fn spawn(&self, pool: &str, version: &str) -> Result<Child> {
@@ -82,6 +90,7 @@ impl ProcessDriver {
             .arg("worker")
             .args(["--pool", pool, "--version", version])
             .args(&self.extra_args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .kill_on_drop(true)
             .spawn()?;
@@ -140,7 +149,12 @@ impl PoolDriver for ProcessDriver {
                 let children = self.running.entry((pool.clone(), version.clone())).or_default();
                 // Newest first: the oldest workers have warm connections and are least likely to be mid-start.
                 for c in children.drain(n..) {
-                    tracing::info!(pool, pool.version = version, pid = c.id(), "stopping surplus worker process");
+                    tracing::info!(
+                        pool,
+                        pool.version = version,
+                        pid = c.id(),
+                        "stopping surplus worker process"
+                    );
                     terminate(&c);
                     self.stopping.push(c);
                 }

@@ -85,10 +85,11 @@ impl KubernetesDriver {
             .clone()
             .or_else(|| read(&sa.join("namespace").to_string_lossy()).ok())
             .unwrap_or_else(|| "default".to_owned());
-        let token_file = cfg
-            .kube_token_file
-            .clone()
-            .or_else(|| sa.join("token").exists().then(|| sa.join("token").to_string_lossy().into_owned()));
+        let token_file = cfg.kube_token_file.clone().or_else(|| {
+            sa.join("token")
+                .exists()
+                .then(|| sa.join("token").to_string_lossy().into_owned())
+        });
         let token = match token_file {
             Some(f) => Some(read(&f).map_err(|e| Error::KubeConfig(format!("read token file {f}: {e}")))?),
             None => None,

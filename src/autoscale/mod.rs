@@ -184,23 +184,56 @@ mod tests {
         let t0 = Instant::now();
         let stable = Some(Role::Stable);
         #[rustfmt::skip]
-        let cases: Vec<(&str, Option<Role>, i64, Option<u32>, Option<u64>, u64, u32)> = vec![
+        type Case = (&'static str, Option<Role>, i64, Option<u32>, Option<u64>, u64, u32);
+        let cases: Vec<Case> = vec![
             // name,                                  role,                 depth, prev,    fewer since, now, want
-            ("empty stable keeps min",                stable,               0,     None,    None,     0,  1),
-            ("first round scales straight to depth",  stable,               35,    None,    None,     0,  4),
-            ("scale up at once",                      stable,               41,    Some(1), None,     0,  5),
-            ("never above max",                       stable,               10_000,Some(1), None,     0,  5),
-            ("exact multiple",                        stable,               20,    Some(1), None,     0,  2),
-            ("scale down waits for the delay",        stable,               0,     Some(5), None,     0,  5),
-            ("still waiting after 59 s",              stable,               0,     Some(5), Some(0), 59,  5),
-            ("down after the delay",                  stable,               0,     Some(5), Some(0), 60,  1),
-            ("down to what depth asks, not below",    stable,               25,    Some(5), Some(0), 61,  3),
-            ("unrouted version behaves as stable",    None,                 15,    Some(1), None,     0,  2),
-            ("canary gets min too",                   Some(Role::Canary),   0,     None,    None,     0,  1),
-            ("draining with work keeps workers",      Some(Role::Draining), 3,     Some(4), None,     0,  4),
-            ("draining with work, first round",       Some(Role::Draining), 3,     None,    None,     0,  1),
-            ("draining to zero at once when empty",   Some(Role::Draining), 0,     Some(4), None,     0,  0),
-            ("retired to zero at once",               Some(Role::Retired),  50,    Some(5), None,     0,  0),
+            ("empty stable keeps min", stable, 0, None, None, 0, 1),
+            ("first round scales straight to depth", stable, 35, None, None, 0, 4),
+            ("scale up at once", stable, 41, Some(1), None, 0, 5),
+            ("never above max", stable, 10_000, Some(1), None, 0, 5),
+            ("exact multiple", stable, 20, Some(1), None, 0, 2),
+            ("scale down waits for the delay", stable, 0, Some(5), None, 0, 5),
+            ("still waiting after 59 s", stable, 0, Some(5), Some(0), 59, 5),
+            ("down after the delay", stable, 0, Some(5), Some(0), 60, 1),
+            (
+                "down to what depth asks, not below",
+                stable,
+                25,
+                Some(5),
+                Some(0),
+                61,
+                3,
+            ),
+            ("unrouted version behaves as stable", None, 15, Some(1), None, 0, 2),
+            ("canary gets min too", Some(Role::Canary), 0, None, None, 0, 1),
+            (
+                "draining with work keeps workers",
+                Some(Role::Draining),
+                3,
+                Some(4),
+                None,
+                0,
+                4,
+            ),
+            (
+                "draining with work, first round",
+                Some(Role::Draining),
+                3,
+                None,
+                None,
+                0,
+                1,
+            ),
+            (
+                "draining to zero at once when empty",
+                Some(Role::Draining),
+                0,
+                Some(4),
+                None,
+                0,
+                0,
+            ),
+            ("retired to zero at once", Some(Role::Retired), 50, Some(5), None, 0, 0),
         ];
         for (name, role, depth, prev, since, later, want) in cases {
             let memory = Memory {
@@ -232,7 +265,10 @@ mod tests {
         let d1 = decide(&obs(2), &policy, t0 + Duration::from_secs(1), &m);
         assert_eq!((d1.desired, d1.wanted), (8, 2));
         let d2 = decide(&obs(2), &policy, t0 + Duration::from_secs(5), &d1.memory);
-        assert_eq!(d2.memory.wants_fewer_since, d1.memory.wants_fewer_since, "clock not restarted");
+        assert_eq!(
+            d2.memory.wants_fewer_since, d1.memory.wants_fewer_since,
+            "clock not restarted"
+        );
         let d3 = decide(&obs(9), &policy, t0 + Duration::from_secs(6), &d2.memory);
         assert_eq!((d3.desired, d3.memory.wants_fewer_since), (9, None));
         let d4 = decide(&obs(0), &policy, t0 + Duration::from_secs(7), &d3.memory);

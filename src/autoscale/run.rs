@@ -150,7 +150,8 @@ pub enum ServeError {
 
 /// `ordo autoscaler`: the autoscaler and the rollout controller until `shutdown`.
 pub async fn serve(db: &DbConfig, args: &AutoscalerArgs, shutdown: CancellationToken) -> Result<(), ServeError> {
-    let pool = crate::db::connect(db.require()?, 4).await?;
+    let url = db.require()?;
+    let pool = crate::db::connect(url, 4).await?;
     crate::db::check_schema(&pool).await?;
     // Configure the driver before taking any lease, so a bad setting fails at start.
     let kube = match args.driver {
@@ -163,12 +164,10 @@ pub async fn serve(db: &DbConfig, args: &AutoscalerArgs, shutdown: CancellationT
     let interval = Duration::from_millis(args.interval_ms.max(50));
     let lease = (interval * 5).max(Duration::from_secs(2));
     match (args.driver, kube) {
-        (DriverKind::Kubernetes, Some(driver)) => {
-            run_with(pool, holder, driver, args, interval, lease, shutdown).await
-        }
+        (DriverKind::Kubernetes, Some(driver)) => run_with(pool, holder, driver, args, interval, lease, shutdown).await,
         (DriverKind::Process, _) => {
             let exe = std::env::current_exe().map_err(super::Error::Process)?;
-            let driver = ProcessDriver::new(exe, args.worker_args.clone());
+            let driver = ProcessDriver::new(exe, args.worker_args.clone()).with_env("DATABASE_URL", url);
             run_with(pool, holder, driver, args, interval, lease, shutdown).await;
         }
         _ => run_with(pool, holder, NoneDriver, args, interval, lease, shutdown).await,

@@ -86,12 +86,12 @@ pub async fn put_target<'e>(exec: impl PgExecutor<'e>, pool: &str, t: &ScaleTarg
 
 /// A pool's scaling policy, if it has one.
 pub async fn get_target<'e>(exec: impl PgExecutor<'e>, pool: &str) -> Result<Option<ScaleTarget>> {
-    Ok(sqlx::query_as(
-        "select min, max, target_per_worker, scale_down_delay_s from pool_target where pool = $1",
+    Ok(
+        sqlx::query_as("select min, max, target_per_worker, scale_down_delay_s from pool_target where pool = $1")
+            .bind(pool)
+            .fetch_optional(exec)
+            .await?,
     )
-    .bind(pool)
-    .fetch_optional(exec)
-    .await?)
 }
 
 /// One pool version as the autoscaler sees it.
@@ -161,7 +161,13 @@ pub async fn observe(db: &PgPool, default_version: &str, fresh: Duration) -> Res
     for (pool, target) in &targets {
         let mut versions: BTreeMap<&str, Observed> = BTreeMap::new();
         for (_, v, role) in roles.iter().filter(|(p, _, _)| p == pool) {
-            versions.insert(v, Observed { role: Some(*role), depth: 0 });
+            versions.insert(
+                v,
+                Observed {
+                    role: Some(*role),
+                    depth: 0,
+                },
+            );
         }
         let stable = roles
             .iter()

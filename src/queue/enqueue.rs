@@ -217,7 +217,7 @@ pub async fn enqueue_many(
         version.push(j.version.as_deref());
         trace.push(j.traceparent.as_deref());
     }
-    let rows: Vec<(i64, i64, bool)> = sqlx::query_as(&format!(
+    let rows: Vec<(i64, i64, bool)> = sqlx::query_as(
         r#"
         with input as materialized (
             select nextval('job_id_seq') as id, t.*
@@ -227,6 +227,14 @@ pub async fn enqueue_many(
                  as t(queue, kind, args, priority, max_attempts, run_at, timeout_ms, idempotency_key,
                       fingerprint, concurrency_key, version, traceparent, ord)
         ),
+        -- The active rollout of each queue's pool, looked up once per queue (and not at all without one).
+        routes as materialized (
+            select q.queue, r.state, r.from_version, r.to_version, r.canary_percent
+            from (select distinct queue from input) q
+            join rollout r on r.state in ('canary', 'promoted')
+                          and r.pool = pool_of_queue(q.queue)
+            where (select exists (select 1 from rollout where state in ('canary', 'promoted')))
+        ),
         ins as (
             insert into job (id, account_id, queue, kind, args, state, priority, max_attempts, run_at, timeout_ms,
                              idempotency_key, fingerprint, concurrency_key, version, traceparent)
@@ -234,7 +242,11 @@ pub async fn enqueue_many(
                    case when coalesce(run_at, now()) > now() then 'scheduled' else 'available' end,
                    priority, max_attempts, coalesce(run_at, now()), timeout_ms,
                    idempotency_key, fingerprint, concurrency_key,
-                   coalesce(version, {route}),
+                   coalesce(version, (
+                       select route_pick(rt.state, rt.from_version, rt.to_version, rt.canary_percent,
+                                         coalesce(input.concurrency_key, input.id::text))
+                       from routes rt
+                       where rt.queue = input.queue)),
                    traceparent
             from input
             order by ord
@@ -246,8 +258,7 @@ pub async fn enqueue_many(
         left join ins on ins.id = input.id
         order by input.ord
         "#,
-        route = route_sql("queue", "coalesce(concurrency_key, id::text)")
-    ))
+    )
     .bind(account.as_str())
     .bind(&queue)
     .bind(&kind)

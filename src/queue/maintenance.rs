@@ -158,11 +158,14 @@ pub struct Maintainer {
     prune_after: std::sync::atomic::AtomicI64,
     gauges_at: std::sync::Mutex<Option<std::time::Instant>>,
     /// Label sets published before, so a queue or pool version that emptied is set back to zero.
-    gauge_labels: std::sync::Mutex<(
-        std::collections::BTreeSet<String>,
-        std::collections::BTreeSet<(String, String)>,
-    )>,
+    gauge_labels: std::sync::Mutex<GaugeLabels>,
 }
+
+/// Queues and (pool, version) pairs that have gauges.
+type GaugeLabels = (
+    std::collections::BTreeSet<String>,
+    std::collections::BTreeSet<(String, String)>,
+);
 
 /// The lease that elects the maintenance holder.
 pub const MAINTENANCE_LEASE: &str = "queue.maintenance";

@@ -80,10 +80,9 @@ pub async fn version_outcomes<'e>(
 
 /// The last job id drawn so far (0 when none): a rollout measures its canary over jobs after it.
 pub async fn last_job_id<'e>(exec: impl PgExecutor<'e>) -> Result<i64> {
-    let id: Option<i64> =
-        sqlx::query_scalar("select case when is_called then last_value end from job_id_seq")
-            .fetch_one(exec)
-            .await?;
+    let id: Option<i64> = sqlx::query_scalar("select case when is_called then last_value end from job_id_seq")
+        .fetch_one(exec)
+        .await?;
     Ok(id.unwrap_or(0))
 }
 

@@ -174,16 +174,76 @@ mod tests {
         let t0 = DateTime::<Utc>::from_timestamp(1_700_000_000, 0).expect("valid timestamp");
         let o = |finished, failed| CanaryOutcomes { finished, failed };
         let cases: Vec<(&str, Rollout, CanaryOutcomes, i64, Option<Transition>)> = vec![
-            ("manual canary waits", rollout(Canary, None, None), o(100, 100), 10_000, None),
-            ("failing canary aborts", rollout(Canary, None, Some(0.2)), o(20, 5), 1, Some(Transition::Abort)),
-            ("rate at threshold stays", rollout(Canary, None, Some(0.25)), o(20, 5), 1, None),
-            ("too few attempts to judge", rollout(Canary, None, Some(0.1)), o(5, 5), 1, None),
-            ("auto promote not yet", rollout(Canary, Some(60), None), o(0, 0), 59, None),
-            ("auto promote due", rollout(Canary, Some(60), None), o(0, 0), 60, Some(Transition::Promote)),
-            ("abort wins over promote", rollout(Canary, Some(1), Some(0.0)), o(10, 1), 60, Some(Transition::Abort)),
-            ("promoted offers completion", rollout(Promoted, None, None), o(0, 0), 0, Some(Transition::Complete)),
-            ("completed is left alone", rollout(Completed, Some(1), None), o(0, 0), 60, None),
-            ("aborted is left alone", rollout(Aborted, None, Some(0.0)), o(50, 50), 60, None),
+            (
+                "manual canary waits",
+                rollout(Canary, None, None),
+                o(100, 100),
+                10_000,
+                None,
+            ),
+            (
+                "failing canary aborts",
+                rollout(Canary, None, Some(0.2)),
+                o(20, 5),
+                1,
+                Some(Transition::Abort),
+            ),
+            (
+                "rate at threshold stays",
+                rollout(Canary, None, Some(0.25)),
+                o(20, 5),
+                1,
+                None,
+            ),
+            (
+                "too few attempts to judge",
+                rollout(Canary, None, Some(0.1)),
+                o(5, 5),
+                1,
+                None,
+            ),
+            (
+                "auto promote not yet",
+                rollout(Canary, Some(60), None),
+                o(0, 0),
+                59,
+                None,
+            ),
+            (
+                "auto promote due",
+                rollout(Canary, Some(60), None),
+                o(0, 0),
+                60,
+                Some(Transition::Promote),
+            ),
+            (
+                "abort wins over promote",
+                rollout(Canary, Some(1), Some(0.0)),
+                o(10, 1),
+                60,
+                Some(Transition::Abort),
+            ),
+            (
+                "promoted offers completion",
+                rollout(Promoted, None, None),
+                o(0, 0),
+                0,
+                Some(Transition::Complete),
+            ),
+            (
+                "completed is left alone",
+                rollout(Completed, Some(1), None),
+                o(0, 0),
+                60,
+                None,
+            ),
+            (
+                "aborted is left alone",
+                rollout(Aborted, None, Some(0.0)),
+                o(50, 50),
+                60,
+                None,
+            ),
         ];
         for (name, r, outcomes, secs, want) in cases {
             let got = decide(&r, outcomes, t0 + chrono::TimeDelta::seconds(secs)).map(|(t, _)| t);

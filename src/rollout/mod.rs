@@ -22,8 +22,8 @@ mod store;
 
 pub use controller::{Controller, ROLLOUT_LEASE};
 pub use store::{
-    abort, announce_version, get, list_pools, pool_queues, promote, put_pool, role_of, start, try_complete,
-    NewRollout, PoolVersionView, PoolView, Rollout, WorkerPool,
+    abort, announce_version, get, list_pools, pool_queues, promote, put_pool, role_of, start, try_complete, NewRollout,
+    PoolVersionView, PoolView, Rollout, WorkerPool,
 };
 
 use crate::queue::FieldError;
@@ -186,7 +186,10 @@ mod tests {
             let got = from.apply(t);
             match want {
                 Some(to) => assert_eq!(got.ok(), Some(to), "{from:?} --{t:?}-->"),
-                None => assert!(matches!(got, Err(Error::Conflict { .. })), "{from:?} --{t:?}--> must conflict"),
+                None => assert!(
+                    matches!(got, Err(Error::Conflict { .. })),
+                    "{from:?} --{t:?}--> must conflict"
+                ),
             }
         }
     }

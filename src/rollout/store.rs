@@ -88,7 +88,10 @@ impl NewRollout {
     fn validate(&self) -> Result<()> {
         let mut errs = Vec::new();
         if !valid_name(&self.version) {
-            errs.push(FieldError::new("/version", "must be 1 to 63 characters of a-z, A-Z, 0-9, '.', '_', '-'"));
+            errs.push(FieldError::new(
+                "/version",
+                "must be 1 to 63 characters of a-z, A-Z, 0-9, '.', '_', '-'",
+            ));
         }
         if let Some(p) = self.canary_percent {
             if !(0..=100).contains(&p) {
@@ -116,7 +119,9 @@ impl NewRollout {
 /// Pool and version names: what a Kubernetes Deployment name (`ordo-worker-<pool>-<version>`) can carry once
 /// lowercased, plus `.` and `_`.
 fn valid_name(s: &str) -> bool {
-    (1..=63).contains(&s.len()) && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    (1..=63).contains(&s.len())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 /// A pool and the queues it serves.
@@ -161,7 +166,10 @@ pub struct PoolView {
 pub async fn put_pool(db: &PgPool, pool: &str, queues: &[String]) -> Result<WorkerPool> {
     let mut errs = Vec::new();
     if !valid_name(pool) {
-        errs.push(FieldError::new("/pool", "must be 1 to 63 characters of a-z, A-Z, 0-9, '.', '_', '-'"));
+        errs.push(FieldError::new(
+            "/pool",
+            "must be 1 to 63 characters of a-z, A-Z, 0-9, '.', '_', '-'",
+        ));
     }
     for (i, q) in queues.iter().enumerate() {
         if q.is_empty() || q.len() > 255 {
@@ -169,7 +177,10 @@ pub async fn put_pool(db: &PgPool, pool: &str, queues: &[String]) -> Result<Work
         }
     }
     if pool != "default" && queues.iter().any(|q| q == "default") {
-        errs.push(FieldError::new("/queues", "queue `default` always belongs to pool `default`"));
+        errs.push(FieldError::new(
+            "/queues",
+            "queue `default` always belongs to pool `default`",
+        ));
     }
     if !errs.is_empty() {
         return Err(Error::Invalid(errs));
@@ -259,11 +270,13 @@ pub async fn announce_version(db: &PgPool, pool: &str, version: &str, queues: &[
 /// The role of a pool version (None: never part of a rollout, and not the pool's first version). One primary-key
 /// probe: workers call it on every heartbeat.
 pub async fn role_of<'e>(exec: impl PgExecutor<'e>, pool: &str, version: &str) -> Result<Option<Role>> {
-    Ok(sqlx::query_scalar("select role from pool_version where pool = $1 and version = $2")
-        .bind(pool)
-        .bind(version)
-        .fetch_optional(exec)
-        .await?)
+    Ok(
+        sqlx::query_scalar("select role from pool_version where pool = $1 and version = $2")
+            .bind(pool)
+            .bind(version)
+            .fetch_optional(exec)
+            .await?,
+    )
 }
 
 async fn set_role(conn: &mut PgConnection, pool: &str, version: &str, role: Role) -> Result<()> {
@@ -319,11 +332,13 @@ pub(super) async fn recently_finished<'e>(exec: impl PgExecutor<'e>, within: Dur
 }
 
 async fn lock(conn: &mut PgConnection, id: i64) -> Result<Rollout> {
-    sqlx::query_as(&format!("select {ROLLOUT_COLUMNS} from rollout where id = $1 for update"))
-        .bind(id)
-        .fetch_optional(&mut *conn)
-        .await?
-        .ok_or(Error::NotFound { id })
+    sqlx::query_as(&format!(
+        "select {ROLLOUT_COLUMNS} from rollout where id = $1 for update"
+    ))
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or(Error::NotFound { id })
 }
 
 /// Starts a canary of `req.version` against the pool's stable version (or, before any rollout, the one version
@@ -375,7 +390,10 @@ pub async fn start(db: &PgPool, req: &NewRollout) -> Result<Rollout> {
     };
     if from == req.version {
         return Err(Error::Conflict {
-            message: format!("version {:?} is already the stable version of pool {:?}", from, req.pool),
+            message: format!(
+                "version {:?} is already the stable version of pool {:?}",
+                from, req.pool
+            ),
         });
     }
     let start_job_id = queue::last_job_id(&mut *tx).await?;
@@ -538,7 +556,12 @@ pub async fn list_pools(db: &PgPool, fresh: Duration) -> Result<Vec<PoolView>> {
                 RolloutState::Promoted => r.to_version.clone(),
                 _ => r.from_version.clone(),
             })
-            .or_else(|| versions.values().find(|v| v.role == Role::Stable).map(|v| v.version.clone()));
+            .or_else(|| {
+                versions
+                    .values()
+                    .find(|v| v.role == Role::Stable)
+                    .map(|v| v.version.clone())
+            });
         for d in depth.iter().filter(|d| d.pool == p.pool) {
             let Some(v) = d.version.clone().or_else(|| stable.clone()) else {
                 continue;

@@ -230,6 +230,10 @@ pub async fn serve(
         ..queue::Retention::default()
     };
     let maintenance = tokio::spawn(maintainer.run(shutdown.child_token()));
+    // Rollouts also advance (auto-promote, auto-abort, completion) where no autoscaler runs; the controller has a
+    // lease of its own, so running it here and in the autoscaler is harmless.
+    let rollouts =
+        tokio::spawn(crate::rollout::Controller::new(pool.clone(), holder.clone()).run(shutdown.child_token()));
     let mut scheduler = Scheduler::new(pool, holder, waker);
     scheduler.tick = args.tick();
     scheduler.lease = args.lease();
@@ -237,6 +241,9 @@ pub async fn serve(
     scheduler.run(shutdown).await;
     if let Err(e) = maintenance.await {
         tracing::warn!(error = %e, "queue maintenance task failed");
+    }
+    if let Err(e) = rollouts.await {
+        tracing::warn!(error = %e, "rollout controller task failed");
     }
     Ok(())
 }

@@ -7,6 +7,7 @@ mod isolation;
 mod jobs;
 mod openapi;
 mod outage;
+mod pools;
 mod schedules;
 
 use std::time::Duration;

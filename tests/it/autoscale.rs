@@ -16,6 +16,24 @@ use tokio::process::Command;
 
 use crate::support::{acct, create_execution_table, signal};
 
+/// SIGTERMs the autoscaler when a test ends early, so its worker children are stopped too (a SIGKILL from
+/// `kill_on_drop` would orphan them).
+struct TermOnDrop(u32);
+
+impl Drop for TermOnDrop {
+    fn drop(&mut self) {
+        let pid = self.0.to_string();
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .stderr(Stdio::null())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::path::Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
 /// Pids of live worker processes (fresh heartbeat) that are still running.
 async fn live_pids(pool: &PgPool) -> HashSet<i32> {
     let rows: Vec<i32> =
@@ -41,7 +59,7 @@ async fn process_driver_follows_the_backlog_and_replaces_dead_workers() {
             min: 1,
             max: 3,
             target_per_worker: 10,
-            scale_down_delay_s: 2,
+            scale_down_delay_s: 4,
         },
     )
     .await
@@ -54,9 +72,10 @@ async fn process_driver_follows_the_backlog_and_replaces_dead_workers() {
         .env("ORDO_LEASE_MS", "1500")
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
-        .kill_on_drop(true)
+        .stdout(Stdio::null())
         .spawn()
         .unwrap();
+    let _guard = TermOnDrop(scaler.id().unwrap());
     eventually(Duration::from_secs(30), "the minimum of one worker", || async {
         (live_pids(&db.pool).await.len() == 1).then_some(())
     })
@@ -75,20 +94,23 @@ async fn process_driver_follows_the_backlog_and_replaces_dead_workers() {
     // One interval to decide plus a worker's start-up and first heartbeat.
     let up = t0.elapsed();
     assert!(up < Duration::from_secs(5), "scaled up in {up:?}");
+    eprintln!("process driver: 1 -> 3 workers in {up:?} (interval 500 ms)");
 
     eventually(Duration::from_secs(60), "the backlog to drain", || async {
         (crate::support::count_state(&db.pool, "completed").await == 100).then_some(())
     })
     .await;
-    let drained = Instant::now();
+    // The last wave (4 jobs of 1.5 s) wants one worker; the 4 s delay keeps three until after it finished.
+    assert_eq!(live_pids(&db.pool).await.len(), 3, "no scale-down before the delay");
     eventually(Duration::from_secs(30), "back to the minimum", || async {
         (live_pids(&db.pool).await.len() == 1).then_some(())
     })
     .await;
-    assert!(drained.elapsed() >= Duration::from_secs(2), "waited for the scale-down delay");
 
     let victim = *live_pids(&db.pool).await.iter().next().unwrap();
-    let _ = std::process::Command::new("kill").args(["-KILL", &victim.to_string()]).status();
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", &victim.to_string()])
+        .status();
     eventually(Duration::from_secs(30), "a replacement worker", || async {
         let pids = live_pids(&db.pool).await;
         (pids.len() == 1 && !pids.contains(&victim)).then_some(())
@@ -102,10 +124,12 @@ async fn process_driver_follows_the_backlog_and_replaces_dead_workers() {
         .unwrap();
     assert!(status.success(), "exit status {status:?}");
     eventually(Duration::from_secs(30), "its workers to deregister", || async {
-        let n: i64 = sqlx::query_scalar("select count(*) from worker where not stopping and heartbeat_at > now() - interval '2 seconds'")
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
+        let n: i64 = sqlx::query_scalar(
+            "select count(*) from worker where not stopping and heartbeat_at > now() - interval '2 seconds'",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
         (n == 0).then_some(())
     })
     .await;
@@ -130,7 +154,9 @@ async fn fake_kube_api() -> (String, Arc<Mutex<Vec<Seen>>>) {
     let log = seen.clone();
     tokio::spawn(async move {
         loop {
-            let Ok((mut sock, _)) = listener.accept().await else { return };
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
             let log = log.clone();
             tokio::spawn(async move {
                 let mut buf = Vec::new();
@@ -169,9 +195,15 @@ async fn fake_kube_api() -> (String, Arc<Mutex<Vec<Seen>>>) {
                             body: serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
                         });
                         let (status, body) = if path.contains("-missing/") {
-                            ("404 Not Found", r#"{"kind":"Status","message":"deployments.apps \"x\" not found","code":404}"#)
+                            (
+                                "404 Not Found",
+                                r#"{"kind":"Status","message":"deployments.apps \"x\" not found","code":404}"#,
+                            )
                         } else if path.contains("-busy/") {
-                            ("409 Conflict", r#"{"kind":"Status","message":"the object has been modified","code":409}"#)
+                            (
+                                "409 Conflict",
+                                r#"{"kind":"Status","message":"the object has been modified","code":409}"#,
+                            )
                         } else {
                             ("200 OK", r#"{"kind":"Scale","spec":{"replicas":1}}"#)
                         };
@@ -210,7 +242,10 @@ fn want(pool: &str, version: &str, workers: u32) -> Desired {
 async fn kubernetes_driver_patches_the_scale_subresource() {
     let (base, seen) = fake_kube_api().await;
     let mut driver = KubernetesDriver::new(&base, "jobs", Some("sekret".into())).unwrap();
-    driver.apply(&[want("default", "v1", 3), want("emails", "V2.1", 0)]).await.unwrap();
+    driver
+        .apply(&[want("default", "v1", 3), want("emails", "V2.1", 0)])
+        .await
+        .unwrap();
     let expected = vec![
         Seen {
             method: "PATCH".into(),
@@ -230,9 +265,15 @@ async fn kubernetes_driver_patches_the_scale_subresource() {
     assert_eq!(*seen.lock().unwrap(), expected);
 
     // Unchanged counts send nothing; a change sends one patch.
-    driver.apply(&[want("default", "v1", 3), want("emails", "V2.1", 0)]).await.unwrap();
+    driver
+        .apply(&[want("default", "v1", 3), want("emails", "V2.1", 0)])
+        .await
+        .unwrap();
     assert_eq!(seen.lock().unwrap().len(), 2);
-    driver.apply(&[want("default", "v1", 5), want("emails", "V2.1", 0)]).await.unwrap();
+    driver
+        .apply(&[want("default", "v1", 5), want("emails", "V2.1", 0)])
+        .await
+        .unwrap();
     let all = seen.lock().unwrap().clone();
     assert_eq!(all.len(), 3);
     assert_eq!(all[2].body, json!({"spec": {"replicas": 5}}));
@@ -275,7 +316,11 @@ async fn autoscaler_round_decides_per_pool_version() {
     .unwrap();
     let mut a = autoscale::Autoscaler::new(db.pool.clone(), "test".into(), autoscale::NoneDriver);
     let d = a.round().await.unwrap().unwrap();
-    assert_eq!(d, vec![want("default", "v1", 1)], "a fresh pool gets its default version at min");
+    assert_eq!(
+        d,
+        vec![want("default", "v1", 1)],
+        "a fresh pool gets its default version at min"
+    );
 
     let q = queue::Queue::new(db.pool.clone(), ordo::wake::Waker::disabled());
     q.enqueue_many(&acct(), (0..25).map(|_| NewJob::new("noop", json!({}))).collect())
@@ -296,7 +341,7 @@ async fn autoscaler_round_decides_per_pool_version() {
         .unwrap();
     ordo::rollout::promote(&db.pool, r.id).await.unwrap();
     let d = a.round().await.unwrap().unwrap();
-    // v1 (draining) still has its 25 unrouted-before-rollout jobs? No: unrouted work belongs to the stable
-    // version, now v2; v1 has no routed work left, so it goes to zero at once.
+    // Unrouted work (the 25 from before the rollout) belongs to the stable version, now v2, with the 15 routed
+    // to it; v1 is draining with nothing routed to it, so it goes to zero at once.
     assert_eq!(d, vec![want("default", "v1", 0), want("default", "v2", 4)]);
 }

@@ -7,6 +7,7 @@ mod api;
 mod autoscale;
 mod crash;
 mod deploy;
+mod orchestration;
 mod queue;
 mod rollout;
 mod sandbox;

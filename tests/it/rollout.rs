@@ -12,7 +12,9 @@ use ordo::testkit::{self, eventually};
 use serde_json::json;
 use sqlx::PgPool;
 
-use crate::support::{acct, count_state, create_execution_table, fast_config, signal, spawn_worker_process, start_worker};
+use crate::support::{
+    acct, count_state, create_execution_table, fast_config, signal, spawn_worker_process, start_worker,
+};
 
 fn keyed(kind: &str, args: serde_json::Value, key: &str) -> NewJob {
     let mut j = NewJob::new(kind, args);
@@ -54,16 +56,25 @@ async fn canary_routes_by_weight_sticky_per_key_and_promote_routes_all_new_work(
     assert_eq!(before.job.version, None, "no rollout: no version");
 
     let r = start_canary(&db.pool, 30).await;
-    assert_eq!((r.from_version.as_str(), r.to_version.as_str(), r.state), ("v1", "v2", RolloutState::Canary));
+    assert_eq!(
+        (r.from_version.as_str(), r.to_version.as_str(), r.state),
+        ("v1", "v2", RolloutState::Canary)
+    );
     let jobs: Vec<NewJob> = (0..2000)
         .map(|i| keyed("noop", json!({}), &format!("order-{}", i % 200)))
         .collect();
     q.enqueue_many(&acct(), jobs).await.unwrap();
     let by_key = versions_by_key(&db.pool, 0).await;
     assert_eq!(by_key.len(), 200);
-    assert!(by_key.values().all(|v| v.len() == 1), "every job of a key has one version");
+    assert!(
+        by_key.values().all(|v| v.len() == 1),
+        "every job of a key has one version"
+    );
     let canary_keys = by_key.values().filter(|v| v.contains("v2")).count();
-    assert!((40..=80).contains(&canary_keys), "about 30 % of 200 keys on the canary: {canary_keys}");
+    assert!(
+        (40..=80).contains(&canary_keys),
+        "about 30 % of 200 keys on the canary: {canary_keys}"
+    );
     let canary_jobs = sqlx::query_scalar::<_, i64>("select count(*) from job where version = 'v2'")
         .fetch_one(&db.pool)
         .await
@@ -80,12 +91,21 @@ async fn canary_routes_by_weight_sticky_per_key_and_promote_routes_all_new_work(
             other => panic!("routed to {other:?}"),
         }
     }
-    assert!((50..=130).contains(&v2), "about 30 % of 300 keyless jobs on the canary: {v2}");
+    assert!(
+        (50..=130).contains(&v2),
+        "about 30 % of 300 keyless jobs on the canary: {v2}"
+    );
 
     let promoted = rollout::promote(&db.pool, r.id).await.unwrap();
     assert_eq!(promoted.state, RolloutState::Promoted);
-    assert_eq!(rollout::role_of(&db.pool, "default", "v1").await.unwrap(), Some(Role::Draining));
-    assert_eq!(rollout::role_of(&db.pool, "default", "v2").await.unwrap(), Some(Role::Stable));
+    assert_eq!(
+        rollout::role_of(&db.pool, "default", "v1").await.unwrap(),
+        Some(Role::Draining)
+    );
+    assert_eq!(
+        rollout::role_of(&db.pool, "default", "v2").await.unwrap(),
+        Some(Role::Stable)
+    );
     let last = queue::last_job_id(&db.pool).await.unwrap();
     let jobs: Vec<NewJob> = (0..500)
         .map(|i| keyed("noop", json!({}), &format!("order-{}", i % 200)))
@@ -96,15 +116,25 @@ async fn canary_routes_by_weight_sticky_per_key_and_promote_routes_all_new_work(
         .fetch_all(&db.pool)
         .await
         .unwrap();
-    assert_eq!(after, vec![Some("v2".to_owned())], "after promote all new work goes to v2");
+    assert_eq!(
+        after,
+        vec![Some("v2".to_owned())],
+        "after promote all new work goes to v2"
+    );
 
     // Illegal transitions and a second rollout are conflicts.
-    assert!(matches!(rollout::promote(&db.pool, r.id).await, Err(rollout::Error::Conflict { .. })));
+    assert!(matches!(
+        rollout::promote(&db.pool, r.id).await,
+        Err(rollout::Error::Conflict { .. })
+    ));
     assert!(matches!(
         rollout::start(&db.pool, &NewRollout::new("default", "v3")).await,
         Err(rollout::Error::Conflict { .. })
     ));
-    assert!(matches!(rollout::get(&db.pool, 999).await, Err(rollout::Error::NotFound { id: 999 })));
+    assert!(matches!(
+        rollout::get(&db.pool, 999).await,
+        Err(rollout::Error::NotFound { id: 999 })
+    ));
 }
 
 /// Abort moves every unstarted canary job back to the stable version in one statement; with only stable workers
@@ -131,10 +161,22 @@ async fn abort_returns_unstarted_canary_work_to_stable() {
         .await
         .unwrap();
     assert_eq!(left, 0, "no job waits for the aborted canary");
-    assert_eq!(rollout::role_of(&db.pool, "default", "v2").await.unwrap(), Some(Role::Retired));
-    assert_eq!(rollout::role_of(&db.pool, "default", "v1").await.unwrap(), Some(Role::Stable));
-    assert!(matches!(rollout::promote(&db.pool, r.id).await, Err(rollout::Error::Conflict { .. })));
-    assert!(matches!(rollout::abort(&db.pool, r.id, None).await, Err(rollout::Error::Conflict { .. })));
+    assert_eq!(
+        rollout::role_of(&db.pool, "default", "v2").await.unwrap(),
+        Some(Role::Retired)
+    );
+    assert_eq!(
+        rollout::role_of(&db.pool, "default", "v1").await.unwrap(),
+        Some(Role::Stable)
+    );
+    assert!(matches!(
+        rollout::promote(&db.pool, r.id).await,
+        Err(rollout::Error::Conflict { .. })
+    ));
+    assert!(matches!(
+        rollout::abort(&db.pool, r.id, None).await,
+        Err(rollout::Error::Conflict { .. })
+    ));
 
     // A retired version claims nothing: its worker stops on its own and every job runs on v1.
     let mut cfg2 = fast_config();
@@ -182,15 +224,22 @@ async fn failing_canary_is_aborted_automatically() {
         .collect();
     q.enqueue_many(&acct(), jobs).await.unwrap();
     let controller = rollout::Controller::new(db.pool.clone(), "test-controller".into());
-    let done = eventually(Duration::from_secs(60), "the controller to abort the canary", || async {
-        controller.round().await.unwrap();
-        let r = rollout::get(&db.pool, r.id).await.unwrap();
-        (r.state == RolloutState::Aborted).then_some(r)
-    })
+    let done = eventually(
+        Duration::from_secs(60),
+        "the controller to abort the canary",
+        || async {
+            controller.round().await.unwrap();
+            let r = rollout::get(&db.pool, r.id).await.unwrap();
+            (r.state == RolloutState::Aborted).then_some(r)
+        },
+    )
     .await;
     let reason = done.reason.unwrap_or_default();
     assert!(reason.contains("failure rate"), "reason: {reason}");
-    assert_eq!(rollout::role_of(&db.pool, "default", "v2").await.unwrap(), Some(Role::Retired));
+    assert_eq!(
+        rollout::role_of(&db.pool, "default", "v2").await.unwrap(),
+        Some(Role::Retired)
+    );
     tokio::time::timeout(Duration::from_secs(30), w2.handle)
         .await
         .expect("the aborted canary's worker stops by itself")
@@ -233,7 +282,11 @@ async fn retries_during_a_canary_are_routed_again_and_errors_name_the_version() 
         let j = queue::get(&db.pool, &acct(), o.id).await.unwrap();
         let want = &routed[&o.id.0];
         assert_eq!(j.version.as_ref(), Some(want), "job {} ran on its routed version", o.id);
-        assert_eq!(j.errors[0]["version"], json!(want), "the failed attempt names its version");
+        assert_eq!(
+            j.errors[0]["version"],
+            json!(want),
+            "the failed attempt names its version"
+        );
     }
     w1.stop().await;
     w2.stop().await;
@@ -287,13 +340,17 @@ async fn rollout_under_load_with_worker_processes() {
             }
         })
     };
-    eventually(Duration::from_secs(60), "2000 canary-phase jobs to complete", || async {
-        let n: i64 = sqlx::query_scalar("select count(*) from job where state = 'completed'")
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
-        (n >= 2000).then_some(())
-    })
+    eventually(
+        Duration::from_secs(60),
+        "2000 canary-phase jobs to complete",
+        || async {
+            let n: i64 = sqlx::query_scalar("select count(*) from job where state = 'completed'")
+                .fetch_one(&db.pool)
+                .await
+                .unwrap();
+            (n >= 2000).then_some(())
+        },
+    )
     .await;
     {
         let mut phase = phase.lock().await;
@@ -325,7 +382,10 @@ async fn rollout_under_load_with_worker_processes() {
     .await
     .unwrap();
     let share = v2 as f64 / (v1 + v2) as f64;
-    assert!((0.18..=0.42).contains(&share), "canary share {share:.3} (v1 {v1}, v2 {v2})");
+    assert!(
+        (0.18..=0.42).contains(&share),
+        "canary share {share:.3} (v1 {v1}, v2 {v2})"
+    );
     let mixed: i64 = sqlx::query_scalar(
         r#"
         select count(*) from (
@@ -339,11 +399,10 @@ async fn rollout_under_load_with_worker_processes() {
     .unwrap();
     assert_eq!(mixed, 0, "no key ran on both versions during the canary");
     // After promote: only v2 starts new work.
-    let old: i64 =
-        sqlx::query_scalar("select count(*) from job where args->>'phase' = 'promoted' and version <> 'v2'")
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
+    let old: i64 = sqlx::query_scalar("select count(*) from job where args->>'phase' = 'promoted' and version <> 'v2'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
     assert_eq!(old, 0, "no job enqueued after promote ran on v1");
     let blue_pids: Vec<i32> = blue.iter().map(|c| c.id().unwrap() as i32).collect();
     let blue_runs: i64 = sqlx::query_scalar(
@@ -361,11 +420,10 @@ async fn rollout_under_load_with_worker_processes() {
     .unwrap();
     assert_eq!(blue_runs, 0, "v1 processes started nothing enqueued after promote");
     // Exactly once.
-    let (execs, distinct): (i64, i64) =
-        sqlx::query_as("select count(*), count(distinct job_id) from test_execution")
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
+    let (execs, distinct): (i64, i64) = sqlx::query_as("select count(*), count(distinct job_id) from test_execution")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
     assert_eq!((execs, distinct), (total, total), "every job ran exactly once");
 
     // The controller completes the rollout once v1 drained; v1's workers then exit 0 on their own.
@@ -376,7 +434,10 @@ async fn rollout_under_load_with_worker_processes() {
         (r.state == RolloutState::Completed).then_some(())
     })
     .await;
-    assert_eq!(rollout::role_of(&db.pool, "default", "v1").await.unwrap(), Some(Role::Retired));
+    assert_eq!(
+        rollout::role_of(&db.pool, "default", "v1").await.unwrap(),
+        Some(Role::Retired)
+    );
     for c in blue.iter_mut() {
         let status = tokio::time::timeout(Duration::from_secs(30), c.wait())
             .await
@@ -386,11 +447,55 @@ async fn rollout_under_load_with_worker_processes() {
     }
     let pools = rollout::list_pools(&db.pool, Duration::from_secs(30)).await.unwrap();
     let default = pools.iter().find(|p| p.pool == "default").unwrap();
-    let roles: Vec<(&str, Role, i16)> =
-        default.versions.iter().map(|v| (v.version.as_str(), v.role, v.weight)).collect();
+    let roles: Vec<(&str, Role, i16)> = default
+        .versions
+        .iter()
+        .map(|v| (v.version.as_str(), v.role, v.weight))
+        .collect();
     assert_eq!(roles, vec![("v1", Role::Retired, 0), ("v2", Role::Stable, 100)]);
     for mut c in green {
         signal(&c, "-TERM");
         assert!(c.wait().await.unwrap().success());
+    }
+}
+
+/// Measurement, not a check (run with `--ignored --nocapture`): enqueue and drain rates of 20 000 no-op jobs with
+/// no rollout and during a 50 % canary (two workers either way).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore]
+async fn routing_overhead_on_enqueue_and_drain() {
+    for canary in [false, true, false, true] {
+        let db = testkit::db_with_max(20).await;
+        let q = queue::Queue::new(db.pool.clone(), ordo::wake::Waker::disabled());
+        if canary {
+            start_canary(&db.pool, 50).await;
+        }
+        queue::pause(&db.pool, &acct(), "default").await.unwrap();
+        let n = 20_000;
+        let t0 = std::time::Instant::now();
+        for chunk in 0..(n / 1000) {
+            let jobs: Vec<NewJob> = (0..1000)
+                .map(|i| keyed("noop", json!({}), &format!("k{}", (chunk * 1000 + i) % 5000)))
+                .collect();
+            q.enqueue_many(&acct(), jobs).await.unwrap();
+        }
+        let enqueue = n as f64 / t0.elapsed().as_secs_f64();
+        let mut cfg = fast_config();
+        cfg.concurrency = 64;
+        let w1 = start_worker(&db.pool, cfg.clone());
+        if canary {
+            cfg.version = "v2".into();
+        }
+        let w2 = start_worker(&db.pool, cfg);
+        let t1 = std::time::Instant::now();
+        queue::resume(&db.pool, &acct(), "default").await.unwrap();
+        eventually(Duration::from_secs(300), "the backlog to drain", || async {
+            (count_state(&db.pool, "completed").await == n as i64).then_some(())
+        })
+        .await;
+        let drain = n as f64 / t1.elapsed().as_secs_f64();
+        eprintln!("canary={canary} enqueue_per_s={enqueue:.0} drain_per_s={drain:.0}");
+        w1.stop().await;
+        w2.stop().await;
     }
 }

@@ -44,6 +44,7 @@
 
 pub mod builtin;
 pub mod http;
+pub mod rules;
 pub mod step;
 
 pub use step::{parse_args, BoxFuture, Handler, Outcome, Registry, ResultExt, StepContext, StepError};

@@ -1,0 +1,246 @@
+//! `/api/pools` and `/api/rollouts` (admin): pools and their queues, versions, rollouts and scaling policies
+//! (CONTRACT §8). Business rules live in [`crate::rollout`] and [`crate::autoscale`]; these handlers only parse,
+//! call and render.
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use axum::Json;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::ToSchema;
+
+use super::auth::Admin;
+use super::error::{ApiError, Problem};
+use super::extract::{ApiPath, JsonBody};
+use super::AppState;
+use crate::autoscale::{self, ScaleTarget};
+use crate::queue::FieldError;
+use crate::rollout::{self, NewRollout, PoolView, Rollout, WorkerPool};
+
+/// A worker counts while its heartbeat is this fresh: three heartbeat intervals of the default 30 s lease.
+const LIVE_WORKER: Duration = Duration::from_secs(30);
+
+impl From<rollout::Error> for ApiError {
+    fn from(e: rollout::Error) -> Self {
+        use rollout::Error as R;
+        match e {
+            e @ (R::NotFound { .. } | R::PoolNotFound { .. }) => ApiError::NotFound(e.to_string()),
+            R::Conflict { message } => ApiError::Conflict {
+                detail: message,
+                errors: Vec::new(),
+            },
+            R::Invalid(errs) => ApiError::Invalid(errs),
+            R::Queue(e) => e.into(),
+            R::Database(e) => e.into(),
+        }
+    }
+}
+
+impl From<autoscale::Error> for ApiError {
+    fn from(e: autoscale::Error) -> Self {
+        use autoscale::Error as A;
+        match e {
+            e @ A::PoolNotFound { .. } => ApiError::NotFound(e.to_string()),
+            A::Invalid(errs) => ApiError::Invalid(errs),
+            A::Database(e) => e.into(),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+/// Parses a body into `T`; a wrong shape is a 422 naming the field serde stopped at.
+fn parse<T: DeserializeOwned>(body: Value) -> Result<T, ApiError> {
+    if !body.is_object() {
+        return Err(ApiError::invalid("", "must be an object"));
+    }
+    serde_json::from_value(body).map_err(|e| {
+        let msg = e.to_string();
+        let path = msg
+            .split('`')
+            .nth(1)
+            .filter(|_| msg.starts_with("unknown field") || msg.starts_with("missing field"))
+            .map(|f| format!("/{f}"))
+            .unwrap_or_default();
+        ApiError::Invalid(vec![FieldError::new(path, msg)])
+    })
+}
+
+/// `PUT /api/pools/{pool}` body.
+#[derive(Debug, serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PutPoolBody {
+    /// Queues the pool serves (pool `default` always serves `default` and every queue no other pool lists).
+    pub queues: Vec<String>,
+}
+
+/// `GET /api/pools` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PoolPage {
+    /// Every pool.
+    pub items: Vec<PoolView>,
+    /// Always null: all pools fit one page.
+    pub next_cursor: Option<String>,
+}
+
+/// Create a pool or replace its queues.
+#[utoipa::path(
+    put,
+    path = "/api/pools/{pool}",
+    tag = "pools",
+    params(("pool" = String, Path, description = "Pool name")),
+    request_body = PutPoolBody,
+    responses(
+        (status = 200, description = "The pool", body = WorkerPool),
+        (status = 409, description = "A queue already belongs to another pool", body = Problem),
+        (status = 422, description = "Invalid fields", body = Problem),
+    ),
+    security(("admin" = []))
+)]
+#[tracing::instrument(skip_all, fields(pool = %pool))]
+pub async fn put(
+    _: Admin,
+    state: axum::extract::State<AppState>,
+    ApiPath(pool): ApiPath<String>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<WorkerPool>, ApiError> {
+    let body: PutPoolBody = parse(body)?;
+    Ok(Json(rollout::put_pool(state.pool(), &pool, &body.queues).await?))
+}
+
+/// Every pool with its versions: role, weight, live workers and depth.
+#[utoipa::path(
+    get,
+    path = "/api/pools",
+    tag = "pools",
+    responses((status = 200, description = "Pools", body = PoolPage)),
+    security(("admin" = []))
+)]
+#[tracing::instrument(skip_all)]
+pub async fn list(_: Admin, state: axum::extract::State<AppState>) -> Result<Json<PoolPage>, ApiError> {
+    let items = rollout::list_pools(state.pool(), LIVE_WORKER).await?;
+    Ok(Json(PoolPage {
+        items,
+        next_cursor: None,
+    }))
+}
+
+/// Set a pool's scaling policy.
+#[utoipa::path(
+    put,
+    path = "/api/pools/{pool}/scaling",
+    tag = "pools",
+    params(("pool" = String, Path, description = "Pool name")),
+    request_body = ScaleTarget,
+    responses(
+        (status = 200, description = "The policy", body = ScaleTarget),
+        (status = 404, description = "No such pool", body = Problem),
+        (status = 422, description = "Invalid fields", body = Problem),
+    ),
+    security(("admin" = []))
+)]
+#[tracing::instrument(skip_all, fields(pool = %pool))]
+pub async fn put_scaling(
+    _: Admin,
+    state: axum::extract::State<AppState>,
+    ApiPath(pool): ApiPath<String>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<ScaleTarget>, ApiError> {
+    let target: ScaleTarget = parse(body)?;
+    Ok(Json(autoscale::put_target(state.pool(), &pool, &target).await?))
+}
+
+/// Start a canary of a new version of a pool.
+#[utoipa::path(
+    post,
+    path = "/api/rollouts",
+    tag = "pools",
+    request_body = NewRollout,
+    responses(
+        (status = 201, description = "The rollout", body = Rollout),
+        (status = 404, description = "No such pool", body = Problem),
+        (status = 409, description = "An active rollout exists, or no stable version to roll out from", body = Problem),
+        (status = 422, description = "Invalid fields", body = Problem),
+    ),
+    security(("admin" = []))
+)]
+#[tracing::instrument(skip_all)]
+pub async fn create_rollout(
+    _: Admin,
+    state: axum::extract::State<AppState>,
+    JsonBody(body): JsonBody,
+) -> Result<(StatusCode, Json<Rollout>), ApiError> {
+    let req: NewRollout = parse(body)?;
+    Ok((StatusCode::CREATED, Json(rollout::start(state.pool(), &req).await?)))
+}
+
+fn rollout_id(id: &str) -> Result<i64, ApiError> {
+    id.parse()
+        .map_err(|_| ApiError::NotFound(format!("rollout {id} not found")))
+}
+
+/// Read one rollout.
+#[utoipa::path(
+    get,
+    path = "/api/rollouts/{id}",
+    tag = "pools",
+    params(("id" = String, Path, description = "Rollout id")),
+    responses(
+        (status = 200, description = "The rollout", body = Rollout),
+        (status = 404, description = "No such rollout", body = Problem),
+    ),
+    security(("admin" = []))
+)]
+#[tracing::instrument(skip_all, fields(rollout.id = %id))]
+pub async fn get_rollout(
+    _: Admin,
+    state: axum::extract::State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<Rollout>, ApiError> {
+    Ok(Json(rollout::get(state.pool(), rollout_id(&id)?).await?))
+}
+
+/// Promote a canary: all new work goes to the new version; the old one drains and is then retired.
+#[utoipa::path(
+    post,
+    path = "/api/rollouts/{id}/promote",
+    tag = "pools",
+    params(("id" = String, Path, description = "Rollout id")),
+    responses(
+        (status = 200, description = "The rollout", body = Rollout),
+        (status = 404, description = "No such rollout", body = Problem),
+        (status = 409, description = "Not a canary", body = Problem),
+    ),
+    security(("admin" = []))
+)]
+#[tracing::instrument(skip_all, fields(rollout.id = %id))]
+pub async fn promote(
+    _: Admin,
+    state: axum::extract::State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<Rollout>, ApiError> {
+    Ok(Json(rollout::promote(state.pool(), rollout_id(&id)?).await?))
+}
+
+/// Abort a rollout: the new version's unstarted work returns to the old version.
+#[utoipa::path(
+    post,
+    path = "/api/rollouts/{id}/abort",
+    tag = "pools",
+    params(("id" = String, Path, description = "Rollout id")),
+    responses(
+        (status = 200, description = "The rollout", body = Rollout),
+        (status = 404, description = "No such rollout", body = Problem),
+        (status = 409, description = "Already completed or aborted", body = Problem),
+    ),
+    security(("admin" = []))
+)]
+#[tracing::instrument(skip_all, fields(rollout.id = %id))]
+pub async fn abort(
+    _: Admin,
+    state: axum::extract::State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<Rollout>, ApiError> {
+    Ok(Json(rollout::abort(state.pool(), rollout_id(&id)?, None).await?))
+}

@@ -1,0 +1,237 @@
+//! Entities: the things workflows drive (an order, an inventory catalogue). Created with a `CREATE` event queued
+//! in the same transaction; pinned to the major version of their workflow `TYPE::SUBTYPE`.
+
+use chrono::{DateTime, Utc};
+use ordo_workers::rules::{EntityKey, Problem};
+use serde::Serialize;
+use serde_json::{json, Value};
+use sqlx::PgExecutor;
+
+use super::event::{accept_many, Accept, Event};
+use super::workflow::{get_version, Version};
+use super::{Error, Result, QUEUE};
+use crate::queue::Queue;
+use crate::tenancy::AccountId;
+
+/// The workflow an entity runs: its ref and the version in force (the latest minor of its pinned major).
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkflowPin {
+    /// `TYPE::SUBTYPE`.
+    #[serde(rename = "ref")]
+    pub reference: String,
+    /// The version in force.
+    pub version: Version,
+}
+
+/// An entity as users see it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Entity {
+    /// Type, e.g. `ORDER`.
+    #[serde(rename = "type")]
+    pub entity_type: String,
+    /// Subtype, e.g. `HD`.
+    pub subtype: String,
+    /// Reference, unique within the type.
+    #[serde(rename = "ref")]
+    pub entity_ref: String,
+    /// Current status.
+    pub status: String,
+    /// Attributes (an object).
+    pub attributes: Value,
+    /// Workflow and version in force.
+    pub workflow: WorkflowPin,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Entity {
+    /// The entity's key.
+    pub fn key(&self) -> EntityKey {
+        EntityKey {
+            entity_type: self.entity_type.clone(),
+            entity_ref: self.entity_ref.clone(),
+        }
+    }
+}
+
+/// An entity to create.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEntity {
+    /// Type.
+    pub entity_type: String,
+    /// Subtype; with the type it names the workflow.
+    pub subtype: String,
+    /// Reference.
+    pub entity_ref: String,
+    /// Initial status (default `CREATED`).
+    pub status: Option<String>,
+    /// Attributes (an object, default `{}`).
+    pub attributes: Option<Value>,
+}
+
+impl NewEntity {
+    /// An entity in status `CREATED` with no attributes.
+    pub fn new(entity_type: impl Into<String>, subtype: impl Into<String>, entity_ref: impl Into<String>) -> Self {
+        NewEntity {
+            entity_type: entity_type.into(),
+            subtype: subtype.into(),
+            entity_ref: entity_ref.into(),
+            status: None,
+            attributes: None,
+        }
+    }
+
+    /// Sets the attributes.
+    pub fn attributes(mut self, a: Value) -> Self {
+        self.attributes = Some(a);
+        self
+    }
+
+    /// Sets the initial status.
+    pub fn status(mut self, s: impl Into<String>) -> Self {
+        self.status = Some(s.into());
+        self
+    }
+}
+
+fn check_name(p: &mut Vec<Problem>, path: &str, v: &str) {
+    if v.is_empty() || v.len() > 255 {
+        p.push(Problem::new(path, "must be 1 to 255 characters"));
+    } else if v.contains("::") {
+        p.push(Problem::new(path, "must not contain '::'"));
+    }
+}
+
+/// Creates an entity and queues its `CREATE` event, in one transaction. The workflow `TYPE::SUBTYPE` must exist
+/// (the entity pins its latest major) and the status must be one it declares.
+pub async fn create_entity(q: &Queue, account: &AccountId, new: NewEntity) -> Result<(Entity, Event)> {
+    let mut problems = Vec::new();
+    check_name(&mut problems, "/type", &new.entity_type);
+    check_name(&mut problems, "/subtype", &new.subtype);
+    if new.entity_ref.is_empty() || new.entity_ref.len() > 255 {
+        problems.push(Problem::new("/ref", "must be 1 to 255 characters"));
+    }
+    let attributes = new.attributes.unwrap_or_else(|| json!({}));
+    if !attributes.is_object() {
+        problems.push(Problem::new("/attributes", "must be an object"));
+    }
+    if !problems.is_empty() {
+        return Err(Error::Invalid(problems));
+    }
+    let status = new.status.unwrap_or_else(|| "CREATED".to_owned());
+    let reference = format!("{}::{}", new.entity_type, new.subtype);
+    let mut tx = q.pool().begin().await?;
+    let workflow = get_version(&mut *tx, account, &reference, None, None).await?;
+    if !workflow.definition.declares(&status) {
+        return Err(Error::Invalid(vec![Problem::new(
+            "/status",
+            format!("status {status:?} is not declared by workflow {reference}"),
+        )]));
+    }
+    let inserted: Option<(DateTime<Utc>,)> = sqlx::query_as(
+        r#"
+        insert into entity (account_id, type, ref, subtype, status, attributes, workflow_major)
+        values ($1, $2, $3, $4, $5, $6, $7)
+        on conflict (account_id, type, ref) do nothing
+        returning created_at
+        "#,
+    )
+    .bind(account.as_str())
+    .bind(&new.entity_type)
+    .bind(&new.entity_ref)
+    .bind(&new.subtype)
+    .bind(&status)
+    .bind(&attributes)
+    .bind(workflow.version.major)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let key = EntityKey {
+        entity_type: new.entity_type.clone(),
+        entity_ref: new.entity_ref.clone(),
+    };
+    let Some((created_at,)) = inserted else {
+        return Err(Error::EntityExists(key));
+    };
+    let (event, _) = accept_many(
+        &mut tx,
+        account,
+        vec![Accept {
+            name: "CREATE".to_owned(),
+            entity: key,
+            attributes: json!({}),
+            scheduled_at: None,
+            source_event_id: None,
+            idempotency_key: None,
+        }],
+    )
+    .await?
+    .pop()
+    .ok_or_else(|| Error::Corrupt("accept returned nothing".into()))?;
+    tx.commit().await?;
+    q.waker().wake(QUEUE);
+    let entity = Entity {
+        entity_type: new.entity_type,
+        subtype: new.subtype,
+        entity_ref: new.entity_ref,
+        status,
+        attributes,
+        workflow: WorkflowPin {
+            reference,
+            version: workflow.version,
+        },
+        created_at,
+        updated_at: created_at,
+    };
+    Ok((entity, event))
+}
+
+/// Reads an entity, with the workflow version now in force for it.
+pub async fn get_entity<'e>(
+    exec: impl PgExecutor<'e>,
+    account: &AccountId,
+    entity_type: &str,
+    entity_ref: &str,
+) -> Result<Entity> {
+    #[allow(clippy::type_complexity)]
+    let row: Option<(String, String, Value, i32, i32, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
+        r#"
+        select e.subtype, e.status, e.attributes, e.workflow_major,
+               coalesce((select max(w.minor)
+                         from workflow w
+                         where w.account_id = e.account_id
+                           and w.ref = e.type || '::' || e.subtype
+                           and w.major = e.workflow_major), 0),
+               e.created_at, e.updated_at
+        from entity e
+        where e.account_id = $1
+          and e.type = $2
+          and e.ref = $3
+        "#,
+    )
+    .bind(account.as_str())
+    .bind(entity_type)
+    .bind(entity_ref)
+    .fetch_optional(exec)
+    .await?;
+    let Some((subtype, status, attributes, major, minor, created_at, updated_at)) = row else {
+        return Err(Error::EntityNotFound(EntityKey {
+            entity_type: entity_type.to_owned(),
+            entity_ref: entity_ref.to_owned(),
+        }));
+    };
+    Ok(Entity {
+        workflow: WorkflowPin {
+            reference: format!("{entity_type}::{subtype}"),
+            version: Version { major, minor },
+        },
+        entity_type: entity_type.to_owned(),
+        subtype,
+        entity_ref: entity_ref.to_owned(),
+        status,
+        attributes,
+        created_at,
+        updated_at,
+    })
+}

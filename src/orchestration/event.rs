@@ -1,0 +1,707 @@
+//! The event log: orchestration events (accepted, scheduled, cancelled, replayed) and audit records, read and
+//! listed in ascending `seq`.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use ordo_workers::rules::{EntityKey, Problem};
+use serde::Serialize;
+use serde_json::{json, Value};
+use sqlx::{PgConnection, PgExecutor, Postgres, QueryBuilder};
+
+use super::executor::EVENT_KIND;
+use super::{concurrency_key, Error, Page, Result, QUEUE};
+use crate::queue::{self, JobId, NewJob, Queue};
+use crate::tenancy::AccountId;
+
+/// Orchestration event or audit record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// An event that runs rulesets.
+    Orchestration,
+    /// A record describing an orchestration event's execution.
+    Audit,
+}
+
+impl EventKind {
+    /// The database and JSON spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Orchestration => "orchestration",
+            EventKind::Audit => "audit",
+        }
+    }
+}
+
+impl FromStr for EventKind {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s {
+            "orchestration" => Ok(EventKind::Orchestration),
+            "audit" => Ok(EventKind::Audit),
+            o => Err(format!("unknown event kind {o:?}")),
+        }
+    }
+}
+
+/// An event's status, mirroring `event.status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventStatus {
+    /// Queued, waiting for its turn.
+    Pending,
+    /// Waiting for its `scheduled_at`.
+    Scheduled,
+    /// Being executed.
+    Running,
+    /// Executed (possibly through an exception ruleset, then with `error`).
+    Success,
+    /// No ruleset matched.
+    NoMatch,
+    /// A rule failed with no exception ruleset, or the inline chain was too long; nothing but audit was kept.
+    Failed,
+    /// A scheduled event cancelled before it fired.
+    Cancelled,
+}
+
+impl EventStatus {
+    /// The database and JSON spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventStatus::Pending => "pending",
+            EventStatus::Scheduled => "scheduled",
+            EventStatus::Running => "running",
+            EventStatus::Success => "success",
+            EventStatus::NoMatch => "no_match",
+            EventStatus::Failed => "failed",
+            EventStatus::Cancelled => "cancelled",
+        }
+    }
+
+    /// Whether the event has finished.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            EventStatus::Success | EventStatus::NoMatch | EventStatus::Failed | EventStatus::Cancelled
+        )
+    }
+}
+
+impl fmt::Display for EventStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for EventStatus {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        Ok(match s {
+            "pending" => EventStatus::Pending,
+            "scheduled" => EventStatus::Scheduled,
+            "running" => EventStatus::Running,
+            "success" => EventStatus::Success,
+            "no_match" => EventStatus::NoMatch,
+            "failed" => EventStatus::Failed,
+            "cancelled" => EventStatus::Cancelled,
+            o => return Err(format!("unknown event status {o:?}")),
+        })
+    }
+}
+
+/// An event or audit record as users see it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    /// Id (the `seq`, as a string).
+    pub id: String,
+    /// Position in the account's log.
+    pub seq: i64,
+    /// Event name (for audit records: what they describe, e.g. the rule name).
+    pub name: String,
+    /// Orchestration or audit.
+    pub kind: EventKind,
+    /// Audit category.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub category: Option<String>,
+    /// Status.
+    pub status: EventStatus,
+    /// The entity.
+    pub entity: EntityKey,
+    /// Attributes (for audit records: the details).
+    pub attributes: Value,
+    /// The event this one describes (audit) or came from (emitted, replayed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_event_id: Option<String>,
+    /// When a scheduled event fires.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scheduled_at: Option<DateTime<Utc>>,
+    /// Acceptance time.
+    pub created_at: DateTime<Utc>,
+    /// When it finished.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub processed_at: Option<DateTime<Utc>>,
+    /// Why it failed (or the error handled by an exception ruleset).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+pub(crate) const EVENT_COLUMNS: &str = "seq, name, kind, category, status, entity_type, entity_ref, attributes, \
+    source_event_id, scheduled_at, created_at, processed_at, error";
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct EventRow {
+    seq: i64,
+    name: String,
+    kind: String,
+    category: Option<String>,
+    status: String,
+    entity_type: String,
+    entity_ref: String,
+    attributes: Value,
+    source_event_id: Option<i64>,
+    scheduled_at: Option<DateTime<Utc>>,
+    created_at: DateTime<Utc>,
+    processed_at: Option<DateTime<Utc>>,
+    error: Option<String>,
+}
+
+impl TryFrom<EventRow> for Event {
+    type Error = Error;
+    fn try_from(r: EventRow) -> Result<Event> {
+        Ok(Event {
+            id: r.seq.to_string(),
+            seq: r.seq,
+            name: r.name,
+            kind: r.kind.parse().map_err(Error::Corrupt)?,
+            category: r.category,
+            status: r.status.parse().map_err(Error::Corrupt)?,
+            entity: EntityKey {
+                entity_type: r.entity_type,
+                entity_ref: r.entity_ref,
+            },
+            attributes: r.attributes,
+            source_event_id: r.source_event_id.map(|s| s.to_string()),
+            scheduled_at: r.scheduled_at,
+            created_at: r.created_at,
+            processed_at: r.processed_at,
+            error: r.error,
+        })
+    }
+}
+
+/// An event to send.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    /// Event name.
+    pub name: String,
+    /// Target entity (must exist).
+    pub entity: EntityKey,
+    /// Attributes (a JSON object; `Null` = `{}`).
+    pub attributes: Value,
+    /// Fire later instead of now.
+    pub scheduled_at: Option<DateTime<Utc>>,
+    /// Deduplicates sends (per account, as for jobs).
+    pub idempotency_key: Option<String>,
+}
+
+impl NewEvent {
+    /// An event `name` for `entity` with no attributes.
+    pub fn new(name: impl Into<String>, entity_type: impl Into<String>, entity_ref: impl Into<String>) -> Self {
+        NewEvent {
+            name: name.into(),
+            entity: EntityKey {
+                entity_type: entity_type.into(),
+                entity_ref: entity_ref.into(),
+            },
+            attributes: json!({}),
+            scheduled_at: None,
+            idempotency_key: None,
+        }
+    }
+
+    /// Sets the attributes.
+    pub fn attributes(mut self, a: Value) -> Self {
+        self.attributes = a;
+        self
+    }
+
+    /// Schedules it.
+    pub fn scheduled_at(mut self, t: DateTime<Utc>) -> Self {
+        self.scheduled_at = Some(t);
+        self
+    }
+
+    fn validate(&mut self) -> Result<()> {
+        let mut p = Vec::new();
+        if self.name.is_empty() || self.name.len() > 255 {
+            p.push(Problem::new("/name", "must be 1 to 255 characters"));
+        }
+        if self.entity.entity_type.is_empty() {
+            p.push(Problem::new("/entity/type", "must not be empty"));
+        }
+        if self.entity.entity_ref.is_empty() {
+            p.push(Problem::new("/entity/ref", "must not be empty"));
+        }
+        if self.attributes.is_null() {
+            self.attributes = json!({});
+        }
+        if !self.attributes.is_object() {
+            p.push(Problem::new("/attributes", "must be an object"));
+        }
+        if p.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Invalid(p))
+        }
+    }
+}
+
+/// An event about to be accepted inside a transaction (sent, emitted, scheduled or replayed).
+#[derive(Debug, Clone)]
+pub(crate) struct Accept {
+    pub name: String,
+    pub entity: EntityKey,
+    pub attributes: Value,
+    pub scheduled_at: Option<DateTime<Utc>>,
+    pub source_event_id: Option<i64>,
+    pub idempotency_key: Option<String>,
+}
+
+/// One row to insert into `event`.
+#[derive(Debug, Clone)]
+pub(crate) struct Row {
+    /// Drawn already, or 0 to draw it in the insert (in row order).
+    pub seq: i64,
+    pub name: String,
+    pub kind: EventKind,
+    pub category: Option<&'static str>,
+    pub status: EventStatus,
+    pub entity: EntityKey,
+    pub attributes: Value,
+    pub source_event_id: Option<i64>,
+    pub job_id: Option<i64>,
+    pub scheduled_at: Option<DateTime<Utc>>,
+    pub processed: bool,
+    pub error: Option<String>,
+}
+
+/// Draws `n` seqs, ascending.
+pub(crate) async fn draw_seqs(conn: &mut PgConnection, n: usize) -> Result<Vec<i64>> {
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let mut seqs: Vec<i64> = sqlx::query_scalar("select nextval('event_seq') from generate_series(1, $1)")
+        .bind(n as i64)
+        .fetch_all(&mut *conn)
+        .await?;
+    seqs.sort_unstable();
+    Ok(seqs)
+}
+
+/// Inserts rows with one statement.
+pub(crate) async fn insert_rows(conn: &mut PgConnection, account: &AccountId, rows: &[Row]) -> Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut seq = Vec::with_capacity(rows.len());
+    let mut name = Vec::with_capacity(rows.len());
+    let mut kind = Vec::with_capacity(rows.len());
+    let mut category = Vec::with_capacity(rows.len());
+    let mut status = Vec::with_capacity(rows.len());
+    let mut etype = Vec::with_capacity(rows.len());
+    let mut eref = Vec::with_capacity(rows.len());
+    let mut attrs = Vec::with_capacity(rows.len());
+    let mut source = Vec::with_capacity(rows.len());
+    let mut job = Vec::with_capacity(rows.len());
+    let mut sched = Vec::with_capacity(rows.len());
+    let mut processed = Vec::with_capacity(rows.len());
+    let mut error = Vec::with_capacity(rows.len());
+    for r in rows {
+        seq.push(r.seq);
+        name.push(r.name.as_str());
+        kind.push(r.kind.as_str());
+        category.push(r.category);
+        status.push(r.status.as_str());
+        etype.push(r.entity.entity_type.as_str());
+        eref.push(r.entity.entity_ref.as_str());
+        attrs.push(&r.attributes);
+        source.push(r.source_event_id);
+        job.push(r.job_id);
+        sched.push(r.scheduled_at);
+        processed.push(r.processed);
+        error.push(r.error.as_deref());
+    }
+    sqlx::query(
+        r#"
+        insert into event (account_id, seq, name, kind, category, status, entity_type, entity_ref, attributes,
+                           source_event_id, job_id, scheduled_at, processed_at, error)
+        select $1, case when t.seq = 0 then nextval('event_seq') else t.seq end, t.name, t.kind, t.category, t.status, t.entity_type, t.entity_ref, t.attributes,
+               t.source_event_id, t.job_id, t.scheduled_at, case when t.processed then now() end, t.error
+        from unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
+                    $9::jsonb[], $10::bigint[], $11::bigint[], $12::timestamptz[], $13::bool[], $14::text[])
+             as t(seq, name, kind, category, status, entity_type, entity_ref, attributes, source_event_id, job_id,
+                  scheduled_at, processed, error)
+        "#,
+    )
+    .bind(account.as_str())
+    .bind(&seq)
+    .bind(&name)
+    .bind(&kind)
+    .bind(&category)
+    .bind(&status)
+    .bind(&etype)
+    .bind(&eref)
+    .bind(&attrs)
+    .bind(&source)
+    .bind(&job)
+    .bind(&sched)
+    .bind(&processed)
+    .bind(&error)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Accepts events inside the caller's transaction: one queued job per event (keyed by its root entity, so
+/// the queue runs them in order), then the event rows, whose seqs are drawn after the queue's per-key locks.
+/// Returns each event and whether it was an idempotent replay of an earlier send.
+pub(crate) async fn accept_many(
+    conn: &mut PgConnection,
+    account: &AccountId,
+    events: Vec<Accept>,
+) -> Result<Vec<(Event, bool)>> {
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
+    let now = Utc::now();
+    let jobs: Vec<NewJob> = events
+        .iter()
+        .map(|e| {
+            let mut job = NewJob::new(
+                EVENT_KIND,
+                json!({"entity_type": e.entity.entity_type, "entity_ref": e.entity.entity_ref, "name": e.name}),
+            )
+            .queue(QUEUE)
+            .concurrency_key(concurrency_key(&e.entity));
+            if let Some(t) = e.scheduled_at {
+                job = job.run_at(t);
+            }
+            if let Some(k) = &e.idempotency_key {
+                job = job.idempotency_key(format!("event:{k}"));
+                job.fingerprint = Some(queue::fingerprint(&json!({
+                    "name": e.name, "entity": e.entity, "attributes": e.attributes, "scheduled_at": e.scheduled_at,
+                })));
+            }
+            job
+        })
+        .collect();
+    let enqueued = queue::enqueue_many(&mut *conn, account, &jobs).await?;
+    let fresh: Vec<usize> = (0..events.len()).filter(|&i| !enqueued[i].replayed).collect();
+    let seqs = draw_seqs(conn, fresh.len()).await?;
+    let rows: Vec<Row> = fresh
+        .iter()
+        .zip(&seqs)
+        .map(|(&i, &seq)| {
+            let e = &events[i];
+            let scheduled = e.scheduled_at.filter(|t| *t > now);
+            Row {
+                seq,
+                name: e.name.clone(),
+                kind: EventKind::Orchestration,
+                category: None,
+                status: if scheduled.is_some() {
+                    EventStatus::Scheduled
+                } else {
+                    EventStatus::Pending
+                },
+                entity: e.entity.clone(),
+                attributes: e.attributes.clone(),
+                source_event_id: e.source_event_id,
+                job_id: Some(enqueued[i].id.0),
+                scheduled_at: e.scheduled_at,
+                processed: false,
+                error: None,
+            }
+        })
+        .collect();
+    insert_rows(conn, account, &rows).await?;
+    let ids: Vec<i64> = enqueued.iter().map(|o| o.id.0).collect();
+    let by_job: Vec<(i64, EventRow)> = {
+        let rows: Vec<JobEventRow> = sqlx::query_as(&format!(
+            "select job_id, {EVENT_COLUMNS} from event where account_id = $1 and job_id = any($2)"
+        ))
+        .bind(account.as_str())
+        .bind(&ids)
+        .fetch_all(&mut *conn)
+        .await?;
+        rows.into_iter().map(|r| (r.job_id, r.event)).collect()
+    };
+    let mut by_job: std::collections::HashMap<i64, EventRow> = by_job.into_iter().collect();
+    enqueued
+        .iter()
+        .map(|o| {
+            let row = by_job
+                .remove(&o.id.0)
+                .ok_or_else(|| Error::Corrupt(format!("job {} has no event", o.id)))?;
+            Ok((Event::try_from(row)?, o.replayed))
+        })
+        .collect()
+}
+
+#[derive(sqlx::FromRow)]
+struct JobEventRow {
+    job_id: i64,
+    #[sqlx(flatten)]
+    event: EventRow,
+}
+
+/// Checks that the entity exists (events for unknown entities are refused at the door).
+async fn require_entity(conn: &mut PgConnection, account: &AccountId, entity: &EntityKey) -> Result<()> {
+    let found: Option<i32> =
+        sqlx::query_scalar("select 1 from entity where account_id = $1 and type = $2 and ref = $3")
+            .bind(account.as_str())
+            .bind(&entity.entity_type)
+            .bind(&entity.entity_ref)
+            .fetch_optional(&mut *conn)
+            .await?;
+    found.map(|_| ()).ok_or_else(|| Error::EntityNotFound(entity.clone()))
+}
+
+/// Accepts an event (`POST /api/events`, answered 202): queued now, or scheduled for `scheduled_at`. Returns the
+/// event and whether it is an idempotent replay of an earlier send with the same key.
+pub async fn send_event(q: &Queue, account: &AccountId, mut event: NewEvent) -> Result<(Event, bool)> {
+    event.validate()?;
+    let mut tx = q.pool().begin().await?;
+    require_entity(&mut tx, account, &event.entity).await?;
+    let mut out = accept_many(
+        &mut tx,
+        account,
+        vec![Accept {
+            name: event.name,
+            entity: event.entity,
+            attributes: event.attributes,
+            scheduled_at: event.scheduled_at,
+            source_event_id: None,
+            idempotency_key: event.idempotency_key,
+        }],
+    )
+    .await?;
+    tx.commit().await?;
+    q.waker().wake(QUEUE);
+    out.pop()
+        .ok_or_else(|| Error::Corrupt("accept returned nothing".into()))
+}
+
+fn parse_id(id: &str) -> Result<i64> {
+    id.parse::<i64>()
+        .map_err(|_| Error::EventNotFound { id: id.to_owned() })
+}
+
+/// Reads one event or audit record.
+pub async fn get_event<'e>(exec: impl PgExecutor<'e>, account: &AccountId, id: &str) -> Result<Event> {
+    let seq = parse_id(id)?;
+    let row: Option<EventRow> = sqlx::query_as(&format!(
+        "select {EVENT_COLUMNS} from event where account_id = $1 and seq = $2"
+    ))
+    .bind(account.as_str())
+    .bind(seq)
+    .fetch_optional(exec)
+    .await?;
+    row.ok_or_else(|| Error::EventNotFound { id: id.to_owned() })?
+        .try_into()
+}
+
+/// Filters of an event listing (all optional; `from` defaults to 30 days ago).
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    /// Entity type.
+    pub entity_type: Option<String>,
+    /// Entity ref.
+    pub entity_ref: Option<String>,
+    /// Event name.
+    pub name: Option<String>,
+    /// Orchestration or audit.
+    pub kind: Option<EventKind>,
+    /// Audit category.
+    pub category: Option<String>,
+    /// Status.
+    pub status: Option<EventStatus>,
+    /// Records of (or events from) this event.
+    pub source_event_id: Option<String>,
+    /// Accepted at or after.
+    pub from: Option<DateTime<Utc>>,
+    /// Accepted before.
+    pub to: Option<DateTime<Utc>>,
+}
+
+/// Lists events in ascending `seq`; `cursor` is the `next_cursor` of the previous page.
+pub async fn list_events(
+    conn: &mut PgConnection,
+    account: &AccountId,
+    f: &EventFilter,
+    limit: i64,
+    cursor: Option<&str>,
+) -> Result<Page<Event>> {
+    let after = match cursor {
+        Some(c) => Some(
+            c.parse::<i64>()
+                .map_err(|_| Error::Invalid(vec![Problem::new("/cursor", "is not a cursor of this listing")]))?,
+        ),
+        None => None,
+    };
+    let source = match &f.source_event_id {
+        Some(s) => match s.parse::<i64>() {
+            Ok(v) => Some(v),
+            // An id that cannot exist matches nothing.
+            Err(_) => {
+                return Ok(Page {
+                    items: Vec::new(),
+                    next_cursor: None,
+                })
+            }
+        },
+        None => None,
+    };
+    let from = f.from.unwrap_or_else(|| Utc::now() - chrono::Duration::days(30));
+    let mut qb: QueryBuilder<Postgres> =
+        QueryBuilder::new(format!("select {EVENT_COLUMNS} from event where account_id = "));
+    qb.push_bind(account.as_str());
+    qb.push(" and created_at >= ").push_bind(from);
+    if let Some(v) = &f.entity_type {
+        qb.push(" and entity_type = ").push_bind(v.clone());
+    }
+    if let Some(v) = &f.entity_ref {
+        qb.push(" and entity_ref = ").push_bind(v.clone());
+    }
+    if let Some(v) = &f.name {
+        qb.push(" and name = ").push_bind(v.clone());
+    }
+    if let Some(v) = f.kind {
+        qb.push(" and kind = ").push_bind(v.as_str());
+    }
+    if let Some(v) = &f.category {
+        qb.push(" and category = ").push_bind(v.clone());
+    }
+    if let Some(v) = f.status {
+        qb.push(" and status = ").push_bind(v.as_str());
+    }
+    if let Some(v) = source {
+        qb.push(" and source_event_id = ").push_bind(v);
+    }
+    if let Some(v) = f.to {
+        qb.push(" and created_at < ").push_bind(v);
+    }
+    if let Some(v) = after {
+        qb.push(" and seq > ").push_bind(v);
+    }
+    qb.push(" order by seq limit ").push_bind(limit + 1);
+    let rows: Vec<EventRow> = qb.build_query_as().persistent(false).fetch_all(&mut *conn).await?;
+    let mut items = rows.into_iter().map(Event::try_from).collect::<Result<Vec<_>>>()?;
+    let next_cursor = if items.len() as i64 > limit {
+        items.truncate(limit.max(0) as usize);
+        items.last().map(|e| e.id.clone())
+    } else {
+        None
+    };
+    Ok(Page { items, next_cursor })
+}
+
+async fn lock_event(conn: &mut PgConnection, account: &AccountId, id: &str) -> Result<(Event, Option<i64>)> {
+    let seq = parse_id(id)?;
+    let row: Option<JobEventRow> = sqlx::query_as(&format!(
+        "select coalesce(job_id, 0) as job_id, {EVENT_COLUMNS} from event where account_id = $1 and seq = $2 \
+         and kind = 'orchestration' for update"
+    ))
+    .bind(account.as_str())
+    .bind(seq)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let row = row.ok_or_else(|| Error::EventNotFound { id: id.to_owned() })?;
+    let job = (row.job_id != 0).then_some(row.job_id);
+    Ok((row.event.try_into()?, job))
+}
+
+/// Cancels a scheduled event that has not fired (`DELETE /api/events/{id}`); any other status is a conflict.
+pub async fn cancel_event(q: &Queue, account: &AccountId, id: &str) -> Result<Event> {
+    let mut tx = q.pool().begin().await?;
+    let (event, job) = lock_event(&mut tx, account, id).await?;
+    if event.status != EventStatus::Scheduled {
+        return Err(Error::InvalidEventState {
+            id: id.to_owned(),
+            status: event.status,
+            action: "cancel",
+        });
+    }
+    sqlx::query("update event set status = 'cancelled', processed_at = now() where account_id = $1 and seq = $2")
+        .bind(account.as_str())
+        .bind(event.seq)
+        .execute(&mut *tx)
+        .await?;
+    if let Some(job) = job {
+        // The job may already be running; its executor then finds the event cancelled and does nothing.
+        match queue::cancel(&mut tx, account, JobId(job)).await {
+            Ok(_) | Err(queue::Error::InvalidState { .. }) | Err(queue::Error::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    tx.commit().await?;
+    get_event(q.pool(), account, id).await
+}
+
+/// Replays a failed or unmatched event (`POST /api/events/{id}/replay`): a new event with the same name, entity
+/// and attributes, whose `source_event_id` is the original. Any other status is a conflict.
+pub async fn replay_event(q: &Queue, account: &AccountId, id: &str) -> Result<Event> {
+    let mut tx = q.pool().begin().await?;
+    let (original, _) = lock_event(&mut tx, account, id).await?;
+    if !matches!(original.status, EventStatus::Failed | EventStatus::NoMatch) {
+        return Err(Error::InvalidEventState {
+            id: id.to_owned(),
+            status: original.status,
+            action: "replay",
+        });
+    }
+    let mut out = accept_many(
+        &mut tx,
+        account,
+        vec![Accept {
+            name: original.name,
+            entity: original.entity,
+            attributes: original.attributes,
+            scheduled_at: None,
+            source_event_id: Some(original.seq),
+            idempotency_key: None,
+        }],
+    )
+    .await?;
+    tx.commit().await?;
+    q.waker().wake(QUEUE);
+    out.pop()
+        .map(|(e, _)| e)
+        .ok_or_else(|| Error::Corrupt("accept returned nothing".into()))
+}
+
+/// Deletes finished events and audit records older than `retention` (`ORDO_RETAIN_EVENTS_DAYS`), at most
+/// `batch` rows per call; returns how many went. Waiting events are kept whatever their age.
+pub async fn prune_events<'e>(exec: impl PgExecutor<'e>, retention: Duration, batch: i64) -> Result<u64> {
+    let cutoff = Utc::now() - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::days(30));
+    let done = sqlx::query(
+        r#"
+        delete from event
+        where ctid = any(array(
+            select ctid
+            from event
+            where created_at < $1
+              and status not in ('pending', 'scheduled', 'running')
+            limit $2
+        ))
+        "#,
+    )
+    .bind(cutoff)
+    .bind(batch)
+    .execute(exec)
+    .await?;
+    Ok(done.rows_affected())
+}

@@ -1,0 +1,127 @@
+//! Orchestration: workflows of rules driven by events against entities, with an event log of audit records.
+//!
+//! Owns the tables `workflow`, `entity`, `event` and `inventory_position`; no other module writes them.
+//!
+//! An event is a job of kind [`EVENT_KIND`] whose handler is the rule engine ([`executor`]). Its job carries the
+//! root entity as `concurrency_key`, so the queue runs one entity's events one at a time in acceptance order while
+//! different entities run in parallel. One execution is one transaction: the entity's changes, changed inventory
+//! positions, emitted events (queued jobs), webhook jobs, audit records and the job's completion commit together,
+//! or (on failure) only the event's status and audit records do.
+//!
+//! Invariants:
+//! - workflow versions are immutable rows; an entity pins a major version and runs its highest minor;
+//! - an event row is created in the same transaction as its job, after the queue's per-key lock, so `seq` order
+//!   is execution order within a root entity;
+//! - rules in `ordo-workers` are pure: they return actions and the executor applies them.
+
+pub mod audit;
+pub mod entity;
+pub mod event;
+pub mod executor;
+pub mod inventory;
+pub mod sync;
+pub mod webhook;
+pub mod workflow;
+
+pub use entity::{create_entity, get_entity, Entity, NewEntity, WorkflowPin};
+pub use event::{
+    cancel_event, get_event, list_events, prune_events, replay_event, send_event, Event, EventFilter, EventKind,
+    EventStatus, NewEvent,
+};
+pub use executor::{register, EventExecutor, EVENT_KIND, MAX_INLINE_EVENTS};
+pub use inventory::{get_position, InventoryPosition};
+pub use sync::{send_event_sync, SyncOutcome};
+pub use webhook::{WebhookDeliverer, WEBHOOK_KIND};
+pub use workflow::{get_workflow, list_workflows, put_workflow, validate_workflow, Version, Workflow};
+
+use ordo_workers::rules::{EntityKey, Problem};
+
+use crate::queue;
+
+/// The queue orchestration jobs (events and webhook deliveries) go to.
+pub const QUEUE: &str = "default";
+
+/// Errors of orchestration.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The input is invalid; every problem is listed (HTTP 422).
+    #[error("invalid input: {}", .0.iter().map(|p| format!("{}: {}", p.path, p.message)).collect::<Vec<_>>().join("; "))]
+    Invalid(Vec<Problem>),
+    /// No workflow (or no such version) in the account (HTTP 404).
+    #[error("workflow {reference} not found")]
+    WorkflowNotFound {
+        /// `TYPE::SUBTYPE`, with the version when one was asked for.
+        reference: String,
+    },
+    /// No entity with that type and ref in the account (HTTP 404).
+    #[error("entity {}:{} not found", .0.entity_type, .0.entity_ref)]
+    EntityNotFound(EntityKey),
+    /// An entity with that type and ref exists already (HTTP 409).
+    #[error("entity {}:{} already exists", .0.entity_type, .0.entity_ref)]
+    EntityExists(EntityKey),
+    /// No event with that id in the account (HTTP 404).
+    #[error("event {id} not found")]
+    EventNotFound {
+        /// The id asked for.
+        id: String,
+    },
+    /// The event's status does not allow the action (HTTP 409).
+    #[error("event {id} is {status}: cannot {action}")]
+    InvalidEventState {
+        /// The event.
+        id: String,
+        /// Its status.
+        status: EventStatus,
+        /// What was asked.
+        action: &'static str,
+    },
+    /// The idempotency key was used with a different event (HTTP 409).
+    #[error("idempotency key {key:?} was already used with a different event")]
+    IdempotencyConflict {
+        /// The key.
+        key: String,
+    },
+    /// A sync event did not finish before its deadline; it still completes (HTTP 504).
+    #[error("event {event_id} did not finish within the deadline; it will still complete")]
+    Timeout {
+        /// The event, for a later `GET /api/events/{id}`.
+        event_id: String,
+    },
+    /// A stored row does not have the shape the schema promises.
+    #[error("corrupt orchestration data: {0}")]
+    Corrupt(String),
+    /// A queue error other than the ones above.
+    #[error(transparent)]
+    Queue(queue::Error),
+    /// Any database error.
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+impl From<queue::Error> for Error {
+    fn from(e: queue::Error) -> Self {
+        match e {
+            queue::Error::Database(d) => Error::Database(d),
+            queue::Error::IdempotencyConflict { key, .. } => Error::IdempotencyConflict { key },
+            other => Error::Queue(other),
+        }
+    }
+}
+
+/// Result alias for this module.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The queue's concurrency key of a root entity: `<type>:<ref>`.
+pub fn concurrency_key(entity: &EntityKey) -> String {
+    format!("{}:{}", entity.entity_type, entity.entity_ref)
+}
+
+/// A page of a listing and the cursor of the next one.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Page<T> {
+    /// The items.
+    pub items: Vec<T>,
+    /// Pass as `cursor` for the next page; `None` on the last one.
+    pub next_cursor: Option<String>,
+}
