@@ -70,6 +70,14 @@ pub enum ApiError {
     /// Per-account rate limit exceeded (429).
     #[error("rate limit exceeded")]
     RateLimited(RateLimited),
+    /// A synchronous call passed its deadline; the work goes on (504, with `event_id`).
+    #[error("{detail}")]
+    GatewayTimeout {
+        /// What timed out.
+        detail: String,
+        /// The event that will still complete.
+        event_id: String,
+    },
     /// The database (or the request's deadline) could not be met (503).
     #[error("{0}")]
     Unavailable(String),
@@ -93,6 +101,9 @@ pub struct Problem {
     /// One entry per invalid field.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub errors: Option<Vec<ProblemField>>,
+    /// The event a timed-out synchronous call accepted (504 only); it still completes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
 }
 
 /// One invalid field of a problem.
@@ -120,6 +131,7 @@ impl ApiError {
             ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::GatewayTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -139,6 +151,7 @@ impl ApiError {
             ApiError::Invalid(_) => "invalid-request",
             ApiError::RateLimited(_) => "rate-limited",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::GatewayTimeout { .. } => "timeout",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -168,6 +181,10 @@ impl ApiError {
             status: status.as_u16(),
             detail,
             errors,
+            event_id: match self {
+                ApiError::GatewayTimeout { event_id, .. } => Some(event_id.clone()),
+                _ => None,
+            },
         }
     }
 
@@ -284,6 +301,36 @@ impl From<crate::scheduler::Error> for ApiError {
             },
             S::Queue(e) => e.into(),
             S::Database(e) => e.into(),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<crate::orchestration::Error> for ApiError {
+    fn from(e: crate::orchestration::Error) -> Self {
+        use crate::orchestration::Error as O;
+        match e {
+            O::Invalid(problems) => ApiError::Invalid(
+                problems
+                    .into_iter()
+                    .map(|p| FieldError::new(p.path, p.message))
+                    .collect(),
+            ),
+            e @ (O::WorkflowNotFound { .. } | O::EntityNotFound(_) | O::EventNotFound { .. }) => {
+                ApiError::NotFound(e.to_string())
+            }
+            e @ (O::EntityExists(_) | O::InvalidEventState { .. } | O::IdempotencyConflict { .. }) => {
+                ApiError::Conflict {
+                    detail: e.to_string(),
+                    errors: Vec::new(),
+                }
+            }
+            O::Timeout { event_id } => ApiError::GatewayTimeout {
+                detail: format!("event {event_id} did not finish within the deadline; it will still complete"),
+                event_id: event_id.to_string(),
+            },
+            O::Queue(e) => e.into(),
+            O::Database(e) => e.into(),
             other => ApiError::Internal(other.to_string()),
         }
     }

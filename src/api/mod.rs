@@ -19,6 +19,7 @@ pub mod health;
 pub mod jobs;
 pub mod middleware;
 pub mod openapi;
+pub mod orchestration;
 pub mod pools;
 pub mod queues;
 pub mod rate_limit;
@@ -217,6 +218,23 @@ pub fn routes() -> Vec<Route> {
         route("GET", "/api/queues", get(queues::list)),
         route("POST", "/api/queues/{queue}/pause", post(queues::pause)),
         route("POST", "/api/queues/{queue}/resume", post(queues::resume)),
+        route("PUT", "/api/workflows/{ref}", put(orchestration::put_workflow)),
+        route("GET", "/api/workflows", get(orchestration::list_workflows)),
+        route("GET", "/api/workflows/{ref}", get(orchestration::get_workflow)),
+        route(
+            "GET",
+            "/api/workflows/{ref}/versions/{version}",
+            get(orchestration::get_workflow_version),
+        ),
+        route("GET", "/api/rules", get(orchestration::rules)),
+        route("POST", "/api/entities", post(orchestration::create_entity)),
+        route("GET", "/api/entities/{type}/{ref}", get(orchestration::get_entity)),
+        route("POST", "/api/events", post(orchestration::send_event)),
+        route("GET", "/api/events", get(orchestration::list_events)),
+        route("POST", "/api/events/sync", post(orchestration::send_event_sync)),
+        route("GET", "/api/events/{id}", get(orchestration::get_event)),
+        route("DELETE", "/api/events/{id}", delete(orchestration::cancel_event)),
+        route("POST", "/api/events/{id}/replay", post(orchestration::replay_event)),
         route("POST", "/api/schedules", post(schedules::create)),
         route("GET", "/api/schedules", get(schedules::list)),
         route("GET", "/api/schedules/{name}", get(schedules::get)),

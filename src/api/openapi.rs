@@ -8,7 +8,7 @@ use axum::response::IntoResponse;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{accounts, error, health, jobs, pools, queues, schedules};
+use super::{accounts, error, health, jobs, orchestration, pools, queues, schedules};
 
 /// The API description.
 #[derive(OpenApi)]
@@ -28,6 +28,19 @@ use super::{accounts, error, health, jobs, pools, queues, schedules};
         queues::list,
         queues::pause,
         queues::resume,
+        orchestration::put_workflow,
+        orchestration::list_workflows,
+        orchestration::get_workflow,
+        orchestration::get_workflow_version,
+        orchestration::rules,
+        orchestration::create_entity,
+        orchestration::get_entity,
+        orchestration::send_event,
+        orchestration::send_event_sync,
+        orchestration::get_event,
+        orchestration::list_events,
+        orchestration::replay_event,
+        orchestration::cancel_event,
         schedules::create,
         schedules::list,
         schedules::get,
@@ -50,6 +63,7 @@ use super::{accounts, error, health, jobs, pools, queues, schedules};
     tags(
         (name = "jobs", description = "The durable queue"),
         (name = "queues", description = "Queue figures, pause and resume"),
+        (name = "orchestration", description = "Workflows, rules, entities and events"),
         (name = "schedules", description = "Cron schedules"),
         (name = "pools", description = "Worker pools, rollouts and scaling (admin token)"),
         (name = "accounts", description = "Accounts and API keys (admin token)"),

@@ -6,6 +6,7 @@ mod fuzz;
 mod isolation;
 mod jobs;
 mod openapi;
+mod orchestration;
 mod outage;
 mod pools;
 mod schedules;

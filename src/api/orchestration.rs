@@ -1,0 +1,512 @@
+//! Workflows, rules, entities and events over HTTP (CONTRACT §5), on `ordo::orchestration`.
+
+use std::time::Duration;
+
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
+
+use super::auth::Tenant;
+use super::error::{ApiError, Problem};
+use super::extract::{ApiPath, JsonBody, QueryParams};
+use crate::orchestration::{self, EventFilter, NewEntity, NewEvent, Version};
+use crate::queue::{FieldError, Queue};
+
+/// Longest wait of `POST /api/events/sync`.
+const MAX_SYNC_TIMEOUT_MS: u64 = 60_000;
+
+/// A JSON document of the orchestration API (workflow, entity, event, page, …); see CONTRACT §5 for its fields.
+#[derive(Debug, ToSchema)]
+#[schema(as = OrchestrationDocument, value_type = Object)]
+#[allow(dead_code)]
+pub struct Document(Value);
+
+fn queue(tenant: &Tenant) -> Queue {
+    Queue::new(tenant.state().pool().clone(), tenant.state().waker().clone())
+}
+
+fn object(body: &Value) -> Result<&Map<String, Value>, ApiError> {
+    body.as_object()
+        .ok_or_else(|| ApiError::invalid("", "must be a JSON object"))
+}
+
+fn reject_unknown(obj: &Map<String, Value>, known: &[&str], errs: &mut Vec<FieldError>) {
+    for k in obj.keys().filter(|k| !known.contains(&k.as_str())) {
+        errs.push(FieldError::new(format!("/{k}"), "unknown field"));
+    }
+}
+
+fn string(obj: &Map<String, Value>, name: &str, required: bool, errs: &mut Vec<FieldError>) -> Option<String> {
+    match obj.get(name) {
+        None | Some(Value::Null) if required => {
+            errs.push(FieldError::new(format!("/{name}"), "is required"));
+            None
+        }
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if !s.is_empty() && !s.contains('\0') => Some(s.clone()),
+        Some(_) => {
+            errs.push(FieldError::new(format!("/{name}"), "must be a non-empty string"));
+            None
+        }
+    }
+}
+
+fn attributes(obj: &Map<String, Value>, errs: &mut Vec<FieldError>) -> Option<Value> {
+    match obj.get("attributes") {
+        None | Some(Value::Null) => None,
+        Some(v @ Value::Object(_)) if !super::jobs::has_nul(v) => Some(v.clone()),
+        Some(_) => {
+            errs.push(FieldError::new(
+                "/attributes",
+                "must be an object without NUL characters",
+            ));
+            None
+        }
+    }
+}
+
+fn json<T: Serialize>(status: StatusCode, body: T) -> Response {
+    (status, Json(body)).into_response()
+}
+
+/// Upload a new immutable version of the workflow `TYPE::SUBTYPE`.
+#[utoipa::path(
+    put,
+    path = "/api/workflows/{ref}",
+    tag = "orchestration",
+    params(
+        ("ref" = String, Path, description = "TYPE::SUBTYPE"),
+        ("major" = Option<bool>, Query, description = "Start a new major version"),
+    ),
+    request_body = Document,
+    responses(
+        (status = 201, description = "The new version", body = Document),
+        (status = 422, description = "Every problem of the workflow", body = Problem),
+    ),
+    security(("bearer" = []))
+)]
+#[tracing::instrument(skip_all, fields(account = %tenant.account))]
+pub async fn put_workflow(
+    tenant: Tenant,
+    ApiPath(reference): ApiPath<String>,
+    q: QueryParams,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    let major = match q.get("major") {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => return Err(ApiError::invalid("/query/major", "must be true or false")),
+    };
+    let rules = ordo_workers::rules::registry();
+    let mut tx = tenant.begin().await?;
+    let w = orchestration::put_workflow(&mut tx, &tenant.account, &reference, &body, major, &rules).await?;
+    tx.commit().await?;
+    Ok(json(StatusCode::CREATED, w))
+}
+
+/// List workflows (latest version of each).
+#[utoipa::path(
+    get,
+    path = "/api/workflows",
+    tag = "orchestration",
+    params(
+        ("limit" = Option<i64>, Query, description = "Page size, 1..1000 (default 100)"),
+        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
+    ),
+    responses((status = 200, description = "A page of workflows", body = Document)),
+    security(("bearer" = []))
+)]
+#[tracing::instrument(skip_all, fields(account = %tenant.account))]
+pub async fn list_workflows(tenant: Tenant, q: QueryParams) -> Result<Response, ApiError> {
+    let limit = q.limit()?;
+    let mut tx = tenant.begin().await?;
+    let page = orchestration::list_workflows(&mut *tx, &tenant.account, limit, q.get("cursor")).await?;
+    tx.commit().await?;
+    Ok(json(StatusCode::OK, page))
+}
+
+/// The latest version of a workflow.
+#[utoipa::path(
+    get,
+    path = "/api/workflows/{ref}",
+    tag = "orchestration",
+    params(("ref" = String, Path, description = "TYPE::SUBTYPE")),
+    responses(
+        (status = 200, description = "The latest version", body = Document),
+        (status = 404, description = "No such workflow", body = Problem),
+    ),
+    security(("bearer" = []))
+)]
+#[tracing::instrument(skip_all, fields(account = %tenant.account))]
+pub async fn get_workflow(tenant: Tenant, ApiPath(reference): ApiPath<String>) -> Result<Response, ApiError> {
+    let mut tx = tenant.begin().await?;
+    let w = orchestration::get_workflow(&mut *tx, &tenant.account, &reference, None).await?;
+    tx.commit().await?;
+    Ok(json(StatusCode::OK, w))
+}
+
+/// One version of a workflow.
+#[utoipa::path(
+    get,
+    path = "/api/workflows/{ref}/versions/{version}",
+    tag = "orchestration",
+    params(
+        ("ref" = String, Path, description = "TYPE::SUBTYPE"),
+        ("version" = String, Path, description = "e.g. 1.0"),
+    ),
+    responses(
+        (status = 200, description = "That version", body = Document),
+        (status = 404, description = "No such workflow or version", body = Problem),
+    ),
+    security(("bearer" = []))
+)]
+#[tracing::instrument(skip_all, fields(account = %tenant.account))]
+pub async fn get_workflow_version(
+    tenant: Tenant,
+    ApiPath((reference, version)): ApiPath<(String, String)>,
+) -> Result<Response, ApiError> {
+    let version: Version = version
+        .parse()
+        .map_err(|_| ApiError::NotFound(format!("workflow {reference} version {version} not found")))?;
+    let mut tx = tenant.begin().await?;
+    let w = orchestration::get_workflow(&mut *tx, &tenant.account, &reference, Some(version)).await?;
+    tx.commit().await?;
+    Ok(json(StatusCode::OK, w))
+}
+
+/// Every rule a workflow may use, with the JSON Schema of its props.
+#[utoipa::path(
+    get,
+    path = "/api/rules",
+    tag = "orchestration",
+    responses((status = 200, description = "The rule registry", body = Document)),
+    security(("bearer" = []))
+)]
+pub async fn rules(_tenant: Tenant) -> Response {
+    let items: Vec<Value> = ordo_workers::rules::registry()
+        .rules()
+        .into_iter()
+        .map(|r| serde_json::to_value(r).unwrap_or(Value::Null))
+        .collect();
+    json(StatusCode::OK, serde_json::json!({"items": items, "next_cursor": null}))
+}
+
+/// Create an entity; its `CREATE` event is queued.
+#[utoipa::path(
+    post,
+    path = "/api/entities",
+    tag = "orchestration",
+    request_body = Document,
+    responses(
+        (status = 201, description = "The entity", body = Document),
+        (status = 409, description = "type + ref exists", body = Problem),
+        (status = 422, description = "Invalid fields", body = Problem),
+    ),
+    security(("bearer" = []))
+)]
+#[tracing::instrument(skip_all, fields(account = %tenant.account))]
+pub async fn create_entity(tenant: Tenant, JsonBody(body): JsonBody) -> Result<Response, ApiError> {
+    let obj = object(&body)?;
+    let mut errs = Vec::new();
+    reject_unknown(obj, &["type", "subtype", "ref", "status", "attributes"], &mut errs);
+    let t = string(obj, "type", true, &mut errs);
+    let sub = string(obj, "subtype", true, &mut errs);
+    let r = string(obj, "ref", true, &mut errs);
+    let status = string(obj, "status", false, &mut errs);
+    let attrs = attributes(obj, &mut errs);
+    let (Some(t), Some(sub), Some(r), true) = (t, sub, r, errs.is_empty()) else {
+        return Err(ApiError::Invalid(errs));
+    };
+    let mut new = NewEntity::new(t, sub, r);
+    new.status = status;
+    new.attributes = attrs;
+    let (entity, _) = orchestration::create_entity(&queue(&tenant), &tenant.account, new).await?;
+    Ok(json(StatusCode::CREATED, entity))
+}
+
+/// Read an entity.
+#[utoipa::path(
+    get,
+    path = "/api/entities/{type}/{ref}",
+    tag = "orchestration",
+    params(("type" = String, Path, description = "Entity type"), ("ref" = String, Path, description = "Entity ref")),
+    responses(
+        (status = 200, description = "The entity", body = Document),
+        (status = 404, description = "No such entity in this account", body = Problem),
+    ),
+    security(("bearer" = []))
+)]
+#[tracing::instrument(skip_all, fields(account = %tenant.account))]
+pub async fn get_entity(tenant: Tenant, ApiPath((t, r)): ApiPath<(String, String)>) -> Result<Response, ApiError> {
+    let mut tx = tenant.begin().await?;
+    let e = orchestration::get_entity(&mut *tx, &tenant.account, &t, &r).await?;
+    tx.commit().await?;
+    Ok(json(StatusCode::OK, e))
+}
+
+fn parse_event(body: &Value, headers: &HeaderMap) -> Result<NewEvent, ApiError> {
+    let obj = object(body)?;
+    let mut errs = Vec::new();
+    reject_unknown(
+        obj,
+        &["name", "entity", "attributes", "scheduled_at", "idempotency_key"],
+        &mut errs,
+    );
+    let name = string(obj, "name", true, &mut errs);
+    let entity = match obj.get("entity") {
+        Some(Value::Object(e)) => {
+            let t = match e.get("type") {
+                Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+                _ => {
+                    errs.push(FieldError::new("/entity/type", "must be a non-empty string"));
+                    None
+                }
+            };
+            let r = match e.get("ref") {
+                Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+                _ => {
+                    errs.push(FieldError::new("/entity/ref", "must be a non-empty string"));
+                    None
+                }
+            };
+            t.zip(r)
+        }
+        _ => {
+            errs.push(FieldError::new("/entity", "must be an object {type, ref}"));
+            None
+        }
+    };
+    let attrs = attributes(obj, &mut errs);
+    let scheduled_at = match obj.get("scheduled_at") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => match DateTime::parse_from_rfc3339(s) {
+            Ok(t) => Some(t.with_timezone(&Utc)),
+            Err(_) => {
+                errs.push(FieldError::new("/scheduled_at", "must be an RFC 3339 time"));
+                None
+            }
+        },
+        Some(_) => {
+            errs.push(FieldError::new("/scheduled_at", "must be an RFC 3339 time"));
+            None
+        }
+    };
+    let field_key = string(obj, "idempotency_key", false, &mut errs);
+    let header_key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    if let (Some(f), Some(h)) = (&field_key, &header_key) {
+        if f != h {
+            errs.push(FieldError::new(
+                "/idempotency_key",
+                "differs from the Idempotency-Key header",
+            ));
+        }
+    }
+    let (Some(name), Some((t, r)), true) = (name, entity, errs.is_empty()) else {
+        return Err(ApiError::Invalid(errs));
+    };
+    let mut e = NewEvent::new(name, t, r);
+    if let Some(a) = attrs {
+        e = e.attributes(a);
+    }
+    e.scheduled_at = scheduled_at;
+    e.idempotency_key = field_key.or(header_key);
+    Ok(e)
+}
+
+/// Send an event (queued; `scheduled_at` makes it wait).
+#[utoipa::path(
+    post,
+    path = "/api/events",
+    tag = "orchestration",
+    request_body = Document,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Idempotency key, instead of the body field")),
+    responses(
+        (status = 202, description = "Accepted: the event, pending or scheduled", body = Document),
+        (status = 404, description = "Unknown entity", body = Problem),
+        (status = 409, description = "Idempotency key used with a different event", body = Problem),
+        (status = 422, description = "Invalid fields", body = Problem),
+    ),
+    security(("bearer" = []))
+)]
+#[tracing::instrument(skip_all, fields(account = %tenant.account))]
+pub async fn send_event(tenant: Tenant, headers: HeaderMap, JsonBody(body): JsonBody) -> Result<Response, ApiError> {
+    let e = parse_event(&body, &headers)?;
+    let (event, replayed) = orchestration::send_event(&queue(&tenant), &tenant.account, e).await?;
+    let mut res = json(StatusCode::ACCEPTED, event);
+    if replayed {
+        res.headers_mut()
+            .insert("idempotent-replayed", axum::http::HeaderValue::from_static("true"));
+    }
+    Ok(res)
+}
+
+/// Send an event and wait for its whole inline chain (504 past the deadline; the event still completes).
+#[utoipa::path(
+    post,
+    path = "/api/events/sync",
+    tag = "orchestration",
+    request_body = Document,
+    params(("timeout_ms" = Option<u64>, Query, description = "Deadline, default 10000, at most 60000")),
+    responses(
+        (status = 200, description = "The outcome", body = Document),
+        (status = 404, description = "Unknown entity", body = Problem),
+        (status = 504, description = "Past the deadline (problem with event_id)", body = Problem),
+    ),
+    security(("bearer" = []))
+)]
+#[tracing::instrument(skip_all, fields(account = %tenant.account))]
+pub async fn send_event_sync(
+    tenant: Tenant,
+    headers: HeaderMap,
+    q: QueryParams,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    let timeout_ms = match q.get("timeout_ms") {
+        None => 10_000,
+        Some(s) => match s.parse::<u64>() {
+            Ok(n) if (1..=MAX_SYNC_TIMEOUT_MS).contains(&n) => n,
+            _ => return Err(ApiError::invalid("/query/timeout_ms", "must be 1 to 60000")),
+        },
+    };
+    let e = parse_event(&body, &headers)?;
+    let out =
+        orchestration::send_event_sync(&queue(&tenant), &tenant.account, e, Duration::from_millis(timeout_ms)).await?;
+    Ok(json(StatusCode::OK, out))
+}
+
+/// Read an event or audit record.
+#[utoipa::path(
+    get,
+    path = "/api/events/{id}",
+    tag = "orchestration",
+    params(("id" = String, Path, description = "Event id")),
+    responses(
+        (status = 200, description = "The event", body = Document),
+        (status = 404, description = "No such event in this account", body = Problem),
+    ),
+    security(("bearer" = []))
+)]
+#[tracing::instrument(skip_all, fields(account = %tenant.account))]
+pub async fn get_event(tenant: Tenant, ApiPath(id): ApiPath<String>) -> Result<Response, ApiError> {
+    let mut tx = tenant.begin().await?;
+    let e = orchestration::get_event(&mut *tx, &tenant.account, &id).await?;
+    tx.commit().await?;
+    Ok(json(StatusCode::OK, e))
+}
+
+/// The event log, ascending `seq`, filtered.
+#[utoipa::path(
+    get,
+    path = "/api/events",
+    tag = "orchestration",
+    params(
+        ("entity_type" = Option<String>, Query, description = "Entity type"),
+        ("entity_ref" = Option<String>, Query, description = "Entity ref"),
+        ("name" = Option<String>, Query, description = "Event name"),
+        ("kind" = Option<String>, Query, description = "orchestration or audit"),
+        ("category" = Option<String>, Query, description = "Audit category"),
+        ("status" = Option<String>, Query, description = "Event status"),
+        ("source_event_id" = Option<String>, Query, description = "Records describing this event"),
+        ("from" = Option<String>, Query, description = "RFC 3339, default 30 days ago"),
+        ("to" = Option<String>, Query, description = "RFC 3339"),
+        ("limit" = Option<i64>, Query, description = "Page size, 1..1000 (default 100)"),
+        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "A page of events", body = Document),
+        (status = 422, description = "Invalid filter", body = Problem),
+    ),
+    security(("bearer" = []))
+)]
+#[tracing::instrument(skip_all, fields(account = %tenant.account))]
+pub async fn list_events(tenant: Tenant, q: QueryParams) -> Result<Response, ApiError> {
+    let limit = q.limit()?;
+    let mut errs = Vec::new();
+    let time = |name: &str, errs: &mut Vec<FieldError>| match q.get(name) {
+        None => None,
+        Some(s) => match DateTime::parse_from_rfc3339(s) {
+            Ok(t) => Some(t.with_timezone(&Utc)),
+            Err(_) => {
+                errs.push(FieldError::new(format!("/query/{name}"), "must be an RFC 3339 time"));
+                None
+            }
+        },
+    };
+    let f = EventFilter {
+        entity_type: q.get("entity_type").map(str::to_owned),
+        entity_ref: q.get("entity_ref").map(str::to_owned),
+        name: q.get("name").map(str::to_owned),
+        kind: match q.get("kind").map(str::parse) {
+            None => None,
+            Some(Ok(k)) => Some(k),
+            Some(Err(_)) => {
+                errs.push(FieldError::new("/query/kind", "must be orchestration or audit"));
+                None
+            }
+        },
+        category: q.get("category").map(str::to_owned),
+        status: match q.get("status").map(str::parse) {
+            None => None,
+            Some(Ok(s)) => Some(s),
+            Some(Err(_)) => {
+                errs.push(FieldError::new("/query/status", "unknown status"));
+                None
+            }
+        },
+        source_event_id: q.get("source_event_id").map(str::to_owned),
+        from: time("from", &mut errs),
+        to: time("to", &mut errs),
+    };
+    if !errs.is_empty() {
+        return Err(ApiError::Invalid(errs));
+    }
+    let mut tx = tenant.begin().await?;
+    let page = orchestration::list_events(&mut tx, &tenant.account, &f, limit, q.get("cursor")).await?;
+    tx.commit().await?;
+    Ok(json(StatusCode::OK, page))
+}
+
+/// Replay a failed or unmatched event as a new event.
+#[utoipa::path(
+    post,
+    path = "/api/events/{id}/replay",
+    tag = "orchestration",
+    params(("id" = String, Path, description = "Event id")),
+    responses(
+        (status = 202, description = "The new event", body = Document),
+        (status = 404, description = "No such event", body = Problem),
+        (status = 409, description = "Not failed or no_match", body = Problem),
+    ),
+    security(("bearer" = []))
+)]
+#[tracing::instrument(skip_all, fields(account = %tenant.account))]
+pub async fn replay_event(tenant: Tenant, ApiPath(id): ApiPath<String>) -> Result<Response, ApiError> {
+    let e = orchestration::replay_event(&queue(&tenant), &tenant.account, &id).await?;
+    Ok(json(StatusCode::ACCEPTED, e))
+}
+
+/// Cancel a scheduled event.
+#[utoipa::path(
+    delete,
+    path = "/api/events/{id}",
+    tag = "orchestration",
+    params(("id" = String, Path, description = "Event id")),
+    responses(
+        (status = 204, description = "Cancelled"),
+        (status = 404, description = "No such event", body = Problem),
+        (status = 409, description = "Not scheduled", body = Problem),
+    ),
+    security(("bearer" = []))
+)]
+#[tracing::instrument(skip_all, fields(account = %tenant.account))]
+pub async fn cancel_event(tenant: Tenant, ApiPath(id): ApiPath<String>) -> Result<StatusCode, ApiError> {
+    orchestration::cancel_event(&queue(&tenant), &tenant.account, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,149 @@
+//! Workflows, rules, entities and events over HTTP: every route answers, errors are problem JSON, and another
+//! account sees nothing.
+
+use std::time::Duration;
+
+use axum::http::{Method, StatusCode};
+use ordo::testkit::eventually;
+use serde_json::json;
+
+use super::app;
+use crate::support::{fast_config, start_worker};
+
+fn workflow() -> serde_json::Value {
+    json!({
+        "statuses": [{"name": "CREATED"}, {"name": "DONE"}],
+        "rulesets": [
+            {"name": "CREATE", "entity_type": "TEST", "triggers": ["CREATED"],
+             "rules": [{"name": "core.Log", "props": {"message": "created {{entity.ref}}"}}]},
+            {"name": "Finish", "entity_type": "TEST", "triggers": ["CREATED"],
+             "rules": [{"name": "core.SetState", "props": {"status": "DONE"}},
+                       {"name": "core.SetAttribute", "props": {"name": "by", "value": "{{event.attributes.who}}"}}]}
+        ]
+    })
+}
+
+/// The orchestration routes end to end: upload a workflow (and see every problem of a bad one), create an entity,
+/// run a sync event on a worker, read the event log, and get 404/409/422 where the contract says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orchestration_routes_end_to_end() {
+    let app = app().await;
+    let a = app.account("acme").await;
+    let b = app.account("other").await;
+    let worker = start_worker(&app.db.pool, fast_config());
+
+    let bad = json!({"statuses": [{"name": "CREATED"}],
+                     "rulesets": [{"name": "X", "entity_type": "TEST", "triggers": ["NOPE"],
+                                   "rules": [{"name": "core.Nope", "props": {}}]}]});
+    let r = app
+        .call(Method::PUT, "/api/workflows/TEST::A", Some(&a), Some(bad))
+        .await;
+    let p = r.expect(StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(p["errors"].as_array().unwrap().len() >= 2, "every problem listed: {p}");
+    let r = app
+        .call(Method::PUT, "/api/workflows/TEST::A", Some(&a), Some(workflow()))
+        .await;
+    assert_eq!(r.expect(StatusCode::CREATED)["version"], "1.0");
+    app.call(Method::GET, "/api/workflows/TEST::A", Some(&a), None)
+        .await
+        .expect(StatusCode::OK);
+    app.call(Method::GET, "/api/workflows/TEST::A/versions/1.0", Some(&a), None)
+        .await
+        .expect(StatusCode::OK);
+    app.call(Method::GET, "/api/workflows/TEST::A/versions/9.9", Some(&a), None)
+        .await
+        .expect(StatusCode::NOT_FOUND);
+    app.call(Method::GET, "/api/workflows/TEST::A", Some(&b), None)
+        .await
+        .expect(StatusCode::NOT_FOUND);
+    let list = app.call(Method::GET, "/api/workflows", Some(&a), None).await;
+    assert_eq!(list.expect(StatusCode::OK)["items"].as_array().unwrap().len(), 1);
+    let rules = app.call(Method::GET, "/api/rules", Some(&a), None).await;
+    assert!(rules.expect(StatusCode::OK)["items"].as_array().unwrap().len() >= 12);
+
+    let entity = json!({"type": "TEST", "subtype": "A", "ref": "t-1", "attributes": {"n": 1}});
+    let r = app
+        .call(Method::POST, "/api/entities", Some(&a), Some(entity.clone()))
+        .await;
+    assert_eq!(r.expect(StatusCode::CREATED)["status"], "CREATED");
+    app.call(Method::POST, "/api/entities", Some(&a), Some(entity))
+        .await
+        .expect(StatusCode::CONFLICT);
+    app.call(Method::POST, "/api/entities", Some(&a), Some(json!({"type": "TEST"})))
+        .await
+        .expect(StatusCode::UNPROCESSABLE_ENTITY);
+    app.call(Method::GET, "/api/entities/TEST/t-1", Some(&b), None)
+        .await
+        .expect(StatusCode::NOT_FOUND);
+
+    let finish = json!({"name": "Finish", "entity": {"type": "TEST", "ref": "t-1"}, "attributes": {"who": "api"}});
+    let r = app
+        .call(
+            Method::POST,
+            "/api/events/sync?timeout_ms=20000",
+            Some(&a),
+            Some(finish),
+        )
+        .await;
+    let out = r.expect(StatusCode::OK);
+    assert_eq!(out["status"], "success", "{out}");
+    let e = app.call(Method::GET, "/api/entities/TEST/t-1", Some(&a), None).await;
+    let e = e.expect(StatusCode::OK);
+    assert_eq!(
+        (e["status"].as_str(), e["attributes"]["by"].as_str()),
+        (Some("DONE"), Some("api"))
+    );
+
+    let unknown = json!({"name": "Finish", "entity": {"type": "TEST", "ref": "missing"}});
+    app.call(Method::POST, "/api/events", Some(&a), Some(unknown))
+        .await
+        .expect(StatusCode::NOT_FOUND);
+    let other = json!({"name": "Finish", "entity": {"type": "TEST", "ref": "t-1"}});
+    app.call(Method::POST, "/api/events", Some(&b), Some(other))
+        .await
+        .expect(StatusCode::NOT_FOUND);
+
+    let later =
+        json!({"name": "Finish", "entity": {"type": "TEST", "ref": "t-1"}, "scheduled_at": "2099-01-01T00:00:00Z"});
+    let r = app.call(Method::POST, "/api/events", Some(&a), Some(later)).await;
+    let scheduled = r.expect(StatusCode::ACCEPTED).clone();
+    assert_eq!(scheduled["status"], "scheduled");
+    let id = scheduled["id"].as_str().unwrap();
+    app.call(Method::DELETE, &format!("/api/events/{id}"), Some(&a), None)
+        .await
+        .expect(StatusCode::NO_CONTENT);
+    app.call(Method::DELETE, &format!("/api/events/{id}"), Some(&a), None)
+        .await
+        .expect(StatusCode::CONFLICT);
+    app.call(Method::GET, &format!("/api/events/{id}"), Some(&b), None)
+        .await
+        .expect(StatusCode::NOT_FOUND);
+
+    let log = eventually(Duration::from_secs(20), "the event log of t-1", || async {
+        let r = app
+            .call(
+                Method::GET,
+                "/api/events?entity_type=TEST&entity_ref=t-1&kind=orchestration",
+                Some(&a),
+                None,
+            )
+            .await;
+        let items = r.body["items"].as_array()?.clone();
+        (items.len() >= 3).then_some(items)
+    })
+    .await;
+    let seqs: Vec<i64> = log.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "ascending seq: {seqs:?}");
+    let done = log
+        .iter()
+        .find(|e| e["name"] == "Finish" && e["status"] == "success")
+        .unwrap();
+    let replay = format!("/api/events/{}/replay", done["id"].as_str().unwrap());
+    app.call(Method::POST, &replay, Some(&a), None)
+        .await
+        .expect(StatusCode::CONFLICT);
+    app.call(Method::GET, "/api/events?kind=bogus", Some(&a), None)
+        .await
+        .expect(StatusCode::UNPROCESSABLE_ENTITY);
+    worker.stop().await;
+}
