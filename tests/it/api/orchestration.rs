@@ -147,3 +147,46 @@ async fn orchestration_routes_end_to_end() {
         .expect(StatusCode::UNPROCESSABLE_ENTITY);
     worker.stop().await;
 }
+
+/// Row-level security covers the orchestration and schedule tables: as the API's role, another account's
+/// workflows, entities, events and schedules are invisible even to a query without an account filter.
+#[tokio::test]
+async fn row_level_security_covers_orchestration_tables() {
+    use sqlx::{Connection, Row};
+    let app = app().await;
+    let a = app.account("alpha").await;
+    app.account("beta").await;
+    app.call(Method::PUT, "/api/workflows/TEST::A", Some(&a), Some(workflow()))
+        .await
+        .expect(StatusCode::CREATED);
+    let entity = json!({"type": "TEST", "subtype": "A", "ref": "t-1"});
+    app.call(Method::POST, "/api/entities", Some(&a), Some(entity))
+        .await
+        .expect(StatusCode::CREATED);
+    let schedule = json!({"name": "s", "cron": "* * * * *", "job": {"kind": "noop"}});
+    app.call(Method::POST, "/api/schedules", Some(&a), Some(schedule))
+        .await
+        .expect(StatusCode::CREATED);
+    let mut conn = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
+    for (account, visible) in [("beta", false), ("alpha", true)] {
+        let mut tx = conn.begin().await.unwrap();
+        sqlx::query("set local role ordo_api").execute(&mut *tx).await.unwrap();
+        sqlx::query("select set_config('ordo.account_id', $1, true)")
+            .bind(account)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        let row = sqlx::query(
+            "select (select count(*) from workflow), (select count(*) from entity), (select count(*) from event), \
+             (select count(*) from schedule)",
+        )
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+        for i in 0..4 {
+            let n: i64 = row.get(i);
+            assert_eq!(n > 0, visible, "as {account}, table #{i} has {n} rows");
+        }
+        tx.rollback().await.unwrap();
+    }
+}
