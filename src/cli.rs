@@ -156,7 +156,8 @@ async fn run(cmd: Command) -> anyhow::Result<()> {
                 .context("connect to postgres")?;
             let shutdown = crate::supervisor::shutdown_on_signals();
             metrics.start(&shutdown);
-            let worker = Worker::new(cfg, pool, ordo_workers::registry(), engine_handlers());
+            let engine = engine_handlers_with(args.webhook_allow_private);
+            let worker = Worker::new(cfg, pool, ordo_workers::registry(), engine);
             worker.run(shutdown).await.context("run worker")?;
             Ok(())
         }
@@ -234,13 +235,19 @@ async fn run(cmd: Command) -> anyhow::Result<()> {
     }
 }
 
-/// The engine's own job kinds (those that need the database).
-pub fn engine_handlers() -> EngineHandlers {
+/// The engine's own job kinds (those that need the database). `webhook_allow_private` lets webhooks reach
+/// private and loopback addresses (`ORDO_WEBHOOK_ALLOW_PRIVATE`; test builds always allow them, for local
+/// receivers).
+pub fn engine_handlers_with(webhook_allow_private: bool) -> EngineHandlers {
     #[allow(unused_mut)]
     let mut h = EngineHandlers::new();
     #[cfg(feature = "testkit")]
     crate::probe::register(&mut h);
-    // Test builds deliver webhooks to local receivers; ORDO_WEBHOOK_ALLOW_PRIVATE is not plumbed here yet.
-    crate::orchestration::register(&mut h, cfg!(feature = "testkit"));
+    crate::orchestration::register(&mut h, webhook_allow_private || cfg!(feature = "testkit"));
     h
+}
+
+/// The engine's job kinds with the contract's defaults (private webhook targets refused outside test builds).
+pub fn engine_handlers() -> EngineHandlers {
+    engine_handlers_with(false)
 }

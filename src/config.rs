@@ -117,6 +117,9 @@ pub struct WorkerArgs {
     /// Hours finished jobs are kept (jobs with an idempotency key at least 7 days).
     #[arg(long, env = "ORDO_RETAIN_FINISHED_HOURS", default_value_t = 24)]
     pub retain_finished_hours: u64,
+    /// Let webhooks reach private, loopback and link-local addresses (the sandbox sets it).
+    #[arg(long, env = "ORDO_WEBHOOK_ALLOW_PRIVATE", default_value_t = false, action = clap::ArgAction::Set)]
+    pub webhook_allow_private: bool,
     /// Base of the retry backoff in milliseconds (the first retry waits up to this).
     #[arg(long, env = "ORDO_RETRY_BASE_MS", default_value_t = 1_000, hide = true)]
     pub retry_base_ms: u64,

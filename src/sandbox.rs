@@ -148,6 +148,8 @@ async fn run_cluster(
         ("DATABASE_URL", database_url.to_owned()),
         ("ORDO_LISTEN", args.listen.clone()),
         ("ORDO_ADMIN_TOKEN", admin_token.clone()),
+        // Demo webhooks go to receivers on this machine.
+        ("ORDO_WEBHOOK_ALLOW_PRIVATE", "true".to_owned()),
     ];
     if let Some(r) = &redis_url {
         env.push(("REDIS_URL", r.clone()));
