@@ -61,7 +61,7 @@ enum Command {
     },
     /// Queue benchmark; prints a JSON summary.
     Bench(crate::bench::BenchArgs),
-    /// The whole cluster in one command: private PostgreSQL, API, scheduler, workers blue and green.
+    /// The whole cluster in one command: private PostgreSQL, API, scheduler, autoscaler, workers blue and green.
     Sandbox(crate::sandbox::SandboxArgs),
     /// HTTP API, /metrics, /healthz, /readyz.
     Api {

@@ -1,7 +1,7 @@
 //! `ordo sandbox`: the whole cluster on one machine in one command. Without `DATABASE_URL` it keeps a private
 //! PostgreSQL in a data directory (`./.ordo/` by default, reused on the next start), runs migrations, creates the
-//! account `demo`, and runs each role as a child process of this binary: the API, a scheduler, and pool `default`
-//! at two versions, `blue` and `green`. Stopping it stops everything it started.
+//! account `demo`, and runs each role as a child process of this binary: the API, a scheduler, the autoscaler
+//! (process driver), and pool `default` at two versions, `blue` and `green`. Stopping it stops everything it started.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -154,9 +154,10 @@ async fn run_cluster(
     if let Some(r) = &redis_url {
         env.push(("REDIS_URL", r.clone()));
     }
-    let roles: [(&str, &[&str]); 4] = [
+    let roles: [(&str, &[&str]); 5] = [
         ("api", &["api"]),
         ("scheduler", &["scheduler"]),
+        ("autoscaler", &["autoscaler", "--driver", "process"]),
         ("worker blue", &["worker", "--pool", "default", "--version", "blue"]),
         ("worker green", &["worker", "--pool", "default", "--version", "green"]),
     ];

@@ -219,6 +219,8 @@ async fn worker_process_serves_metrics() {
     let db = testkit::db().await;
     let q = queue::Queue::new(db.pool.clone(), ordo::wake::Waker::disabled());
     let j = q.enqueue(&acct(), NewJob::new("noop", json!({}))).await.unwrap().job;
+    // A job no worker knows stays waiting, so the queue always has a gauge to publish.
+    q.enqueue(&acct(), NewJob::new("mystery", json!({}))).await.unwrap();
     let port = testkit::free_port();
     let listen = format!("127.0.0.1:{port}");
     let mut w = crate::support::spawn_worker_process(&db.url, &[("ORDO_METRICS_LISTEN", listen.as_str())], &[]);
