@@ -117,6 +117,9 @@ pub struct WorkerArgs {
     /// Hours finished jobs are kept (jobs with an idempotency key at least 7 days).
     #[arg(long, env = "ORDO_RETAIN_FINISHED_HOURS", default_value_t = 24)]
     pub retain_finished_hours: u64,
+    /// Days the event log is kept (events and audit records; pending and scheduled events are never pruned).
+    #[arg(long, env = "ORDO_RETAIN_EVENTS_DAYS", default_value_t = 30)]
+    pub retain_events_days: u64,
     /// Let webhooks reach private, loopback and link-local addresses (the sandbox sets it).
     #[arg(long, env = "ORDO_WEBHOOK_ALLOW_PRIVATE", default_value_t = false, action = clap::ArgAction::Set)]
     pub webhook_allow_private: bool,
@@ -166,6 +169,7 @@ impl WorkerArgs {
             ..RetryPolicy::default()
         };
         cfg.redis_url = redis.redis_url.clone();
+        cfg.event_retention = Duration::from_secs(self.retain_events_days.max(1) * 24 * 3600);
         cfg.retention = Retention {
             finished: Duration::from_secs(self.retain_finished_hours * 3600),
             ..Retention::default()

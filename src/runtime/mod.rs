@@ -67,6 +67,8 @@ pub struct WorkerConfig {
     pub claimers: usize,
     /// Retention applied by queue maintenance.
     pub retention: queue::Retention,
+    /// How long the event log is kept; pruned by whichever worker holds the maintenance lease.
+    pub event_retention: Duration,
 }
 
 impl WorkerConfig {
@@ -87,6 +89,7 @@ impl WorkerConfig {
             max_claim: 1000,
             claimers: 2,
             retention: queue::Retention::default(),
+            event_retention: Duration::from_secs(30 * 24 * 3600),
         }
     }
 }
@@ -189,6 +192,12 @@ impl Worker {
             let mut m = queue::Maintainer::new(self.pool.clone(), self.id.clone(), cfg.retry);
             m.retention = cfg.retention;
             tasks.spawn(m.run(background.clone()));
+            tasks.spawn(prune_event_log(
+                self.pool.clone(),
+                self.id.clone(),
+                cfg.event_retention,
+                background.clone(),
+            ));
         }
 
         let jobs = TaskTracker::new();
@@ -262,6 +271,41 @@ impl Worker {
         let _ = queue::deregister_worker(&self.pool, &self.id).await;
         tracing::info!(worker.id = %self.id, "worker stopped");
         Ok(())
+    }
+}
+
+/// Every minute, if this worker holds the maintenance lease, deletes event-log rows past their retention in
+/// batches. Lives here, not in `queue`, because the event log belongs to orchestration.
+async fn prune_event_log(pool: PgPool, holder: String, retention: Duration, stop: CancellationToken) {
+    let mut every = Duration::from_secs(5);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        every = Duration::from_secs(60);
+        let leading = crate::leader::holder(&pool, queue::MAINTENANCE_LEASE)
+            .await
+            .ok()
+            .flatten();
+        if leading.as_deref() != Some(holder.as_str()) {
+            continue;
+        }
+        loop {
+            match crate::orchestration::prune_events(&pool, retention, 5000).await {
+                Ok(n) if n == 5000 => continue,
+                Ok(n) => {
+                    if n > 0 {
+                        tracing::info!(events = n, "pruned the event log");
+                    }
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "failed to prune the event log");
+                    break;
+                }
+            }
+        }
     }
 }
 

@@ -252,3 +252,31 @@ async fn worker_process_serves_metrics() {
     crate::support::signal(&w, "-TERM");
     assert!(w.wait().await.unwrap().success());
 }
+
+/// The maintenance holder prunes the event log past its retention, and keeps pending events and recent rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_log_is_pruned_past_its_retention() {
+    let db = testkit::db().await;
+    sqlx::query(
+        r#"
+        insert into event (account_id, seq, name, kind, status, entity_type, entity_ref, created_at)
+        values ('default', 1, 'Old', 'orchestration', 'success', 'T', 'r', now() - interval '40 days'),
+               ('default', 2, 'OldPending', 'orchestration', 'pending', 'T', 'r', now() - interval '40 days'),
+               ('default', 3, 'New', 'orchestration', 'success', 'T', 'r', now())
+        "#,
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let w = start_worker(&db.pool, fast_config());
+    let left: Vec<String> = eventually(Duration::from_secs(30), "the old event to be pruned", || async {
+        let names: Vec<String> = sqlx::query_scalar("select name from event order by seq")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+        (names.len() == 2).then_some(names)
+    })
+    .await;
+    assert_eq!(left, ["OldPending", "New"]);
+    w.stop().await;
+}
