@@ -206,14 +206,14 @@ async fn workflow_versions_pin_entities_to_their_major() {
 
 /// What the webhook receiver saw.
 #[derive(Debug, Clone)]
-struct Delivery {
-    body: Value,
-    signature_ok: bool,
-    idempotency_key: String,
+pub(crate) struct Delivery {
+    pub body: Value,
+    pub signature_ok: bool,
+    pub idempotency_key: String,
 }
 
 /// A local HTTP receiver that checks each request's signature with its own HMAC over the raw body.
-async fn start_receiver(secret: String, fail_first: usize) -> (String, Arc<Mutex<Vec<Delivery>>>) {
+pub(crate) async fn start_receiver(secret: String, fail_first: usize) -> (String, Arc<Mutex<Vec<Delivery>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/erp/orders", listener.local_addr().unwrap());
     let seen: Arc<Mutex<Vec<Delivery>>> = Arc::default();
@@ -287,7 +287,7 @@ async fn start_receiver(secret: String, fail_first: usize) -> (String, Arc<Mutex
     (url, out)
 }
 
-fn example(name: &str) -> Value {
+pub(crate) fn example(name: &str) -> Value {
     let path = format!("{}/examples/workflows/{name}", env!("CARGO_MANIFEST_DIR"));
     serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
 }

@@ -190,3 +190,97 @@ async fn row_level_security_covers_orchestration_tables() {
         tx.rollback().await.unwrap();
     }
 }
+
+/// The example order flow end to end through the HTTP API: workflows uploaded, stock loaded, an order booked,
+/// picked and shipped by events, with a real local receiver that checks each webhook's signature with its own
+/// HMAC over the raw body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn example_order_flow_over_http_with_verified_webhooks() {
+    let app = app().await;
+    let key = app.account("shop").await;
+    let account = ordo::tenancy::AccountId::parse("shop").unwrap();
+    let secret = ordo::tenancy::webhook_secret(&app.db.pool, &account).await.unwrap();
+    let (erp_url, deliveries) = crate::orchestration::start_receiver(secret, 0).await;
+    let mut order = crate::orchestration::example("ORDER-HD.json");
+    order["settings"]["erp_url"] = json!(erp_url);
+    let catalogue = crate::orchestration::example("INVENTORY_CATALOGUE-DEFAULT.json");
+    app.call(Method::PUT, "/api/workflows/ORDER::HD", Some(&key), Some(order))
+        .await
+        .expect(StatusCode::CREATED);
+    app.call(
+        Method::PUT,
+        "/api/workflows/INVENTORY_CATALOGUE::DEFAULT",
+        Some(&key),
+        Some(catalogue),
+    )
+    .await
+    .expect(StatusCode::CREATED);
+    let worker = start_worker(&app.db.pool, fast_config());
+
+    let main = json!({"type": "INVENTORY_CATALOGUE", "subtype": "DEFAULT", "ref": "MAIN"});
+    app.call(Method::POST, "/api/entities", Some(&key), Some(main))
+        .await
+        .expect(StatusCode::CREATED);
+    let restock = json!({"name": "Restock", "entity": {"type": "INVENTORY_CATALOGUE", "ref": "MAIN"},
+                         "attributes": {"sku_ref": "SKU-1", "location_ref": "DC1", "on_hand": 5}});
+    let r = app
+        .call(
+            Method::POST,
+            "/api/events/sync?timeout_ms=20000",
+            Some(&key),
+            Some(restock),
+        )
+        .await;
+    assert_eq!(r.expect(StatusCode::OK)["status"], "success");
+
+    let o1 = json!({"type": "ORDER", "subtype": "HD", "ref": "O-1",
+                    "attributes": {"sku": "SKU-1", "location": "DC1", "qty": 3}});
+    app.call(Method::POST, "/api/entities", Some(&key), Some(o1))
+        .await
+        .expect(StatusCode::CREATED);
+    let status = |want: &'static str| {
+        let app = &app;
+        let key = key.clone();
+        async move {
+            eventually(Duration::from_secs(30), &format!("O-1 to be {want}"), || async {
+                let r = app.call(Method::GET, "/api/entities/ORDER/O-1", Some(&key), None).await;
+                (r.body["status"] == want).then_some(r.body)
+            })
+            .await
+        }
+    };
+    let booked = status("BOOKED").await;
+    assert_eq!(booked["attributes"]["reserved_qty"], 3);
+    for name in ["Pick", "Ship"] {
+        let e = json!({"name": name, "entity": {"type": "ORDER", "ref": "O-1"}});
+        app.call(Method::POST, "/api/events", Some(&key), Some(e))
+            .await
+            .expect(StatusCode::ACCEPTED);
+    }
+    status("SHIPPED").await;
+
+    let got = eventually(Duration::from_secs(30), "webhooks for BOOKED and SHIPPED", || async {
+        let d = deliveries.lock().unwrap().clone();
+        (d.len() >= 2).then_some(d)
+    })
+    .await;
+    assert!(got.iter().all(|d| d.signature_ok), "{got:#?}");
+    let mut statuses: Vec<&str> = got.iter().map(|d| d.body["entity_status"].as_str().unwrap()).collect();
+    statuses.sort();
+    assert_eq!(statuses, ["BOOKED", "SHIPPED"]);
+    let keys: std::collections::BTreeSet<&str> = got.iter().map(|d| d.idempotency_key.as_str()).collect();
+    assert_eq!(keys.len(), 2, "each delivery has its own idempotency key");
+    let log = app
+        .call(
+            Method::GET,
+            "/api/events?entity_type=ORDER&entity_ref=O-1&kind=audit&category=webhook",
+            Some(&key),
+            None,
+        )
+        .await;
+    assert!(
+        !log.expect(StatusCode::OK)["items"].as_array().unwrap().is_empty(),
+        "webhook attempts are audited"
+    );
+    worker.stop().await;
+}
