@@ -293,7 +293,7 @@ async fn prune_event_log(pool: PgPool, holder: String, retention: Duration, stop
         }
         loop {
             match crate::orchestration::prune_events(&pool, retention, 5000).await {
-                Ok(n) if n == 5000 => continue,
+                Ok(5000) => continue,
                 Ok(n) => {
                     if n > 0 {
                         tracing::info!(events = n, "pruned the event log");
