@@ -1,0 +1,16 @@
+-- wrk script: synchronous events against many entities (POST /api/events/sync), each running a 3-rule ruleset.
+--
+--   benches/orchestration.sh sets up the workflow and the entities, then runs:
+--   ORDO_API_KEY=<key> ORDO_ENTITIES=1000 wrk -t2 -c32 -d20s --latency -s benches/http_event_sync.lua http://127.0.0.1:8080
+
+local key = os.getenv("ORDO_API_KEY") or error("set ORDO_API_KEY")
+local entities = tonumber(os.getenv("ORDO_ENTITIES") or "1000")
+local headers = { ["Content-Type"] = "application/json", ["Authorization"] = "Bearer " .. key }
+local n = 0
+
+function request()
+  n = n + 1
+  local ref = "b-" .. ((n * 7919) % entities)
+  local body = '{"name":"Touch","entity":{"type":"BENCH","ref":"' .. ref .. '"},"attributes":{"n":' .. n .. '}}'
+  return wrk.format("POST", "/api/events/sync?timeout_ms=10000", headers, body)
+end

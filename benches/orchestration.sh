@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Orchestration figures: sync event latency over HTTP (wrk) and async executions per second with one worker.
+# Usage: benches/orchestration.sh [path/to/ordo]   (needs DATABASE_URL of a server where it may create a database)
+set -euo pipefail
+ordo=${1:-${CARGO_TARGET_DIR:-target}/release/ordo}
+admin=${DATABASE_URL:?set DATABASE_URL to a server}
+db="ordo_orch_bench_$$"
+base=${admin%/*}
+psql "$admin" -qc "create database $db"
+export DATABASE_URL="$base/$db"
+trap 'kill $(jobs -p) 2>/dev/null; sleep 1; psql "$admin" -qc "drop database if exists $db with (force)"' EXIT
+"$ordo" migrate >/dev/null
+key=$("$ordo" account create bench | sed -n 's/^api_key=//p')
+port=18090
+ORDO_RATE_LIMIT_RPS=0 ORDO_LISTEN=127.0.0.1:$port RUST_LOG=warn "$ordo" api &
+RUST_LOG=warn "$ordo" worker --concurrency 64 &
+worker=$!
+url=http://127.0.0.1:$port
+until curl -sf $url/readyz >/dev/null; do sleep 0.1; done
+auth=(-H "Authorization: Bearer $key" -H 'Content-Type: application/json')
+curl -sf -X PUT "$url/api/workflows/BENCH::A" "${auth[@]}" -d '{
+  "statuses": [{"name": "CREATED"}, {"name": "ACTIVE"}],
+  "rulesets": [{"name": "Touch", "entity_type": "BENCH", "rules": [
+    {"name": "core.SetState", "props": {"status": "ACTIVE"}},
+    {"name": "core.SetAttribute", "props": {"name": "last", "value": "{{event.attributes.n}}"}},
+    {"name": "core.Log", "props": {"message": "touched {{entity.ref}}"}}]}]}' >/dev/null
+entities=${ENTITIES:-1000}
+for i in $(seq 0 $((entities - 1))); do
+  echo "{\"type\":\"BENCH\",\"subtype\":\"A\",\"ref\":\"b-$i\"}"
+done | xargs -P 8 -I{} curl -sf -o /dev/null -X POST "$url/api/entities" "${auth[@]}" -d {}
+echo "sync events, 32 connections:"
+ORDO_API_KEY=$key ORDO_ENTITIES=$entities wrk -t2 -c32 -d20s --latency -s "$(dirname "$0")/http_event_sync.lua" "$url" \
+  | grep -E "Requests/sec|  50%|  99%"
+echo "async executions (2 000 events over $entities entities, one worker started after they were queued):"
+kill -TERM $worker; wait $worker || true
+for i in $(seq 0 1999); do
+  echo "{\"name\":\"Touch\",\"entity\":{\"type\":\"BENCH\",\"ref\":\"b-$((i % entities))\"}}"
+done | xargs -P 16 -I{} curl -sf -o /dev/null -X POST "$url/api/events" "${auth[@]}" -d {}
+start=$(psql "$DATABASE_URL" -qAt -c "select now()")
+RUST_LOG=warn "$ordo" worker --concurrency 64 &
+until [ "$(psql "$DATABASE_URL" -qAt -c "select count(*) from event where kind = 'orchestration' and status in ('pending','running')")" = 0 ]; do sleep 0.2; done
+psql "$DATABASE_URL" -qAt -c "select round(count(*) / extract(epoch from max(processed_at) - '$start'::timestamptz)) || ' executions/s' from event where kind = 'orchestration' and name = 'Touch' and processed_at > '$start'::timestamptz"
