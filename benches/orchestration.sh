@@ -27,7 +27,7 @@ curl -sf -X PUT "$url/api/workflows/BENCH::A" "${auth[@]}" -d '{
 entities=${ENTITIES:-1000}
 for i in $(seq 0 $((entities - 1))); do
   echo "{\"type\":\"BENCH\",\"subtype\":\"A\",\"ref\":\"b-$i\"}"
-done | xargs -P 8 -I{} curl -sf -o /dev/null -X POST "$url/api/entities" "${auth[@]}" -d {}
+done | xargs -d '\n' -P 8 -I{} curl -sf -o /dev/null -X POST "$url/api/entities" "${auth[@]}" -d {}
 echo "sync events, 32 connections:"
 ORDO_API_KEY=$key ORDO_ENTITIES=$entities wrk -t2 -c32 -d20s --latency -s "$(dirname "$0")/http_event_sync.lua" "$url" \
   | grep -E "Requests/sec|  50%|  99%"
@@ -35,7 +35,7 @@ echo "async executions (2 000 events over $entities entities, one worker started
 kill -TERM $worker; wait $worker || true
 for i in $(seq 0 1999); do
   echo "{\"name\":\"Touch\",\"entity\":{\"type\":\"BENCH\",\"ref\":\"b-$((i % entities))\"}}"
-done | xargs -P 16 -I{} curl -sf -o /dev/null -X POST "$url/api/events" "${auth[@]}" -d {}
+done | xargs -d '\n' -P 16 -I{} curl -sf -o /dev/null -X POST "$url/api/events" "${auth[@]}" -d {}
 start=$(psql "$DATABASE_URL" -qAt -c "select now()")
 RUST_LOG=warn "$ordo" worker --concurrency 64 &
 until [ "$(psql "$DATABASE_URL" -qAt -c "select count(*) from event where kind = 'orchestration' and status in ('pending','running')")" = 0 ]; do sleep 0.2; done
