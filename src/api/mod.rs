@@ -15,6 +15,7 @@ pub mod auth;
 mod enqueuer;
 pub mod error;
 pub mod extract;
+pub mod fields;
 pub mod health;
 pub mod jobs;
 pub mod middleware;

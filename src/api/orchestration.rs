@@ -13,6 +13,7 @@ use utoipa::ToSchema;
 use super::auth::Tenant;
 use super::error::{ApiError, Problem};
 use super::extract::{ApiPath, JsonBody, QueryParams};
+use super::fields::{object, reject_unknown, string};
 use crate::orchestration::{self, EventFilter, NewEntity, NewEvent, Version};
 use crate::queue::{FieldError, Queue};
 
@@ -27,32 +28,6 @@ pub struct Document(Value);
 
 fn queue(tenant: &Tenant) -> Queue {
     Queue::new(tenant.state().pool().clone(), tenant.state().waker().clone())
-}
-
-fn object(body: &Value) -> Result<&Map<String, Value>, ApiError> {
-    body.as_object()
-        .ok_or_else(|| ApiError::invalid("", "must be a JSON object"))
-}
-
-fn reject_unknown(obj: &Map<String, Value>, known: &[&str], errs: &mut Vec<FieldError>) {
-    for k in obj.keys().filter(|k| !known.contains(&k.as_str())) {
-        errs.push(FieldError::new(format!("/{k}"), "unknown field"));
-    }
-}
-
-fn string(obj: &Map<String, Value>, name: &str, required: bool, errs: &mut Vec<FieldError>) -> Option<String> {
-    match obj.get(name) {
-        None | Some(Value::Null) if required => {
-            errs.push(FieldError::new(format!("/{name}"), "is required"));
-            None
-        }
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) if !s.is_empty() && !s.contains('\0') => Some(s.clone()),
-        Some(_) => {
-            errs.push(FieldError::new(format!("/{name}"), "must be a non-empty string"));
-            None
-        }
-    }
 }
 
 fn attributes(obj: &Map<String, Value>, errs: &mut Vec<FieldError>) -> Option<Value> {

@@ -12,6 +12,7 @@ use utoipa::ToSchema;
 use super::auth::Tenant;
 use super::error::{ApiError, Problem};
 use super::extract::{ApiPath, JsonBody, QueryParams};
+use super::fields::{boolean, object, reject_unknown, string};
 use crate::queue::FieldError;
 use crate::scheduler::store::{self, JobSpec, NewSchedule, Schedule, ScheduleUpdate, Target};
 
@@ -83,41 +84,6 @@ pub struct SchedulePage {
     pub next_cursor: Option<String>,
 }
 
-fn object(body: &Value) -> Result<&Map<String, Value>, ApiError> {
-    body.as_object()
-        .ok_or_else(|| ApiError::invalid("", "must be a JSON object"))
-}
-
-fn reject_unknown(obj: &Map<String, Value>, known: &[&str], errs: &mut Vec<FieldError>) {
-    for k in obj.keys() {
-        if !known.contains(&k.as_str()) {
-            errs.push(FieldError::new(format!("/{k}"), "unknown field"));
-        }
-    }
-}
-
-fn opt_string(obj: &Map<String, Value>, name: &str, errs: &mut Vec<FieldError>) -> Option<String> {
-    match obj.get(name) {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) if !s.contains('\0') => Some(s.clone()),
-        Some(_) => {
-            errs.push(FieldError::new(format!("/{name}"), "must be a string"));
-            None
-        }
-    }
-}
-
-fn opt_bool(obj: &Map<String, Value>, name: &str, errs: &mut Vec<FieldError>) -> Option<bool> {
-    match obj.get(name) {
-        None | Some(Value::Null) => None,
-        Some(Value::Bool(b)) => Some(*b),
-        Some(_) => {
-            errs.push(FieldError::new(format!("/{name}"), "must be a boolean"));
-            None
-        }
-    }
-}
-
 fn target(obj: &Map<String, Value>, required: bool, errs: &mut Vec<FieldError>) -> Option<Target> {
     if obj.contains_key("event") {
         errs.push(FieldError::new(
@@ -165,10 +131,10 @@ pub async fn create(tenant: Tenant, JsonBody(body): JsonBody) -> Result<Response
     let obj = object(&body)?;
     let mut errs = Vec::new();
     reject_unknown(obj, &["name", "cron", "timezone", "job", "event", "paused"], &mut errs);
-    let name = opt_string(obj, "name", &mut errs);
-    let cron = opt_string(obj, "cron", &mut errs);
-    let timezone = opt_string(obj, "timezone", &mut errs);
-    let paused = opt_bool(obj, "paused", &mut errs).unwrap_or(false);
+    let name = string(obj, "name", false, &mut errs);
+    let cron = string(obj, "cron", false, &mut errs);
+    let timezone = string(obj, "timezone", false, &mut errs);
+    let paused = boolean(obj, "paused", &mut errs).unwrap_or(false);
     let target = target(obj, true, &mut errs);
     if name.is_none() && !errs.iter().any(|e| e.path == "/name") {
         errs.push(FieldError::new("/name", "is required"));
@@ -265,10 +231,10 @@ pub async fn update(
     let mut errs = Vec::new();
     reject_unknown(obj, &["cron", "timezone", "job", "event", "paused"], &mut errs);
     let change = ScheduleUpdate {
-        cron: opt_string(obj, "cron", &mut errs),
-        timezone: opt_string(obj, "timezone", &mut errs),
+        cron: string(obj, "cron", false, &mut errs),
+        timezone: string(obj, "timezone", false, &mut errs),
         target: target(obj, false, &mut errs),
-        paused: opt_bool(obj, "paused", &mut errs),
+        paused: boolean(obj, "paused", &mut errs),
     };
     if !errs.is_empty() {
         return Err(ApiError::Invalid(errs));
