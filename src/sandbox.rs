@@ -1,7 +1,9 @@
 //! `ordo sandbox`: the whole cluster on one machine in one command. Without `DATABASE_URL` it keeps a private
 //! PostgreSQL in a data directory (`./.ordo/` by default, reused on the next start), runs migrations, creates the
 //! account `demo`, and runs each role as a child process of this binary: the API, a scheduler, the autoscaler
-//! (process driver), and pool `default` at two versions, `blue` and `green`. Stopping it stops everything it started.
+//! (process driver), and pool `default` at two versions, `blue` and `green`. It loads the example workflows and a
+//! stocked catalogue into `demo`, and with `--demo-load` drives a stream of orders. Stopping it stops everything it
+//! started.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -59,7 +61,22 @@ pub struct SandboxArgs {
     /// Redis URL; the local Redis on 127.0.0.1:6379 when it answers, else workers poll.
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
+    /// Drive a steady stream of orders and restocks through the demo account, so the metrics move.
+    #[arg(long)]
+    pub demo_load: bool,
 }
+
+/// The example workflows loaded into the demo account.
+const EXAMPLES: [(&str, &str); 2] = [
+    (
+        "INVENTORY_CATALOGUE::DEFAULT",
+        include_str!("../examples/workflows/INVENTORY_CATALOGUE-DEFAULT.json"),
+    ),
+    ("ORDER::HD", include_str!("../examples/workflows/ORDER-HD.json")),
+];
+
+/// SKUs the demo catalogue stocks at location `DC1`.
+const DEMO_SKUS: [&str; 3] = ["SKU-1", "SKU-2", "SKU-3"];
 
 /// What a running sandbox offers.
 #[derive(Debug, Clone)]
@@ -90,6 +107,9 @@ pub async fn run(args: SandboxArgs, shutdown: CancellationToken, on_ready: impl 
     let result = match result {
         Ok((ready, children, stop)) => {
             on_ready(&ready);
+            if args.demo_load {
+                tokio::spawn(demo_load(database_url.clone(), stop.clone()));
+            }
             stop.cancelled().await;
             stop_children(children).await;
             Ok(())
@@ -136,6 +156,7 @@ async fn run_cluster(
         Err(crate::tenancy::Error::AccountExists(_)) => crate::tenancy::create_key(&pool, &demo).await?.api_key,
         Err(e) => return Err(e.into()),
     };
+    demo_data(&pool, &demo).await?;
     pool.close().await;
     let admin_token = crate::tenancy::generate_key();
     let redis_url = match &args.redis_url {
@@ -191,6 +212,75 @@ async fn run_cluster(
         children,
         shutdown,
     ))
+}
+
+/// Loads the example workflows (once: a second start keeps the versions it finds), the catalogue `MAIN` and its
+/// stock, so an order of `SKU-1` at `DC1` books right away.
+async fn demo_data(pool: &sqlx::PgPool, demo: &AccountId) -> Result<(), Error> {
+    use crate::orchestration::{self, NewEntity, NewEvent};
+    let rules = ordo_workers::rules::registry();
+    for (reference, text) in EXAMPLES {
+        let mut conn = pool.acquire().await.map_err(crate::db::Error::from)?;
+        if orchestration::get_workflow(&mut *conn, demo, reference, None)
+            .await
+            .is_ok()
+        {
+            continue;
+        }
+        let body: serde_json::Value = serde_json::from_str(text).map_err(std::io::Error::other)?;
+        orchestration::put_workflow(&mut conn, demo, reference, &body, false, &rules)
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+    }
+    let q = crate::queue::Queue::new(pool.clone(), crate::wake::Waker::disabled());
+    match orchestration::create_entity(&q, demo, NewEntity::new("INVENTORY_CATALOGUE", "DEFAULT", "MAIN")).await {
+        Ok(_) | Err(orchestration::Error::EntityExists(_)) => {}
+        Err(e) => return Err(std::io::Error::other(e.to_string()).into()),
+    }
+    for sku in DEMO_SKUS {
+        let restock = NewEvent::new("Restock", "INVENTORY_CATALOGUE", "MAIN")
+            .attributes(serde_json::json!({"sku_ref": sku, "location_ref": "DC1", "on_hand": 1000}));
+        orchestration::send_event(&q, demo, restock)
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// `--demo-load`: an order every 200 ms (picked and shipped on the way) and a restock every few seconds, until
+/// the sandbox stops.
+async fn demo_load(database_url: String, stop: CancellationToken) {
+    use crate::orchestration::{self, NewEntity, NewEvent};
+    let Ok(pool) = crate::db::connect(&database_url, 2).await else {
+        tracing::warn!("demo load could not connect; no demo traffic");
+        return;
+    };
+    let Ok(demo) = AccountId::parse("demo") else { return };
+    let q = crate::queue::Queue::new(pool, crate::wake::Waker::disabled());
+    let run = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
+    let mut n: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+        n += 1;
+        let sku = DEMO_SKUS[(n % 3) as usize];
+        let order = format!("demo-{run}-{n}");
+        let attrs = serde_json::json!({"sku": sku, "location": "DC1", "qty": 1 + n % 3});
+        let _ = orchestration::create_entity(&q, &demo, NewEntity::new("ORDER", "HD", &order).attributes(attrs)).await;
+        if n % 2 == 0 {
+            let previous = format!("demo-{run}-{}", n - 1);
+            for name in ["Pick", "Ship"] {
+                let _ = orchestration::send_event(&q, &demo, NewEvent::new(name, "ORDER", &previous)).await;
+            }
+        }
+        if n % 25 == 0 {
+            let restock = NewEvent::new("Restock", "INVENTORY_CATALOGUE", "MAIN")
+                .attributes(serde_json::json!({"sku_ref": sku, "location_ref": "DC1", "on_hand": 1000}));
+            let _ = orchestration::send_event(&q, &demo, restock).await;
+        }
+    }
 }
 
 async fn local_redis() -> Option<String> {

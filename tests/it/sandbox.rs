@@ -117,6 +117,19 @@ async fn sandbox_starts_runs_jobs_stops_and_keeps_its_data() {
     .await;
     let (_, j) = sb.get(&format!("/api/jobs/{id}")).await;
     assert!(["blue", "green"].contains(&j["version"].as_str().unwrap()), "{j}");
+
+    // The demo order flow: the example workflows and a stocked catalogue are there, so an order books.
+    let (status, w) = sb.get("/api/workflows/ORDER::HD").await;
+    assert_eq!(status, 200, "{w}");
+    let order = json!({"type": "ORDER", "subtype": "HD", "ref": "demo-1",
+                       "attributes": {"sku": "SKU-1", "location": "DC1", "qty": 2}});
+    let (status, e) = sb.post("/api/entities", order).await;
+    assert_eq!(status, 201, "{e}");
+    eventually(Duration::from_secs(30), "the demo order to be booked", || async {
+        let (_, e) = sb.get("/api/entities/ORDER/demo-1").await;
+        (e["status"] == "BOOKED").then_some(())
+    })
+    .await;
     sb.stop().await;
 
     // Same directory: the job is still there.
