@@ -269,13 +269,13 @@ async fn demo_load(database_url: String, stop: CancellationToken) {
         let order = format!("demo-{run}-{n}");
         let attrs = serde_json::json!({"sku": sku, "location": "DC1", "qty": 1 + n % 3});
         let _ = orchestration::create_entity(&q, &demo, NewEntity::new("ORDER", "HD", &order).attributes(attrs)).await;
-        if n % 2 == 0 {
+        if n.is_multiple_of(2) {
             let previous = format!("demo-{run}-{}", n - 1);
             for name in ["Pick", "Ship"] {
                 let _ = orchestration::send_event(&q, &demo, NewEvent::new(name, "ORDER", &previous)).await;
             }
         }
-        if n % 25 == 0 {
+        if n.is_multiple_of(25) {
             let restock = NewEvent::new("Restock", "INVENTORY_CATALOGUE", "MAIN")
                 .attributes(serde_json::json!({"sku_ref": sku, "location_ref": "DC1", "on_hand": 1000}));
             let _ = orchestration::send_event(&q, &demo, restock).await;
