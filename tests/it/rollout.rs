@@ -352,13 +352,13 @@ async fn rollout_under_load_with_worker_processes() {
     };
     eventually(
         Duration::from_secs(120),
-        "2000 canary-phase jobs to complete",
+        "1000 canary-phase jobs to complete",
         || async {
             let n: i64 = sqlx::query_scalar("select count(*) from job where state = 'completed'")
                 .fetch_one(&db.pool)
                 .await
                 .unwrap();
-            (n >= 2000).then_some(())
+            (n >= 1000).then_some(())
         },
     )
     .await;
@@ -368,8 +368,8 @@ async fn rollout_under_load_with_worker_processes() {
         *phase = "promoted";
     }
     let at_promote = enqueued.load(Ordering::SeqCst);
-    eventually(Duration::from_secs(120), "1500 more jobs after promote", || async {
-        (enqueued.load(Ordering::SeqCst) >= at_promote + 1500).then_some(())
+    eventually(Duration::from_secs(120), "600 more jobs after promote", || async {
+        (enqueued.load(Ordering::SeqCst) >= at_promote + 600).then_some(())
     })
     .await;
     stop.store(true, Ordering::SeqCst);
