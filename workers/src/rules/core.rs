@@ -282,6 +282,16 @@ impl Rule for SendWebhook {
     }
 }
 
+/// Props of the rules that take only a `message`.
+fn message_schema() -> Value {
+    json!({
+        "type": "object",
+        "additionalProperties": false,
+        "required": ["message"],
+        "properties": {"message": {"type": "string"}}
+    })
+}
+
 /// `core.Log {message}`.
 #[derive(Debug, Clone, Copy)]
 pub struct Log;
@@ -294,12 +304,7 @@ impl Rule for Log {
         "records message as a custom audit record"
     }
     fn props_schema(&self) -> Value {
-        json!({
-            "type": "object",
-            "additionalProperties": false,
-            "required": ["message"],
-            "properties": {"message": {"type": "string"}}
-        })
+        message_schema()
     }
     fn apply(&self, _ctx: &RuleContext<'_>, props: &Value) -> Result<Vec<Action>, RuleError> {
         let message = match props.get("message") {
@@ -323,12 +328,7 @@ impl Rule for Fail {
         "fails with message (routes to the exception ruleset, else the event fails)"
     }
     fn props_schema(&self) -> Value {
-        json!({
-            "type": "object",
-            "additionalProperties": false,
-            "required": ["message"],
-            "properties": {"message": {"type": "string"}}
-        })
+        message_schema()
     }
     fn apply(&self, _ctx: &RuleContext<'_>, props: &Value) -> Result<Vec<Action>, RuleError> {
         let message = props

@@ -18,6 +18,28 @@ fn base_properties() -> Map<String, Value> {
     m
 }
 
+/// Schema of a rule acting on one position: `sku_ref`, `location_ref` and the count field `field`.
+fn position_schema(field: &str, what: &str) -> Value {
+    let mut p = base_properties();
+    p.insert(field.into(), qty_schema(what));
+    json!({"type": "object", "additionalProperties": false, "required": ["sku_ref", "location_ref", field],
+           "properties": p})
+}
+
+/// Checks that `qty` reserved units of the props' position exist, for the rules that consume reservations.
+fn reserved(ctx: &RuleContext<'_>, props: &Value, verb: &str) -> Result<(PositionKey, i64), RuleError> {
+    let key = position_key(props)?;
+    let qty = quantity(props, "qty")?;
+    let pos = ctx.position(&key);
+    if pos.reserved < qty {
+        return Err(RuleError::Failed(format!(
+            "cannot {verb} {qty} of {key}: only {} reserved",
+            pos.reserved
+        )));
+    }
+    Ok((key, qty))
+}
+
 fn position_key(props: &Value) -> Result<PositionKey, RuleError> {
     let get = |name: &str| match props.get(name) {
         Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
@@ -138,25 +160,14 @@ impl Rule for ConfirmSale {
         "sells qty reserved units of a position: on_hand -= qty, reserved -= qty (fails if fewer are reserved)"
     }
     fn props_schema(&self) -> Value {
-        let mut p = base_properties();
-        p.insert("qty".into(), qty_schema("units sold"));
-        json!({"type": "object", "additionalProperties": false, "required": ["sku_ref", "location_ref", "qty"],
-               "properties": p})
+        position_schema("qty", "units sold")
     }
     fn positions(&self, props: &Value) -> Result<Vec<PositionKey>, RuleError> {
         Ok(vec![position_key(props)?])
     }
     fn apply(&self, ctx: &RuleContext<'_>, props: &Value) -> Result<Vec<Action>, RuleError> {
-        let key = position_key(props)?;
-        let qty = quantity(props, "qty")?;
-        let pos = ctx.position(&key);
-        if pos.reserved < qty {
-            return Err(RuleError::Failed(format!(
-                "cannot sell {qty} of {key}: only {} reserved",
-                pos.reserved
-            )));
-        }
-        Ok(vec![Action::ConfirmSale { position: key, qty }])
+        let (position, qty) = reserved(ctx, props, "sell")?;
+        Ok(vec![Action::ConfirmSale { position, qty }])
     }
 }
 
@@ -172,25 +183,14 @@ impl Rule for Release {
         "gives qty reserved units of a position back: reserved -= qty (fails if fewer are reserved)"
     }
     fn props_schema(&self) -> Value {
-        let mut p = base_properties();
-        p.insert("qty".into(), qty_schema("units released"));
-        json!({"type": "object", "additionalProperties": false, "required": ["sku_ref", "location_ref", "qty"],
-               "properties": p})
+        position_schema("qty", "units released")
     }
     fn positions(&self, props: &Value) -> Result<Vec<PositionKey>, RuleError> {
         Ok(vec![position_key(props)?])
     }
     fn apply(&self, ctx: &RuleContext<'_>, props: &Value) -> Result<Vec<Action>, RuleError> {
-        let key = position_key(props)?;
-        let qty = quantity(props, "qty")?;
-        let pos = ctx.position(&key);
-        if pos.reserved < qty {
-            return Err(RuleError::Failed(format!(
-                "cannot release {qty} of {key}: only {} reserved",
-                pos.reserved
-            )));
-        }
-        Ok(vec![Action::Release { position: key, qty }])
+        let (position, qty) = reserved(ctx, props, "release")?;
+        Ok(vec![Action::Release { position, qty }])
     }
 }
 
@@ -206,10 +206,7 @@ impl Rule for UpsertPosition {
         "sets a position's on_hand (creating the position), keeping its reservations"
     }
     fn props_schema(&self) -> Value {
-        let mut p = base_properties();
-        p.insert("on_hand".into(), qty_schema("units on hand"));
-        json!({"type": "object", "additionalProperties": false, "required": ["sku_ref", "location_ref", "on_hand"],
-               "properties": p})
+        position_schema("on_hand", "units on hand")
     }
     fn positions(&self, props: &Value) -> Result<Vec<PositionKey>, RuleError> {
         Ok(vec![position_key(props)?])
