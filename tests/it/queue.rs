@@ -42,6 +42,23 @@ async fn enqueue(pool: &PgPool, job: NewJob) -> queue::Job {
     queue::enqueue(&mut conn, &acct(), job).await.expect("enqueue").job
 }
 
+/// A worker `w1` of pool `default` that serves `default` and knows `noop`.
+fn worker_info(concurrency: i32) -> queue::WorkerInfo {
+    queue::WorkerInfo {
+        id: "w1".into(),
+        pool: "default".into(),
+        version: "v1".into(),
+        queues: vec!["default".into()],
+        kinds: vec!["noop".into()],
+        host: "h".into(),
+        pid: 1,
+        concurrency,
+        started_at: Utc::now(),
+        heartbeat_at: Utc::now(),
+        stopping: false,
+    }
+}
+
 fn ok(id: JobId, attempt: i32) -> Completion {
     Completion {
         id,
@@ -643,19 +660,7 @@ async fn queue_stats_count_states_and_unclaimable() {
         .execute(&db.pool)
         .await
         .unwrap();
-    let w = queue::WorkerInfo {
-        id: "w1".into(),
-        pool: "default".into(),
-        version: "v1".into(),
-        queues: vec!["default".into()],
-        kinds: vec!["noop".into()],
-        host: "h".into(),
-        pid: 1,
-        concurrency: 1,
-        started_at: Utc::now(),
-        heartbeat_at: Utc::now(),
-        stopping: false,
-    };
+    let w = worker_info(1);
     queue::register_worker(&db.pool, &w).await.unwrap();
     let stats = queue::queue_stats(&db.pool, &acct(), Duration::from_secs(30))
         .await
@@ -765,19 +770,7 @@ async fn leader_lease_has_one_holder() {
 #[tokio::test]
 async fn worker_registry_tracks_live_workers() {
     let db = testkit::db().await;
-    let w = queue::WorkerInfo {
-        id: "w1".into(),
-        pool: "default".into(),
-        version: "v1".into(),
-        queues: vec!["default".into()],
-        kinds: vec!["noop".into()],
-        host: "h".into(),
-        pid: 1,
-        concurrency: 4,
-        started_at: Utc::now(),
-        heartbeat_at: Utc::now(),
-        stopping: false,
-    };
+    let w = worker_info(4);
     queue::register_worker(&db.pool, &w).await.unwrap();
     assert!(queue::heartbeat_worker(&db.pool, "w1", true).await.unwrap());
     let live = queue::live_workers(&db.pool, Duration::from_secs(30)).await.unwrap();
