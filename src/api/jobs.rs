@@ -326,12 +326,13 @@ pub(crate) fn parse_job(v: &Value, base: &str, errs: &mut Vec<FieldError>) -> Op
     Some(job)
 }
 
-fn traceparent(headers: &HeaderMap) -> Option<String> {
+/// The request's W3C `traceparent`, normalised; an invalid one is ignored, as the W3C spec asks.
+pub(crate) fn traceparent(headers: &HeaderMap) -> Option<String> {
     headers
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128)
-        .map(str::to_owned)
+        .and_then(crate::telemetry::trace::TraceParent::parse)
+        .map(|t| t.to_string())
 }
 
 fn job_response(status: StatusCode, job: Job, replayed: bool) -> Response {

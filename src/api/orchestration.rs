@@ -184,7 +184,7 @@ pub async fn rules(_tenant: Tenant) -> Response {
     security(("bearer" = []))
 )]
 #[tracing::instrument(skip_all, fields(account = %tenant.account))]
-pub async fn create_entity(tenant: Tenant, JsonBody(body): JsonBody) -> Result<Response, ApiError> {
+pub async fn create_entity(tenant: Tenant, headers: HeaderMap, JsonBody(body): JsonBody) -> Result<Response, ApiError> {
     let obj = object(&body)?;
     let mut errs = Vec::new();
     reject_unknown(obj, &["type", "subtype", "ref", "status", "attributes"], &mut errs);
@@ -199,6 +199,7 @@ pub async fn create_entity(tenant: Tenant, JsonBody(body): JsonBody) -> Result<R
     let mut new = NewEntity::new(t, sub, r);
     new.status = status;
     new.attributes = attrs;
+    new.traceparent = super::jobs::traceparent(&headers);
     let (entity, _) = orchestration::create_entity(&queue(&tenant), &tenant.account, new).await?;
     Ok(json(StatusCode::CREATED, entity))
 }
@@ -292,6 +293,7 @@ fn parse_event(body: &Value, headers: &HeaderMap) -> Result<NewEvent, ApiError> 
     }
     e.scheduled_at = scheduled_at;
     e.idempotency_key = field_key.or(header_key);
+    e.traceparent = super::jobs::traceparent(headers);
     Ok(e)
 }
 

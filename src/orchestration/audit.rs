@@ -101,6 +101,7 @@ pub(crate) async fn write(
             scheduled_at: None,
             processed: true,
             error: a.error.clone(),
+            traceparent: None,
         })
         .collect();
     insert_rows(conn, account, &rows).await

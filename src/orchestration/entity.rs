@@ -69,6 +69,8 @@ pub struct NewEntity {
     pub status: Option<String>,
     /// Attributes (an object, default `{}`).
     pub attributes: Option<Value>,
+    /// W3C trace context for its `CREATE` event (the request's `traceparent`).
+    pub traceparent: Option<String>,
 }
 
 impl NewEntity {
@@ -80,6 +82,7 @@ impl NewEntity {
             entity_ref: entity_ref.into(),
             status: None,
             attributes: None,
+            traceparent: None,
         }
     }
 
@@ -164,6 +167,7 @@ pub async fn create_entity(q: &Queue, account: &AccountId, new: NewEntity) -> Re
             scheduled_at: None,
             source_event_id: None,
             idempotency_key: None,
+            traceparent: new.traceparent.clone(),
         }],
     )
     .await?

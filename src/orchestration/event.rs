@@ -146,10 +146,13 @@ pub struct Event {
     /// Why it failed (or the error handled by an exception ruleset).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// W3C trace context it was accepted under (from the request's `traceparent`, or its source's trace).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 pub(crate) const EVENT_COLUMNS: &str = "seq, name, kind, category, status, entity_type, entity_ref, attributes, \
-    source_event_id, scheduled_at, created_at, processed_at, error";
+    source_event_id, scheduled_at, created_at, processed_at, error, traceparent";
 
 #[derive(sqlx::FromRow)]
 pub(crate) struct EventRow {
@@ -166,6 +169,7 @@ pub(crate) struct EventRow {
     created_at: DateTime<Utc>,
     processed_at: Option<DateTime<Utc>>,
     error: Option<String>,
+    traceparent: Option<String>,
 }
 
 impl TryFrom<EventRow> for Event {
@@ -188,6 +192,7 @@ impl TryFrom<EventRow> for Event {
             created_at: r.created_at,
             processed_at: r.processed_at,
             error: r.error,
+            traceparent: r.traceparent,
         })
     }
 }
@@ -205,6 +210,8 @@ pub struct NewEvent {
     pub scheduled_at: Option<DateTime<Utc>>,
     /// Deduplicates sends (per account, as for jobs).
     pub idempotency_key: Option<String>,
+    /// W3C trace context to continue (the request's `traceparent`).
+    pub traceparent: Option<String>,
 }
 
 impl NewEvent {
@@ -219,6 +226,7 @@ impl NewEvent {
             attributes: json!({}),
             scheduled_at: None,
             idempotency_key: None,
+            traceparent: None,
         }
     }
 
@@ -268,6 +276,7 @@ pub(crate) struct Accept {
     pub scheduled_at: Option<DateTime<Utc>>,
     pub source_event_id: Option<i64>,
     pub idempotency_key: Option<String>,
+    pub traceparent: Option<String>,
 }
 
 /// One row to insert into `event`.
@@ -286,6 +295,7 @@ pub(crate) struct Row {
     pub scheduled_at: Option<DateTime<Utc>>,
     pub processed: bool,
     pub error: Option<String>,
+    pub traceparent: Option<String>,
 }
 
 /// Draws `n` seqs, ascending.
@@ -319,6 +329,7 @@ pub(crate) async fn insert_rows(conn: &mut PgConnection, account: &AccountId, ro
     let mut sched = Vec::with_capacity(rows.len());
     let mut processed = Vec::with_capacity(rows.len());
     let mut error = Vec::with_capacity(rows.len());
+    let mut trace = Vec::with_capacity(rows.len());
     for r in rows {
         seq.push(r.seq);
         name.push(r.name.as_str());
@@ -333,17 +344,20 @@ pub(crate) async fn insert_rows(conn: &mut PgConnection, account: &AccountId, ro
         sched.push(r.scheduled_at);
         processed.push(r.processed);
         error.push(r.error.as_deref());
+        trace.push(r.traceparent.as_deref());
     }
     sqlx::query(
         r#"
         insert into event (account_id, seq, name, kind, category, status, entity_type, entity_ref, attributes,
-                           source_event_id, job_id, scheduled_at, processed_at, error)
+                           source_event_id, job_id, scheduled_at, processed_at, error, traceparent)
         select $1, case when t.seq = 0 then nextval('event_seq') else t.seq end, t.name, t.kind, t.category, t.status, t.entity_type, t.entity_ref, t.attributes,
-               t.source_event_id, t.job_id, t.scheduled_at, case when t.processed then now() end, t.error
+               t.source_event_id, t.job_id, t.scheduled_at, case when t.processed then now() end, t.error,
+               t.traceparent
         from unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
-                    $9::jsonb[], $10::bigint[], $11::bigint[], $12::timestamptz[], $13::bool[], $14::text[])
+                    $9::jsonb[], $10::bigint[], $11::bigint[], $12::timestamptz[], $13::bool[], $14::text[],
+                    $15::text[])
              as t(seq, name, kind, category, status, entity_type, entity_ref, attributes, source_event_id, job_id,
-                  scheduled_at, processed, error)
+                  scheduled_at, processed, error, traceparent)
         "#,
     )
     .bind(account.as_str())
@@ -360,6 +374,7 @@ pub(crate) async fn insert_rows(conn: &mut PgConnection, account: &AccountId, ro
     .bind(&sched)
     .bind(&processed)
     .bind(&error)
+    .bind(&trace)
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -386,6 +401,7 @@ pub(crate) async fn accept_many(
             )
             .queue(QUEUE)
             .concurrency_key(concurrency_key(&e.entity));
+            job.traceparent.clone_from(&e.traceparent);
             if let Some(t) = e.scheduled_at {
                 job = job.run_at(t);
             }
@@ -424,6 +440,7 @@ pub(crate) async fn accept_many(
                 scheduled_at: e.scheduled_at,
                 processed: false,
                 error: None,
+                traceparent: e.traceparent.clone(),
             }
         })
         .collect();
@@ -486,6 +503,7 @@ pub async fn send_event(q: &Queue, account: &AccountId, mut event: NewEvent) -> 
             scheduled_at: event.scheduled_at,
             source_event_id: None,
             idempotency_key: event.idempotency_key,
+            traceparent: event.traceparent,
         }],
     )
     .await?;
@@ -673,6 +691,7 @@ pub async fn replay_event(q: &Queue, account: &AccountId, id: &str) -> Result<Ev
             scheduled_at: None,
             source_event_id: Some(original.seq),
             idempotency_key: None,
+            traceparent: crate::telemetry::trace::child_of(original.traceparent.as_deref()),
         }],
     )
     .await?;

@@ -29,6 +29,7 @@ use super::workflow::{get_version, Definition, RuleCall, Ruleset, RulesetKind, V
 use super::{Error, Result};
 use crate::queue::{self, Job, JobId, NewJob};
 use crate::runtime::{EngineHandler, EngineHandlers, EngineResult};
+use crate::telemetry::trace;
 use crate::tenancy::AccountId;
 
 /// The job kind of an orchestration event.
@@ -698,6 +699,7 @@ impl Run<'_> {
                 scheduled_at: None,
                 processed: true,
                 error: e.error.clone(),
+                traceparent: job.traceparent.clone(),
             })
             .collect();
         insert_rows(&mut tx, account, &inline).await?;
@@ -747,6 +749,8 @@ impl Run<'_> {
                     .map(|s| now + chrono::Duration::seconds(s.min(MAX_DELAY_SECONDS) as i64)),
                 source_event_id: Some(seqs[e.source]),
                 idempotency_key: None,
+                // Each emitted event is a new hop of the caller's trace.
+                traceparent: trace::child_of(job.traceparent.as_deref()),
             })
             .collect();
         let emitted = accept_many(&mut tx, account, accepts).await?;
@@ -772,7 +776,9 @@ impl Run<'_> {
                     "source_event_id": (*src != 0).then(|| seqs[e.source].to_string()),
                     "processed_at": now,
                 });
-                webhook::delivery_job(account, url, body, seq, n, retry, &self.key)
+                let mut hook = webhook::delivery_job(account, url, body, seq, n, retry, &self.key);
+                hook.traceparent = trace::child_of(job.traceparent.as_deref());
+                hook
             })
             .collect();
         queue::enqueue_many(&mut tx, account, &hooks).await?;

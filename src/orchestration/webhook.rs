@@ -180,7 +180,7 @@ impl WebhookDeliverer {
             Ok(a) => a,
             Err(e) => return EngineResult::Step(Err(StepError::fail(e.to_string()))),
         };
-        let attempt = match self.attempt(pool, &account, &args).await {
+        let attempt = match self.attempt(pool, &account, &args, job.traceparent.as_deref()).await {
             Ok(a) => a,
             Err(e) => Attempt::Retry(e.to_string()),
         };
@@ -225,7 +225,13 @@ impl WebhookDeliverer {
         }
     }
 
-    async fn attempt(&self, pool: &PgPool, account: &AccountId, args: &Args) -> Result<Attempt, Error> {
+    async fn attempt(
+        &self,
+        pool: &PgPool,
+        account: &AccountId,
+        args: &Args,
+        traceparent: Option<&str>,
+    ) -> Result<Attempt, Error> {
         let url = match Url::parse(&args.url) {
             Ok(u) if matches!(u.scheme(), "http" | "https") => u,
             Ok(u) => {
@@ -259,15 +265,17 @@ impl WebhookDeliverer {
         };
         let body = serde_json::to_vec(&args.body).map_err(|e| Error::Corrupt(e.to_string()))?;
         let signature = sign(&secret, Utc::now().timestamp(), &body);
-        let sent = self
+        let mut request = self
             .client
             .post(url)
             .header("content-type", "application/json")
             .header("ordo-signature", signature)
-            .header("idempotency-key", &args.idempotency_key)
-            .body(body)
-            .send()
-            .await;
+            .header("idempotency-key", &args.idempotency_key);
+        if let Some(t) = traceparent {
+            // The receiver continues the trace of the request that started the process.
+            request = request.header("traceparent", t);
+        }
+        let sent = request.body(body).send().await;
         Ok(match sent {
             Ok(r) if r.status().is_success() => Attempt::Delivered(r.status().as_u16()),
             Ok(r) => Attempt::Retry(format!("receiver answered {}", r.status())),

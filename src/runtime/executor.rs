@@ -57,6 +57,13 @@ impl Executor {
             cancel: cancel.clone(),
         };
         let kind_label = job.kind.clone();
+        // Failure logs name the trace the job belongs to, so they can be joined with the caller's logs.
+        let trace_id = job
+            .traceparent
+            .as_deref()
+            .and_then(crate::telemetry::trace::TraceParent::parse)
+            .map(|t| t.trace_id())
+            .unwrap_or_default();
         let delay = (chrono::Utc::now() - job.run_at).num_milliseconds().max(0) as f64 / 1000.0;
         metrics::histogram!(m::JOB_START_DELAY_SECONDS, "queue" => job.queue.clone()).record(delay);
         let started = std::time::Instant::now();
@@ -71,7 +78,7 @@ impl Executor {
             Ran::Outcome(Ok(Outcome::Snooze(d))) => SettleKind::Snooze(d),
             Ran::Outcome(Ok(Outcome::Cancel { reason })) => SettleKind::Cancel(reason),
             Ran::Outcome(Err(StepError::Retry { reason, after })) => {
-                tracing::info!(job.id = %id, attempt, error = %reason, "attempt failed; will retry");
+                tracing::info!(job.id = %id, attempt, trace_id, error = %reason, "attempt failed; will retry");
                 SettleKind::Fail {
                     message: reason,
                     permanent: false,
@@ -79,7 +86,7 @@ impl Executor {
                 }
             }
             Ran::Outcome(Err(StepError::Fail { reason })) => {
-                tracing::info!(job.id = %id, attempt, error = %reason, "attempt failed permanently");
+                tracing::info!(job.id = %id, attempt, trace_id, error = %reason, "attempt failed permanently");
                 SettleKind::Fail {
                     message: reason,
                     permanent: true,

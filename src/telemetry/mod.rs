@@ -1,6 +1,7 @@
 //! Logging set-up. Levels come from `RUST_LOG` (default `info`); `ORDO_LOG=json` switches to JSON lines.
 
 pub mod metrics;
+pub mod trace;
 
 use tracing_subscriber::EnvFilter;
 

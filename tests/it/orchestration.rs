@@ -210,6 +210,7 @@ pub(crate) struct Delivery {
     pub body: Value,
     pub signature_ok: bool,
     pub idempotency_key: String,
+    pub traceparent: String,
 }
 
 /// A local HTTP receiver that checks each request's signature with its own HMAC over the raw body.
@@ -272,6 +273,7 @@ pub(crate) async fn start_receiver(secret: String, fail_first: usize) -> (String
                         body: serde_json::from_slice(raw).unwrap(),
                         signature_ok: !t.is_empty() && expected == v1,
                         idempotency_key: header("idempotency-key"),
+                        traceparent: header("traceparent"),
                     });
                     seen.len() <= fail_first
                 };

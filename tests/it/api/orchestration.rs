@@ -284,3 +284,123 @@ async fn example_order_flow_over_http_with_verified_webhooks() {
     );
     worker.stop().await;
 }
+
+/// A `traceparent` sent with the request that creates an order is continued by its `CREATE` event's job, by the
+/// event it emits to the catalogue (and that event's job), and by the webhook the ERP receives: same trace id,
+/// a new span id per hop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_context_follows_an_order_into_emitted_events_and_webhooks() {
+    const TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
+    let sent = format!("00-{TRACE}-b7ad6b7169203331-01");
+    let app = app().await;
+    let key = app.account("shop").await;
+    let account = ordo::tenancy::AccountId::parse("shop").unwrap();
+    let secret = ordo::tenancy::webhook_secret(&app.db.pool, &account).await.unwrap();
+    let (erp_url, deliveries) = crate::orchestration::start_receiver(secret, 0).await;
+    let mut order = crate::orchestration::example("ORDER-HD.json");
+    order["settings"]["erp_url"] = json!(erp_url);
+    let catalogue = crate::orchestration::example("INVENTORY_CATALOGUE-DEFAULT.json");
+    app.call(Method::PUT, "/api/workflows/ORDER::HD", Some(&key), Some(order))
+        .await
+        .expect(StatusCode::CREATED);
+    app.call(
+        Method::PUT,
+        "/api/workflows/INVENTORY_CATALOGUE::DEFAULT",
+        Some(&key),
+        Some(catalogue),
+    )
+    .await
+    .expect(StatusCode::CREATED);
+    let main = json!({"type": "INVENTORY_CATALOGUE", "subtype": "DEFAULT", "ref": "MAIN"});
+    app.call(Method::POST, "/api/entities", Some(&key), Some(main))
+        .await
+        .expect(StatusCode::CREATED);
+    let restock = json!({"name": "Restock", "entity": {"type": "INVENTORY_CATALOGUE", "ref": "MAIN"},
+                         "attributes": {"sku_ref": "SKU-1", "location_ref": "DC1", "on_hand": 5}});
+    app.call(Method::POST, "/api/events", Some(&key), Some(restock))
+        .await
+        .expect(StatusCode::ACCEPTED);
+
+    let o1 = json!({"type": "ORDER", "subtype": "HD", "ref": "O-T",
+                    "attributes": {"sku": "SKU-1", "location": "DC1", "qty": 1}});
+    let req = axum::http::Request::builder()
+        .method(Method::POST)
+        .uri("/api/entities")
+        .header("authorization", format!("Bearer {key}"))
+        .header("content-type", "application/json")
+        .header("traceparent", &sent)
+        .body(axum::body::Body::from(serde_json::to_vec(&o1).unwrap()))
+        .unwrap();
+    app.send(req).await.expect(StatusCode::CREATED);
+    let worker = start_worker(&app.db.pool, fast_config());
+
+    let got = eventually(Duration::from_secs(30), "the BOOKED webhook", || async {
+        let d = deliveries.lock().unwrap().clone();
+        d.into_iter().next()
+    })
+    .await;
+    assert!(got.signature_ok);
+    let hook_trace = ordo::telemetry::trace::TraceParent::parse(&got.traceparent)
+        .unwrap_or_else(|| panic!("webhook traceparent {:?} is valid", got.traceparent));
+    assert_eq!(hook_trace.trace_id(), TRACE);
+    assert_ne!(got.traceparent, sent, "the webhook is a hop of its own");
+
+    // The order's CREATE event carries the request's context as sent; the Reserve event it emitted to the
+    // catalogue continues the same trace.
+    let events = |q: &'static str| {
+        let app = &app;
+        let key = key.clone();
+        async move {
+            let r = app.call(Method::GET, q, Some(&key), None).await;
+            r.expect(StatusCode::OK)["items"].as_array().unwrap().clone()
+        }
+    };
+    let create = events("/api/events?entity_type=ORDER&entity_ref=O-T&kind=orchestration&name=CREATE").await;
+    assert_eq!(create[0]["traceparent"], sent.as_str());
+    let reserve = events("/api/events?entity_type=INVENTORY_CATALOGUE&entity_ref=MAIN&name=Reserve").await;
+    let emitted = reserve[0]["traceparent"]
+        .as_str()
+        .expect("the emitted event has a traceparent");
+    assert!(emitted.contains(TRACE) && emitted != sent, "{emitted}");
+    assert_eq!(reserve[0]["source_event_id"], create[0]["id"]);
+    // And so do the queued jobs that ran them.
+    let jobs: Vec<Option<String>> =
+        sqlx::query_scalar("select traceparent from job where account_id = 'shop' and kind = 'orchestration.event'")
+            .fetch_all(&app.db.pool)
+            .await
+            .unwrap();
+    let traced = jobs.iter().flatten().filter(|t| t.contains(TRACE)).count();
+    assert!(
+        traced >= 3,
+        "CREATE, Reserve and Reserved jobs carry the trace: {jobs:?}"
+    );
+    let untraced = jobs.iter().filter(|t| t.is_none()).count();
+    assert_eq!(
+        untraced, 2,
+        "the catalogue's CREATE and Restock were sent untraced: {jobs:?}"
+    );
+    worker.stop().await;
+}
+
+/// An invalid `traceparent` is ignored (W3C), never stored or an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_traceparent_is_ignored() {
+    let app = app().await;
+    let key = app.account("shop").await;
+    let req = axum::http::Request::builder()
+        .method(Method::POST)
+        .uri("/api/jobs")
+        .header("authorization", format!("Bearer {key}"))
+        .header("content-type", "application/json")
+        .header("traceparent", "00-not-a-trace-01")
+        .body(axum::body::Body::from(r#"{"kind": "noop"}"#))
+        .unwrap();
+    let r = app.send(req).await;
+    assert!(
+        r.expect(StatusCode::CREATED)
+            .get("traceparent")
+            .is_none_or(|t| t.is_null()),
+        "{:?}",
+        r.body
+    );
+}
