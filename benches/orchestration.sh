@@ -28,15 +28,26 @@ entities=${ENTITIES:-1000}
 for i in $(seq 0 $((entities - 1))); do
   echo "{\"type\":\"BENCH\",\"subtype\":\"A\",\"ref\":\"b-$i\"}"
 done | xargs -d '\n' -P 8 -I{} curl -sf -o /dev/null -X POST "$url/api/entities" "${auth[@]}" -d {}
+lua="$(dirname "$0")/http_event_sync.lua"
 echo "sync events, 32 connections:"
-ORDO_API_KEY=$key ORDO_ENTITIES=$entities wrk -t2 -c32 -d20s --latency -s "$(dirname "$0")/http_event_sync.lua" "$url" \
-  | grep -E "Requests/sec|  50%|  99%"
-echo "async executions (2 000 events over $entities entities, one worker started after they were queued):"
+ORDO_API_KEY=$key ORDO_ENTITIES=$entities wrk -t2 -c32 -d20s --latency -s "$lua" "$url" | grep -E "Requests/sec|  50%|  99%"
+echo "sync events, 1 connection (latency at low load):"
+ORDO_API_KEY=$key ORDO_ENTITIES=$entities wrk -t1 -c1 -d10s --latency -s "$lua" "$url" | grep -E "Requests/sec|  50%|  99%"
+
+# Executions/s of the events queued while no worker ran, from the worker's start to the last one's commit.
+drain() {
+  local start
+  start=$(psql "$DATABASE_URL" -qAt -c "select now()")
+  RUST_LOG=warn "$ordo" worker --concurrency 64 &
+  worker=$!
+  until [ "$(psql "$DATABASE_URL" -qAt -c "select count(*) from event where kind = 'orchestration' and status in ('pending','running')")" = 0 ]; do sleep 0.2; done
+  psql "$DATABASE_URL" -qAt -c "select count(*) || ' events, ' || round(count(*) / extract(epoch from max(processed_at) - '$start'::timestamptz)) || ' executions/s' from event where kind = 'orchestration' and name = 'Touch' and processed_at > '$start'::timestamptz"
+}
 kill -TERM $worker; wait $worker || true
-for i in $(seq 0 1999); do
-  echo "{\"name\":\"Touch\",\"entity\":{\"type\":\"BENCH\",\"ref\":\"b-$((i % entities))\"}}"
-done | xargs -d '\n' -P 16 -I{} curl -sf -o /dev/null -X POST "$url/api/events" "${auth[@]}" -d {}
-start=$(psql "$DATABASE_URL" -qAt -c "select now()")
-RUST_LOG=warn "$ordo" worker --concurrency 64 &
-until [ "$(psql "$DATABASE_URL" -qAt -c "select count(*) from event where kind = 'orchestration' and status in ('pending','running')")" = 0 ]; do sleep 0.2; done
-psql "$DATABASE_URL" -qAt -c "select round(count(*) / extract(epoch from max(processed_at) - '$start'::timestamptz)) || ' executions/s' from event where kind = 'orchestration' and name = 'Touch' and processed_at > '$start'::timestamptz"
+echo "async executions (events over $entities entities queued for 5 s with no worker, then one worker):"
+ORDO_EVENT_PATH=/api/events ORDO_API_KEY=$key ORDO_ENTITIES=$entities wrk -t2 -c16 -d5s -s "$lua" "$url" >/dev/null
+drain
+kill -TERM $worker; wait $worker || true
+echo "serial chain (events of one entity queued for 3 s with no worker, then one worker):"
+ORDO_EVENT_PATH=/api/events ORDO_API_KEY=$key ORDO_ENTITIES=1 wrk -t1 -c4 -d3s -s "$lua" "$url" >/dev/null
+drain

@@ -14,6 +14,7 @@ use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
+use tracing::Instrument;
 
 use super::error::ApiError;
 use super::AppState;
@@ -44,8 +45,14 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
     let route = route_of(&req);
     let method = req.method().as_str().to_owned();
     let started = Instant::now();
-    let res = match tokio::time::timeout(state.settings().request_timeout, next.run(req)).await {
-        Ok(res) => res,
+    // The handler runs as a task of its own, so neither a client that hangs up nor the deadline cuts it off in the
+    // middle of a transaction: it finishes (or rolls back) on its own, and its connection goes back to the pool
+    // clean. Dropped mid-statement, a connection can go back with a transaction still open on the server.
+    let handler = tokio::spawn(next.run(req).in_current_span());
+    let res = match tokio::time::timeout(state.settings().request_timeout, handler).await {
+        Ok(Ok(res)) => res,
+        Ok(Err(e)) if e.is_panic() => panic_response(e.into_panic()),
+        Ok(Err(e)) => ApiError::Internal(format!("handler task failed: {e}")).into_response(),
         Err(_) => ApiError::Unavailable("the request did not complete in time; retry later".to_owned()).into_response(),
     };
     let status = res.status().as_u16().to_string();

@@ -351,7 +351,7 @@ pub(crate) async fn insert_rows(conn: &mut PgConnection, account: &AccountId, ro
         insert into event (account_id, seq, name, kind, category, status, entity_type, entity_ref, attributes,
                            source_event_id, job_id, scheduled_at, processed_at, error, traceparent)
         select $1, case when t.seq = 0 then nextval('event_seq') else t.seq end, t.name, t.kind, t.category, t.status, t.entity_type, t.entity_ref, t.attributes,
-               t.source_event_id, t.job_id, t.scheduled_at, case when t.processed then now() end, t.error,
+               t.source_event_id, t.job_id, t.scheduled_at, case when t.processed then clock_timestamp() end, t.error,
                t.traceparent
         from unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
                     $9::jsonb[], $10::bigint[], $11::bigint[], $12::timestamptz[], $13::bool[], $14::text[],
@@ -388,6 +388,19 @@ pub(crate) async fn accept_many(
     account: &AccountId,
     events: Vec<Accept>,
 ) -> Result<Vec<(Event, bool)>> {
+    Ok(accept_many_jobs(conn, account, events)
+        .await?
+        .into_iter()
+        .map(|(e, replayed, _)| (e, replayed))
+        .collect())
+}
+
+/// [`accept_many`], also returning each event's job.
+pub(crate) async fn accept_many_jobs(
+    conn: &mut PgConnection,
+    account: &AccountId,
+    events: Vec<Accept>,
+) -> Result<Vec<(Event, bool, JobId)>> {
     if events.is_empty() {
         return Ok(Vec::new());
     }
@@ -463,7 +476,7 @@ pub(crate) async fn accept_many(
             let row = by_job
                 .remove(&o.id.0)
                 .ok_or_else(|| Error::Corrupt(format!("job {} has no event", o.id)))?;
-            Ok((Event::try_from(row)?, o.replayed))
+            Ok((Event::try_from(row)?, o.replayed, o.id))
         })
         .collect()
 }
@@ -489,12 +502,30 @@ async fn require_entity(conn: &mut PgConnection, account: &AccountId, entity: &E
 
 /// Accepts an event (`POST /api/events`, answered 202): queued now, or scheduled for `scheduled_at`. Returns the
 /// event and whether it is an idempotent replay of an earlier send with the same key.
-pub async fn send_event(q: &Queue, account: &AccountId, mut event: NewEvent) -> Result<(Event, bool)> {
-    event.validate()?;
+pub async fn send_event(q: &Queue, account: &AccountId, event: NewEvent) -> Result<(Event, bool)> {
+    let (event, replayed, _) = accept_event(q, account, event).await?;
+    q.waker().wake(QUEUE);
+    Ok((event, replayed))
+}
+
+/// Accepts an event without waking workers; also returns its job.
+pub(crate) async fn accept_event(q: &Queue, account: &AccountId, event: NewEvent) -> Result<(Event, bool, JobId)> {
     let mut tx = q.pool().begin().await?;
-    require_entity(&mut tx, account, &event.entity).await?;
-    let mut out = accept_many(
-        &mut tx,
+    let out = accept_event_in(&mut tx, account, event).await?;
+    tx.commit().await?;
+    Ok(out)
+}
+
+/// Accepts an event inside the caller's transaction; also returns its job.
+pub(crate) async fn accept_event_in(
+    conn: &mut PgConnection,
+    account: &AccountId,
+    mut event: NewEvent,
+) -> Result<(Event, bool, JobId)> {
+    event.validate()?;
+    require_entity(conn, account, &event.entity).await?;
+    let mut out = accept_many_jobs(
+        conn,
         account,
         vec![Accept {
             name: event.name,
@@ -507,8 +538,6 @@ pub async fn send_event(q: &Queue, account: &AccountId, mut event: NewEvent) -> 
         }],
     )
     .await?;
-    tx.commit().await?;
-    q.waker().wake(QUEUE);
     out.pop()
         .ok_or_else(|| Error::Corrupt("accept returned nothing".into()))
 }

@@ -1,19 +1,34 @@
-//! Sync events (`POST /api/events/sync`): accept the event like an async one and answer with its outcome once the
-//! whole inline chain has run.
+//! Sync events (`POST /api/events/sync`): accept the event like an async one, run it right here on the API node
+//! when it is its entity's turn, and answer with its outcome once the whole inline chain has run.
 //!
-//! The event goes through the queue and the same executor as any other, so it keeps its place in its entity's
-//! order (events of one root entity run one at a time, in `seq` order) and still completes when the caller's
-//! deadline passes first ([`Error::Timeout`], HTTP 504).
+//! The event is a queued job like any other: the API claims that one job ([`queue::claim_one`]), so it keeps its
+//! place in its entity's order (events of one root entity run one at a time, in `seq` order) and runs through the
+//! same executor as on a worker. When an earlier event of the entity is still pending or running, the call waits
+//! for the workers instead, and the event still completes when the caller's deadline passes first
+//! ([`Error::Timeout`], HTTP 504).
 
+use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
+use ordo_workers::rules;
 use serde::Serialize;
+use sqlx::{Connection, PgPool};
 
 use super::entity::{get_entity, Entity};
-use super::event::{get_event, list_events, send_event, Event, EventFilter, EventKind, EventStatus, NewEvent};
-use super::{Error, Result};
-use crate::queue::Queue;
+use super::event::{accept_event_in, get_event, list_events, Event, EventFilter, EventKind, EventStatus, NewEvent};
+use super::executor::EventExecutor;
+use super::{Error, Result, QUEUE};
+use crate::queue::{self, Queue};
 use crate::tenancy::AccountId;
+
+/// The API node's executor: the same rules as the workers', and its own cache of workflow definitions.
+static INLINE: LazyLock<EventExecutor> = LazyLock::new(|| EventExecutor::new(rules::registry()));
+
+/// The lease on an event run inline. It commits already settled, so the lease only matters to readers of the job.
+const INLINE_LEASE: Duration = Duration::from_secs(30);
+
+/// Lease owner recorded on events run inline, to tell them from a worker's.
+static OWNER: LazyLock<String> = LazyLock::new(|| format!("api:{}", std::process::id()));
 
 /// The answer of a sync event.
 #[derive(Debug, Clone, Serialize)]
@@ -42,7 +57,14 @@ pub async fn send_event_sync(
 ) -> Result<SyncOutcome> {
     let started = Instant::now();
     let deadline = started + timeout;
-    let (accepted, _) = send_event(q, account, event).await?;
+    // One task, so a client that hangs up cannot cut the transaction off midway.
+    let pool = q.pool().clone();
+    let owner = account.clone();
+    let (accepted, _inline) = tokio::spawn(async move { accept_and_run(&pool, &owner, event).await })
+        .await
+        .map_err(|e| Error::Corrupt(format!("sync event task failed: {e}")))??;
+    // Workers pick up what the execution emitted (or the event itself when it had to wait its turn).
+    q.waker().wake(QUEUE);
     // Short waits first: an idle worker picks the event up within milliseconds of the wake-up.
     let mut wait = Duration::from_millis(1);
     let done = loop {
@@ -68,6 +90,25 @@ pub async fn send_event_sync(
         error: done.error,
         duration_ms,
     })
+}
+
+/// Accepts the event and, when it is its entity's turn, claims and executes it in the same transaction: one
+/// commit for the whole call. Otherwise the event is only accepted, and waits for a worker. Returns the accepted
+/// event and whether it ran here.
+async fn accept_and_run(pool: &PgPool, account: &AccountId, event: NewEvent) -> Result<(Event, bool)> {
+    let mut conn = pool.acquire().await?;
+    let mut tx = conn.begin().await?;
+    let (accepted, replayed, job_id) = accept_event_in(&mut tx, account, event).await?;
+    let mut ran = false;
+    if !replayed && accepted.status == EventStatus::Pending {
+        if let Some(job) = queue::claim_one(&mut *tx, account, job_id, &OWNER, INLINE_LEASE).await? {
+            // An error here rolls the whole call back: the event was not accepted, and the caller is told so.
+            INLINE.execute_on(&mut tx, &job).await?;
+            ran = true;
+        }
+    }
+    tx.commit().await?;
+    Ok((accepted, ran))
 }
 
 /// Orchestration events emitted by `root`'s execution, following inline chains.

@@ -6,7 +6,8 @@ use std::time::Duration;
 use sqlx::PgExecutor;
 
 use super::types::JOB_COLUMNS;
-use super::{Job, Result};
+use super::{Job, JobId, Result};
+use crate::tenancy::AccountId;
 
 static CLAIM_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
@@ -58,6 +59,130 @@ static CLAIM_SQL: LazyLock<String> = LazyLock::new(|| {
             .join(", ")
     )
 });
+
+static CLAIM_ONE_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        r#"
+        update job
+        set state = 'running',
+            attempt = job.attempt + 1,
+            started_at = now(),
+            leased_until = now() + make_interval(secs => $4),
+            lease_owner = $3
+        where job.id = $1
+          and job.account_id = $2
+          and job.state in ('available', 'scheduled', 'retryable')
+          and job.run_at <= now()
+          and not exists (
+              select 1 from queue_pause p where p.account_id = job.account_id and p.queue = job.queue
+          )
+          and (job.concurrency_key is null or not exists (
+              select 1
+              from job e
+              where e.account_id = job.account_id
+                and e.concurrency_key = job.concurrency_key
+                and e.id < job.id
+                and e.state in ('available', 'scheduled', 'retryable', 'running')
+                and (e.state <> 'scheduled' or e.run_at <= now())
+          ))
+        returning {cols}
+        "#,
+        cols = JOB_COLUMNS
+            .split(", ")
+            .map(|c| format!("job.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+});
+
+/// Claims one specific job of `account` for `owner` (the API node running a sync event inline), under the same
+/// rules as [`claim`] but for routing: it must be due, its queue not paused, and no earlier unfinished job of its
+/// concurrency key may exist. `None` when a worker has it already or it must wait its turn.
+pub async fn claim_one<'e>(
+    exec: impl PgExecutor<'e>,
+    account: &AccountId,
+    id: JobId,
+    owner: &str,
+    lease: Duration,
+) -> Result<Option<Job>> {
+    Ok(sqlx::query_as::<_, Job>(CLAIM_ONE_SQL.as_str())
+        .bind(id.0)
+        .bind(account.as_str())
+        .bind(owner)
+        .bind(lease.as_secs_f64())
+        .fetch_optional(exec)
+        .await?)
+}
+
+static CLAIM_NEXT_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        r#"
+        update job
+        set state = 'running',
+            attempt = job.attempt + 1,
+            started_at = now(),
+            leased_until = now() + make_interval(secs => $6),
+            lease_owner = $5
+        where job.id = (
+                select n.id
+                from job n
+                where n.account_id = $1
+                  and n.concurrency_key = $2
+                  and n.id > $3
+                  and n.state in ('available', 'scheduled', 'retryable')
+                  and (n.state <> 'scheduled' or n.run_at <= now())
+                order by n.id
+                limit 1
+            )
+          and job.state in ('available', 'scheduled', 'retryable')
+          and job.run_at <= now()
+          and job.kind = $4
+          and (job.version is null or job.version = $7)
+          and not exists (
+              select 1 from queue_pause p where p.account_id = job.account_id and p.queue = job.queue
+          )
+          and not exists (
+              select 1
+              from job e
+              where e.account_id = job.account_id
+                and e.concurrency_key = job.concurrency_key
+                and e.id < job.id
+                and e.state in ('available', 'scheduled', 'retryable', 'running')
+                and (e.state <> 'scheduled' or e.run_at <= now())
+          )
+        returning {cols}
+        "#,
+        cols = JOB_COLUMNS
+            .split(", ")
+            .map(|c| format!("job.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+});
+
+/// Claims the job that follows `after` in its concurrency key, if it is of `kind`, due, routed to `version` or to
+/// none, and nothing earlier of the key is unfinished (as seen by `exec`'s transaction). An executor that has just
+/// settled `after` in an open transaction uses it to run an entity's next events in the same transaction.
+pub async fn claim_next_in_key<'e>(
+    exec: impl PgExecutor<'e>,
+    after: &Job,
+    owner: &str,
+    lease: Duration,
+) -> Result<Option<Job>> {
+    let Some(key) = after.concurrency_key.as_deref() else {
+        return Ok(None);
+    };
+    Ok(sqlx::query_as::<_, Job>(CLAIM_NEXT_SQL.as_str())
+        .bind(&after.account_id)
+        .bind(key)
+        .bind(after.id.0)
+        .bind(&after.kind)
+        .bind(owner)
+        .bind(lease.as_secs_f64())
+        .bind(after.version.as_deref())
+        .fetch_optional(exec)
+        .await?)
+}
 
 /// What a worker asks for in one claim.
 #[derive(Debug, Clone)]

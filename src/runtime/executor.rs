@@ -35,7 +35,8 @@ enum Ran {
 }
 
 impl Executor {
-    pub async fn execute(&self, job: Job) {
+    /// Runs the job; true when its handler settled it itself (committed by the time this returns).
+    pub async fn execute(&self, job: Job) -> bool {
         let id = job.id;
         let attempt = job.attempt;
         let cancel = CancellationToken::new();
@@ -73,7 +74,7 @@ impl Executor {
             r.remove(&id);
         }
         let kind = match ran {
-            Ran::Settled => return,
+            Ran::Settled => return true,
             Ran::Outcome(Ok(Outcome::Done(v))) => SettleKind::Complete(v),
             Ran::Outcome(Ok(Outcome::Snooze(d))) => SettleKind::Snooze(d),
             Ran::Outcome(Ok(Outcome::Cancel { reason })) => SettleKind::Cancel(reason),
@@ -111,6 +112,7 @@ impl Executor {
             },
         };
         let _ = self.settle.send(Settle { id, attempt, kind });
+        false
     }
 
     async fn run_handler(&self, job: Job, ctx: StepContext, timeout: Duration) -> Ran {

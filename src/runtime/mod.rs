@@ -389,9 +389,16 @@ impl Fetcher {
                     for job in jobs {
                         let permit = permits.pop();
                         let exec = self.exec.clone();
+                        // The next job of a concurrency key (an entity's next event) becomes claimable when this
+                        // one commits: claim again at once instead of at the next poll, or a serial chain would
+                        // advance one step per poll interval.
+                        let next_of_key = job.concurrency_key.is_some().then(|| self.wake.clone());
                         self.jobs.spawn(async move {
-                            exec.execute(job).await;
+                            let committed = exec.execute(job).await;
                             drop(permit);
+                            if let (true, Some(wake)) = (committed, next_of_key) {
+                                wake.notify_one();
+                            }
                         });
                     }
                     drop(permits);

@@ -764,10 +764,75 @@ async fn sync_event_answers_with_outcome() {
     assert_eq!(out.emitted.len(), 1);
     assert_eq!(out.emitted[0].name, "Go");
     w.stop().await;
-    // With no worker running, the deadline passes and the event stays queued.
+
+    // With no worker at all, the API node runs the event itself.
+    let inline = orchestration::send_event_sync(&q, &acct(), NewEvent::new("Go", "T", "e"), Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert_ne!(inline.status, EventStatus::Pending);
+    let owner: Option<String> =
+        sqlx::query_scalar("select j.lease_owner from job j join event e on e.job_id = j.id where e.seq = $1")
+            .bind(inline.id.parse::<i64>().unwrap())
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert!(
+        owner.is_some_and(|o| o.starts_with("api:")),
+        "executed inline by the API node"
+    );
+
+    // Inline, a failing rule still rolls back everything of the execution (the event is accepted and failed, with
+    // its audit), and an exception ruleset still handles a failure.
+    let boom = orchestration::send_event_sync(&q, &acct(), NewEvent::new("Boom", "T", "e"), Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert_eq!(boom.status, EventStatus::Failed);
+    assert!(
+        boom.error.as_deref().is_some_and(|e| e.contains("boom e")),
+        "{:?}",
+        boom.error
+    );
+    assert!(boom.emitted.is_empty(), "{:?}", boom.emitted);
+    assert_eq!(
+        boom.entity.attributes.get("touched"),
+        None,
+        "the failed execution left nothing"
+    );
+    let audit = events(
+        &db.pool,
+        EventFilter {
+            kind: Some(EventKind::Audit),
+            source_event_id: Some(boom.id.clone()),
+            ..EventFilter::default()
+        },
+    )
+    .await;
+    assert!(audit.iter().any(|a| a.status == EventStatus::Failed), "{audit:?}");
+    let risky = orchestration::send_event_sync(
+        &q,
+        &acct(),
+        NewEvent::new("Risky", "T", "e").attributes(json!({"why": "inline"})),
+        Duration::from_secs(20),
+    )
+    .await
+    .unwrap();
+    assert_eq!(risky.status, EventStatus::Success);
+    assert_eq!(risky.entity.attributes["handled"], "inline");
+    assert_eq!(risky.entity.attributes.get("x"), None);
+
+    // An earlier event of the entity still waits for a worker: the sync event must not overtake it, so it waits
+    // too, past its deadline, and stays queued.
+    let earlier = send(&q, "Go", "T", "e", json!({})).await;
     let r =
         orchestration::send_event_sync(&q, &acct(), NewEvent::new("Go", "T", "e"), Duration::from_millis(200)).await;
-    assert!(matches!(r, Err(Error::Timeout { .. })), "{r:?}");
+    let Err(Error::Timeout { event_id }) = r else {
+        panic!("expected a timeout, got {r:?}");
+    };
+    let w = start_worker(&db.pool, fast_config());
+    let first = wait_final(&db.pool, &earlier.id).await;
+    let second = wait_final(&db.pool, &event_id).await;
+    assert!(first.processed_at <= second.processed_at, "run in acceptance order");
+    w.stop().await;
 }
 
 /// A failed delivery is retried with the same idempotency key and a fresh signature; every attempt is an audit
@@ -855,9 +920,23 @@ async fn killed_worker_leaves_no_partial_execution() {
     )
     .await
     .unwrap();
-    let slow = send(&q, "Slow", "K", "k", json!({})).await;
-    // The worker runs the CREATE event first; the kill waits for the slow one to be claimed.
+    // The worker runs the CREATE event first. Sent after it, the slow event starts a transaction of its own
+    // (sent before, it would run chained in CREATE's, never visibly `running`); the kill waits for its claim.
     let mut child = crate::support::spawn_worker_process(&db.url, &[("ORDO_LEASE_MS", "1000")], &[]);
+    eventually(WAIT, "the CREATE event to run", || async {
+        let created = events(
+            &db.pool,
+            EventFilter {
+                name: Some("CREATE".into()),
+                kind: Some(EventKind::Orchestration),
+                ..EventFilter::default()
+            },
+        )
+        .await;
+        created.first().filter(|e| e.status.is_final()).map(|_| ())
+    })
+    .await;
+    let slow = send(&q, "Slow", "K", "k", json!({})).await;
     let job_running = || async {
         sqlx::query_scalar::<_, i64>(
             "select count(*) from job where kind = 'orchestration.event' and state = 'running' \
@@ -912,4 +991,43 @@ async fn killed_worker_leaves_no_partial_execution() {
             .unwrap();
     assert_eq!(job.1, "completed");
     assert!(job.0 >= 2, "the first attempt died with its worker");
+}
+
+/// Events of one entity that wait together run chained in one worker transaction, yet each keeps its own outcome:
+/// a failure in the middle rolls back only its own execution, and the chain goes on in `seq` order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_event_in_a_chain_fails_alone() {
+    let db = testkit::db().await;
+    let q = queue(&db.pool);
+    put(&db.pool, "T::X", test_workflow(), false).await;
+    create_entity(&q, &acct(), NewEntity::new("T", "X", "c").status("A"))
+        .await
+        .unwrap();
+    let risky = send(&q, "Risky", "T", "c", json!({"why": "first"})).await;
+    let boom = send(&q, "Boom", "T", "c", json!({})).await;
+    let go = send(&q, "Go", "T", "c", json!({})).await;
+    let w = start_worker(&db.pool, fast_config());
+    let go = wait_final(&db.pool, &go.id).await;
+    let boom = wait_final(&db.pool, &boom.id).await;
+    let risky = wait_final(&db.pool, &risky.id).await;
+    w.stop().await;
+    assert_eq!(
+        (risky.status, boom.status, go.status),
+        (EventStatus::Success, EventStatus::Failed, EventStatus::Success)
+    );
+    assert!(risky.processed_at < boom.processed_at && boom.processed_at < go.processed_at);
+    let e = get_entity(&db.pool, &acct(), "T", "c").await.unwrap();
+    assert_eq!(e.status, "B", "Go ran after Boom's rollback");
+    assert_eq!(e.attributes["handled"], "first");
+    assert_eq!(e.attributes.get("touched"), None, "nothing of Boom was kept");
+    let emitted = events(
+        &db.pool,
+        EventFilter {
+            source_event_id: Some(boom.id.clone()),
+            kind: Some(EventKind::Orchestration),
+            ..EventFilter::default()
+        },
+    )
+    .await;
+    assert!(emitted.is_empty(), "{emitted:?}");
 }

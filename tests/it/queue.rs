@@ -90,6 +90,78 @@ async fn claim_leases_job_and_hides_it_from_other_claims() {
     assert!(j.finished_at.is_some());
 }
 
+/// `claim_one` takes exactly the job asked for, once, and only when a worker could take it: not while an earlier
+/// job of its concurrency key is unfinished, not before its time, not while its queue is paused, not for another
+/// account.
+#[tokio::test]
+async fn claim_one_takes_that_job_only_when_its_turn_has_come() {
+    let db = testkit::db().await;
+    let lease = Duration::from_secs(30);
+    let first = enqueue(&db.pool, NewJob::new("noop", json!({"n": 1})).concurrency_key("K")).await;
+    let second = enqueue(&db.pool, NewJob::new("noop", json!({"n": 2})).concurrency_key("K")).await;
+    let other = AccountId::parse("other").unwrap();
+    assert!(queue::claim_one(&db.pool, &other, first.id, "api", lease)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(
+        queue::claim_one(&db.pool, &acct(), second.id, "api", lease)
+            .await
+            .unwrap()
+            .is_none(),
+        "an earlier job of the key waits"
+    );
+    let got = queue::claim_one(&db.pool, &acct(), first.id, "api", lease)
+        .await
+        .unwrap()
+        .expect("claimed");
+    assert_eq!((got.id, got.state, got.attempt), (first.id, JobState::Running, 1));
+    assert_eq!(got.lease_owner.as_deref(), Some("api"));
+    assert!(
+        queue::claim_one(&db.pool, &acct(), first.id, "api", lease)
+            .await
+            .unwrap()
+            .is_none(),
+        "only once"
+    );
+    assert!(
+        claim_n(&db.pool, 10, lease).await.is_empty(),
+        "workers see neither while the first runs"
+    );
+    queue::complete_many(&db.pool, &[ok(first.id, 1)]).await.unwrap();
+    assert!(queue::claim_one(&db.pool, &acct(), second.id, "api", lease)
+        .await
+        .unwrap()
+        .is_some());
+
+    let later = enqueue(
+        &db.pool,
+        NewJob::new("noop", json!({})).run_at(Utc::now() + chrono::Duration::hours(1)),
+    )
+    .await;
+    assert!(
+        queue::claim_one(&db.pool, &acct(), later.id, "api", lease)
+            .await
+            .unwrap()
+            .is_none(),
+        "not yet due"
+    );
+    queue::pause(&db.pool, &acct(), "default").await.unwrap();
+    let paused = enqueue(&db.pool, NewJob::new("noop", json!({}))).await;
+    assert!(
+        queue::claim_one(&db.pool, &acct(), paused.id, "api", lease)
+            .await
+            .unwrap()
+            .is_none(),
+        "paused"
+    );
+    queue::resume(&db.pool, &acct(), "default").await.unwrap();
+    assert!(queue::claim_one(&db.pool, &acct(), paused.id, "api", lease)
+        .await
+        .unwrap()
+        .is_some());
+}
+
 /// A claim only takes kinds the worker knows; the others wait.
 #[tokio::test]
 async fn claim_skips_unknown_kinds() {
