@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -153,6 +154,13 @@ pub struct Event {
 
 pub(crate) const EVENT_COLUMNS: &str = "seq, name, kind, category, status, entity_type, entity_ref, attributes, \
     source_event_id, scheduled_at, created_at, processed_at, error, traceparent";
+
+/// [`EVENT_COLUMNS`] for readers: a pending event whose job a worker holds reads as `running`. The execution
+/// commits the event's outcome with everything else, so the row itself never says `running`.
+static READ_COLUMNS: LazyLock<String> = LazyLock::new(|| EVENT_COLUMNS.replacen("status", RUNNING_STATUS, 1));
+
+const RUNNING_STATUS: &str = "case when status = 'pending' and exists (select 1 from job j where j.id = event.job_id \
+    and j.state = 'running') then 'running' else status end as status";
 
 #[derive(sqlx::FromRow)]
 pub(crate) struct EventRow {
@@ -551,7 +559,8 @@ fn parse_id(id: &str) -> Result<i64> {
 pub async fn get_event<'e>(exec: impl PgExecutor<'e>, account: &AccountId, id: &str) -> Result<Event> {
     let seq = parse_id(id)?;
     let row: Option<EventRow> = sqlx::query_as(&format!(
-        "select {EVENT_COLUMNS} from event where account_id = $1 and seq = $2"
+        "select {} from event where account_id = $1 and seq = $2",
+        READ_COLUMNS.as_str()
     ))
     .bind(account.as_str())
     .bind(seq)
@@ -613,8 +622,10 @@ pub async fn list_events(
         None => None,
     };
     let from = f.from.unwrap_or_else(|| Utc::now() - chrono::Duration::days(30));
-    let mut qb: QueryBuilder<Postgres> =
-        QueryBuilder::new(format!("select {EVENT_COLUMNS} from event where account_id = "));
+    let mut qb: QueryBuilder<Postgres> = QueryBuilder::new(format!(
+        "select {} from event where account_id = ",
+        READ_COLUMNS.as_str()
+    ));
     qb.push_bind(account.as_str());
     qb.push(" and created_at >= ").push_bind(from);
     if let Some(v) = &f.entity_type {
@@ -632,8 +643,17 @@ pub async fn list_events(
     if let Some(v) = &f.category {
         qb.push(" and category = ").push_bind(v.clone());
     }
-    if let Some(v) = f.status {
-        qb.push(" and status = ").push_bind(v.as_str());
+    match f.status {
+        Some(EventStatus::Running) => {
+            qb.push(" and status = 'pending' and exists (select 1 from job j where j.id = event.job_id and j.state = 'running')");
+        }
+        Some(EventStatus::Pending) => {
+            qb.push(" and status = 'pending' and not exists (select 1 from job j where j.id = event.job_id and j.state = 'running')");
+        }
+        Some(v) => {
+            qb.push(" and status = ").push_bind(v.as_str());
+        }
+        None => {}
     }
     if let Some(v) = source {
         qb.push(" and source_event_id = ").push_bind(v);

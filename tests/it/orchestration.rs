@@ -948,15 +948,28 @@ async fn killed_worker_leaves_no_partial_execution() {
         .filter(|n| *n == 1)
     };
     eventually(WAIT, "the slow execution to start", job_running).await;
+    let running = get_event(&db.pool, &acct(), &slow.id).await.unwrap();
+    assert_eq!(running.status, EventStatus::Running, "a claimed event reads as running");
+    let listed = events(
+        &db.pool,
+        EventFilter {
+            status: Some(EventStatus::Running),
+            ..EventFilter::default()
+        },
+    )
+    .await;
+    assert_eq!(listed.iter().map(|e| &e.id).collect::<Vec<_>>(), [&slow.id]);
     crate::support::signal(&child, "-KILL");
     let _ = child.wait().await;
 
     let e = get_entity(&db.pool, &acct(), "K", "k").await.unwrap();
     assert_eq!(e.status, "CREATED");
     assert!(e.attributes.get("last").is_none());
-    assert_eq!(
-        get_event(&db.pool, &acct(), &slow.id).await.unwrap().status,
-        EventStatus::Pending
+    // Still held by the dead worker's lease (running) or already rescued (pending): not executed either way.
+    let status = get_event(&db.pool, &acct(), &slow.id).await.unwrap().status;
+    assert!(
+        matches!(status, EventStatus::Running | EventStatus::Pending),
+        "{status:?}"
     );
     let partial = events(
         &db.pool,
