@@ -98,7 +98,7 @@ impl DefinitionCache {
 impl EventExecutor {
     /// Executes the event of a job this process has claimed, on `conn` (see [`execute_on`]).
     pub(crate) async fn execute_on(&self, conn: &mut PgConnection, job: &Job) -> Result<()> {
-        execute_on(conn, &self.rules, &self.definitions, job).await
+        execute_on(conn, &self.rules, &self.definitions, job).await.map(|_| ())
     }
 }
 
@@ -208,6 +208,8 @@ struct Locked {
     entity_attributes: Value,
     workflow_major: i32,
     workflow_minor: Option<i32>,
+    /// Whether later events of the entity wait already (the executor may chain them).
+    has_next: bool,
 }
 
 static LOCK_SQL: LazyLock<String> = LazyLock::new(|| {
@@ -220,7 +222,13 @@ static LOCK_SQL: LazyLock<String> = LazyLock::new(|| {
                 from workflow w
                 where w.account_id = en.account_id
                   and w.ref = en.type || '::' || en.subtype
-                  and w.major = en.workflow_major) as workflow_minor
+                  and w.major = en.workflow_major) as workflow_minor,
+               exists (select 1
+                       from job n
+                       where n.account_id = $1
+                         and n.concurrency_key = $3
+                         and n.id > $2
+                         and n.state in ('available', 'scheduled', 'retryable')) as has_next
         from event ev
         join entity en
           on en.account_id = ev.account_id
@@ -247,21 +255,35 @@ const CHAIN_BUDGET: Duration = Duration::from_millis(100);
 async fn execute_chain(pool: &PgPool, rules: &RuleRegistry, definitions: &DefinitionCache, job: &Job) -> Result<()> {
     let started = Instant::now();
     let mut conn = pool.acquire().await?;
-    let mut tx = conn.begin().await?;
-    execute_on(&mut tx, rules, definitions, job).await?;
-    let owner = job.lease_owner.as_deref().unwrap_or("worker");
-    let mut last = job.clone();
-    for _ in 1..CHAIN_MAX {
-        if started.elapsed() >= CHAIN_BUDGET {
-            break;
-        }
-        let Some(next) = queue::claim_next_in_key(&mut *tx, &last, owner, CHAIN_LEASE).await? else {
-            break;
-        };
-        execute_on(&mut tx, rules, definitions, &next).await?;
-        last = next;
+    // The first event commits on its own: most entities have nothing else waiting, and a savepoint would cost them
+    // two round trips for nothing.
+    if !execute_on(&mut conn, rules, definitions, job).await? {
+        return Ok(());
     }
-    tx.commit().await?;
+    let owner = job.lease_owner.as_deref().unwrap_or("worker");
+    let chained = async {
+        let mut tx = conn.begin().await?;
+        let mut last = job.clone();
+        for _ in 1..CHAIN_MAX {
+            if started.elapsed() >= CHAIN_BUDGET {
+                break;
+            }
+            let Some(next) = queue::claim_next_in_key(&mut *tx, &last, owner, CHAIN_LEASE).await? else {
+                break;
+            };
+            let more = execute_on(&mut tx, rules, definitions, &next).await?;
+            last = next;
+            if !more {
+                break;
+            }
+        }
+        tx.commit().await?;
+        Ok::<_, Error>(())
+    };
+    if let Err(e) = chained.await {
+        // The first event is done; the chained ones rolled back and wait for the next claim.
+        tracing::warn!(job.id = %job.id, error = %e, "chained events rolled back; they will run on their own");
+    }
     Ok(())
 }
 
@@ -269,19 +291,21 @@ async fn execute_chain(pool: &PgPool, rules: &RuleRegistry, definitions: &Defini
 const CHAIN_LEASE: Duration = Duration::from_secs(30);
 
 /// Executes the event of `job` on `conn`: in a transaction of its own, or, when `conn` is inside one already
-/// (a sync event accepted and run in one transaction), in a savepoint that commits with it.
+/// (a sync event accepted and run in one transaction, a chain), in a savepoint that commits with it. Returns
+/// whether later events of the entity were waiting.
 pub(crate) async fn execute_on(
     conn: &mut PgConnection,
     rules: &RuleRegistry,
     definitions: &DefinitionCache,
     job: &Job,
-) -> Result<()> {
+) -> Result<bool> {
     let account = AccountId::parse(&job.account_id).map_err(|e| Error::Corrupt(e.to_string()))?;
     let mut tx = conn.begin().await?;
     // One round trip locks the event and its root entity and finds the workflow version in force.
     let locked: Option<Locked> = sqlx::query_as(LOCK_SQL.as_str())
         .bind(account.as_str())
         .bind(job.id.0)
+        .bind(job.concurrency_key.as_deref())
         .fetch_optional(&mut *tx)
         .await?;
     let Some(locked) = locked else {
@@ -297,24 +321,26 @@ pub(crate) async fn execute_on(
             // Not an event of ours any more (pruned): nothing to do.
             queue::complete_in(&mut tx, job.id, job.attempt, json!({"skipped": "no event"})).await?;
             tx.commit().await?;
-            return Ok(());
+            return Ok(false);
         };
         let root = super::event::Event::try_from(alone.row)?;
         if root.status.is_final() {
             queue::complete_in(&mut tx, job.id, job.attempt, json!({"skipped": root.status})).await?;
             tx.commit().await?;
-            return Ok(());
+            return Ok(false);
         }
         let key = root.entity;
         let msg = format!("entity {}:{} not found", key.entity_type, key.entity_ref);
-        return finish_failed(tx, &account, job, root.seq, &key, &msg, &[]).await;
+        finish_failed(tx, &account, job, root.seq, &key, &msg, &[]).await?;
+        return Ok(false);
     };
+    let has_next = locked.has_next;
     let root = super::event::Event::try_from(locked.row)?;
     if root.status.is_final() {
         // Cancelled while its job waited, or already executed by an earlier attempt that lost its lease late.
         queue::complete_in(&mut tx, job.id, job.attempt, json!({"skipped": root.status})).await?;
         tx.commit().await?;
-        return Ok(());
+        return Ok(locked.has_next);
     }
     let key = root.entity.clone();
     let (subtype, status, attributes, major) = (
@@ -326,7 +352,8 @@ pub(crate) async fn execute_on(
     let reference = format!("{}::{subtype}", key.entity_type);
     let Some(minor) = locked.workflow_minor else {
         let msg = format!("workflow {reference} version {major}.x not found");
-        return finish_failed(tx, &account, job, root.seq, &key, &msg, &[]).await;
+        finish_failed(tx, &account, job, root.seq, &key, &msg, &[]).await?;
+        return Ok(has_next);
     };
     let version = Version { major, minor };
     let cache_key = (account.as_str().to_owned(), reference.clone(), major, minor);
@@ -381,13 +408,14 @@ pub(crate) async fn execute_on(
                 .cloned()
                 .unwrap_or_else(|| "fast".to_owned());
             run.commit(tx, job, root.seq, &retry).await?;
-            Ok(())
+            Ok(has_next)
         }
         Err(Abort::Error(e)) => Err(e),
         Err(Abort::Failed(msg)) => {
             tx.rollback().await?;
             let tx = conn.begin().await?;
-            finish_failed(tx, &account, job, root.seq, &key, &msg, &run.audits).await
+            finish_failed(tx, &account, job, root.seq, &key, &msg, &run.audits).await?;
+            Ok(has_next)
         }
     }
 }
