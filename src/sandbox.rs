@@ -247,8 +247,8 @@ async fn demo_data(pool: &sqlx::PgPool, demo: &AccountId) -> Result<(), Error> {
     Ok(())
 }
 
-/// `--demo-load`: an order every 200 ms (picked and shipped on the way) and a restock every few seconds, until
-/// the sandbox stops.
+/// `--demo-load`: an order every 200 ms, each picked and shipped two seconds later, and a restock every five
+/// seconds, until the sandbox stops.
 async fn demo_load(database_url: String, stop: CancellationToken) {
     use crate::orchestration::{self, NewEntity, NewEvent};
     let Ok(pool) = crate::db::connect(&database_url, 2).await else {
@@ -269,8 +269,9 @@ async fn demo_load(database_url: String, stop: CancellationToken) {
         let order = format!("demo-{run}-{n}");
         let attrs = serde_json::json!({"sku": sku, "location": "DC1", "qty": 1 + n % 3});
         let _ = orchestration::create_entity(&q, &demo, NewEntity::new("ORDER", "HD", &order).attributes(attrs)).await;
-        if n.is_multiple_of(2) {
-            let previous = format!("demo-{run}-{}", n - 1);
+        // Pick and ship the order of two seconds ago: booked by now (its reservation has come back).
+        if n > 10 {
+            let previous = format!("demo-{run}-{}", n - 10);
             for name in ["Pick", "Ship"] {
                 let _ = orchestration::send_event(&q, &demo, NewEvent::new(name, "ORDER", &previous)).await;
             }

@@ -17,10 +17,11 @@ struct Sandbox {
 }
 
 /// Starts the sandbox on `dir` and waits for its ready line (at most 30 s).
-async fn start(dir: &std::path::Path, port: u16) -> Sandbox {
+async fn start(dir: &std::path::Path, port: u16, extra: &[&str]) -> Sandbox {
     let mut child = Command::new(env!("CARGO_BIN_EXE_ordo"))
         .args(["sandbox", "--data-dir"])
         .arg(dir)
+        .args(extra)
         .env_remove("DATABASE_URL")
         .env_remove("REDIS_URL")
         .env("ORDO_LISTEN", format!("127.0.0.1:{port}"))
@@ -102,7 +103,7 @@ impl Sandbox {
 async fn sandbox_starts_runs_jobs_stops_and_keeps_its_data() {
     let dir = std::env::temp_dir().join(format!("ordo-sandbox-test-{}", rand_suffix()));
     let port = testkit::free_port();
-    let sb = start(&dir, port).await;
+    let sb = start(&dir, port, &[]).await;
     let (status, job) = sb.post("/api/jobs", json!({"kind": "sleep", "args": {"ms": 50}})).await;
     assert_eq!(status, 201, "{job}");
     let id = job["id"].as_str().unwrap().to_owned();
@@ -132,11 +133,20 @@ async fn sandbox_starts_runs_jobs_stops_and_keeps_its_data() {
     .await;
     sb.stop().await;
 
-    // Same directory: the job is still there.
-    let sb = start(&dir, port).await;
+    // Same directory: the job is still there. With --demo-load, orders flow on their own to SHIPPED.
+    let sb = start(&dir, port, &["--demo-load"]).await;
     let (status, j) = sb.get(&format!("/api/jobs/{id}")).await;
     assert_eq!(status, 200, "{j}");
     assert_eq!(j["state"], "completed");
+    let shipped = eventually(Duration::from_secs(60), "a demo-load order to ship", || async {
+        let (_, page) = sb.get("/api/events?kind=orchestration&name=Ship&status=success").await;
+        page["items"].as_array().filter(|items| !items.is_empty()).cloned()
+    })
+    .await;
+    let order = shipped[0]["entity"]["ref"].as_str().unwrap().to_owned();
+    assert!(order.starts_with("demo-"), "{order}");
+    let (_, e) = sb.get(&format!("/api/entities/ORDER/{order}")).await;
+    assert_eq!(e["status"], "SHIPPED", "{e}");
     sb.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
