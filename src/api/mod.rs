@@ -120,6 +120,7 @@ struct Inner {
     keys: auth::KeyCache,
     metrics: PrometheusHandle,
     enqueuer: enqueuer::Enqueuer,
+    finished: queues::FinishedCache,
 }
 
 impl AppState {
@@ -142,6 +143,7 @@ impl AppState {
                 settings,
                 limiter,
                 metrics: crate::telemetry::metrics::install(),
+                finished: queues::FinishedCache::default(),
             }),
         }
     }
@@ -171,6 +173,10 @@ impl AppState {
 
     pub(crate) fn enqueuer(&self) -> &enqueuer::Enqueuer {
         &self.inner.enqueuer
+    }
+
+    pub(crate) fn finished(&self) -> &queues::FinishedCache {
+        &self.inner.finished
     }
 
     pub(crate) fn metrics(&self) -> &PrometheusHandle {
@@ -307,6 +313,8 @@ pub async fn run(
     let opts: PgConnectOptions = url
         .parse()
         .map_err(|e: sqlx::Error| crate::db::Error::InvalidUrl(e.to_string()))?;
+    // No JIT for request-sized queries (see db::connect).
+    let opts = opts.options([("jit", "off")]);
     // A short acquire timeout: while the database is away, requests answer 503 quickly instead of piling up.
     let pool = PgPoolOptions::new()
         .max_connections(args.db_connections.max(2))

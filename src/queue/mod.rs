@@ -31,7 +31,7 @@ pub use enqueue::{enqueue, enqueue_many, fingerprint, EnqueueOutcome, Enqueued};
 pub use maintenance::{promote_due, prune, rescue_expired, Maintainer, Pruned, Retention, MAINTENANCE_LEASE};
 pub use registry::{deregister_worker, heartbeat_worker, live_workers, register_worker, WorkerInfo};
 pub use routing::{last_job_id, pool_depth, reroute_waiting, routed_active, version_outcomes, VersionDepth};
-pub use stats::{queue_gauges, queue_stats, QueueStats};
+pub use stats::{finished_counts, queue_gauges, queue_stats, with_finished, FinishedCounts, QueueStats};
 pub use types::{FieldError, Job, JobId, JobState, NewJob, ACTIVE_STATES, FINISHED_STATES};
 
 use sqlx::PgPool;

@@ -35,8 +35,9 @@ pub struct QueueStats {
     pub oldest_available_ms: i64,
 }
 
-/// Figures for every queue the account has jobs in or has paused. `fresh` is how recent a worker's heartbeat must
-/// be for its kinds to count.
+/// Figures for every queue the account has waiting or running jobs in, or has paused. `fresh` is how recent a
+/// worker's heartbeat must be for its kinds to count. The finished counts are left at 0: they take a scan of the
+/// account's history, so they come from [`finished_counts`] (the API caches them) and [`with_finished`].
 pub async fn queue_stats<'e>(
     exec: impl PgExecutor<'e>,
     account: &AccountId,
@@ -56,9 +57,9 @@ pub async fn queue_stats<'e>(
                    count(*) filter (where j.state = 'scheduled' and j.run_at > now()) as scheduled,
                    count(*) filter (where j.state = 'running') as running,
                    count(*) filter (where j.state = 'retryable') as retryable,
-                   count(*) filter (where j.state = 'completed') as completed,
-                   count(*) filter (where j.state = 'discarded') as discarded,
-                   count(*) filter (where j.state = 'cancelled') as cancelled,
+                   0::bigint as completed,
+                   0::bigint as discarded,
+                   0::bigint as cancelled,
                    count(*) filter (where j.state in ('available', 'scheduled', 'retryable')
                                       and j.run_at <= now()
                                       and not exists (
@@ -71,6 +72,8 @@ pub async fn queue_stats<'e>(
                        0) as oldest_available_ms
             from job j
             where j.account_id = $1
+              -- Waiting and running jobs only, through their partial indexes: history never slows this down.
+              and (j.state in ('available', 'scheduled', 'retryable') or j.leased_until is not null)
             group by j.queue
         ),
         queues as (
@@ -99,6 +102,68 @@ pub async fn queue_stats<'e>(
     .fetch_all(exec)
     .await?;
     Ok(rows)
+}
+
+/// Finished jobs of one queue of an account, within the retention window.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct FinishedCounts {
+    /// Queue name.
+    pub queue: String,
+    /// Completed jobs.
+    pub completed: i64,
+    /// Discarded jobs.
+    pub discarded: i64,
+    /// Cancelled jobs.
+    pub cancelled: i64,
+}
+
+/// Counts the account's finished jobs per queue. This reads the account's whole history (every finished row until
+/// pruning removes it): call it rarely and cache the answer.
+pub async fn finished_counts<'e>(exec: impl PgExecutor<'e>, account: &AccountId) -> Result<Vec<FinishedCounts>> {
+    Ok(sqlx::query_as(
+        r#"
+        select queue,
+               count(*) filter (where state = 'completed') as completed,
+               count(*) filter (where state = 'discarded') as discarded,
+               count(*) filter (where state = 'cancelled') as cancelled
+        from job
+        where account_id = $1
+          and state in ('completed', 'discarded', 'cancelled')
+        group by queue
+        order by queue
+        "#,
+    )
+    .bind(account.as_str())
+    .fetch_all(exec)
+    .await?)
+}
+
+/// Adds finished counts to [`queue_stats`] figures, with a row for each queue that has only finished jobs.
+pub fn with_finished(mut stats: Vec<QueueStats>, finished: &[FinishedCounts]) -> Vec<QueueStats> {
+    for f in finished {
+        match stats.iter_mut().find(|s| s.queue == f.queue) {
+            Some(s) => {
+                s.completed = f.completed;
+                s.discarded = f.discarded;
+                s.cancelled = f.cancelled;
+            }
+            None => stats.push(QueueStats {
+                queue: f.queue.clone(),
+                paused: false,
+                available: 0,
+                scheduled: 0,
+                running: 0,
+                retryable: 0,
+                completed: f.completed,
+                discarded: f.discarded,
+                cancelled: f.cancelled,
+                unclaimable: 0,
+                oldest_available_ms: 0,
+            }),
+        }
+    }
+    stats.sort_by(|a, b| a.queue.cmp(&b.queue));
+    stats
 }
 
 /// Cluster-wide figures for the metrics gauges: per queue, jobs by state (`available` counts due jobs) and the age
