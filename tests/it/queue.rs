@@ -737,14 +737,20 @@ async fn queue_stats_count_states_and_unclaimable() {
     let active = queue::queue_stats(&db.pool, &acct(), Duration::from_secs(30))
         .await
         .unwrap();
-    assert!(active.iter().all(|s| s.queue != "other"), "a queue with only history has no live figures");
+    assert!(
+        active.iter().all(|s| s.queue != "other"),
+        "a queue with only history has no live figures"
+    );
     let finished = queue::finished_counts(&db.pool, &acct()).await.unwrap();
     let stats = queue::with_finished(active, &finished);
     let d = stats.iter().find(|s| s.queue == "default").unwrap();
     assert_eq!((d.available, d.scheduled, d.unclaimable, d.completed), (2, 1, 1, 0));
     let o = stats.iter().find(|s| s.queue == "other").unwrap();
     assert_eq!((o.completed, o.available, o.unclaimable), (1, 0, 0));
-    assert_eq!(stats.iter().map(|s| s.queue.as_str()).collect::<Vec<_>>(), ["default", "other"]);
+    assert_eq!(
+        stats.iter().map(|s| s.queue.as_str()).collect::<Vec<_>>(),
+        ["default", "other"]
+    );
 }
 
 /// Pruning deletes finished jobs past retention but keeps keyed ones for their longer window, and never touches
