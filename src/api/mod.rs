@@ -251,6 +251,7 @@ pub fn routes() -> Vec<Route> {
         route("PUT", "/api/pools/{pool}", put(pools::put)),
         route("PUT", "/api/pools/{pool}/scaling", put(pools::put_scaling)),
         route("POST", "/api/rollouts", post(pools::create_rollout)),
+        route("GET", "/api/rollouts", get(pools::list_rollouts)),
         route("GET", "/api/rollouts/{id}", get(pools::get_rollout)),
         route("POST", "/api/rollouts/{id}/promote", post(pools::promote)),
         route("POST", "/api/rollouts/{id}/abort", post(pools::abort)),

@@ -50,6 +50,7 @@ use super::{accounts, error, health, jobs, orchestration, pools, queues, schedul
         pools::put,
         pools::put_scaling,
         pools::create_rollout,
+        pools::list_rollouts,
         pools::get_rollout,
         pools::promote,
         pools::abort,

@@ -180,6 +180,69 @@ fn rollout_id(id: &str) -> Result<i64, ApiError> {
         .map_err(|_| ApiError::NotFound(format!("rollout {id} not found")))
 }
 
+/// `GET /api/rollouts` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RolloutPage {
+    /// Rollouts, newest first.
+    pub items: Vec<Rollout>,
+    /// Pass as `after` for the next (older) page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// List rollouts, newest first (`pool`, `state`, `limit` ≤ 200, cursor `after`).
+#[utoipa::path(
+    get,
+    path = "/api/rollouts",
+    tag = "pools",
+    params(
+        ("pool" = Option<String>, Query, description = "Only this pool"),
+        ("state" = Option<String>, Query, description = "canary, promoted, completed or aborted"),
+        ("limit" = Option<i64>, Query, description = "Page size, default 50, at most 200"),
+        ("after" = Option<String>, Query, description = "Cursor from the previous page"),
+    ),
+    responses(
+        (status = 200, description = "Rollouts", body = RolloutPage),
+        (status = 422, description = "Invalid parameter", body = Problem),
+    ),
+    security(("admin" = []))
+)]
+#[tracing::instrument(skip_all)]
+pub async fn list_rollouts(
+    _: Admin,
+    state: axum::extract::State<AppState>,
+    q: super::extract::QueryParams,
+) -> Result<Json<RolloutPage>, ApiError> {
+    let rollout_state = match q.get("state") {
+        None => None,
+        Some(s) => Some(
+            s.parse::<rollout::RolloutState>()
+                .map_err(|_| ApiError::invalid("/query/state", "must be canary, promoted, completed or aborted"))?,
+        ),
+    };
+    let limit = match q.get("limit") {
+        None => 50,
+        Some(s) => match s.parse::<i64>() {
+            Ok(n) if (1..=200).contains(&n) => n,
+            _ => return Err(ApiError::invalid("/query/limit", "must be 1 to 200")),
+        },
+    };
+    let before = match q.get("after") {
+        None => None,
+        Some(s) => Some(
+            s.parse::<i64>()
+                .map_err(|_| ApiError::invalid("/query/after", "must be a cursor from a previous page"))?,
+        ),
+    };
+    let mut items = rollout::list(state.pool(), q.get("pool"), rollout_state, before, limit + 1).await?;
+    let next_cursor = if items.len() as i64 > limit {
+        items.truncate(limit as usize);
+        items.last().map(|r| r.id.to_string())
+    } else {
+        None
+    };
+    Ok(Json(RolloutPage { items, next_cursor }))
+}
+
 /// Read one rollout.
 #[utoipa::path(
     get,

@@ -22,8 +22,8 @@ mod store;
 
 pub use controller::{Controller, ROLLOUT_LEASE};
 pub use store::{
-    abort, announce_version, get, list_pools, pool_queues, promote, put_pool, role_of, start, try_complete, NewRollout,
-    PoolVersionView, PoolView, Rollout, WorkerPool,
+    abort, announce_version, get, list, list_pools, pool_queues, promote, put_pool, role_of, start, try_complete,
+    NewRollout, PoolVersionView, PoolView, Rollout, WorkerPool,
 };
 
 use crate::queue::FieldError;
@@ -120,6 +120,19 @@ impl RolloutState {
             RolloutState::Completed => "completed",
             RolloutState::Aborted => "aborted",
         }
+    }
+}
+
+impl std::str::FromStr for RolloutState {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        Ok(match s {
+            "canary" => RolloutState::Canary,
+            "promoted" => RolloutState::Promoted,
+            "completed" => RolloutState::Completed,
+            "aborted" => RolloutState::Aborted,
+            other => return Err(format!("unknown rollout state {other:?}")),
+        })
     }
 }
 

@@ -306,6 +306,34 @@ pub async fn get<'e>(exec: impl PgExecutor<'e>, id: i64) -> Result<Rollout> {
         .ok_or(Error::NotFound { id })
 }
 
+/// Rollouts, newest first: of one pool and in one state when given, at most `limit`, older than `before` (an id)
+/// when paging.
+pub async fn list<'e>(
+    exec: impl PgExecutor<'e>,
+    pool: Option<&str>,
+    state: Option<super::RolloutState>,
+    before: Option<i64>,
+    limit: i64,
+) -> Result<Vec<Rollout>> {
+    Ok(sqlx::query_as(&format!(
+        r#"
+        select {ROLLOUT_COLUMNS}
+        from rollout
+        where ($1::text is null or pool = $1)
+          and ($2::text is null or state = $2)
+          and ($3::bigint is null or id < $3)
+        order by id desc
+        limit $4
+        "#
+    ))
+    .bind(pool)
+    .bind(state.map(super::RolloutState::as_str))
+    .bind(before)
+    .bind(limit)
+    .fetch_all(exec)
+    .await?)
+}
+
 /// Active (canary or promoted) rollouts.
 pub(super) async fn active<'e>(exec: impl PgExecutor<'e>) -> Result<Vec<Rollout>> {
     Ok(sqlx::query_as(&format!(

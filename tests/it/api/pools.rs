@@ -140,4 +140,36 @@ async fn pools_and_rollouts_over_http() {
         r.expect(StatusCode::NOT_FOUND);
         assert_problem(&r);
     }
+
+    // The list: newest first, filtered by pool and state, paged by cursor; bad parameters are 422.
+    let list = |q: &'static str| {
+        let app = &app;
+        async move { app.call(Method::GET, q, Some(ADMIN), None).await }
+    };
+    let all = list("/api/rollouts").await;
+    let items = all.expect(StatusCode::OK)["items"].as_array().unwrap().clone();
+    assert_eq!(items.len(), 1, "{items:?}");
+    assert_eq!(
+        (items[0]["id"].as_str(), items[0]["state"].as_str()),
+        (Some(id.as_str()), Some("aborted"))
+    );
+    assert_eq!(all.body["next_cursor"], serde_json::Value::Null);
+    let r = list("/api/rollouts?pool=emails&state=aborted&limit=1").await;
+    assert_eq!(r.expect(StatusCode::OK)["items"].as_array().unwrap().len(), 1);
+    for q in ["/api/rollouts?pool=nope", "/api/rollouts?state=canary"] {
+        let r = list(q).await;
+        assert!(r.expect(StatusCode::OK)["items"].as_array().unwrap().is_empty(), "{q}");
+    }
+    for q in [
+        "/api/rollouts?state=bogus",
+        "/api/rollouts?limit=0",
+        "/api/rollouts?after=x",
+    ] {
+        let r = list(q).await;
+        r.expect(StatusCode::UNPROCESSABLE_ENTITY);
+        assert_problem(&r);
+    }
+    app.call(Method::GET, "/api/rollouts", None, None)
+        .await
+        .expect(StatusCode::UNAUTHORIZED);
 }
