@@ -469,7 +469,15 @@ pub(crate) async fn accept_many_jobs(
     let ids: Vec<i64> = enqueued.iter().map(|o| o.id.0).collect();
     let by_job: Vec<(i64, EventRow)> = {
         let rows: Vec<JobEventRow> = sqlx::query_as(&format!(
-            "select job_id, {EVENT_COLUMNS} from event where account_id = $1 and job_id = any($2)"
+            // One index probe per job: with `job_id = any($2)` and the statistics of a freshly bulk-loaded table
+            // the planner scanned the whole event table instead.
+            "select e.job_id, {} from unnest($2::bigint[]) as k(job_id) \
+             cross join lateral (select * from event where account_id = $1 and job_id = k.job_id) e",
+            EVENT_COLUMNS
+                .split(", ")
+                .map(|c| format!("e.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         ))
         .bind(account.as_str())
         .bind(&ids)

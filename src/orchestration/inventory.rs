@@ -64,11 +64,17 @@ pub(crate) async fn lock_positions(
     let locs: Vec<&str> = keys.iter().map(|k| k.location_ref.as_str()).collect();
     let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(
         r#"
+        -- One primary-key probe per key (a hash join over the unnested keys scanned the table when its
+        -- statistics were stale), locked in key order so concurrent executions cannot deadlock.
         select p.sku_ref, p.location_ref, p.on_hand, p.reserved
-        from inventory_position p
-        join unnest($2::text[], $3::text[]) as k(sku_ref, location_ref)
-          on p.sku_ref = k.sku_ref and p.location_ref = k.location_ref
-        where p.account_id = $1
+        from (select distinct * from unnest($2::text[], $3::text[]) as k(sku_ref, location_ref)) k
+        cross join lateral (
+            select *
+            from inventory_position p
+            where p.account_id = $1
+              and p.sku_ref = k.sku_ref
+              and p.location_ref = k.location_ref
+        ) p
         order by p.sku_ref, p.location_ref
         for update of p
         "#,
