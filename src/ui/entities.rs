@@ -1,0 +1,161 @@
+//! Entities: look one up by type and ref; see its status, attributes and workflow version, and its event log as a
+//! timeline in which each audit record links to the event it describes.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde_json::Value;
+
+use super::html::{badge, enc, esc, json_block, layout, pager, problems, query, respond, t, time};
+use super::{field, require, Error, Role, Session, Ui, PAGE_SIZE};
+
+fn search_form(entity_type: &str, entity_ref: &str) -> String {
+    format!(
+        "<form method=\"get\" action=\"/ui/entities\" class=\"filters\" role=\"search\" aria-label=\"Find an entity\">\
+         <div><label for=\"e-type\">Type</label><input id=\"e-type\" name=\"type\" value=\"{}\" \
+         placeholder=\"ORDER\"></div>\
+         <div><label for=\"e-ref\">Ref</label><input id=\"e-ref\" name=\"ref\" value=\"{}\" placeholder=\"o-1\"></div>\
+         <div><button type=\"submit\">Find</button></div></form>",
+        esc(entity_type),
+        esc(entity_ref)
+    )
+}
+
+fn event_item(e: &Value) -> String {
+    let id = e["id"].as_str().unwrap_or("");
+    let audit = e["kind"].as_str() == Some("audit");
+    let mut out = format!(
+        "<li id=\"ev-{}\" class=\"{}\"><div class=\"ev-head\"><span class=\"seq\">#{}</span> ",
+        esc(id),
+        if audit { "audit" } else { "event" },
+        esc(id)
+    );
+    if audit {
+        let _ = write!(
+            out,
+            "<span class=\"kind\">audit · {}</span> <strong>{}</strong>",
+            t(&e["category"]),
+            t(&e["name"])
+        );
+    } else {
+        let _ = write!(
+            out,
+            "<span class=\"kind\">event</span> <strong>{}</strong> {}",
+            t(&e["name"]),
+            badge(e["status"].as_str().unwrap_or(""))
+        );
+    }
+    let _ = write!(out, " {}", time(&e["created_at"]));
+    if let Some(source) = e["source_event_id"].as_str() {
+        let label = if audit { "about event" } else { "from event" };
+        let _ = write!(out, " <a href=\"#ev-{0}\">{label} #{0}</a>", esc(source));
+    }
+    out.push_str("</div>");
+    // A logged message (core.Log, webhook outcomes) is the point of its record: show it without a click.
+    if let Some(message) = e["attributes"]["message"].as_str() {
+        let _ = write!(out, "<p class=\"summary\">{}</p>", esc(message));
+    }
+    if let Some(err) = e["error"].as_str() {
+        let _ = write!(out, "<p class=\"error-text\">Error: {}</p>", esc(err));
+    }
+    if e["attributes"].as_object().is_some_and(|a| !a.is_empty()) {
+        let _ = write!(
+            out,
+            "<details><summary>{}</summary>{}</details>",
+            if audit { "Details" } else { "Attributes" },
+            json_block(&e["attributes"])
+        );
+    }
+    out.push_str("</li>");
+    out
+}
+
+/// `GET /ui/entities?type=&ref=&cursor=`.
+pub async fn page(
+    State(ui): State<Ui>,
+    s: Session,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, Error> {
+    require(&s, Role::Account)?;
+    let (entity_type, entity_ref) = (field(&q, "type"), field(&q, "ref"));
+    let cursor = Some(field(&q, "cursor")).filter(|c| !c.is_empty());
+    let form = search_form(entity_type, entity_ref);
+    let show = |status: StatusCode, body: String| respond(status, layout(Some(&s), "entities", "Entities", &body));
+    if entity_type.is_empty() && entity_ref.is_empty() {
+        let body = format!(
+            "{form}<p class=\"hint\">Enter an entity's type and ref (for an order: type <code>ORDER</code> and its \
+             order number) to see its status, attributes and timeline.</p>"
+        );
+        return Ok(show(StatusCode::OK, body));
+    }
+    if entity_type.is_empty() || entity_ref.is_empty() {
+        let missing = if entity_type.is_empty() { "/type" } else { "/ref" };
+        let msg = problems(
+            "Enter both a type and a ref.",
+            &[(missing.to_owned(), "is required".to_owned())],
+        );
+        return Ok(show(StatusCode::UNPROCESSABLE_ENTITY, format!("{form}{msg}")));
+    }
+    let entity = match ui
+        .get(&s, &format!("/api/entities/{}/{}", enc(entity_type), enc(entity_ref)))
+        .await
+    {
+        Ok(v) => v,
+        Err(e) if e.status() == StatusCode::NOT_FOUND => {
+            let msg = problems(&format!("No entity {entity_type} {entity_ref}."), &[]);
+            return Ok(show(StatusCode::NOT_FOUND, format!("{form}{msg}")));
+        }
+        Err(e) => return Err(e),
+    };
+    let limit = PAGE_SIZE.to_string();
+    let events = ui
+        .get(
+            &s,
+            &format!(
+                "/api/events{}",
+                query(&[
+                    ("entity_type", entity_type),
+                    ("entity_ref", entity_ref),
+                    ("limit", &limit),
+                    ("cursor", cursor.unwrap_or("")),
+                ])
+            ),
+        )
+        .await?;
+    let items = events["items"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let mut timeline = String::new();
+    for e in items {
+        timeline.push_str(&event_item(e));
+    }
+    if items.is_empty() {
+        timeline.push_str("<li>No events in the last 30 days.</li>");
+    }
+    let wf = &entity["workflow"];
+    let wf_ref = wf["ref"].as_str().unwrap_or("");
+    let wf_version = wf["version"].as_str().unwrap_or("");
+    let base = format!("/ui/entities{}&", query(&[("type", entity_type), ("ref", entity_ref)]));
+    let body = format!(
+        "{form}<h2>{} {}</h2><dl class=\"facts\"><dt>Status</dt><dd id=\"entity-status\">{}</dd>\
+         <dt>Subtype</dt><dd>{}</dd><dt>Workflow</dt><dd><a href=\"/ui/workflows/{}?version={}\">{} {}</a></dd>\
+         <dt>Created</dt><dd>{}</dd><dt>Updated</dt><dd>{}</dd></dl><h2>Attributes</h2>{}\
+         <h2 id=\"timeline-title\">Timeline</h2><p class=\"hint\">Events and the audit records of their execution, \
+         oldest first; each audit record links to the event it describes.</p>\
+         <ol class=\"timeline\" id=\"timeline\" aria-labelledby=\"timeline-title\">{timeline}</ol>{}",
+        t(&entity["type"]),
+        t(&entity["ref"]),
+        badge(entity["status"].as_str().unwrap_or("")),
+        t(&entity["subtype"]),
+        enc(wf_ref),
+        enc(wf_version),
+        esc(wf_ref),
+        esc(wf_version),
+        time(&entity["created_at"]),
+        time(&entity["updated_at"]),
+        json_block(&entity["attributes"]),
+        pager(&base, cursor, &events["next_cursor"]),
+    );
+    Ok(show(StatusCode::OK, body))
+}
