@@ -72,6 +72,8 @@ enum Command {
         #[command(flatten)]
         args: crate::api::ApiArgs,
     },
+    /// Stream a CSV/NDJSON file into today's load of a name, with progress; prints a JSON summary.
+    Load(crate::load::client::LoadArgs),
     /// Manage accounts directly in the database.
     Account {
         #[command(flatten)]
@@ -221,6 +223,14 @@ async fn run(cmd: Command) -> anyhow::Result<()> {
             .context("run sandbox")?;
             Ok(())
         }
+        Command::Load(args) => {
+            let shutdown = crate::supervisor::shutdown_on_signals();
+            let summary = crate::load::client::run(&args, shutdown)
+                .await
+                .context("load the file")?;
+            println!("{}", serde_json::to_string(&summary)?);
+            Ok(())
+        }
         Command::Bench(args) => {
             let summary = crate::bench::run(args.clone(), CancellationToken::new())
                 .await
@@ -244,6 +254,7 @@ pub fn engine_handlers_with(webhook_allow_private: bool) -> EngineHandlers {
     #[cfg(feature = "testkit")]
     crate::probe::register(&mut h);
     crate::orchestration::register(&mut h, webhook_allow_private || cfg!(feature = "testkit"));
+    crate::load::register(&mut h);
     h
 }
 

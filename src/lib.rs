@@ -18,6 +18,8 @@
 //! - [`autoscale`]: worker counts per pool version from queue depth, applied by a driver (processes, Kubernetes).
 //! - [`scheduler`]: cron schedules; fires each tick exactly once under the `scheduler` lease.
 //! - [`wake`]: Redis wake-ups, a hint beside the poll loop.
+//! - [`load`]: loads of batch data (inventory records) processed in chunks by workers, and the `ordo load` client.
+//! - [`ui`]: the web dashboard at `/ui`: HTML pages over the public HTTP API, called in-process.
 #![warn(missing_docs)]
 
 pub mod api;
@@ -27,6 +29,7 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod leader;
+pub mod load;
 pub mod orchestration;
 pub mod pgserver;
 pub mod queue;
@@ -37,6 +40,7 @@ pub mod scheduler;
 pub mod supervisor;
 pub mod telemetry;
 pub mod tenancy;
+pub mod ui;
 pub mod wake;
 
 /// Probe job kinds for crash and concurrency tests.

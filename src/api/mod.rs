@@ -18,6 +18,7 @@ pub mod extract;
 pub mod fields;
 pub mod health;
 pub mod jobs;
+pub mod loads;
 pub mod middleware;
 pub mod openapi;
 pub mod orchestration;
@@ -247,6 +248,17 @@ pub fn routes() -> Vec<Route> {
         route("GET", "/api/schedules/{name}", get(schedules::get)),
         route("PATCH", "/api/schedules/{name}", patch(schedules::update)),
         route("DELETE", "/api/schedules/{name}", delete(schedules::delete)),
+        route("POST", "/api/loads", post(loads::create)),
+        route("GET", "/api/loads", get(loads::list)),
+        route("GET", "/api/loads/{id}", get(loads::get)),
+        route(
+            "POST",
+            "/api/loads/{id}/batches",
+            post(loads::create_batch).layer(DefaultBodyLimit::max(BATCH_BODY_LIMIT)),
+        ),
+        route("GET", "/api/loads/{id}/batches/{batch_id}", get(loads::get_batch)),
+        route("GET", "/api/loads/{id}/batches/{batch_id}/results", get(loads::results)),
+        route("GET", "/api/inventory/{sku_ref}/{location_ref}", get(loads::inventory)),
         route("GET", "/api/pools", get(pools::list)),
         route("PUT", "/api/pools/{pool}", put(pools::put)),
         route("PUT", "/api/pools/{pool}/scaling", put(pools::put_scaling)),
@@ -266,14 +278,17 @@ pub fn routes() -> Vec<Route> {
     ]
 }
 
-/// The API router with its middleware: request ids, tracing, metrics, deadline, body limit, panic guard.
+/// The API router with its middleware (request ids, tracing, metrics, deadline, body limit, panic guard), plus the
+/// dashboard's `/ui` routes ([`crate::ui`]), which are not in [`routes`].
 pub fn router(state: AppState) -> Router {
     let mut router = Router::new();
     for r in routes() {
         // Same path, several methods: axum merges the method routers.
         router = router.route(r.path, r.handler);
     }
-    middleware::wrap(router.fallback(middleware::not_found), state)
+    let api = middleware::wrap(router.fallback(middleware::not_found), state);
+    // The dashboard calls the API router in-process, so it is built from the router without its own routes.
+    crate::ui::router(api.clone()).merge(api)
 }
 
 /// Serves `router(state)` on `listener` until `shutdown`, then finishes in-flight requests.

@@ -8,7 +8,7 @@ use axum::response::IntoResponse;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{accounts, error, health, jobs, orchestration, pools, queues, schedules};
+use super::{accounts, error, health, jobs, loads, orchestration, pools, queues, schedules};
 
 /// The API description.
 #[derive(OpenApi)]
@@ -46,6 +46,13 @@ use super::{accounts, error, health, jobs, orchestration, pools, queues, schedul
         schedules::get,
         schedules::update,
         schedules::delete,
+        loads::create,
+        loads::list,
+        loads::get,
+        loads::create_batch,
+        loads::get_batch,
+        loads::results,
+        loads::inventory,
         pools::list,
         pools::put,
         pools::put_scaling,
@@ -66,6 +73,7 @@ use super::{accounts, error, health, jobs, orchestration, pools, queues, schedul
         (name = "queues", description = "Queue figures, pause and resume"),
         (name = "orchestration", description = "Workflows, rules, entities and events"),
         (name = "schedules", description = "Cron schedules"),
+        (name = "loads", description = "Loads of batch data and inventory positions"),
         (name = "pools", description = "Worker pools, rollouts and scaling (admin token)"),
         (name = "accounts", description = "Accounts and API keys (admin token)"),
         (name = "health", description = "Probes, metrics and this document"),

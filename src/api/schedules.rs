@@ -14,7 +14,7 @@ use super::error::{ApiError, Problem};
 use super::extract::{ApiPath, JsonBody, QueryParams};
 use super::fields::{boolean, object, reject_unknown, string};
 use crate::queue::FieldError;
-use crate::scheduler::store::{self, JobSpec, NewSchedule, Schedule, ScheduleUpdate, Target};
+use crate::scheduler::store::{self, EventSpec, JobSpec, NewSchedule, Schedule, ScheduleUpdate, Target};
 
 /// A schedule as the API shows it.
 #[derive(Debug, ToSchema)]
@@ -27,9 +27,14 @@ pub struct ScheduleBody {
     cron: String,
     /// IANA time zone.
     timezone: String,
-    /// The job each tick enqueues (as `POST /api/jobs`, without `run_at` and `idempotency_key`).
-    #[schema(value_type = Object)]
-    job: Value,
+    /// The job each tick enqueues (as `POST /api/jobs`, without `run_at` and `idempotency_key`); absent for an
+    /// event schedule.
+    #[schema(value_type = Option<Object>)]
+    job: Option<Value>,
+    /// The event each tick sends (as `POST /api/events`, without `scheduled_at` and `idempotency_key`); absent for
+    /// a job schedule.
+    #[schema(value_type = Option<Object>)]
+    event: Option<Value>,
     /// Paused schedules do not fire.
     paused: bool,
     /// The next tick; null while paused.
@@ -52,9 +57,12 @@ pub struct NewScheduleBody {
     cron: String,
     /// IANA time zone (default `UTC`).
     timezone: Option<String>,
-    /// The job each tick enqueues.
-    #[schema(value_type = Object)]
-    job: Value,
+    /// The job each tick enqueues (give `job` or `event`).
+    #[schema(value_type = Option<Object>)]
+    job: Option<Value>,
+    /// The event each tick sends, `{name, entity: {type, ref}, attributes?}` (give `job` or `event`).
+    #[schema(value_type = Option<Object>)]
+    event: Option<Value>,
     /// Create it paused.
     paused: Option<bool>,
 }
@@ -67,9 +75,12 @@ pub struct ScheduleChangeBody {
     cron: Option<String>,
     /// New time zone.
     timezone: Option<String>,
-    /// New job.
+    /// New job (replaces the target).
     #[schema(value_type = Object)]
     job: Option<Value>,
+    /// New event (replaces the target).
+    #[schema(value_type = Object)]
+    event: Option<Value>,
     /// Pause (`true`) or resume (`false`).
     paused: Option<bool>,
 }
@@ -84,18 +95,61 @@ pub struct SchedulePage {
     pub next_cursor: Option<String>,
 }
 
-fn target(obj: &Map<String, Value>, required: bool, errs: &mut Vec<FieldError>) -> Option<Target> {
-    if obj.contains_key("event") {
+/// The event target: `name` and `entity` must be given (422 naming the missing one); the rest is checked by the
+/// store.
+fn event_target(v: &Value, errs: &mut Vec<FieldError>) -> Option<Target> {
+    let Some(obj) = v.as_object() else {
         errs.push(FieldError::new(
             "/event",
-            "event schedules are not supported by this version; use job",
+            "must be an object {name, entity: {type, ref}, attributes?}",
         ));
         return None;
+    };
+    let before = errs.len();
+    if !obj.get("name").is_some_and(Value::is_string) {
+        errs.push(FieldError::new("/event/name", "is required (a string)"));
+    }
+    match obj.get("entity") {
+        Some(Value::Object(e)) => {
+            for field in ["type", "ref"] {
+                if !e.get(field).is_some_and(Value::is_string) {
+                    errs.push(FieldError::new(
+                        format!("/event/entity/{field}"),
+                        "is required (a string)",
+                    ));
+                }
+            }
+        }
+        _ => errs.push(FieldError::new("/event/entity", "is required: {type, ref}")),
+    }
+    if super::jobs::has_nul(v) {
+        errs.push(FieldError::new("/event", "strings must not contain NUL characters"));
+    }
+    if errs.len() > before {
+        return None;
+    }
+    match serde_json::from_value::<EventSpec>(v.clone()) {
+        Ok(spec) => Some(Target::Event(spec)),
+        Err(e) => {
+            errs.push(FieldError::new("/event", e.to_string()));
+            None
+        }
+    }
+}
+
+fn target(obj: &Map<String, Value>, required: bool, errs: &mut Vec<FieldError>) -> Option<Target> {
+    let given = |k: &str| obj.get(k).is_some_and(|v| !v.is_null());
+    if given("event") {
+        if given("job") {
+            errs.push(FieldError::new("/event", "give either job or event, not both"));
+            return None;
+        }
+        return event_target(&obj["event"], errs);
     }
     match obj.get("job") {
         None | Some(Value::Null) => {
             if required {
-                errs.push(FieldError::new("/job", "is required"));
+                errs.push(FieldError::new("/job", "is required (or event)"));
             }
             None
         }
@@ -122,7 +176,7 @@ fn target(obj: &Map<String, Value>, required: bool, errs: &mut Vec<FieldError>) 
     responses(
         (status = 201, description = "Created, with its next tick", body = ScheduleBody),
         (status = 409, description = "A schedule of that name exists", body = Problem),
-        (status = 422, description = "Invalid fields (cron, timezone, job, …)", body = Problem),
+        (status = 422, description = "Invalid fields (cron, timezone, job, event, …)", body = Problem),
     ),
     security(("bearer" = []))
 )]

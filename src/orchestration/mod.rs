@@ -15,6 +15,7 @@
 //! - rules in `ordo-workers` are pure: they return actions and the executor applies them.
 
 pub mod audit;
+pub mod bulk;
 pub mod entity;
 pub mod event;
 pub mod executor;

@@ -1,16 +1,16 @@
 //! Cron schedules: the `schedule` table, tick maths in IANA time zones, and the loop that fires due ticks.
 //!
 //! Invariants:
-//! - each tick fires exactly once however many schedulers run: its job carries the idempotency key
-//!   `schedule:<name>:<tick as RFC 3339 UTC>` in the schedule's account, so a second firing is a replay. The leader
-//!   lease [`SCHEDULER_LEASE`] only keeps followers from doing the same work twice;
+//! - each tick fires exactly once however many schedulers run: its job (or orchestration event) carries the
+//!   idempotency key `schedule:<name>:<tick as RFC 3339 UTC>` in the schedule's account, so a second firing is a
+//!   replay. The leader lease [`SCHEDULER_LEASE`] only keeps followers from doing the same work twice;
 //! - a schedule's `next_fire_at` only moves forward through a conditional update (on the values the firing read),
 //!   in the same transaction as the jobs it fires, so a racing or stale scheduler changes nothing;
 //! - missed ticks younger than [`run::RECENT_MISSED`] all fire; older ones collapse into one firing of the latest
 //!   ([`run::due_ticks`]), so an outage never ends in a burst.
 //!
-//! The scheduler writes `schedule` rows (through [`store`]) and enqueues through [`crate::queue`]; it never runs
-//! handlers.
+//! The scheduler writes `schedule` rows (through [`store`]), enqueues through [`crate::queue`] and sends events
+//! through [`crate::orchestration::send_event`]; it never runs handlers.
 
 pub mod cron;
 pub mod run;
@@ -22,7 +22,7 @@ use clap::Args;
 
 pub use cron::Timetable;
 pub use run::{due_ticks, serve, Scheduler, ServeError, SCHEDULER_LEASE};
-pub use store::{JobSpec, NewSchedule, Schedule, ScheduleUpdate, Target};
+pub use store::{EventSpec, JobSpec, NewSchedule, Schedule, ScheduleUpdate, Target};
 
 use crate::queue::FieldError;
 
@@ -53,6 +53,9 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
+    /// Sending a tick's event failed (other than the database).
+    #[error("send the scheduled event: {0}")]
+    Event(String),
     /// Enqueueing a tick's job failed.
     #[error(transparent)]
     Queue(#[from] crate::queue::Error),

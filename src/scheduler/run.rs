@@ -135,7 +135,13 @@ impl Scheduler {
         let mut created = 0;
         let mut queues = Vec::new();
         for &tick in &firing.ticks {
-            let job = schedule.target.job_for_tick(&schedule.name, tick);
+            if let Some(event) = schedule.target.event_for_tick(&schedule.name, tick) {
+                created += self.send_event(schedule, event).await?;
+                continue;
+            }
+            let Some(job) = schedule.target.job_for_tick(&schedule.name, tick) else {
+                continue;
+            };
             queues.push(job.queue.clone());
             match queue::enqueue(&mut tx, &schedule.account_id, job).await {
                 Ok(out) if !out.replayed => created += 1,
@@ -154,6 +160,28 @@ impl Scheduler {
         }
         tracing::debug!(ticks = firing.ticks.len(), created, next = ?firing.next, "fired schedule");
         Ok(created)
+    }
+
+    /// Sends one tick's event through the same call as `POST /api/events` (its own transaction). It runs while the
+    /// firing transaction holds the schedule row: if that transaction then fails, the next round sends the tick
+    /// again and the tick's idempotency key makes it a replay, so a tick is neither lost nor doubled. Returns 1 when
+    /// the event is new. A tick whose entity is gone (or whose event is refused) is skipped with a warning, so one
+    /// bad target does not stall the schedule.
+    async fn send_event(&self, schedule: &Schedule, event: crate::orchestration::NewEvent) -> Result<usize> {
+        use crate::orchestration::Error as O;
+        let q = queue::Queue::new(self.pool.clone(), self.waker.clone());
+        match crate::orchestration::send_event(&q, &schedule.account_id, event).await {
+            Ok((_, replayed)) => Ok(usize::from(!replayed)),
+            // The tick's key already holds an event from an earlier version of the target: the tick fired.
+            Err(O::IdempotencyConflict { .. }) => Ok(0),
+            Err(e @ (O::EntityNotFound(_) | O::Invalid(_))) => {
+                tracing::warn!(error = %e, schedule = %schedule.name, account.id = %schedule.account_id,
+                    "a scheduled event was refused; the tick is skipped");
+                Ok(0)
+            }
+            Err(O::Database(e)) => Err(e.into()),
+            Err(e) => Err(super::Error::Event(e.to_string())),
+        }
     }
 
     /// Runs rounds until `shutdown`, then gives the lease up so another scheduler takes over at once.

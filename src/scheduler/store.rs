@@ -2,12 +2,14 @@
 //! function takes the account and an executor, so the API can run them inside its account-scoped transaction.
 
 use chrono::{DateTime, Utc};
+use ordo_workers::rules::EntityKey;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::types::Json;
 use sqlx::{PgConnection, PgExecutor};
 
 use super::{Error, Result, Timetable};
+use crate::orchestration::NewEvent;
 use crate::queue::{FieldError, NewJob};
 use crate::tenancy::AccountId;
 
@@ -74,21 +76,82 @@ impl JobSpec {
     }
 }
 
-/// What a tick fires. Serialised tagged (`{"job": {...}}`), so event targets can be added later.
+/// The orchestration event a tick sends, as `POST /api/events` takes it, without `scheduled_at` and
+/// `idempotency_key` (the tick sets both).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventSpec {
+    /// Event name.
+    pub name: String,
+    /// The entity it is sent to (must exist when the tick fires).
+    pub entity: EntityKey,
+    /// Attributes (an object).
+    #[serde(default = "empty_object")]
+    pub attributes: Value,
+}
+
+impl EventSpec {
+    /// An event `name` for the entity `entity_type`/`entity_ref`, with no attributes.
+    pub fn new(name: impl Into<String>, entity_type: impl Into<String>, entity_ref: impl Into<String>) -> Self {
+        EventSpec {
+            name: name.into(),
+            entity: EntityKey {
+                entity_type: entity_type.into(),
+                entity_ref: entity_ref.into(),
+            },
+            attributes: empty_object(),
+        }
+    }
+
+    fn validate(&self, errs: &mut Vec<FieldError>) {
+        if self.name.is_empty() || self.name.len() > 255 {
+            errs.push(FieldError::new("/event/name", "must be 1 to 255 characters"));
+        }
+        if self.entity.entity_type.is_empty() {
+            errs.push(FieldError::new("/event/entity/type", "must not be empty"));
+        }
+        if self.entity.entity_ref.is_empty() {
+            errs.push(FieldError::new("/event/entity/ref", "must not be empty"));
+        }
+        if !self.attributes.is_object() {
+            errs.push(FieldError::new("/event/attributes", "must be an object"));
+        }
+    }
+}
+
+/// What a tick fires. Serialised tagged: `{"job": {...}}` or `{"event": {...}}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Target {
     /// Enqueue a job.
     Job(JobSpec),
+    /// Send an orchestration event.
+    Event(EventSpec),
 }
 
 impl Target {
-    /// The job this target enqueues for `tick` of the schedule `name`: `run_at` = the tick and the tick's unique
-    /// idempotency key.
-    pub fn job_for_tick(&self, name: &str, tick: DateTime<Utc>) -> NewJob {
+    /// The job a job target enqueues for `tick` of the schedule `name`: `run_at` = the tick and the tick's unique
+    /// idempotency key. `None` for other targets.
+    pub fn job_for_tick(&self, name: &str, tick: DateTime<Utc>) -> Option<NewJob> {
         match self {
-            Target::Job(spec) => spec.to_new_job().run_at(tick).idempotency_key(tick_key(name, tick)),
+            Target::Job(spec) => Some(spec.to_new_job().run_at(tick).idempotency_key(tick_key(name, tick))),
+            Target::Event(_) => None,
+        }
+    }
+
+    /// The event an event target sends for `tick` of the schedule `name`: `scheduled_at` = the tick (already
+    /// due, so it is pending at once) and the tick's unique idempotency key. `None` for other targets.
+    pub fn event_for_tick(&self, name: &str, tick: DateTime<Utc>) -> Option<NewEvent> {
+        match self {
+            Target::Event(spec) => {
+                let mut e = NewEvent::new(&spec.name, &spec.entity.entity_type, &spec.entity.entity_ref)
+                    .attributes(spec.attributes.clone())
+                    .scheduled_at(tick);
+                e.idempotency_key = Some(tick_key(name, tick));
+                Some(e)
+            }
+            Target::Job(_) => None,
         }
     }
 
@@ -102,6 +165,7 @@ impl Target {
                     );
                 }
             }
+            Target::Event(spec) => spec.validate(errs),
         }
     }
 }
@@ -572,11 +636,37 @@ mod tests {
             serde_json::json!({"job": {"kind": "noop", "args": {}, "priority": 2}})
         );
         assert!(serde_json::from_value::<Target>(serde_json::json!({"job": {"kind": "noop", "run_at": "x"}})).is_err());
-        let job = t.job_for_tick("s", utc("2026-11-25T12:00:00Z"));
+        let job = t.job_for_tick("s", utc("2026-11-25T12:00:00Z")).unwrap();
         assert_eq!(job.priority, 2);
         assert_eq!(job.queue, "default");
         assert_eq!(job.run_at, Some(utc("2026-11-25T12:00:00Z")));
         assert_eq!(job.idempotency_key.as_deref(), Some("schedule:s:2026-11-25T12:00:00Z"));
+    }
+
+    /// An event target round-trips tagged, refuses unknown fields and fires with the tick's key.
+    #[test]
+    fn event_target_json_and_tick() {
+        let t: Target = serde_json::from_value(serde_json::json!(
+            {"event": {"name": "Ping", "entity": {"type": "T", "ref": "r"}}}
+        ))
+        .unwrap();
+        assert_eq!(
+            serde_json::to_value(&t).unwrap(),
+            serde_json::json!({"event": {"name": "Ping", "entity": {"type": "T", "ref": "r"}, "attributes": {}}})
+        );
+        assert!(serde_json::from_value::<Target>(serde_json::json!(
+            {"event": {"name": "Ping", "entity": {"type": "T", "ref": "r"}, "idempotency_key": "k"}}
+        ))
+        .is_err());
+        let tick = utc("2026-11-25T12:00:00Z");
+        assert!(t.job_for_tick("s", tick).is_none());
+        let e = t.event_for_tick("s", tick).unwrap();
+        assert_eq!(e.idempotency_key.as_deref(), Some("schedule:s:2026-11-25T12:00:00Z"));
+        assert_eq!((e.name.as_str(), e.scheduled_at), ("Ping", Some(tick)));
+        let mut errs = Vec::new();
+        Target::Event(EventSpec::new("", "T", "")).validate(&mut errs);
+        let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["/event/name", "/event/entity/ref"]);
     }
 
     /// Validation names every bad field, the job's under `/job`.

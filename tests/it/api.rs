@@ -5,6 +5,7 @@ mod errors;
 mod fuzz;
 mod isolation;
 mod jobs;
+mod loads;
 mod openapi;
 mod orchestration;
 mod outage;

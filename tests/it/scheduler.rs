@@ -384,3 +384,111 @@ async fn three_schedulers_fire_each_tick_once_across_a_leader_kill() {
     // Clean shutdown gave the lease up.
     assert_eq!(ordo::leader::holder(pool, SCHEDULER_LEASE).await.unwrap(), None);
 }
+
+/// An event schedule sends its event exactly once per tick, however many schedulers race to fire it, with the
+/// tick's idempotency key; the event runs against its entity; a tick whose entity is gone is skipped and the
+/// schedule moves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn event_schedule_fires_each_tick_once_and_runs() {
+    use ordo::orchestration::{self, NewEntity};
+    use ordo::scheduler::EventSpec;
+
+    let db = testkit::db_with_max(20).await;
+    let pool = &db.pool;
+    let a = acct();
+    let workflow = json!({
+        "statuses": [{"name": "CREATED"}],
+        "rulesets": [{"name": "Tick", "entity_type": "TICKER",
+                      "rules": [{"name": "core.SetAttribute", "props": {"name": "n", "value": "{{event.attributes.n}}"}}]}]
+    });
+    let mut conn = pool.acquire().await.unwrap();
+    orchestration::put_workflow(
+        &mut conn,
+        &a,
+        "TICKER::A",
+        &workflow,
+        false,
+        &ordo_workers::rules::registry(),
+    )
+    .await
+    .unwrap();
+    drop(conn);
+    let q = ordo::queue::Queue::new(pool.clone(), Waker::disabled());
+    orchestration::create_entity(&q, &a, NewEntity::new("TICKER", "A", "t-1"))
+        .await
+        .unwrap();
+    let mut spec = EventSpec::new("Tick", "TICKER", "t-1");
+    spec.attributes = json!({"n": 7});
+    let t0 = utc("2026-11-25T12:00:00Z");
+    store::create(
+        pool,
+        &a,
+        &NewSchedule::new("ticker", "*/10 * * * * *", Target::Event(spec)),
+        t0,
+    )
+    .await
+    .unwrap();
+    let now = utc("2026-11-25T12:00:42Z");
+    let seen = store::get(pool, &a, "ticker").await.unwrap();
+    let barrier = Arc::new(tokio::sync::Barrier::new(8));
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let s = Scheduler::new(pool.clone(), format!("racer-{i}"), Waker::disabled());
+        let seen = seen.clone();
+        let barrier = barrier.clone();
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            s.fire(&seen, now).await.unwrap()
+        }));
+    }
+    let mut created = 0;
+    for t in tasks {
+        created += t.await.unwrap();
+    }
+    assert_eq!(created, 4, "ticks :10, :20, :30 and :40 each once");
+    // Firing the same ticks again (a stale scheduler) sends nothing new.
+    let s = Scheduler::new(pool.clone(), "late".into(), Waker::disabled());
+    assert_eq!(s.fire(&seen, now).await.unwrap(), 0);
+    let keys: Vec<(String, i64)> = sqlx::query_as(
+        "select idempotency_key, count(*) from job where idempotency_key like 'event:schedule:ticker:%' \
+         group by idempotency_key order by 1",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        keys,
+        ["10", "20", "30", "40"]
+            .map(|s| (format!("event:schedule:ticker:2026-11-25T12:00:{s}Z"), 1))
+            .to_vec()
+    );
+    let worker = crate::support::start_worker(pool, crate::support::fast_config());
+    eventually(Duration::from_secs(30), "4 Tick events to succeed", || async {
+        let ok: i64 = sqlx::query_scalar(
+            "select count(*) from event where name = 'Tick' and kind = 'orchestration' and status = 'success'",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        (ok == 4).then_some(())
+    })
+    .await;
+    let total: i64 = sqlx::query_scalar("select count(*) from event where name = 'Tick' and kind = 'orchestration'")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(total, 4);
+    let e = orchestration::get_entity(pool, &a, "TICKER", "t-1").await.unwrap();
+    assert!(e.attributes["n"] == json!(7) || e.attributes["n"] == "7", "{e:?}");
+    worker.stop().await;
+
+    // An entity that does not exist: the tick is skipped, not retried forever.
+    let ghost = Target::Event(EventSpec::new("Tick", "TICKER", "ghost"));
+    store::create(pool, &a, &NewSchedule::new("ghost", "*/10 * * * * *", ghost), t0)
+        .await
+        .unwrap();
+    let seen = store::get(pool, &a, "ghost").await.unwrap();
+    assert_eq!(s.fire(&seen, utc("2026-11-25T12:00:12Z")).await.unwrap(), 0);
+    let after = store::get(pool, &a, "ghost").await.unwrap();
+    assert_eq!(after.next_fire_at, Some(utc("2026-11-25T12:00:20Z")));
+}

@@ -131,3 +131,88 @@ async fn invalid_schedules_name_the_field() {
         .await
         .expect(StatusCode::UNAUTHORIZED);
 }
+
+/// Event schedules over HTTP: created with an event target (shown back as `event`), validated at create and
+/// change (a missing entity, name or entity field is a 422 naming it; job and event together are refused).
+#[tokio::test]
+async fn event_schedules_are_validated() {
+    let app = app().await;
+    let a = app.account("acme").await;
+    let ok = json!({"name": "ping", "cron": "0 * * * *",
+                    "event": {"name": "Ping", "entity": {"type": "T", "ref": "r"}, "attributes": {"x": 1}}});
+    let r = app.call(Method::POST, "/api/schedules", Some(&a), Some(ok)).await;
+    let s = r.expect(StatusCode::CREATED);
+    assert_eq!(s["event"]["entity"]["ref"], "r");
+    assert!(s.get("job").is_none(), "{s}");
+    let cases = [
+        (
+            json!({"name": "x", "cron": "* * * * *", "event": {"name": "Ping"}}),
+            "/event/entity",
+        ),
+        (
+            json!({"name": "x", "cron": "* * * * *", "event": {"entity": {"type": "T", "ref": "r"}}}),
+            "/event/name",
+        ),
+        (
+            json!({"name": "x", "cron": "* * * * *", "event": {"name": "P", "entity": {"type": "T"}}}),
+            "/event/entity/ref",
+        ),
+        (
+            json!({"name": "x", "cron": "* * * * *", "event": {"name": "", "entity": {"type": "T", "ref": "r"}}}),
+            "/event/name",
+        ),
+        (
+            json!({"name": "x", "cron": "* * * * *", "event": {"name": "P", "entity": {"type": "T", "ref": "r"}, "attributes": 3}}),
+            "/event/attributes",
+        ),
+        (
+            json!({"name": "x", "cron": "* * * * *", "event": {"name": "P", "entity": {"type": "T", "ref": "r"}, "scheduled_at": "2030-01-01T00:00:00Z"}}),
+            "/event",
+        ),
+        (
+            json!({"name": "x", "cron": "* * * * *", "job": {"kind": "noop"}, "event": {"name": "P", "entity": {"type": "T", "ref": "r"}}}),
+            "/event",
+        ),
+    ];
+    for (body, path) in cases {
+        let r = app
+            .call(Method::POST, "/api/schedules", Some(&a), Some(body.clone()))
+            .await;
+        let p = r.expect(StatusCode::UNPROCESSABLE_ENTITY);
+        let paths: Vec<&str> = p["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["path"].as_str().unwrap())
+            .collect();
+        assert!(paths.contains(&path), "{body} → {paths:?}");
+    }
+    // A change to an event target is validated too, and a job schedule can become an event schedule.
+    let r = app
+        .call(
+            Method::PATCH,
+            "/api/schedules/ping",
+            Some(&a),
+            Some(json!({"event": {"name": "Ping"}})),
+        )
+        .await;
+    r.expect(StatusCode::UNPROCESSABLE_ENTITY);
+    app.call(
+        Method::POST,
+        "/api/schedules",
+        Some(&a),
+        Some(json!({"name": "job", "cron": "* * * * *", "job": {"kind": "noop"}})),
+    )
+    .await
+    .expect(StatusCode::CREATED);
+    let r = app
+        .call(
+            Method::PATCH,
+            "/api/schedules/job",
+            Some(&a),
+            Some(json!({"event": {"name": "Ping", "entity": {"type": "T", "ref": "r"}}})),
+        )
+        .await;
+    let s = r.expect(StatusCode::OK);
+    assert_eq!(s["event"]["name"], "Ping");
+}

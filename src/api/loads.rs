@@ -1,0 +1,390 @@
+//! `/api/loads` and `/api/inventory`: high-volume batch data (CONTRACT §6). Batches are validated and stored by
+//! [`crate::load::store`] in the account's transaction, with one job per chunk; workers do the rest.
+
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::Utc;
+use serde::Serialize;
+use serde_json::{json, Value};
+use utoipa::ToSchema;
+
+use super::auth::Tenant;
+use super::error::{ApiError, Problem};
+use super::extract::{ApiPath, JsonBody, QueryParams};
+use super::fields::{object, reject_unknown, string};
+use super::jobs::{IDEMPOTENCY_KEY_HEADER, REPLAYED_HEADER};
+use crate::load::{self, store, Load, LoadDetail, Outcome, RecordResult};
+use crate::queue::{self, FieldError};
+
+/// Any JSON document of this resource (the shapes are in CONTRACT §6).
+#[derive(Debug, ToSchema)]
+#[schema(as = LoadDocument, value_type = Object)]
+#[allow(dead_code)]
+pub struct LoadDocument(Value);
+
+/// `POST /api/loads` body.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct NewLoadBody {
+    /// Unique per account and UTC day.
+    name: String,
+}
+
+/// `POST /api/loads/{id}/batches` body.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct NewBatchBody {
+    /// `upsert`.
+    action: String,
+    /// `inventory`.
+    entity_type: String,
+    /// Up to 5 000 records `{sku_ref, location_ref, qty}`.
+    #[schema(value_type = Vec<Object>)]
+    records: Vec<Value>,
+}
+
+/// A page of loads.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LoadPage {
+    /// Loads, newest first.
+    #[schema(value_type = Vec<LoadDocument>)]
+    pub items: Vec<Load>,
+    /// Cursor of the next page; null on the last.
+    pub next_cursor: Option<String>,
+}
+
+/// A page of record results.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ResultPage {
+    /// Records in index order.
+    #[schema(value_type = Vec<LoadDocument>)]
+    pub items: Vec<RecordResult>,
+    /// Cursor (`after`) of the next page; null on the last.
+    pub next_cursor: Option<String>,
+}
+
+impl From<load::Error> for ApiError {
+    fn from(e: load::Error) -> Self {
+        use load::Error as L;
+        match e {
+            L::Invalid(errs) => ApiError::Invalid(errs),
+            e @ L::TooManyRecords { .. } => ApiError::PayloadTooLarge(e.to_string()),
+            e @ (L::LoadNotFound { .. } | L::BatchNotFound { .. }) => ApiError::NotFound(e.to_string()),
+            e @ L::LoadExists { .. } => ApiError::Conflict {
+                detail: e.to_string(),
+                errors: vec![FieldError::new("/name", "a load of this name is open today")],
+            },
+            e @ L::Closed { .. } => ApiError::Conflict {
+                detail: e.to_string(),
+                errors: Vec::new(),
+            },
+            e @ L::IdempotencyConflict { .. } => ApiError::Conflict {
+                detail: e.to_string(),
+                errors: vec![FieldError::new(
+                    "/headers/idempotency-key",
+                    "already used with a different batch",
+                )],
+            },
+            L::Queue(e) => e.into(),
+            L::Orchestration(e) => e.into(),
+            L::Database(e) => e.into(),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+fn json_response<T: Serialize>(status: StatusCode, body: T) -> Response {
+    (status, Json(body)).into_response()
+}
+
+/// Open a load for today (UTC).
+#[utoipa::path(
+    post,
+    path = "/api/loads",
+    tag = "loads",
+    request_body = NewLoadBody,
+    responses(
+        (status = 201, description = "Opened: {id, name, status: open, created_at, closes_at}", body = LoadDocument),
+        (status = 409, description = "A load of that name is already open today (its id in detail)", body = Problem),
+        (status = 422, description = "Invalid name", body = Problem),
+    ),
+    security(("bearer" = []))
+)]
+#[tracing::instrument(skip_all, fields(account = %tenant.account))]
+pub async fn create(tenant: Tenant, JsonBody(body): JsonBody) -> Result<Response, ApiError> {
+    let obj = object(&body)?;
+    let mut errs = Vec::new();
+    reject_unknown(obj, &["name"], &mut errs);
+    let name = string(obj, "name", true, &mut errs);
+    let (Some(name), true) = (name, errs.is_empty()) else {
+        return Err(ApiError::Invalid(errs));
+    };
+    let mut tx = tenant.begin().await?;
+    let created = store::create_load(&mut *tx, &tenant.account, &name, Utc::now()).await?;
+    tx.commit().await?;
+    Ok(json_response(StatusCode::CREATED, created))
+}
+
+/// List the account's loads, newest first (`?name=` for one name's loads, today's first).
+#[utoipa::path(
+    get,
+    path = "/api/loads",
+    tag = "loads",
+    params(
+        ("name" = Option<String>, Query, description = "Only loads of this name"),
+        ("limit" = Option<i64>, Query, description = "Page size, 1..1000 (default 100)"),
+        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "A page of loads", body = LoadPage),
+        (status = 422, description = "Invalid limit or cursor", body = Problem),
+    ),
+    security(("bearer" = []))
+)]
+#[tracing::instrument(skip_all, fields(account = %tenant.account))]
+pub async fn list(tenant: Tenant, q: QueryParams) -> Result<Json<LoadPage>, ApiError> {
+    let limit = q.limit()?;
+    let mut tx = tenant.begin().await?;
+    let mut items = store::list_loads(
+        &mut *tx,
+        &tenant.account,
+        q.get("name"),
+        q.get("cursor"),
+        limit + 1,
+        Utc::now(),
+    )
+    .await?;
+    tx.commit().await?;
+    let next_cursor = if items.len() as i64 > limit {
+        items.truncate(limit as usize);
+        items.last().map(|l| l.id.clone())
+    } else {
+        None
+    };
+    Ok(Json(LoadPage { items, next_cursor }))
+}
+
+/// Read a load with its batches and their counts.
+#[utoipa::path(
+    get,
+    path = "/api/loads/{id}",
+    tag = "loads",
+    params(("id" = String, Path, description = "Load id")),
+    responses(
+        (status = 200, description = "{id, name, status, created_at, closes_at, batches: [{id, status, counts}]}", body = LoadDocument),
+        (status = 404, description = "No such load in this account", body = Problem),
+    ),
+    security(("bearer" = []))
+)]
+#[tracing::instrument(skip_all, fields(account = %tenant.account))]
+pub async fn get(tenant: Tenant, ApiPath(id): ApiPath<String>) -> Result<Json<LoadDetail>, ApiError> {
+    let mut tx = tenant.begin().await?;
+    let detail = store::get_load(&mut tx, &tenant.account, &id, Utc::now()).await?;
+    tx.commit().await?;
+    Ok(Json(detail))
+}
+
+fn header_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    match headers.get(IDEMPOTENCY_KEY_HEADER) {
+        None => Ok(None),
+        Some(v) => match v.to_str() {
+            Ok(k) if !k.is_empty() && k.len() <= 255 => Ok(Some(k.to_owned())),
+            _ => Err(ApiError::invalid(
+                "/headers/idempotency-key",
+                "must be 1 to 255 visible characters",
+            )),
+        },
+    }
+}
+
+/// Send a batch of up to 5 000 records to an open load; workers process it (202). The same `Idempotency-Key`
+/// again answers 200 with the same batch and `Idempotent-Replayed: true`.
+#[utoipa::path(
+    post,
+    path = "/api/loads/{id}/batches",
+    tag = "loads",
+    request_body = NewBatchBody,
+    params(
+        ("id" = String, Path, description = "Load id"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Deduplicates resends (per account)"),
+    ),
+    responses(
+        (status = 202, description = "Accepted: {id, status: pending, counts}", body = LoadDocument),
+        (status = 200, description = "Replay of an earlier send (header Idempotent-Replayed: true)", body = LoadDocument),
+        (status = 404, description = "No such load in this account", body = Problem),
+        (status = 409, description = "The load is closed, or the key was used with a different batch", body = Problem),
+        (status = 413, description = "More than 5 000 records or a body over 16 MiB", body = Problem),
+        (status = 422, description = "Invalid action, entity_type or records", body = Problem),
+    ),
+    security(("bearer" = []))
+)]
+#[tracing::instrument(skip_all, fields(account = %tenant.account))]
+pub async fn create_batch(
+    tenant: Tenant,
+    ApiPath(id): ApiPath<String>,
+    headers: HeaderMap,
+    JsonBody(mut body): JsonBody,
+) -> Result<Response, ApiError> {
+    let key = header_key(&headers)?;
+    // The payload compared on a replay is the request as sent, for this load.
+    let fingerprint = queue::fingerprint(&json!({"load": id, "body": body}));
+    let Some(obj) = body.as_object_mut() else {
+        return Err(ApiError::invalid("", "must be a JSON object"));
+    };
+    let mut errs = Vec::new();
+    reject_unknown(obj, &["action", "entity_type", "records"], &mut errs);
+    if obj.get("action").and_then(Value::as_str) != Some("upsert") {
+        errs.push(FieldError::new("/action", "must be \"upsert\""));
+    }
+    if obj.get("entity_type").and_then(Value::as_str) != Some("inventory") {
+        errs.push(FieldError::new("/entity_type", "must be \"inventory\""));
+    }
+    let records = match obj.remove("records") {
+        Some(Value::Array(r)) if r.len() > load::MAX_RECORDS => {
+            return Err(load::Error::TooManyRecords {
+                max: load::MAX_RECORDS,
+                got: r.len(),
+            }
+            .into())
+        }
+        Some(Value::Array(r)) if !r.is_empty() => r,
+        Some(Value::Array(_)) => {
+            errs.push(FieldError::new("/records", "must hold at least one record"));
+            Vec::new()
+        }
+        _ => {
+            errs.push(FieldError::new("/records", "must be an array of records"));
+            Vec::new()
+        }
+    };
+    if !errs.is_empty() {
+        return Err(ApiError::Invalid(errs));
+    }
+    let new = store::NewBatch {
+        records,
+        idempotency_key: key,
+        fingerprint,
+    };
+    let mut tx = tenant.begin().await?;
+    let (batch, replayed) = store::create_batch(&mut tx, &tenant.account, &id, &new, Utc::now()).await?;
+    tx.commit().await?;
+    if replayed {
+        let mut res = json_response(StatusCode::OK, batch);
+        res.headers_mut()
+            .insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
+        return Ok(res);
+    }
+    tenant.state().waker().wake(load::QUEUE);
+    Ok(json_response(StatusCode::ACCEPTED, batch))
+}
+
+/// Read a batch's status and counts.
+#[utoipa::path(
+    get,
+    path = "/api/loads/{id}/batches/{batch_id}",
+    tag = "loads",
+    params(
+        ("id" = String, Path, description = "Load id"),
+        ("batch_id" = String, Path, description = "Batch id"),
+    ),
+    responses(
+        (status = 200, description = "{id, load_id, status: pending|running|complete, counts: {total, unchanged, changed, failed}}", body = LoadDocument),
+        (status = 404, description = "No such batch in this load and account", body = Problem),
+    ),
+    security(("bearer" = []))
+)]
+#[tracing::instrument(skip_all, fields(account = %tenant.account))]
+pub async fn get_batch(
+    tenant: Tenant,
+    ApiPath((id, batch_id)): ApiPath<(String, String)>,
+) -> Result<Response, ApiError> {
+    let mut tx = tenant.begin().await?;
+    let batch = store::get_batch(&mut *tx, &tenant.account, &id, &batch_id).await?;
+    tx.commit().await?;
+    Ok(json_response(StatusCode::OK, batch))
+}
+
+/// Per-record results of a batch in index order (processed records only).
+#[utoipa::path(
+    get,
+    path = "/api/loads/{id}/batches/{batch_id}/results",
+    tag = "loads",
+    params(
+        ("id" = String, Path, description = "Load id"),
+        ("batch_id" = String, Path, description = "Batch id"),
+        ("outcome" = Option<String>, Query, description = "changed, unchanged or failed"),
+        ("limit" = Option<i64>, Query, description = "Page size, 1..1000 (default 100)"),
+        ("after" = Option<i64>, Query, description = "Records after this index (next_cursor of the previous page)"),
+        ("cursor" = Option<String>, Query, description = "Same as after"),
+    ),
+    responses(
+        (status = 200, description = "{items: [{index, sku_ref, location_ref, outcome, message?}], next_cursor}", body = ResultPage),
+        (status = 404, description = "No such batch in this load and account", body = Problem),
+        (status = 422, description = "Invalid outcome, limit or cursor", body = Problem),
+    ),
+    security(("bearer" = []))
+)]
+#[tracing::instrument(skip_all, fields(account = %tenant.account))]
+pub async fn results(
+    tenant: Tenant,
+    ApiPath((id, batch_id)): ApiPath<(String, String)>,
+    q: QueryParams,
+) -> Result<Json<ResultPage>, ApiError> {
+    let limit = q.limit()?;
+    let outcome = match q.get("outcome") {
+        None => None,
+        Some(s) => Some(
+            Outcome::parse(s)
+                .ok_or_else(|| ApiError::invalid("/query/outcome", "must be changed, unchanged or failed"))?,
+        ),
+    };
+    let after = match q.get("after").or_else(|| q.get("cursor")) {
+        None => None,
+        Some(s) => Some(
+            s.parse::<i32>()
+                .map_err(|_| ApiError::invalid("/query/after", "must be a record index"))?,
+        ),
+    };
+    let mut tx = tenant.begin().await?;
+    let mut items = store::results(&mut tx, &tenant.account, &id, &batch_id, outcome, after, limit + 1).await?;
+    tx.commit().await?;
+    let next_cursor = if items.len() as i64 > limit {
+        items.truncate(limit as usize);
+        items.last().map(|r| r.index.to_string())
+    } else {
+        None
+    };
+    Ok(Json(ResultPage { items, next_cursor }))
+}
+
+/// Read an inventory position.
+#[utoipa::path(
+    get,
+    path = "/api/inventory/{sku_ref}/{location_ref}",
+    tag = "loads",
+    params(
+        ("sku_ref" = String, Path, description = "Stock-keeping unit"),
+        ("location_ref" = String, Path, description = "Location"),
+    ),
+    responses(
+        (status = 200, description = "{sku_ref, location_ref, on_hand, reserved, available, updated_at}", body = LoadDocument),
+        (status = 404, description = "No such position in this account", body = Problem),
+    ),
+    security(("bearer" = []))
+)]
+#[tracing::instrument(skip_all, fields(account = %tenant.account))]
+pub async fn inventory(
+    tenant: Tenant,
+    ApiPath((sku_ref, location_ref)): ApiPath<(String, String)>,
+) -> Result<Response, ApiError> {
+    let mut tx = tenant.begin().await?;
+    let p = crate::orchestration::get_position(&mut *tx, &tenant.account, &sku_ref, &location_ref).await?;
+    tx.commit().await?;
+    match p {
+        Some(p) => Ok(json_response(StatusCode::OK, p)),
+        None => Err(ApiError::NotFound(format!(
+            "inventory position {sku_ref}@{location_ref} not found"
+        ))),
+    }
+}
