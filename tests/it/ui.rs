@@ -201,10 +201,10 @@ impl Browser {
         v[ELEMENT].as_str().map(str::to_owned)
     }
 
+    /// The first element matching `css`, waiting for it to appear (the page may still be loading).
     async fn find(&self, css: &str) -> String {
-        self.try_find(css)
-            .await
-            .unwrap_or_else(|| panic!("no element matches {css:?} on the page"))
+        let what = format!("an element matching {css:?} on the page");
+        eventually(PATIENCE, &what, || async { self.try_find(css).await }).await
     }
 
     async fn click(&self, css: &str) {
@@ -235,10 +235,11 @@ impl Browser {
         v.as_str().map(str::to_owned)
     }
 
+    /// The text of `css`, waiting for it to appear: after a click that posts a form, the next page may not have
+    /// loaded when the click returns.
     async fn text(&self, css: &str) -> String {
-        self.try_text(css)
-            .await
-            .unwrap_or_else(|| panic!("no element matches {css:?} on the page"))
+        let what = format!("an element matching {css:?} on the page");
+        eventually(PATIENCE, &what, || async { self.try_text(css).await }).await
     }
 
     /// Waits until the text of `css` satisfies `ok` (re-reading it; never reloading the page).
