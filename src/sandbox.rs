@@ -247,8 +247,8 @@ async fn demo_data(pool: &sqlx::PgPool, demo: &AccountId) -> Result<(), Error> {
     Ok(())
 }
 
-/// `--demo-load`: an order every 200 ms, each picked and shipped two seconds later, and a restock every five
-/// seconds, until the sandbox stops.
+/// `--demo-load`: an order every 200 ms, each picked and shipped two seconds later, a restock and an inventory
+/// batch into the load [`DEMO_LOAD`] every five seconds, until the sandbox stops.
 async fn demo_load(database_url: String, stop: CancellationToken) {
     use crate::orchestration::{self, NewEntity, NewEvent};
     let Ok(pool) = crate::db::connect(&database_url, 2).await else {
@@ -281,7 +281,46 @@ async fn demo_load(database_url: String, stop: CancellationToken) {
                 .attributes(serde_json::json!({"sku_ref": sku, "location_ref": "DC1", "on_hand": 1000}));
             let _ = orchestration::send_event(&q, &demo, restock).await;
         }
+        if n % 25 == 1 {
+            if let Err(e) = demo_inventory_batch(q.pool(), &demo, n).await {
+                tracing::warn!(error = %e, "demo inventory batch refused");
+            }
+            q.waker().wake(crate::load::QUEUE);
+        }
     }
+}
+
+/// Name of the load `--demo-load` feeds (one per UTC day, as loads are).
+pub const DEMO_LOAD: &str = "demo-inventory";
+
+/// One inventory batch into today's demo load: the demo SKUs at the warehouses `DC2` and `DC3` (orders reserve
+/// at `DC1`), with quantities that drift so some records change and some do not.
+async fn demo_inventory_batch(pool: &sqlx::PgPool, demo: &AccountId, n: u64) -> Result<(), crate::load::Error> {
+    use crate::load::store;
+    let now = chrono::Utc::now();
+    let load_id = match store::create_load(pool, demo, DEMO_LOAD, now).await {
+        Ok(l) => l.id,
+        Err(crate::load::Error::LoadExists { id, .. }) => id,
+        Err(e) => return Err(e),
+    };
+    let records: Vec<serde_json::Value> = DEMO_SKUS
+        .iter()
+        .enumerate()
+        .flat_map(|(i, sku)| {
+            ["DC2", "DC3"].into_iter().map(move |loc| {
+                serde_json::json!({"sku_ref": sku, "location_ref": loc, "qty": 100 + (n / 25 + i as u64) % 3})
+            })
+        })
+        .collect();
+    let batch = store::NewBatch {
+        fingerprint: crate::queue::fingerprint(&serde_json::Value::Array(records.clone())),
+        records,
+        idempotency_key: None,
+    };
+    let mut tx = pool.begin().await.map_err(crate::load::Error::from)?;
+    store::create_batch(&mut tx, demo, &load_id, &batch, now).await?;
+    tx.commit().await.map_err(crate::load::Error::from)?;
+    Ok(())
 }
 
 async fn local_redis() -> Option<String> {

@@ -147,6 +147,23 @@ async fn sandbox_starts_runs_jobs_stops_and_keeps_its_data() {
     assert!(order.starts_with("demo-"), "{order}");
     let (_, e) = sb.get(&format!("/api/entities/ORDER/{order}")).await;
     assert_eq!(e["status"], "SHIPPED", "{e}");
+    // ... and inventory batches go into today's demo load and are applied.
+    let load = eventually(
+        Duration::from_secs(60),
+        "a demo inventory batch to complete",
+        || async {
+            let (_, page) = sb.get("/api/loads?name=demo-inventory").await;
+            let id = page["items"][0]["id"].as_str()?.to_owned();
+            let (_, load) = sb.get(&format!("/api/loads/{id}")).await;
+            let done = load["batches"].as_array()?.iter().any(|b| b["status"] == "complete");
+            done.then_some(load)
+        },
+    )
+    .await;
+    assert_eq!(load["status"], "open", "{load}");
+    let (status, p) = sb.get("/api/inventory/SKU-1/DC2").await;
+    assert_eq!(status, 200, "{p}");
+    assert!(p["on_hand"].as_i64().is_some_and(|q| (100..=102).contains(&q)), "{p}");
     sb.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
