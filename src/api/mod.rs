@@ -329,8 +329,9 @@ pub async fn run(
     let opts: PgConnectOptions = url
         .parse()
         .map_err(|e: sqlx::Error| crate::db::Error::InvalidUrl(e.to_string()))?;
-    // No JIT for request-sized queries (see db::connect).
-    let opts = opts.options([("jit", "off")]);
+    // As on every ordo connection (see db::connect): no sequential scans where an index exists, whatever stale
+    // statistics say (a young event table made the planner scan it for every sync event), and no JIT.
+    let opts = opts.options([("enable_seqscan", "off"), ("jit", "off")]);
     // A short acquire timeout: while the database is away, requests answer 503 quickly instead of piling up.
     let pool = PgPoolOptions::new()
         .max_connections(args.db_connections.max(2))

@@ -321,8 +321,39 @@ pub(crate) async fn draw_seqs(conn: &mut PgConnection, n: usize) -> Result<Vec<i
 
 /// Inserts rows with one statement.
 pub(crate) async fn insert_rows(conn: &mut PgConnection, account: &AccountId, rows: &[Row]) -> Result<()> {
+    insert(conn, account, rows, false).await.map(|_| ())
+}
+
+/// Inserts rows of queued events with one statement and returns them as stored, each with its job.
+async fn insert_returning(conn: &mut PgConnection, account: &AccountId, rows: &[Row]) -> Result<Vec<JobEventRow>> {
+    insert(conn, account, rows, true).await
+}
+
+static INSERT_SQL: &str = r#"
+        insert into event (account_id, seq, name, kind, category, status, entity_type, entity_ref, attributes,
+                           source_event_id, job_id, scheduled_at, processed_at, error, traceparent)
+        select $1, case when t.seq = 0 then nextval('event_seq') else t.seq end, t.name, t.kind, t.category, t.status, t.entity_type, t.entity_ref, t.attributes,
+               t.source_event_id, t.job_id, t.scheduled_at, case when t.processed then clock_timestamp() end, t.error,
+               t.traceparent
+        from unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
+                    $9::jsonb[], $10::bigint[], $11::bigint[], $12::timestamptz[], $13::bool[], $14::text[],
+                    $15::text[])
+             as t(seq, name, kind, category, status, entity_type, entity_ref, attributes, source_event_id, job_id,
+                  scheduled_at, processed, error, traceparent)
+        "#;
+
+/// `INSERT_SQL ... returning` the stored rows: accepting events reads them back in the same round trip.
+static INSERT_RETURNING_SQL: LazyLock<String> =
+    LazyLock::new(|| format!("{INSERT_SQL} returning coalesce(job_id, 0) as job_id, {EVENT_COLUMNS}"));
+
+async fn insert(
+    conn: &mut PgConnection,
+    account: &AccountId,
+    rows: &[Row],
+    returning: bool,
+) -> Result<Vec<JobEventRow>> {
     if rows.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let mut seq = Vec::with_capacity(rows.len());
     let mut name = Vec::with_capacity(rows.len());
@@ -354,38 +385,30 @@ pub(crate) async fn insert_rows(conn: &mut PgConnection, account: &AccountId, ro
         error.push(r.error.as_deref());
         trace.push(r.traceparent.as_deref());
     }
-    sqlx::query(
-        r#"
-        insert into event (account_id, seq, name, kind, category, status, entity_type, entity_ref, attributes,
-                           source_event_id, job_id, scheduled_at, processed_at, error, traceparent)
-        select $1, case when t.seq = 0 then nextval('event_seq') else t.seq end, t.name, t.kind, t.category, t.status, t.entity_type, t.entity_ref, t.attributes,
-               t.source_event_id, t.job_id, t.scheduled_at, case when t.processed then clock_timestamp() end, t.error,
-               t.traceparent
-        from unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
-                    $9::jsonb[], $10::bigint[], $11::bigint[], $12::timestamptz[], $13::bool[], $14::text[],
-                    $15::text[])
-             as t(seq, name, kind, category, status, entity_type, entity_ref, attributes, source_event_id, job_id,
-                  scheduled_at, processed, error, traceparent)
-        "#,
-    )
-    .bind(account.as_str())
-    .bind(&seq)
-    .bind(&name)
-    .bind(&kind)
-    .bind(&category)
-    .bind(&status)
-    .bind(&etype)
-    .bind(&eref)
-    .bind(&attrs)
-    .bind(&source)
-    .bind(&job)
-    .bind(&sched)
-    .bind(&processed)
-    .bind(&error)
-    .bind(&trace)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
+    let sql = if returning {
+        INSERT_RETURNING_SQL.as_str()
+    } else {
+        INSERT_SQL
+    };
+    let stored: Vec<JobEventRow> = sqlx::query_as(sql)
+        .bind(account.as_str())
+        .bind(&seq)
+        .bind(&name)
+        .bind(&kind)
+        .bind(&category)
+        .bind(&status)
+        .bind(&etype)
+        .bind(&eref)
+        .bind(&attrs)
+        .bind(&source)
+        .bind(&job)
+        .bind(&sched)
+        .bind(&processed)
+        .bind(&error)
+        .bind(&trace)
+        .fetch_all(&mut *conn)
+        .await?;
+    Ok(stored)
 }
 
 /// Accepts events inside the caller's transaction: one queued job per event (keyed by its root entity, so
@@ -465,12 +488,16 @@ pub(crate) async fn accept_many_jobs(
             }
         })
         .collect();
-    insert_rows(conn, account, &rows).await?;
-    let ids: Vec<i64> = enqueued.iter().map(|o| o.id.0).collect();
-    let by_job: Vec<(i64, EventRow)> = {
-        let rows: Vec<JobEventRow> = sqlx::query_as(&format!(
-            // One index probe per job: with `job_id = any($2)` and the statistics of a freshly bulk-loaded table
-            // the planner scanned the whole event table instead.
+    let mut by_job: std::collections::HashMap<i64, EventRow> = insert_returning(conn, account, &rows)
+        .await?
+        .into_iter()
+        .map(|r| (r.job_id, r.event))
+        .collect();
+    // Idempotent replays were not inserted: read the events they stand for.
+    let replayed: Vec<i64> = enqueued.iter().filter(|o| o.replayed).map(|o| o.id.0).collect();
+    if !replayed.is_empty() {
+        let earlier: Vec<JobEventRow> = sqlx::query_as(&format!(
+            // One index probe per job, whatever the statistics of a freshly loaded table say.
             "select e.job_id, {} from unnest($2::bigint[]) as k(job_id) \
              cross join lateral (select * from event where account_id = $1 and job_id = k.job_id) e",
             EVENT_COLUMNS
@@ -480,12 +507,12 @@ pub(crate) async fn accept_many_jobs(
                 .join(", ")
         ))
         .bind(account.as_str())
-        .bind(&ids)
+        .bind(&replayed)
         .fetch_all(&mut *conn)
         .await?;
-        rows.into_iter().map(|r| (r.job_id, r.event)).collect()
-    };
-    let mut by_job: std::collections::HashMap<i64, EventRow> = by_job.into_iter().collect();
+        by_job.extend(earlier.into_iter().map(|r| (r.job_id, r.event)));
+    }
+
     enqueued
         .iter()
         .map(|o| {
