@@ -5,6 +5,8 @@
   "use strict";
   var POLL_MS = 2000;
   var KEEP = 60;
+  // Throughput and failures are averaged over this long (the API counts finished jobs every 10 s).
+  var WINDOW = 20000;
   var history = {};
 
   function spark(values, label) {
@@ -42,10 +44,14 @@
       if (h.length > KEEP + 1) { h.shift(); }
       var series = { depth: h.map(function (r) { return r.depth; }), done: [], failed: [] };
       for (var i = 1; i < h.length; i++) {
-        var dt = Math.max((h[i].t - h[i - 1].t) / 1000, 0.001);
+        // The API refreshes finished counts every 10 s: a rate over the last WINDOW ms (at least two samples)
+        // spreads each step over the time it took instead of drawing a spike every 10 s.
+        var j = i - 1;
+        while (j > 0 && h[i].t - h[j - 1].t <= WINDOW) { j--; }
+        var dt = Math.max((h[i].t - h[j].t) / 1000, 0.001);
         // Finished jobs are pruned after the retention window, so a count may fall: never a negative rate.
-        series.done.push(Math.max(h[i].done - h[i - 1].done, 0) / dt);
-        series.failed.push(Math.max(h[i].failed - h[i - 1].failed, 0) / dt);
+        series.done.push(Math.max(h[i].done - h[j].done, 0) / dt);
+        series.failed.push(Math.max(h[i].failed - h[j].failed, 0) / dt);
       }
       var labels = { depth: "Depth", done: "Completed per second", failed: "Failed per second" };
       Array.prototype.forEach.call(tr.querySelectorAll("td.spark"), function (td) {
