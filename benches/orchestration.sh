@@ -13,7 +13,7 @@ trap 'kill $(jobs -p) 2>/dev/null; sleep 1; psql "$admin" -qc "drop database if 
 key=$("$ordo" account create bench | sed -n 's/^api_key=//p')
 port=18090
 ORDO_RATE_LIMIT_RPS=0 ORDO_LISTEN=127.0.0.1:$port RUST_LOG=warn "$ordo" api &
-RUST_LOG=warn "$ordo" worker --concurrency 64 &
+RUST_LOG=warn "$ordo" worker --concurrency ${WORKER_CONCURRENCY:-64} &
 worker=$!
 url=http://127.0.0.1:$port
 until curl -sf $url/readyz >/dev/null; do sleep 0.1; done
@@ -38,7 +38,7 @@ ORDO_API_KEY=$key ORDO_ENTITIES=$entities wrk -t1 -c1 -d10s --latency -s "$lua" 
 drain() {
   local start
   start=$(psql "$DATABASE_URL" -qAt -c "select now()")
-  RUST_LOG=warn "$ordo" worker --concurrency 64 &
+  RUST_LOG=warn "$ordo" worker --concurrency ${WORKER_CONCURRENCY:-64} &
   worker=$!
   until [ "$(psql "$DATABASE_URL" -qAt -c "select count(*) from event where kind = 'orchestration' and status in ('pending','running')")" = 0 ]; do sleep 0.2; done
   psql "$DATABASE_URL" -qAt -c "select count(*) || ' events, ' || round(count(*) / extract(epoch from max(processed_at) - '$start'::timestamptz)) || ' executions/s' from event where kind = 'orchestration' and name = 'Touch' and processed_at > '$start'::timestamptz"

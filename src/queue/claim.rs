@@ -9,6 +9,42 @@ use super::types::JOB_COLUMNS;
 use super::{Job, JobId, Result};
 use crate::tenancy::AccountId;
 
+/// The rules every claim applies to a row `r` beyond its own selection: its account has not paused its queue,
+/// and no earlier unfinished job of its concurrency key exists (a future scheduled one does not block).
+fn turn_has_come(r: &str) -> String {
+    format!(
+        r#"not exists (
+              select 1 from queue_pause p where p.account_id = {r}.account_id and p.queue = {r}.queue
+          )
+          and ({r}.concurrency_key is null or not exists (
+              select 1
+              from job e
+              where e.account_id = {r}.account_id
+                and e.concurrency_key = {r}.concurrency_key
+                and e.id < {r}.id
+                and e.state in ('available', 'scheduled', 'retryable', 'running')
+                and (e.state <> 'scheduled' or e.run_at <= now())
+          ))"#
+    )
+}
+
+/// The lease a claim takes: `running`, one more attempt, until `lease` seconds from now, held by `owner`.
+fn lease(lease: &str, owner: &str) -> String {
+    format!(
+        "state = 'running', attempt = job.attempt + 1, started_at = now(), \
+         leased_until = now() + make_interval(secs => {lease}), lease_owner = {owner}"
+    )
+}
+
+/// `job.`-qualified result columns.
+fn returning() -> String {
+    JOB_COLUMNS
+        .split(", ")
+        .map(|c| format!("job.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 static CLAIM_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         r#"
@@ -24,39 +60,22 @@ static CLAIM_SQL: LazyLock<String> = LazyLock::new(|| {
               and not exists (
                   select 1 from pool_version v where v.pool = $7 and v.version = $3 and v.role = 'retired'
               )
-              and not exists (
-                  select 1 from queue_pause p where p.account_id = j.account_id and p.queue = j.queue
-              )
-              and (j.concurrency_key is null or not exists (
-                  select 1
-                  from job e
-                  where e.account_id = j.account_id
-                    and e.concurrency_key = j.concurrency_key
-                    and e.id < j.id
-                    and e.state in ('available', 'scheduled', 'retryable', 'running')
-                    and (e.state <> 'scheduled' or e.run_at <= now())
-              ))
+              and {turn}
             order by j.priority, j.run_at, j.id
             limit $4
             for update skip locked
         )
         update job
-        set state = 'running',
-            attempt = job.attempt + 1,
-            started_at = now(),
-            leased_until = now() + make_interval(secs => $5),
-            lease_owner = $6,
+        set {lease},
             pool = $7,
             version = $3
         from candidate
         where job.id = candidate.id
         returning {cols}
         "#,
-        cols = JOB_COLUMNS
-            .split(", ")
-            .map(|c| format!("job.{c}"))
-            .collect::<Vec<_>>()
-            .join(", ")
+        turn = turn_has_come("j"),
+        lease = lease("$5", "$6"),
+        cols = returning()
     )
 });
 
@@ -64,34 +83,17 @@ static CLAIM_ONE_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         r#"
         update job
-        set state = 'running',
-            attempt = job.attempt + 1,
-            started_at = now(),
-            leased_until = now() + make_interval(secs => $4),
-            lease_owner = $3
+        set {lease}
         where job.id = $1
           and job.account_id = $2
           and job.state in ('available', 'scheduled', 'retryable')
           and job.run_at <= now()
-          and not exists (
-              select 1 from queue_pause p where p.account_id = job.account_id and p.queue = job.queue
-          )
-          and (job.concurrency_key is null or not exists (
-              select 1
-              from job e
-              where e.account_id = job.account_id
-                and e.concurrency_key = job.concurrency_key
-                and e.id < job.id
-                and e.state in ('available', 'scheduled', 'retryable', 'running')
-                and (e.state <> 'scheduled' or e.run_at <= now())
-          ))
+          and {turn}
         returning {cols}
         "#,
-        cols = JOB_COLUMNS
-            .split(", ")
-            .map(|c| format!("job.{c}"))
-            .collect::<Vec<_>>()
-            .join(", ")
+        turn = turn_has_come("job"),
+        lease = lease("$4", "$3"),
+        cols = returning()
     )
 });
 
@@ -118,11 +120,7 @@ static CLAIM_NEXT_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         r#"
         update job
-        set state = 'running',
-            attempt = job.attempt + 1,
-            started_at = now(),
-            leased_until = now() + make_interval(secs => $6),
-            lease_owner = $5
+        set {lease}
         where job.id = (
                 select n.id
                 from job n
@@ -138,25 +136,12 @@ static CLAIM_NEXT_SQL: LazyLock<String> = LazyLock::new(|| {
           and job.run_at <= now()
           and job.kind = $4
           and (job.version is null or job.version = $7)
-          and not exists (
-              select 1 from queue_pause p where p.account_id = job.account_id and p.queue = job.queue
-          )
-          and not exists (
-              select 1
-              from job e
-              where e.account_id = job.account_id
-                and e.concurrency_key = job.concurrency_key
-                and e.id < job.id
-                and e.state in ('available', 'scheduled', 'retryable', 'running')
-                and (e.state <> 'scheduled' or e.run_at <= now())
-          )
+          and {turn}
         returning {cols}
         "#,
-        cols = JOB_COLUMNS
-            .split(", ")
-            .map(|c| format!("job.{c}"))
-            .collect::<Vec<_>>()
-            .join(", ")
+        turn = turn_has_come("job"),
+        lease = lease("$6", "$5"),
+        cols = returning()
     )
 });
 
