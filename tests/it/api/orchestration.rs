@@ -1,6 +1,7 @@
 //! Workflows, rules, entities and events over HTTP: every route answers, errors are problem JSON, and another
 //! account sees nothing.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
@@ -8,6 +9,7 @@ use ordo::testkit::eventually;
 use serde_json::json;
 
 use super::app;
+use crate::orchestration::Delivery;
 use crate::support::{fast_config, start_worker};
 
 fn workflow() -> serde_json::Value {
@@ -196,25 +198,7 @@ async fn row_level_security_covers_orchestration_tables() {
 /// HMAC over the raw body.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn example_order_flow_over_http_with_verified_webhooks() {
-    let app = app().await;
-    let key = app.account("shop").await;
-    let account = ordo::tenancy::AccountId::parse("shop").unwrap();
-    let secret = ordo::tenancy::webhook_secret(&app.db.pool, &account).await.unwrap();
-    let (erp_url, deliveries) = crate::orchestration::start_receiver(secret, 0).await;
-    let mut order = crate::orchestration::example("ORDER-HD.json");
-    order["settings"]["erp_url"] = json!(erp_url);
-    let catalogue = crate::orchestration::example("INVENTORY_CATALOGUE-DEFAULT.json");
-    app.call(Method::PUT, "/api/workflows/ORDER::HD", Some(&key), Some(order))
-        .await
-        .expect(StatusCode::CREATED);
-    app.call(
-        Method::PUT,
-        "/api/workflows/INVENTORY_CATALOGUE::DEFAULT",
-        Some(&key),
-        Some(catalogue),
-    )
-    .await
-    .expect(StatusCode::CREATED);
+    let (app, key, deliveries) = example_shop().await;
     let worker = start_worker(&app.db.pool, fast_config());
 
     let main = json!({"type": "INVENTORY_CATALOGUE", "subtype": "DEFAULT", "ref": "MAIN"});
@@ -292,25 +276,7 @@ async fn example_order_flow_over_http_with_verified_webhooks() {
 async fn trace_context_follows_an_order_into_emitted_events_and_webhooks() {
     const TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
     let sent = format!("00-{TRACE}-b7ad6b7169203331-01");
-    let app = app().await;
-    let key = app.account("shop").await;
-    let account = ordo::tenancy::AccountId::parse("shop").unwrap();
-    let secret = ordo::tenancy::webhook_secret(&app.db.pool, &account).await.unwrap();
-    let (erp_url, deliveries) = crate::orchestration::start_receiver(secret, 0).await;
-    let mut order = crate::orchestration::example("ORDER-HD.json");
-    order["settings"]["erp_url"] = json!(erp_url);
-    let catalogue = crate::orchestration::example("INVENTORY_CATALOGUE-DEFAULT.json");
-    app.call(Method::PUT, "/api/workflows/ORDER::HD", Some(&key), Some(order))
-        .await
-        .expect(StatusCode::CREATED);
-    app.call(
-        Method::PUT,
-        "/api/workflows/INVENTORY_CATALOGUE::DEFAULT",
-        Some(&key),
-        Some(catalogue),
-    )
-    .await
-    .expect(StatusCode::CREATED);
+    let (app, key, deliveries) = example_shop().await;
     let main = json!({"type": "INVENTORY_CATALOGUE", "subtype": "DEFAULT", "ref": "MAIN"});
     app.call(Method::POST, "/api/entities", Some(&key), Some(main))
         .await
@@ -403,4 +369,28 @@ async fn an_invalid_traceparent_is_ignored() {
         "{:?}",
         r.body
     );
+}
+
+/// An API with the account `shop`, the example workflows uploaded over HTTP, and a local ERP receiver (its URL in
+/// the order workflow's settings) that records each delivery and checks its signature.
+async fn example_shop() -> (super::App, String, Arc<Mutex<Vec<Delivery>>>) {
+    let app = app().await;
+    let key = app.account("shop").await;
+    let account = ordo::tenancy::AccountId::parse("shop").unwrap();
+    let secret = ordo::tenancy::webhook_secret(&app.db.pool, &account).await.unwrap();
+    let (erp_url, deliveries) = crate::orchestration::start_receiver(secret, 0).await;
+    let mut order = crate::orchestration::example("ORDER-HD.json");
+    order["settings"]["erp_url"] = json!(erp_url);
+    let catalogue = crate::orchestration::example("INVENTORY_CATALOGUE-DEFAULT.json");
+    for (reference, body) in [("ORDER::HD", order), ("INVENTORY_CATALOGUE::DEFAULT", catalogue)] {
+        app.call(
+            Method::PUT,
+            &format!("/api/workflows/{reference}"),
+            Some(&key),
+            Some(body),
+        )
+        .await
+        .expect(StatusCode::CREATED);
+    }
+    (app, key, deliveries)
 }
