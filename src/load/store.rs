@@ -540,6 +540,53 @@ pub async fn results(
     .await?)
 }
 
+/// Deletes loads whose day ended more than `retention` ago (`ORDO_RETAIN_EVENTS_DAYS`, as for the event log), with
+/// their batches and chunks, at most `limit` loads per call; returns how many went. A load with a batch still
+/// pending or running is kept, so nothing is deleted under a chunk job.
+pub async fn prune_loads<'e>(exec: impl PgExecutor<'e>, retention: std::time::Duration, limit: i64) -> Result<u64> {
+    let cutoff =
+        (Utc::now() - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::days(30))).date_naive();
+    // One statement: the batch rows go in a data-modifying CTE (chunks follow by cascade), and the foreign key
+    // from batch to load is checked at the end of the statement, after both deletes.
+    let gone: i64 = sqlx::query_scalar(
+        r#"
+        with old as (
+            select l.account_id, l.id
+            from load l
+            where l.day < $1
+              and not exists (
+                  select 1
+                  from load_batch b
+                  where b.account_id = l.account_id
+                    and b.load_id = l.id
+                    and b.status <> 'complete'
+              )
+            order by l.day
+            limit $2
+        ),
+        batches as (
+            delete from load_batch b
+            using old
+            where b.account_id = old.account_id
+              and b.load_id = old.id
+        ),
+        loads as (
+            delete from load l
+            using old
+            where l.account_id = old.account_id
+              and l.id = old.id
+            returning 1
+        )
+        select count(*) from loads
+        "#,
+    )
+    .bind(cutoff)
+    .bind(limit)
+    .fetch_one(exec)
+    .await?;
+    Ok(gone as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

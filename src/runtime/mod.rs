@@ -274,8 +274,8 @@ impl Worker {
     }
 }
 
-/// Every minute, if this worker holds the maintenance lease, deletes event-log rows past their retention in
-/// batches. Lives here, not in `queue`, because the event log belongs to orchestration.
+/// Every minute, if this worker holds the maintenance lease, deletes loads and event-log rows past their retention
+/// in batches. Lives here, not in `queue`, because neither belongs to the queue.
 async fn prune_event_log(pool: PgPool, holder: String, retention: Duration, stop: CancellationToken) {
     let mut every = Duration::from_secs(5);
     loop {
@@ -290,6 +290,11 @@ async fn prune_event_log(pool: PgPool, holder: String, retention: Duration, stop
             .flatten();
         if leading.as_deref() != Some(holder.as_str()) {
             continue;
+        }
+        match crate::load::store::prune_loads(&pool, retention, 1000).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(loads = n, "pruned loads past their retention"),
+            Err(e) => tracing::warn!(error = %e, "failed to prune loads"),
         }
         loop {
             match crate::orchestration::prune_events(&pool, retention, 5000).await {

@@ -253,9 +253,10 @@ async fn worker_process_serves_metrics() {
     assert!(w.wait().await.unwrap().success());
 }
 
-/// The maintenance holder prunes the event log past its retention, and keeps pending events and recent rows.
+/// The maintenance holder prunes the event log and loads past their retention, and keeps pending events, loads
+/// with unfinished batches and recent rows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn event_log_is_pruned_past_its_retention() {
+async fn event_log_and_loads_are_pruned_past_their_retention() {
     let db = testkit::db().await;
     sqlx::query(
         r#"
@@ -268,7 +269,37 @@ async fn event_log_is_pruned_past_its_retention() {
     .execute(&db.pool)
     .await
     .unwrap();
+    // Loads too: an old one with a complete batch (and its chunk) goes; an old one with a batch still running,
+    // and today's, stay.
+    sqlx::raw_sql(
+        r#"
+        insert into load (account_id, name, day)
+        values ('default', 'old', current_date - 40), ('default', 'stuck', current_date - 40),
+               ('default', 'today', current_date);
+        insert into load_batch (account_id, load_id, status, fingerprint, total, chunks)
+        select 'default', id, case name when 'stuck' then 'running' else 'complete' end, '\x00', 1, 1 from load;
+        insert into load_chunk (account_id, batch_id, chunk, idx, sku_ref, location_ref, qty)
+        select 'default', id, 0, '{0}', '{S}', '{L}', '{1}' from load_batch;
+        "#,
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
     let w = start_worker(&db.pool, fast_config());
+    let loads: Vec<String> = eventually(Duration::from_secs(30), "the old load to be pruned", || async {
+        let names: Vec<String> = sqlx::query_scalar("select name from load order by name")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+        (names.len() == 2).then_some(names)
+    })
+    .await;
+    assert_eq!(loads, ["stuck", "today"]);
+    let chunks: i64 = sqlx::query_scalar("select count(*) from load_chunk")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(chunks, 2, "the pruned load's chunk went with its batch");
     let left: Vec<String> = eventually(Duration::from_secs(30), "the old event to be pruned", || async {
         let names: Vec<String> = sqlx::query_scalar("select name from event order by seq")
             .fetch_all(&db.pool)
