@@ -236,6 +236,7 @@ pub fn routes() -> Vec<Route> {
         ),
         route("GET", "/api/rules", get(orchestration::rules)),
         route("POST", "/api/entities", post(orchestration::create_entity)),
+        route("GET", "/api/entities", get(orchestration::list_entities)),
         route("GET", "/api/entities/{type}/{ref}", get(orchestration::get_entity)),
         route("POST", "/api/events", post(orchestration::send_event)),
         route("GET", "/api/events", get(orchestration::list_events)),

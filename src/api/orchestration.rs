@@ -204,6 +204,38 @@ pub async fn create_entity(tenant: Tenant, headers: HeaderMap, JsonBody(body): J
     Ok(json(StatusCode::CREATED, entity))
 }
 
+/// List entities in `(type, ref)` order: by type, ref prefix and status, paged by cursor.
+#[utoipa::path(
+    get,
+    path = "/api/entities",
+    tag = "orchestration",
+    params(
+        ("type" = Option<String>, Query, description = "Only this entity type"),
+        ("ref_prefix" = Option<String>, Query, description = "Only refs starting with this"),
+        ("status" = Option<String>, Query, description = "Only this status"),
+        ("limit" = Option<i64>, Query, description = "Page size, 1..1000 (default 100)"),
+        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "A page of entities", body = Document),
+        (status = 422, description = "Invalid parameter", body = Problem),
+    ),
+    security(("bearer" = []))
+)]
+#[tracing::instrument(skip_all, fields(account = %tenant.account))]
+pub async fn list_entities(tenant: Tenant, q: QueryParams) -> Result<Response, ApiError> {
+    let limit = q.limit()?;
+    let filter = orchestration::EntityFilter {
+        entity_type: q.get("type").map(str::to_owned),
+        ref_prefix: q.get("ref_prefix").map(str::to_owned),
+        status: q.get("status").map(str::to_owned),
+    };
+    let mut tx = tenant.begin().await?;
+    let page = orchestration::list_entities(&mut *tx, &tenant.account, &filter, limit, q.get("cursor")).await?;
+    tx.commit().await?;
+    Ok(json(StatusCode::OK, page))
+}
+
 /// Read an entity.
 #[utoipa::path(
     get,

@@ -239,3 +239,102 @@ pub async fn get_entity<'e>(
         updated_at,
     })
 }
+
+/// What [`list_entities`] returns: entities whose type is `entity_type` (all types when `None`), whose ref starts
+/// with `ref_prefix` and whose status is `status`, when given.
+#[derive(Debug, Clone, Default)]
+pub struct EntityFilter {
+    /// Only this type.
+    pub entity_type: Option<String>,
+    /// Only refs starting with this.
+    pub ref_prefix: Option<String>,
+    /// Only this status.
+    pub status: Option<String>,
+}
+
+#[derive(sqlx::FromRow)]
+struct EntityRow {
+    #[sqlx(rename = "type")]
+    entity_type: String,
+    subtype: String,
+    #[sqlx(rename = "ref")]
+    entity_ref: String,
+    status: String,
+    attributes: Value,
+    workflow_major: i32,
+    workflow_minor: i32,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+/// A page of entities in `(type, ref)` order, walked along the primary key; `cursor` is the previous page's
+/// `next_cursor` (`TYPE::ref` of its last entity: a type never contains `::`).
+pub async fn list_entities<'e>(
+    exec: impl PgExecutor<'e>,
+    account: &AccountId,
+    filter: &EntityFilter,
+    limit: i64,
+    cursor: Option<&str>,
+) -> Result<super::Page<Entity>> {
+    let after =
+        match cursor {
+            None => None,
+            Some(c) => Some(c.split_once("::").ok_or_else(|| {
+                Error::Invalid(vec![Problem::new("/query/cursor", "is not a cursor of this listing")])
+            })?),
+        };
+    let rows: Vec<EntityRow> = sqlx::query_as(
+        r#"
+        select e.type, e.subtype, e.ref, e.status, e.attributes, e.workflow_major,
+               coalesce((select max(w.minor)
+                         from workflow w
+                         where w.account_id = e.account_id
+                           and w.ref = e.type || '::' || e.subtype
+                           and w.major = e.workflow_major), 0) as workflow_minor,
+               e.created_at, e.updated_at
+        from entity e
+        where e.account_id = $1
+          and ($2::text is null or e.type = $2)
+          and ($3::text is null or (e.ref >= $3 and starts_with(e.ref, $3)))
+          and ($4::text is null or e.status = $4)
+          and ($5::text is null or (e.type, e.ref) > ($5, $6))
+        order by e.type, e.ref
+        limit $7
+        "#,
+    )
+    .bind(account.as_str())
+    .bind(filter.entity_type.as_deref())
+    .bind(filter.ref_prefix.as_deref())
+    .bind(filter.status.as_deref())
+    .bind(after.map(|(t, _)| t))
+    .bind(after.map(|(_, r)| r))
+    .bind(limit + 1)
+    .fetch_all(exec)
+    .await?;
+    let mut items: Vec<Entity> = rows
+        .into_iter()
+        .map(|r| Entity {
+            workflow: WorkflowPin {
+                reference: format!("{}::{}", r.entity_type, r.subtype),
+                version: Version {
+                    major: r.workflow_major,
+                    minor: r.workflow_minor,
+                },
+            },
+            entity_type: r.entity_type,
+            subtype: r.subtype,
+            entity_ref: r.entity_ref,
+            status: r.status,
+            attributes: r.attributes,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        })
+        .collect();
+    let next_cursor = if items.len() as i64 > limit {
+        items.truncate(limit.max(0) as usize);
+        items.last().map(|e| format!("{}::{}", e.entity_type, e.entity_ref))
+    } else {
+        None
+    };
+    Ok(super::Page { items, next_cursor })
+}

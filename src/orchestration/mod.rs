@@ -24,7 +24,7 @@ pub mod sync;
 pub mod webhook;
 pub mod workflow;
 
-pub use entity::{create_entity, get_entity, Entity, NewEntity, WorkflowPin};
+pub use entity::{create_entity, get_entity, list_entities, Entity, EntityFilter, NewEntity, WorkflowPin};
 pub use event::{
     cancel_event, get_event, list_events, prune_events, replay_event, send_event, Event, EventFilter, EventKind,
     EventStatus, NewEvent,

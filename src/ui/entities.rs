@@ -17,7 +17,8 @@ fn search_form(entity_type: &str, entity_ref: &str) -> String {
         "<form method=\"get\" action=\"/ui/entities\" class=\"filters\" role=\"search\" aria-label=\"Find an entity\">\
          <div><label for=\"e-type\">Type</label><input id=\"e-type\" name=\"type\" value=\"{}\" \
          placeholder=\"ORDER\"></div>\
-         <div><label for=\"e-ref\">Ref</label><input id=\"e-ref\" name=\"ref\" value=\"{}\" placeholder=\"o-1\"></div>\
+         <div><label for=\"e-ref\">Ref or its start</label><input id=\"e-ref\" name=\"ref\" value=\"{}\" \
+         placeholder=\"o-1\"></div>\
          <div><button type=\"submit\">Find</button></div></form>",
         esc(entity_type),
         esc(entity_ref)
@@ -73,7 +74,62 @@ fn event_item(e: &Value) -> String {
     out
 }
 
-/// `GET /ui/entities?type=&ref=&cursor=`.
+/// A page of entities from `GET /api/entities` (by type and ref prefix), each linked to its own page.
+async fn list_view(
+    ui: &Ui,
+    s: &Session,
+    entity_type: &str,
+    ref_prefix: &str,
+    cursor: Option<&str>,
+) -> Result<String, Error> {
+    let limit = PAGE_SIZE.to_string();
+    let page = ui
+        .get(
+            s,
+            &format!(
+                "/api/entities{}",
+                query(&[
+                    ("type", entity_type),
+                    ("ref_prefix", ref_prefix),
+                    ("limit", &limit),
+                    ("cursor", cursor.unwrap_or("")),
+                ])
+            ),
+        )
+        .await?;
+    let items = page["items"].as_array().map(Vec::as_slice).unwrap_or_default();
+    if items.is_empty() {
+        return Ok("<p id=\"entity-list\">No entities match.</p>".to_owned());
+    }
+    let mut rows = String::new();
+    for e in items {
+        let (et, er) = (e["type"].as_str().unwrap_or(""), e["ref"].as_str().unwrap_or(""));
+        let _ = write!(
+            rows,
+            "<tr><td>{}</td><td><a href=\"/ui/entities{}\">{}</a></td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(et),
+            query(&[("type", et), ("ref", er)]),
+            esc(er),
+            badge(e["status"].as_str().unwrap_or("")),
+            t(&e["workflow"]["ref"]),
+            time(&e["updated_at"]),
+        );
+    }
+    let filters = query(&[("type", entity_type), ("ref", ref_prefix)]);
+    let base = if filters.is_empty() {
+        "/ui/entities?".to_owned()
+    } else {
+        format!("/ui/entities{filters}&")
+    };
+    Ok(format!(
+        "<table id=\"entity-list\"><caption>Entities</caption><thead><tr><th scope=\"col\">Type</th>\
+         <th scope=\"col\">Ref</th><th scope=\"col\">Status</th><th scope=\"col\">Workflow</th>\
+         <th scope=\"col\">Updated</th></tr></thead><tbody>{rows}</tbody></table>{}",
+        pager(&base, cursor, &page["next_cursor"])
+    ))
+}
+
+/// `GET /ui/entities?type=&ref=&cursor=`: one entity with its timeline, or a list when the key is partial.
 pub async fn page(
     State(ui): State<Ui>,
     s: Session,
@@ -84,20 +140,13 @@ pub async fn page(
     let cursor = Some(field(&q, "cursor")).filter(|c| !c.is_empty());
     let form = search_form(entity_type, entity_ref);
     let show = |status: StatusCode, body: String| respond(status, layout(Some(&s), "entities", "Entities", &body));
-    if entity_type.is_empty() && entity_ref.is_empty() {
-        let body = format!(
-            "{form}<p class=\"hint\">Enter an entity's type and ref (for an order: type <code>ORDER</code> and its \
-             order number) to see its status, attributes and timeline.</p>"
-        );
-        return Ok(show(StatusCode::OK, body));
-    }
     if entity_type.is_empty() || entity_ref.is_empty() {
-        let missing = if entity_type.is_empty() { "/type" } else { "/ref" };
-        let msg = problems(
-            "Enter both a type and a ref.",
-            &[(missing.to_owned(), "is required".to_owned())],
-        );
-        return Ok(show(StatusCode::UNPROCESSABLE_ENTITY, format!("{form}{msg}")));
+        // No exact key: list what matches, a page at a time (all entities, or one type's, by ref prefix).
+        let list = list_view(&ui, &s, entity_type, entity_ref, cursor).await?;
+        let hint = "<p class=\"hint\">Entities in type and ref order. Enter a type and a ref (for an order: type \
+                    <code>ORDER</code> and its order number) to see one with its timeline; a partial ref lists the \
+                    refs that start with it.</p>";
+        return Ok(show(StatusCode::OK, format!("{form}{hint}{list}")));
     }
     let entity = match ui
         .get(&s, &format!("/api/entities/{}/{}", enc(entity_type), enc(entity_ref)))
@@ -106,7 +155,9 @@ pub async fn page(
         Ok(v) => v,
         Err(e) if e.status() == StatusCode::NOT_FOUND => {
             let msg = problems(&format!("No entity {entity_type} {entity_ref}."), &[]);
-            return Ok(show(StatusCode::NOT_FOUND, format!("{form}{msg}")));
+            let list = list_view(&ui, &s, entity_type, entity_ref, None).await?;
+            let similar = format!("<h2>Refs starting with {}</h2>{list}", esc(entity_ref));
+            return Ok(show(StatusCode::NOT_FOUND, format!("{form}{msg}{similar}")));
         }
         Err(e) => return Err(e),
     };

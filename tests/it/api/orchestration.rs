@@ -394,3 +394,60 @@ async fn example_shop() -> (super::App, String, Arc<Mutex<Vec<Delivery>>>) {
     }
     (app, key, deliveries)
 }
+
+/// `GET /api/entities` lists an account's entities in (type, ref) order, by type, ref prefix and status, paged by
+/// cursor; another account sees none of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entities_are_listed_by_type_prefix_and_status() {
+    let app = app().await;
+    let key = app.account("shop").await;
+    let other = app.account("other").await;
+    app.call(Method::PUT, "/api/workflows/TEST::A", Some(&key), Some(workflow()))
+        .await
+        .expect(StatusCode::CREATED);
+    for (r, status) in [("o-2", "CREATED"), ("o-1", "DONE"), ("x-1", "CREATED")] {
+        let body = json!({"type": "TEST", "subtype": "A", "ref": r, "status": status});
+        app.call(Method::POST, "/api/entities", Some(&key), Some(body))
+            .await
+            .expect(StatusCode::CREATED);
+    }
+    let refs = |r: &super::Resp| -> Vec<String> {
+        r.expect(StatusCode::OK)["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["ref"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let all = app.call(Method::GET, "/api/entities", Some(&key), None).await;
+    assert_eq!(refs(&all), ["o-1", "o-2", "x-1"]);
+    assert_eq!(all.body["items"][0]["workflow"]["version"], "1.0");
+    let o = app
+        .call(Method::GET, "/api/entities?type=TEST&ref_prefix=o-", Some(&key), None)
+        .await;
+    assert_eq!(refs(&o), ["o-1", "o-2"]);
+    let created = app
+        .call(Method::GET, "/api/entities?status=CREATED", Some(&key), None)
+        .await;
+    assert_eq!(refs(&created), ["o-2", "x-1"]);
+    let first = app.call(Method::GET, "/api/entities?limit=2", Some(&key), None).await;
+    assert_eq!(refs(&first), ["o-1", "o-2"]);
+    let cursor = first.body["next_cursor"].as_str().unwrap().to_owned();
+    let next = app
+        .call(
+            Method::GET,
+            &format!("/api/entities?limit=2&cursor={cursor}"),
+            Some(&key),
+            None,
+        )
+        .await;
+    assert_eq!(refs(&next), ["x-1"]);
+    assert_eq!(next.body["next_cursor"], serde_json::Value::Null);
+    let theirs = app.call(Method::GET, "/api/entities", Some(&other), None).await;
+    assert!(refs(&theirs).is_empty());
+    for q in ["/api/entities?cursor=nonsense", "/api/entities?limit=0"] {
+        let r = app.call(Method::GET, q, Some(&key), None).await;
+        r.expect(StatusCode::UNPROCESSABLE_ENTITY);
+        super::assert_problem(&r);
+    }
+}
