@@ -28,7 +28,9 @@ pub use complete::{
     Snooze,
 };
 pub use enqueue::{enqueue, enqueue_many, fingerprint, EnqueueOutcome, Enqueued};
-pub use maintenance::{promote_due, prune, rescue_expired, Maintainer, Pruned, Retention, MAINTENANCE_LEASE};
+pub use maintenance::{
+    autovacuum_on, promote_due, prune, rescue_expired, Maintainer, Pruned, Retention, MAINTENANCE_LEASE,
+};
 pub use registry::{deregister_worker, heartbeat_worker, live_workers, register_worker, WorkerInfo};
 pub use routing::{last_job_id, pool_depth, reroute_waiting, routed_active, version_outcomes, VersionDepth};
 pub use stats::{finished_counts, queue_gauges, queue_stats, with_finished, FinishedCounts, QueueStats};

@@ -982,3 +982,11 @@ async fn get_many_reads_in_the_order_asked() {
         .unwrap();
     assert_eq!(got.iter().map(|j| j.id).collect::<Vec<_>>(), vec![b.id, a.id]);
 }
+
+/// The maintainer's autovacuum check reads the server's setting.
+#[tokio::test]
+async fn autovacuum_check_reads_the_server_setting() {
+    let db = testkit::db().await;
+    let shown: String = sqlx::query_scalar("show autovacuum").fetch_one(&db.pool).await.unwrap();
+    assert_eq!(queue::autovacuum_on(&db.pool).await.unwrap(), shown == "on");
+}
