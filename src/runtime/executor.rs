@@ -58,13 +58,8 @@ impl Executor {
             cancel: cancel.clone(),
         };
         let kind_label = job.kind.clone();
-        // Failure logs name the trace the job belongs to, so they can be joined with the caller's logs.
-        let trace_id = job
-            .traceparent
-            .as_deref()
-            .and_then(crate::telemetry::trace::TraceParent::parse)
-            .map(|t| t.trace_id())
-            .unwrap_or_default();
+        // Kept for the failure logs only; parsed there, off the path of jobs that succeed.
+        let traceparent = job.traceparent.clone();
         let delay = (chrono::Utc::now() - job.run_at).num_milliseconds().max(0) as f64 / 1000.0;
         metrics::histogram!(m::JOB_START_DELAY_SECONDS, "queue" => job.queue.clone()).record(delay);
         let started = std::time::Instant::now();
@@ -79,7 +74,8 @@ impl Executor {
             Ran::Outcome(Ok(Outcome::Snooze(d))) => SettleKind::Snooze(d),
             Ran::Outcome(Ok(Outcome::Cancel { reason })) => SettleKind::Cancel(reason),
             Ran::Outcome(Err(StepError::Retry { reason, after })) => {
-                tracing::info!(job.id = %id, attempt, trace_id, error = %reason, "attempt failed; will retry");
+                tracing::info!(job.id = %id, attempt, trace_id = trace_id(traceparent.as_deref()), error = %reason,
+                    "attempt failed; will retry");
                 SettleKind::Fail {
                     message: reason,
                     permanent: false,
@@ -87,7 +83,8 @@ impl Executor {
                 }
             }
             Ran::Outcome(Err(StepError::Fail { reason })) => {
-                tracing::info!(job.id = %id, attempt, trace_id, error = %reason, "attempt failed permanently");
+                tracing::info!(job.id = %id, attempt, trace_id = trace_id(traceparent.as_deref()), error = %reason,
+                    "attempt failed permanently");
                 SettleKind::Fail {
                     message: reason,
                     permanent: true,
@@ -141,6 +138,14 @@ impl Executor {
             Ok(Ok(EngineResultOrStep::Engine(EngineResult::Settled))) => Ran::Settled,
         }
     }
+}
+
+/// The trace id of a job's `traceparent`, so failure logs can be joined with the caller's; empty when it has none.
+fn trace_id(traceparent: Option<&str>) -> String {
+    traceparent
+        .and_then(crate::telemetry::trace::TraceParent::parse)
+        .map(|t| t.trace_id())
+        .unwrap_or_default()
 }
 
 enum EngineResultOrStep {
