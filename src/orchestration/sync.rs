@@ -57,12 +57,7 @@ pub async fn send_event_sync(
 ) -> Result<SyncOutcome> {
     let started = Instant::now();
     let deadline = started + timeout;
-    // One task, so a client that hangs up cannot cut the transaction off midway.
-    let pool = q.pool().clone();
-    let owner = account.clone();
-    let (accepted, _inline) = tokio::spawn(async move { accept_and_run(&pool, &owner, event).await })
-        .await
-        .map_err(|e| Error::Corrupt(format!("sync event task failed: {e}")))??;
+    let accepted = accept_and_run(q.pool(), account, event).await?;
     // Workers pick up what the execution emitted (or the event itself when it had to wait its turn).
     q.waker().wake(QUEUE);
     // Short waits first: an idle worker picks the event up within milliseconds of the wake-up.
@@ -94,21 +89,19 @@ pub async fn send_event_sync(
 
 /// Accepts the event and, when it is its entity's turn, claims and executes it in the same transaction: one
 /// commit for the whole call. Otherwise the event is only accepted, and waits for a worker. Returns the accepted
-/// event and whether it ran here.
-async fn accept_and_run(pool: &PgPool, account: &AccountId, event: NewEvent) -> Result<(Event, bool)> {
+/// event. (The API runs every handler as a task of its own, so a client that hangs up cannot cut this off.)
+async fn accept_and_run(pool: &PgPool, account: &AccountId, event: NewEvent) -> Result<Event> {
     let mut conn = pool.acquire().await?;
     let mut tx = conn.begin().await?;
     let (accepted, replayed, job_id) = accept_event_in(&mut tx, account, event).await?;
-    let mut ran = false;
     if !replayed && accepted.status == EventStatus::Pending {
         if let Some(job) = queue::claim_one(&mut *tx, account, job_id, &OWNER, INLINE_LEASE).await? {
             // An error here rolls the whole call back: the event was not accepted, and the caller is told so.
             INLINE.execute_on(&mut tx, &job).await?;
-            ran = true;
         }
     }
     tx.commit().await?;
-    Ok((accepted, ran))
+    Ok(accepted)
 }
 
 /// Orchestration events emitted by `root`'s execution, following inline chains.
