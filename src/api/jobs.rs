@@ -82,28 +82,6 @@ pub struct JobErrorBody {
     message: String,
 }
 
-/// The state of a job.
-#[derive(Debug, ToSchema)]
-#[schema(as = JobState)]
-#[allow(dead_code)]
-#[serde(rename_all = "snake_case")]
-pub enum JobStateBody {
-    /// Waiting for `run_at`.
-    Scheduled,
-    /// Ready to be claimed.
-    Available,
-    /// Held by a worker.
-    Running,
-    /// Finished successfully.
-    Completed,
-    /// Waiting for its retry.
-    Retryable,
-    /// Failed for good.
-    Discarded,
-    /// Cancelled.
-    Cancelled,
-}
-
 /// A job (`job` in CONTRACT §4).
 #[derive(Debug, ToSchema)]
 #[schema(as = Job)]
@@ -118,7 +96,7 @@ pub struct JobBody {
     /// Handler arguments.
     args: Value,
     /// Current state.
-    state: JobStateBody,
+    state: JobState,
     /// 0 runs first.
     priority: i16,
     /// Attempts started (1 during the first run).
@@ -517,7 +495,7 @@ pub async fn get(tenant: Tenant, ApiPath(id): ApiPath<String>) -> Result<Json<Jo
     tag = "jobs",
     params(
         ("queue" = Option<String>, Query, description = "Only this queue"),
-        ("state" = Option<JobStateBody>, Query, description = "Only this state"),
+        ("state" = Option<JobState>, Query, description = "Only this state"),
         ("kind" = Option<String>, Query, description = "Only this kind"),
         ("limit" = Option<i64>, Query, description = "Page size, 1..1000 (default 100)"),
         ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
