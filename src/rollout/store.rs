@@ -359,6 +359,29 @@ pub(super) async fn recently_finished<'e>(exec: impl PgExecutor<'e>, within: Dur
     .await?)
 }
 
+/// Applies `t` to the locked rollout `r` through the state machine and stores the state it gives, stamping when it
+/// was promoted or finished, and the reason when one is given.
+async fn transition(conn: &mut PgConnection, r: &Rollout, t: Transition, reason: Option<&str>) -> Result<Rollout> {
+    let next = r.state.apply(t)?;
+    Ok(sqlx::query_as(&format!(
+        r#"
+        update rollout
+        set state = $2,
+            reason = coalesce($3, reason),
+            promoted_at = case when $2 = 'promoted' then now() else promoted_at end,
+            finished_at = case when $2 in ('completed', 'aborted') then now() else finished_at end,
+            updated_at = now()
+        where id = $1
+        returning {ROLLOUT_COLUMNS}
+        "#
+    ))
+    .bind(r.id)
+    .bind(next.as_str())
+    .bind(reason)
+    .fetch_one(&mut *conn)
+    .await?)
+}
+
 async fn lock(conn: &mut PgConnection, id: i64) -> Result<Rollout> {
     sqlx::query_as(&format!(
         "select {ROLLOUT_COLUMNS} from rollout where id = $1 for update"
@@ -454,20 +477,7 @@ pub async fn start(db: &PgPool, req: &NewRollout) -> Result<Rollout> {
 pub async fn promote(db: &PgPool, id: i64) -> Result<Rollout> {
     let mut tx = db.begin().await?;
     let r = lock(&mut tx, id).await?;
-    r.state.apply(Transition::Promote)?;
-    let r: Rollout = sqlx::query_as(&format!(
-        r#"
-        update rollout
-        set state = 'promoted',
-            promoted_at = now(),
-            updated_at = now()
-        where id = $1
-        returning {ROLLOUT_COLUMNS}
-        "#
-    ))
-    .bind(id)
-    .fetch_one(&mut *tx)
-    .await?;
+    let r = transition(&mut tx, &r, Transition::Promote, None).await?;
     set_role(&mut tx, &r.pool, &r.to_version, Role::Stable).await?;
     set_role(&mut tx, &r.pool, &r.from_version, Role::Draining).await?;
     tx.commit().await?;
@@ -480,24 +490,9 @@ pub async fn promote(db: &PgPool, id: i64) -> Result<Rollout> {
 pub async fn abort(db: &PgPool, id: i64, reason: Option<&str>) -> Result<Rollout> {
     let mut tx = db.begin().await?;
     let r = lock(&mut tx, id).await?;
-    r.state.apply(Transition::Abort)?;
     // The state change comes first in the transaction, but all of it commits at once: an enqueue that read the
     // old state and commits later is caught by the controller's sweep of recently finished rollouts.
-    let r: Rollout = sqlx::query_as(&format!(
-        r#"
-        update rollout
-        set state = 'aborted',
-            reason = $2,
-            finished_at = now(),
-            updated_at = now()
-        where id = $1
-        returning {ROLLOUT_COLUMNS}
-        "#
-    ))
-    .bind(id)
-    .bind(reason)
-    .fetch_one(&mut *tx)
-    .await?;
+    let r = transition(&mut tx, &r, Transition::Abort, reason).await?;
     let moved = queue::reroute_waiting(&mut *tx, &r.pool, &r.to_version, &r.from_version).await?;
     set_role(&mut tx, &r.pool, &r.from_version, Role::Stable).await?;
     set_role(&mut tx, &r.pool, &r.to_version, Role::Retired).await?;
@@ -518,20 +513,7 @@ pub async fn try_complete(db: &PgPool, id: i64) -> Result<Option<Rollout>> {
     if queue::routed_active(&mut *tx, &r.pool, &r.from_version).await? > 0 {
         return Ok(None);
     }
-    r.state.apply(Transition::Complete)?;
-    let r: Rollout = sqlx::query_as(&format!(
-        r#"
-        update rollout
-        set state = 'completed',
-            finished_at = now(),
-            updated_at = now()
-        where id = $1
-        returning {ROLLOUT_COLUMNS}
-        "#
-    ))
-    .bind(id)
-    .fetch_one(&mut *tx)
-    .await?;
+    let r = transition(&mut tx, &r, Transition::Complete, None).await?;
     set_role(&mut tx, &r.pool, &r.from_version, Role::Retired).await?;
     tx.commit().await?;
     tracing::info!(rollout.id = id, pool = %r.pool, pool.version = %r.from_version, "old version drained and retired; rollout completed");
