@@ -157,10 +157,17 @@ pub(crate) const EVENT_COLUMNS: &str = "seq, name, kind, category, status, entit
 
 /// [`EVENT_COLUMNS`] for readers: a pending event whose job a worker holds reads as `running`. The execution
 /// commits the event's outcome with everything else, so the row itself never says `running`.
-static READ_COLUMNS: LazyLock<String> = LazyLock::new(|| EVENT_COLUMNS.replacen("status", RUNNING_STATUS, 1));
+static READ_COLUMNS: LazyLock<String> = LazyLock::new(|| {
+    EVENT_COLUMNS.replacen(
+        "status",
+        &format!("case when {HELD} then 'running' else status end as status"),
+        1,
+    )
+});
 
-const RUNNING_STATUS: &str = "case when status = 'pending' and exists (select 1 from job j where j.id = event.job_id \
-    and j.state = 'running') then 'running' else status end as status";
+/// A pending event whose job a worker holds right now.
+const HELD: &str =
+    "status = 'pending' and exists (select 1 from job j where j.id = event.job_id and j.state = 'running')";
 
 #[derive(sqlx::FromRow)]
 pub(crate) struct EventRow {
@@ -680,10 +687,10 @@ pub async fn list_events(
     }
     match f.status {
         Some(EventStatus::Running) => {
-            qb.push(" and status = 'pending' and exists (select 1 from job j where j.id = event.job_id and j.state = 'running')");
+            qb.push(format!(" and {HELD}"));
         }
         Some(EventStatus::Pending) => {
-            qb.push(" and status = 'pending' and not exists (select 1 from job j where j.id = event.job_id and j.state = 'running')");
+            qb.push(format!(" and status = 'pending' and not ({HELD})"));
         }
         Some(v) => {
             qb.push(" and status = ").push_bind(v.as_str());
