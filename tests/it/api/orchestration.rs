@@ -201,10 +201,6 @@ async fn example_order_flow_over_http_with_verified_webhooks() {
     let (app, key, deliveries) = example_shop().await;
     let worker = start_worker(&app.db.pool, fast_config());
 
-    let main = json!({"type": "INVENTORY_CATALOGUE", "subtype": "DEFAULT", "ref": "MAIN"});
-    app.call(Method::POST, "/api/entities", Some(&key), Some(main))
-        .await
-        .expect(StatusCode::CREATED);
     let restock = json!({"name": "Restock", "entity": {"type": "INVENTORY_CATALOGUE", "ref": "MAIN"},
                          "attributes": {"sku_ref": "SKU-1", "location_ref": "DC1", "on_hand": 5}});
     let r = app
@@ -277,10 +273,6 @@ async fn trace_context_follows_an_order_into_emitted_events_and_webhooks() {
     const TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
     let sent = format!("00-{TRACE}-b7ad6b7169203331-01");
     let (app, key, deliveries) = example_shop().await;
-    let main = json!({"type": "INVENTORY_CATALOGUE", "subtype": "DEFAULT", "ref": "MAIN"});
-    app.call(Method::POST, "/api/entities", Some(&key), Some(main))
-        .await
-        .expect(StatusCode::CREATED);
     let restock = json!({"name": "Restock", "entity": {"type": "INVENTORY_CATALOGUE", "ref": "MAIN"},
                          "attributes": {"sku_ref": "SKU-1", "location_ref": "DC1", "on_hand": 5}});
     app.call(Method::POST, "/api/events", Some(&key), Some(restock))
@@ -371,8 +363,9 @@ async fn an_invalid_traceparent_is_ignored() {
     );
 }
 
-/// An API with the account `shop`, the example workflows uploaded over HTTP, and a local ERP receiver (its URL in
-/// the order workflow's settings) that records each delivery and checks its signature.
+/// An API with the account `shop`, the example workflows uploaded over HTTP, the (empty) catalogue `MAIN`, and a
+/// local ERP receiver (its URL in the order workflow's settings) that records each delivery and checks its
+/// signature.
 async fn example_shop() -> (super::App, String, Arc<Mutex<Vec<Delivery>>>) {
     let app = app().await;
     let key = app.account("shop").await;
@@ -392,6 +385,10 @@ async fn example_shop() -> (super::App, String, Arc<Mutex<Vec<Delivery>>>) {
         .await
         .expect(StatusCode::CREATED);
     }
+    let main = json!({"type": "INVENTORY_CATALOGUE", "subtype": "DEFAULT", "ref": "MAIN"});
+    app.call(Method::POST, "/api/entities", Some(&key), Some(main))
+        .await
+        .expect(StatusCode::CREATED);
     (app, key, deliveries)
 }
 
