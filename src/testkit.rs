@@ -225,15 +225,17 @@ async fn build_template(admin: &str) -> String {
             .await
             .unwrap_or_else(|e| panic!("migrate template {build}: {e}"));
         // Every connection to the template must be gone before it is renamed or cloned. A closed client socket
-        // leaves its server backend exiting for a moment, so wait until the server no longer lists it.
+        // leaves its server backend exiting for a moment, and on a busy machine the pool's connection has been
+        // seen to outlive `close()`: end whatever is left, and wait until the server no longer lists it.
         pool.close().await;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
-            let left: i64 = sqlx::query_scalar("select count(*) from pg_stat_activity where datname = $1")
-                .bind(&build)
-                .fetch_one(&mut conn)
-                .await
-                .unwrap_or_else(|e| panic!("count connections to {build}: {e}"));
+            let left: i64 =
+                sqlx::query_scalar("select count(pg_terminate_backend(pid)) from pg_stat_activity where datname = $1")
+                    .bind(&build)
+                    .fetch_one(&mut conn)
+                    .await
+                    .unwrap_or_else(|e| panic!("count connections to {build}: {e}"));
             if left == 0 || tokio::time::Instant::now() > deadline {
                 break;
             }
