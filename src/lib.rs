@@ -9,6 +9,8 @@
 //!
 //! - [`api`]: the HTTP API (axum): jobs, queues, accounts, health, metrics, OpenAPI.
 //! - [`db`]: pools and embedded migrations.
+//! - `group_commit`: concurrent callers' writes batched into one transaction (API enqueues, sync events, the
+//!   event executor).
 //! - [`queue`]: the durable queue; the only writer of `job` rows.
 //! - [`runtime`]: the worker process: claim, execute, complete in batches, heartbeat, drain.
 //! - [`tenancy`]: account ids.
@@ -28,6 +30,7 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod db;
+pub(crate) mod group_commit;
 pub mod leader;
 pub mod load;
 pub mod orchestration;

@@ -11,12 +11,12 @@
 //! fails its neighbours is the database failing the whole transaction (then every one gets 503 or 500).
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use sqlx::PgPool;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::oneshot;
 
 use super::error::ApiError;
+use crate::group_commit::{GroupCommit, Limits};
 use crate::queue::{self, Enqueued, NewJob};
 use crate::tenancy::AccountId;
 use crate::wake::Waker;
@@ -38,23 +38,38 @@ struct Pending {
 /// Handle to the dispatcher; cheap to clone.
 #[derive(Clone)]
 pub(crate) struct Enqueuer {
-    tx: mpsc::Sender<Pending>,
+    commits: GroupCommit<Pending>,
 }
 
 impl Enqueuer {
     /// Starts the dispatcher with at most `flushes` transactions in flight. It stops when every handle is dropped.
     pub(crate) fn start(pool: PgPool, waker: Waker, flushes: usize) -> Self {
-        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let target = Target { pool, waker };
-        tokio::spawn(dispatch(rx, target, Arc::new(Semaphore::new(flushes.max(1)))));
-        Enqueuer { tx }
+        let limits = Limits {
+            max_batch: MAX_BATCH,
+            flushes,
+            depth: QUEUE_DEPTH,
+        };
+        let commits = GroupCommit::start(limits, move |batch: Vec<Pending>| {
+            let target = target.clone();
+            async move {
+                let mut by_account: HashMap<AccountId, Vec<Pending>> = HashMap::new();
+                for p in batch {
+                    by_account.entry(p.account.clone()).or_default().push(p);
+                }
+                for (account, pending) in by_account {
+                    flush(&target, &account, pending).await;
+                }
+            }
+        });
+        Enqueuer { commits }
     }
 
     /// Enqueues `job` for `account`, committed (and its queue woken) when this returns `Ok`.
     pub(crate) async fn enqueue(&self, account: AccountId, job: NewJob) -> Result<Enqueued, ApiError> {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Pending { account, job, reply })
+        self.commits
+            .submit(Pending { account, job, reply })
             .await
             .map_err(|_| ApiError::Unavailable("the server is shutting down".to_owned()))?;
         rx.await
@@ -67,34 +82,6 @@ impl Enqueuer {
 struct Target {
     pool: PgPool,
     waker: Waker,
-}
-
-async fn dispatch(mut rx: mpsc::Receiver<Pending>, target: Target, slots: Arc<Semaphore>) {
-    loop {
-        // Wait for a free slot first: while every slot is busy, requests pile up and the next batch is bigger.
-        let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
-            return;
-        };
-        let Some(first) = rx.recv().await else { return };
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(p) => batch.push(p),
-                Err(_) => break,
-            }
-        }
-        let state = target.clone();
-        tokio::spawn(async move {
-            let mut by_account: HashMap<AccountId, Vec<Pending>> = HashMap::new();
-            for p in batch {
-                by_account.entry(p.account.clone()).or_default().push(p);
-            }
-            for (account, pending) in by_account {
-                flush(&state, &account, pending).await;
-            }
-            drop(permit);
-        });
-    }
 }
 
 /// Writes one account's pending jobs in one transaction, answering each request after the commit.
