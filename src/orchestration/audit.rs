@@ -77,8 +77,7 @@ impl Audit {
     }
 }
 
-/// Writes audit records, resolving each `source` through `source_seqs`; seqs are drawn by the insert in record
-/// order, so the records of one execution are ordered like the execution.
+/// Writes audit records (see [`rows`]).
 pub(crate) async fn write(
     conn: &mut PgConnection,
     account: &AccountId,
@@ -86,23 +85,30 @@ pub(crate) async fn write(
     audits: &[Audit],
     source_seqs: &[i64],
 ) -> Result<()> {
-    let rows: Vec<Row> = audits
-        .iter()
-        .map(|a| Row {
-            seq: 0,
-            name: a.name.clone(),
-            kind: EventKind::Audit,
-            category: Some(a.category.as_str()),
-            status: a.status,
-            entity: entity.clone(),
-            attributes: a.attributes.clone(),
-            source_event_id: source_seqs.get(a.source).or(source_seqs.first()).copied(),
-            job_id: None,
-            scheduled_at: None,
-            processed: true,
-            error: a.error.clone(),
-            traceparent: None,
-        })
-        .collect();
+    let rows: Vec<Row> = rows(entity, audits, source_seqs).collect();
     insert_rows(conn, account, &rows).await
+}
+
+/// The event-log rows of audit records, resolving each `source` through `source_seqs`; seqs are drawn by the
+/// insert in row order, so the records of one execution are ordered like the execution.
+pub(crate) fn rows<'a>(
+    entity: &'a EntityKey,
+    audits: &'a [Audit],
+    source_seqs: &'a [i64],
+) -> impl Iterator<Item = Row> + 'a {
+    audits.iter().map(move |a| Row {
+        seq: 0,
+        name: a.name.clone(),
+        kind: EventKind::Audit,
+        category: Some(a.category.as_str()),
+        status: a.status,
+        entity: entity.clone(),
+        attributes: a.attributes.clone(),
+        source_event_id: source_seqs.get(a.source).or(source_seqs.first()).copied(),
+        job_id: None,
+        scheduled_at: None,
+        processed: true,
+        error: a.error.clone(),
+        traceparent: None,
+    })
 }

@@ -1,18 +1,24 @@
-//! The rule engine: the engine handler of kind [`EVENT_KIND`], which executes one orchestration event.
+//! The rule engine: the engine handler of kind [`EVENT_KIND`], which executes orchestration events.
 //!
-//! One execution, in one transaction: lock the event and its (root) entity, load the workflow version pinned to
-//! the entity, run the matching rulesets' rules in order on an in-memory copy of the entity and the inventory
-//! positions they name, loop over inline events (same entity) up to [`MAX_INLINE_EVENTS`], then write the entity,
-//! changed positions, inline events, emitted events (queued jobs), webhook jobs, audit records and the job's
-//! completion together. When a rule fails and no exception ruleset of the same name exists, the transaction is
-//! rolled back and a second one keeps only the event's `failed` status and its audit records.
+//! One execution: lock the event and its (root) entity, load the workflow version pinned to the entity, run the
+//! matching rulesets' rules in order on an in-memory copy of the entity and the inventory positions they name,
+//! loop over inline events (same entity) up to [`MAX_INLINE_EVENTS`], then write the entity, changed positions,
+//! inline events, emitted events (queued jobs), webhook jobs, audit records and the job's completion together.
+//! When a rule fails and no exception ruleset of the same name exists, only the event's `failed` status and its
+//! audit records are written: nothing of the execution reached the database before, so there is nothing to undo.
+//!
+//! Executions run in batches ([`execute_batch`]): a worker executes the events it has claimed in one
+//! transaction, each on the batch's in-memory copy of its entity, and writes them with one statement per kind of
+//! write, so the commit's flush and the round trips are paid once per batch, not once per event.
 
 use std::collections::HashMap;
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use futures_util::FutureExt;
 use ordo_workers::rules::{
     self, template, Action, EntityKey, EntityView, EventView, Position, PositionKey, RuleContext, RuleError,
     RuleRegistry,
@@ -20,6 +26,7 @@ use ordo_workers::rules::{
 use ordo_workers::{BoxFuture, StepContext, StepError};
 use serde_json::{json, Map, Value};
 use sqlx::{Connection, PgConnection, PgPool};
+use tokio::sync::oneshot;
 
 use super::audit::{self, Audit, Category};
 use super::event::{accept_many, draw_seqs, insert_rows, Accept, EventKind, EventStatus, Row, EVENT_COLUMNS};
@@ -27,7 +34,8 @@ use super::inventory::{lock_positions, write_positions};
 use super::webhook::{self, WebhookDeliverer};
 use super::workflow::{get_version, Definition, RuleCall, Ruleset, RulesetKind, Version};
 use super::{Error, Result};
-use crate::queue::{self, Job, JobId, NewJob};
+use crate::group_commit::{GroupCommit, Limits};
+use crate::queue::{self, Completion, Job, NewJob};
 use crate::runtime::{EngineHandler, EngineHandlers, EngineResult};
 use crate::telemetry::trace;
 use crate::tenancy::AccountId;
@@ -42,6 +50,13 @@ pub const MAX_INLINE_EVENTS: usize = 500;
 /// timestamp.
 const MAX_DELAY_SECONDS: u64 = 10 * 366 * 86_400;
 
+/// Most claimed events a worker puts into one batch (the events waiting behind them in their entities come on
+/// top, see [`execute_batch`]).
+const BATCH_MAX: usize = 64;
+
+/// Batches a worker executes at once: one runs its rules while the other waits on the database.
+const BATCHES_IN_FLIGHT: usize = 2;
+
 /// Registers the orchestration engine handlers: the event executor and the webhook deliverer.
 /// `allow_private_webhooks` lets webhooks reach private, loopback and link-local addresses
 /// (`ORDO_WEBHOOK_ALLOW_PRIVATE`).
@@ -50,12 +65,19 @@ pub fn register(h: &mut EngineHandlers, allow_private_webhooks: bool) {
     h.register(WebhookDeliverer::new(allow_private_webhooks));
 }
 
-/// The engine handler that executes orchestration events.
+/// The engine handler that executes orchestration events. Each attempt is handed to a group commit
+/// ([`crate::group_commit`]), which takes every attempt waiting at that moment (up to [`BATCH_MAX`], with no
+/// linger) and executes them together in one transaction.
 #[derive(Clone)]
 pub struct EventExecutor {
     rules: Arc<RuleRegistry>,
     definitions: Arc<DefinitionCache>,
+    /// The batches' dispatcher; the first attempt starts it, on the worker's pool.
+    batches: Arc<Mutex<Option<GroupCommit<Submission>>>>,
 }
+
+/// An attempt handed to the batch dispatcher, and where its result goes.
+type Submission = (Job, oneshot::Sender<EngineResult>);
 
 impl EventExecutor {
     /// An executor running `rules`.
@@ -63,6 +85,36 @@ impl EventExecutor {
         EventExecutor {
             rules: Arc::new(rules),
             definitions: Arc::default(),
+            batches: Arc::default(),
+        }
+    }
+
+    /// Executes the event of a job this process has claimed, inside the transaction `conn` is in (a sync event
+    /// accepted and run in one transaction), so it commits with the caller's.
+    pub(crate) async fn execute_on(&self, conn: &mut PgConnection, job: &Job) -> Result<()> {
+        let account = AccountId::parse(&job.account_id).map_err(|e| Error::Corrupt(e.to_string()))?;
+        execute_batch(conn, &self.rules, &self.definitions, &account, vec![job.clone()], None).await
+    }
+
+    /// The running batch dispatcher, started when none runs (the first attempt, or a new runtime).
+    fn batches(&self, pool: &PgPool) -> GroupCommit<Submission> {
+        let mut batches = self.batches.lock().unwrap_or_else(PoisonError::into_inner);
+        match batches.as_ref() {
+            Some(b) if !b.is_closed() => b.clone(),
+            _ => {
+                let (pool, rules, definitions) = (pool.clone(), self.rules.clone(), self.definitions.clone());
+                let limits = Limits {
+                    max_batch: BATCH_MAX,
+                    flushes: BATCHES_IN_FLIGHT,
+                    depth: 4096,
+                };
+                let b = GroupCommit::start(limits, move |batch| {
+                    let (pool, rules, definitions) = (pool.clone(), rules.clone(), definitions.clone());
+                    async move { run_batch(&pool, &rules, &definitions, batch).await }
+                });
+                *batches = Some(b.clone());
+                b
+            }
         }
     }
 }
@@ -95,32 +147,117 @@ impl DefinitionCache {
     }
 }
 
-impl EventExecutor {
-    /// Executes the event of a job this process has claimed, on `conn` (see [`execute_on`]).
-    pub(crate) async fn execute_on(&self, conn: &mut PgConnection, job: &Job) -> Result<()> {
-        execute_on(conn, &self.rules, &self.definitions, job).await.map(|_| ())
-    }
-}
-
 impl EngineHandler for EventExecutor {
     fn kind(&self) -> &'static str {
         EVENT_KIND
     }
 
     fn run(&self, pool: PgPool, job: Job, _ctx: StepContext) -> BoxFuture<'static, EngineResult> {
-        let rules = self.rules.clone();
-        let definitions = self.definitions.clone();
+        let batches = self.batches(&pool);
         Box::pin(async move {
-            match execute_chain(&pool, &rules, &definitions, &job).await {
-                Ok(()) => EngineResult::Settled,
-                // Another worker owns the job now (or it was cancelled): nothing of this attempt was committed.
-                Err(Error::Queue(queue::Error::LeaseLost { .. })) => EngineResult::Settled,
-                Err(e) => EngineResult::Step(Err(StepError::Retry {
-                    reason: format!("execute event: {e}"),
-                    after: None,
-                })),
+            let (done, result) = oneshot::channel();
+            if batches.submit((job, done)).await.is_err() {
+                return retry("the event batch dispatcher stopped".to_owned());
             }
+            result
+                .await
+                .unwrap_or_else(|_| retry("the event batch was dropped".to_owned()))
         })
+    }
+}
+
+fn retry(reason: String) -> EngineResult {
+    EngineResult::Step(Err(StepError::Retry { reason, after: None }))
+}
+
+/// Executes a batch, one transaction per account in it. When a transaction fails (a database error, a lost
+/// lease, a panicking rule), each of its events runs again on its own, so one bad event costs the others only a
+/// second try.
+async fn run_batch(pool: &PgPool, rules: &RuleRegistry, definitions: &DefinitionCache, batch: Vec<Submission>) {
+    let mut by_account: BTreeMap<String, Vec<Submission>> = BTreeMap::new();
+    for s in batch {
+        by_account.entry(s.0.account_id.clone()).or_default().push(s);
+    }
+    for (account, submissions) in by_account {
+        let (jobs, replies): (Vec<Job>, Vec<oneshot::Sender<EngineResult>>) = submissions.into_iter().unzip();
+        let account = match AccountId::parse(&account) {
+            Ok(a) => a,
+            Err(e) => {
+                for r in replies {
+                    let _ = r.send(retry(format!("corrupt job: {e}")));
+                }
+                continue;
+            }
+        };
+        let owner = jobs[0].lease_owner.clone().unwrap_or_else(|| "worker".to_owned());
+        let together = execute_pooled(pool, rules, definitions, &account, jobs.clone(), Some(&owner)).await;
+        match together {
+            Ok(()) => {
+                for r in replies {
+                    let _ = r.send(EngineResult::Settled);
+                }
+            }
+            Err(e) if jobs.len() == 1 => {
+                if let Some(r) = replies.into_iter().next() {
+                    let _ = r.send(settled_or_retry(Err(e)));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(events = jobs.len(), error = %e, "event batch rolled back; its events run one by one");
+                for (job, reply) in jobs.into_iter().zip(replies) {
+                    let alone = execute_pooled(pool, rules, definitions, &account, vec![job], None).await;
+                    let _ = reply.send(settled_or_retry(alone));
+                }
+            }
+        }
+    }
+}
+
+/// Why a batch did not commit.
+#[derive(Debug, thiserror::Error)]
+enum BatchError {
+    /// A job's lease was lost: another worker owns it, and none of the batch was committed.
+    #[error("lease lost")]
+    LeaseLost,
+    /// Anything else; the attempt is retried.
+    #[error("{0}")]
+    Other(String),
+}
+
+fn settled_or_retry(r: Result<(), BatchError>) -> EngineResult {
+    match r {
+        Ok(()) => EngineResult::Settled,
+        // Another worker owns the job now (or it was cancelled): nothing of this attempt was committed.
+        Err(BatchError::LeaseLost) => EngineResult::Settled,
+        Err(BatchError::Other(reason)) => retry(format!("execute event: {reason}")),
+    }
+}
+
+/// [`execute_batch`] on a connection of `pool`, with a panicking rule caught.
+async fn execute_pooled(
+    pool: &PgPool,
+    rules: &RuleRegistry,
+    definitions: &DefinitionCache,
+    account: &AccountId,
+    jobs: Vec<Job>,
+    chain: Option<&str>,
+) -> Result<(), BatchError> {
+    let run = async {
+        let mut conn = pool.acquire().await?;
+        execute_batch(&mut conn, rules, definitions, account, jobs, chain).await
+    };
+    match AssertUnwindSafe(run).catch_unwind().await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(Error::Queue(queue::Error::LeaseLost { .. }))) => Err(BatchError::LeaseLost),
+        Ok(Err(e)) => Err(BatchError::Other(e.to_string())),
+        Err(panic) => Err(BatchError::Other(format!(
+            "a rule panicked: {}",
+            panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default()
+        ))),
     }
 }
 
@@ -198,9 +335,10 @@ struct LockedEvent {
     row: super::event::EventRow,
 }
 
-/// The event with its entity, both locked, and the workflow minor in force.
+/// The event of a claimed job with its entity, both locked, and the workflow minor in force.
 #[derive(sqlx::FromRow)]
 struct Locked {
+    locked_job_id: i64,
     #[sqlx(flatten)]
     row: super::event::EventRow,
     subtype: String,
@@ -208,248 +346,378 @@ struct Locked {
     entity_attributes: Value,
     workflow_major: i32,
     workflow_minor: Option<i32>,
-    /// Whether later events of the entity wait already (the executor may chain them).
-    has_next: bool,
 }
 
 static LOCK_SQL: LazyLock<String> = LazyLock::new(|| {
     let cols: Vec<String> = EVENT_COLUMNS.split(", ").map(|c| format!("ev.{c}")).collect();
+    // The events are found by their job ids and each entity by its key, one index probe each: `limit 1` keeps
+    // the entity lookup a probe per event, where a join planned on a fresh table's statistics scanned them all.
     format!(
         r#"
-        select {cols},
+        select ev.job_id as locked_job_id, {cols},
                en.subtype, en.status as entity_status, en.attributes as entity_attributes, en.workflow_major,
                (select max(w.minor)
                 from workflow w
-                where w.account_id = en.account_id
-                  and w.ref = en.type || '::' || en.subtype
-                  and w.major = en.workflow_major) as workflow_minor,
-               exists (select 1
-                       from job n
-                       where n.account_id = $1
-                         and n.concurrency_key = $3
-                         and n.id > $2
-                         and n.state in ('available', 'scheduled', 'retryable')) as has_next
+                where w.account_id = ev.account_id
+                  and w.ref = ev.entity_type || '::' || en.subtype
+                  and w.major = en.workflow_major) as workflow_minor
         from event ev
-        join entity en
-          on en.account_id = ev.account_id
-         and en.type = ev.entity_type
-         and en.ref = ev.entity_ref
+        cross join lateral (
+            select en.subtype, en.status, en.attributes, en.workflow_major
+            from entity en
+            where en.account_id = ev.account_id
+              and en.type = ev.entity_type
+              and en.ref = ev.entity_ref
+            limit 1
+            for update
+        ) en
         where ev.account_id = $1
-          and ev.job_id = $2
-        for update of ev, en
+          and ev.job_id = any($2)
+          and ev.job_id is not null
+        for update of ev
         "#,
         cols = cols.join(", ")
     )
 });
 
-/// Most events of one entity a worker runs back to back in one transaction.
-const CHAIN_MAX: usize = 64;
-
-/// How long a chain may keep its transaction (and its entity's lock) open before it commits.
-const CHAIN_BUDGET: Duration = Duration::from_millis(100);
-
-/// Executes the event of `job`, then, in the same transaction, the entity's next events that are already waiting
-/// (each in its savepoint, in `seq` order, up to [`CHAIN_MAX`]): one commit for a run of events of one entity,
-/// where the commit's flush would otherwise bound an entity's serial rate. Nothing of the chain is visible until
-/// it commits; a crash loses none of it (the first job's lease expires, the others were never claimed).
-async fn execute_chain(pool: &PgPool, rules: &RuleRegistry, definitions: &DefinitionCache, job: &Job) -> Result<()> {
-    let started = Instant::now();
-    let mut conn = pool.acquire().await?;
-    // The first event commits on its own: most entities have nothing else waiting, and a savepoint would cost them
-    // two round trips for nothing.
-    if !execute_on(&mut conn, rules, definitions, job).await? {
-        return Ok(());
-    }
-    let owner = job.lease_owner.as_deref().unwrap_or("worker");
-    let chained = async {
-        let mut tx = conn.begin().await?;
-        let mut last = job.clone();
-        for _ in 1..CHAIN_MAX {
-            if started.elapsed() >= CHAIN_BUDGET {
-                break;
-            }
-            let Some(next) = queue::claim_next_in_key(&mut *tx, &last, owner, CHAIN_LEASE).await? else {
-                break;
-            };
-            let more = execute_on(&mut tx, rules, definitions, &next).await?;
-            last = next;
-            if !more {
-                break;
-            }
-        }
-        tx.commit().await?;
-        Ok::<_, Error>(())
-    };
-    if let Err(e) = chained.await {
-        // The first event is done; the chained ones rolled back and wait for the next claim.
-        tracing::warn!(job.id = %job.id, error = %e, "chained events rolled back; they will run on their own");
-    }
-    Ok(())
+/// Locks the events of `jobs` with their entities, by job id; an event whose entity is gone is left out.
+async fn lock_events(conn: &mut PgConnection, account: &AccountId, jobs: &[Job]) -> Result<HashMap<i64, Locked>> {
+    let ids: Vec<i64> = jobs.iter().map(|j| j.id.0).collect();
+    let rows: Vec<Locked> = sqlx::query_as(LOCK_SQL.as_str())
+        .bind(account.as_str())
+        .bind(&ids)
+        .fetch_all(&mut *conn)
+        .await?;
+    Ok(rows.into_iter().map(|l| (l.locked_job_id, l)).collect())
 }
+
+/// Most events executed in one batch's transaction.
+const BATCH_EVENTS_MAX: usize = 1024;
+
+/// How long a batch may keep its transaction (and its entities' locks) open before it commits.
+const CHAIN_BUDGET: Duration = Duration::from_millis(100);
 
 /// Lease recorded on chained events; they commit already settled, so no one ever sees it.
 const CHAIN_LEASE: Duration = Duration::from_secs(30);
 
-/// Executes the event of `job` on `conn`: in a transaction of its own, or, when `conn` is inside one already
-/// (a sync event accepted and run in one transaction, a chain), in a savepoint that commits with it. Returns
-/// whether later events of the entity were waiting.
-pub(crate) async fn execute_on(
+/// Executes the events of `jobs` (claimed, all of `account`) in one transaction on `conn`: a transaction of its
+/// own, or a savepoint of the caller's. Each event runs on the batch's in-memory copy of its entity, so events of
+/// one entity see each other's changes, and everything is written at the end with one statement per kind of
+/// write. With `chain` (the lease owner), the events already waiting behind them in their entities are claimed
+/// and run in the same transaction ([`queue::claim_following`]), round after round, until none wait or the batch
+/// reaches [`BATCH_EVENTS_MAX`] events or [`CHAIN_BUDGET`]: one commit for a run of an entity's events, where the
+/// commit's flush would otherwise bound an entity's serial rate. Nothing is visible until it commits; a crash
+/// loses none of it (the claimed jobs' leases expire).
+pub(crate) async fn execute_batch(
     conn: &mut PgConnection,
     rules: &RuleRegistry,
     definitions: &DefinitionCache,
-    job: &Job,
-) -> Result<bool> {
-    let account = AccountId::parse(&job.account_id).map_err(|e| Error::Corrupt(e.to_string()))?;
+    account: &AccountId,
+    jobs: Vec<Job>,
+    chain: Option<&str>,
+) -> Result<()> {
+    let started = Instant::now();
     let mut tx = conn.begin().await?;
-    // One round trip locks the event and its root entity and finds the workflow version in force.
-    let locked: Option<Locked> = sqlx::query_as(LOCK_SQL.as_str())
-        .bind(account.as_str())
-        .bind(job.id.0)
-        .bind(job.concurrency_key.as_deref())
-        .fetch_optional(&mut *tx)
-        .await?;
-    let Some(locked) = locked else {
-        // No event, or no entity: look at the event alone.
+    let mut batch = Batch {
+        account,
+        rules,
+        definitions,
+        entities: HashMap::new(),
+        positions: BTreeMap::new(),
+        out: Writes::default(),
+    };
+    let mut round = jobs;
+    let mut executed = 0;
+    loop {
+        let mut locked = lock_events(&mut tx, account, &round).await?;
+        // Per entity, the last job this round ran: the events waiting behind it come next.
+        let mut last_of_key: HashMap<String, Job> = HashMap::new();
+        for job in round {
+            match locked.remove(&job.id.0) {
+                Some(l) => batch.execute(&mut tx, &job, l).await?,
+                None => batch.execute_unlocked(&mut tx, &job).await?,
+            }
+            if let Some(key) = job.concurrency_key.clone() {
+                last_of_key.insert(key, job);
+            }
+            executed += 1;
+        }
+        let follow: Vec<Job> = last_of_key.into_values().collect();
+        let Some(owner) = chain else { break };
+        let room = BATCH_EVENTS_MAX.saturating_sub(executed);
+        if follow.is_empty() || room == 0 || started.elapsed() >= CHAIN_BUDGET {
+            break;
+        }
+        let per_key = (room / follow.len()).max(1) as i64;
+        round = queue::claim_following(&mut *tx, &follow, per_key, owner, CHAIN_LEASE).await?;
+        if round.is_empty() {
+            break;
+        }
+    }
+    batch.out.complete(&mut tx).await?;
+    batch.out.write(&mut tx, account, &batch.entities).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// A batch's working state.
+struct Batch<'a> {
+    account: &'a AccountId,
+    rules: &'a RuleRegistry,
+    definitions: &'a DefinitionCache,
+    /// Each entity the batch has locked, as its executions have left it so far.
+    entities: HashMap<EntityKey, Current>,
+    /// Each position the batch has locked, as its successful executions have left it so far.
+    positions: BTreeMap<PositionKey, Position>,
+    out: Writes,
+}
+
+/// An entity as a batch's executions have left it.
+struct Current {
+    subtype: String,
+    status: String,
+    attributes: Value,
+    major: i32,
+    /// Whether an execution succeeded on it (and it must be written).
+    changed: bool,
+}
+
+impl Batch<'_> {
+    /// Executes the event of `job`, locked with its entity, and stages its writes.
+    async fn execute(&mut self, conn: &mut PgConnection, job: &Job, locked: Locked) -> Result<()> {
+        let root = super::event::Event::try_from(locked.row)?;
+        if root.status.is_final() {
+            // Cancelled while its job waited, or already executed by an earlier attempt that lost its lease late.
+            self.out.settle(job, json!({"skipped": root.status}));
+            return Ok(());
+        }
+        let key = root.entity.clone();
+        // An entity an earlier event of the batch ran on is as that event left it, not as the database has it.
+        let current = self.entities.entry(key.clone()).or_insert_with(|| Current {
+            subtype: locked.subtype,
+            status: locked.entity_status,
+            attributes: locked.entity_attributes,
+            major: locked.workflow_major,
+            changed: false,
+        });
+        let reference = format!("{}::{}", key.entity_type, current.subtype);
+        let major = current.major;
+        let Some(minor) = locked.workflow_minor else {
+            let msg = format!("workflow {reference} version {major}.x not found");
+            self.out.fail(job, root.seq, &key, &msg, &[]);
+            return Ok(());
+        };
+        let version = Version { major, minor };
+        let cache_key = (self.account.as_str().to_owned(), reference.clone(), major, minor);
+        let definition = match self.definitions.get(&cache_key) {
+            Some(d) => d,
+            None => {
+                let w = get_version(&mut *conn, self.account, &reference, Some(major), Some(minor)).await?;
+                let d = Arc::new(w.definition);
+                self.definitions.put(cache_key, d.clone());
+                d
+            }
+        };
+        let mut run = Run {
+            account: self.account,
+            rules: self.rules,
+            def: &definition,
+            key: key.clone(),
+            subtype: current.subtype.clone(),
+            state: State {
+                status: current.status.clone(),
+                attributes: current.attributes.clone(),
+                positions: BTreeMap::new(),
+                dirty: BTreeSet::new(),
+            },
+            loaded: std::mem::take(&mut self.positions),
+            events: vec![Local {
+                name: root.name.clone(),
+                attributes: root.attributes,
+                source: 0,
+                status: EventStatus::Running,
+                error: None,
+            }],
+            emitted: Vec::new(),
+            webhooks: Vec::new(),
+            audits: Vec::new(),
+        };
+        run.audits.push(Audit::new(
+            Category::Snapshot,
+            root.name,
+            0,
+            json!({
+                "status": run.state.status,
+                "attributes": run.state.attributes,
+                "workflow": {"ref": reference, "version": version},
+            }),
+        ));
+        let result = run.execute(conn).await;
+        self.positions = std::mem::take(&mut run.loaded);
+        match result {
+            Ok(()) => {
+                for k in &run.state.dirty {
+                    if let Some(p) = run.state.positions.get(k) {
+                        self.positions.insert(k.clone(), *p);
+                        self.out.positions.insert(k.clone(), *p);
+                    }
+                }
+                let mut seqs = vec![root.seq];
+                seqs.extend(draw_seqs(conn, run.events.len() - 1).await?);
+                let retry = definition
+                    .settings
+                    .get("webhook.retry")
+                    .map(String::as_str)
+                    .unwrap_or("fast");
+                run.stage(&mut self.out, job, &seqs, retry);
+                current.status = run.state.status;
+                current.attributes = run.state.attributes;
+                current.changed = true;
+            }
+            Err(Abort::Failed(msg)) => self.out.fail(job, root.seq, &key, &msg, &run.audits),
+            Err(Abort::Error(e)) => return Err(e),
+        }
+        Ok(())
+    }
+
+    /// A claimed job whose event or entity is gone: nothing to run, or the event fails.
+    async fn execute_unlocked(&mut self, conn: &mut PgConnection, job: &Job) -> Result<()> {
         let alone: Option<LockedEvent> = sqlx::query_as(&format!(
             "select {EVENT_COLUMNS} from event where account_id = $1 and job_id = $2 for update"
         ))
-        .bind(account.as_str())
+        .bind(self.account.as_str())
         .bind(job.id.0)
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut *conn)
         .await?;
         let Some(alone) = alone else {
             // Not an event of ours any more (pruned): nothing to do.
-            queue::complete_in(&mut tx, job.id, job.attempt, json!({"skipped": "no event"})).await?;
-            tx.commit().await?;
-            return Ok(false);
+            self.out.settle(job, json!({"skipped": "no event"}));
+            return Ok(());
         };
         let root = super::event::Event::try_from(alone.row)?;
         if root.status.is_final() {
-            queue::complete_in(&mut tx, job.id, job.attempt, json!({"skipped": root.status})).await?;
-            tx.commit().await?;
-            return Ok(false);
+            self.out.settle(job, json!({"skipped": root.status}));
+            return Ok(());
         }
-        let key = root.entity;
-        let msg = format!("entity {}:{} not found", key.entity_type, key.entity_ref);
-        finish_failed(tx, &account, job, root.seq, &key, &msg, &[]).await?;
-        return Ok(false);
-    };
-    let has_next = locked.has_next;
-    let root = super::event::Event::try_from(locked.row)?;
-    if root.status.is_final() {
-        // Cancelled while its job waited, or already executed by an earlier attempt that lost its lease late.
-        queue::complete_in(&mut tx, job.id, job.attempt, json!({"skipped": root.status})).await?;
-        tx.commit().await?;
-        return Ok(locked.has_next);
-    }
-    let key = root.entity.clone();
-    let (subtype, status, attributes, major) = (
-        locked.subtype,
-        locked.entity_status,
-        locked.entity_attributes,
-        locked.workflow_major,
-    );
-    let reference = format!("{}::{subtype}", key.entity_type);
-    let Some(minor) = locked.workflow_minor else {
-        let msg = format!("workflow {reference} version {major}.x not found");
-        finish_failed(tx, &account, job, root.seq, &key, &msg, &[]).await?;
-        return Ok(has_next);
-    };
-    let version = Version { major, minor };
-    let cache_key = (account.as_str().to_owned(), reference.clone(), major, minor);
-    let definition = match definitions.get(&cache_key) {
-        Some(d) => d,
-        None => {
-            let w = get_version(&mut *tx, &account, &reference, Some(major), Some(minor)).await?;
-            let d = Arc::new(w.definition);
-            definitions.put(cache_key, d.clone());
-            d
-        }
-    };
-    let mut run = Run {
-        account: &account,
-        rules,
-        def: &definition,
-        key: key.clone(),
-        subtype,
-        state: State {
-            status,
-            attributes,
-            positions: BTreeMap::new(),
-            dirty: BTreeSet::new(),
-        },
-        loaded: BTreeMap::new(),
-        events: vec![Local {
-            name: root.name.clone(),
-            attributes: root.attributes.clone(),
-            source: 0,
-            status: EventStatus::Running,
-            error: None,
-        }],
-        emitted: Vec::new(),
-        webhooks: Vec::new(),
-        audits: Vec::new(),
-    };
-    run.audits.push(Audit::new(
-        Category::Snapshot,
-        root.name.clone(),
-        0,
-        json!({
-            "status": run.state.status,
-            "attributes": run.state.attributes,
-            "workflow": {"ref": reference, "version": version},
-        }),
-    ));
-    match run.execute(&mut tx).await {
-        Ok(()) => {
-            let retry = definition
-                .settings
-                .get("webhook.retry")
-                .cloned()
-                .unwrap_or_else(|| "fast".to_owned());
-            run.commit(tx, job, root.seq, &retry).await?;
-            Ok(has_next)
-        }
-        Err(Abort::Error(e)) => Err(e),
-        Err(Abort::Failed(msg)) => {
-            tx.rollback().await?;
-            let tx = conn.begin().await?;
-            finish_failed(tx, &account, job, root.seq, &key, &msg, &run.audits).await?;
-            Ok(has_next)
-        }
+        let msg = format!(
+            "entity {}:{} not found",
+            root.entity.entity_type, root.entity.entity_ref
+        );
+        self.out.fail(job, root.seq, &root.entity, &msg, &[]);
+        Ok(())
     }
 }
 
-/// Records a failed event with its audit records and settles the job; nothing else of the execution is kept.
-async fn finish_failed(
-    mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
-    account: &AccountId,
-    job: &Job,
-    root_seq: i64,
-    key: &EntityKey,
-    msg: &str,
-    audits: &[Audit],
-) -> Result<()> {
-    sqlx::query(
-        r#"
-        update event
-        set status = 'failed',
-            error = $3,
-            processed_at = clock_timestamp()
-        where account_id = $1
-          and seq = $2
-        "#,
-    )
-    .bind(account.as_str())
-    .bind(root_seq)
-    .bind(msg)
-    .execute(&mut *tx)
-    .await?;
-    // Inline events of a failed execution were never committed: their records describe the root.
-    audit::write(&mut tx, account, key, audits, &[root_seq]).await?;
-    queue::complete_in(&mut tx, job.id, job.attempt, json!({"status": "failed", "error": msg})).await?;
-    tx.commit().await?;
-    Ok(())
+/// Everything a batch writes, collected from its executions: one statement per kind of write.
+#[derive(Default)]
+struct Writes {
+    /// Changed positions, as last left.
+    positions: BTreeMap<PositionKey, Position>,
+    /// Inline events, their seqs drawn.
+    inline: Vec<Row>,
+    /// Root events' outcomes: seq, status, error.
+    roots: Vec<(i64, EventStatus, Option<String>)>,
+    /// Events leaving their entity, to queue.
+    emitted: Vec<Accept>,
+    /// Webhook delivery jobs.
+    hooks: Vec<NewJob>,
+    /// Audit records, in execution order.
+    audits: Vec<Row>,
+    /// Completions not yet written (see [`Writes::complete`]).
+    completions: Vec<Completion>,
+}
+
+impl Writes {
+    fn settle(&mut self, job: &Job, result: Value) {
+        self.completions.push(Completion {
+            id: job.id,
+            attempt: job.attempt,
+            result,
+        });
+    }
+
+    /// A failed event: its status and audit records, nothing else of its execution. Its inline events were
+    /// never kept, so their records describe the root.
+    fn fail(&mut self, job: &Job, root_seq: i64, key: &EntityKey, msg: &str, audits: &[Audit]) {
+        self.roots.push((root_seq, EventStatus::Failed, Some(msg.to_owned())));
+        self.audits.extend(audit::rows(key, audits, &[root_seq]));
+        self.settle(job, json!({"status": "failed", "error": msg}));
+    }
+
+    /// Completes the jobs settled so far; a lost lease fails the whole batch (nothing of it commits).
+    async fn complete(&mut self, conn: &mut PgConnection) -> Result<()> {
+        let items = std::mem::take(&mut self.completions);
+        let done = queue::complete_many(&mut *conn, &items).await?;
+        if let Some(lost) = items.iter().find(|c| !done.contains(&c.id)) {
+            return Err(queue::Error::LeaseLost {
+                id: lost.id,
+                attempt: lost.attempt,
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    /// Writes everything but the completions, and the entities the batch changed.
+    async fn write(
+        self,
+        conn: &mut PgConnection,
+        account: &AccountId,
+        entities: &HashMap<EntityKey, Current>,
+    ) -> Result<()> {
+        let positions: Vec<(PositionKey, Position)> = self.positions.into_iter().collect();
+        write_positions(&mut *conn, account, &positions).await?;
+        insert_rows(&mut *conn, account, &self.inline).await?;
+
+        let changed: Vec<(&EntityKey, &Current)> = entities.iter().filter(|(_, c)| c.changed).collect();
+        let types: Vec<&str> = changed.iter().map(|(k, _)| k.entity_type.as_str()).collect();
+        let refs: Vec<&str> = changed.iter().map(|(k, _)| k.entity_ref.as_str()).collect();
+        let statuses: Vec<&str> = changed.iter().map(|(_, c)| c.status.as_str()).collect();
+        let attributes: Vec<&Value> = changed.iter().map(|(_, c)| &c.attributes).collect();
+        let seqs: Vec<i64> = self.roots.iter().map(|r| r.0).collect();
+        let outcomes: Vec<&str> = self.roots.iter().map(|r| r.1.as_str()).collect();
+        let errors: Vec<Option<&str>> = self.roots.iter().map(|r| r.2.as_deref()).collect();
+        sqlx::query(
+            r#"
+            with changed as (
+                update entity
+                set status = u.status,
+                    attributes = u.attributes,
+                    updated_at = now()
+                from unnest($2::text[], $3::text[], $4::text[], $5::jsonb[]) as u(type, ref, status, attributes)
+                where entity.account_id = $1
+                  -- index conditions of their own, so that no join order can scan the account's rows
+                  and entity.type = any($2)
+                  and entity.ref = any($3)
+                  and entity.type = u.type
+                  and entity.ref = u.ref
+            )
+            update event
+            set status = r.status,
+                error = r.error,
+                processed_at = clock_timestamp()
+            from unnest($6::bigint[], $7::text[], $8::text[]) as r(seq, status, error)
+            where event.account_id = $1
+              and event.seq = any($6)
+              and event.seq = r.seq
+            "#,
+        )
+        .bind(account.as_str())
+        .bind(&types)
+        .bind(&refs)
+        .bind(&statuses)
+        .bind(&attributes)
+        .bind(&seqs)
+        .bind(&outcomes)
+        .bind(&errors)
+        .execute(&mut *conn)
+        .await?;
+
+        accept_many(&mut *conn, account, self.emitted).await?;
+        queue::enqueue_many(&mut *conn, account, &self.hooks).await?;
+        insert_rows(&mut *conn, account, &self.audits).await?;
+        Ok(())
+    }
 }
 
 impl Run<'_> {
@@ -731,32 +999,10 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Writes everything and settles the job, in the execution's transaction.
-    async fn commit(
-        self,
-        mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
-        job: &Job,
-        root_seq: i64,
-        retry: &str,
-    ) -> Result<()> {
-        let account = self.account;
-        let changed: Vec<(PositionKey, Position)> = self
-            .state
-            .dirty
-            .iter()
-            .filter_map(|k| self.state.positions.get(k).map(|p| (k.clone(), *p)))
-            .collect();
-        write_positions(&mut tx, account, &changed).await?;
-
-        // Inline events, then the root's outcome.
-        let mut seqs = vec![root_seq];
-        seqs.extend(draw_seqs(&mut tx, self.events.len() - 1).await?);
-        let inline: Vec<Row> = self
-            .events
-            .iter()
-            .enumerate()
-            .skip(1)
-            .map(|(i, e)| Row {
+    /// Stages what a successful execution writes; `seqs` are its events' seqs, the root's first.
+    fn stage(&self, out: &mut Writes, job: &Job, seqs: &[i64], retry: &str) {
+        out.inline
+            .extend(self.events.iter().enumerate().skip(1).map(|(i, e)| Row {
                 seq: seqs[i],
                 name: e.name.clone(),
                 kind: EventKind::Orchestration,
@@ -770,46 +1016,14 @@ impl Run<'_> {
                 processed: true,
                 error: e.error.clone(),
                 traceparent: job.traceparent.clone(),
-            })
-            .collect();
-        insert_rows(&mut tx, account, &inline).await?;
+            }));
         let root = &self.events[0];
-        sqlx::query(
-            r#"
-            with changed as (
-                update entity
-                set status = $5,
-                    attributes = $6,
-                    updated_at = now()
-                where account_id = $1
-                  and type = $2
-                  and ref = $3
-            )
-            update event
-            set status = $7,
-                error = $8,
-                processed_at = clock_timestamp()
-            where account_id = $1
-              and seq = $4
-            "#,
-        )
-        .bind(account.as_str())
-        .bind(&self.key.entity_type)
-        .bind(&self.key.entity_ref)
-        .bind(root_seq)
-        .bind(&self.state.status)
-        .bind(&self.state.attributes)
-        .bind(root.status.as_str())
-        .bind(&root.error)
-        .execute(&mut *tx)
-        .await?;
+        out.roots.push((seqs[0], root.status, root.error.clone()));
 
         // Events leaving the entity: queued jobs of their own root entities.
         let now = Utc::now();
-        let accepts: Vec<Accept> = self
-            .emitted
-            .iter()
-            .map(|e| Accept {
+        out.emitted.extend(self.emitted.iter().map(|e| {
+            Accept {
                 name: e.name.clone(),
                 entity: e.entity.clone(),
                 attributes: e.attributes.clone(),
@@ -821,16 +1035,12 @@ impl Run<'_> {
                 idempotency_key: None,
                 // Each emitted event is a new hop of the caller's trace.
                 traceparent: trace::child_of(job.traceparent.as_deref()),
-            })
-            .collect();
-        let emitted = accept_many(&mut tx, account, accepts).await?;
+            }
+        }));
 
         // Webhooks: one delivery job each, with a key stable across its retries.
-        let hooks: Vec<NewJob> = self
-            .webhooks
-            .iter()
-            .enumerate()
-            .map(|(n, (url, src))| {
+        out.hooks
+            .extend(self.webhooks.iter().enumerate().map(|(n, (url, src))| {
                 let e = &self.events[*src];
                 let seq = seqs[*src];
                 let body = json!({
@@ -846,28 +1056,20 @@ impl Run<'_> {
                     "source_event_id": (*src != 0).then(|| seqs[e.source].to_string()),
                     "processed_at": now,
                 });
-                let mut hook = webhook::delivery_job(account, url, body, seq, n, retry, &self.key);
+                let mut hook = webhook::delivery_job(self.account, url, body, seq, n, retry, &self.key);
                 hook.traceparent = trace::child_of(job.traceparent.as_deref());
                 hook
-            })
-            .collect();
-        queue::enqueue_many(&mut tx, account, &hooks).await?;
+            }));
 
-        audit::write(&mut tx, account, &self.key, &self.audits, &seqs).await?;
-        let root = &self.events[0];
-        queue::complete_in(
-            &mut tx,
-            JobId(job.id.0),
-            job.attempt,
+        out.audits.extend(audit::rows(&self.key, &self.audits, seqs));
+        out.settle(
+            job,
             json!({
                 "status": root.status,
                 "inline_events": self.events.len() - 1,
-                "emitted": emitted.len(),
-                "webhooks": hooks.len(),
+                "emitted": self.emitted.len(),
+                "webhooks": self.webhooks.len(),
             }),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        );
     }
 }

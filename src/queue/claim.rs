@@ -116,57 +116,82 @@ pub async fn claim_one<'e>(
         .await?)
 }
 
-static CLAIM_NEXT_SQL: LazyLock<String> = LazyLock::new(|| {
+static CLAIM_FOLLOWING_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         r#"
         update job
         set {lease}
-        where job.id = (
-                select n.id
-                from job n
-                where n.account_id = $1
-                  and n.concurrency_key = $2
-                  and n.id > $3
-                  and n.state in ('available', 'scheduled', 'retryable')
-                  and (n.state <> 'scheduled' or n.run_at <= now())
-                order by n.id
-                limit 1
-            )
+        -- the ids as one array: index probes per key, whatever a fresh table's statistics make of a join
+        where job.id = any(array(
+                select r.id
+                from unnest($2::text[], $3::bigint[]) as k(concurrency_key, after)
+                cross join lateral (
+                    select w.id,
+                           -- the run ends at the first job this claim may not take: it waits, and so do the rest
+                           bool_and(w.kind = $4 and (w.version is null or w.version = $7) and w.run_at <= now())
+                               over (order by w.id) as takeable
+                    from job w
+                    where w.account_id = $1
+                      and w.concurrency_key = k.concurrency_key
+                      and w.id > k.after
+                      and w.state in ('available', 'scheduled', 'retryable')
+                      -- a future scheduled job does not block the ones after it
+                      and (w.state <> 'scheduled' or w.run_at <= now())
+                    order by w.id
+                    limit $8
+                ) r
+                where r.takeable
+            ))
+          -- checked again on the row as locked: a job cancelled meanwhile is left out
           and job.state in ('available', 'scheduled', 'retryable')
-          and job.run_at <= now()
-          and job.kind = $4
-          and (job.version is null or job.version = $7)
-          and {turn}
+          and not exists (
+              select 1 from queue_pause p where p.account_id = job.account_id and p.queue = job.queue
+          )
         returning {cols}
         "#,
-        turn = turn_has_come("job"),
         lease = lease("$6", "$5"),
         cols = returning()
     )
 });
 
-/// Claims the job that follows `after` in its concurrency key, if it is of `kind`, due, routed to `version` or to
-/// none, and nothing earlier of the key is unfinished (as seen by `exec`'s transaction). An executor that has just
-/// settled `after` in an open transaction uses it to run an entity's next events in the same transaction.
-pub async fn claim_next_in_key<'e>(
+/// For each job of `after` (all of one account, kind and version, each settled in `exec`'s open transaction),
+/// claims the run of jobs that follow it in its concurrency key: up to `per_key` of them in id order, up to the
+/// first that is not due, not of the same kind or routed to another version. Returned in id order.
+///
+/// This skips the earlier-unfinished-job rule of [`claim`] on purpose, for an executor that holds the keys' root
+/// entities locked in that transaction and has just settled `after` there: no one else can run the key until it
+/// commits (other claims see `after` unfinished), so its waiting jobs are the executor's to run in order. The one
+/// job the rule would put first, an earlier scheduled job that fell due meanwhile, runs right after the commit.
+pub async fn claim_following<'e>(
     exec: impl PgExecutor<'e>,
-    after: &Job,
+    after: &[Job],
+    per_key: i64,
     owner: &str,
     lease: Duration,
-) -> Result<Option<Job>> {
-    let Some(key) = after.concurrency_key.as_deref() else {
-        return Ok(None);
+) -> Result<Vec<Job>> {
+    let Some(first) = after.first() else {
+        return Ok(Vec::new());
     };
-    Ok(sqlx::query_as::<_, Job>(CLAIM_NEXT_SQL.as_str())
-        .bind(&after.account_id)
-        .bind(key)
-        .bind(after.id.0)
-        .bind(&after.kind)
+    let (keys, ids): (Vec<&str>, Vec<i64>) = after
+        .iter()
+        .filter_map(|j| j.concurrency_key.as_deref().map(|k| (k, j.id.0)))
+        .unzip();
+    if keys.is_empty() || per_key <= 0 {
+        return Ok(Vec::new());
+    }
+    let mut jobs = sqlx::query_as::<_, Job>(CLAIM_FOLLOWING_SQL.as_str())
+        .bind(&first.account_id)
+        .bind(&keys)
+        .bind(&ids)
+        .bind(&first.kind)
         .bind(owner)
         .bind(lease.as_secs_f64())
-        .bind(after.version.as_deref())
-        .fetch_optional(exec)
-        .await?)
+        .bind(first.version.as_deref())
+        .bind(per_key)
+        .fetch_all(exec)
+        .await?;
+    jobs.sort_by_key(|j| j.id);
+    Ok(jobs)
 }
 
 /// What a worker asks for in one claim.

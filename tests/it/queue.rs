@@ -162,6 +162,64 @@ async fn claim_one_takes_that_job_only_when_its_turn_has_come() {
         .is_some());
 }
 
+/// `claim_following` takes, per key, the run of jobs behind a settled one, in id order: a future scheduled job is
+/// passed over, the run stops at the first job of another kind (or not due), `per_key` bounds it, and a paused
+/// queue gives nothing.
+#[tokio::test]
+async fn claim_following_takes_the_run_behind_a_settled_job() {
+    let db = testkit::db().await;
+    let lease = Duration::from_secs(30);
+    let keyed = |k: &str| NewJob::new("noop", json!({})).concurrency_key(k);
+    let a = enqueue(&db.pool, keyed("K")).await;
+    let l1 = enqueue(&db.pool, keyed("L")).await;
+    let b = enqueue(&db.pool, keyed("K")).await;
+    let c = enqueue(&db.pool, keyed("K")).await;
+    let later = Utc::now() + chrono::Duration::hours(1);
+    let _future = enqueue(&db.pool, keyed("K").run_at(later)).await;
+    let e = enqueue(&db.pool, keyed("K")).await;
+    let _other_kind = enqueue(&db.pool, NewJob::new("sleep", json!({})).concurrency_key("K")).await;
+    let _after_it = enqueue(&db.pool, keyed("K")).await;
+    let l2 = enqueue(&db.pool, keyed("L")).await;
+
+    let first = claim_n(&db.pool, 10, lease).await;
+    let mut ids: Vec<JobId> = first.iter().map(|j| j.id).collect();
+    ids.sort();
+    assert_eq!(ids, vec![a.id, l1.id], "one job per key for a worker's claim");
+
+    let mut tx = db.pool.begin().await.unwrap();
+    let settled: Vec<Completion> = first.iter().map(|j| ok(j.id, j.attempt)).collect();
+    queue::complete_many(&mut *tx, &settled).await.unwrap();
+    let run = queue::claim_following(&mut *tx, &first, 10, "chain", lease)
+        .await
+        .unwrap();
+    assert_eq!(
+        run.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![b.id, c.id, e.id, l2.id],
+        "the runs behind a and l1, in id order"
+    );
+    assert!(run
+        .iter()
+        .all(|j| j.state == JobState::Running && j.attempt == 1 && j.lease_owner.as_deref() == Some("chain")));
+    tx.rollback().await.unwrap();
+
+    let mut tx = db.pool.begin().await.unwrap();
+    let run = queue::claim_following(&mut *tx, &first, 1, "chain", lease)
+        .await
+        .unwrap();
+    assert_eq!(
+        run.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![b.id, l2.id],
+        "one per key"
+    );
+    tx.rollback().await.unwrap();
+
+    queue::pause(&db.pool, &acct(), "default").await.unwrap();
+    let run = queue::claim_following(&db.pool, &first, 10, "chain", lease)
+        .await
+        .unwrap();
+    assert!(run.is_empty(), "a paused queue: {run:?}");
+}
+
 /// A claim only takes kinds the worker knows; the others wait.
 #[tokio::test]
 async fn claim_skips_unknown_kinds() {
