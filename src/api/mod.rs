@@ -5,7 +5,8 @@
 //!   the role `ordo_api` and sets `ordo.account_id`, so row-level security hides other accounts' rows even from a
 //!   query that forgets its filter;
 //! - workers are woken only after the transaction committed;
-//! - concurrent single-job enqueues of one account are group-committed (`enqueuer`), each still answered alone;
+//! - concurrent single-job enqueues and sync events of one account are group-committed (`enqueuer`,
+//!   [`crate::orchestration::SyncEvents`]), each still answered alone;
 //! - every error is an [`ApiError`](error::ApiError) rendered as problem JSON; bad input never yields a 500.
 //!
 //! Routes are registered from one table ([`routes`]), which the OpenAPI coverage test reads too.
@@ -121,23 +122,29 @@ struct Inner {
     keys: auth::KeyCache,
     metrics: PrometheusHandle,
     enqueuer: enqueuer::Enqueuer,
+    sync_events: crate::orchestration::SyncEvents,
     finished: queues::FinishedCache,
 }
 
 impl AppState {
     /// Builds the state; `waker` wakes workers after enqueues (may be [`Waker::disabled`]). Call inside a Tokio
-    /// runtime: it starts the enqueue dispatcher, which stops when the last clone is dropped.
+    /// runtime: it starts the group-commit dispatchers of enqueues and sync events, which stop when the last
+    /// clone is dropped.
     pub fn new(pool: PgPool, waker: Waker, settings: Settings) -> Self {
         let namespace = pool.connect_options().get_database().unwrap_or("ordo").to_owned();
         let limiter = rate_limit::RateLimiter::new(settings.rate_limit_rps, settings.redis_url.as_deref(), &namespace);
-        // Group-committed enqueues use at most half the pool; the rest serves everything else.
+        // Group-committed enqueues and sync events use at most a quarter of the pool each; the rest serves
+        // everything else.
         let flushes = enqueuer::FLUSHES
-            .min(pool.options().get_max_connections() as usize / 2)
+            .min(pool.options().get_max_connections() as usize / 4)
             .max(1);
         let enqueuer = enqueuer::Enqueuer::start(pool.clone(), waker.clone(), flushes);
+        let sync_events =
+            crate::orchestration::SyncEvents::start(crate::queue::Queue::new(pool.clone(), waker.clone()), flushes);
         AppState {
             inner: Arc::new(Inner {
                 enqueuer,
+                sync_events,
                 keys: auth::KeyCache::new(settings.key_cache_ttl),
                 pool,
                 waker,
@@ -174,6 +181,10 @@ impl AppState {
 
     pub(crate) fn enqueuer(&self) -> &enqueuer::Enqueuer {
         &self.inner.enqueuer
+    }
+
+    pub(crate) fn sync_events(&self) -> &crate::orchestration::SyncEvents {
+        &self.inner.sync_events
     }
 
     pub(crate) fn finished(&self) -> &queues::FinishedCache {

@@ -385,8 +385,12 @@ pub async fn send_event_sync(
         },
     };
     let e = parse_event(&body, &headers)?;
-    let out =
-        orchestration::send_event_sync(&queue(&tenant), &tenant.account, e, Duration::from_millis(timeout_ms)).await?;
+    let timeout = Duration::from_millis(timeout_ms);
+    let out = tenant
+        .state()
+        .sync_events()
+        .send(&queue(&tenant), &tenant.account, e, timeout)
+        .await?;
     Ok(json(StatusCode::OK, out))
 }
 

@@ -198,46 +198,77 @@ pub async fn get_entity<'e>(
     entity_type: &str,
     entity_ref: &str,
 ) -> Result<Entity> {
+    let key = EntityKey {
+        entity_type: entity_type.to_owned(),
+        entity_ref: entity_ref.to_owned(),
+    };
+    get_entities(exec, account, std::slice::from_ref(&key))
+        .await?
+        .pop()
+        .ok_or(Error::EntityNotFound(key))
+}
+
+/// Reads entities by key, each with the workflow version now in force for it; unknown keys are left out.
+pub(crate) async fn get_entities<'e>(
+    exec: impl PgExecutor<'e>,
+    account: &AccountId,
+    keys: &[EntityKey],
+) -> Result<Vec<Entity>> {
+    let types: Vec<&str> = keys.iter().map(|k| k.entity_type.as_str()).collect();
+    let refs: Vec<&str> = keys.iter().map(|k| k.entity_ref.as_str()).collect();
     #[allow(clippy::type_complexity)]
-    let row: Option<(String, String, Value, i32, i32, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
+    let rows: Vec<(
+        String,
+        String,
+        String,
+        String,
+        Value,
+        i32,
+        i32,
+        DateTime<Utc>,
+        DateTime<Utc>,
+    )> = sqlx::query_as(
         r#"
-        select e.subtype, e.status, e.attributes, e.workflow_major,
+        select k.type, k.ref, e.subtype, e.status, e.attributes, e.workflow_major,
                coalesce((select max(w.minor)
                          from workflow w
-                         where w.account_id = e.account_id
-                           and w.ref = e.type || '::' || e.subtype
+                         where w.account_id = $1
+                           and w.ref = k.type || '::' || e.subtype
                            and w.major = e.workflow_major), 0),
                e.created_at, e.updated_at
-        from entity e
-        where e.account_id = $1
-          and e.type = $2
-          and e.ref = $3
+        from unnest($2::text[], $3::text[]) as k(type, ref)
+        cross join lateral (
+            select e.subtype, e.status, e.attributes, e.workflow_major, e.created_at, e.updated_at
+            from entity e
+            where e.account_id = $1
+              and e.type = k.type
+              and e.ref = k.ref
+        ) e
         "#,
     )
     .bind(account.as_str())
-    .bind(entity_type)
-    .bind(entity_ref)
-    .fetch_optional(exec)
+    .bind(&types)
+    .bind(&refs)
+    .fetch_all(exec)
     .await?;
-    let Some((subtype, status, attributes, major, minor, created_at, updated_at)) = row else {
-        return Err(Error::EntityNotFound(EntityKey {
-            entity_type: entity_type.to_owned(),
-            entity_ref: entity_ref.to_owned(),
-        }));
-    };
-    Ok(Entity {
-        workflow: WorkflowPin {
-            reference: format!("{entity_type}::{subtype}"),
-            version: Version { major, minor },
-        },
-        entity_type: entity_type.to_owned(),
-        subtype,
-        entity_ref: entity_ref.to_owned(),
-        status,
-        attributes,
-        created_at,
-        updated_at,
-    })
+    Ok(rows
+        .into_iter()
+        .map(
+            |(entity_type, entity_ref, subtype, status, attributes, major, minor, created_at, updated_at)| Entity {
+                workflow: WorkflowPin {
+                    reference: format!("{entity_type}::{subtype}"),
+                    version: Version { major, minor },
+                },
+                entity_type,
+                subtype,
+                entity_ref,
+                status,
+                attributes,
+                created_at,
+                updated_at,
+            },
+        )
+        .collect())
 }
 
 /// What [`list_entities`] returns: entities whose type is `entity_type` (all types when `None`), whose ref starts

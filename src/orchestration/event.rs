@@ -539,15 +539,38 @@ struct JobEventRow {
 }
 
 /// Checks that the entity exists (events for unknown entities are refused at the door).
-async fn require_entity(conn: &mut PgConnection, account: &AccountId, entity: &EntityKey) -> Result<()> {
-    let found: Option<i32> =
-        sqlx::query_scalar("select 1 from entity where account_id = $1 and type = $2 and ref = $3")
-            .bind(account.as_str())
-            .bind(&entity.entity_type)
-            .bind(&entity.entity_ref)
-            .fetch_optional(&mut *conn)
-            .await?;
-    found.map(|_| ()).ok_or_else(|| Error::EntityNotFound(entity.clone()))
+/// Which of `entities` do not exist in the account, in one statement.
+async fn missing_entities(
+    conn: &mut PgConnection,
+    account: &AccountId,
+    entities: &[&EntityKey],
+) -> Result<std::collections::HashSet<EntityKey>> {
+    let types: Vec<&str> = entities.iter().map(|e| e.entity_type.as_str()).collect();
+    let refs: Vec<&str> = entities.iter().map(|e| e.entity_ref.as_str()).collect();
+    let found: Vec<(String, String)> = sqlx::query_as(
+        r#"
+        select k.type, k.ref
+        from unnest($2::text[], $3::text[]) as k(type, ref)
+        where exists (select 1 from entity e where e.account_id = $1 and e.type = k.type and e.ref = k.ref)
+        "#,
+    )
+    .bind(account.as_str())
+    .bind(&types)
+    .bind(&refs)
+    .fetch_all(&mut *conn)
+    .await?;
+    let found: std::collections::HashSet<EntityKey> = found
+        .into_iter()
+        .map(|(entity_type, entity_ref)| EntityKey {
+            entity_type,
+            entity_ref,
+        })
+        .collect();
+    Ok(entities
+        .iter()
+        .filter(|e| !found.contains(**e))
+        .map(|e| (*e).clone())
+        .collect())
 }
 
 /// Accepts an event (`POST /api/events`, answered 202): queued now, or scheduled for `scheduled_at`. Returns the
@@ -570,26 +593,62 @@ pub(crate) async fn accept_event(q: &Queue, account: &AccountId, event: NewEvent
 pub(crate) async fn accept_event_in(
     conn: &mut PgConnection,
     account: &AccountId,
-    mut event: NewEvent,
+    event: NewEvent,
 ) -> Result<(Event, bool, JobId)> {
-    event.validate()?;
-    require_entity(conn, account, &event.entity).await?;
-    let mut out = accept_many_jobs(
-        conn,
-        account,
-        vec![Accept {
-            name: event.name,
-            entity: event.entity,
-            attributes: event.attributes,
-            scheduled_at: event.scheduled_at,
+    accept_events_in(conn, account, vec![event])
+        .await?
+        .pop()
+        .ok_or_else(|| Error::Corrupt("accept returned nothing".into()))?
+}
+
+/// Accepts events inside the caller's transaction, with one statement per step for all of them; also returns
+/// their jobs. An invalid event or one for an unknown entity gets its error in its place and the others are
+/// accepted; an idempotency conflict fails the call (the transaction must then be rolled back).
+pub(crate) async fn accept_events_in(
+    conn: &mut PgConnection,
+    account: &AccountId,
+    mut events: Vec<NewEvent>,
+) -> Result<Vec<Result<(Event, bool, JobId)>>> {
+    let mut out: Vec<Option<Result<(Event, bool, JobId)>>> =
+        events.iter_mut().map(|e| e.validate().err().map(Err)).collect();
+    let valid: Vec<&EntityKey> = events
+        .iter()
+        .zip(&out)
+        .filter(|(_, o)| o.is_none())
+        .map(|(e, _)| &e.entity)
+        .collect();
+    let missing = if valid.is_empty() {
+        Default::default()
+    } else {
+        missing_entities(conn, account, &valid).await?
+    };
+    let mut accepts = Vec::new();
+    let mut slots = Vec::new();
+    for (i, e) in events.into_iter().enumerate() {
+        if out[i].is_some() {
+            continue;
+        }
+        if missing.contains(&e.entity) {
+            out[i] = Some(Err(Error::EntityNotFound(e.entity)));
+            continue;
+        }
+        slots.push(i);
+        accepts.push(Accept {
+            name: e.name,
+            entity: e.entity,
+            attributes: e.attributes,
+            scheduled_at: e.scheduled_at,
             source_event_id: None,
-            idempotency_key: event.idempotency_key,
-            traceparent: event.traceparent,
-        }],
-    )
-    .await?;
-    out.pop()
-        .ok_or_else(|| Error::Corrupt("accept returned nothing".into()))
+            idempotency_key: e.idempotency_key,
+            traceparent: e.traceparent,
+        });
+    }
+    for (i, accepted) in slots.into_iter().zip(accept_many_jobs(conn, account, accepts).await?) {
+        out[i] = Some(Ok(accepted));
+    }
+    out.into_iter()
+        .map(|o| o.ok_or_else(|| Error::Corrupt("an event was neither accepted nor refused".into())))
+        .collect()
 }
 
 fn parse_id(id: &str) -> Result<i64> {
@@ -600,16 +659,44 @@ fn parse_id(id: &str) -> Result<i64> {
 /// Reads one event or audit record.
 pub async fn get_event<'e>(exec: impl PgExecutor<'e>, account: &AccountId, id: &str) -> Result<Event> {
     let seq = parse_id(id)?;
-    let row: Option<EventRow> = sqlx::query_as(&format!(
-        "select {} from event where account_id = $1 and seq = $2",
+    get_events(exec, account, &[seq])
+        .await?
+        .pop()
+        .ok_or_else(|| Error::EventNotFound { id: id.to_owned() })
+}
+
+/// Reads events and audit records by seq, in seq order; seqs that do not exist are left out.
+pub(crate) async fn get_events<'e>(exec: impl PgExecutor<'e>, account: &AccountId, seqs: &[i64]) -> Result<Vec<Event>> {
+    let rows: Vec<EventRow> = sqlx::query_as(&format!(
+        "select {} from event where account_id = $1 and seq = any($2) order by seq",
         READ_COLUMNS.as_str()
     ))
     .bind(account.as_str())
-    .bind(seq)
-    .fetch_optional(exec)
+    .bind(seqs)
+    .fetch_all(exec)
     .await?;
-    row.ok_or_else(|| Error::EventNotFound { id: id.to_owned() })?
-        .try_into()
+    rows.into_iter().map(Event::try_from).collect()
+}
+
+/// The orchestration events that events `sources` emitted (inline, queued or scheduled), in seq order.
+pub(crate) async fn emitted_from<'e>(
+    exec: impl PgExecutor<'e>,
+    account: &AccountId,
+    sources: &[i64],
+) -> Result<Vec<Event>> {
+    let rows: Vec<EventRow> = sqlx::query_as(&format!(
+        // One index probe per source, whatever the statistics of a young table say.
+        "select e.* from unnest($2::bigint[]) as s(seq) \
+         cross join lateral (select {} from event \
+                             where account_id = $1 and source_event_id = s.seq and kind = 'orchestration') e \
+         order by e.seq",
+        READ_COLUMNS.as_str()
+    ))
+    .bind(account.as_str())
+    .bind(sources)
+    .fetch_all(exec)
+    .await?;
+    rows.into_iter().map(Event::try_from).collect()
 }
 
 /// Filters of an event listing (all optional; `from` defaults to 30 days ago).

@@ -89,11 +89,15 @@ impl EventExecutor {
         }
     }
 
-    /// Executes the event of a job this process has claimed, inside the transaction `conn` is in (a sync event
-    /// accepted and run in one transaction), so it commits with the caller's.
-    pub(crate) async fn execute_on(&self, conn: &mut PgConnection, job: &Job) -> Result<()> {
-        let account = AccountId::parse(&job.account_id).map_err(|e| Error::Corrupt(e.to_string()))?;
-        execute_batch(conn, &self.rules, &self.definitions, &account, vec![job.clone()], None).await
+    /// Executes the events of jobs this process has claimed (all of one account, in id order), inside the
+    /// transaction `conn` is in (sync events accepted and run in one transaction), so they commit with the
+    /// caller's. Returns whether they queued work for workers (emitted events, webhook deliveries).
+    pub(crate) async fn execute_on(&self, conn: &mut PgConnection, jobs: Vec<Job>) -> Result<bool> {
+        let Some(first) = jobs.first() else {
+            return Ok(false);
+        };
+        let account = AccountId::parse(&first.account_id).map_err(|e| Error::Corrupt(e.to_string()))?;
+        execute_batch(conn, &self.rules, &self.definitions, &account, jobs, None).await
     }
 
     /// The running batch dispatcher, started when none runs (the first attempt, or a new runtime).
@@ -247,7 +251,7 @@ async fn execute_pooled(
         execute_batch(&mut conn, rules, definitions, account, jobs, chain).await
     };
     match AssertUnwindSafe(run).catch_unwind().await {
-        Ok(Ok(())) => Ok(()),
+        Ok(Ok(_)) => Ok(()),
         Ok(Err(Error::Queue(queue::Error::LeaseLost { .. }))) => Err(BatchError::LeaseLost),
         Ok(Err(e)) => Err(BatchError::Other(e.to_string())),
         Err(panic) => Err(BatchError::Other(format!(
@@ -407,7 +411,8 @@ const CHAIN_LEASE: Duration = Duration::from_secs(30);
 /// and run in the same transaction ([`queue::claim_following`]), round after round, until none wait or the batch
 /// reaches [`BATCH_EVENTS_MAX`] events or [`CHAIN_BUDGET`]: one commit for a run of an entity's events, where the
 /// commit's flush would otherwise bound an entity's serial rate. Nothing is visible until it commits; a crash
-/// loses none of it (the claimed jobs' leases expire).
+/// loses none of it (the claimed jobs' leases expire). Returns whether the batch queued work for workers (emitted
+/// events, webhook deliveries).
 pub(crate) async fn execute_batch(
     conn: &mut PgConnection,
     rules: &RuleRegistry,
@@ -415,7 +420,7 @@ pub(crate) async fn execute_batch(
     account: &AccountId,
     jobs: Vec<Job>,
     chain: Option<&str>,
-) -> Result<()> {
+) -> Result<bool> {
     let started = Instant::now();
     let mut tx = conn.begin().await?;
     let mut batch = Batch {
@@ -455,9 +460,10 @@ pub(crate) async fn execute_batch(
         }
     }
     batch.out.complete(&mut tx).await?;
+    let queued = !batch.out.emitted.is_empty() || !batch.out.hooks.is_empty();
     batch.out.write(&mut tx, account, &batch.entities).await?;
     tx.commit().await?;
-    Ok(())
+    Ok(queued)
 }
 
 /// A batch's working state.

@@ -31,7 +31,7 @@ pub use event::{
 };
 pub use executor::{register, EventExecutor, EVENT_KIND, MAX_INLINE_EVENTS};
 pub use inventory::{get_position, InventoryPosition};
-pub use sync::{send_event_sync, SyncOutcome};
+pub use sync::{SyncEvents, SyncOutcome};
 pub use webhook::{WebhookDeliverer, WEBHOOK_KIND};
 pub use workflow::{get_workflow, list_workflows, put_workflow, validate_workflow, Version, Workflow};
 

@@ -1,24 +1,33 @@
 //! Sync events (`POST /api/events/sync`): accept the event like an async one, run it right here on the API node
 //! when it is its entity's turn, and answer with its outcome once the whole inline chain has run.
 //!
-//! The event is a queued job like any other: the API claims that one job ([`queue::claim_one`]), so it keeps its
+//! The event is a queued job like any other: the API claims that one job ([`queue::claim_ids`]), so it keeps its
 //! place in its entity's order (events of one root entity run one at a time, in `seq` order) and runs through the
 //! same executor as on a worker. When an earlier event of the entity is still pending or running, the call waits
 //! for the workers instead, and the event still completes when the caller's deadline passes first
 //! ([`Error::Timeout`], HTTP 504).
+//!
+//! Concurrent calls are group-committed ([`crate::group_commit`]): the events that arrive while earlier ones are
+//! being written are accepted, claimed and executed together, one statement per step and one commit for all of
+//! them. As far as a caller can tell each call is its own transaction: a shared transaction that fails is run
+//! again call by call, so one bad call answers for itself alone.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use ordo_workers::rules;
+use ordo_workers::rules::EntityKey;
 use serde::Serialize;
-use sqlx::{Connection, PgPool};
+use sqlx::{Connection, PgConnection};
+use tokio::sync::oneshot;
 
-use super::entity::{get_entity, Entity};
-use super::event::{accept_event_in, get_event, list_events, Event, EventFilter, EventKind, EventStatus, NewEvent};
+use super::entity::{get_entities, Entity};
+use super::event::{accept_events_in, emitted_from, get_event, get_events, Event, EventStatus, NewEvent};
 use super::executor::EventExecutor;
 use super::{Error, Result, QUEUE};
-use crate::queue::{self, Queue};
+use crate::group_commit::{GroupCommit, Limits};
+use crate::queue::{self, JobId, Queue};
 use crate::tenancy::AccountId;
 
 /// The API node's executor: the same rules as the workers', and its own cache of workflow definitions.
@@ -29,6 +38,79 @@ const INLINE_LEASE: Duration = Duration::from_secs(30);
 
 /// Lease owner recorded on events run inline, to tell them from a worker's.
 static OWNER: LazyLock<String> = LazyLock::new(|| format!("api:{}", std::process::id()));
+
+/// Most calls in one shared transaction.
+const MAX_BATCH: usize = 64;
+
+/// Calls that may wait for a transaction before callers feel back-pressure.
+const QUEUE_DEPTH: usize = 4096;
+
+/// Group commit of one API node's sync events; cheap to clone.
+#[derive(Clone)]
+pub struct SyncEvents {
+    commits: GroupCommit<Pending>,
+}
+
+/// A call waiting for its transaction, and where its accepted event goes.
+struct Pending {
+    account: AccountId,
+    event: NewEvent,
+    reply: oneshot::Sender<Result<Answer>>,
+}
+
+impl SyncEvents {
+    /// Starts the dispatcher on the current Tokio runtime, with at most `flushes` shared transactions at once on
+    /// `q`'s pool. It stops when the last clone is dropped.
+    pub fn start(q: Queue, flushes: usize) -> Self {
+        let limits = Limits {
+            max_batch: MAX_BATCH,
+            flushes,
+            depth: QUEUE_DEPTH,
+        };
+        let commits = GroupCommit::start(limits, move |batch: Vec<Pending>| {
+            let q = q.clone();
+            async move {
+                let mut by_account: HashMap<AccountId, Vec<Pending>> = HashMap::new();
+                for p in batch {
+                    by_account.entry(p.account.clone()).or_default().push(p);
+                }
+                for (account, pending) in by_account {
+                    flush(&q, &account, pending).await;
+                }
+            }
+        });
+        SyncEvents { commits }
+    }
+
+    /// Sends an event and waits up to `timeout` for its outcome.
+    pub async fn send(
+        &self,
+        q: &Queue,
+        account: &AccountId,
+        event: NewEvent,
+        timeout: Duration,
+    ) -> Result<SyncOutcome> {
+        let started = Instant::now();
+        let (reply, answer) = oneshot::channel();
+        let pending = Pending {
+            account: account.clone(),
+            event,
+            reply,
+        };
+        if self.commits.submit(pending).await.is_err() {
+            return Err(Error::Corrupt("the sync event dispatcher has stopped".to_owned()));
+        }
+        let answer = answer
+            .await
+            .map_err(|_| Error::Corrupt("the sync event dispatcher dropped a call".to_owned()))??;
+        let mut out = match answer {
+            Answer::Ran(out) => out,
+            Answer::Waits(accepted) => wait_for(q, account, accepted, started + timeout).await?,
+        };
+        out.duration_ms = started.elapsed().as_millis() as u64;
+        Ok(out)
+    }
+}
 
 /// The answer of a sync event.
 #[derive(Debug, Clone, Serialize)]
@@ -48,19 +130,18 @@ pub struct SyncOutcome {
     pub duration_ms: u64,
 }
 
-/// Sends an event and waits up to `timeout` for its outcome.
-pub async fn send_event_sync(
-    q: &Queue,
-    account: &AccountId,
-    event: NewEvent,
-    timeout: Duration,
-) -> Result<SyncOutcome> {
-    let started = Instant::now();
-    let deadline = started + timeout;
-    let accepted = accept_and_run(q.pool(), account, event).await?;
-    // Workers pick up what the execution emitted (or the event itself when it had to wait its turn).
-    q.waker().wake(QUEUE);
-    // Short waits first: an idle worker picks the event up within milliseconds of the wake-up.
+/// What a call's shared transaction gave it.
+enum Answer {
+    /// Its event ran in the transaction; the outcome as committed.
+    Ran(SyncOutcome),
+    /// Its event was accepted and waits for a worker (an earlier event of its entity is unfinished, or it is
+    /// scheduled, or an idempotent replay of an event still running).
+    Waits(Event),
+}
+
+/// Waits until an accepted event has run (polling, with short waits first: an idle worker picks an event up
+/// within milliseconds of the wake-up) and reads its outcome; [`Error::Timeout`] at `deadline`.
+async fn wait_for(q: &Queue, account: &AccountId, accepted: Event, deadline: Instant) -> Result<SyncOutcome> {
     let mut wait = Duration::from_millis(1);
     let done = loop {
         let e = get_event(q.pool(), account, &accepted.id).await?;
@@ -74,64 +155,138 @@ pub async fn send_event_sync(
         tokio::time::sleep(wait.min(deadline - now)).await;
         wait = (wait * 2).min(Duration::from_millis(25));
     };
-    let duration_ms = started.elapsed().as_millis() as u64;
-    let entity = get_entity(q.pool(), account, &done.entity.entity_type, &done.entity.entity_ref).await?;
-    let emitted = emitted_by(q, account, &done).await?;
-    Ok(SyncOutcome {
-        id: done.id,
-        status: done.status,
-        entity,
-        emitted,
-        error: done.error,
-        duration_ms,
-    })
-}
-
-/// Accepts the event and, when it is its entity's turn, claims and executes it in the same transaction: one
-/// commit for the whole call. Otherwise the event is only accepted, and waits for a worker. Returns the accepted
-/// event. (The API runs every handler as a task of its own, so a client that hangs up cannot cut this off.)
-async fn accept_and_run(pool: &PgPool, account: &AccountId, event: NewEvent) -> Result<Event> {
-    let mut conn = pool.acquire().await?;
-    let mut tx = conn.begin().await?;
-    let (accepted, replayed, job_id) = accept_event_in(&mut tx, account, event).await?;
-    if !replayed && accepted.status == EventStatus::Pending {
-        if let Some(job) = queue::claim_one(&mut *tx, account, job_id, &OWNER, INLINE_LEASE).await? {
-            // An error here rolls the whole call back: the event was not accepted, and the caller is told so.
-            INLINE.execute_on(&mut tx, &job).await?;
-        }
-    }
-    tx.commit().await?;
-    Ok(accepted)
-}
-
-/// Orchestration events emitted by `root`'s execution, following inline chains.
-async fn emitted_by(q: &Queue, account: &AccountId, root: &Event) -> Result<Vec<Event>> {
     let mut conn = q.pool().acquire().await?;
-    let mut out = Vec::new();
-    let mut frontier = vec![root.clone()];
-    while let Some(e) = frontier.pop() {
-        let filter = EventFilter {
-            kind: Some(EventKind::Orchestration),
-            source_event_id: Some(e.id.clone()),
-            from: Some(root.created_at - chrono::Duration::seconds(1)),
-            ..EventFilter::default()
-        };
-        let mut cursor = None;
-        loop {
-            let page = list_events(&mut conn, account, &filter, 1000, cursor.as_deref()).await?;
-            for child in page.items {
-                // Inline events ran in this execution and may have emitted more; queued ones belong to theirs.
-                if child.entity == root.entity && child.scheduled_at.is_none() {
-                    frontier.push(child.clone());
+    outcomes(&mut conn, account, vec![done])
+        .await?
+        .pop()
+        .ok_or_else(|| Error::Corrupt(format!("event {} vanished while it was read", accepted.id)))
+}
+
+/// Accepts one account's calls in one transaction, claims the events whose entity's turn it is, executes them
+/// together, commits once, and reads back what ran; then answers each call. When the shared transaction fails,
+/// each call runs again in a transaction of its own and gets its own answer.
+async fn flush(q: &Queue, account: &AccountId, pending: Vec<Pending>) {
+    let (events, replies): (Vec<NewEvent>, Vec<_>) = pending.into_iter().map(|p| (p.event, p.reply)).unzip();
+    if events.len() > 1 {
+        match accept_and_run(q, account, events.clone()).await {
+            Ok(answers) => {
+                for (reply, answer) in replies.into_iter().zip(answers) {
+                    let _ = reply.send(answer);
                 }
-                out.push(child);
+                return;
             }
-            match page.next_cursor {
-                Some(c) => cursor = Some(c),
-                None => break,
-            }
+            Err(e) => tracing::debug!(calls = events.len(), error = %e, "shared sync transaction failed; one by one"),
         }
     }
-    out.sort_by_key(|e| e.seq);
-    Ok(out)
+    for (event, reply) in events.into_iter().zip(replies) {
+        let answer = match accept_and_run(q, account, vec![event]).await {
+            Ok(mut answers) => answers
+                .pop()
+                .unwrap_or_else(|| Err(Error::Corrupt("no answer for a sync event".to_owned()))),
+            Err(e) => Err(e),
+        };
+        let _ = reply.send(answer);
+    }
+}
+
+/// Accepts `events` and, for each whose entity's turn it is, claims and executes it in the same transaction: one
+/// commit for the lot. The others are only accepted, and wait for a worker. Returns each call's answer (or why it
+/// was refused), in order. An error of the transaction itself rolls everything back: nothing was accepted. (The
+/// flush runs as a task of its own, so a client that hangs up cannot cut this off.)
+async fn accept_and_run(q: &Queue, account: &AccountId, events: Vec<NewEvent>) -> Result<Vec<Result<Answer>>> {
+    let mut conn = q.pool().acquire().await?;
+    let mut tx = conn.begin().await?;
+    let accepted = accept_events_in(&mut tx, account, events).await?;
+    let runnable: Vec<JobId> = accepted
+        .iter()
+        .flatten()
+        .filter(|(event, replayed, _)| !replayed && event.status == EventStatus::Pending)
+        .map(|(_, _, job)| *job)
+        .collect();
+    let jobs = queue::claim_ids(&mut *tx, account, &runnable, &OWNER, INLINE_LEASE).await?;
+    let ran: HashSet<JobId> = jobs.iter().map(|j| j.id).collect();
+    let queued = !jobs.is_empty() && INLINE.execute_on(&mut tx, jobs).await?;
+    tx.commit().await?;
+    if queued || accepted.iter().flatten().any(|(_, _, job)| !ran.contains(job)) {
+        // Workers pick up what the executions emitted, and the events that wait for them.
+        q.waker().wake(QUEUE);
+    }
+
+    let seqs: Vec<i64> = accepted
+        .iter()
+        .flatten()
+        .filter(|(_, _, job)| ran.contains(job))
+        .map(|(event, _, _)| event.seq)
+        .collect();
+    // Read back after the commit; should that fail, the calls read their outcome themselves.
+    let read = async {
+        let roots = get_events(&mut *conn, account, &seqs).await?;
+        outcomes(&mut conn, account, roots).await
+    };
+    let mut ran_out: HashMap<String, SyncOutcome> = match read.await {
+        Ok(outs) => outs.into_iter().map(|o| (o.id.clone(), o)).collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "reading sync outcomes back failed; each call reads its own");
+            HashMap::new()
+        }
+    };
+    Ok(accepted
+        .into_iter()
+        .map(|a| {
+            a.map(|(event, _, _)| match ran_out.remove(&event.id) {
+                Some(out) => Answer::Ran(out),
+                None => Answer::Waits(event),
+            })
+        })
+        .collect())
+}
+
+/// The outcomes of finished events `roots`: each with its entity as it is now and the events its execution
+/// emitted (following inline chains), with one statement per step for all of them.
+async fn outcomes(conn: &mut PgConnection, account: &AccountId, roots: Vec<Event>) -> Result<Vec<SyncOutcome>> {
+    let keys: Vec<EntityKey> = roots.iter().map(|r| r.entity.clone()).collect();
+    let entities: HashMap<EntityKey, Entity> = get_entities(&mut *conn, account, &keys)
+        .await?
+        .into_iter()
+        .map(|e| (e.key(), e))
+        .collect();
+    // Breadth first from the roots: inline events ran in the same execution and may have emitted more; queued
+    // and scheduled ones belong to executions of their own.
+    let mut root_of: HashMap<i64, usize> = roots.iter().enumerate().map(|(i, r)| (r.seq, i)).collect();
+    let mut emitted: Vec<Vec<Event>> = vec![Vec::new(); roots.len()];
+    let mut frontier: Vec<i64> = roots.iter().map(|r| r.seq).collect();
+    while !frontier.is_empty() {
+        let children = emitted_from(&mut *conn, account, &frontier).await?;
+        frontier.clear();
+        for child in children {
+            let source = child.source_event_id.as_deref().and_then(|s| s.parse::<i64>().ok());
+            let Some(&root) = source.and_then(|s| root_of.get(&s)) else {
+                continue;
+            };
+            if child.entity == roots[root].entity && child.scheduled_at.is_none() {
+                root_of.insert(child.seq, root);
+                frontier.push(child.seq);
+            }
+            emitted[root].push(child);
+        }
+    }
+    roots
+        .into_iter()
+        .zip(emitted)
+        .map(|(root, mut emitted)| {
+            emitted.sort_by_key(|e| e.seq);
+            let entity = entities
+                .get(&root.entity)
+                .cloned()
+                .ok_or_else(|| Error::EntityNotFound(root.entity.clone()))?;
+            Ok(SyncOutcome {
+                id: root.id,
+                status: root.status,
+                entity,
+                emitted,
+                error: root.error,
+                duration_ms: 0,
+            })
+        })
+        .collect()
 }

@@ -79,12 +79,12 @@ static CLAIM_SQL: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-static CLAIM_ONE_SQL: LazyLock<String> = LazyLock::new(|| {
+static CLAIM_IDS_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         r#"
         update job
         set {lease}
-        where job.id = $1
+        where job.id = any($1)
           and job.account_id = $2
           and job.state in ('available', 'scheduled', 'retryable')
           and job.run_at <= now()
@@ -97,23 +97,30 @@ static CLAIM_ONE_SQL: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// Claims one specific job of `account` for `owner` (the API node running a sync event inline), under the same
+/// Claims these jobs of `account` for `owner` (the API node running sync events inline), each under the same
 /// rules as [`claim`] but for routing: it must be due, its queue not paused, and no earlier unfinished job of its
-/// concurrency key may exist. `None` when a worker has it already or it must wait its turn.
-pub async fn claim_one<'e>(
+/// concurrency key may exist (so of two jobs of one key asked for together, only the first is taken). Jobs a worker
+/// has already, or that must wait their turn, are left out. Returned in id order.
+pub async fn claim_ids<'e>(
     exec: impl PgExecutor<'e>,
     account: &AccountId,
-    id: JobId,
+    ids: &[JobId],
     owner: &str,
     lease: Duration,
-) -> Result<Option<Job>> {
-    Ok(sqlx::query_as::<_, Job>(CLAIM_ONE_SQL.as_str())
-        .bind(id.0)
+) -> Result<Vec<Job>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<i64> = ids.iter().map(|id| id.0).collect();
+    let mut jobs = sqlx::query_as::<_, Job>(CLAIM_IDS_SQL.as_str())
+        .bind(&ids)
         .bind(account.as_str())
         .bind(owner)
         .bind(lease.as_secs_f64())
-        .fetch_optional(exec)
-        .await?)
+        .fetch_all(exec)
+        .await?;
+    jobs.sort_by_key(|j| j.id);
+    Ok(jobs)
 }
 
 static CLAIM_FOLLOWING_SQL: LazyLock<String> = LazyLock::new(|| {

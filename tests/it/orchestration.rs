@@ -7,7 +7,7 @@ use std::time::Duration;
 use hmac::{Hmac, Mac};
 use ordo::orchestration::{
     self, cancel_event, create_entity, get_entity, get_event, get_position, list_events, put_workflow, replay_event,
-    send_event, Error, Event, EventFilter, EventKind, EventStatus, NewEntity, NewEvent,
+    send_event, Error, Event, EventFilter, EventKind, EventStatus, NewEntity, NewEvent, SyncEvents,
 };
 use ordo::queue::Queue;
 use ordo::tenancy::{self, AccountId};
@@ -816,14 +816,16 @@ async fn sync_event_answers_with_outcome() {
         .await
         .unwrap();
     let w = start_worker(&db.pool, fast_config());
-    let out = orchestration::send_event_sync(
-        &q,
-        &acct(),
-        NewEvent::new("Chain", "T", "e").attributes(json!({"go": true})),
-        Duration::from_secs(20),
-    )
-    .await
-    .unwrap();
+    let sync = SyncEvents::start(q.clone(), 4);
+    let out = sync
+        .send(
+            &q,
+            &acct(),
+            NewEvent::new("Chain", "T", "e").attributes(json!({"go": true})),
+            Duration::from_secs(20),
+        )
+        .await
+        .unwrap();
     assert_eq!(out.status, EventStatus::Success);
     assert_eq!(out.entity.status, "B");
     assert_eq!(out.emitted.len(), 1);
@@ -831,7 +833,8 @@ async fn sync_event_answers_with_outcome() {
     w.stop().await;
 
     // With no worker at all, the API node runs the event itself.
-    let inline = orchestration::send_event_sync(&q, &acct(), NewEvent::new("Go", "T", "e"), Duration::from_secs(20))
+    let inline = sync
+        .send(&q, &acct(), NewEvent::new("Go", "T", "e"), Duration::from_secs(20))
         .await
         .unwrap();
     assert_ne!(inline.status, EventStatus::Pending);
@@ -848,7 +851,8 @@ async fn sync_event_answers_with_outcome() {
 
     // Inline, a failing rule still rolls back everything of the execution (the event is accepted and failed, with
     // its audit), and an exception ruleset still handles a failure.
-    let boom = orchestration::send_event_sync(&q, &acct(), NewEvent::new("Boom", "T", "e"), Duration::from_secs(20))
+    let boom = sync
+        .send(&q, &acct(), NewEvent::new("Boom", "T", "e"), Duration::from_secs(20))
         .await
         .unwrap();
     assert_eq!(boom.status, EventStatus::Failed);
@@ -873,14 +877,15 @@ async fn sync_event_answers_with_outcome() {
     )
     .await;
     assert!(audit.iter().any(|a| a.status == EventStatus::Failed), "{audit:?}");
-    let risky = orchestration::send_event_sync(
-        &q,
-        &acct(),
-        NewEvent::new("Risky", "T", "e").attributes(json!({"why": "inline"})),
-        Duration::from_secs(20),
-    )
-    .await
-    .unwrap();
+    let risky = sync
+        .send(
+            &q,
+            &acct(),
+            NewEvent::new("Risky", "T", "e").attributes(json!({"why": "inline"})),
+            Duration::from_secs(20),
+        )
+        .await
+        .unwrap();
     assert_eq!(risky.status, EventStatus::Success);
     assert_eq!(risky.entity.attributes["handled"], "inline");
     assert_eq!(risky.entity.attributes.get("x"), None);
@@ -888,8 +893,9 @@ async fn sync_event_answers_with_outcome() {
     // An earlier event of the entity still waits for a worker: the sync event must not overtake it, so it waits
     // too, past its deadline, and stays queued.
     let earlier = send(&q, "Go", "T", "e", json!({})).await;
-    let r =
-        orchestration::send_event_sync(&q, &acct(), NewEvent::new("Go", "T", "e"), Duration::from_millis(200)).await;
+    let r = sync
+        .send(&q, &acct(), NewEvent::new("Go", "T", "e"), Duration::from_millis(200))
+        .await;
     let Err(Error::Timeout { event_id }) = r else {
         panic!("expected a timeout, got {r:?}");
     };
@@ -898,6 +904,96 @@ async fn sync_event_answers_with_outcome() {
     let second = wait_final(&db.pool, &event_id).await;
     assert!(first.processed_at <= second.processed_at, "run in acceptance order");
     w.stop().await;
+}
+
+/// Concurrent sync calls share transactions (group commit) yet answer alone: each runs on its own entity, an
+/// unknown entity is a 404 and an invalid event a 422 for that call only, an idempotency key reused with another
+/// event is a conflict for that call only, and an exception path still runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_sync_events_share_transactions_and_answer_alone() {
+    let db = testkit::db().await;
+    let q = queue(&db.pool);
+    put(&db.pool, "T::X", test_workflow(), false).await;
+    let w = start_worker(&db.pool, fast_config());
+    for i in 0..50 {
+        let (_, create) = create_entity(&q, &acct(), NewEntity::new("T", "X", format!("c-{i}")).status("A"))
+            .await
+            .unwrap();
+        wait_final(&db.pool, &create.id).await;
+    }
+    w.stop().await;
+    let sync = SyncEvents::start(q.clone(), 2);
+    /// Sends the calls at once (released together) and returns their answers in order.
+    async fn at_once(
+        sync: &SyncEvents,
+        q: &Queue,
+        calls: Vec<NewEvent>,
+    ) -> Vec<orchestration::Result<orchestration::SyncOutcome>> {
+        let barrier = Arc::new(tokio::sync::Barrier::new(calls.len()));
+        let tasks: Vec<_> = calls
+            .into_iter()
+            .map(|event| {
+                let (sync, q, barrier) = (sync.clone(), q.clone(), barrier.clone());
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    sync.send(&q, &acct(), event, Duration::from_secs(20)).await
+                })
+            })
+            .collect();
+        let mut answers = Vec::new();
+        for t in tasks {
+            answers.push(t.await.unwrap());
+        }
+        answers
+    }
+
+    // 40 calls on 40 entities, with no worker: all run on the API node, in fewer transactions than calls.
+    let calls = (0..40).map(|i| NewEvent::new("Go", "T", format!("c-{i}"))).collect();
+    for (i, a) in at_once(&sync, &q, calls).await.iter().enumerate() {
+        let out = a.as_ref().unwrap_or_else(|e| panic!("call {i}: {e}"));
+        assert_eq!(
+            (out.status, out.entity.status.as_str()),
+            (EventStatus::Success, "B"),
+            "call {i}"
+        );
+        assert_eq!(out.entity.entity_ref, format!("c-{i}"));
+    }
+    let commits: i64 = sqlx::query_scalar("select count(distinct xmin::text) from event where name = 'Go'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert!(
+        commits < 40,
+        "40 calls committed in {commits} transactions: no group commit"
+    );
+
+    // Bad calls among good ones answer for themselves.
+    let mut first = NewEvent::new("Go", "T", "c-40");
+    first.idempotency_key = Some("k".into());
+    send_event(&q, &acct(), first).await.unwrap();
+    let mut conflict = NewEvent::new("Go", "T", "c-41");
+    conflict.idempotency_key = Some("k".into());
+    let mut calls: Vec<NewEvent> = (42..50).map(|i| NewEvent::new("Go", "T", format!("c-{i}"))).collect();
+    calls.insert(2, conflict);
+    calls.insert(4, NewEvent::new("Go", "T", "nobody"));
+    calls.insert(6, NewEvent::new("", "T", "c-42"));
+    calls.push(NewEvent::new("Risky", "T", "c-41").attributes(json!({"why": "shared"})));
+    let mut answers = at_once(&sync, &q, calls).await;
+    let risky = answers.pop().unwrap().unwrap();
+    assert_eq!(
+        (risky.status, &risky.entity.attributes["handled"]),
+        (EventStatus::Success, &json!("shared"))
+    );
+    assert!(matches!(answers.remove(6), Err(Error::Invalid(_))));
+    assert!(matches!(answers.remove(4), Err(Error::EntityNotFound(_))));
+    assert!(matches!(answers.remove(2), Err(Error::IdempotencyConflict { .. })));
+    for (i, a) in answers.iter().enumerate() {
+        let out = a.as_ref().unwrap_or_else(|e| panic!("call on c-{}: {e}", i + 42));
+        assert_eq!(
+            (out.status, out.entity.entity_ref.as_str()),
+            (EventStatus::Success, format!("c-{}", i + 42).as_str())
+        );
+    }
 }
 
 /// A failed delivery is retried with the same idempotency key and a fresh signature; every attempt is an audit

@@ -90,76 +90,53 @@ async fn claim_leases_job_and_hides_it_from_other_claims() {
     assert!(j.finished_at.is_some());
 }
 
-/// `claim_one` takes exactly the job asked for, once, and only when a worker could take it: not while an earlier
-/// job of its concurrency key is unfinished, not before its time, not while its queue is paused, not for another
-/// account.
+/// `claim_ids` takes exactly the jobs asked for, once, and only when a worker could take them: not while an
+/// earlier job of their concurrency key is unfinished (asked for together, only the first of a key), not before
+/// their time, not while their queue is paused, not for another account.
 #[tokio::test]
-async fn claim_one_takes_that_job_only_when_its_turn_has_come() {
+async fn claim_ids_takes_those_jobs_only_when_their_turn_has_come() {
     let db = testkit::db().await;
     let lease = Duration::from_secs(30);
     let first = enqueue(&db.pool, NewJob::new("noop", json!({"n": 1})).concurrency_key("K")).await;
     let second = enqueue(&db.pool, NewJob::new("noop", json!({"n": 2})).concurrency_key("K")).await;
+    let loose = enqueue(&db.pool, NewJob::new("noop", json!({"n": 3}))).await;
     let other = AccountId::parse("other").unwrap();
-    assert!(queue::claim_one(&db.pool, &other, first.id, "api", lease)
-        .await
-        .unwrap()
-        .is_none());
+    let claim = |account: AccountId, ids: Vec<JobId>| {
+        let pool = db.pool.clone();
+        async move { queue::claim_ids(&pool, &account, &ids, "api", lease).await.unwrap() }
+    };
+    assert!(claim(other, vec![first.id]).await.is_empty());
     assert!(
-        queue::claim_one(&db.pool, &acct(), second.id, "api", lease)
-            .await
-            .unwrap()
-            .is_none(),
+        claim(acct(), vec![second.id]).await.is_empty(),
         "an earlier job of the key waits"
     );
-    let got = queue::claim_one(&db.pool, &acct(), first.id, "api", lease)
-        .await
-        .unwrap()
-        .expect("claimed");
-    assert_eq!((got.id, got.state, got.attempt), (first.id, JobState::Running, 1));
-    assert_eq!(got.lease_owner.as_deref(), Some("api"));
-    assert!(
-        queue::claim_one(&db.pool, &acct(), first.id, "api", lease)
-            .await
-            .unwrap()
-            .is_none(),
-        "only once"
+    let got = claim(acct(), vec![second.id, loose.id, first.id]).await;
+    assert_eq!(
+        got.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![first.id, loose.id],
+        "the first of the key, not the second"
     );
+    assert_eq!((got[0].state, got[0].attempt), (JobState::Running, 1));
+    assert_eq!(got[0].lease_owner.as_deref(), Some("api"));
+    assert!(claim(acct(), vec![first.id]).await.is_empty(), "only once");
     assert!(
         claim_n(&db.pool, 10, lease).await.is_empty(),
         "workers see neither while the first runs"
     );
     queue::complete_many(&db.pool, &[ok(first.id, 1)]).await.unwrap();
-    assert!(queue::claim_one(&db.pool, &acct(), second.id, "api", lease)
-        .await
-        .unwrap()
-        .is_some());
+    assert_eq!(claim(acct(), vec![second.id]).await.len(), 1);
 
     let later = enqueue(
         &db.pool,
         NewJob::new("noop", json!({})).run_at(Utc::now() + chrono::Duration::hours(1)),
     )
     .await;
-    assert!(
-        queue::claim_one(&db.pool, &acct(), later.id, "api", lease)
-            .await
-            .unwrap()
-            .is_none(),
-        "not yet due"
-    );
+    assert!(claim(acct(), vec![later.id]).await.is_empty(), "not yet due");
     queue::pause(&db.pool, &acct(), "default").await.unwrap();
     let paused = enqueue(&db.pool, NewJob::new("noop", json!({}))).await;
-    assert!(
-        queue::claim_one(&db.pool, &acct(), paused.id, "api", lease)
-            .await
-            .unwrap()
-            .is_none(),
-        "paused"
-    );
+    assert!(claim(acct(), vec![paused.id]).await.is_empty(), "paused");
     queue::resume(&db.pool, &acct(), "default").await.unwrap();
-    assert!(queue::claim_one(&db.pool, &acct(), paused.id, "api", lease)
-        .await
-        .unwrap()
-        .is_some());
+    assert_eq!(claim(acct(), vec![paused.id]).await.len(), 1);
 }
 
 /// `claim_following` takes, per key, the run of jobs behind a settled one, in id order: a future scheduled job is
