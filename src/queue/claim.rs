@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use sqlx::PgExecutor;
 
-use super::types::JOB_COLUMNS;
+use super::types::{JOB_COLUMNS, WAITING_BY_ID};
 use super::{Job, JobId, Result};
 use crate::tenancy::AccountId;
 
@@ -86,13 +86,14 @@ static CLAIM_IDS_SQL: LazyLock<String> = LazyLock::new(|| {
         set {lease}
         where job.id = any($1)
           and job.account_id = $2
-          and job.state in ('available', 'scheduled', 'retryable')
+          and {waiting}
           and job.run_at <= now()
           and {turn}
         returning {cols}
         "#,
         turn = turn_has_come("job"),
         lease = lease("$4", "$3"),
+        waiting = WAITING_BY_ID,
         cols = returning()
     )
 });
@@ -123,59 +124,60 @@ pub async fn claim_ids<'e>(
     Ok(jobs)
 }
 
-static CLAIM_FOLLOWING_SQL: LazyLock<String> = LazyLock::new(|| {
+static LOCK_FOLLOWING_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         r#"
-        update job
-        set {lease}
+        select {cols}
+        from job
         -- the ids as one array: index probes per key, whatever a fresh table's statistics make of a join
         where job.id = any(array(
                 select r.id
                 from unnest($2::text[], $3::bigint[]) as k(concurrency_key, after)
                 cross join lateral (
                     select w.id,
-                           -- the run ends at the first job this claim may not take: it waits, and so do the rest
-                           bool_and(w.kind = $4 and (w.version is null or w.version = $7) and w.run_at <= now())
+                           -- the run ends at the first job this call may not take: it waits, and so do the rest
+                           bool_and(w.state <> 'running' and w.kind = $4 and (w.version is null or w.version = $5)
+                                    -- due by now, not by the start of the transaction: it may have run a while
+                                    and w.run_at <= statement_timestamp())
                                over (order by w.id) as takeable
                     from job w
                     where w.account_id = $1
                       and w.concurrency_key = k.concurrency_key
                       and w.id > k.after
-                      and w.state in ('available', 'scheduled', 'retryable')
+                      -- the states of the key index, so that it serves the scan in id order: the claim index has
+                      -- no key, and a plan that filters it by key reads every waiting job of the queue
+                      and w.state in ('available', 'scheduled', 'retryable', 'running')
                       -- a future scheduled job does not block the ones after it
-                      and (w.state <> 'scheduled' or w.run_at <= now())
+                      and (w.state <> 'scheduled' or w.run_at <= statement_timestamp())
                     order by w.id
-                    limit $8
+                    limit $6
                 ) r
                 where r.takeable
             ))
           -- checked again on the row as locked: a job cancelled meanwhile is left out
-          and job.state in ('available', 'scheduled', 'retryable')
+          and {waiting}
           and not exists (
               select 1 from queue_pause p where p.account_id = job.account_id and p.queue = job.queue
           )
-        returning {cols}
+        order by job.id
+        for update of job
         "#,
-        lease = lease("$6", "$5"),
+        waiting = WAITING_BY_ID,
         cols = returning()
     )
 });
 
-/// For each job of `after` (all of one account, kind and version, each settled in `exec`'s open transaction),
-/// claims the run of jobs that follow it in its concurrency key: up to `per_key` of them in id order, up to the
-/// first that is not due, not of the same kind or routed to another version. Returned in id order.
+/// For each job of `after` (all of one account, kind and version, each run in `exec`'s open transaction), locks
+/// the run of jobs that follow it in its concurrency key: up to `per_key` of them in id order, up to the first
+/// that is not due, not of the same kind or routed to another version. The jobs stay as they are (no attempt is
+/// taken); the caller runs them in that transaction and settles them with [`super::complete_locked`], so each
+/// costs one new row version instead of two. Returned in id order.
 ///
 /// This skips the earlier-unfinished-job rule of [`claim`] on purpose, for an executor that holds the keys' root
-/// entities locked in that transaction and has just settled `after` there: no one else can run the key until it
-/// commits (other claims see `after` unfinished), so its waiting jobs are the executor's to run in order. The one
-/// job the rule would put first, an earlier scheduled job that fell due meanwhile, runs right after the commit.
-pub async fn claim_following<'e>(
-    exec: impl PgExecutor<'e>,
-    after: &[Job],
-    per_key: i64,
-    owner: &str,
-    lease: Duration,
-) -> Result<Vec<Job>> {
+/// entities locked in that transaction and has run `after` there: no one else can run the key until it commits
+/// (other claims see `after` unfinished), so its waiting jobs are the executor's to run in order. The one job the
+/// rule would put first, an earlier scheduled job that fell due meanwhile, runs right after the commit.
+pub async fn lock_following<'e>(exec: impl PgExecutor<'e>, after: &[Job], per_key: i64) -> Result<Vec<Job>> {
     let Some(first) = after.first() else {
         return Ok(Vec::new());
     };
@@ -186,19 +188,15 @@ pub async fn claim_following<'e>(
     if keys.is_empty() || per_key <= 0 {
         return Ok(Vec::new());
     }
-    let mut jobs = sqlx::query_as::<_, Job>(CLAIM_FOLLOWING_SQL.as_str())
+    Ok(sqlx::query_as::<_, Job>(LOCK_FOLLOWING_SQL.as_str())
         .bind(&first.account_id)
         .bind(&keys)
         .bind(&ids)
         .bind(&first.kind)
-        .bind(owner)
-        .bind(lease.as_secs_f64())
         .bind(first.version.as_deref())
         .bind(per_key)
         .fetch_all(exec)
-        .await?;
-    jobs.sort_by_key(|j| j.id);
-    Ok(jobs)
+        .await?)
 }
 
 /// What a worker asks for in one claim.

@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::{PgConnection, PgExecutor};
 
+use super::types::WAITING_BY_ID;
 use super::{Error, JobId, Result};
 
 /// A successful attempt.
@@ -97,6 +98,41 @@ pub async fn complete_many<'e>(exec: impl PgExecutor<'e>, items: &[Completion]) 
     .bind(&ids)
     .bind(&attempts)
     .bind(&results)
+    .fetch_all(exec)
+    .await?;
+    Ok(to_ids(rows))
+}
+
+/// Completes jobs that the caller's transaction holds locked without a lease ([`super::lock_following`]): each
+/// takes its attempt and finishes at once, with `owner` recorded as the lease owner that ran it. Returns the ids
+/// completed; a job no longer waiting is left out.
+pub async fn complete_locked<'e>(exec: impl PgExecutor<'e>, items: &[Completion], owner: &str) -> Result<Vec<JobId>> {
+    if items.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<i64> = items.iter().map(|c| c.id.0).collect();
+    let results: Vec<Option<&Value>> = items
+        .iter()
+        .map(|c| (!c.result.is_null()).then_some(&c.result))
+        .collect();
+    let rows: Vec<i64> = sqlx::query_scalar(&format!(
+        r#"
+        update job
+        set state = 'completed',
+            attempt = job.attempt + 1,
+            started_at = now(),
+            finished_at = now(),
+            result = ($2::jsonb[])[r.ord],
+            lease_owner = $3
+        from unnest($1::bigint[]) with ordinality as r(id, ord)
+        where job.id = r.id
+          and {WAITING_BY_ID}
+        returning job.id
+        "#
+    ))
+    .bind(&ids)
+    .bind(&results)
+    .bind(owner)
     .fetch_all(exec)
     .await?;
     Ok(to_ids(rows))

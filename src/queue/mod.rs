@@ -22,10 +22,10 @@ mod types;
 
 pub use admin::{cancel, get, get_many, list, pause, resume, retry, JobFilter};
 pub use backoff::{backoff, RetryPolicy};
-pub use claim::{claim, claim_following, claim_ids, ClaimRequest};
+pub use claim::{claim, claim_ids, lock_following, ClaimRequest};
 pub use complete::{
-    cancel_running, complete_in, complete_many, fail_many, hand_back, heartbeat, snooze_many, Completion, Failure,
-    Snooze,
+    cancel_running, complete_in, complete_locked, complete_many, fail_many, hand_back, heartbeat, snooze_many,
+    Completion, Failure, Snooze,
 };
 pub use enqueue::{enqueue, enqueue_many, fingerprint, EnqueueOutcome, Enqueued};
 pub use maintenance::{

@@ -187,6 +187,12 @@ pub struct Job {
 }
 
 /// Columns of [`Job`], in one place so every `returning` clause agrees.
+/// A waiting job (`available`, `scheduled` or `retryable`), for statements that find jobs by id: said by the states
+/// it is not, so that the planner cannot use the claim index (whose predicate is those three states) for them.
+/// That index holds every waiting job of a queue; on statistics taken while it was nearly empty, a lookup of a few
+/// ids through it read all of them.
+pub(crate) const WAITING_BY_ID: &str = "job.state not in ('running', 'completed', 'discarded', 'cancelled')";
+
 pub(crate) const JOB_COLUMNS: &str = "id, account_id, queue, kind, args, state, priority, attempt, max_attempts, \
     run_at, created_at, started_at, finished_at, result, errors, idempotency_key, concurrency_key, pool, version, \
     timeout_ms, traceparent, lease_owner, leased_until";

@@ -139,11 +139,11 @@ async fn claim_ids_takes_those_jobs_only_when_their_turn_has_come() {
     assert_eq!(claim(acct(), vec![paused.id]).await.len(), 1);
 }
 
-/// `claim_following` takes, per key, the run of jobs behind a settled one, in id order: a future scheduled job is
+/// `lock_following` locks, per key, the run of jobs behind a running one, in id order: a future scheduled job is
 /// passed over, the run stops at the first job of another kind (or not due), `per_key` bounds it, and a paused
-/// queue gives nothing.
+/// queue gives nothing. `complete_locked` then completes them with their attempt taken, in the owner's name.
 #[tokio::test]
-async fn claim_following_takes_the_run_behind_a_settled_job() {
+async fn lock_following_takes_the_run_behind_a_job_and_complete_locked_settles_it() {
     let db = testkit::db().await;
     let lease = Duration::from_secs(30);
     let keyed = |k: &str| NewJob::new("noop", json!({})).concurrency_key(k);
@@ -164,36 +164,35 @@ async fn claim_following_takes_the_run_behind_a_settled_job() {
     assert_eq!(ids, vec![a.id, l1.id], "one job per key for a worker's claim");
 
     let mut tx = db.pool.begin().await.unwrap();
-    let settled: Vec<Completion> = first.iter().map(|j| ok(j.id, j.attempt)).collect();
-    queue::complete_many(&mut *tx, &settled).await.unwrap();
-    let run = queue::claim_following(&mut *tx, &first, 10, "chain", lease)
-        .await
-        .unwrap();
+    let run = queue::lock_following(&mut *tx, &first, 10).await.unwrap();
     assert_eq!(
         run.iter().map(|j| j.id).collect::<Vec<_>>(),
         vec![b.id, c.id, e.id, l2.id],
         "the runs behind a and l1, in id order"
     );
-    assert!(run
-        .iter()
-        .all(|j| j.state == JobState::Running && j.attempt == 1 && j.lease_owner.as_deref() == Some("chain")));
-    tx.rollback().await.unwrap();
+    assert!(run.iter().all(|j| j.state == JobState::Available && j.attempt == 0));
+    let claimed_meanwhile = claim_n(&db.pool, 10, lease).await;
+    assert!(claimed_meanwhile.is_empty(), "{claimed_meanwhile:?}");
+    let settled: Vec<Completion> = run.iter().map(|j| ok(j.id, j.attempt)).collect();
+    let mut done = queue::complete_locked(&mut *tx, &settled, "chain").await.unwrap();
+    done.sort();
+    assert_eq!(done, vec![b.id, c.id, e.id, l2.id]);
+    tx.commit().await.unwrap();
+    let b = queue::get(&db.pool, &acct(), b.id).await.unwrap();
+    assert_eq!(
+        (b.state, b.attempt, b.lease_owner.as_deref()),
+        (JobState::Completed, 1, Some("chain"))
+    );
+    assert!(b.started_at.is_some() && b.finished_at.is_some());
 
     let mut tx = db.pool.begin().await.unwrap();
-    let run = queue::claim_following(&mut *tx, &first, 1, "chain", lease)
-        .await
-        .unwrap();
-    assert_eq!(
-        run.iter().map(|j| j.id).collect::<Vec<_>>(),
-        vec![b.id, l2.id],
-        "one per key"
-    );
+    let l3 = enqueue(&db.pool, keyed("L")).await;
+    let run = queue::lock_following(&mut *tx, &first, 1).await.unwrap();
+    assert_eq!(run.iter().map(|j| j.id).collect::<Vec<_>>(), vec![l3.id], "one per key");
     tx.rollback().await.unwrap();
 
     queue::pause(&db.pool, &acct(), "default").await.unwrap();
-    let run = queue::claim_following(&db.pool, &first, 10, "chain", lease)
-        .await
-        .unwrap();
+    let run = queue::lock_following(&db.pool, &first, 10).await.unwrap();
     assert!(run.is_empty(), "a paused queue: {run:?}");
 }
 
