@@ -91,15 +91,16 @@ impl EventExecutor {
         }
     }
 
-    /// Executes the events of jobs this process has claimed (all of one account, in id order), inside the
-    /// transaction `conn` is in (sync events accepted and run in one transaction), so they commit with the
-    /// caller's. Returns whether they queued work for workers (emitted events, webhook deliveries).
-    pub(crate) async fn execute_on(&self, conn: &mut PgConnection, jobs: Vec<Job>) -> Result<bool> {
+    /// Executes the events of jobs this process has claimed or locked (all of one account, in id order), in
+    /// `owner`'s name, inside the transaction `conn` is in (sync events accepted and run in one transaction), so
+    /// they commit with the caller's. Returns whether they queued work for workers (emitted events, webhook
+    /// deliveries).
+    pub(crate) async fn execute_on(&self, conn: &mut PgConnection, jobs: Vec<Job>, owner: &str) -> Result<bool> {
         let Some(first) = jobs.first() else {
             return Ok(false);
         };
         let account = AccountId::parse(&first.account_id).map_err(|e| Error::Corrupt(e.to_string()))?;
-        execute_batch(conn, &self.rules, &self.definitions, &account, jobs, None).await
+        execute_batch(conn, &self.rules, &self.definitions, &account, jobs, owner, false).await
     }
 
     /// The running batch dispatcher, started when none runs (the first attempt, or a new runtime).
@@ -196,7 +197,7 @@ async fn run_batch(pool: &PgPool, rules: &RuleRegistry, definitions: &Definition
             }
         };
         let owner = jobs[0].lease_owner.clone().unwrap_or_else(|| "worker".to_owned());
-        let together = execute_pooled(pool, rules, definitions, &account, jobs.clone(), Some(&owner)).await;
+        let together = execute_pooled(pool, rules, definitions, &account, jobs.clone(), &owner, true).await;
         match together {
             Ok(()) => {
                 for r in replies {
@@ -211,7 +212,7 @@ async fn run_batch(pool: &PgPool, rules: &RuleRegistry, definitions: &Definition
             Err(e) => {
                 tracing::warn!(events = jobs.len(), error = %e, "event batch rolled back; its events run one by one");
                 for (job, reply) in jobs.into_iter().zip(replies) {
-                    let alone = execute_pooled(pool, rules, definitions, &account, vec![job], None).await;
+                    let alone = execute_pooled(pool, rules, definitions, &account, vec![job], &owner, false).await;
                     let _ = reply.send(settled_or_retry(alone));
                 }
             }
@@ -246,11 +247,12 @@ async fn execute_pooled(
     definitions: &DefinitionCache,
     account: &AccountId,
     jobs: Vec<Job>,
-    chain: Option<&str>,
+    owner: &str,
+    chain: bool,
 ) -> Result<(), BatchError> {
     let run = async {
         let mut conn = pool.acquire().await?;
-        execute_batch(&mut conn, rules, definitions, account, jobs, chain).await
+        execute_batch(&mut conn, rules, definitions, account, jobs, owner, chain).await
     };
     match AssertUnwindSafe(run).catch_unwind().await {
         Ok(Ok(_)) => Ok(()),
@@ -403,11 +405,11 @@ const BATCH_EVENTS_MAX: usize = 1024;
 /// How long a batch may keep its transaction (and its entities' locks) open before it commits.
 const CHAIN_BUDGET: Duration = Duration::from_millis(100);
 
-/// Executes the events of `jobs` (claimed, all of `account`) in one transaction on `conn`: a transaction of its
-/// own, or a savepoint of the caller's. Each event runs on the batch's in-memory copy of its entity, so events of
-/// one entity see each other's changes, and everything is written at the end with one statement per kind of
-/// write. With `chain` (the lease owner), the events already waiting behind them in their entities are claimed
-/// and run in the same transaction ([`queue::lock_following`]), round after round, until none wait or the batch
+/// Executes the events of `jobs` (claimed, or locked by the caller's transaction; all of `account`) in `owner`'s
+/// name in one transaction on `conn`: a transaction of its own, or a savepoint of the caller's. Each event runs on
+/// the batch's in-memory copy of its entity, so events of one entity see each other's changes, and everything is
+/// written at the end with one statement per kind of write. With `chain`, the events already waiting behind them
+/// in their entities are locked and run in the same transaction ([`queue::lock_following`]), round after round, until none wait or the batch
 /// reaches [`BATCH_EVENTS_MAX`] events or [`CHAIN_BUDGET`]: one commit for a run of an entity's events, where the
 /// commit's flush would otherwise bound an entity's serial rate. Nothing is visible until it commits; a crash
 /// loses none of it (the claimed jobs' leases expire). Returns whether the batch queued work for workers (emitted
@@ -418,7 +420,8 @@ pub(crate) async fn execute_batch(
     definitions: &DefinitionCache,
     account: &AccountId,
     jobs: Vec<Job>,
-    chain: Option<&str>,
+    owner: &str,
+    chain: bool,
 ) -> Result<bool> {
     let started = Instant::now();
     let mut tx = conn.begin().await?;
@@ -447,7 +450,7 @@ pub(crate) async fn execute_batch(
             executed += 1;
         }
         let follow: Vec<Job> = last_of_key.into_values().collect();
-        if chain.is_none() {
+        if !chain {
             break;
         }
         let room = BATCH_EVENTS_MAX.saturating_sub(executed);
@@ -460,7 +463,7 @@ pub(crate) async fn execute_batch(
             break;
         }
     }
-    batch.out.complete(&mut tx, chain.unwrap_or("worker")).await?;
+    batch.out.complete(&mut tx, owner).await?;
     let queued = !batch.out.emitted.is_empty() || !batch.out.hooks.is_empty();
     batch.out.write(&mut tx, account, &batch.entities).await?;
     tx.commit().await?;

@@ -1,14 +1,14 @@
 //! Sync events (`POST /api/events/sync`): accept the event like an async one, run it right here on the API node
 //! when it is its entity's turn, and answer with its outcome once the whole inline chain has run.
 //!
-//! The event is a queued job like any other: the API claims that one job ([`queue::claim_ids`]), so it keeps its
+//! The event is a queued job like any other: the API locks that one job ([`queue::lock_ids`]), so it keeps its
 //! place in its entity's order (events of one root entity run one at a time, in `seq` order) and runs through the
 //! same executor as on a worker. When an earlier event of the entity is still pending or running, the call waits
 //! for the workers instead, and the event still completes when the caller's deadline passes first
 //! ([`Error::Timeout`], HTTP 504).
 //!
 //! Concurrent calls are group-committed ([`crate::group_commit`]): the events that arrive while earlier ones are
-//! being written are accepted, claimed and executed together, one statement per step and one commit for all of
+//! being written are accepted, locked and executed together, one statement per step and one commit for all of
 //! them. As far as a caller can tell each call is its own transaction: a shared transaction that fails is run
 //! again call by call, so one bad call answers for itself alone.
 
@@ -33,10 +33,7 @@ use crate::tenancy::AccountId;
 /// The API node's executor: the same rules as the workers', and its own cache of workflow definitions.
 static INLINE: LazyLock<EventExecutor> = LazyLock::new(|| EventExecutor::new(rules::registry()));
 
-/// The lease on an event run inline. It commits already settled, so the lease only matters to readers of the job.
-const INLINE_LEASE: Duration = Duration::from_secs(30);
-
-/// Lease owner recorded on events run inline, to tell them from a worker's.
+/// Owner recorded on the jobs of events run inline, to tell them from a worker's.
 static OWNER: LazyLock<String> = LazyLock::new(|| format!("api:{}", std::process::id()));
 
 /// Most calls in one shared transaction.
@@ -162,7 +159,7 @@ async fn wait_for(q: &Queue, account: &AccountId, accepted: Event, deadline: Ins
         .ok_or_else(|| Error::Corrupt(format!("event {} vanished while it was read", accepted.id)))
 }
 
-/// Accepts one account's calls in one transaction, claims the events whose entity's turn it is, executes them
+/// Accepts one account's calls in one transaction, locks the events whose entity's turn it is, executes them
 /// together, commits once, and reads back what ran; then answers each call. When the shared transaction fails,
 /// each call runs again in a transaction of its own and gets its own answer.
 async fn flush(q: &Queue, account: &AccountId, pending: Vec<Pending>) {
@@ -189,7 +186,7 @@ async fn flush(q: &Queue, account: &AccountId, pending: Vec<Pending>) {
     }
 }
 
-/// Accepts `events` and, for each whose entity's turn it is, claims and executes it in the same transaction: one
+/// Accepts `events` and, for each whose entity's turn it is, locks and executes it in the same transaction: one
 /// commit for the lot. The others are only accepted, and wait for a worker. Returns each call's answer (or why it
 /// was refused), in order. An error of the transaction itself rolls everything back: nothing was accepted. (The
 /// flush runs as a task of its own, so a client that hangs up cannot cut this off.)
@@ -203,9 +200,9 @@ async fn accept_and_run(q: &Queue, account: &AccountId, events: Vec<NewEvent>) -
         .filter(|(event, replayed, _)| !replayed && event.status == EventStatus::Pending)
         .map(|(_, _, job)| *job)
         .collect();
-    let jobs = queue::claim_ids(&mut *tx, account, &runnable, &OWNER, INLINE_LEASE).await?;
+    let jobs = queue::lock_ids(&mut *tx, account, &runnable).await?;
     let ran: HashSet<JobId> = jobs.iter().map(|j| j.id).collect();
-    let queued = !jobs.is_empty() && INLINE.execute_on(&mut tx, jobs).await?;
+    let queued = !jobs.is_empty() && INLINE.execute_on(&mut tx, jobs, &OWNER).await?;
     tx.commit().await?;
     if queued || accepted.iter().flatten().any(|(_, _, job)| !ran.contains(job)) {
         // Workers pick up what the executions emitted, and the events that wait for them.

@@ -79,49 +79,41 @@ static CLAIM_SQL: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-static CLAIM_IDS_SQL: LazyLock<String> = LazyLock::new(|| {
+static LOCK_IDS_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         r#"
-        update job
-        set {lease}
+        select {cols}
+        from job
         where job.id = any($1)
           and job.account_id = $2
           and {waiting}
           and job.run_at <= now()
           and {turn}
-        returning {cols}
+        order by job.id
+        for update of job skip locked
         "#,
         turn = turn_has_come("job"),
-        lease = lease("$4", "$3"),
         waiting = WAITING_BY_ID,
-        cols = returning()
+        cols = JOB_COLUMNS
     )
 });
 
-/// Claims these jobs of `account` for `owner` (the API node running sync events inline), each under the same
-/// rules as [`claim`] but for routing: it must be due, its queue not paused, and no earlier unfinished job of its
-/// concurrency key may exist (so of two jobs of one key asked for together, only the first is taken). Jobs a worker
-/// has already, or that must wait their turn, are left out. Returned in id order.
-pub async fn claim_ids<'e>(
-    exec: impl PgExecutor<'e>,
-    account: &AccountId,
-    ids: &[JobId],
-    owner: &str,
-    lease: Duration,
-) -> Result<Vec<Job>> {
+/// Locks these jobs of `account` for the caller's transaction to run (the API node running sync events inline),
+/// each under the same rules as [`claim`] but for routing: it must be due, its queue not paused, and no earlier
+/// unfinished job of its concurrency key may exist (so of two jobs of one key asked for together, only the first
+/// is taken). Jobs a worker has, or is claiming, and jobs that must wait their turn are left out. The jobs stay
+/// as they are (no attempt is taken): the transaction settles them with [`super::complete_locked`], so each costs
+/// one new row version instead of two. Returned in id order.
+pub async fn lock_ids<'e>(exec: impl PgExecutor<'e>, account: &AccountId, ids: &[JobId]) -> Result<Vec<Job>> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
     let ids: Vec<i64> = ids.iter().map(|id| id.0).collect();
-    let mut jobs = sqlx::query_as::<_, Job>(CLAIM_IDS_SQL.as_str())
+    Ok(sqlx::query_as::<_, Job>(LOCK_IDS_SQL.as_str())
         .bind(&ids)
         .bind(account.as_str())
-        .bind(owner)
-        .bind(lease.as_secs_f64())
         .fetch_all(exec)
-        .await?;
-    jobs.sort_by_key(|j| j.id);
-    Ok(jobs)
+        .await?)
 }
 
 static LOCK_FOLLOWING_SQL: LazyLock<String> = LazyLock::new(|| {

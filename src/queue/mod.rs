@@ -22,7 +22,7 @@ mod types;
 
 pub use admin::{cancel, get, get_many, list, pause, resume, retry, JobFilter};
 pub use backoff::{backoff, RetryPolicy};
-pub use claim::{claim, claim_ids, lock_following, ClaimRequest};
+pub use claim::{claim, lock_following, lock_ids, ClaimRequest};
 pub use complete::{
     cancel_running, complete_in, complete_locked, complete_many, fail_many, hand_back, heartbeat, snooze_many,
     Completion, Failure, Snooze,

@@ -90,53 +90,65 @@ async fn claim_leases_job_and_hides_it_from_other_claims() {
     assert!(j.finished_at.is_some());
 }
 
-/// `claim_ids` takes exactly the jobs asked for, once, and only when a worker could take them: not while an
-/// earlier job of their concurrency key is unfinished (asked for together, only the first of a key), not before
-/// their time, not while their queue is paused, not for another account.
+/// `lock_ids` takes exactly the jobs asked for, once, and only when a worker could take them: not while an earlier
+/// job of their concurrency key is unfinished (asked for together, only the first of a key), not before their
+/// time, not while their queue is paused, not for another account; while one transaction holds them, no one else
+/// gets them.
 #[tokio::test]
-async fn claim_ids_takes_those_jobs_only_when_their_turn_has_come() {
+async fn lock_ids_takes_those_jobs_only_when_their_turn_has_come() {
     let db = testkit::db().await;
     let lease = Duration::from_secs(30);
     let first = enqueue(&db.pool, NewJob::new("noop", json!({"n": 1})).concurrency_key("K")).await;
     let second = enqueue(&db.pool, NewJob::new("noop", json!({"n": 2})).concurrency_key("K")).await;
     let loose = enqueue(&db.pool, NewJob::new("noop", json!({"n": 3}))).await;
     let other = AccountId::parse("other").unwrap();
-    let claim = |account: AccountId, ids: Vec<JobId>| {
+    let lock = |account: AccountId, ids: Vec<JobId>| {
         let pool = db.pool.clone();
-        async move { queue::claim_ids(&pool, &account, &ids, "api", lease).await.unwrap() }
+        async move { queue::lock_ids(&pool, &account, &ids).await.unwrap() }
     };
-    assert!(claim(other, vec![first.id]).await.is_empty());
+    assert!(lock(other, vec![first.id]).await.is_empty());
     assert!(
-        claim(acct(), vec![second.id]).await.is_empty(),
+        lock(acct(), vec![second.id]).await.is_empty(),
         "an earlier job of the key waits"
     );
-    let got = claim(acct(), vec![second.id, loose.id, first.id]).await;
+
+    let mut tx = db.pool.begin().await.unwrap();
+    let got = queue::lock_ids(&mut *tx, &acct(), &[second.id, loose.id, first.id])
+        .await
+        .unwrap();
     assert_eq!(
         got.iter().map(|j| j.id).collect::<Vec<_>>(),
         vec![first.id, loose.id],
         "the first of the key, not the second"
     );
-    assert_eq!((got[0].state, got[0].attempt), (JobState::Running, 1));
-    assert_eq!(got[0].lease_owner.as_deref(), Some("api"));
-    assert!(claim(acct(), vec![first.id]).await.is_empty(), "only once");
+    assert_eq!((got[0].state, got[0].attempt), (JobState::Available, 0));
+    assert!(lock(acct(), vec![first.id]).await.is_empty(), "held by the transaction");
     assert!(
         claim_n(&db.pool, 10, lease).await.is_empty(),
-        "workers see neither while the first runs"
+        "workers see neither while the transaction holds them"
     );
-    queue::complete_many(&db.pool, &[ok(first.id, 1)]).await.unwrap();
-    assert_eq!(claim(acct(), vec![second.id]).await.len(), 1);
+    let settled = [ok(first.id, 0), ok(loose.id, 0)];
+    queue::complete_locked(&mut *tx, &settled, "api").await.unwrap();
+    tx.commit().await.unwrap();
+    let done = queue::get(&db.pool, &acct(), first.id).await.unwrap();
+    assert_eq!(
+        (done.state, done.attempt, done.lease_owner.as_deref()),
+        (JobState::Completed, 1, Some("api"))
+    );
+    assert!(lock(acct(), vec![first.id]).await.is_empty(), "only once");
+    assert_eq!(lock(acct(), vec![second.id]).await.len(), 1);
 
     let later = enqueue(
         &db.pool,
         NewJob::new("noop", json!({})).run_at(Utc::now() + chrono::Duration::hours(1)),
     )
     .await;
-    assert!(claim(acct(), vec![later.id]).await.is_empty(), "not yet due");
+    assert!(lock(acct(), vec![later.id]).await.is_empty(), "not yet due");
     queue::pause(&db.pool, &acct(), "default").await.unwrap();
     let paused = enqueue(&db.pool, NewJob::new("noop", json!({}))).await;
-    assert!(claim(acct(), vec![paused.id]).await.is_empty(), "paused");
+    assert!(lock(acct(), vec![paused.id]).await.is_empty(), "paused");
     queue::resume(&db.pool, &acct(), "default").await.unwrap();
-    assert_eq!(claim(acct(), vec![paused.id]).await.len(), 1);
+    assert_eq!(lock(acct(), vec![paused.id]).await.len(), 1);
 }
 
 /// `lock_following` locks, per key, the run of jobs behind a running one, in id order: a future scheduled job is
