@@ -103,14 +103,14 @@ pub async fn complete_many<'e>(exec: impl PgExecutor<'e>, items: &[Completion]) 
     Ok(to_ids(rows))
 }
 
-/// Completes jobs that the caller's transaction holds locked without a lease ([`super::lock_following`]): each
-/// takes its attempt and finishes at once, with `owner` recorded as the lease owner that ran it. Returns the ids
-/// completed; a job no longer waiting is left out.
+/// Completes jobs that the caller's transaction holds locked without a lease ([`super::lock_following`],
+/// [`super::lock_ids`]), each at the attempt it was read with: it takes its attempt and finishes at once, with
+/// `owner` recorded as the lease owner that ran it. Returns the ids completed; a job no longer waiting is left out.
 pub async fn complete_locked<'e>(exec: impl PgExecutor<'e>, items: &[Completion], owner: &str) -> Result<Vec<JobId>> {
     if items.is_empty() {
         return Ok(Vec::new());
     }
-    let ids: Vec<i64> = items.iter().map(|c| c.id.0).collect();
+    let (ids, attempts) = ids_attempts(items.iter().map(|c| (&c.id, &c.attempt)));
     let results: Vec<Option<&Value>> = items
         .iter()
         .map(|c| (!c.result.is_null()).then_some(&c.result))
@@ -122,15 +122,17 @@ pub async fn complete_locked<'e>(exec: impl PgExecutor<'e>, items: &[Completion]
             attempt = job.attempt + 1,
             started_at = now(),
             finished_at = now(),
-            result = ($2::jsonb[])[r.ord],
-            lease_owner = $3
-        from unnest($1::bigint[]) with ordinality as r(id, ord)
+            result = ($3::jsonb[])[r.ord],
+            lease_owner = $4
+        from job_leases($1, $2) as r
         where job.id = r.id
+          and job.attempt = r.attempt
           and {WAITING_BY_ID}
         returning job.id
         "#
     ))
     .bind(&ids)
+    .bind(&attempts)
     .bind(&results)
     .bind(owner)
     .fetch_all(exec)
