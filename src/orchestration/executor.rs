@@ -25,7 +25,7 @@ use ordo_workers::rules::{
 };
 use ordo_workers::{BoxFuture, StepContext, StepError};
 use serde_json::{json, Map, Value};
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::{PgConnection, PgPool};
 use tokio::sync::oneshot;
 
 use super::audit::{self, Audit, Category};
@@ -251,8 +251,10 @@ async fn execute_pooled(
     chain: bool,
 ) -> Result<(), BatchError> {
     let run = async {
-        let mut conn = pool.acquire().await?;
-        execute_batch(&mut conn, rules, definitions, account, jobs, owner, chain).await
+        let mut tx = pool.begin().await?;
+        execute_batch(&mut tx, rules, definitions, account, jobs, owner, chain).await?;
+        tx.commit().await?;
+        Ok::<_, Error>(())
     };
     match AssertUnwindSafe(run).catch_unwind().await {
         Ok(Ok(_)) => Ok(()),
@@ -406,7 +408,7 @@ const BATCH_EVENTS_MAX: usize = 1024;
 const CHAIN_BUDGET: Duration = Duration::from_millis(100);
 
 /// Executes the events of `jobs` (claimed, or locked by the caller's transaction; all of `account`) in `owner`'s
-/// name in one transaction on `conn`: a transaction of its own, or a savepoint of the caller's. Each event runs on
+/// name in the transaction `tx` is in, which the caller commits (or rolls back on an error). Each event runs on
 /// the batch's in-memory copy of its entity, so events of one entity see each other's changes, and everything is
 /// written at the end with one statement per kind of write. With `chain`, the events already waiting behind them
 /// in their entities are locked and run in the same transaction ([`queue::lock_following`]), round after round, until none wait or the batch
@@ -415,7 +417,7 @@ const CHAIN_BUDGET: Duration = Duration::from_millis(100);
 /// loses none of it (the claimed jobs' leases expire). Returns whether the batch queued work for workers (emitted
 /// events, webhook deliveries).
 pub(crate) async fn execute_batch(
-    conn: &mut PgConnection,
+    tx: &mut PgConnection,
     rules: &RuleRegistry,
     definitions: &DefinitionCache,
     account: &AccountId,
@@ -424,7 +426,6 @@ pub(crate) async fn execute_batch(
     chain: bool,
 ) -> Result<bool> {
     let started = Instant::now();
-    let mut tx = conn.begin().await?;
     let mut batch = Batch {
         account,
         rules,
@@ -436,13 +437,13 @@ pub(crate) async fn execute_batch(
     let mut round = jobs;
     let mut executed = 0;
     loop {
-        let mut locked = lock_events(&mut tx, account, &round).await?;
+        let mut locked = lock_events(tx, account, &round).await?;
         // Per entity, the last job this round ran: the events waiting behind it come next.
         let mut last_of_key: HashMap<String, Job> = HashMap::new();
         for job in round {
             match locked.remove(&job.id.0) {
-                Some(l) => batch.execute(&mut tx, &job, l).await?,
-                None => batch.execute_unlocked(&mut tx, &job).await?,
+                Some(l) => batch.execute(tx, &job, l).await?,
+                None => batch.execute_unlocked(tx, &job).await?,
             }
             if let Some(key) = job.concurrency_key.clone() {
                 last_of_key.insert(key, job);
@@ -463,10 +464,9 @@ pub(crate) async fn execute_batch(
             break;
         }
     }
-    batch.out.complete(&mut tx, owner).await?;
+    batch.out.complete(tx, owner).await?;
     let queued = !batch.out.emitted.is_empty() || !batch.out.hooks.is_empty();
-    batch.out.write(&mut tx, account, &batch.entities).await?;
-    tx.commit().await?;
+    batch.out.write(tx, account, &batch.entities).await?;
     Ok(queued)
 }
 
