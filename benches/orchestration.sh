@@ -86,6 +86,9 @@ fresh
 echo "sync events, 32 connections:"
 ORDO_API_KEY=$key ORDO_ENTITIES=$entities wrk -t2 -c32 -d20s --latency -s "$lua" "$url" | grep -E "Requests/sec|  50%|  99%"
 fresh
+echo "sync events, 32 connections pausing 40 ms after each answer (clients with think time):"
+ORDO_DELAY_MS=40 ORDO_API_KEY=$key ORDO_ENTITIES=$entities wrk -t2 -c32 -d20s --latency -s "$lua" "$url" | grep -E "Requests/sec|  50%|  99%"
+fresh
 echo "sync events, 1 connection (latency at low load):"
 ORDO_API_KEY=$key ORDO_ENTITIES=$entities wrk -t1 -c1 -d10s --latency -s "$lua" "$url" | grep -E "Requests/sec|  50%|  99%"
 fresh

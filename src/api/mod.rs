@@ -139,8 +139,9 @@ impl AppState {
             .min(pool.options().get_max_connections() as usize / 4)
             .max(1);
         let enqueuer = enqueuer::Enqueuer::start(pool.clone(), waker.clone(), flushes);
+        let sync_flushes = crate::orchestration::sync::FLUSHES.min(flushes);
         let sync_events =
-            crate::orchestration::SyncEvents::start(crate::queue::Queue::new(pool.clone(), waker.clone()), flushes);
+            crate::orchestration::SyncEvents::start(crate::queue::Queue::new(pool.clone(), waker.clone()), sync_flushes);
         AppState {
             inner: Arc::new(Inner {
                 enqueuer,
