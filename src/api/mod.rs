@@ -140,8 +140,10 @@ impl AppState {
             .max(1);
         let enqueuer = enqueuer::Enqueuer::start(pool.clone(), waker.clone(), flushes);
         let sync_flushes = crate::orchestration::sync::FLUSHES.min(flushes);
-        let sync_events =
-            crate::orchestration::SyncEvents::start(crate::queue::Queue::new(pool.clone(), waker.clone()), sync_flushes);
+        let sync_events = crate::orchestration::SyncEvents::start(
+            crate::queue::Queue::new(pool.clone(), waker.clone()),
+            sync_flushes,
+        );
         AppState {
             inner: Arc::new(Inner {
                 enqueuer,

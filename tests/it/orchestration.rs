@@ -1167,6 +1167,137 @@ async fn killed_worker_leaves_no_partial_execution() {
     assert!(job.0 >= 2, "the first attempt died with its worker");
 }
 
+/// A real `ordo worker` SIGKILLed while it executes batches (many entities, each with a run of waiting events
+/// chained behind the first) loses nothing and doubles nothing: after another worker took over, every event ran
+/// exactly once (one snapshot record each), each entity's events ran in `seq` order (its last event's attribute
+/// stands), and no job is left running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killed_worker_mid_batch_runs_every_event_once() {
+    let db = testkit::db().await;
+    let q = queue(&db.pool);
+    // Each execution takes a while (100 inline events), so that the kill finds batches open.
+    let mut rules: Vec<Value> = (0..100)
+        .map(|_| json!({"name": "core.SendEvent", "props": {"event_name": "Tick"}}))
+        .collect();
+    rules.push(json!({"name": "core.SetAttribute", "props": {"name": "last", "value": "{{event.attributes.i}}"}}));
+    put(
+        &db.pool,
+        "B::X",
+        json!({
+            "statuses": [{"name": "CREATED"}],
+            "rulesets": [
+                {"name": "Step", "entity_type": "B", "rules": rules},
+                {"name": "Tick", "entity_type": "B", "rules": [{"name": "core.Log", "props": {"message": "tick"}}]}
+            ]
+        }),
+        false,
+    )
+    .await;
+    let (entities, per_entity) = (12, 8);
+    for e in 0..entities {
+        create_entity(&q, &acct(), NewEntity::new("B", "X", format!("b-{e}")))
+            .await
+            .unwrap();
+    }
+    let mut sent = Vec::new();
+    for i in 0..per_entity {
+        for e in 0..entities {
+            sent.push(send(&q, "Step", "B", &format!("b-{e}"), json!({"i": i})).await.id);
+        }
+    }
+    let mut child = crate::support::spawn_worker_process(&db.url, &[("ORDO_LEASE_MS", "1000")], &[]);
+    // The first batch holds the entities' CREATE events, the Step events run chained behind them: kill it then.
+    eventually(WAIT, "the worker to hold events", || async {
+        sqlx::query_scalar::<_, i64>(
+            "select count(*) from job where kind = 'orchestration.event' and state = 'running'",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .ok()
+        .filter(|n| *n > 0)
+    })
+    .await;
+    crate::support::signal(&child, "-KILL");
+    let _ = child.wait().await;
+    // Whatever had committed by then is whole: per entity, a prefix of its events in `seq` order, its attribute
+    // from the last of them, and their inline events; nothing of the batch the kill cut off.
+    let mut ran = 0;
+    for e in 0..entities {
+        let steps = events(
+            &db.pool,
+            EventFilter {
+                entity_ref: Some(format!("b-{e}")),
+                name: Some("Step".into()),
+                kind: Some(EventKind::Orchestration),
+                ..EventFilter::default()
+            },
+        )
+        .await;
+        let done = steps.iter().take_while(|s| s.status == EventStatus::Success).count();
+        assert!(
+            steps[done..].iter().all(|s| !s.status.is_final()),
+            "b-{e}: not a prefix: {steps:?}"
+        );
+        let entity = get_entity(&db.pool, &acct(), "B", &format!("b-{e}")).await.unwrap();
+        let last = done.checked_sub(1).map(|d| steps[d].attributes["i"].clone());
+        assert_eq!(entity.attributes.get("last").cloned(), last, "b-{e}");
+        ran += done;
+    }
+    let ticks: i64 = sqlx::query_scalar("select count(*) from event where kind = 'orchestration' and name = 'Tick'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        ticks,
+        100 * ran as i64,
+        "inline events of the committed executions only"
+    );
+
+    let w = start_worker(&db.pool, fast_config());
+    for id in &sent {
+        assert_eq!(
+            wait_final(&db.pool, id).await.status,
+            EventStatus::Success,
+            "event {id}"
+        );
+    }
+    w.stop().await;
+    let snapshots: Vec<(String, i64)> = sqlx::query_as(
+        "select source_event_id::text, count(*) from event where category = 'snapshot' and name = 'Step' \
+         group by source_event_id",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(snapshots.len(), sent.len(), "every event has its snapshot");
+    assert!(
+        snapshots.iter().all(|(_, n)| *n == 1),
+        "an event ran twice: {snapshots:?}"
+    );
+    let ticks: i64 = sqlx::query_scalar("select count(*) from event where kind = 'orchestration' and name = 'Tick'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        ticks,
+        100 * sent.len() as i64,
+        "inline events of exactly one execution each"
+    );
+    for e in 0..entities {
+        let entity = get_entity(&db.pool, &acct(), "B", &format!("b-{e}")).await.unwrap();
+        assert_eq!(
+            entity.attributes["last"],
+            json!(per_entity - 1),
+            "b-{e} ran its events in order"
+        );
+    }
+    let left: i64 = sqlx::query_scalar("select count(*) from job where state not in ('completed')")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "every job completed");
+}
+
 /// Events of one entity that wait together run chained in one worker transaction, yet each keeps its own outcome:
 /// a failure in the middle rolls back only its own execution, and the chain goes on in `seq` order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
