@@ -411,11 +411,11 @@ const CHAIN_BUDGET: Duration = Duration::from_millis(100);
 /// name in the transaction `tx` is in, which the caller commits (or rolls back on an error). Each event runs on
 /// the batch's in-memory copy of its entity, so events of one entity see each other's changes, and everything is
 /// written at the end with one statement per kind of write. With `chain`, the events already waiting behind them
-/// in their entities are locked and run in the same transaction ([`queue::lock_following`]), round after round, until none wait or the batch
-/// reaches [`BATCH_EVENTS_MAX`] events or [`CHAIN_BUDGET`]: one commit for a run of an entity's events, where the
-/// commit's flush would otherwise bound an entity's serial rate. Nothing is visible until it commits; a crash
-/// loses none of it (the claimed jobs' leases expire). Returns whether the batch queued work for workers (emitted
-/// events, webhook deliveries).
+/// in their entities are locked and run in the same transaction ([`queue::lock_following`]), round after round,
+/// until none wait or the batch reaches [`BATCH_EVENTS_MAX`] events or [`CHAIN_BUDGET`]: one commit for a run of
+/// an entity's events, where the commit's flush would otherwise bound an entity's serial rate. Nothing is visible
+/// until it commits; a crash loses none of it (the claimed jobs' leases expire). Returns whether the batch queued
+/// work for workers (emitted events, webhook deliveries).
 pub(crate) async fn execute_batch(
     tx: &mut PgConnection,
     rules: &RuleRegistry,
@@ -426,6 +426,9 @@ pub(crate) async fn execute_batch(
     chain: bool,
 ) -> Result<bool> {
     let started = Instant::now();
+    // The claimed jobs carry the version of the worker that claimed them: the runs behind them may be routed to
+    // it too, or to none.
+    let version = jobs.iter().find_map(|j| j.version.clone());
     let mut batch = Batch {
         account,
         rules,
@@ -459,7 +462,7 @@ pub(crate) async fn execute_batch(
             break;
         }
         let per_key = (room / follow.len()).max(1) as i64;
-        round = queue::lock_following(&mut *tx, &follow, per_key).await?;
+        round = queue::lock_following(&mut *tx, &follow, version.as_deref(), per_key).await?;
         if round.is_empty() {
             break;
         }

@@ -159,9 +159,9 @@ static LOCK_FOLLOWING_SQL: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// For each job of `after` (all of one account, kind and version, each run in `exec`'s open transaction), locks
-/// the run of jobs that follow it in its concurrency key: up to `per_key` of them in id order, up to the first
-/// that is not due, not of the same kind or routed to another version. The jobs stay as they are (no attempt is
+/// For each job of `after` (all of one account and kind, each run in `exec`'s open transaction), locks the run of
+/// jobs that follow it in its concurrency key: up to `per_key` of them in id order, up to the first that is not
+/// due, not of the same kind, or routed to a version other than `version` (`None`: routed to none). The jobs stay as they are (no attempt is
 /// taken); the caller runs them in that transaction and settles them with [`super::complete_locked`], so each
 /// costs one new row version instead of two. Returned in id order.
 ///
@@ -169,7 +169,12 @@ static LOCK_FOLLOWING_SQL: LazyLock<String> = LazyLock::new(|| {
 /// entities locked in that transaction and has run `after` there: no one else can run the key until it commits
 /// (other claims see `after` unfinished), so its waiting jobs are the executor's to run in order. The one job the
 /// rule would put first, an earlier scheduled job that fell due meanwhile, runs right after the commit.
-pub async fn lock_following<'e>(exec: impl PgExecutor<'e>, after: &[Job], per_key: i64) -> Result<Vec<Job>> {
+pub async fn lock_following<'e>(
+    exec: impl PgExecutor<'e>,
+    after: &[Job],
+    version: Option<&str>,
+    per_key: i64,
+) -> Result<Vec<Job>> {
     let Some(first) = after.first() else {
         return Ok(Vec::new());
     };
@@ -185,7 +190,7 @@ pub async fn lock_following<'e>(exec: impl PgExecutor<'e>, after: &[Job], per_ke
         .bind(&keys)
         .bind(&ids)
         .bind(&first.kind)
-        .bind(first.version.as_deref())
+        .bind(version)
         .bind(per_key)
         .fetch_all(exec)
         .await?)

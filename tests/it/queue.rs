@@ -176,7 +176,7 @@ async fn lock_following_takes_the_run_behind_a_job_and_complete_locked_settles_i
     assert_eq!(ids, vec![a.id, l1.id], "one job per key for a worker's claim");
 
     let mut tx = db.pool.begin().await.unwrap();
-    let run = queue::lock_following(&mut *tx, &first, 10).await.unwrap();
+    let run = queue::lock_following(&mut *tx, &first, Some("v1"), 10).await.unwrap();
     assert_eq!(
         run.iter().map(|j| j.id).collect::<Vec<_>>(),
         vec![b.id, c.id, e.id, l2.id],
@@ -199,12 +199,12 @@ async fn lock_following_takes_the_run_behind_a_job_and_complete_locked_settles_i
 
     let mut tx = db.pool.begin().await.unwrap();
     let l3 = enqueue(&db.pool, keyed("L")).await;
-    let run = queue::lock_following(&mut *tx, &first, 1).await.unwrap();
+    let run = queue::lock_following(&mut *tx, &first, Some("v1"), 1).await.unwrap();
     assert_eq!(run.iter().map(|j| j.id).collect::<Vec<_>>(), vec![l3.id], "one per key");
     tx.rollback().await.unwrap();
 
     queue::pause(&db.pool, &acct(), "default").await.unwrap();
-    let run = queue::lock_following(&db.pool, &first, 10).await.unwrap();
+    let run = queue::lock_following(&db.pool, &first, Some("v1"), 10).await.unwrap();
     assert!(run.is_empty(), "a paused queue: {run:?}");
 }
 
