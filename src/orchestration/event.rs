@@ -538,8 +538,8 @@ struct JobEventRow {
     event: EventRow,
 }
 
-/// Checks that the entity exists (events for unknown entities are refused at the door).
-/// Which of `entities` do not exist in the account, in one statement.
+/// Which of `entities` do not exist in the account, in one statement (events for unknown entities are refused at
+/// the door).
 async fn missing_entities(
     conn: &mut PgConnection,
     account: &AccountId,
