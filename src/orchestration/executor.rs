@@ -37,6 +37,7 @@ use super::{Error, Result};
 use crate::group_commit::{GroupCommit, Limits};
 use crate::queue::{self, Completion, Job, JobState, NewJob};
 use crate::runtime::{EngineHandler, EngineHandlers, EngineResult};
+use crate::telemetry::metrics as m;
 use crate::telemetry::trace;
 use crate::tenancy::AccountId;
 
@@ -93,11 +94,10 @@ impl EventExecutor {
 
     /// Executes the events of jobs this process has claimed or locked (all of one account, in id order), in
     /// `owner`'s name, inside the transaction `conn` is in (sync events accepted and run in one transaction), so
-    /// they commit with the caller's. Returns whether they queued work for workers (emitted events, webhook
-    /// deliveries).
-    pub(crate) async fn execute_on(&self, conn: &mut PgConnection, jobs: Vec<Job>, owner: &str) -> Result<bool> {
+    /// they commit with the caller's.
+    pub(crate) async fn execute_on(&self, conn: &mut PgConnection, jobs: Vec<Job>, owner: &str) -> Result<Executed> {
         let Some(first) = jobs.first() else {
-            return Ok(false);
+            return Ok(Executed::default());
         };
         let account = AccountId::parse(&first.account_id).map_err(|e| Error::Corrupt(e.to_string()))?;
         execute_batch(conn, &self.rules, &self.definitions, &account, jobs, owner, false).await
@@ -252,8 +252,9 @@ async fn execute_pooled(
 ) -> Result<(), BatchError> {
     let run = async {
         let mut tx = pool.begin().await?;
-        execute_batch(&mut tx, rules, definitions, account, jobs, owner, chain).await?;
+        let executed = execute_batch(&mut tx, rules, definitions, account, jobs, owner, chain).await?;
         tx.commit().await?;
+        executed.record("worker");
         Ok::<_, Error>(())
     };
     match AssertUnwindSafe(run).catch_unwind().await {
@@ -414,8 +415,7 @@ const CHAIN_BUDGET: Duration = Duration::from_millis(100);
 /// in their entities are locked and run in the same transaction ([`queue::lock_following`]), round after round,
 /// until none wait or the batch reaches [`BATCH_EVENTS_MAX`] events or [`CHAIN_BUDGET`]: one commit for a run of
 /// an entity's events, where the commit's flush would otherwise bound an entity's serial rate. Nothing is visible
-/// until it commits; a crash loses none of it (the claimed jobs' leases expire). Returns whether the batch queued
-/// work for workers (emitted events, webhook deliveries).
+/// until it commits; a crash loses none of it (the claimed jobs' leases expire).
 pub(crate) async fn execute_batch(
     tx: &mut PgConnection,
     rules: &RuleRegistry,
@@ -424,7 +424,7 @@ pub(crate) async fn execute_batch(
     jobs: Vec<Job>,
     owner: &str,
     chain: bool,
-) -> Result<bool> {
+) -> Result<Executed> {
     let started = Instant::now();
     // The claimed jobs carry the version of the worker that claimed them: the runs behind them may be routed to
     // it too, or to none.
@@ -470,7 +470,27 @@ pub(crate) async fn execute_batch(
     batch.out.complete(tx, owner).await?;
     let queued = !batch.out.emitted.is_empty() || !batch.out.hooks.is_empty();
     batch.out.write(tx, account, &batch.entities).await?;
-    Ok(queued)
+    Ok(Executed {
+        events: executed,
+        queued,
+    })
+}
+
+/// What a batch did.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Executed {
+    /// Events executed (or skipped, or failed at once), the runs behind the claimed ones included.
+    pub events: usize,
+    /// Whether it queued work for workers (emitted events, webhook deliveries).
+    pub queued: bool,
+}
+
+impl Executed {
+    /// Counts the batch in the metrics once its transaction has committed; `path` is `worker` or `sync`.
+    pub(crate) fn record(&self, path: &'static str) {
+        metrics::counter!(m::EVENT_BATCHES_TOTAL, "path" => path).increment(1);
+        metrics::counter!(m::EVENT_BATCH_EVENTS_TOTAL, "path" => path).increment(self.events as u64);
+    }
 }
 
 /// A batch's working state.

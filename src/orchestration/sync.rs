@@ -208,9 +208,12 @@ async fn accept_and_run(q: &Queue, account: &AccountId, events: Vec<NewEvent>) -
         .collect();
     let jobs = queue::lock_ids(&mut *tx, account, &runnable).await?;
     let ran: HashSet<JobId> = jobs.iter().map(|j| j.id).collect();
-    let queued = !jobs.is_empty() && INLINE.execute_on(&mut tx, jobs, &OWNER).await?;
+    let executed = INLINE.execute_on(&mut tx, jobs, &OWNER).await?;
     tx.commit().await?;
-    if queued || accepted.iter().flatten().any(|(_, _, job)| !ran.contains(job)) {
+    if executed.events > 0 {
+        executed.record("sync");
+    }
+    if executed.queued || accepted.iter().flatten().any(|(_, _, job)| !ran.contains(job)) {
         // Workers pick up what the executions emitted, and the events that wait for them.
         q.waker().wake(QUEUE);
     }

@@ -41,6 +41,11 @@ pub const QUEUE_JOBS: &str = "ordo_queue_jobs";
 pub const QUEUE_OLDEST_AVAILABLE_SECONDS: &str = "ordo_queue_oldest_available_seconds";
 /// Live workers per `pool` and `version`, as seen by the maintenance holder.
 pub const WORKERS_LIVE: &str = "ordo_workers_live";
+/// Committed transactions of orchestration events, by `path` (`worker`: a worker's batch; `sync`: an API node's
+/// shared transaction of sync events).
+pub const EVENT_BATCHES_TOTAL: &str = "ordo_event_batches_total";
+/// Events executed in those transactions, by `path`; divided by the batches, the average batch.
+pub const EVENT_BATCH_EVENTS_TOTAL: &str = "ordo_event_batch_events_total";
 
 /// Histogram buckets for durations in seconds: 1 ms to 10 s.
 const DURATION_BUCKETS: &[f64] = &[
@@ -120,4 +125,12 @@ fn describe() {
         "Age of the oldest due job per queue, all accounts"
     );
     describe_gauge!(WORKERS_LIVE, "Live workers per pool and version");
+    describe_counter!(
+        EVENT_BATCHES_TOTAL,
+        "Committed transactions of orchestration events, by path (worker, sync)"
+    );
+    describe_counter!(
+        EVENT_BATCH_EVENTS_TOTAL,
+        "Orchestration events executed in those transactions, by path"
+    );
 }

@@ -150,6 +150,56 @@ async fn orchestration_routes_end_to_end() {
     worker.stop().await;
 }
 
+/// `/metrics` counts the transactions of events and the events in them, by path: a worker's batch (the entity's
+/// CREATE) and the API node's shared transaction (a sync event run inline).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_batches_are_counted_by_path() {
+    let app = app().await;
+    let a = app.account("acme").await;
+    app.call(Method::PUT, "/api/workflows/TEST::A", Some(&a), Some(workflow()))
+        .await
+        .expect(StatusCode::CREATED);
+    let worker = start_worker(&app.db.pool, fast_config());
+    let entity = json!({"type": "TEST", "subtype": "A", "ref": "m-1"});
+    app.call(Method::POST, "/api/entities", Some(&a), Some(entity))
+        .await
+        .expect(StatusCode::CREATED);
+    eventually(Duration::from_secs(20), "the CREATE event to run", || async {
+        let r = app
+            .call(
+                Method::GET,
+                "/api/events?entity_ref=m-1&name=CREATE&kind=orchestration&status=success",
+                Some(&a),
+                None,
+            )
+            .await;
+        (r.body["items"].as_array()?.len() == 1).then_some(())
+    })
+    .await;
+    worker.stop().await;
+    // No worker runs now: the sync event runs on the API node or not at all.
+    let finish = json!({"name": "Finish", "entity": {"type": "TEST", "ref": "m-1"}, "attributes": {"who": "api"}});
+    let out = app
+        .call(
+            Method::POST,
+            "/api/events/sync?timeout_ms=20000",
+            Some(&a),
+            Some(finish),
+        )
+        .await;
+    assert_eq!(out.expect(StatusCode::OK)["status"], "success");
+    let metrics = app.call(Method::GET, "/metrics", None, None).await;
+    let text = metrics.body.as_str().unwrap_or_default();
+    for line in [
+        "ordo_event_batches_total{path=\"worker\"} 1",
+        "ordo_event_batch_events_total{path=\"worker\"} 1",
+        "ordo_event_batches_total{path=\"sync\"} 1",
+        "ordo_event_batch_events_total{path=\"sync\"} 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} in {text}");
+    }
+}
+
 /// Row-level security covers the orchestration and schedule tables: as the API's role, another account's
 /// workflows, entities, events and schedules are invisible even to a query without an account filter.
 #[tokio::test]
