@@ -67,6 +67,16 @@ fn ids_attempts<'a>(items: impl Iterator<Item = (&'a JobId, &'a i32)>) -> (Vec<i
     items.map(|(id, a)| (id.0, *a)).unzip()
 }
 
+/// The ids, attempts and results (JSON null as SQL null) of completions, as the arrays the statements take.
+fn completion_arrays(items: &[Completion]) -> (Vec<i64>, Vec<i32>, Vec<Option<&Value>>) {
+    let (ids, attempts) = ids_attempts(items.iter().map(|c| (&c.id, &c.attempt)));
+    let results = items
+        .iter()
+        .map(|c| (!c.result.is_null()).then_some(&c.result))
+        .collect();
+    (ids, attempts, results)
+}
+
 fn to_ids(rows: Vec<i64>) -> Vec<JobId> {
     rows.into_iter().map(JobId).collect()
 }
@@ -76,11 +86,7 @@ pub async fn complete_many<'e>(exec: impl PgExecutor<'e>, items: &[Completion]) 
     if items.is_empty() {
         return Ok(Vec::new());
     }
-    let (ids, attempts) = ids_attempts(items.iter().map(|c| (&c.id, &c.attempt)));
-    let results: Vec<Option<&Value>> = items
-        .iter()
-        .map(|c| (!c.result.is_null()).then_some(&c.result))
-        .collect();
+    let (ids, attempts, results) = completion_arrays(items);
     let rows: Vec<i64> = sqlx::query_scalar(
         r#"
         update job
@@ -110,11 +116,7 @@ pub async fn complete_locked<'e>(exec: impl PgExecutor<'e>, items: &[Completion]
     if items.is_empty() {
         return Ok(Vec::new());
     }
-    let (ids, attempts) = ids_attempts(items.iter().map(|c| (&c.id, &c.attempt)));
-    let results: Vec<Option<&Value>> = items
-        .iter()
-        .map(|c| (!c.result.is_null()).then_some(&c.result))
-        .collect();
+    let (ids, attempts, results) = completion_arrays(items);
     let rows: Vec<i64> = sqlx::query_scalar(&format!(
         r#"
         update job

@@ -1243,12 +1243,14 @@ async fn killed_worker_mid_batch_runs_every_event_once() {
         assert_eq!(entity.attributes.get("last").cloned(), last, "b-{e}");
         ran += done;
     }
-    let ticks: i64 = sqlx::query_scalar("select count(*) from event where kind = 'orchestration' and name = 'Tick'")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let ticks = || async {
+        sqlx::query_scalar::<_, i64>("select count(*) from event where kind = 'orchestration' and name = 'Tick'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap()
+    };
     assert_eq!(
-        ticks,
+        ticks().await,
         100 * ran as i64,
         "inline events of the committed executions only"
     );
@@ -1274,12 +1276,8 @@ async fn killed_worker_mid_batch_runs_every_event_once() {
         snapshots.iter().all(|(_, n)| *n == 1),
         "an event ran twice: {snapshots:?}"
     );
-    let ticks: i64 = sqlx::query_scalar("select count(*) from event where kind = 'orchestration' and name = 'Tick'")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
     assert_eq!(
-        ticks,
+        ticks().await,
         100 * sent.len() as i64,
         "inline events of exactly one execution each"
     );
