@@ -6,7 +6,9 @@
 //! does not change; under load items pile up while every slot is busy, and the batches grow with the load. Each
 //! item carries its own reply channel: the flush answers every item of its batch.
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::hash::Hash;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, Semaphore};
@@ -56,6 +58,16 @@ impl<T: Send + 'static> GroupCommit<T> {
     }
 }
 
+/// A batch split by `key`, in order within each share: the flushes give each account's share a transaction of its
+/// own (row-level security and every statement are per account).
+pub(crate) fn split_by<K: Eq + Hash, T>(batch: Vec<T>, key: impl Fn(&T) -> K) -> HashMap<K, Vec<T>> {
+    let mut shares: HashMap<K, Vec<T>> = HashMap::new();
+    for item in batch {
+        shares.entry(key(&item)).or_default().push(item);
+    }
+    shares
+}
+
 async fn dispatch<T, F, Fut>(mut rx: mpsc::Receiver<T>, limits: Limits, flush: F)
 where
     T: Send + 'static,
@@ -89,6 +101,15 @@ mod tests {
     use super::*;
     use std::sync::Mutex;
     use tokio::sync::oneshot;
+
+    /// A batch splits into one share per key, each in the batch's order.
+    #[test]
+    fn split_by_keeps_each_shares_order() {
+        let shares = split_by(vec![("a", 1), ("b", 2), ("a", 3), ("b", 4), ("a", 5)], |(k, _)| *k);
+        assert_eq!(shares.len(), 2);
+        assert_eq!(shares["a"], vec![("a", 1), ("a", 3), ("a", 5)]);
+        assert_eq!(shares["b"], vec![("b", 2), ("b", 4)]);
+    }
 
     /// Items sent while every slot is busy are flushed together, each answered, none lost.
     #[tokio::test]

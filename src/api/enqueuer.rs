@@ -10,13 +10,11 @@
 //! are written again without it. Jobs are validated before they are queued here, so the only way one request
 //! fails its neighbours is the database failing the whole transaction (then every one gets 503 or 500).
 
-use std::collections::HashMap;
-
 use sqlx::PgPool;
 use tokio::sync::oneshot;
 
 use super::error::ApiError;
-use crate::group_commit::{GroupCommit, Limits};
+use crate::group_commit::{split_by, GroupCommit, Limits};
 use crate::queue::{self, Enqueued, NewJob};
 use crate::tenancy::AccountId;
 use crate::wake::Waker;
@@ -53,11 +51,7 @@ impl Enqueuer {
         let commits = GroupCommit::start(limits, move |batch: Vec<Pending>| {
             let target = target.clone();
             async move {
-                let mut by_account: HashMap<AccountId, Vec<Pending>> = HashMap::new();
-                for p in batch {
-                    by_account.entry(p.account.clone()).or_default().push(p);
-                }
-                for (account, pending) in by_account {
+                for (account, pending) in split_by(batch, |p| p.account.clone()) {
                     flush(&target, &account, pending).await;
                 }
             }

@@ -34,9 +34,9 @@ use super::inventory::{lock_positions, write_positions};
 use super::webhook::{self, WebhookDeliverer};
 use super::workflow::{get_version, Definition, RuleCall, Ruleset, RulesetKind, Version};
 use super::{Error, Result};
-use crate::group_commit::{GroupCommit, Limits};
+use crate::group_commit::{split_by, GroupCommit, Limits};
 use crate::queue::{self, Completion, Job, JobState, NewJob};
-use crate::runtime::{EngineHandler, EngineHandlers, EngineResult};
+use crate::runtime::{panic_message, EngineHandler, EngineHandlers, EngineResult};
 use crate::telemetry::metrics as m;
 use crate::telemetry::trace;
 use crate::tenancy::AccountId;
@@ -181,11 +181,7 @@ fn retry(reason: String) -> EngineResult {
 /// lease, a panicking rule), each of its events runs again on its own, so one bad event costs the others only a
 /// second try.
 async fn run_batch(pool: &PgPool, rules: &RuleRegistry, definitions: &DefinitionCache, batch: Vec<Submission>) {
-    let mut by_account: BTreeMap<String, Vec<Submission>> = BTreeMap::new();
-    for s in batch {
-        by_account.entry(s.0.account_id.clone()).or_default().push(s);
-    }
-    for (account, submissions) in by_account {
+    for (account, submissions) in split_by(batch, |s| s.0.account_id.clone()) {
         let (jobs, replies): (Vec<Job>, Vec<oneshot::Sender<EngineResult>>) = submissions.into_iter().unzip();
         let account = match AccountId::parse(&account) {
             Ok(a) => a,
@@ -263,11 +259,7 @@ async fn execute_pooled(
         Ok(Err(e)) => Err(BatchError::Other(e.to_string())),
         Err(panic) => Err(BatchError::Other(format!(
             "a rule panicked: {}",
-            panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default()
+            panic_message(panic.as_ref())
         ))),
     }
 }

@@ -26,7 +26,7 @@ use super::entity::{get_entities, Entity};
 use super::event::{accept_events_in, emitted_from, get_event, get_events, Event, EventStatus, NewEvent};
 use super::executor::EventExecutor;
 use super::{Error, Result, QUEUE};
-use crate::group_commit::{GroupCommit, Limits};
+use crate::group_commit::{split_by, GroupCommit, Limits};
 use crate::queue::{self, JobId, Queue};
 use crate::tenancy::AccountId;
 
@@ -73,11 +73,7 @@ impl SyncEvents {
         let commits = GroupCommit::start(limits, move |batch: Vec<Pending>| {
             let q = q.clone();
             async move {
-                let mut by_account: HashMap<AccountId, Vec<Pending>> = HashMap::new();
-                for p in batch {
-                    by_account.entry(p.account.clone()).or_default().push(p);
-                }
-                for (account, pending) in by_account {
+                for (account, pending) in split_by(batch, |p| p.account.clone()) {
                     flush(&q, &account, pending).await;
                 }
             }

@@ -153,7 +153,8 @@ enum EngineResultOrStep {
     Engine(EngineResult),
 }
 
-fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+/// The message a panic carried (its `&str` or `String` payload).
+pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = p.downcast_ref::<&str>() {
         (*s).to_owned()
     } else if let Some(s) = p.downcast_ref::<String>() {

@@ -10,6 +10,7 @@ mod executor;
 
 pub use completer::{Settle, SettleKind};
 pub use engine::{EngineHandler, EngineHandlers, EngineResult};
+pub(crate) use executor::panic_message;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
