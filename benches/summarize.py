@@ -31,6 +31,8 @@ def main():
         r["settle_ms"] = settle[0]["mean_ms"] if settle else None
     parts.append(f"claim statement {fig(runs, 'claim_ms', 2)} ms")
     parts.append(f"settle statement {fig(runs, 'settle_ms', 2)} ms")
+    if any(r.get("hot_key_per_s") is not None for r in runs):
+        parts.append(f"hot key serial/s {fig(runs, 'hot_key_per_s')}")
     parts.append(f"worker peak rss {max(r['worker_max_rss_mib'] for r in runs)} MiB")
     parts.append(f"dead tuples after {runs[-1]['dead_tuples']}")
     print(f"{name} [{len(runs)} runs]: " + "; ".join(parts))

@@ -65,6 +65,13 @@ pub struct BenchArgs {
     /// done, with this many still queued behind them.
     #[arg(long, default_value_t = 0)]
     pub backlog: usize,
+    /// Spread the measured jobs over this many concurrency keys (job i gets key `k<i mod K>`); 0 = no keys.
+    #[arg(long, default_value_t = 0)]
+    pub keys: usize,
+    /// Enqueue this many jobs of one concurrency key (`hot`) before the measured ones, at the same priority: the
+    /// drain of the other jobs is timed as usual, and the hot key's serial rate is reported.
+    #[arg(long, default_value_t = 0)]
+    pub hot_key: usize,
     /// Print one line of JSON.
     #[arg(long)]
     pub json: bool,
@@ -110,6 +117,13 @@ pub struct Summary {
     pub preloaded_finished: usize,
     /// Jobs still waiting behind the measured ones.
     pub backlog: usize,
+    /// Concurrency keys the measured jobs were spread over (0 = none).
+    pub keys: usize,
+    /// Jobs of the hot key enqueued alongside (0 = none).
+    pub hot_key: usize,
+    /// The hot key's serial rate: its jobs completed per second from the start of the drain to its last
+    /// completion (at most 60 s are waited for).
+    pub hot_key_per_s: Option<f64>,
     /// Peak resident memory of the largest worker process, in MiB.
     pub worker_max_rss_mib: f64,
     /// `redis` or `poll`.
@@ -195,12 +209,32 @@ async fn measure(args: &BenchArgs, url: &str) -> Result<Summary, Error> {
     if args.backlog > 0 {
         enqueue_backlog(&pool, args.backlog).await?;
     }
+    let mut i = 0usize;
+    while i < args.hot_key {
+        let n = args.batch.min(args.hot_key - i);
+        let jobs: Vec<NewJob> = (i..i + n)
+            .map(|k| {
+                NewJob::new("noop", serde_json::json!({"id": k, "pad": pad}))
+                    .priority(0)
+                    .concurrency_key(HOT_KEY)
+            })
+            .collect();
+        q.enqueue_many(&account, jobs).await?;
+        i += n;
+    }
     let started = Instant::now();
     let mut i = 0usize;
     while i < args.jobs {
         let n = args.batch.min(args.jobs - i);
         let jobs: Vec<NewJob> = (i..i + n)
-            .map(|k| NewJob::new("noop", serde_json::json!({"id": k, "pad": pad})).priority(0))
+            .map(|k| {
+                let job = NewJob::new("noop", serde_json::json!({"id": k, "pad": pad})).priority(0);
+                if args.keys > 0 {
+                    job.concurrency_key(format!("k{}", k % args.keys))
+                } else {
+                    job
+                }
+            })
             .collect();
         q.enqueue_many(&account, jobs).await?;
         i += n;
@@ -224,15 +258,21 @@ async fn measure(args: &BenchArgs, url: &str) -> Result<Summary, Error> {
     let limit = Duration::from_secs(600);
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
-        // The measured jobs have priority 0; the backlog (if any) waits behind them at priority 5.
+        // The measured jobs have priority 0; the backlog (if any) waits behind them at priority 5, and the hot
+        // key's jobs are timed on their own.
         let left: bool = sqlx::query_scalar(
             r#"
             select exists (select 1 from job
-                           where state in ('available', 'scheduled', 'retryable') and queue = 'default'
-                             and priority = 0)
-                or exists (select 1 from job where leased_until is not null and priority = 0)
+                           where (state in ('available', 'scheduled', 'retryable')
+                                  or (state = 'parked' and concurrency_key is not null))
+                             and queue = 'default'
+                             and priority = 0
+                             and concurrency_key is distinct from $1)
+                or exists (select 1 from job where leased_until is not null and priority = 0
+                                                 and concurrency_key is distinct from $1)
             "#,
         )
+        .bind(HOT_KEY)
         .fetch_one(&pool)
         .await?;
         if !left {
@@ -243,10 +283,17 @@ async fn measure(args: &BenchArgs, url: &str) -> Result<Summary, Error> {
             return Err(Error::Stalled(limit));
         }
     }
-    let last: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("select max(finished_at) from job")
-        .fetch_one(&pool)
-        .await?;
+    let last: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("select max(finished_at) from job where concurrency_key is distinct from $1")
+            .bind(HOT_KEY)
+            .fetch_one(&pool)
+            .await?;
     let drain_secs = ((last - resumed).num_microseconds().unwrap_or(1) as f64 / 1e6).max(1e-6);
+    let hot_key_per_s = if args.hot_key > 0 {
+        Some(hot_key_rate(&pool, resumed, args.hot_key).await?)
+    } else {
+        None
+    };
     let claim_ms = match (calls_before, claim_stats(&pool).await) {
         (Some((c0, t0)), Some((c1, t1))) if c1 > c0 => Some((t1 - t0) / (c1 - c0) as f64),
         _ => None,
@@ -283,11 +330,43 @@ async fn measure(args: &BenchArgs, url: &str) -> Result<Summary, Error> {
         batch: args.batch,
         preloaded_finished: args.preload_finished,
         backlog: args.backlog,
+        keys: args.keys,
+        hot_key: args.hot_key,
+        hot_key_per_s,
         worker_max_rss_mib,
         wakeups: if args.redis_url.is_some() { "redis" } else { "poll" },
         dead_tuples,
         index_bytes,
     })
+}
+
+/// The concurrency key of `--hot-key`.
+const HOT_KEY: &str = "hot";
+
+/// Waits (up to 60 s after the drain started) for the hot key's jobs, then returns how many completed per second
+/// from `resumed` to the last of them.
+async fn hot_key_rate(pool: &PgPool, resumed: chrono::DateTime<chrono::Utc>, n: usize) -> Result<f64, Error> {
+    let deadline = resumed + chrono::Duration::seconds(60);
+    loop {
+        let (done, last, now): (
+            i64,
+            Option<chrono::DateTime<chrono::Utc>>,
+            chrono::DateTime<chrono::Utc>,
+        ) = sqlx::query_as(
+            "select count(*), max(finished_at), now() from job where concurrency_key = $1 and state = 'completed'",
+        )
+        .bind(HOT_KEY)
+        .fetch_one(pool)
+        .await?;
+        if done as usize >= n || now > deadline {
+            let secs = last
+                .map(|l| (l - resumed).num_microseconds().unwrap_or(1) as f64 / 1e6)
+                .unwrap_or(1.0)
+                .max(1e-6);
+            return Ok(round(done as f64 / secs));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 fn round(x: f64) -> f64 {

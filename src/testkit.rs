@@ -136,6 +136,33 @@ pub async fn db_with_max(max: u32) -> TestDb {
     TestDb { name, url, pool }
 }
 
+/// A fresh database of its own migrated only up to (not including) migration `version`: the schema an older ordo
+/// left, for upgrade tests. Apply the rest with [`crate::db::migrate`] or `ordo migrate`.
+pub async fn db_before_migration(version: i64) -> TestDb {
+    let admin = postgres_url().await;
+    let name = format!("ordo_t_{:016x}", rand::random::<u64>());
+    let mut conn = admin_connection(&admin).await;
+    exec(&mut conn, &format!(r#"create database "{name}""#)).await;
+    let _ = conn.close().await;
+    let url = with_database(&admin, &name);
+    let pool = PgPoolOptions::new()
+        .max_connections(DEFAULT_POOL_SIZE)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect(&url)
+        .await
+        .unwrap_or_else(|e| panic!("connect to test database {name}: {e}"));
+    let db = TestDb { name, url, pool };
+    let older = sqlx::migrate::Migrator {
+        migrations: std::borrow::Cow::Owned(MIGRATOR.iter().filter(|m| m.version < version).cloned().collect()),
+        ..sqlx::migrate::Migrator::DEFAULT
+    };
+    older
+        .run(&db.pool)
+        .await
+        .unwrap_or_else(|e| panic!("migrate {} up to {version}: {e}", db.name));
+    db
+}
+
 impl Drop for TestDb {
     fn drop(&mut self) {
         // Set by `db_with_max` before any TestDb exists.

@@ -4,6 +4,7 @@ use std::sync::LazyLock;
 
 use sqlx::{PgConnection, PgExecutor};
 
+use super::lane::{member, release_after};
 use super::types::JOB_COLUMNS;
 use super::{Error, Job, JobId, JobState, Result};
 use crate::tenancy::AccountId;
@@ -60,7 +61,7 @@ static LIST_SQL: LazyLock<String> = LazyLock::new(|| {
         from job
         where account_id = $1
           and ($2::text is null or queue = $2)
-          and ($3::text is null or state = $3)
+          and ($3::text is null or state = $3 or ($3 = 'available' and state = 'parked'))
           and ($4::text is null or kind = $4)
           and ($5::bigint is null or id < $5)
         order by id desc
@@ -98,15 +99,19 @@ pub async fn list<'e>(
 static CANCEL_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         r#"
-        update job
-        set state = 'cancelled',
-            finished_at = now(),
-            leased_until = null
-        where account_id = $1
-          and id = $2
-          and state in ('scheduled', 'available', 'retryable', 'running')
-        returning {JOB_COLUMNS}
-        "#
+        with done as (
+            update job
+            set state = 'cancelled',
+                finished_at = now(),
+                leased_until = null
+            where account_id = $1
+              and id = $2
+              and state in ('scheduled', 'available', 'retryable', 'running', 'parked')
+            returning {JOB_COLUMNS}, true as finished
+        ){release}
+        select {JOB_COLUMNS} from done
+        "#,
+        release = release_after("done")
     )
 });
 
@@ -146,7 +151,16 @@ static RETRY_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         r#"
         update job
-        set state = 'available',
+        set state = case when job.concurrency_key is not null and exists (
+                             select 1 from job e
+                             where e.account_id = job.account_id
+                               and e.concurrency_key = job.concurrency_key
+                               and e.id <> job.id
+                               and e.state in ('available', 'scheduled', 'retryable', 'running', 'parked')
+                               and {member}
+                         )
+                         -- its lane has moved on meanwhile: it waits for the jobs there, and runs first after them
+                         then 'parked' else 'available' end,
             run_at = now(),
             finished_at = null,
             max_attempts = greatest(max_attempts, attempt + 1),
@@ -155,14 +169,28 @@ static RETRY_SQL: LazyLock<String> = LazyLock::new(|| {
           and id = $2
           and state in ('discarded', 'cancelled', 'retryable', 'scheduled')
         returning {JOB_COLUMNS}
-        "#
+        "#,
+        member = member("e")
     )
 });
 
 /// Makes a discarded, cancelled, retryable or scheduled job available now; one with its attempts used up gets one
-/// more.
+/// more. A job of a concurrency key whose lane has other members waits behind them (parked), under the key's
+/// enqueue lock, so the lane keeps one head.
 pub async fn retry(conn: &mut PgConnection, account: &AccountId, id: JobId) -> Result<Job> {
-    transition(conn, account, id, RETRY_SQL.as_str(), "retry").await
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    let key: Option<Option<String>> =
+        sqlx::query_scalar("select concurrency_key from job where account_id = $1 and id = $2")
+            .bind(account.as_str())
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    if let Some(Some(key)) = &key {
+        super::enqueue::lock_concurrency_keys(&mut tx, account, &[key.as_str()]).await?;
+    }
+    let job = transition(&mut tx, account, id, RETRY_SQL.as_str(), "retry").await?;
+    tx.commit().await?;
+    Ok(job)
 }
 
 /// Pauses a queue for the account: its jobs wait, running ones finish. Pausing twice is harmless.

@@ -9,22 +9,17 @@ use super::types::{JOB_COLUMNS, WAITING_BY_ID};
 use super::{Job, JobId, Result};
 use crate::tenancy::AccountId;
 
-/// The rules every claim applies to a row `r` beyond its own selection: its account has not paused its queue,
-/// and no earlier unfinished job of its concurrency key exists (a future scheduled one does not block).
+/// The rules every claim applies to a row `r` beyond its own selection: its account has not paused its queue, and
+/// when it has a concurrency key it is its lane's head. Jobs behind the head are parked (never candidates), and a
+/// keyed job scheduled for later joins its lane only when maintenance promotes it once due (see
+/// [`super::promote_due`]), so every keyed candidate that is not `scheduled` is a head: no probe of the lane, and
+/// a claim walks only heads, whatever waits behind them.
 fn turn_has_come(r: &str) -> String {
     format!(
         r#"not exists (
               select 1 from queue_pause p where p.account_id = {r}.account_id and p.queue = {r}.queue
           )
-          and ({r}.concurrency_key is null or not exists (
-              select 1
-              from job e
-              where e.account_id = {r}.account_id
-                and e.concurrency_key = {r}.concurrency_key
-                and e.id < {r}.id
-                and e.state in ('available', 'scheduled', 'retryable', 'running')
-                and (e.state <> 'scheduled' or e.run_at <= now())
-          ))"#
+          and ({r}.concurrency_key is null or {r}.state <> 'scheduled')"#
     )
 }
 
@@ -87,6 +82,7 @@ static LOCK_IDS_SQL: LazyLock<String> = LazyLock::new(|| {
         where job.id = any($1)
           and job.account_id = $2
           and {waiting}
+          and job.state <> 'parked'
           and job.run_at <= now()
           and {turn}
         order by job.id
@@ -136,9 +132,9 @@ static LOCK_FOLLOWING_SQL: LazyLock<String> = LazyLock::new(|| {
                     where w.account_id = $1
                       and w.concurrency_key = k.concurrency_key
                       and w.id > k.after
-                      -- the states of the key index, so that it serves the scan in id order: the claim index has
+                      -- the states of the lane index, so that it serves the scan in id order: the claim index has
                       -- no key, and a plan that filters it by key reads every waiting job of the queue
-                      and w.state in ('available', 'scheduled', 'retryable', 'running')
+                      and w.state in ('available', 'scheduled', 'retryable', 'running', 'parked')
                       -- a future scheduled job does not block the ones after it
                       and (w.state <> 'scheduled' or w.run_at <= statement_timestamp())
                     order by w.id

@@ -3,12 +3,14 @@
 //! The batch forms take arrays, paired through `job_leases` (see its migration): one round trip and one
 //! primary-key probe per job settle a whole batch.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::{PgConnection, PgExecutor};
 
+use super::lane::release_after;
 use super::types::WAITING_BY_ID;
 use super::{Error, JobId, Result};
 
@@ -87,27 +89,35 @@ pub async fn complete_many<'e>(exec: impl PgExecutor<'e>, items: &[Completion]) 
         return Ok(Vec::new());
     }
     let (ids, attempts, results) = completion_arrays(items);
-    let rows: Vec<i64> = sqlx::query_scalar(
-        r#"
-        update job
-        set state = 'completed',
-            finished_at = now(),
-            result = ($3::jsonb[])[r.ord],
-            leased_until = null
-        from job_leases($1, $2) as r
-        where job.id = r.id
-          and job.attempt = r.attempt
-          and job.state = 'running'
-        returning job.id
-        "#,
-    )
-    .bind(&ids)
-    .bind(&attempts)
-    .bind(&results)
-    .fetch_all(exec)
-    .await?;
+    let rows: Vec<i64> = sqlx::query_scalar(COMPLETE_SQL.as_str())
+        .bind(&ids)
+        .bind(&attempts)
+        .bind(&results)
+        .fetch_all(exec)
+        .await?;
     Ok(to_ids(rows))
 }
+
+static COMPLETE_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        r#"
+        with done as (
+            update job
+            set state = 'completed',
+                finished_at = now(),
+                result = ($3::jsonb[])[r.ord],
+                leased_until = null
+            from job_leases($1, $2) as r
+            where job.id = r.id
+              and job.attempt = r.attempt
+              and job.state = 'running'
+            returning job.id, job.account_id, job.concurrency_key, true as finished
+        ){release}
+        select id from done
+        "#,
+        release = release_after("done")
+    )
+});
 
 /// Completes jobs that the caller's transaction holds locked without a lease ([`super::lock_following`],
 /// [`super::lock_ids`]), each at the attempt it was read with: it takes its attempt and finishes at once, with
@@ -117,30 +127,38 @@ pub async fn complete_locked<'e>(exec: impl PgExecutor<'e>, items: &[Completion]
         return Ok(Vec::new());
     }
     let (ids, attempts, results) = completion_arrays(items);
-    let rows: Vec<i64> = sqlx::query_scalar(&format!(
-        r#"
-        update job
-        set state = 'completed',
-            attempt = job.attempt + 1,
-            started_at = now(),
-            finished_at = now(),
-            result = ($3::jsonb[])[r.ord],
-            lease_owner = $4
-        from job_leases($1, $2) as r
-        where job.id = r.id
-          and job.attempt = r.attempt
-          and {WAITING_BY_ID}
-        returning job.id
-        "#
-    ))
-    .bind(&ids)
-    .bind(&attempts)
-    .bind(&results)
-    .bind(owner)
-    .fetch_all(exec)
-    .await?;
+    let rows: Vec<i64> = sqlx::query_scalar(COMPLETE_LOCKED_SQL.as_str())
+        .bind(&ids)
+        .bind(&attempts)
+        .bind(&results)
+        .bind(owner)
+        .fetch_all(exec)
+        .await?;
     Ok(to_ids(rows))
 }
+
+static COMPLETE_LOCKED_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        r#"
+        with done as (
+            update job
+            set state = 'completed',
+                attempt = job.attempt + 1,
+                started_at = now(),
+                finished_at = now(),
+                result = ($3::jsonb[])[r.ord],
+                lease_owner = $4
+            from job_leases($1, $2) as r
+            where job.id = r.id
+              and job.attempt = r.attempt
+              and {WAITING_BY_ID}
+            returning job.id, job.account_id, job.concurrency_key, true as finished
+        ){release}
+        select id from done
+        "#,
+        release = release_after("done")
+    )
+});
 
 /// Completes one job inside the caller's transaction, so an engine handler's effects commit with the completion
 /// or not at all. Errors with [`Error::LeaseLost`] when the attempt no longer holds the lease.
@@ -162,40 +180,49 @@ pub async fn fail_many<'e>(exec: impl PgExecutor<'e>, items: &[Failure]) -> Resu
     let messages: Vec<String> = items.iter().map(|f| truncate(&f.message)).collect();
     let permanent: Vec<bool> = items.iter().map(|f| f.permanent).collect();
     let retry_at: Vec<DateTime<Utc>> = items.iter().map(|f| f.retry_at).collect();
-    let rows: Vec<i64> = sqlx::query_scalar(
-        r#"
-        update job
-        set state = case when ($4::bool[])[r.ord] or job.attempt >= job.max_attempts
-                         then 'discarded' else 'retryable' end,
-            run_at = case when ($4::bool[])[r.ord] or job.attempt >= job.max_attempts
-                          then job.run_at else ($5::timestamptz[])[r.ord] end,
-            finished_at = case when ($4::bool[])[r.ord] or job.attempt >= job.max_attempts then now() end,
-            errors = job.errors || jsonb_build_array(jsonb_build_object(
-                'attempt', job.attempt,
-                'at', to_char(now() at time zone 'utc', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-                'message', ($3::text[])[r.ord],
-                'version', job.version)),
-            leased_until = null,
-            -- a retry is routed afresh (null outside a rollout), so it never waits for a retired version; a
-            -- discarded job keeps the version that ran it
-            version = case when ($4::bool[])[r.ord] or job.attempt >= job.max_attempts
-                           then job.version else route_version(job.queue, coalesce(job.concurrency_key, job.id::text)) end
-        from job_leases($1, $2) as r
-        where job.id = r.id
-          and job.attempt = r.attempt
-          and job.state = 'running'
-        returning job.id
-        "#,
-    )
-    .bind(&ids)
-    .bind(&attempts)
-    .bind(&messages)
-    .bind(&permanent)
-    .bind(&retry_at)
-    .fetch_all(exec)
-    .await?;
+    let rows: Vec<i64> = sqlx::query_scalar(FAIL_SQL.as_str())
+        .bind(&ids)
+        .bind(&attempts)
+        .bind(&messages)
+        .bind(&permanent)
+        .bind(&retry_at)
+        .fetch_all(exec)
+        .await?;
     Ok(to_ids(rows))
 }
+
+static FAIL_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        r#"
+        with done as (
+            update job
+            set state = case when ($4::bool[])[r.ord] or job.attempt >= job.max_attempts
+                             then 'discarded' else 'retryable' end,
+                run_at = case when ($4::bool[])[r.ord] or job.attempt >= job.max_attempts
+                              then job.run_at else ($5::timestamptz[])[r.ord] end,
+                finished_at = case when ($4::bool[])[r.ord] or job.attempt >= job.max_attempts then now() end,
+                errors = job.errors || jsonb_build_array(jsonb_build_object(
+                    'attempt', job.attempt,
+                    'at', to_char(now() at time zone 'utc', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+                    'message', ($3::text[])[r.ord],
+                    'version', job.version)),
+                leased_until = null,
+                -- a retry is routed afresh (null outside a rollout), so it never waits for a retired version; a
+                -- discarded job keeps the version that ran it
+                version = case when ($4::bool[])[r.ord] or job.attempt >= job.max_attempts
+                               then job.version else route_version(job.queue, coalesce(job.concurrency_key, job.id::text)) end
+            from job_leases($1, $2) as r
+            where job.id = r.id
+              and job.attempt = r.attempt
+              and job.state = 'running'
+            -- a retryable job stays its lane's head; a discarded one leaves it
+            returning job.id, job.account_id, job.concurrency_key, job.state = 'discarded' as finished
+        ){release}
+        select id from done
+        "#,
+        release = release_after("done")
+    )
+});
 
 /// Puts jobs back to wait `delay` without using up the attempt. Returns the ids changed.
 pub async fn snooze_many<'e>(exec: impl PgExecutor<'e>, items: &[Snooze]) -> Result<Vec<JobId>> {
@@ -234,30 +261,38 @@ pub async fn cancel_running<'e>(exec: impl PgExecutor<'e>, items: &[(JobId, i32,
     }
     let (ids, attempts) = ids_attempts(items.iter().map(|(id, a, _)| (id, a)));
     let reasons: Vec<String> = items.iter().map(|(_, _, r)| truncate(r)).collect();
-    let rows: Vec<i64> = sqlx::query_scalar(
-        r#"
-        update job
-        set state = 'cancelled',
-            finished_at = now(),
-            errors = job.errors || jsonb_build_array(jsonb_build_object(
-                'attempt', job.attempt,
-                'at', to_char(now() at time zone 'utc', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-                'message', 'cancelled: ' || ($3::text[])[r.ord])),
-            leased_until = null
-        from job_leases($1, $2) as r
-        where job.id = r.id
-          and job.attempt = r.attempt
-          and job.state = 'running'
-        returning job.id
-        "#,
-    )
-    .bind(&ids)
-    .bind(&attempts)
-    .bind(&reasons)
-    .fetch_all(exec)
-    .await?;
+    let rows: Vec<i64> = sqlx::query_scalar(CANCEL_RUNNING_SQL.as_str())
+        .bind(&ids)
+        .bind(&attempts)
+        .bind(&reasons)
+        .fetch_all(exec)
+        .await?;
     Ok(to_ids(rows))
 }
+
+static CANCEL_RUNNING_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        r#"
+        with done as (
+            update job
+            set state = 'cancelled',
+                finished_at = now(),
+                errors = job.errors || jsonb_build_array(jsonb_build_object(
+                    'attempt', job.attempt,
+                    'at', to_char(now() at time zone 'utc', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+                    'message', 'cancelled: ' || ($3::text[])[r.ord])),
+                leased_until = null
+            from job_leases($1, $2) as r
+            where job.id = r.id
+              and job.attempt = r.attempt
+              and job.state = 'running'
+            returning job.id, job.account_id, job.concurrency_key, true as finished
+        ){release}
+        select id from done
+        "#,
+        release = release_after("done")
+    )
+});
 
 /// Hands jobs back at shutdown: available at once, the attempt not used up. Returns the ids changed.
 pub async fn hand_back<'e>(exec: impl PgExecutor<'e>, items: &[(JobId, i32)]) -> Result<Vec<JobId>> {

@@ -4,9 +4,12 @@
 //! index on `(account_id, idempotency_key)`, which waits for a concurrent inserter of the same key to commit; a
 //! conflict then reads the winner back and compares payload fingerprints.
 
+use std::sync::LazyLock;
+
 use sha2::{Digest, Sha256};
 use sqlx::PgConnection;
 
+use super::lane::member;
 use super::types::JOB_COLUMNS;
 use super::{Error, Job, JobId, NewJob, Result};
 use crate::tenancy::AccountId;
@@ -62,7 +65,7 @@ fn route_sql(queue: &str, key: &str) -> String {
 }
 
 /// Takes the per-key advisory locks so that, within one concurrency key, id order is commit order.
-async fn lock_concurrency_keys(conn: &mut PgConnection, account: &AccountId, keys: &[&str]) -> Result<()> {
+pub(super) async fn lock_concurrency_keys(conn: &mut PgConnection, account: &AccountId, keys: &[&str]) -> Result<()> {
     if keys.is_empty() {
         return Ok(());
     }
@@ -109,7 +112,15 @@ async fn insert_one(conn: &mut PgConnection, account: &AccountId, job: NewJob) -
         insert into job (id, account_id, queue, kind, args, state, priority, max_attempts, run_at, timeout_ms,
                          idempotency_key, fingerprint, concurrency_key, version, traceparent)
         select n.id, $1, $2, $3, $4,
-               case when coalesce($7, now()) > now() then 'scheduled' else 'available' end,
+               case when coalesce($7, now()) > now() then 'scheduled'
+                    when $11::text is not null and exists (
+                        select 1 from job e
+                        where e.account_id = $1
+                          and e.concurrency_key = $11
+                          and e.state in ('available', 'scheduled', 'retryable', 'running', 'parked')
+                          and {MEMBER}
+                    ) then 'parked'
+                    else 'available' end,
                $5, $6, coalesce($7, now()), $8, $9, $10, $11,
                coalesce($12, {ROUTE}),
                $13
@@ -117,7 +128,8 @@ async fn insert_one(conn: &mut PgConnection, account: &AccountId, job: NewJob) -
         on conflict (account_id, idempotency_key) where idempotency_key is not null do nothing
         returning {JOB_COLUMNS}
         "#,
-        ROUTE = route_sql("$2", "coalesce($11, n.id::text)")
+        ROUTE = route_sql("$2", "coalesce($11, n.id::text)"),
+        MEMBER = member("e")
     ))
     .bind(account.as_str())
     .bind(&job.queue)
@@ -217,63 +229,25 @@ pub async fn enqueue_many(
         version.push(j.version.as_deref());
         trace.push(j.traceparent.as_deref());
     }
-    let rows: Vec<(i64, i64, bool)> = sqlx::query_as(
-        r#"
-        with input as materialized (
-            select nextval('job_id_seq') as id, t.*
-            from unnest($2::text[], $3::text[], $4::jsonb[], $5::smallint[], $6::int[], $7::timestamptz[],
-                        $8::int[], $9::text[], $10::bytea[], $11::text[], $12::text[], $13::text[])
-                 with ordinality
-                 as t(queue, kind, args, priority, max_attempts, run_at, timeout_ms, idempotency_key,
-                      fingerprint, concurrency_key, version, traceparent, ord)
-        ),
-        -- The active rollout of each queue's pool, looked up once per queue (and not at all without one).
-        routes as materialized (
-            select q.queue, r.state, r.from_version, r.to_version, r.canary_percent
-            from (select distinct queue from input) q
-            join rollout r on r.state in ('canary', 'promoted')
-                          and r.pool = pool_of_queue(q.queue)
-            where (select exists (select 1 from rollout where state in ('canary', 'promoted')))
-        ),
-        ins as (
-            insert into job (id, account_id, queue, kind, args, state, priority, max_attempts, run_at, timeout_ms,
-                             idempotency_key, fingerprint, concurrency_key, version, traceparent)
-            select id, $1, queue, kind, args,
-                   case when coalesce(run_at, now()) > now() then 'scheduled' else 'available' end,
-                   priority, max_attempts, coalesce(run_at, now()), timeout_ms,
-                   idempotency_key, fingerprint, concurrency_key,
-                   coalesce(version, (
-                       select route_pick(rt.state, rt.from_version, rt.to_version, rt.canary_percent,
-                                         coalesce(input.concurrency_key, input.id::text))
-                       from routes rt
-                       where rt.queue = input.queue)),
-                   traceparent
-            from input
-            order by ord
-            on conflict (account_id, idempotency_key) where idempotency_key is not null do nothing
-            returning id
-        )
-        select input.ord, input.id, ins.id is not null
-        from input
-        left join ins on ins.id = input.id
-        order by input.ord
-        "#,
-    )
-    .bind(account.as_str())
-    .bind(&queue)
-    .bind(&kind)
-    .bind(&args)
-    .bind(&priority)
-    .bind(&max_attempts)
-    .bind(&run_at)
-    .bind(&timeout_ms)
-    .bind(&idem)
-    .bind(&fps)
-    .bind(&ckey)
-    .bind(&version)
-    .bind(&trace)
-    .fetch_all(&mut *conn)
-    .await?;
+    let rows: Vec<(i64, i64, bool)> = sqlx::query_as(ENQUEUE_MANY_SQL.as_str())
+        .bind(account.as_str())
+        .bind(&queue)
+        .bind(&kind)
+        .bind(&args)
+        .bind(&priority)
+        .bind(&max_attempts)
+        .bind(&run_at)
+        .bind(&timeout_ms)
+        .bind(&idem)
+        .bind(&fps)
+        .bind(&ckey)
+        .bind(&version)
+        .bind(&trace)
+        .fetch_all(&mut *conn)
+        .await?;
+    let replayed_keyed = rows
+        .iter()
+        .any(|&(ord, _, inserted)| !inserted && ckey.get((ord - 1) as usize).is_some_and(|k| k.is_some()));
 
     let mut out: Vec<EnqueueOutcome> = rows
         .iter()
@@ -282,6 +256,11 @@ pub async fn enqueue_many(
             replayed: !inserted,
         })
         .collect();
+    if replayed_keyed {
+        // A replayed job of a key was not inserted, yet the batch's later jobs of that key parked behind it: their
+        // lanes are marked, and settled (here, under this transaction's key locks) like any other mark.
+        unpark_behind_replays(conn, account, &ckey).await?;
+    }
     let conflicted: Vec<usize> = rows.iter().enumerate().filter(|(_, r)| !r.2).map(|(i, _)| i).collect();
     if conflicted.is_empty() {
         return Ok(out);
@@ -317,4 +296,97 @@ pub async fn enqueue_many(
         }
     }
     Ok(out)
+}
+
+static ENQUEUE_MANY_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        r#"
+        -- ids drawn in batch order, before anything sorts the rows
+        with drawn as materialized (
+            select nextval('job_id_seq') as id, t.*
+            from unnest($2::text[], $3::text[], $4::jsonb[], $5::smallint[], $6::int[], $7::timestamptz[],
+                        $8::int[], $9::text[], $10::bytea[], $11::text[], $12::text[], $13::text[])
+                 with ordinality
+                 as t(queue, kind, args, priority, max_attempts, run_at, timeout_ms, idempotency_key,
+                      fingerprint, concurrency_key, version, traceparent, ord)
+        ),
+        -- Due jobs of the same key earlier in this batch: the first is its lane's head at most, the rest park.
+        input as materialized (
+            select d.*,
+                   count(*) filter (where d.concurrency_key is not null and coalesce(d.run_at, now()) <= now())
+                       over (partition by d.concurrency_key order by d.ord
+                             rows between unbounded preceding and 1 preceding) as ahead
+            from drawn d
+        ),
+        -- Keys whose lane already has members: the batch's jobs of them park.
+        busy as materialized (
+            select k.concurrency_key
+            from (select distinct concurrency_key from input where concurrency_key is not null) k
+            where exists (
+                select 1 from job e
+                where e.account_id = $1
+                  and e.concurrency_key = k.concurrency_key
+                  and e.state in ('available', 'scheduled', 'retryable', 'running', 'parked')
+                  and {member}
+            )
+        ),
+        -- The active rollout of each queue's pool, looked up once per queue (and not at all without one).
+        routes as materialized (
+            select q.queue, r.state, r.from_version, r.to_version, r.canary_percent
+            from (select distinct queue from input) q
+            join rollout r on r.state in ('canary', 'promoted')
+                          and r.pool = pool_of_queue(q.queue)
+            where (select exists (select 1 from rollout where state in ('canary', 'promoted')))
+        ),
+        ins as (
+            insert into job (id, account_id, queue, kind, args, state, priority, max_attempts, run_at, timeout_ms,
+                             idempotency_key, fingerprint, concurrency_key, version, traceparent)
+            select id, $1, queue, kind, args,
+                   case when coalesce(run_at, now()) > now() then 'scheduled'
+                        when concurrency_key is not null
+                             and (ahead > 0 or exists (select 1 from busy b where b.concurrency_key = input.concurrency_key))
+                        then 'parked'
+                        else 'available' end,
+                   priority, max_attempts, coalesce(run_at, now()), timeout_ms,
+                   idempotency_key, fingerprint, concurrency_key,
+                   coalesce(version, (
+                       select route_pick(rt.state, rt.from_version, rt.to_version, rt.canary_percent,
+                                         coalesce(input.concurrency_key, input.id::text))
+                       from routes rt
+                       where rt.queue = input.queue)),
+                   traceparent
+            from input
+            order by ord
+            on conflict (account_id, idempotency_key) where idempotency_key is not null do nothing
+            returning id
+        )
+        select input.ord, input.id, ins.id is not null
+        from input
+        left join ins on ins.id = input.id
+        order by input.ord
+        "#,
+        member = member("e")
+    )
+});
+
+/// Settles the lanes of `keys` after a batch in which a job of a key was a replay (not inserted): the batch's later
+/// jobs of that key parked behind it. Marks the lanes and releases them in this transaction, which holds their
+/// enqueue locks.
+async fn unpark_behind_replays(conn: &mut PgConnection, account: &AccountId, keys: &[Option<&str>]) -> Result<()> {
+    let mut keys: Vec<&str> = keys.iter().flatten().copied().collect();
+    keys.sort_unstable();
+    keys.dedup();
+    sqlx::query(
+        r#"
+        insert into job_lane_mark (account_id, concurrency_key)
+        select $1, k from unnest($2::text[]) as k
+        on conflict (account_id, concurrency_key) do update set marked_at = excluded.marked_at
+        "#,
+    )
+    .bind(account.as_str())
+    .bind(&keys)
+    .execute(&mut *conn)
+    .await?;
+    super::release_lanes(&mut *conn, keys.len() as i64 + 100).await?;
+    Ok(())
 }

@@ -1,10 +1,12 @@
 //! Queue maintenance: rescue expired leases, promote due jobs, prune finished ones. Each step is idempotent and
 //! works in bounded batches, so two holders overlapping after a lease handover do no harm.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use sqlx::PgExecutor;
 
+use super::lane::release_after;
 use super::{JobId, Result, RetryPolicy};
 
 /// How long finished jobs are kept.
@@ -29,7 +31,17 @@ impl Default for Retention {
 /// and the job becomes `retryable` after a backoff, or `discarded` when its attempts are exhausted. Returns the
 /// ids rescued (at most `limit`).
 pub async fn rescue_expired<'e>(exec: impl PgExecutor<'e>, policy: RetryPolicy, limit: i64) -> Result<Vec<JobId>> {
-    let rows: Vec<i64> = sqlx::query_scalar(
+    let rows: Vec<i64> = sqlx::query_scalar(RESCUE_SQL.as_str())
+        .bind(policy.base.as_secs_f64())
+        .bind(policy.cap.as_secs_f64())
+        .bind(limit)
+        .fetch_all(exec)
+        .await?;
+    Ok(rows.into_iter().map(JobId).collect())
+}
+
+static RESCUE_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
         r#"
         with expired as (
             select id
@@ -39,34 +51,34 @@ pub async fn rescue_expired<'e>(exec: impl PgExecutor<'e>, policy: RetryPolicy, 
             order by leased_until
             limit $3
             for update skip locked
-        )
-        update job
-        set state = case when job.attempt >= job.max_attempts then 'discarded' else 'retryable' end,
-            finished_at = case when job.attempt >= job.max_attempts then now() end,
-            run_at = now() + make_interval(secs => least($2, $1 * power(2, greatest(job.attempt, 1) - 1)) * random()),
-            errors = job.errors || jsonb_build_array(jsonb_build_object(
-                'attempt', job.attempt,
-                'at', to_char(now() at time zone 'utc', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-                'message', 'lease expired: worker ' || coalesce(job.lease_owner, '?') || ' stopped heartbeating',
-                'version', job.version)),
-            leased_until = null,
-            version = case when job.attempt >= job.max_attempts then job.version else route_version(job.queue, coalesce(job.concurrency_key, job.id::text)) end
-        from expired
-        where job.id = expired.id
-        returning job.id
+        ),
+        done as (
+            update job
+            set state = case when job.attempt >= job.max_attempts then 'discarded' else 'retryable' end,
+                finished_at = case when job.attempt >= job.max_attempts then now() end,
+                run_at = now() + make_interval(secs => least($2, $1 * power(2, greatest(job.attempt, 1) - 1)) * random()),
+                errors = job.errors || jsonb_build_array(jsonb_build_object(
+                    'attempt', job.attempt,
+                    'at', to_char(now() at time zone 'utc', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+                    'message', 'lease expired: worker ' || coalesce(job.lease_owner, '?') || ' stopped heartbeating',
+                    'version', job.version)),
+                leased_until = null,
+                version = case when job.attempt >= job.max_attempts then job.version else route_version(job.queue, coalesce(job.concurrency_key, job.id::text)) end
+            from expired
+            where job.id = expired.id
+            returning job.id, job.account_id, job.concurrency_key, job.state = 'discarded' as finished
+        ){release}
+        select id from done
         "#,
+        release = release_after("done")
     )
-    .bind(policy.base.as_secs_f64())
-    .bind(policy.cap.as_secs_f64())
-    .bind(limit)
-    .fetch_all(exec)
-    .await?;
-    Ok(rows.into_iter().map(JobId).collect())
-}
+});
 
-/// Moves due `scheduled` and `retryable` jobs to `available`, so counts say what is runnable. Claims take due jobs
-/// directly, so this is bookkeeping, not on the hot path. Returns how many moved.
-pub async fn promote_due<'e>(exec: impl PgExecutor<'e>, limit: i64) -> Result<u64> {
+/// Moves due `scheduled` and `retryable` jobs to `available`, so counts say what is runnable; claims take due
+/// unkeyed jobs directly, so for them this is bookkeeping. A due scheduled job of a concurrency key is promoted into
+/// its lane instead: it becomes the lane's head when nothing of the lane is active, else it parks (see
+/// [`super::release_lanes`]); until then no claim takes it. Returns how many moved.
+pub async fn promote_due(pool: &sqlx::PgPool, limit: i64) -> Result<u64> {
     let done = sqlx::query(
         r#"
         with due as (
@@ -74,6 +86,8 @@ pub async fn promote_due<'e>(exec: impl PgExecutor<'e>, limit: i64) -> Result<u6
             from job
             where state in ('scheduled', 'retryable')
               and run_at <= now()
+              -- a keyed retryable job is its lane's head already
+              and (concurrency_key is null or state = 'retryable')
             order by run_at
             limit $1
             for update skip locked
@@ -85,9 +99,13 @@ pub async fn promote_due<'e>(exec: impl PgExecutor<'e>, limit: i64) -> Result<u6
         "#,
     )
     .bind(limit)
-    .execute(exec)
+    .execute(pool)
     .await?;
-    Ok(done.rows_affected())
+    let keyed: Vec<String> = sqlx::query_scalar("select promoted_queue from job_lane_promote($1)")
+        .bind(i32::try_from(limit.clamp(1, 100_000)).unwrap_or(100_000))
+        .fetch_all(pool)
+        .await?;
+    Ok(done.rows_affected() + keyed.len() as u64)
 }
 
 /// What one pruning pass did.
@@ -208,6 +226,11 @@ impl Maintainer {
             if rescued.len() < 1000 {
                 break;
             }
+        }
+        // Lanes marked by finishes that raced an enqueue of their key, and any a worker did not settle itself.
+        let released = super::release_lanes(&self.pool, 10_000).await?;
+        if !released.is_empty() {
+            tracing::debug!(jobs = released.len(), "released parked jobs of marked lanes");
         }
         promote_due(&self.pool, 5000).await?;
         self.publish_gauges().await;

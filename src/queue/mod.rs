@@ -4,7 +4,8 @@
 //! - a job is claimed by one statement (`for update skip locked`), which bumps `attempt` and sets a lease;
 //! - every later write of a running job (complete, fail, snooze, heartbeat, hand back) is fenced by
 //!   `(id, attempt, state = 'running')`, so a worker that lost its lease can change nothing;
-//! - jobs with one `concurrency_key` never run together and start in enqueue (id) order.
+//! - jobs with one `concurrency_key` never run together and start in enqueue (id) order; only a key's head is a
+//!   claim candidate, the jobs behind it are parked until it finishes (see [`lane`]).
 //!
 //! Functions take an executor, so callers can enqueue inside their own transaction; [`Queue`] bundles a pool and
 //! the wake-up publisher for the common case.
@@ -14,6 +15,7 @@ mod backoff;
 mod claim;
 mod complete;
 mod enqueue;
+mod lane;
 mod maintenance;
 mod registry;
 mod routing;
@@ -28,6 +30,7 @@ pub use complete::{
     Completion, Failure, Snooze,
 };
 pub use enqueue::{enqueue, enqueue_many, fingerprint, EnqueueOutcome, Enqueued};
+pub use lane::{marked_lanes, release_lanes};
 pub use maintenance::{
     autovacuum_on, promote_due, prune, rescue_expired, Maintainer, Pruned, Retention, MAINTENANCE_LEASE,
 };

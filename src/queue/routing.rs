@@ -14,7 +14,8 @@ pub async fn reroute_waiting<'e>(exec: impl PgExecutor<'e>, pool: &str, from: &s
         update job
         set version = $3
         where version = $2
-          and state in ('available', 'scheduled', 'retryable')
+          and (state in ('available', 'scheduled', 'retryable')
+               or (state = 'parked' and concurrency_key is not null))
           and pool_of_queue(queue) = $1
         "#,
     )
@@ -33,7 +34,8 @@ pub async fn routed_active<'e>(exec: impl PgExecutor<'e>, pool: &str, version: &
         select (select count(*)
                 from job
                 where version = $2
-                  and state in ('available', 'scheduled', 'retryable')
+                  and (state in ('available', 'scheduled', 'retryable')
+                       or (state = 'parked' and concurrency_key is not null))
                   and pool_of_queue(queue) = $1)
              + (select count(*)
                 from job
@@ -107,7 +109,8 @@ pub async fn pool_depth<'e>(exec: impl PgExecutor<'e>) -> Result<Vec<VersionDept
         with waiting as (
             select queue, version, count(*) as n
             from job
-            where state in ('available', 'scheduled', 'retryable')
+            where (state in ('available', 'scheduled', 'retryable')
+                   or (state = 'parked' and concurrency_key is not null))
               and run_at <= now()
             group by queue, version
         ),

@@ -52,7 +52,7 @@ pub async fn queue_stats<'e>(
         ),
         counts as (
             select j.queue,
-                   count(*) filter (where j.state = 'available'
+                   count(*) filter (where j.state in ('available', 'parked')
                                        or (j.state = 'scheduled' and j.run_at <= now())) as available,
                    count(*) filter (where j.state = 'scheduled' and j.run_at > now()) as scheduled,
                    count(*) filter (where j.state = 'running') as running,
@@ -60,20 +60,22 @@ pub async fn queue_stats<'e>(
                    0::bigint as completed,
                    0::bigint as discarded,
                    0::bigint as cancelled,
-                   count(*) filter (where j.state in ('available', 'scheduled', 'retryable')
+                   count(*) filter (where j.state in ('available', 'scheduled', 'retryable', 'parked')
                                       and j.run_at <= now()
                                       and not exists (
                                           select 1 from live w where j.queue = any(w.queues) and j.kind = any(w.kinds)
                                       )) as unclaimable,
                    coalesce(
                        (extract(epoch from now() - min(j.run_at) filter (
-                           where j.state in ('available', 'scheduled', 'retryable') and j.run_at <= now()
+                           where j.state in ('available', 'scheduled', 'retryable', 'parked') and j.run_at <= now()
                        )) * 1000)::bigint,
                        0) as oldest_available_ms
             from job j
             where j.account_id = $1
               -- Waiting and running jobs only, through their partial indexes: history never slows this down.
-              and (j.state in ('available', 'scheduled', 'retryable') or j.leased_until is not null)
+              and (j.state in ('available', 'scheduled', 'retryable')
+                   or j.leased_until is not null
+                   or (j.state = 'parked' and j.concurrency_key is not null))
             group by j.queue
         ),
         queues as (
@@ -172,14 +174,15 @@ pub async fn queue_gauges<'e>(exec: impl PgExecutor<'e>) -> Result<Vec<(String, 
     let rows = sqlx::query_as(
         r#"
         select queue,
-               count(*) filter (where state in ('available', 'scheduled', 'retryable') and run_at <= now()),
+               count(*) filter (where state in ('available', 'scheduled', 'retryable', 'parked') and run_at <= now()),
                count(*) filter (where state in ('scheduled', 'retryable') and run_at > now()),
                count(*) filter (where state = 'running'),
                count(*) filter (where state = 'retryable'),
                coalesce(extract(epoch from now() - min(run_at) filter (
-                   where state in ('available', 'scheduled', 'retryable') and run_at <= now())), 0)::float8
+                   where state in ('available', 'scheduled', 'retryable', 'parked') and run_at <= now())), 0)::float8
         from job
         where state in ('available', 'scheduled', 'retryable', 'running')
+           or (state = 'parked' and concurrency_key is not null)
         group by queue
         order by queue
         "#,

@@ -34,7 +34,7 @@ impl FromStr for JobId {
     }
 }
 
-/// The life cycle of a job, mirroring the `job.state` values exactly.
+/// The life cycle of a job, mirroring the `job.state` values (the internal `parked` reads as `available`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
@@ -95,7 +95,8 @@ impl FromStr for JobState {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Ok(match s {
             "scheduled" => JobState::Scheduled,
-            "available" => JobState::Available,
+            // A job parked behind the head of its concurrency key (see `queue::lane`) is available to its users.
+            "available" | "parked" => JobState::Available,
             "running" => JobState::Running,
             "completed" => JobState::Completed,
             "retryable" => JobState::Retryable,

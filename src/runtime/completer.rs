@@ -42,12 +42,43 @@ pub struct Settle {
     pub attempt: i32,
     /// What happened.
     pub kind: SettleKind,
+    /// The job's queue when it has a concurrency key: its finish may release the next job of that key.
+    pub lane: Option<String>,
+}
+
+/// What the completer does after a batch that settled jobs of concurrency keys: wake this worker's fetchers of
+/// their queues (the next job of a key was released by the same statement) and have the lane marks settled.
+#[derive(Clone)]
+pub(crate) struct LaneHook {
+    /// The worker's per-queue wake-ups.
+    pub signals: crate::wake::WakeSignals,
+    /// Pokes the task that runs [`queue::release_lanes`].
+    pub release: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl LaneHook {
+    /// After settling jobs of these queues' keys.
+    pub fn settled<'a>(&self, queues: impl Iterator<Item = &'a str>) {
+        let mut any = false;
+        let mut seen = std::collections::BTreeSet::new();
+        for q in queues {
+            any = true;
+            if seen.insert(q) {
+                if let Some(n) = self.signals.get(q) {
+                    n.notify_one();
+                }
+            }
+        }
+        if any {
+            self.release.notify_one();
+        }
+    }
 }
 
 const MAX_BATCH: usize = 2000;
 
 /// Runs until every sender is dropped and the buffer is written.
-pub(crate) async fn run(pool: PgPool, mut rx: mpsc::UnboundedReceiver<Settle>, retry: RetryPolicy) {
+pub(crate) async fn run(pool: PgPool, mut rx: mpsc::UnboundedReceiver<Settle>, retry: RetryPolicy, lanes: LaneHook) {
     let mut batch: Vec<Settle> = Vec::with_capacity(MAX_BATCH);
     loop {
         match rx.recv().await {
@@ -63,7 +94,10 @@ pub(crate) async fn run(pool: PgPool, mut rx: mpsc::UnboundedReceiver<Settle>, r
         let mut delay = Duration::from_millis(50);
         loop {
             match write(&pool, &batch, retry).await {
-                Ok(()) => break,
+                Ok(()) => {
+                    lanes.settled(batch.iter().filter_map(|s| s.lane.as_deref()));
+                    break;
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, jobs = batch.len(), retry_in = ?delay, "failed to settle jobs; retrying");
                     tokio::time::sleep(delay).await;

@@ -58,6 +58,7 @@ impl Executor {
             cancel: cancel.clone(),
         };
         let kind_label = job.kind.clone();
+        let lane = job.concurrency_key.is_some().then(|| job.queue.clone());
         // Kept for the failure logs only; parsed there, off the path of jobs that succeed.
         let traceparent = job.traceparent.clone();
         let delay = (chrono::Utc::now() - job.run_at).num_milliseconds().max(0) as f64 / 1000.0;
@@ -108,7 +109,12 @@ impl Executor {
                 after: None,
             },
         };
-        let _ = self.settle.send(Settle { id, attempt, kind });
+        let _ = self.settle.send(Settle {
+            id,
+            attempt,
+            kind,
+            lane,
+        });
         false
     }
 

@@ -180,7 +180,12 @@ impl Worker {
             tasks.spawn(wake::subscribe(url, ns, signals.clone(), background.clone()));
         }
         let (settle_tx, settle_rx) = mpsc::unbounded_channel::<Settle>();
-        let completer = tokio::spawn(completer::run(self.pool.clone(), settle_rx, cfg.retry));
+        let lanes = completer::LaneHook {
+            signals: signals.clone(),
+            release: Arc::new(tokio::sync::Notify::new()),
+        };
+        tasks.spawn(release_lanes(self.pool.clone(), lanes.clone(), background.clone()));
+        let completer = tokio::spawn(completer::run(self.pool.clone(), settle_rx, cfg.retry, lanes.clone()));
         tasks.spawn(heartbeat_loop(
             self.pool.clone(),
             info.clone(),
@@ -224,6 +229,7 @@ impl Worker {
                     wake: signals.get(q).unwrap_or_default(),
                     exec: exec.clone(),
                     jobs: jobs.clone(),
+                    lanes: lanes.clone(),
                 };
                 fetchers.push(tokio::spawn(f.run(shutdown.clone())));
             }
@@ -257,6 +263,7 @@ impl Worker {
                         id,
                         attempt,
                         kind: SettleKind::HandBack,
+                        lane: None,
                     });
                 }
             }
@@ -272,6 +279,30 @@ impl Worker {
         let _ = queue::deregister_worker(&self.pool, &self.id).await;
         tracing::info!(worker.id = %self.id, "worker stopped");
         Ok(())
+    }
+}
+
+/// Settles lane marks when poked after this worker finished jobs of concurrency keys, and wakes its fetchers of
+/// the queues whose jobs that released. Pokes arriving meanwhile coalesce into one more round.
+async fn release_lanes(pool: PgPool, lanes: completer::LaneHook, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = lanes.release.notified() => {}
+        }
+        match queue::release_lanes(&pool, 1000).await {
+            Ok(queues) => {
+                let mut seen = std::collections::BTreeSet::new();
+                for q in &queues {
+                    if seen.insert(q) {
+                        if let Some(n) = lanes.signals.get(q) {
+                            n.notify_one();
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "failed to settle lane marks"),
+        }
     }
 }
 
@@ -341,6 +372,7 @@ struct Fetcher {
     wake: Arc<tokio::sync::Notify>,
     exec: Arc<executor::Executor>,
     jobs: TaskTracker,
+    lanes: completer::LaneHook,
 }
 
 impl Fetcher {
@@ -398,12 +430,15 @@ impl Fetcher {
                         // The next job of a concurrency key (an entity's next event) becomes claimable when this
                         // one commits: claim again at once instead of at the next poll, or a serial chain would
                         // advance one step per poll interval.
-                        let next_of_key = job.concurrency_key.is_some().then(|| self.wake.clone());
+                        let lane = job
+                            .concurrency_key
+                            .is_some()
+                            .then(|| (job.queue.clone(), self.lanes.clone()));
                         self.jobs.spawn(async move {
                             let committed = exec.execute(job).await;
                             drop(permit);
-                            if let (true, Some(wake)) = (committed, next_of_key) {
-                                wake.notify_one();
+                            if let (true, Some((queue, lanes))) = (committed, lane) {
+                                lanes.settled(std::iter::once(queue.as_str()));
                             }
                         });
                     }

@@ -1,0 +1,120 @@
+//! Lanes: the jobs of one account and concurrency key, run one at a time in id order.
+//!
+//! Only a lane's head is ever a claim candidate. A job enqueued behind an earlier member of its lane is `parked`
+//! (outside the claim index), and the statement that finishes a lane's job releases the next parked one, so a
+//! claim's cost never depends on how long any lane is.
+//!
+//! Members of a lane are its jobs that are available, retryable, running or parked, and scheduled ones once due: a
+//! job scheduled in the future blocks nothing. A keyed job that falls due is not claimed directly: maintenance
+//! promotes it into its lane ([`super::promote_due`]), as its head when nothing of the lane is active, else parked,
+//! so no claim ever probes a lane. The race this leaves is an enqueue committing a parked job while
+//! the lane's last active member finishes: the finishing statement cannot see the new job. Enqueuers hold the
+//! key's advisory lock (see `enqueue`), so such a finish marks its lane (`job_lane_mark`) and
+//! [`release_lanes`] settles the mark once no enqueuer holds the key.
+
+use sqlx::PgExecutor;
+
+use super::Result;
+
+/// Whether `{e}` is a member of its lane (see the module docs).
+pub(crate) fn member(e: &str) -> String {
+    format!(
+        "({e}.state in ('available', 'retryable', 'running', 'parked') \
+         or ({e}.state = 'scheduled' and {e}.run_at <= now()))"
+    )
+}
+
+/// CTEs that release the next parked job of each lane a statement finished jobs of. `done` names an earlier CTE
+/// with the columns `id`, `account_id`, `concurrency_key` and `finished` (false for a job that stays in its lane,
+/// e.g. a failure that will be retried). Append after `done`, comma first; the statement then selects from `done`.
+///
+/// A lane is released only when no other job of it is active (available, retryable or running) as the statement
+/// sees it; the next job is the lowest parked id not finished by this statement. A lane with nothing to release,
+/// one with a due job that maintenance has yet to promote, or whose next job another transaction holds locked, is
+/// marked for [`release_lanes`].
+pub(crate) fn release_after(done: &str) -> String {
+    format!(
+        r#",
+        lane as (
+            select distinct f.account_id, f.concurrency_key
+            from {done} f
+            where f.finished and f.concurrency_key is not null
+        ),
+        lane_next as (
+            select l.account_id, l.concurrency_key,
+                   (select p.id from job p
+                    where p.account_id = l.account_id
+                      and p.concurrency_key = l.concurrency_key
+                      and p.state = 'parked'
+                      and not exists (select 1 from {done} f where f.id = p.id)
+                    -- the lane index's order: by id alone, a plan may walk the primary key through all history
+                    order by p.account_id, p.concurrency_key, p.id
+                    limit 1) as next_id
+            from lane l
+            where not exists (
+                select 1 from job e
+                where e.account_id = l.account_id
+                  and e.concurrency_key = l.concurrency_key
+                  and e.state in ('available', 'retryable', 'running')
+                  and not exists (select 1 from {done} f where f.id = e.id and f.finished)
+            )
+        ),
+        -- a due job of the lane waiting for its promotion goes first: release nothing, mark the lane
+        lane_due as (
+            select n.account_id, n.concurrency_key
+            from lane_next n
+            where exists (
+                select 1 from job e
+                where e.account_id = n.account_id
+                  and e.concurrency_key = n.concurrency_key
+                  and e.state = 'scheduled'
+                  and e.run_at <= now()
+            )
+        ),
+        lane_released as (
+            update job
+            set state = 'available', run_at = least(job.run_at, now())
+            from (
+                select j.id
+                from job j
+                join lane_next n on j.id = n.next_id
+                where j.state = 'parked'
+                  and not exists (
+                      select 1 from lane_due d
+                      where d.account_id = n.account_id and d.concurrency_key = n.concurrency_key
+                  )
+                for update of j skip locked
+            ) r
+            where job.id = r.id
+            returning job.account_id, job.concurrency_key
+        ),
+        lane_marked as (
+            insert into job_lane_mark (account_id, concurrency_key)
+            select n.account_id, n.concurrency_key
+            from lane_next n
+            where not exists (
+                select 1 from lane_released r
+                where r.account_id = n.account_id and r.concurrency_key = n.concurrency_key
+            )
+            on conflict (account_id, concurrency_key) do update set marked_at = excluded.marked_at
+        )"#
+    )
+}
+
+/// Settles up to `limit` lane marks (see the module docs) and returns the queues of the jobs it released, one
+/// entry per job. Never waits on a lock, so any process may call it at any time; the queue maintenance does every
+/// round, and a worker after it finished jobs of a lane.
+pub async fn release_lanes<'e>(exec: impl PgExecutor<'e>, limit: i64) -> Result<Vec<String>> {
+    let limit = i32::try_from(limit.clamp(1, 10_000)).unwrap_or(10_000);
+    Ok(sqlx::query_scalar("select released_queue from job_lane_release($1)")
+        .bind(limit)
+        .fetch_all(exec)
+        .await?)
+}
+
+/// How many lanes are marked, for tests and diagnostics.
+pub async fn marked_lanes<'e>(exec: impl PgExecutor<'e>) -> Result<i64> {
+    Ok(sqlx::query_scalar("select count(*) from job_lane_mark")
+        .fetch_one(exec)
+        .await?)
+}

@@ -1,0 +1,551 @@
+//! Lanes: only a concurrency key's head is a claim candidate; the jobs behind it are parked and released by the
+//! statement that finishes it, so a claim costs the same however long any key's run is.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use ordo::queue::{self, ClaimRequest, Completion, Failure, JobId, JobState, NewJob};
+use ordo::testkit::{self, eventually};
+use serde_json::json;
+use sqlx::PgPool;
+
+use crate::support::{acct, create_execution_table, spawn_worker_process};
+
+const LEASE: Duration = Duration::from_secs(30);
+
+async fn claim_kinds(exec: impl sqlx::PgExecutor<'_>, kinds: &[&str], limit: i64) -> Vec<queue::Job> {
+    let kinds: Vec<String> = kinds.iter().map(|k| (*k).to_owned()).collect();
+    queue::claim(
+        exec,
+        &ClaimRequest {
+            queue: "default",
+            kinds: &kinds,
+            pool: "default",
+            version: "v1",
+            worker_id: "test-worker",
+            lease: LEASE,
+            limit,
+        },
+    )
+    .await
+    .expect("claim")
+}
+
+/// Claims in a transaction of its own and returns the jobs with the rows the claim read: index entries returned by
+/// every index of `job`, plus heap rows fetched by index and read by sequential scans (the transaction's own
+/// statistics, exact and immediate).
+async fn claim_counting_reads(pool: &PgPool, kinds: &[&str], limit: i64) -> (Vec<queue::Job>, i64) {
+    // The backend's pending counters may still hold earlier transactions' reads: take the difference.
+    const READ: &str = r#"
+        select (select coalesce(sum(pg_stat_get_xact_tuples_returned(indexrelid)), 0)
+                from pg_index where indrelid = 'job'::regclass)::bigint
+             + pg_stat_get_xact_tuples_fetched('job'::regclass)
+             + pg_stat_get_xact_tuples_returned('job'::regclass)
+        "#;
+    let mut tx = pool.begin().await.unwrap();
+    let before: i64 = sqlx::query_scalar(READ).fetch_one(&mut *tx).await.unwrap();
+    let jobs = claim_kinds(&mut *tx, kinds, limit).await;
+    let after: i64 = sqlx::query_scalar(READ).fetch_one(&mut *tx).await.unwrap();
+    tx.commit().await.unwrap();
+    (jobs, after - before)
+}
+
+async fn enqueue(pool: &PgPool, job: NewJob) -> queue::Job {
+    let mut conn = pool.acquire().await.unwrap();
+    queue::enqueue(&mut conn, &acct(), job).await.unwrap().job
+}
+
+async fn enqueue_batch(pool: &PgPool, jobs: Vec<NewJob>) -> Vec<JobId> {
+    let mut tx = pool.begin().await.unwrap();
+    let out = queue::enqueue_many(&mut tx, &acct(), &jobs).await.unwrap();
+    tx.commit().await.unwrap();
+    out.into_iter().map(|o| o.id).collect()
+}
+
+async fn complete(pool: &PgPool, jobs: &[queue::Job]) {
+    let done: Vec<Completion> = jobs
+        .iter()
+        .map(|j| Completion {
+            id: j.id,
+            attempt: j.attempt,
+            result: json!(null),
+        })
+        .collect();
+    assert_eq!(queue::complete_many(pool, &done).await.unwrap().len(), jobs.len());
+}
+
+async fn raw_state(pool: &PgPool, id: JobId) -> String {
+    sqlx::query_scalar("select state from job where id = $1")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// Enqueues `hot` `noop` jobs of one key, then 500 without a key, and analyses the table.
+async fn fill(pool: &PgPool, hot: usize) -> Vec<JobId> {
+    let mut keyed = Vec::new();
+    for chunk in (0..hot).collect::<Vec<_>>().chunks(1000) {
+        let jobs = chunk
+            .iter()
+            .map(|i| NewJob::new("noop", json!({"i": i})).concurrency_key("hot"))
+            .collect();
+        keyed.extend(enqueue_batch(pool, jobs).await);
+    }
+    let jobs = (0..500).map(|i| NewJob::new("noop", json!({"i": i}))).collect();
+    enqueue_batch(pool, jobs).await;
+    sqlx::query("analyze job").execute(pool).await.unwrap();
+    keyed
+}
+
+/// Claims of 16 until the 500 unkeyed jobs ran, completing each batch: returns the rows read per claim (mean) and
+/// the keyed jobs started, in order. Asserts that no claim takes two jobs of the key.
+async fn drain_unkeyed(pool: &PgPool) -> (i64, Vec<JobId>) {
+    let (mut claims, mut read, mut unkeyed) = (0, 0, 0);
+    let mut started = Vec::new();
+    while unkeyed < 500 {
+        let (jobs, r) = claim_counting_reads(pool, &["noop"], 16).await;
+        assert!(!jobs.is_empty(), "work left to claim");
+        claims += 1;
+        read += r;
+        let of_key: Vec<JobId> = jobs
+            .iter()
+            .filter(|j| j.concurrency_key.is_some())
+            .map(|j| j.id)
+            .collect();
+        assert!(of_key.len() <= 1, "two jobs of one key claimed together: {of_key:?}");
+        started.extend(of_key);
+        unkeyed += jobs.iter().filter(|j| j.concurrency_key.is_none()).count();
+        complete(pool, &jobs).await;
+    }
+    (read / claims, started)
+}
+
+/// 20 000 jobs of one key and 500 without: each claim reads as many rows as with no keyed run present (the first
+/// design walked the whole run on every claim: 20 000 rows each), and the key's jobs still start one at a time, in
+/// enqueue order, alongside the other work.
+#[tokio::test]
+async fn a_hot_key_costs_other_work_nothing_and_keeps_its_order() {
+    let base = testkit::db().await;
+    let hot = testkit::db().await;
+    fill(&base.pool, 0).await;
+    let keyed = fill(&hot.pool, 20_000).await;
+    let (base_read, none) = drain_unkeyed(&base.pool).await;
+    assert!(none.is_empty());
+    let (hot_read, started) = drain_unkeyed(&hot.pool).await;
+    // The head of the key and its lane probes: a handful of rows per claim, never the run behind it.
+    assert!(
+        hot_read <= base_read + 8,
+        "a claim next to a 20 000-job key read {hot_read} rows, without it {base_read}"
+    );
+    assert!(
+        started.len() >= 5,
+        "the key advanced with the other work: {}",
+        started.len()
+    );
+    assert_eq!(started, keyed[..started.len()], "the key's jobs start in enqueue order");
+    let parked: i64 = sqlx::query_scalar("select count(*) from job where state = 'parked'")
+        .fetch_one(&hot.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        parked as usize,
+        keyed.len() - started.len() - 1,
+        "all but the head wait parked"
+    );
+}
+
+/// A job parked by an enqueue that commits while the lane's last active job finishes is not seen by the finishing
+/// statement: the lane is marked, and `release_lanes` releases the job once the enqueue committed (not before:
+/// the enqueuer holds the key).
+#[tokio::test]
+async fn a_finish_racing_a_parked_enqueue_marks_the_lane_and_release_settles_it() {
+    let db = testkit::db().await;
+    let head = enqueue(&db.pool, NewJob::new("noop", json!({})).concurrency_key("K")).await;
+    let running = claim_kinds(&db.pool, &["noop"], 10).await;
+    assert_eq!(running.len(), 1);
+
+    let mut enqueuer = db.pool.begin().await.unwrap();
+    let parked = queue::enqueue(
+        &mut enqueuer,
+        &acct(),
+        NewJob::new("noop", json!({"n": 2})).concurrency_key("K"),
+    )
+    .await
+    .unwrap()
+    .job;
+    assert_eq!(raw_state(&db.pool, head.id).await, "running");
+    complete(&db.pool, &running).await;
+    assert_eq!(
+        queue::marked_lanes(&db.pool).await.unwrap(),
+        1,
+        "the finish marked its lane"
+    );
+    assert!(
+        queue::release_lanes(&db.pool, 100).await.unwrap().is_empty(),
+        "nothing to release while the enqueuer holds the key"
+    );
+    assert_eq!(queue::marked_lanes(&db.pool).await.unwrap(), 1, "the mark stays");
+    enqueuer.commit().await.unwrap();
+
+    assert_eq!(raw_state(&db.pool, parked.id).await, "parked");
+    assert!(
+        claim_kinds(&db.pool, &["noop"], 10).await.is_empty(),
+        "parked: no claim sees it"
+    );
+    assert_eq!(
+        queue::release_lanes(&db.pool, 100).await.unwrap(),
+        vec!["default".to_owned()]
+    );
+    assert_eq!(queue::marked_lanes(&db.pool).await.unwrap(), 0);
+    let got = claim_kinds(&db.pool, &["noop"], 10).await;
+    assert_eq!(got.iter().map(|j| j.id).collect::<Vec<_>>(), vec![parked.id]);
+    // The lane's end is marked too, and a release with nothing behind it clears the mark.
+    complete(&db.pool, &got).await;
+    assert!(queue::release_lanes(&db.pool, 100).await.unwrap().is_empty());
+    assert_eq!(queue::marked_lanes(&db.pool).await.unwrap(), 0);
+}
+
+/// Every way a head leaves its lane releases the next job at once: completion, discard, cancel (running or
+/// waiting), an expired lease on the last attempt. A retryable head keeps its lane; the API shows parked jobs as
+/// available.
+#[tokio::test]
+async fn every_finish_releases_the_next_job_and_a_retryable_head_holds_its_lane() {
+    let db = testkit::db().await;
+    let mut ids = enqueue_batch(
+        &db.pool,
+        (0..6)
+            .map(|i| {
+                NewJob::new("noop", json!({"i": i}))
+                    .concurrency_key("K")
+                    .max_attempts(1)
+            })
+            .collect(),
+    )
+    .await
+    .into_iter();
+    let shown = queue::get(&db.pool, &acct(), JobId(ids.as_slice()[1].0)).await.unwrap();
+    assert_eq!(shown.state, JobState::Available, "a parked job reads as available");
+
+    // completion
+    let first = ids.next().unwrap();
+    let got = claim_kinds(&db.pool, &["noop"], 10).await;
+    assert_eq!(got.iter().map(|j| j.id).collect::<Vec<_>>(), vec![first]);
+    complete(&db.pool, &got).await;
+
+    // a failure with attempts left keeps the lane; the discard that follows releases it
+    let second = ids.next().unwrap();
+    sqlx::query("update job set max_attempts = 2 where id = $1")
+        .bind(second)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let got = claim_kinds(&db.pool, &["noop"], 10).await;
+    assert_eq!(got.iter().map(|j| j.id).collect::<Vec<_>>(), vec![second]);
+    let fail = |permanent| Failure {
+        id: second,
+        attempt: got[0].attempt,
+        message: "boom".into(),
+        permanent,
+        retry_at: Utc::now() - chrono::Duration::seconds(1),
+    };
+    queue::fail_many(&db.pool, &[fail(false)]).await.unwrap();
+    let again = claim_kinds(&db.pool, &["noop"], 10).await;
+    assert_eq!(
+        again.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![second],
+        "the retryable head runs again"
+    );
+    queue::fail_many(
+        &db.pool,
+        &[Failure {
+            attempt: again[0].attempt,
+            ..fail(true)
+        }],
+    )
+    .await
+    .unwrap();
+
+    // cancel of the running head
+    let third = ids.next().unwrap();
+    let got = claim_kinds(&db.pool, &["noop"], 10).await;
+    assert_eq!(got.iter().map(|j| j.id).collect::<Vec<_>>(), vec![third]);
+    let mut conn = db.pool.acquire().await.unwrap();
+    queue::cancel(&mut conn, &acct(), third).await.unwrap();
+
+    // cancel of the waiting head
+    let fourth = ids.next().unwrap();
+    assert_eq!(raw_state(&db.pool, fourth).await, "available");
+    queue::cancel(&mut conn, &acct(), fourth).await.unwrap();
+
+    // an expired lease on the last attempt
+    let fifth = ids.next().unwrap();
+    let got = claim_kinds(&db.pool, &["noop"], 10).await;
+    assert_eq!(got.iter().map(|j| j.id).collect::<Vec<_>>(), vec![fifth]);
+    sqlx::query("update job set leased_until = now() - interval '1 second' where id = $1")
+        .bind(fifth)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let rescued = queue::rescue_expired(&db.pool, queue::RetryPolicy::default(), 100)
+        .await
+        .unwrap();
+    assert_eq!(rescued, vec![fifth]);
+    assert_eq!(raw_state(&db.pool, fifth).await, "discarded");
+
+    let sixth = ids.next().unwrap();
+    let got = claim_kinds(&db.pool, &["noop"], 10).await;
+    assert_eq!(got.iter().map(|j| j.id).collect::<Vec<_>>(), vec![sixth]);
+}
+
+/// A job scheduled in the future blocks nothing; once due it is promoted into its lane by maintenance: behind the
+/// later job of its key that started meanwhile, and before the jobs still parked (it was enqueued first).
+#[tokio::test]
+async fn a_due_scheduled_job_joins_its_lane_in_enqueue_order() {
+    let db = testkit::db().await;
+    let later = Utc::now() + chrono::Duration::hours(1);
+    let scheduled = enqueue(
+        &db.pool,
+        NewJob::new("noop", json!({})).concurrency_key("K").run_at(later),
+    )
+    .await;
+    let a = enqueue(&db.pool, NewJob::new("noop", json!({"a": 1})).concurrency_key("K")).await;
+    let b = enqueue(&db.pool, NewJob::new("noop", json!({"b": 1})).concurrency_key("K")).await;
+    assert_eq!(
+        raw_state(&db.pool, a.id).await,
+        "available",
+        "a future job is no member of the lane"
+    );
+    assert_eq!(raw_state(&db.pool, b.id).await, "parked");
+    let got = claim_kinds(&db.pool, &["noop"], 10).await;
+    assert_eq!(got.iter().map(|j| j.id).collect::<Vec<_>>(), vec![a.id]);
+
+    sqlx::query("update job set run_at = now() - interval '1 second' where id = $1")
+        .bind(scheduled.id)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    assert!(
+        claim_kinds(&db.pool, &["noop"], 10).await.is_empty(),
+        "due, but not yet in its lane"
+    );
+    assert_eq!(queue::promote_due(&db.pool, 100).await.unwrap(), 1);
+    assert_eq!(
+        raw_state(&db.pool, scheduled.id).await,
+        "parked",
+        "a job of its key runs"
+    );
+    complete(&db.pool, &got).await;
+    let next = claim_kinds(&db.pool, &["noop"], 10).await;
+    assert_eq!(
+        next.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![scheduled.id],
+        "the earlier job first"
+    );
+    complete(&db.pool, &next).await;
+    let last = claim_kinds(&db.pool, &["noop"], 10).await;
+    assert_eq!(last.iter().map(|j| j.id).collect::<Vec<_>>(), vec![b.id]);
+
+    // Due while nothing of its key is active (its lane's head finished first): promoted as the head, and the job
+    // parked behind it waits.
+    let s2 = enqueue(
+        &db.pool,
+        NewJob::new("noop", json!({"s": 2})).concurrency_key("L").run_at(later),
+    )
+    .await;
+    let c = enqueue(&db.pool, NewJob::new("noop", json!({"c": 1})).concurrency_key("L")).await;
+    let d = enqueue(&db.pool, NewJob::new("noop", json!({"d": 1})).concurrency_key("L")).await;
+    complete(&db.pool, &last).await;
+    let got = claim_kinds(&db.pool, &["noop"], 10).await;
+    assert_eq!(got.iter().map(|j| j.id).collect::<Vec<_>>(), vec![c.id]);
+    sqlx::query("update job set run_at = now() - interval '1 second' where id = $1")
+        .bind(s2.id)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    complete(&db.pool, &got).await;
+    assert_eq!(raw_state(&db.pool, d.id).await, "parked", "the due job goes first");
+    let marked: i64 = sqlx::query_scalar("select count(*) from job_lane_mark where concurrency_key = 'L'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(marked, 1, "its lane is marked");
+    queue::promote_due(&db.pool, 100).await.unwrap();
+    let got = claim_kinds(&db.pool, &["noop"], 10).await;
+    assert_eq!(got.iter().map(|j| j.id).collect::<Vec<_>>(), vec![s2.id]);
+    complete(&db.pool, &got).await;
+    let got = claim_kinds(&db.pool, &["noop"], 10).await;
+    assert_eq!(got.iter().map(|j| j.id).collect::<Vec<_>>(), vec![d.id]);
+}
+
+/// A discarded job retried while its key has moved on waits behind the lane's head, then runs before the jobs
+/// parked behind it (it was enqueued first).
+#[tokio::test]
+async fn a_retried_job_waits_for_its_lanes_head() {
+    let db = testkit::db().await;
+    let first = enqueue(
+        &db.pool,
+        NewJob::new("noop", json!({"n": 1}))
+            .concurrency_key("K")
+            .max_attempts(1),
+    )
+    .await;
+    let got = claim_kinds(&db.pool, &["noop"], 10).await;
+    queue::fail_many(
+        &db.pool,
+        &[Failure {
+            id: first.id,
+            attempt: got[0].attempt,
+            message: "boom".into(),
+            permanent: true,
+            retry_at: Utc::now(),
+        }],
+    )
+    .await
+    .unwrap();
+    let second = enqueue(&db.pool, NewJob::new("noop", json!({"n": 2})).concurrency_key("K")).await;
+    let third = enqueue(&db.pool, NewJob::new("noop", json!({"n": 3})).concurrency_key("K")).await;
+    let running = claim_kinds(&db.pool, &["noop"], 10).await;
+    assert_eq!(running.iter().map(|j| j.id).collect::<Vec<_>>(), vec![second.id]);
+
+    let mut conn = db.pool.acquire().await.unwrap();
+    let retried = queue::retry(&mut conn, &acct(), first.id).await.unwrap();
+    assert_eq!(retried.state, JobState::Available);
+    assert_eq!(raw_state(&db.pool, first.id).await, "parked");
+    assert!(claim_kinds(&db.pool, &["noop"], 10).await.is_empty());
+    complete(&db.pool, &running).await;
+    let next = claim_kinds(&db.pool, &["noop"], 10).await;
+    assert_eq!(next.iter().map(|j| j.id).collect::<Vec<_>>(), vec![first.id]);
+    complete(&db.pool, &next).await;
+    let last = claim_kinds(&db.pool, &["noop"], 10).await;
+    assert_eq!(last.iter().map(|j| j.id).collect::<Vec<_>>(), vec![third.id]);
+}
+
+/// A batch whose first job of a key is an idempotent replay (not inserted) does not leave the key's later jobs
+/// parked behind nothing.
+#[tokio::test]
+async fn a_replayed_job_in_a_batch_leaves_no_lane_stuck() {
+    let db = testkit::db().await;
+    let keyed = |i: i32| NewJob::new("noop", json!({"i": i})).concurrency_key("K");
+    let done = enqueue(&db.pool, keyed(0).idempotency_key("once")).await;
+    let got = claim_kinds(&db.pool, &["noop"], 10).await;
+    complete(&db.pool, &got).await;
+    let ids = enqueue_batch(&db.pool, vec![keyed(0).idempotency_key("once"), keyed(1), keyed(2)]).await;
+    assert_eq!(ids[0], done.id, "replayed");
+    let got = claim_kinds(&db.pool, &["noop"], 10).await;
+    assert_eq!(got.iter().map(|j| j.id).collect::<Vec<_>>(), vec![ids[1]]);
+    assert_eq!(raw_state(&db.pool, ids[2]).await, "parked");
+}
+
+/// An upgrade from the schema before lanes keeps every job: waiting, running, scheduled, retryable and finished
+/// jobs of several keys are migrated by the real `ordo migrate`, then real workers drain them, each key one job at
+/// a time in id order.
+#[tokio::test]
+async fn an_upgraded_queue_drains_every_key_in_order() {
+    let db = testkit::db_before_migration(20261206000001).await;
+    create_execution_table(&db.pool).await;
+    // Three keys of 30 jobs and 40 unkeyed jobs as the older ordo left them: each key's first job running (lease
+    // expired: its worker died) or retryable (due), the rest available; a scheduled job; finished history.
+    sqlx::query(
+        r#"
+        insert into job (kind, args, state, concurrency_key, attempt, started_at, leased_until, lease_owner)
+        select 'test.record', jsonb_build_object('k', k, 'i', i),
+               case when i = 1 and k = 'a' then 'running'
+                    when i = 1 and k = 'b' then 'retryable'
+                    else 'available' end,
+               'key-' || k,
+               case when i = 1 and k in ('a', 'b') then 1 else 0 end,
+               case when i = 1 and k = 'a' then now() - interval '1 minute' end,
+               case when i = 1 and k = 'a' then now() - interval '1 second' end,
+               case when i = 1 and k = 'a' then 'gone' end
+        from unnest(array['a', 'b', 'c']) as k, generate_series(1, 30) as i
+        order by k, i
+        "#,
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        r#"
+        insert into job (kind, args, state, run_at)
+        select 'noop', jsonb_build_object('u', i), 'available', now() from generate_series(1, 40) as i
+        union all
+        select 'noop', '{"s": 1}', 'scheduled', now() + interval '2 seconds'
+        union all
+        select 'noop', '{"done": 1}', 'completed', now()
+        "#,
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query("update job set finished_at = now() where state = 'completed'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+
+    let migrate = tokio::process::Command::new(env!("CARGO_BIN_EXE_ordo"))
+        .arg("migrate")
+        .env("DATABASE_URL", &db.url)
+        .env("RUST_LOG", "warn")
+        .status()
+        .await
+        .unwrap();
+    assert!(migrate.success(), "ordo migrate");
+    let parked: i64 = sqlx::query_scalar("select count(*) from job where state = 'parked'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(parked, 87, "all but each key's first job park");
+
+    let mut workers: Vec<_> = (0..2)
+        .map(|_| {
+            spawn_worker_process(
+                &db.url,
+                &[],
+                &["--pool", "default", "--version", "v1", "--concurrency", "8"],
+            )
+        })
+        .collect();
+    eventually(Duration::from_secs(90), "every job finishes", || async {
+        let left: i64 = sqlx::query_scalar("select count(*) from job where finished_at is null")
+            .fetch_one(&db.pool)
+            .await
+            .ok()?;
+        (left == 0).then_some(())
+    })
+    .await;
+    for w in &mut workers {
+        w.start_kill().unwrap();
+        w.wait().await.unwrap();
+    }
+
+    let total: i64 = sqlx::query_scalar("select count(*) from job where state = 'completed'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(total, 132, "every job completed, none lost");
+    // Within a key, by the handlers' own clocks: each job started after the one before it finished, in id order.
+    let runs: Vec<(String, i64, i64)> = sqlx::query_as(
+        r#"
+        select j.concurrency_key, count(*),
+               count(*) filter (where x.started_at < x.before)
+        from (
+            select t.job_id, t.started_at,
+                   lag(t.finished_at) over (partition by j.concurrency_key order by j.id) as before
+            from test_execution t
+            join job j on j.id = t.job_id
+        ) x
+        join job j on j.id = x.job_id
+        group by j.concurrency_key
+        order by 1
+        "#,
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    for (key, ran, overlaps) in &runs {
+        assert_eq!(*ran, 30, "{key}: each job ran once");
+        assert_eq!(*overlaps, 0, "{key}: its jobs ran one at a time in enqueue order");
+    }
+    assert_eq!(runs.len(), 3);
+}
