@@ -49,6 +49,9 @@ pub struct BenchArgs {
     /// Concurrency of each worker process.
     #[arg(long, default_value_t = 256)]
     pub concurrency: usize,
+    /// Jobs each worker claims ahead of its free slots (default: the worker's, its concurrency).
+    #[arg(long)]
+    pub prefetch: Option<usize>,
     /// Jobs per enqueue transaction.
     #[arg(long, default_value_t = 1000)]
     pub batch: usize,
@@ -111,6 +114,8 @@ pub struct Summary {
     pub workers: usize,
     /// Concurrency per worker.
     pub concurrency: usize,
+    /// Jobs each worker claims ahead of its free slots (`None`: the worker's default, its concurrency).
+    pub prefetch: Option<usize>,
     /// Jobs per enqueue transaction.
     pub batch: usize,
     /// Finished jobs in the table before the run.
@@ -327,6 +332,7 @@ async fn measure(args: &BenchArgs, url: &str) -> Result<Summary, Error> {
         statements,
         workers: args.workers,
         concurrency: args.concurrency,
+        prefetch: args.prefetch,
         batch: args.batch,
         preloaded_finished: args.preload_finished,
         backlog: args.backlog,
@@ -484,6 +490,7 @@ fn spawn_workers(args: &BenchArgs, url: &str) -> Result<Vec<tokio::process::Chil
             let mut c = tokio::process::Command::new(&exe);
             c.arg("worker")
                 .args(["--concurrency", &args.concurrency.to_string()])
+                .args(args.prefetch.map(|p| format!("--prefetch={p}")))
                 .env("DATABASE_URL", url)
                 .env("ORDO_POLL_MS", "50")
                 .env("RUST_LOG", "warn")

@@ -99,6 +99,9 @@ pub struct WorkerArgs {
     /// Jobs run at once.
     #[arg(long, env = "ORDO_CONCURRENCY", default_value_t = 16)]
     pub concurrency: usize,
+    /// Jobs claimed ahead of free slots, waiting in the worker (leased) for a slot (default: the concurrency).
+    #[arg(long, env = "ORDO_PREFETCH")]
+    pub prefetch: Option<usize>,
     /// Queues served, comma-separated (default: the pool's queues).
     #[arg(long, env = "ORDO_QUEUES", value_delimiter = ',')]
     pub queues: Vec<String>,
@@ -137,6 +140,12 @@ impl WorkerArgs {
                 message: "must be 1 to 10000".into(),
             });
         }
+        if self.prefetch.is_some_and(|p| p > 10_000) {
+            return Err(Error::Invalid {
+                name: "--prefetch",
+                message: "must be 0 to 10000".into(),
+            });
+        }
         if self.lease_ms < 300 {
             return Err(Error::Invalid {
                 name: "ORDO_LEASE_MS",
@@ -160,6 +169,7 @@ impl WorkerArgs {
             cfg.queues = queues;
         }
         cfg.concurrency = self.concurrency;
+        cfg.prefetch = self.prefetch.unwrap_or(self.concurrency);
         cfg.lease = Duration::from_millis(self.lease_ms);
         cfg.poll = Duration::from_millis(self.poll_ms);
         cfg.default_timeout = Duration::from_millis(self.job_timeout_ms.max(1));

@@ -35,11 +35,11 @@ enum Ran {
 }
 
 impl Executor {
-    /// Runs the job; true when its handler settled it itself (committed by the time this returns).
-    pub async fn execute(&self, job: Job) -> bool {
+    /// Runs the job, stopped by `cancel` when its lease is lost; true when its handler settled it itself
+    /// (committed by the time this returns).
+    pub async fn execute(&self, job: Job, cancel: CancellationToken) -> bool {
         let id = job.id;
         let attempt = job.attempt;
-        let cancel = CancellationToken::new();
         if let Ok(mut r) = self.running.lock() {
             r.insert(id, (attempt, cancel.clone()));
         }
@@ -116,6 +116,22 @@ impl Executor {
             lane,
         });
         false
+    }
+
+    /// Lets go of a prefetched job that never started: handed back (available again, its attempt not used up)
+    /// when `hand_back`, else only forgotten (its lease was lost).
+    pub fn release_unstarted(&self, job: Job, hand_back: bool) {
+        if let Ok(mut r) = self.running.lock() {
+            r.remove(&job.id);
+        }
+        if hand_back {
+            let _ = self.settle.send(Settle {
+                id: job.id,
+                attempt: job.attempt,
+                kind: SettleKind::HandBack,
+                lane: None,
+            });
+        }
     }
 
     async fn run_handler(&self, job: Job, ctx: StepContext, timeout: Duration) -> Ran {

@@ -1,8 +1,10 @@
 //! The worker process: claim what free slots allow, run handlers with a timeout, settle outcomes in batches,
 //! heartbeat leases, and stop in two phases.
 //!
-//! Invariants: a slot permit is taken *before* a claim, so a worker never holds more jobs than `concurrency`;
-//! every write goes through `queue` and is fenced by attempt; the runtime writes no SQL itself.
+//! Invariants: a permit of `concurrency + prefetch` is taken *before* a claim, so a worker never holds more jobs
+//! than that, and a job runs only with one of `concurrency` slots; the jobs waiting for a slot are leased and
+//! heartbeated like running ones, and handed back at once when the worker stops; every write goes through `queue`
+//! and is fenced by attempt; the runtime writes no SQL itself.
 
 mod completer;
 mod engine;
@@ -62,6 +64,9 @@ pub struct WorkerConfig {
     pub redis_url: Option<String>,
     /// Take part in the election for queue maintenance.
     pub maintenance: bool,
+    /// Jobs claimed ahead of free slots: they wait in this worker (leased, kept alive by its heartbeats) for a
+    /// slot, so a claim can bring many jobs whatever the concurrency. Handed back at once when the worker stops.
+    pub prefetch: usize,
     /// Most jobs claimed by one statement.
     pub max_claim: usize,
     /// Claim loops per queue: while one claim statement runs, another can, so the database's cores overlap.
@@ -87,6 +92,7 @@ impl WorkerConfig {
             retry: RetryPolicy::default(),
             redis_url: None,
             maintenance: true,
+            prefetch: 16,
             max_claim: 1000,
             claimers: 2,
             retention: queue::Retention::default(),
@@ -173,6 +179,7 @@ impl Worker {
         let tasks = TaskTracker::new();
         let running: Running = Arc::default();
         let slots = Arc::new(Semaphore::new(cfg.concurrency));
+        let held = Arc::new(Semaphore::new(cfg.concurrency + cfg.prefetch));
         let signals = WakeSignals::new(&cfg.queues);
 
         if let Some(url) = cfg.redis_url.clone() {
@@ -226,6 +233,8 @@ impl Worker {
                     cfg: cfg.clone(),
                     worker_id: self.id.clone(),
                     slots: slots.clone(),
+                    held: held.clone(),
+                    running: running.clone(),
                     wake: signals.get(q).unwrap_or_default(),
                     exec: exec.clone(),
                     jobs: jobs.clone(),
@@ -368,7 +377,11 @@ struct Fetcher {
     kinds: Vec<String>,
     cfg: WorkerConfig,
     worker_id: String,
+    /// Slots to run in (`concurrency`).
     slots: Arc<Semaphore>,
+    /// Jobs held, running or waiting for a slot (`concurrency + prefetch`).
+    held: Arc<Semaphore>,
+    running: Running,
     wake: Arc<tokio::sync::Notify>,
     exec: Arc<executor::Executor>,
     jobs: TaskTracker,
@@ -381,24 +394,24 @@ impl Fetcher {
         // Poll fast right after finding work; back off towards the configured interval while idle.
         let mut idle = Duration::from_millis(10);
         loop {
-            // A permit before the claim: never claim more than the free slots.
+            // A permit before the claim: never hold more than concurrency + prefetch jobs.
             let first = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                p = self.slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+                p = self.held.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
             };
-            // Under load, slots come back one by one as handlers finish; claiming each at once would mean many
-            // tiny claims. Gather a quarter of the slots (briefly) first; when idle they are all free anyway.
+            // Under load, permits come back one by one as handlers finish; claiming each at once would mean many
+            // tiny claims. Gather a quarter of them (briefly) first; when idle they are all free anyway.
             let mut permits = vec![first];
-            let want = (self.cfg.concurrency / 4).clamp(1, self.cfg.max_claim);
+            let want = ((self.cfg.concurrency + self.cfg.prefetch) / 4).clamp(1, self.cfg.max_claim);
             let gather_until = tokio::time::Instant::now() + Duration::from_millis(2);
             while permits.len() < want {
-                match tokio::time::timeout_at(gather_until, self.slots.clone().acquire_owned()).await {
+                match tokio::time::timeout_at(gather_until, self.held.clone().acquire_owned()).await {
                     Ok(Ok(p)) => permits.push(p),
                     _ => break,
                 }
             }
             while permits.len() < self.cfg.max_claim {
-                match self.slots.clone().try_acquire_owned() {
+                match self.held.clone().try_acquire_owned() {
                     Ok(p) => permits.push(p),
                     Err(_) => break,
                 }
@@ -427,15 +440,35 @@ impl Fetcher {
                     for job in jobs {
                         let permit = permits.pop();
                         let exec = self.exec.clone();
-                        // The next job of a concurrency key (an entity's next event) becomes claimable when this
-                        // one commits: claim again at once instead of at the next poll, or a serial chain would
+                        let slots = self.slots.clone();
+                        // Held from the claim on: the heartbeat keeps its lease, and a lost lease stops it.
+                        let cancel = CancellationToken::new();
+                        if let Ok(mut r) = self.running.lock() {
+                            r.insert(job.id, (job.attempt, cancel.clone()));
+                        }
+                        // The next job of a concurrency key (an entity's next event) is released when this one
+                        // commits: claim again at once instead of at the next poll, or a serial chain would
                         // advance one step per poll interval.
                         let lane = job
                             .concurrency_key
                             .is_some()
                             .then(|| (job.queue.clone(), self.lanes.clone()));
                         self.jobs.spawn(async move {
-                            let committed = exec.execute(job).await;
+                            let slot = tokio::select! {
+                                biased;
+                                _ = exec.stopping.cancelled() => None,
+                                _ = cancel.cancelled() => None,
+                                s = slots.acquire_owned() => s.ok(),
+                            };
+                            let Some(slot) = slot else {
+                                // Stopping: give the waiting job back at once (its attempt not used up). Lease
+                                // lost: the job is someone else's now.
+                                exec.release_unstarted(job, !cancel.is_cancelled());
+                                drop(permit);
+                                return;
+                            };
+                            let committed = exec.execute(job, cancel).await;
+                            drop(slot);
                             drop(permit);
                             if let (true, Some((queue, lanes))) = (committed, lane) {
                                 lanes.settled(std::iter::once(queue.as_str()));

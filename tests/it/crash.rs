@@ -209,3 +209,105 @@ async fn four_workers_never_run_a_job_twice() {
         assert!(w.wait().await.unwrap().success());
     }
 }
+
+/// Jobs a worker claimed ahead of its free slots (prefetched: `running`, leased, not started).
+async fn prefetched(pool: &PgPool) -> i64 {
+    sqlx::query_scalar(
+        r#"
+        select count(*) from job j
+        where j.state = 'running'
+          and not exists (select 1 from test_execution t where t.job_id = j.id and t.attempt = j.attempt)
+        "#,
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+/// SIGKILL a worker holding prefetched jobs as well as running ones: once their leases expire another worker runs
+/// every job; none is lost, none completes twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkilled_worker_loses_and_doubles_none_of_its_prefetched_jobs() {
+    let db = testkit::db().await;
+    create_execution_table(&db.pool).await;
+    let q = queue::Queue::new(db.pool.clone(), ordo::wake::Waker::disabled());
+    let jobs: Vec<NewJob> = (0..24)
+        .map(|_| NewJob::new("test.record", json!({"ms": 300})))
+        .collect();
+    q.enqueue_many(&acct(), jobs).await.unwrap();
+    let env = [("ORDO_LEASE_MS", "1000")];
+    let mut first = spawn_worker_process(&db.url, &env, &["--concurrency", "2", "--prefetch", "10"]);
+    eventually(Duration::from_secs(30), "jobs running and prefetched", || async {
+        (started_executions(&db.pool).await >= 2 && prefetched(&db.pool).await >= 5).then_some(())
+    })
+    .await;
+    signal(&first, "-KILL");
+    let _ = first.wait().await;
+    assert!(
+        prefetched(&db.pool).await >= 5,
+        "the killed worker held prefetched jobs"
+    );
+
+    let mut second = spawn_worker_process(&db.url, &env, &["--concurrency", "8"]);
+    eventually(Duration::from_secs(60), "every job to complete", || async {
+        (count_state(&db.pool, "completed").await == 24).then_some(())
+    })
+    .await;
+    let finished_per_job: Vec<i64> = sqlx::query_scalar(
+        "select count(*) filter (where finished_at is not null) from test_execution group by job_id",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(finished_per_job.len(), 24, "every job ran");
+    assert!(
+        finished_per_job.iter().all(|&n| n == 1),
+        "each job completed exactly once: {finished_per_job:?}"
+    );
+    assert_no_overlap(&db.pool).await;
+    signal(&second, "-TERM");
+    assert!(second.wait().await.unwrap().success());
+}
+
+/// SIGTERM hands prefetched jobs back at once (available again, attempt not used up) while the running job
+/// finishes within the drain deadline; the worker then exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_hands_back_prefetched_jobs_at_once() {
+    let db = testkit::db().await;
+    create_execution_table(&db.pool).await;
+    let q = queue::Queue::new(db.pool.clone(), ordo::wake::Waker::disabled());
+    let jobs: Vec<NewJob> = (0..12)
+        .map(|_| NewJob::new("test.record", json!({"ms": 4000})))
+        .collect();
+    q.enqueue_many(&acct(), jobs).await.unwrap();
+    let mut w = spawn_worker_process(
+        &db.url,
+        &[("ORDO_DRAIN_MS", "30000")],
+        &["--concurrency", "1", "--prefetch", "8"],
+    );
+    eventually(Duration::from_secs(30), "one job running, eight prefetched", || async {
+        (started_executions(&db.pool).await == 1 && prefetched(&db.pool).await == 8).then_some(())
+    })
+    .await;
+    signal(&w, "-TERM");
+    eventually(Duration::from_secs(30), "the prefetched jobs handed back", || async {
+        let back: i64 = sqlx::query_scalar("select count(*) from job where state = 'available' and attempt = 0")
+            .fetch_one(&db.pool)
+            .await
+            .ok()?;
+        (back == 11).then_some(())
+    })
+    .await;
+    let unfinished: i64 = sqlx::query_scalar("select count(*) from test_execution where finished_at is null")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(unfinished, 1, "handed back while the running job still runs");
+    let status = tokio::time::timeout(Duration::from_secs(60), w.wait())
+        .await
+        .expect("exits")
+        .unwrap();
+    assert!(status.success(), "exit status {status:?}");
+    assert_eq!(count_state(&db.pool, "completed").await, 1, "the running job finished");
+    assert_eq!(count_state(&db.pool, "running").await, 0);
+}
