@@ -123,7 +123,6 @@ struct Inner {
     metrics: PrometheusHandle,
     enqueuer: enqueuer::Enqueuer,
     sync_events: crate::orchestration::SyncEvents,
-    finished: queues::FinishedCache,
 }
 
 impl AppState {
@@ -154,7 +153,6 @@ impl AppState {
                 settings,
                 limiter,
                 metrics: crate::telemetry::metrics::install(),
-                finished: queues::FinishedCache::default(),
             }),
         }
     }
@@ -188,10 +186,6 @@ impl AppState {
 
     pub(crate) fn sync_events(&self) -> &crate::orchestration::SyncEvents {
         &self.inner.sync_events
-    }
-
-    pub(crate) fn finished(&self) -> &queues::FinishedCache {
-        &self.inner.finished
     }
 
     pub(crate) fn metrics(&self) -> &PrometheusHandle {

@@ -1,8 +1,6 @@
 //! `/api/queues`: per-queue figures, pause and resume (CONTRACT §4).
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Json;
 use serde::Serialize;
@@ -11,52 +9,16 @@ use utoipa::ToSchema;
 use super::auth::Tenant;
 use super::error::{ApiError, Problem};
 use super::extract::ApiPath;
-use crate::queue::{self, FinishedCounts, QueueStats};
-use crate::tenancy::AccountId;
+use crate::queue::{self, QueueStats};
 
 /// A worker counts as live (its kinds claimable) while its heartbeat is this fresh: three heartbeat intervals of
 /// the default 30 s lease.
 const LIVE_WORKER: Duration = Duration::from_secs(30);
 
-/// How long finished counts are reused before they are counted again. Counting reads the account's whole history
-/// (a million finished jobs take a few hundred milliseconds), so a dashboard refreshing every few seconds must not
-/// trigger it each time; waiting and running counts are always read fresh.
-const FINISHED_TTL: Duration = Duration::from_secs(10);
-
-/// Finished counts per account, with when they were taken.
-#[derive(Default)]
-pub(crate) struct FinishedCache {
-    by_account: Mutex<HashMap<AccountId, (Instant, Vec<FinishedCounts>)>>,
-}
-
-impl FinishedCache {
-    fn get(&self, account: &AccountId) -> Option<Vec<FinishedCounts>> {
-        let m = self.by_account.lock().ok()?;
-        m.get(account)
-            .filter(|(at, _)| at.elapsed() < FINISHED_TTL)
-            .map(|(_, c)| c.clone())
-    }
-
-    fn put(&self, account: &AccountId, counts: Vec<FinishedCounts>) {
-        if let Ok(mut m) = self.by_account.lock() {
-            m.retain(|_, (at, _)| at.elapsed() < FINISHED_TTL);
-            m.insert(account.clone(), (Instant::now(), counts));
-        }
-    }
-}
-
-/// Waiting and running counts, fresh, with the finished counts (cached up to [`FINISHED_TTL`]).
+/// Waiting and running counts read from the live jobs, finished counts from the counters: both exact now.
 async fn stats(tenant: &Tenant, tx: &mut sqlx::PgConnection) -> Result<Vec<QueueStats>, ApiError> {
     let active = queue::queue_stats(&mut *tx, &tenant.account, LIVE_WORKER).await?;
-    let cache = tenant.state().finished();
-    let finished = match cache.get(&tenant.account) {
-        Some(f) => f,
-        None => {
-            let f = queue::finished_counts(&mut *tx, &tenant.account).await?;
-            cache.put(&tenant.account, f.clone());
-            f
-        }
-    };
+    let finished = queue::finished_counts(&mut *tx, &tenant.account).await?;
     Ok(queue::with_finished(active, &finished))
 }
 
@@ -77,11 +39,11 @@ pub struct QueueStatsBody {
     running: i64,
     /// Waiting for a retry.
     retryable: i64,
-    /// Completed within the retention window (counted at most every 10 s).
+    /// Completed within the retention window.
     completed: i64,
-    /// Discarded within the retention window (counted at most every 10 s).
+    /// Discarded within the retention window.
     discarded: i64,
-    /// Cancelled within the retention window (counted at most every 10 s).
+    /// Cancelled within the retention window.
     cancelled: i64,
     /// Runnable, but no live worker has a handler for the kind.
     unclaimable: i64,

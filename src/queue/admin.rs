@@ -5,6 +5,7 @@ use std::sync::LazyLock;
 use sqlx::{PgConnection, PgExecutor};
 
 use super::lane::{member, release_after};
+use super::stats::count_after;
 use super::types::JOB_COLUMNS;
 use super::{Error, Job, JobId, JobState, Result};
 use crate::tenancy::AccountId;
@@ -108,10 +109,11 @@ static CANCEL_SQL: LazyLock<String> = LazyLock::new(|| {
               and id = $2
               and state in ('scheduled', 'available', 'retryable', 'running', 'parked')
             returning {JOB_COLUMNS}, true as finished
-        ){release}
+        ){release}{count}
         select {JOB_COLUMNS} from done
         "#,
-        release = release_after("done")
+        release = release_after("done"),
+        count = count_after("done", &[("cancelled", "count(*)")])
     )
 });
 
@@ -148,27 +150,61 @@ async fn transition(
 }
 
 static RETRY_SQL: LazyLock<String> = LazyLock::new(|| {
+    let cols = JOB_COLUMNS
+        .split(", ")
+        .map(|c| format!("job.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
     format!(
         r#"
-        update job
-        set state = case when job.concurrency_key is not null and exists (
-                             select 1 from job e
-                             where e.account_id = job.account_id
-                               and e.concurrency_key = job.concurrency_key
-                               and e.id <> job.id
-                               and e.state in ('available', 'scheduled', 'retryable', 'running', 'parked')
-                               and {member}
-                         )
-                         -- its lane has moved on meanwhile: it waits for the jobs there, and runs first after them
-                         then 'parked' else 'available' end,
-            run_at = now(),
-            finished_at = null,
-            max_attempts = greatest(max_attempts, attempt + 1),
-            version = route_version(queue, coalesce(concurrency_key, id::text))
-        where account_id = $1
-          and id = $2
-          and state in ('discarded', 'cancelled', 'retryable', 'scheduled')
-        returning {JOB_COLUMNS}
+        with old as (
+            select id, account_id, queue, state, finished_at
+            from job
+            where account_id = $1
+              and id = $2
+              and state in ('discarded', 'cancelled', 'retryable', 'scheduled')
+            for update
+        ),
+        retried as (
+            update job
+            set state = case when job.concurrency_key is not null and exists (
+                                 select 1 from job e
+                                 where e.account_id = job.account_id
+                                   and e.concurrency_key = job.concurrency_key
+                                   and e.id <> job.id
+                                   and e.state in ('available', 'scheduled', 'retryable', 'running', 'parked')
+                                   and {member}
+                             )
+                             -- its lane has moved on meanwhile: it waits for the jobs there, and runs first after them
+                             then 'parked' else 'available' end,
+                run_at = now(),
+                finished_at = null,
+                max_attempts = greatest(job.max_attempts, job.attempt + 1),
+                version = route_version(job.queue, coalesce(job.concurrency_key, job.id::text))
+            from old
+            where job.id = old.id
+            returning {cols}
+        ),
+        -- no longer finished: out of the count of the minute it finished in, while that minute is still counted
+        stat_counted as (
+            insert into job_stat_delta (account_id, queue, minute, discarded, cancelled)
+            select o.account_id, o.queue, date_trunc('minute', o.finished_at),
+                   -(o.state = 'discarded')::int, -(o.state = 'cancelled')::int
+            from old o
+            where o.state in ('discarded', 'cancelled')
+              and exists (
+                  select 1 from job_stat s
+                  where s.account_id = o.account_id
+                    and s.queue = o.queue
+                    and s.minute = date_trunc('minute', o.finished_at)
+                  union all
+                  select 1 from job_stat_delta d
+                  where d.account_id = o.account_id
+                    and d.queue = o.queue
+                    and d.minute = date_trunc('minute', o.finished_at)
+              )
+        )
+        select {JOB_COLUMNS} from retried
         "#,
         member = member("e")
     )

@@ -11,6 +11,7 @@ use serde_json::Value;
 use sqlx::{PgConnection, PgExecutor};
 
 use super::lane::release_after;
+use super::stats::count_after;
 use super::types::WAITING_BY_ID;
 use super::{Error, JobId, Result};
 
@@ -111,11 +112,12 @@ static COMPLETE_SQL: LazyLock<String> = LazyLock::new(|| {
             where job.id = r.id
               and job.attempt = r.attempt
               and job.state = 'running'
-            returning job.id, job.account_id, job.concurrency_key, true as finished
-        ){release}
+            returning job.id, job.account_id, job.queue, job.concurrency_key, true as finished
+        ){release}{count}
         select id from done
         "#,
-        release = release_after("done")
+        release = release_after("done"),
+        count = count_after("done", &[("completed", "count(*)")])
     )
 });
 
@@ -152,11 +154,12 @@ static COMPLETE_LOCKED_SQL: LazyLock<String> = LazyLock::new(|| {
             where job.id = r.id
               and job.attempt = r.attempt
               and {WAITING_BY_ID}
-            returning job.id, job.account_id, job.concurrency_key, true as finished
-        ){release}
+            returning job.id, job.account_id, job.queue, job.concurrency_key, true as finished
+        ){release}{count}
         select id from done
         "#,
-        release = release_after("done")
+        release = release_after("done"),
+        count = count_after("done", &[("completed", "count(*)")])
     )
 });
 
@@ -216,11 +219,19 @@ static FAIL_SQL: LazyLock<String> = LazyLock::new(|| {
               and job.attempt = r.attempt
               and job.state = 'running'
             -- a retryable job stays its lane's head; a discarded one leaves it
-            returning job.id, job.account_id, job.concurrency_key, job.state = 'discarded' as finished
-        ){release}
+            returning job.id, job.account_id, job.queue, job.concurrency_key, job.state,
+                      job.state = 'discarded' as finished
+        ){release}{count}
         select id from done
         "#,
-        release = release_after("done")
+        release = release_after("done"),
+        count = count_after(
+            "done",
+            &[
+                ("discarded", "count(*) filter (where state = 'discarded')"),
+                ("failed", "count(*)")
+            ]
+        )
     )
 });
 
@@ -286,11 +297,12 @@ static CANCEL_RUNNING_SQL: LazyLock<String> = LazyLock::new(|| {
             where job.id = r.id
               and job.attempt = r.attempt
               and job.state = 'running'
-            returning job.id, job.account_id, job.concurrency_key, true as finished
-        ){release}
+            returning job.id, job.account_id, job.queue, job.concurrency_key, true as finished
+        ){release}{count}
         select id from done
         "#,
-        release = release_after("done")
+        release = release_after("done"),
+        count = count_after("done", &[("cancelled", "count(*)")])
     )
 });
 

@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 use sqlx::PgConnection;
 
 use super::lane::member;
+use super::stats::count_after;
 use super::types::JOB_COLUMNS;
 use super::{Error, Job, JobId, NewJob, Result};
 use crate::tenancy::AccountId;
@@ -106,46 +107,22 @@ pub async fn enqueue(conn: &mut PgConnection, account: &AccountId, job: NewJob) 
 
 async fn insert_one(conn: &mut PgConnection, account: &AccountId, job: NewJob) -> Result<Enqueued> {
     let fp = job.idempotency_key.as_ref().map(|_| job_fingerprint(&job));
-    let inserted: Option<Job> = sqlx::query_as(&format!(
-        r#"
-        with n as (select nextval('job_id_seq') as id)
-        insert into job (id, account_id, queue, kind, args, state, priority, max_attempts, run_at, timeout_ms,
-                         idempotency_key, fingerprint, concurrency_key, version, traceparent)
-        select n.id, $1, $2, $3, $4,
-               case when coalesce($7, now()) > now() then 'scheduled'
-                    when $11::text is not null and exists (
-                        select 1 from job e
-                        where e.account_id = $1
-                          and e.concurrency_key = $11
-                          and e.state in ('available', 'scheduled', 'retryable', 'running', 'parked')
-                          and {MEMBER}
-                    ) then 'parked'
-                    else 'available' end,
-               $5, $6, coalesce($7, now()), $8, $9, $10, $11,
-               coalesce($12, {ROUTE}),
-               $13
-        from n
-        on conflict (account_id, idempotency_key) where idempotency_key is not null do nothing
-        returning {JOB_COLUMNS}
-        "#,
-        ROUTE = route_sql("$2", "coalesce($11, n.id::text)"),
-        MEMBER = member("e")
-    ))
-    .bind(account.as_str())
-    .bind(&job.queue)
-    .bind(&job.kind)
-    .bind(&job.args)
-    .bind(job.priority)
-    .bind(job.max_attempts)
-    .bind(job.run_at)
-    .bind(job.timeout_ms)
-    .bind(&job.idempotency_key)
-    .bind(&fp)
-    .bind(&job.concurrency_key)
-    .bind(&job.version)
-    .bind(&job.traceparent)
-    .fetch_optional(&mut *conn)
-    .await?;
+    let inserted: Option<Job> = sqlx::query_as(INSERT_ONE_SQL.as_str())
+        .bind(account.as_str())
+        .bind(&job.queue)
+        .bind(&job.kind)
+        .bind(&job.args)
+        .bind(job.priority)
+        .bind(job.max_attempts)
+        .bind(job.run_at)
+        .bind(job.timeout_ms)
+        .bind(&job.idempotency_key)
+        .bind(&fp)
+        .bind(&job.concurrency_key)
+        .bind(&job.version)
+        .bind(&job.traceparent)
+        .fetch_optional(&mut *conn)
+        .await?;
     match inserted {
         Some(job) => Ok(Enqueued { job, replayed: false }),
         None => {
@@ -161,6 +138,38 @@ async fn insert_one(conn: &mut PgConnection, account: &AccountId, job: NewJob) -
         }
     }
 }
+
+static INSERT_ONE_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        r#"
+        with n as (select nextval('job_id_seq') as id),
+        ins as (
+            insert into job (id, account_id, queue, kind, args, state, priority, max_attempts, run_at, timeout_ms,
+                             idempotency_key, fingerprint, concurrency_key, version, traceparent)
+            select n.id, $1, $2, $3, $4,
+                   case when coalesce($7, now()) > now() then 'scheduled'
+                        when $11::text is not null and exists (
+                            select 1 from job e
+                            where e.account_id = $1
+                              and e.concurrency_key = $11
+                              and e.state in ('available', 'scheduled', 'retryable', 'running', 'parked')
+                              and {MEMBER}
+                        ) then 'parked'
+                        else 'available' end,
+                   $5, $6, coalesce($7, now()), $8, $9, $10, $11,
+                   coalesce($12, {ROUTE}),
+                   $13
+            from n
+            on conflict (account_id, idempotency_key) where idempotency_key is not null do nothing
+            returning {JOB_COLUMNS}
+        ){COUNT}
+        select {JOB_COLUMNS} from ins
+        "#,
+        ROUTE = route_sql("$2", "coalesce($11, n.id::text)"),
+        MEMBER = member("e"),
+        COUNT = count_after("ins", &[("enqueued", "count(*)")])
+    )
+});
 
 async fn find_by_key(conn: &mut PgConnection, account: &AccountId, key: &str) -> Result<(Job, Option<Vec<u8>>)> {
     let job: Job = sqlx::query_as(&format!(
@@ -358,14 +367,15 @@ static ENQUEUE_MANY_SQL: LazyLock<String> = LazyLock::new(|| {
             from input
             order by ord
             on conflict (account_id, idempotency_key) where idempotency_key is not null do nothing
-            returning id
-        )
+            returning id, account_id, queue
+        ){count}
         select input.ord, input.id, ins.id is not null
         from input
         left join ins on ins.id = input.id
         order by input.ord
         "#,
-        member = member("e")
+        member = member("e"),
+        count = count_after("ins", &[("enqueued", "count(*)")])
     )
 });
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 use sqlx::PgExecutor;
 
 use super::lane::release_after;
+use super::stats::count_after;
 use super::{JobId, Result, RetryPolicy};
 
 /// How long finished jobs are kept.
@@ -66,11 +67,19 @@ static RESCUE_SQL: LazyLock<String> = LazyLock::new(|| {
                 version = case when job.attempt >= job.max_attempts then job.version else route_version(job.queue, coalesce(job.concurrency_key, job.id::text)) end
             from expired
             where job.id = expired.id
-            returning job.id, job.account_id, job.concurrency_key, job.state = 'discarded' as finished
-        ){release}
+            returning job.id, job.account_id, job.queue, job.concurrency_key, job.state,
+                      job.state = 'discarded' as finished
+        ){release}{count}
         select id from done
         "#,
-        release = release_after("done")
+        release = release_after("done"),
+        count = count_after(
+            "done",
+            &[
+                ("discarded", "count(*) filter (where state = 'discarded')"),
+                ("failed", "count(*)")
+            ]
+        )
     )
 });
 
@@ -233,6 +242,7 @@ impl Maintainer {
             tracing::debug!(jobs = released.len(), "released parked jobs of marked lanes");
         }
         promote_due(&self.pool, 5000).await?;
+        super::fold_stats(&self.pool).await?;
         self.publish_gauges().await;
         // Prune in passes of 10 000 rows; keep going while passes find mostly deletable rows, so pruning keeps up
         // with a busy queue, but give the tick back after ~200 ms.
@@ -246,6 +256,7 @@ impl Maintainer {
                 break;
             }
         }
+        super::prune_stats(&self.pool, self.retention.finished).await?;
         Ok(true)
     }
 

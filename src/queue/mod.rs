@@ -36,7 +36,10 @@ pub use maintenance::{
 };
 pub use registry::{deregister_worker, heartbeat_worker, live_workers, register_worker, WorkerInfo};
 pub use routing::{last_job_id, pool_depth, reroute_waiting, routed_active, version_outcomes, VersionDepth};
-pub use stats::{finished_counts, queue_gauges, queue_stats, with_finished, FinishedCounts, QueueStats};
+pub use stats::{
+    finished_counts, fold_stats, prune_stats, queue_gauges, queue_stats, throughput, with_finished, FinishedCounts,
+    QueueStats, Throughput,
+};
 pub use types::{FieldError, Job, JobId, JobState, NewJob, ACTIVE_STATES, FINISHED_STATES};
 
 use sqlx::PgPool;

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+
 use sqlx::PgExecutor;
 
 use super::Result;
@@ -36,8 +38,8 @@ pub struct QueueStats {
 }
 
 /// Figures for every queue the account has waiting or running jobs in, or has paused. `fresh` is how recent a
-/// worker's heartbeat must be for its kinds to count. The finished counts are left at 0: they take a scan of the
-/// account's history, so they come from [`finished_counts`] (the API caches them) and [`with_finished`].
+/// worker's heartbeat must be for its kinds to count. The finished counts are left at 0: they come from the
+/// counters, [`finished_counts`], merged in by [`with_finished`].
 pub async fn queue_stats<'e>(
     exec: impl PgExecutor<'e>,
     account: &AccountId,
@@ -119,25 +121,142 @@ pub struct FinishedCounts {
     pub cancelled: i64,
 }
 
-/// Counts the account's finished jobs per queue. This reads the account's whole history (every finished row until
-/// pruning removes it): call it rarely and cache the answer.
+/// Counts the account's finished jobs per queue within the retention window, from the counters (`job_stat`): exact
+/// at the time of the call, and no read of job history.
 pub async fn finished_counts<'e>(exec: impl PgExecutor<'e>, account: &AccountId) -> Result<Vec<FinishedCounts>> {
     Ok(sqlx::query_as(
         r#"
         select queue,
-               count(*) filter (where state = 'completed') as completed,
-               count(*) filter (where state = 'discarded') as discarded,
-               count(*) filter (where state = 'cancelled') as cancelled
-        from job
-        where account_id = $1
-          and state in ('completed', 'discarded', 'cancelled')
+               sum(completed)::bigint as completed,
+               sum(discarded)::bigint as discarded,
+               sum(cancelled)::bigint as cancelled
+        from (
+            select queue, completed, discarded, cancelled from job_stat where account_id = $1
+            union all
+            select queue, completed, discarded, cancelled from job_stat_delta where account_id = $1
+        ) c
         group by queue
+        having sum(completed) <> 0 or sum(discarded) <> 0 or sum(cancelled) <> 0
         order by queue
         "#,
     )
     .bind(account.as_str())
     .fetch_all(exec)
     .await?)
+}
+
+/// One minute of one queue's throughput.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
+pub struct Throughput {
+    /// Queue name.
+    pub queue: String,
+    /// The minute (its start).
+    pub minute: DateTime<Utc>,
+    /// Jobs enqueued.
+    pub enqueued: i64,
+    /// Jobs completed.
+    pub completed: i64,
+    /// Jobs discarded.
+    pub discarded: i64,
+    /// Jobs cancelled.
+    pub cancelled: i64,
+    /// Failed attempts (retried or not).
+    pub failed: i64,
+}
+
+/// The account's per-minute counts since `since`, oldest first, per queue (`queue` narrows to one); minutes with
+/// nothing counted are left out.
+pub async fn throughput<'e>(
+    exec: impl PgExecutor<'e>,
+    account: &AccountId,
+    queue: Option<&str>,
+    since: DateTime<Utc>,
+) -> Result<Vec<Throughput>> {
+    Ok(sqlx::query_as(
+        r#"
+        select queue, minute,
+               sum(enqueued)::bigint as enqueued, sum(completed)::bigint as completed,
+               sum(discarded)::bigint as discarded, sum(cancelled)::bigint as cancelled,
+               sum(failed)::bigint as failed
+        from (
+            select queue, minute, enqueued, completed, discarded, cancelled, failed
+            from job_stat
+            where account_id = $1 and minute >= date_trunc('minute', $3::timestamptz)
+            union all
+            select queue, minute, enqueued, completed, discarded, cancelled, failed
+            from job_stat_delta
+            where account_id = $1 and minute >= date_trunc('minute', $3::timestamptz)
+        ) c
+        where $2::text is null or queue = $2
+        group by queue, minute
+        order by minute, queue
+        "#,
+    )
+    .bind(account.as_str())
+    .bind(queue)
+    .bind(since)
+    .fetch_all(exec)
+    .await?)
+}
+
+/// A CTE, comma first, that counts what a statement did: one `job_stat_delta` row per account and queue of the
+/// rows of `done` (an earlier CTE returning `account_id` and `queue`), with each `(column, aggregate)` of
+/// `counts` (e.g. `("completed", "count(*)")`), in the statement's minute.
+pub(crate) fn count_after(done: &str, counts: &[(&str, &str)]) -> String {
+    let cols: Vec<&str> = counts.iter().map(|(c, _)| *c).collect();
+    let aggs: Vec<&str> = counts.iter().map(|(_, a)| *a).collect();
+    format!(
+        r#",
+        stat_counted as (
+            insert into job_stat_delta (account_id, queue, minute, {cols})
+            select account_id, queue, date_trunc('minute', now()), {aggs}
+            from {done}
+            group by account_id, queue
+        )"#,
+        cols = cols.join(", "),
+        aggs = aggs.join(", ")
+    )
+}
+
+/// Folds the appended counts into one row per account, queue and minute (run by maintenance); returns the deltas
+/// folded. Readers sum both tables, so a fold changes no count.
+pub async fn fold_stats<'e>(exec: impl PgExecutor<'e>) -> Result<u64> {
+    let n: i64 = sqlx::query_scalar(
+        r#"
+        with moved as (
+            delete from job_stat_delta
+            returning account_id, queue, minute, enqueued, completed, discarded, cancelled, failed
+        ),
+        folded as (
+            insert into job_stat as s (account_id, queue, minute, enqueued, completed, discarded, cancelled, failed)
+            select account_id, queue, minute, sum(enqueued), sum(completed), sum(discarded), sum(cancelled),
+                   sum(failed)
+            from moved
+            group by account_id, queue, minute
+            on conflict (account_id, queue, minute) do update
+            set enqueued = s.enqueued + excluded.enqueued,
+                completed = s.completed + excluded.completed,
+                discarded = s.discarded + excluded.discarded,
+                cancelled = s.cancelled + excluded.cancelled,
+                failed = s.failed + excluded.failed
+        )
+        select count(*) from moved
+        "#,
+    )
+    .fetch_one(exec)
+    .await?;
+    Ok(n as u64)
+}
+
+/// Drops counted minutes older than `keep` (the finished-job retention): finished counts cover that window.
+pub async fn prune_stats<'e>(exec: impl PgExecutor<'e>, keep: Duration) -> Result<u64> {
+    Ok(
+        sqlx::query("delete from job_stat where minute < now() - make_interval(secs => $1)")
+            .bind(keep.as_secs_f64())
+            .execute(exec)
+            .await?
+            .rows_affected(),
+    )
 }
 
 /// Adds finished counts to [`queue_stats`] figures, with a row for each queue that has only finished jobs.

@@ -496,6 +496,18 @@ async fn an_upgraded_queue_drains_every_key_in_order() {
         .await
         .unwrap();
     assert_eq!(parked, 87, "all but each key's first job park");
+    let completed = |db: &PgPool| {
+        let db = db.clone();
+        async move {
+            let f = queue::finished_counts(&db, &acct()).await.unwrap();
+            f.iter().map(|c| c.completed).sum::<i64>()
+        }
+    };
+    assert_eq!(
+        completed(&db.pool).await,
+        1,
+        "the counters start from the jobs already finished"
+    );
 
     let mut workers: Vec<_> = (0..2)
         .map(|_| {
@@ -524,6 +536,7 @@ async fn an_upgraded_queue_drains_every_key_in_order() {
         .await
         .unwrap();
     assert_eq!(total, 132, "every job completed, none lost");
+    assert_eq!(completed(&db.pool).await, 132, "and counted");
     // Within a key, by the handlers' own clocks: each job started after the one before it finished, in id order.
     let runs: Vec<(String, i64, i64)> = sqlx::query_as(
         r#"

@@ -773,9 +773,24 @@ async fn queue_stats_count_states_and_unclaimable() {
     )
     .await;
     let done = enqueue(&db.pool, NewJob::new("noop", json!({})).queue("other")).await;
-    sqlx::query("update job set state = 'completed', finished_at = now() where id = $1")
-        .bind(done.id)
-        .execute(&db.pool)
+    // Completed through the queue, whose statements keep the finished counts.
+    let kinds = kinds();
+    let claimed = queue::claim(
+        &db.pool,
+        &ClaimRequest {
+            queue: "other",
+            kinds: &kinds,
+            pool: "default",
+            version: "v1",
+            worker_id: "test-worker",
+            lease: Duration::from_secs(30),
+            limit: 1,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(claimed[0].id, done.id);
+    queue::complete_many(&db.pool, &[ok(done.id, claimed[0].attempt)])
         .await
         .unwrap();
     let w = worker_info(1);

@@ -441,3 +441,112 @@ async fn concurrent_enqueues_of_two_accounts_get_their_own_answers() {
     }
     assert_eq!(count_jobs(&app.db.pool).await, 60);
 }
+
+/// `GET /api/queues` is exact right after the last job of a queue finishes: the queue stays listed with its
+/// finished counts (kept by the statements that finish jobs, no cache), and a retried discarded job leaves them.
+#[tokio::test]
+async fn queue_counts_are_exact_right_after_the_last_job_finishes() {
+    use ordo::queue::{self, ClaimRequest, Completion, Failure};
+    let app = app().await;
+    let key = app.account("acme").await;
+    let account = ordo::tenancy::AccountId::parse("acme").unwrap();
+    for i in 0..5 {
+        enqueue(
+            &app,
+            &key,
+            json!({"kind": "noop", "queue": "fresh", "args": {"i": i}, "max_attempts": 1}),
+        )
+        .await;
+    }
+    let kinds = vec!["noop".to_owned()];
+    let jobs = queue::claim(
+        &app.db.pool,
+        &ClaimRequest {
+            queue: "fresh",
+            kinds: &kinds,
+            pool: "default",
+            version: "v1",
+            worker_id: "w",
+            lease: std::time::Duration::from_secs(30),
+            limit: 10,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(jobs.len(), 5);
+    let done: Vec<Completion> = jobs[..4]
+        .iter()
+        .map(|j| Completion {
+            id: j.id,
+            attempt: j.attempt,
+            result: json!(null),
+        })
+        .collect();
+    queue::complete_many(&app.db.pool, &done).await.unwrap();
+    let failed = Failure {
+        id: jobs[4].id,
+        attempt: jobs[4].attempt,
+        message: "boom".into(),
+        permanent: false,
+        retry_at: chrono::Utc::now(),
+    };
+    queue::fail_many(&app.db.pool, &[failed]).await.unwrap();
+
+    let r = app.call(Method::GET, "/api/queues", Some(&key), None).await;
+    let body = r.expect(StatusCode::OK).clone();
+    let q = &body["items"][0];
+    assert_eq!(q["queue"], "fresh", "listed while it has history: {body}");
+    assert_eq!(
+        (q["completed"].as_i64(), q["discarded"].as_i64()),
+        (Some(4), Some(1)),
+        "{body}"
+    );
+    assert_eq!(q["available"], 0);
+    assert_eq!(q["running"], 0);
+
+    // Folding the counters changes no figure; a retried discarded job is no longer counted as discarded.
+    queue::fold_stats(&app.db.pool).await.unwrap();
+    app.call(
+        Method::POST,
+        &format!("/api/jobs/{}/retry", jobs[4].id),
+        Some(&key),
+        None,
+    )
+    .await
+    .expect(StatusCode::OK);
+    let r = app.call(Method::GET, "/api/queues", Some(&key), None).await;
+    let body = r.expect(StatusCode::OK).clone();
+    let q = &body["items"][0];
+    assert_eq!(
+        (q["completed"].as_i64(), q["discarded"].as_i64()),
+        (Some(4), Some(0)),
+        "{body}"
+    );
+    assert_eq!(q["available"], 1);
+
+    // Per-minute history for the dashboard: 5 enqueued, 4 completed, 1 failed attempt, and the discard undone.
+    let minutes = queue::throughput(
+        &app.db.pool,
+        &account,
+        Some("fresh"),
+        chrono::Utc::now() - chrono::Duration::minutes(5),
+    )
+    .await
+    .unwrap();
+    let sum = |f: fn(&queue::Throughput) -> i64| minutes.iter().map(f).sum::<i64>();
+    assert_eq!(sum(|m| m.enqueued), 5);
+    assert_eq!(sum(|m| m.completed), 4);
+    assert_eq!(sum(|m| m.failed), 1);
+    assert_eq!(sum(|m| m.discarded), 0);
+    // Another account sees none of it.
+    let other = ordo::tenancy::AccountId::default_account();
+    let none = queue::throughput(
+        &app.db.pool,
+        &other,
+        None,
+        chrono::Utc::now() - chrono::Duration::minutes(5),
+    )
+    .await
+    .unwrap();
+    assert!(none.is_empty());
+}
