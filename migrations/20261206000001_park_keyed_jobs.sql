@@ -14,11 +14,18 @@ alter table job add constraint job_state_check check (
 alter table job validate constraint job_state_check;
 
 -- The lane in id order, parked jobs included: enqueue asks whether a lane has members, a finish finds the next
--- parked job, the claim probes for an earlier member. Queries of the older key index (four states) still imply
--- this predicate, so an older binary keeps its plans.
-create index job_lane_idx on job (account_id, concurrency_key, id)
+-- parked job, an executor walks the run behind its job. Its last column is `id + 0`, and lane-ordered queries
+-- order by that expression: by `id` itself, the primary key offers the same order once account and key are fixed,
+-- and a plan that walks it (filtering on the key) reads every row below the lane, finished history included,
+-- whenever statistics call the key common.
+create index job_lane_idx on job (account_id, concurrency_key, (id + 0))
     where concurrency_key is not null and state in ('available', 'scheduled', 'retryable', 'running', 'parked');
 drop index job_account_id_concurrency_key_id_idx;
+
+-- A lane's few unparked members (its head, and scheduled jobs): what a finish, a promotion and a release ask
+-- about ("is anything else of this lane active?", "is a job of it due?") without walking the jobs parked behind.
+create index job_lane_head_idx on job (account_id, concurrency_key, run_at)
+    where concurrency_key is not null and state in ('available', 'retryable', 'running', 'scheduled');
 
 -- Lanes to look at again. A finish that could not release (nothing parked was visible to its statement, or the
 -- next job was locked) marks its lane: an enqueuer of that key may be committing a parked job the statement could
@@ -87,8 +94,8 @@ begin
                 where p.account_id = l.account_id
                   and p.concurrency_key = l.concurrency_key
                   and p.state = 'parked'
-                -- the lane index's order: by id alone, a plan may walk the primary key through all history
-                order by p.account_id, p.concurrency_key, p.id
+                -- the lane index's order (see job_lane_idx)
+                order by p.account_id, p.concurrency_key, (p.id + 0)
                 limit 1) as next_id
         from lane l
     ),

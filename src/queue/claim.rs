@@ -127,17 +127,18 @@ static LOCK_FOLLOWING_SQL: LazyLock<String> = LazyLock::new(|| {
                            bool_and(w.state <> 'running' and w.kind = $4 and (w.version is null or w.version = $5)
                                     -- due by now, not by the start of the transaction: it may have run a while
                                     and w.run_at <= statement_timestamp())
-                               over (order by w.id) as takeable
+                               over (order by w.id + 0) as takeable
                     from job w
                     where w.account_id = $1
                       and w.concurrency_key = k.concurrency_key
                       and w.id > k.after
-                      -- the states of the lane index, so that it serves the scan in id order: the claim index has
+                      -- the states of the lane index, so that it serves the scan in lane order: the claim index has
                       -- no key, and a plan that filters it by key reads every waiting job of the queue
                       and w.state in ('available', 'scheduled', 'retryable', 'running', 'parked')
                       -- a future scheduled job does not block the ones after it
                       and (w.state <> 'scheduled' or w.run_at <= statement_timestamp())
-                    order by w.id
+                    -- the lane index's order (see the migration of job_lane_idx)
+                    order by w.account_id, w.concurrency_key, (w.id + 0)
                     limit $6
                 ) r
                 where r.takeable

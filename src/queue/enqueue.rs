@@ -126,6 +126,7 @@ async fn insert_one(conn: &mut PgConnection, account: &AccountId, job: NewJob) -
     match inserted {
         Some(job) => Ok(Enqueued { job, replayed: false }),
         None => {
+            account_exists(&mut *conn, account).await?;
             let key = job.idempotency_key.clone().unwrap_or_default();
             let (existing, existing_fp): (Job, Option<Vec<u8>>) = find_by_key(conn, account, &key).await?;
             if existing_fp != fp {
@@ -160,6 +161,8 @@ static INSERT_ONE_SQL: LazyLock<String> = LazyLock::new(|| {
                    coalesce($12, {ROUTE}),
                    $13
             from n
+            -- the account exists (once per statement, instead of a foreign-key trigger per row)
+            where exists (select 1 from account a where a.id = $1)
             on conflict (account_id, idempotency_key) where idempotency_key is not null do nothing
             returning {JOB_COLUMNS}
         ){COUNT}
@@ -170,6 +173,21 @@ static INSERT_ONE_SQL: LazyLock<String> = LazyLock::new(|| {
         COUNT = count_after("ins", &[("enqueued", "count(*)")])
     )
 });
+
+/// Errors with [`Error::UnknownAccount`] unless the account exists.
+async fn account_exists(conn: &mut PgConnection, account: &AccountId) -> Result<()> {
+    let found: bool = sqlx::query_scalar("select exists (select 1 from account where id = $1)")
+        .bind(account.as_str())
+        .fetch_one(&mut *conn)
+        .await?;
+    if found {
+        Ok(())
+    } else {
+        Err(Error::UnknownAccount {
+            account: account.to_string(),
+        })
+    }
+}
 
 async fn find_by_key(conn: &mut PgConnection, account: &AccountId, key: &str) -> Result<(Job, Option<Vec<u8>>)> {
     let job: Job = sqlx::query_as(&format!(
@@ -254,6 +272,10 @@ pub async fn enqueue_many(
         .bind(&trace)
         .fetch_all(&mut *conn)
         .await?;
+    if rows.iter().all(|r| !r.2) {
+        // nothing inserted: every job a replay, or no such account
+        account_exists(&mut *conn, account).await?;
+    }
     let replayed_keyed = rows
         .iter()
         .any(|&(ord, _, inserted)| !inserted && ckey.get((ord - 1) as usize).is_some_and(|k| k.is_some()));
@@ -365,6 +387,8 @@ static ENQUEUE_MANY_SQL: LazyLock<String> = LazyLock::new(|| {
                        where rt.queue = input.queue)),
                    traceparent
             from input
+            -- the account exists (once per statement, instead of a foreign-key trigger per row)
+            where exists (select 1 from account a where a.id = $1)
             order by ord
             on conflict (account_id, idempotency_key) where idempotency_key is not null do nothing
             returning id, account_id, queue

@@ -36,27 +36,32 @@ pub(crate) fn release_after(done: &str) -> String {
     format!(
         r#",
         lane as (
-            select distinct f.account_id, f.concurrency_key
+            select f.account_id, f.concurrency_key, array_agg(f.id) as ids
             from {done} f
             where f.finished and f.concurrency_key is not null
+            group by f.account_id, f.concurrency_key
         ),
         lane_next as (
             select l.account_id, l.concurrency_key,
-                   (select p.id from job p
-                    where p.account_id = l.account_id
-                      and p.concurrency_key = l.concurrency_key
-                      and p.state = 'parked'
-                      and not exists (select 1 from {done} f where f.id = p.id)
-                    -- the lane index's order: by id alone, a plan may walk the primary key through all history
-                    order by p.account_id, p.concurrency_key, p.id
-                    limit 1) as next_id
+                   -- the lowest parked job not finished here: among the first (finished + 1) parked, in lane order
+                   (select min(p.id)
+                    from (select p.id
+                          from job p
+                          where p.account_id = l.account_id
+                            and p.concurrency_key = l.concurrency_key
+                            and p.state = 'parked'
+                          -- the lane index's order (see the migration of job_lane_idx)
+                          order by p.account_id, p.concurrency_key, (p.id + 0)
+                          limit cardinality(l.ids) + 1) p
+                    where p.id <> all(l.ids)) as next_id
             from lane l
+            -- nothing else of the lane is active (the head index holds its few unparked jobs)
             where not exists (
                 select 1 from job e
                 where e.account_id = l.account_id
                   and e.concurrency_key = l.concurrency_key
                   and e.state in ('available', 'retryable', 'running')
-                  and not exists (select 1 from {done} f where f.id = e.id and f.finished)
+                  and e.id <> all(l.ids)
             )
         ),
         -- a due job of the lane waiting for its promotion goes first: release nothing, mark the lane

@@ -83,6 +83,12 @@ pub enum Error {
         /// What was asked.
         action: &'static str,
     },
+    /// No account has this id: a job must belong to an existing account.
+    #[error("account {account} does not exist")]
+    UnknownAccount {
+        /// The id given.
+        account: String,
+    },
     /// One or more fields are invalid.
     #[error("invalid job: {}", .0.iter().map(|e| format!("{}: {}", e.path, e.message)).collect::<Vec<_>>().join("; "))]
     Invalid(Vec<FieldError>),

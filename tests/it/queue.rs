@@ -1051,3 +1051,32 @@ async fn autovacuum_check_reads_the_server_setting() {
     let shown: String = sqlx::query_scalar("show autovacuum").fetch_one(&db.pool).await.unwrap();
     assert_eq!(queue::autovacuum_on(&db.pool).await.unwrap(), shown == "on");
 }
+
+/// A job must belong to an existing account: enqueue checks once per statement (no foreign-key trigger per row),
+/// for one job and for a batch, and writes nothing.
+#[tokio::test]
+async fn enqueue_for_an_unknown_account_is_refused() {
+    let db = testkit::db().await;
+    let ghost = AccountId::parse("ghost").unwrap();
+    let mut conn = db.pool.acquire().await.unwrap();
+    let one = queue::enqueue(&mut conn, &ghost, NewJob::new("noop", json!({}))).await;
+    assert!(matches!(one, Err(queue::Error::UnknownAccount { .. })), "{one:?}");
+    let mut tx = db.pool.begin().await.unwrap();
+    let many = queue::enqueue_many(
+        &mut tx,
+        &ghost,
+        &[NewJob::new("noop", json!({})), NewJob::new("noop", json!({}))],
+    )
+    .await;
+    assert!(matches!(many, Err(queue::Error::UnknownAccount { .. })), "{many:?}");
+    drop(tx);
+    let n: i64 = sqlx::query_scalar("select count(*) from job")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+    let mut conn = db.pool.acquire().await.unwrap();
+    queue::enqueue(&mut conn, &acct(), NewJob::new("noop", json!({})))
+        .await
+        .unwrap();
+}
