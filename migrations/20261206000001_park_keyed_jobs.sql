@@ -110,7 +110,7 @@ begin
             for update of j skip locked
         ) r
         where job.id = r.id
-        returning job.account_id, job.concurrency_key, job.queue
+        returning job.id, job.queue
     ),
     cleared as (
         delete from job_lane_mark m
@@ -119,8 +119,8 @@ begin
           and m.concurrency_key = s.concurrency_key
           and (s.active
                or (s.next_id is null and not s.due)
-               or exists (select 1 from released r
-                          where r.account_id = s.account_id and r.concurrency_key = s.concurrency_key))
+               -- a hashed `in`: a join between the CTEs per lane may run as a quadratic nested loop
+               or s.next_id in (select r.id from released r))
     )
     select r.queue from released r;
 end

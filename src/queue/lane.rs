@@ -33,6 +33,8 @@ pub(crate) fn member(e: &str) -> String {
 /// one with a due job that maintenance has yet to promote, or whose next job another transaction holds locked, is
 /// marked for [`release_lanes`].
 pub(crate) fn release_after(done: &str) -> String {
+    // Every lane's facts are columns of one row (no join between CTEs per lane, which the planner may run as a
+    // nested loop: quadratic in the lanes of a batch), and the last step's membership test is a hashed `in`.
     format!(
         r#",
         lane as (
@@ -53,7 +55,15 @@ pub(crate) fn release_after(done: &str) -> String {
                           -- the lane index's order (see the migration of job_lane_idx)
                           order by p.account_id, p.concurrency_key, (p.id + 0)
                           limit cardinality(l.ids) + 1) p
-                    where p.id <> all(l.ids)) as next_id
+                    where p.id <> all(l.ids)) as next_id,
+                   -- a due job of the lane waiting for its promotion goes first: release nothing, mark the lane
+                   exists (
+                       select 1 from job e
+                       where e.account_id = l.account_id
+                         and e.concurrency_key = l.concurrency_key
+                         and e.state = 'scheduled'
+                         and e.run_at <= now()
+                   ) as due
             from lane l
             -- nothing else of the lane is active (the head index holds its few unparked jobs)
             where not exists (
@@ -64,43 +74,26 @@ pub(crate) fn release_after(done: &str) -> String {
                   and e.id <> all(l.ids)
             )
         ),
-        -- a due job of the lane waiting for its promotion goes first: release nothing, mark the lane
-        lane_due as (
-            select n.account_id, n.concurrency_key
-            from lane_next n
-            where exists (
-                select 1 from job e
-                where e.account_id = n.account_id
-                  and e.concurrency_key = n.concurrency_key
-                  and e.state = 'scheduled'
-                  and e.run_at <= now()
-            )
-        ),
         lane_released as (
             update job
             set state = 'available', run_at = least(job.run_at, now())
             from (
                 select j.id
                 from job j
-                join lane_next n on j.id = n.next_id
+                join lane_next n on j.id = n.next_id and not n.due
                 where j.state = 'parked'
-                  and not exists (
-                      select 1 from lane_due d
-                      where d.account_id = n.account_id and d.concurrency_key = n.concurrency_key
-                  )
                 for update of j skip locked
             ) r
             where job.id = r.id
-            returning job.account_id, job.concurrency_key
+            returning job.id
         ),
         lane_marked as (
             insert into job_lane_mark (account_id, concurrency_key)
             select n.account_id, n.concurrency_key
             from lane_next n
-            where not exists (
-                select 1 from lane_released r
-                where r.account_id = n.account_id and r.concurrency_key = n.concurrency_key
-            )
+            where n.next_id is null
+               or n.due
+               or n.next_id not in (select r.id from lane_released r)
             on conflict (account_id, concurrency_key) do update set marked_at = excluded.marked_at
         )"#
     )
