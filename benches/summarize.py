@@ -27,7 +27,12 @@ def main():
             # Older binaries: take the claim statement's mean from the statement list.
             means = [st["mean_ms"] for st in r.get("statements", []) if "with candidate" in st["query"]]
             r["claim_ms"] = means[0] if means else None
-        settle = [st for st in r.get("statements", []) if st["query"].startswith("update job set state = $4")]
+        settle = [
+            st
+            for st in r.get("statements", [])
+            if st["query"].startswith("update job set state = $4")
+            or st["query"].startswith("with done as ( update job set state = $")
+        ]
         r["settle_ms"] = settle[0]["mean_ms"] if settle else None
     parts.append(f"claim statement {fig(runs, 'claim_ms', 2)} ms")
     parts.append(f"settle statement {fig(runs, 'settle_ms', 2)} ms")

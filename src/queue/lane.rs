@@ -99,11 +99,12 @@ pub(crate) fn release_after(done: &str) -> String {
     )
 }
 
-/// Settles up to `limit` lane marks (see the module docs) and returns the queues of the jobs it released, one
+/// Settles up to `limit` lane marks (at most 1 000; see the module docs) and returns the queues of the jobs it released, one
 /// entry per job. Never waits on a lock, so any process may call it at any time; the queue maintenance does every
 /// round, and a worker after it finished jobs of a lane.
 pub async fn release_lanes<'e>(exec: impl PgExecutor<'e>, limit: i64) -> Result<Vec<String>> {
-    let limit = i32::try_from(limit.clamp(1, 10_000)).unwrap_or(10_000);
+    // Each mark looked at holds an advisory lock until the call's transaction ends: keep rounds small.
+    let limit = i32::try_from(limit.clamp(1, 1000)).unwrap_or(1000);
     Ok(sqlx::query_scalar("select released_queue from job_lane_release($1)")
         .bind(limit)
         .fetch_all(exec)

@@ -110,11 +110,21 @@ pub async fn promote_due(pool: &sqlx::PgPool, limit: i64) -> Result<u64> {
     .bind(limit)
     .execute(pool)
     .await?;
-    let keyed: Vec<String> = sqlx::query_scalar("select promoted_queue from job_lane_promote($1)")
-        .bind(i32::try_from(limit.clamp(1, 100_000)).unwrap_or(100_000))
-        .fetch_all(pool)
-        .await?;
-    Ok(done.rows_affected() + keyed.len() as u64)
+    // In rounds of at most 500: each promoted key holds an advisory lock until its round commits, and the server's
+    // lock table is shared by every session.
+    let round = limit.clamp(1, 500);
+    let mut keyed = 0u64;
+    while (keyed as i64) < limit {
+        let promoted: Vec<String> = sqlx::query_scalar("select promoted_queue from job_lane_promote($1)")
+            .bind(i32::try_from(round).unwrap_or(500))
+            .fetch_all(pool)
+            .await?;
+        keyed += promoted.len() as u64;
+        if (promoted.len() as i64) < round {
+            break;
+        }
+    }
+    Ok(done.rows_affected() + keyed)
 }
 
 /// What one pruning pass did.
@@ -236,10 +246,17 @@ impl Maintainer {
                 break;
             }
         }
-        // Lanes marked by finishes that raced an enqueue of their key, and any a worker did not settle itself.
-        let released = super::release_lanes(&self.pool, 10_000).await?;
-        if !released.is_empty() {
-            tracing::debug!(jobs = released.len(), "released parked jobs of marked lanes");
+        // Lanes marked by finishes that raced an enqueue of their key, and any a worker did not settle itself. In
+        // rounds of 500: each mark holds an advisory lock until its round commits, and the server's lock table is
+        // shared by every session.
+        for _ in 0..10 {
+            let released = super::release_lanes(&self.pool, 500).await?;
+            if !released.is_empty() {
+                tracing::debug!(jobs = released.len(), "released parked jobs of marked lanes");
+            }
+            if super::marked_lanes(&self.pool).await? == 0 {
+                break;
+            }
         }
         promote_due(&self.pool, 5000).await?;
         super::fold_stats(&self.pool).await?;

@@ -299,7 +299,7 @@ async fn release_lanes(pool: PgPool, lanes: completer::LaneHook, stop: Cancellat
             _ = stop.cancelled() => return,
             _ = lanes.release.notified() => {}
         }
-        match queue::release_lanes(&pool, 1000).await {
+        match queue::release_lanes(&pool, 500).await {
             Ok(queues) => {
                 let mut seen = std::collections::BTreeSet::new();
                 for q in &queues {
