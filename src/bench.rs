@@ -75,6 +75,17 @@ pub struct BenchArgs {
     /// drain of the other jobs is timed as usual, and the hot key's serial rate is reported.
     #[arg(long, default_value_t = 0)]
     pub hot_key: usize,
+    /// Steady load instead of a drain: enqueue this many jobs per second (in batches every 100 ms) while the workers
+    /// run them, for `--steady-secs`, sampling claim time, dead tuples and sizes every minute; 0 = off.
+    #[arg(long, default_value_t = 0)]
+    pub steady_rate: usize,
+    /// Length of the steady load in seconds.
+    #[arg(long, default_value_t = 600)]
+    pub steady_secs: u64,
+    /// During the steady load, hold a transaction with a snapshot open (pinning the xmin horizon, as a long report
+    /// or a forgotten session does): vacuum can then remove none of the row versions the load leaves behind.
+    #[arg(long)]
+    pub pin_xmin: bool,
     /// Print one line of JSON.
     #[arg(long)]
     pub json: bool,
@@ -136,6 +147,33 @@ pub struct Summary {
     /// Dead tuples in `job` after the drain.
     pub dead_tuples: i64,
     /// Size of the table's indexes after the drain, in bytes.
+    pub index_bytes: i64,
+    /// Size of the table itself (heap) after the run, in bytes.
+    pub table_bytes: i64,
+    /// Minute by minute figures of a steady load (`--steady-rate`), empty otherwise.
+    pub steady: Vec<SteadyMinute>,
+}
+
+/// One minute of a steady load.
+#[derive(Debug, Clone, Serialize)]
+pub struct SteadyMinute {
+    /// Minutes since the start of the load (1 = the first).
+    pub minute: u64,
+    /// Jobs enqueued in that minute.
+    pub enqueued: usize,
+    /// Claim statements run in that minute.
+    pub claims: i64,
+    /// Their mean time, in milliseconds.
+    pub claim_mean_ms: f64,
+    /// The slowest of them, in milliseconds.
+    pub claim_max_ms: f64,
+    /// Dead row versions in `job` at the end of the minute.
+    pub dead_tuples: i64,
+    /// Live rows in `job` at the end of the minute.
+    pub live_tuples: i64,
+    /// Heap size of `job`, in bytes.
+    pub table_bytes: i64,
+    /// Size of its indexes, in bytes.
     pub index_bytes: i64,
 }
 
@@ -203,6 +241,12 @@ async fn measure(args: &BenchArgs, url: &str) -> Result<Summary, Error> {
 
     if args.preload_finished > 0 {
         preload_finished(&pool, args.preload_finished).await?;
+    }
+    if args.steady_rate > 0 {
+        let out = steady(args, url, &pool, &q, &account).await;
+        shutdown.cancel();
+        pool.close().await;
+        return out;
     }
 
     // Workers start against a paused queue, so the drain is timed from a full queue, not from process start-up.
@@ -304,10 +348,11 @@ async fn measure(args: &BenchArgs, url: &str) -> Result<Summary, Error> {
         _ => None,
     };
     let statements = statement_stats(&pool).await;
-    let (dead_tuples, index_bytes): (i64, i64) =
-        sqlx::query_as("select n_dead_tup, pg_indexes_size('job') from pg_stat_user_tables where relname = 'job'")
-            .fetch_one(&pool)
-            .await?;
+    let (dead_tuples, index_bytes, table_bytes): (i64, i64, i64) = sqlx::query_as(
+        "select n_dead_tup, pg_indexes_size('job'), pg_table_size('job') from pg_stat_user_tables where relname = 'job'",
+    )
+    .fetch_one(&pool)
+    .await?;
 
     // A backlog keeps the workers busy, so enqueue→start latency is only measured without one.
     let latency = if args.latency_samples > 0 && args.backlog == 0 {
@@ -342,6 +387,140 @@ async fn measure(args: &BenchArgs, url: &str) -> Result<Summary, Error> {
         worker_max_rss_mib,
         wakeups: if args.redis_url.is_some() { "redis" } else { "poll" },
         dead_tuples,
+        index_bytes,
+        table_bytes,
+        steady: Vec::new(),
+    })
+}
+
+/// `--steady-rate`: enqueue at a fixed rate while the workers run the jobs, sample every minute, then let the
+/// queue drain and report.
+async fn steady(args: &BenchArgs, url: &str, pool: &PgPool, q: &Queue, account: &AccountId) -> Result<Summary, Error> {
+    let mut children = spawn_workers(args, url)?;
+    wait_for_workers(pool, args.workers).await?;
+    let _ = sqlx::query("create extension if not exists pg_stat_statements")
+        .execute(pool)
+        .await;
+    // A transaction holding a snapshot for the whole run: no row version dead after it began can be vacuumed.
+    let mut pin = if args.pin_xmin {
+        let mut conn = crate::db::connect(url, 1).await?.acquire().await?.detach();
+        sqlx::query("begin isolation level repeatable read")
+            .execute(&mut conn)
+            .await?;
+        sqlx::query("select count(*) from job").execute(&mut conn).await?;
+        Some(conn)
+    } else {
+        None
+    };
+    let pad = "x".repeat(40);
+    let per_tick = (args.steady_rate / 10).max(1);
+    let started = Instant::now();
+    let run_for = Duration::from_secs(args.steady_secs.max(1));
+    let mut ticks = tokio::time::interval(Duration::from_millis(100));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut minutes = Vec::new();
+    let (mut total, mut this_minute, mut next_sample) = (0usize, 0usize, Duration::from_secs(60));
+    let _ = sqlx::query("select pg_stat_statements_reset()").execute(pool).await;
+    while started.elapsed() < run_for {
+        ticks.tick().await;
+        let jobs: Vec<NewJob> = (total..total + per_tick)
+            .map(|k| NewJob::new("noop", serde_json::json!({"id": k, "pad": pad})))
+            .collect();
+        q.enqueue_many(account, jobs).await?;
+        total += per_tick;
+        this_minute += per_tick;
+        if started.elapsed() >= next_sample {
+            minutes.push(sample_minute(pool, minutes.len() as u64 + 1, this_minute).await?);
+            this_minute = 0;
+            next_sample += Duration::from_secs(60);
+        }
+    }
+    let load_secs = started.elapsed().as_secs_f64();
+    let limit = Duration::from_secs(600);
+    let drain_started = Instant::now();
+    loop {
+        let left: i64 = sqlx::query_scalar("select count(*) from job where finished_at is null")
+            .fetch_one(pool)
+            .await?;
+        if left == 0 {
+            break;
+        }
+        if drain_started.elapsed() > limit {
+            stop_workers(&mut children).await;
+            return Err(Error::Stalled(limit));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let last = sample_minute(pool, minutes.len() as u64 + 1, this_minute).await?;
+    if let Some(mut conn) = pin.take() {
+        let _ = sqlx::query("rollback").execute(&mut conn).await;
+    }
+    let worker_max_rss_mib = children
+        .iter()
+        .filter_map(|c| c.id())
+        .filter_map(peak_rss_mib)
+        .fold(0.0, f64::max);
+    stop_workers(&mut children).await;
+    let (dead_tuples, index_bytes, table_bytes) = (last.dead_tuples, last.index_bytes, last.table_bytes);
+    minutes.push(last);
+    Ok(Summary {
+        jobs: total,
+        enqueue_per_s: round(total as f64 / load_secs),
+        drain_per_s: round(total as f64 / (load_secs + drain_started.elapsed().as_secs_f64())),
+        latency_ms: None,
+        claim_ms: None,
+        statements: statement_stats(pool).await,
+        workers: args.workers,
+        concurrency: args.concurrency,
+        prefetch: args.prefetch,
+        batch: per_tick,
+        preloaded_finished: args.preload_finished,
+        backlog: 0,
+        keys: 0,
+        hot_key: 0,
+        hot_key_per_s: None,
+        worker_max_rss_mib,
+        wakeups: if args.redis_url.is_some() { "redis" } else { "poll" },
+        dead_tuples,
+        index_bytes,
+        table_bytes,
+        steady: minutes,
+    })
+}
+
+/// The figures of one minute of a steady load; resets the statement statistics for the next.
+async fn sample_minute(pool: &PgPool, minute: u64, enqueued: usize) -> Result<SteadyMinute, Error> {
+    let (claims, claim_mean_ms, claim_max_ms): (i64, f64, f64) = sqlx::query_as(
+        r#"
+        select coalesce(sum(calls), 0)::bigint,
+               coalesce(sum(total_exec_time) / nullif(sum(calls), 0), 0)::float8,
+               coalesce(max(max_exec_time), 0)::float8
+        from pg_stat_statements
+        where query like '%with candidate as%'
+        "#,
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap_or((0, 0.0, 0.0));
+    let _ = sqlx::query("select pg_stat_statements_reset()").execute(pool).await;
+    let (dead_tuples, live_tuples, table_bytes, index_bytes): (i64, i64, i64, i64) = sqlx::query_as(
+        r#"
+        select n_dead_tup, n_live_tup, pg_table_size('job'), pg_indexes_size('job')
+        from pg_stat_user_tables
+        where relname = 'job'
+        "#,
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(SteadyMinute {
+        minute,
+        enqueued,
+        claims,
+        claim_mean_ms: (claim_mean_ms * 1000.0).round() / 1000.0,
+        claim_max_ms: (claim_max_ms * 1000.0).round() / 1000.0,
+        dead_tuples,
+        live_tuples,
+        table_bytes,
         index_bytes,
     })
 }
