@@ -126,6 +126,12 @@ pub struct WorkerArgs {
     /// Let webhooks reach private, loopback and link-local addresses (the sandbox sets it).
     #[arg(long, env = "ORDO_WEBHOOK_ALLOW_PRIVATE", default_value_t = false, action = clap::ArgAction::Set)]
     pub webhook_allow_private: bool,
+    /// Claim loops per queue (tuning; two by default, so one claim runs while another's jobs are settled).
+    #[arg(long, env = "ORDO_CLAIMERS", default_value_t = 2, hide = true)]
+    pub claimers: usize,
+    /// Most jobs one claim statement takes (tuning).
+    #[arg(long, env = "ORDO_MAX_CLAIM", default_value_t = 1000, hide = true)]
+    pub max_claim: usize,
     /// Base of the retry backoff in milliseconds (the first retry waits up to this).
     #[arg(long, env = "ORDO_RETRY_BASE_MS", default_value_t = 1_000, hide = true)]
     pub retry_base_ms: u64,
@@ -170,6 +176,8 @@ impl WorkerArgs {
         }
         cfg.concurrency = self.concurrency;
         cfg.prefetch = self.prefetch.unwrap_or(self.concurrency);
+        cfg.claimers = self.claimers.clamp(1, 16);
+        cfg.max_claim = self.max_claim.clamp(1, 10_000);
         cfg.lease = Duration::from_millis(self.lease_ms);
         cfg.poll = Duration::from_millis(self.poll_ms);
         cfg.default_timeout = Duration::from_millis(self.job_timeout_ms.max(1));
