@@ -126,8 +126,9 @@ pub struct WorkerArgs {
     /// Let webhooks reach private, loopback and link-local addresses (the sandbox sets it).
     #[arg(long, env = "ORDO_WEBHOOK_ALLOW_PRIVATE", default_value_t = false, action = clap::ArgAction::Set)]
     pub webhook_allow_private: bool,
-    /// Claim loops per queue (tuning; two by default, so one claim runs while another's jobs are settled).
-    #[arg(long, env = "ORDO_CLAIMERS", default_value_t = 2, hide = true)]
+    /// Claim loops per queue: two by default, so one claim runs while another's jobs are settled; with several
+    /// workers on a small database, one each keeps their claims from skipping over each other's locked rows.
+    #[arg(long, env = "ORDO_CLAIMERS", default_value_t = 2)]
     pub claimers: usize,
     /// Most jobs one claim statement takes (tuning).
     #[arg(long, env = "ORDO_MAX_CLAIM", default_value_t = 1000, hide = true)]
