@@ -88,6 +88,11 @@ static RESCUE_SQL: LazyLock<String> = LazyLock::new(|| {
 /// its lane instead: it becomes the lane's head when nothing of the lane is active, else it parks (see
 /// [`super::release_lanes`]); until then no claim takes it. Returns how many moved.
 pub async fn promote_due(pool: &sqlx::PgPool, limit: i64) -> Result<u64> {
+    Ok(promote(pool, limit).await?.0)
+}
+
+/// [`promote_due`], also returning the queues of the keyed jobs it promoted (one entry per job).
+async fn promote(pool: &sqlx::PgPool, limit: i64) -> Result<(u64, Vec<String>)> {
     let done = sqlx::query(
         r#"
         with due as (
@@ -113,18 +118,19 @@ pub async fn promote_due(pool: &sqlx::PgPool, limit: i64) -> Result<u64> {
     // In rounds of at most 500: each promoted key holds an advisory lock until its round commits, and the server's
     // lock table is shared by every session.
     let round = limit.clamp(1, 500);
-    let mut keyed = 0u64;
-    while (keyed as i64) < limit {
+    let mut keyed: Vec<String> = Vec::new();
+    while (keyed.len() as i64) < limit {
         let promoted: Vec<String> = sqlx::query_scalar("select promoted_queue from job_lane_promote($1)")
             .bind(i32::try_from(round).unwrap_or(500))
             .fetch_all(pool)
             .await?;
-        keyed += promoted.len() as u64;
-        if (promoted.len() as i64) < round {
+        let n = promoted.len() as i64;
+        keyed.extend(promoted);
+        if n < round {
             break;
         }
     }
-    Ok(done.rows_affected() + keyed)
+    Ok((done.rows_affected() + keyed.len() as u64, keyed))
 }
 
 /// What one pruning pass did.
@@ -196,7 +202,13 @@ pub struct Maintainer {
     gauges_at: std::sync::Mutex<Option<std::time::Instant>>,
     /// Label sets published before, so a queue or pool version that emptied is set back to zero.
     gauge_labels: std::sync::Mutex<GaugeLabels>,
+    /// Called with each queue that a round made jobs claimable in (released or promoted jobs of concurrency keys),
+    /// so workers start them without waiting for their next poll.
+    pub on_ready: Option<OnReady>,
 }
+
+/// A callback given a queue name.
+pub type OnReady = std::sync::Arc<dyn Fn(&str) + Send + Sync>;
 
 /// Queues and (pool, version) pairs that have gauges.
 type GaugeLabels = (
@@ -226,6 +238,7 @@ impl Maintainer {
             prune_after: std::sync::atomic::AtomicI64::new(0),
             gauges_at: std::sync::Mutex::new(None),
             gauge_labels: std::sync::Mutex::default(),
+            on_ready: None,
         }
     }
 
@@ -249,16 +262,23 @@ impl Maintainer {
         // Lanes marked by finishes that raced an enqueue of their key, and any a worker did not settle itself. In
         // rounds of 500: each mark holds an advisory lock until its round commits, and the server's lock table is
         // shared by every session.
+        let mut ready = std::collections::BTreeSet::new();
         for _ in 0..10 {
             let released = super::release_lanes(&self.pool, 500).await?;
             if !released.is_empty() {
                 tracing::debug!(jobs = released.len(), "released parked jobs of marked lanes");
             }
+            ready.extend(released);
             if super::marked_lanes(&self.pool).await? == 0 {
                 break;
             }
         }
-        promote_due(&self.pool, 5000).await?;
+        ready.extend(promote(&self.pool, 5000).await?.1);
+        if let Some(wake) = &self.on_ready {
+            for q in &ready {
+                wake(q);
+            }
+        }
         super::fold_stats(&self.pool).await?;
         self.publish_gauges().await;
         // Prune in passes of 10 000 rows; keep going while passes find mostly deletable rows, so pruning keeps up

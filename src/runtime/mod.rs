@@ -204,6 +204,20 @@ impl Worker {
         if cfg.maintenance {
             let mut m = queue::Maintainer::new(self.pool.clone(), self.id.clone(), cfg.retry);
             m.retention = cfg.retention;
+            // Jobs it releases or promotes: this worker's fetchers at once, every worker through Redis.
+            let waker = match &cfg.redis_url {
+                Some(url) => wake::Waker::start(url, &wake::namespace(&self.pool).await, background.clone()).ok(),
+                None => None,
+            };
+            let local = signals.clone();
+            m.on_ready = Some(Arc::new(move |q: &str| {
+                if let Some(n) = local.get(q) {
+                    n.notify_one();
+                }
+                if let Some(w) = &waker {
+                    w.wake(q);
+                }
+            }));
             tasks.spawn(m.run(background.clone()));
             tasks.spawn(prune_event_log(
                 self.pool.clone(),
