@@ -437,6 +437,29 @@ async fn a_replayed_job_in_a_batch_leaves_no_lane_stuck() {
     assert_eq!(raw_state(&db.pool, ids[2]).await, "parked");
 }
 
+/// Per concurrency key, from the handlers' own records (`test.record`): executions, distinct jobs executed, and
+/// executions that started before the previous job of the key (in id order) finished.
+async fn key_runs(pool: &PgPool) -> Vec<(String, i64, i64, i64)> {
+    sqlx::query_as(
+        r#"
+        select j.concurrency_key, count(*), count(distinct x.job_id),
+               count(*) filter (where x.started_at < x.before)
+        from (
+            select t.job_id, t.started_at,
+                   lag(t.finished_at) over (partition by j.concurrency_key order by j.id) as before
+            from test_execution t
+            join job j on j.id = t.job_id
+        ) x
+        join job j on j.id = x.job_id
+        group by j.concurrency_key
+        order by 1
+        "#,
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
 /// An upgrade from the schema before lanes keeps every job: waiting, running, scheduled, retryable and finished
 /// jobs of several keys are migrated by the real `ordo migrate`, then real workers drain them, each key one job at
 /// a time in id order.
@@ -538,25 +561,8 @@ async fn an_upgraded_queue_drains_every_key_in_order() {
     assert_eq!(total, 132, "every job completed, none lost");
     assert_eq!(completed(&db.pool).await, 132, "and counted");
     // Within a key, by the handlers' own clocks: each job started after the one before it finished, in id order.
-    let runs: Vec<(String, i64, i64)> = sqlx::query_as(
-        r#"
-        select j.concurrency_key, count(*),
-               count(*) filter (where x.started_at < x.before)
-        from (
-            select t.job_id, t.started_at,
-                   lag(t.finished_at) over (partition by j.concurrency_key order by j.id) as before
-            from test_execution t
-            join job j on j.id = t.job_id
-        ) x
-        join job j on j.id = x.job_id
-        group by j.concurrency_key
-        order by 1
-        "#,
-    )
-    .fetch_all(&db.pool)
-    .await
-    .unwrap();
-    for (key, ran, overlaps) in &runs {
+    let runs = key_runs(&db.pool).await;
+    for (key, ran, _, overlaps) in &runs {
         assert_eq!(*ran, 30, "{key}: each job ran once");
         assert_eq!(*overlaps, 0, "{key}: its jobs ran one at a time in enqueue order");
     }
@@ -608,24 +614,7 @@ async fn enqueues_racing_finishes_leave_no_lane_stuck() {
         crate::support::signal(w, "-TERM");
         assert!(w.wait().await.unwrap().success());
     }
-    let runs: Vec<(String, i64, i64, i64)> = sqlx::query_as(
-        r#"
-        select j.concurrency_key, count(*), count(distinct x.job_id),
-               count(*) filter (where x.started_at < x.before)
-        from (
-            select t.job_id, t.started_at,
-                   lag(t.finished_at) over (partition by j.concurrency_key order by j.id) as before
-            from test_execution t
-            join job j on j.id = t.job_id
-        ) x
-        join job j on j.id = x.job_id
-        group by j.concurrency_key
-        order by 1
-        "#,
-    )
-    .fetch_all(&db.pool)
-    .await
-    .unwrap();
+    let runs = key_runs(&db.pool).await;
     assert_eq!(runs.len(), 4);
     for (key, ran, distinct, overlaps) in &runs {
         assert_eq!((*ran, *distinct), (80, 80), "{key}: each job ran once");
