@@ -59,19 +59,22 @@ pub(crate) struct LaneHook {
 impl LaneHook {
     /// After settling jobs of these queues' keys.
     pub fn settled<'a>(&self, queues: impl Iterator<Item = &'a str>) {
-        let mut any = false;
+        if self.wake(queues) {
+            self.release.notify_one();
+        }
+    }
+
+    /// Wakes this worker's fetchers of each queue (once per queue); false when there was none.
+    pub fn wake<'a>(&self, queues: impl Iterator<Item = &'a str>) -> bool {
         let mut seen = std::collections::BTreeSet::new();
         for q in queues {
-            any = true;
             if seen.insert(q) {
                 if let Some(n) = self.signals.get(q) {
                     n.notify_one();
                 }
             }
         }
-        if any {
-            self.release.notify_one();
-        }
+        !seen.is_empty()
     }
 }
 

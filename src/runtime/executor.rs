@@ -25,6 +25,8 @@ pub(crate) struct Executor {
     pub settle: mpsc::UnboundedSender<Settle>,
     /// Fires when the worker begins to stop; a handler cancelled after that hands its job back.
     pub stopping: CancellationToken,
+    /// Told when a handler settled a job of a concurrency key itself (committed): the key's next job is released.
+    pub lanes: super::completer::LaneHook,
 }
 
 enum Ran {
@@ -35,9 +37,8 @@ enum Ran {
 }
 
 impl Executor {
-    /// Runs the job, stopped by `cancel` when its lease is lost; true when its handler settled it itself
-    /// (committed by the time this returns).
-    pub async fn execute(&self, job: Job, cancel: CancellationToken) -> bool {
+    /// Runs the job, stopped by `cancel` when its lease is lost, and settles it (or its handler did).
+    pub async fn execute(&self, job: Job, cancel: CancellationToken) {
         let id = job.id;
         let attempt = job.attempt;
         if let Ok(mut r) = self.running.lock() {
@@ -70,7 +71,12 @@ impl Executor {
             r.remove(&id);
         }
         let kind = match ran {
-            Ran::Settled => return true,
+            Ran::Settled => {
+                // Committed by the handler: the next job of its key was released in that transaction, so claim
+                // again at once instead of at the next poll, or a serial chain would advance one step per poll.
+                self.lanes.settled(lane.iter().map(String::as_str));
+                return;
+            }
             Ran::Outcome(Ok(Outcome::Done(v))) => SettleKind::Complete(v),
             Ran::Outcome(Ok(Outcome::Snooze(d))) => SettleKind::Snooze(d),
             Ran::Outcome(Ok(Outcome::Cancel { reason })) => SettleKind::Cancel(reason),
@@ -115,7 +121,6 @@ impl Executor {
             kind,
             lane,
         });
-        false
     }
 
     /// Lets go of a prefetched job that never started: handed back (available again, its attempt not used up)

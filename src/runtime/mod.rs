@@ -209,11 +209,9 @@ impl Worker {
                 Some(url) => wake::Waker::start(url, &wake::namespace(&self.pool).await, background.clone()).ok(),
                 None => None,
             };
-            let local = signals.clone();
+            let local = lanes.clone();
             m.on_ready = Some(Arc::new(move |q: &str| {
-                if let Some(n) = local.get(q) {
-                    n.notify_one();
-                }
+                local.wake(std::iter::once(q));
                 if let Some(w) = &waker {
                     w.wake(q);
                 }
@@ -236,6 +234,7 @@ impl Worker {
             running: running.clone(),
             settle: settle_tx.clone(),
             stopping: shutdown.clone(),
+            lanes: lanes.clone(),
         });
         let mut fetchers = Vec::new();
         for q in &cfg.queues {
@@ -252,7 +251,6 @@ impl Worker {
                     wake: signals.get(q).unwrap_or_default(),
                     exec: exec.clone(),
                     jobs: jobs.clone(),
-                    lanes: lanes.clone(),
                 };
                 fetchers.push(tokio::spawn(f.run(shutdown.clone())));
             }
@@ -315,14 +313,7 @@ async fn release_lanes(pool: PgPool, lanes: completer::LaneHook, stop: Cancellat
         }
         match queue::release_lanes(&pool, 500).await {
             Ok(queues) => {
-                let mut seen = std::collections::BTreeSet::new();
-                for q in &queues {
-                    if seen.insert(q) {
-                        if let Some(n) = lanes.signals.get(q) {
-                            n.notify_one();
-                        }
-                    }
-                }
+                lanes.wake(queues.iter().map(String::as_str));
             }
             Err(e) => tracing::warn!(error = %e, "failed to settle lane marks"),
         }
@@ -399,7 +390,6 @@ struct Fetcher {
     wake: Arc<tokio::sync::Notify>,
     exec: Arc<executor::Executor>,
     jobs: TaskTracker,
-    lanes: completer::LaneHook,
 }
 
 impl Fetcher {
@@ -460,13 +450,6 @@ impl Fetcher {
                         if let Ok(mut r) = self.running.lock() {
                             r.insert(job.id, (job.attempt, cancel.clone()));
                         }
-                        // The next job of a concurrency key (an entity's next event) is released when this one
-                        // commits: claim again at once instead of at the next poll, or a serial chain would
-                        // advance one step per poll interval.
-                        let lane = job
-                            .concurrency_key
-                            .is_some()
-                            .then(|| (job.queue.clone(), self.lanes.clone()));
                         self.jobs.spawn(async move {
                             let slot = tokio::select! {
                                 biased;
@@ -481,12 +464,9 @@ impl Fetcher {
                                 drop(permit);
                                 return;
                             };
-                            let committed = exec.execute(job, cancel).await;
+                            exec.execute(job, cancel).await;
                             drop(slot);
                             drop(permit);
-                            if let (true, Some((queue, lanes))) = (committed, lane) {
-                                lanes.settled(std::iter::once(queue.as_str()));
-                            }
                         });
                     }
                     drop(permits);
