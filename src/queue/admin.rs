@@ -6,7 +6,7 @@ use sqlx::{PgConnection, PgExecutor};
 
 use super::lane::{member, release_after};
 use super::stats::count_after;
-use super::types::JOB_COLUMNS;
+use super::types::{job_columns_of, JOB_COLUMNS};
 use super::{Error, Job, JobId, JobState, Result};
 use crate::tenancy::AccountId;
 
@@ -150,11 +150,7 @@ async fn transition(
 }
 
 static RETRY_SQL: LazyLock<String> = LazyLock::new(|| {
-    let cols = JOB_COLUMNS
-        .split(", ")
-        .map(|c| format!("job.{c}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let cols = job_columns_of("job");
     format!(
         r#"
         with old as (

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use sqlx::PgExecutor;
 
-use super::types::{JOB_COLUMNS, WAITING_BY_ID};
+use super::types::{job_columns_of, JOB_COLUMNS, WAITING_BY_ID};
 use super::{Job, JobId, Result};
 use crate::tenancy::AccountId;
 
@@ -29,15 +29,6 @@ fn lease(lease: &str, owner: &str) -> String {
         "state = 'running', attempt = job.attempt + 1, started_at = now(), \
          leased_until = now() + make_interval(secs => {lease}), lease_owner = {owner}"
     )
-}
-
-/// `job.`-qualified result columns.
-fn returning() -> String {
-    JOB_COLUMNS
-        .split(", ")
-        .map(|c| format!("job.{c}"))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 static CLAIM_SQL: LazyLock<String> = LazyLock::new(|| {
@@ -70,7 +61,7 @@ static CLAIM_SQL: LazyLock<String> = LazyLock::new(|| {
         "#,
         turn = turn_has_come("j"),
         lease = lease("$5", "$6"),
-        cols = returning()
+        cols = job_columns_of("job")
     )
 });
 
@@ -152,7 +143,7 @@ static LOCK_FOLLOWING_SQL: LazyLock<String> = LazyLock::new(|| {
         for update of job
         "#,
         waiting = WAITING_BY_ID,
-        cols = returning()
+        cols = job_columns_of("job")
     )
 });
 

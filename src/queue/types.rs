@@ -198,6 +198,15 @@ pub(crate) const JOB_COLUMNS: &str = "id, account_id, queue, kind, args, state, 
     run_at, created_at, started_at, finished_at, result, errors, idempotency_key, concurrency_key, pool, version, \
     timeout_ms, traceparent, lease_owner, leased_until";
 
+/// [`JOB_COLUMNS`] qualified by `table`, for statements that join other tables.
+pub(crate) fn job_columns_of(table: &str) -> String {
+    JOB_COLUMNS
+        .split(", ")
+        .map(|c| format!("{table}.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// A job to enqueue. Build with [`NewJob::new`] and the builder methods.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewJob {
