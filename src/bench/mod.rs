@@ -314,7 +314,7 @@ async fn measure(args: &BenchArgs, url: &str) -> Result<Summary, Error> {
         }
     }
     let last: chrono::DateTime<chrono::Utc> =
-        sqlx::query_scalar("select max(finished_at) from job where concurrency_key is distinct from $1")
+        sqlx::query_scalar("select max(finished_at) from job_history where concurrency_key is distinct from $1")
             .bind(HOT_KEY)
             .fetch_one(&pool)
             .await?;
@@ -383,7 +383,7 @@ async fn hot_key_rate(pool: &PgPool, resumed: chrono::DateTime<chrono::Utc>, n: 
             Option<chrono::DateTime<chrono::Utc>>,
             chrono::DateTime<chrono::Utc>,
         ) = sqlx::query_as(
-            "select count(*), max(finished_at), now() from job where concurrency_key = $1 and state = 'completed'",
+            "select count(*), max(finished_at), now() from job_history where concurrency_key = $1 and state = 'completed'",
         )
         .bind(HOT_KEY)
         .fetch_one(pool)
@@ -486,7 +486,8 @@ async fn enqueue_backlog(pool: &PgPool, n: usize) -> Result<(), Error> {
     Ok(())
 }
 
-/// Churns finished jobs through the table (insert, then complete) so the drain runs on a table with history.
+/// Churns finished jobs through the tables (insert, then finish into history) so the drain runs beside history and
+/// the dead row versions it left.
 async fn preload_finished(pool: &PgPool, n: usize) -> Result<(), Error> {
     let mut done = 0;
     while done < n {
@@ -503,9 +504,12 @@ async fn preload_finished(pool: &PgPool, n: usize) -> Result<(), Error> {
         .await?;
         sqlx::query(
             r#"
-            update job
-            set state = 'completed', attempt = 1, started_at = now(), finished_at = now()
-            where state = 'available'
+            with done as (delete from job where state = 'available' returning *)
+            insert into job_history (id, account_id, queue, kind, args, state, priority, attempt, max_attempts,
+                                     run_at, created_at, started_at, finished_at, errors)
+            select id, account_id, queue, kind, args, 'completed', priority, 1, max_attempts,
+                   run_at, created_at, now(), now(), errors
+            from done
             "#,
         )
         .execute(pool)
@@ -513,6 +517,7 @@ async fn preload_finished(pool: &PgPool, n: usize) -> Result<(), Error> {
         done += k;
     }
     sqlx::query("vacuum analyze job").execute(pool).await?;
+    sqlx::query("vacuum analyze job_history").execute(pool).await?;
     Ok(())
 }
 
@@ -582,11 +587,12 @@ async fn measure_latency(q: &Queue, account: &AccountId, samples: usize) -> Resu
         let committed = chrono::Utc::now();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let started: Option<chrono::DateTime<chrono::Utc>> =
-                sqlx::query_scalar("select started_at from job where id = $1")
-                    .bind(job.id)
-                    .fetch_one(q.pool())
-                    .await?;
+            let started: Option<chrono::DateTime<chrono::Utc>> = sqlx::query_scalar(
+                "select started_at from job where id = $1 union all select started_at from job_history where id = $1",
+            )
+            .bind(job.id)
+            .fetch_one(q.pool())
+            .await?;
             if let Some(s) = started {
                 let ms = (s - committed).num_microseconds().unwrap_or(0).max(0) as f64 / 1000.0;
                 lat.push(ms);

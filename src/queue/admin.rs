@@ -4,14 +4,22 @@ use std::sync::LazyLock;
 
 use sqlx::{PgConnection, PgExecutor};
 
+use super::history::{append_history, finished_row, STORED_COLUMNS};
 use super::lane::{member, release_after};
 use super::stats::count_after;
 use super::types::{job_columns_of, JOB_COLUMNS};
 use super::{Error, Job, JobId, JobState, Result};
 use crate::tenancy::AccountId;
 
-static GET_SQL: LazyLock<String> =
-    LazyLock::new(|| format!("select {JOB_COLUMNS} from job where account_id = $1 and id = $2"));
+// A job is in one table or the other, never both (it moves in one statement), and one statement sees either.
+static GET_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "select {JOB_COLUMNS} from job where account_id = $1 and id = $2 \
+         union all \
+         select {JOB_COLUMNS} from job_history where account_id = $1 and id = $2 \
+         limit 1"
+    )
+});
 
 /// Reads one job of the account.
 pub async fn get<'e>(exec: impl PgExecutor<'e>, account: &AccountId, id: JobId) -> Result<Job> {
@@ -23,8 +31,13 @@ pub async fn get<'e>(exec: impl PgExecutor<'e>, account: &AccountId, id: JobId) 
         .ok_or(Error::NotFound { id })
 }
 
-static GET_MANY_SQL: LazyLock<String> =
-    LazyLock::new(|| format!("select {JOB_COLUMNS} from job where account_id = $1 and id = any($2)"));
+static GET_MANY_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "select {JOB_COLUMNS} from job where account_id = $1 and id = any($2) \
+         union all \
+         select {JOB_COLUMNS} from job_history where account_id = $1 and id = any($2)"
+    )
+});
 
 /// Reads several jobs of the account in one round trip, in the order of `ids` (ids not found are left out).
 pub async fn get_many<'e>(exec: impl PgExecutor<'e>, account: &AccountId, ids: &[JobId]) -> Result<Vec<Job>> {
@@ -56,15 +69,29 @@ pub struct JobFilter {
 }
 
 static LIST_SQL: LazyLock<String> = LazyLock::new(|| {
+    // Each table is read only when the state asked for can be in it ($7: live, $8: finished); with the custom
+    // plans `list` asks for, the other branch is a one-time filter that reads nothing.
+    let filters = r#"account_id = $1
+              and ($2::text is null or queue = $2)
+              and ($3::text is null or state = $3 or ($3 = 'available' and state = 'parked'))
+              and ($4::text is null or kind = $4)
+              and ($5::bigint is null or id < $5)"#;
     format!(
         r#"
         select {JOB_COLUMNS}
-        from job
-        where account_id = $1
-          and ($2::text is null or queue = $2)
-          and ($3::text is null or state = $3 or ($3 = 'available' and state = 'parked'))
-          and ($4::text is null or kind = $4)
-          and ($5::bigint is null or id < $5)
+        from (
+            (select {JOB_COLUMNS}
+             from job
+             where $7 and {filters}
+             order by id desc
+             limit $6)
+            union all
+            (select {JOB_COLUMNS}
+             from job_history
+             where $8 and {filters}
+             order by id desc
+             limit $6)
+        ) j
         order by id desc
         limit $6
         "#
@@ -86,6 +113,8 @@ pub async fn list<'e>(
         .bind(&f.kind)
         .bind(f.before)
         .bind(f.limit + 1)
+        .bind(f.state.is_none_or(|s| !s.is_finished()))
+        .bind(f.state.is_none_or(|s| s.is_finished()))
         .fetch_all(exec)
         .await?;
     let next = if jobs.len() as i64 > f.limit {
@@ -101,17 +130,20 @@ static CANCEL_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         r#"
         with done as (
-            update job
-            set state = 'cancelled',
-                finished_at = now(),
-                leased_until = null
+            delete from job
             where account_id = $1
               and id = $2
               and state in ('scheduled', 'available', 'retryable', 'running', 'parked')
-            returning {JOB_COLUMNS}, true as finished
-        ){release}{count}
+            returning {row}, true as finished
+        ){history}{release}{count}
         select {JOB_COLUMNS} from done
         "#,
+        row = finished_row(&[
+            ("state", "'cancelled'"),
+            ("finished_at", "now()"),
+            ("leased_until", "null::timestamptz"),
+        ]),
+        history = append_history("done"),
         release = release_after("done"),
         count = count_after("done", &[("cancelled", "count(*)")])
     )
@@ -151,9 +183,43 @@ async fn transition(
 
 static RETRY_SQL: LazyLock<String> = LazyLock::new(|| {
     let cols = job_columns_of("job");
+    // its lane has moved on meanwhile: it waits for the jobs there, and runs first after them
+    let lane_busy = |j: &str| {
+        format!(
+            r#"{j}.concurrency_key is not null and exists (
+                   select 1 from job e
+                   where e.account_id = {j}.account_id
+                     and e.concurrency_key = {j}.concurrency_key
+                     and e.id <> {j}.id
+                     and e.state in ('available', 'scheduled', 'retryable', 'running', 'parked')
+                     and {member}
+               )"#,
+            member = member("e")
+        )
+    };
     format!(
         r#"
-        with old as (
+        -- a discarded or cancelled job comes back from history
+        with unfinished as (
+            delete from job_history h
+            where h.account_id = $1
+              and h.id = $2
+              and h.state in ('discarded', 'cancelled')
+            returning h.*
+        ),
+        revived as (
+            insert into job ({STORED_COLUMNS})
+            select r.id, r.account_id, r.queue, r.kind, r.args,
+                   case when {revived_lane_busy} then 'parked' else 'available' end,
+                   r.priority, r.attempt, greatest(r.max_attempts, r.attempt + 1), now(), r.created_at,
+                   r.started_at, null, r.lease_owner, null, r.timeout_ms, r.result, r.errors, r.idempotency_key,
+                   r.fingerprint, r.concurrency_key, r.pool,
+                   route_version(r.queue, coalesce(r.concurrency_key, r.id::text)), r.traceparent
+            from unfinished r
+            returning {JOB_COLUMNS}
+        ),
+        -- a retryable or scheduled one is still in the hot table
+        old as (
             select id, account_id, queue, state, finished_at
             from job
             where account_id = $1
@@ -163,16 +229,7 @@ static RETRY_SQL: LazyLock<String> = LazyLock::new(|| {
         ),
         retried as (
             update job
-            set state = case when job.concurrency_key is not null and exists (
-                                 select 1 from job e
-                                 where e.account_id = job.account_id
-                                   and e.concurrency_key = job.concurrency_key
-                                   and e.id <> job.id
-                                   and e.state in ('available', 'scheduled', 'retryable', 'running', 'parked')
-                                   and {member}
-                             )
-                             -- its lane has moved on meanwhile: it waits for the jobs there, and runs first after them
-                             then 'parked' else 'available' end,
+            set state = case when {lane_busy} then 'parked' else 'available' end,
                 run_at = now(),
                 finished_at = null,
                 max_attempts = greatest(job.max_attempts, job.attempt + 1),
@@ -186,7 +243,9 @@ static RETRY_SQL: LazyLock<String> = LazyLock::new(|| {
             insert into job_stat_delta (account_id, queue, minute, discarded, cancelled)
             select o.account_id, o.queue, date_trunc('minute', o.finished_at),
                    -(o.state = 'discarded')::int, -(o.state = 'cancelled')::int
-            from old o
+            from (select account_id, queue, state, finished_at from old
+                  union all
+                  select account_id, queue, state, finished_at from unfinished) o
             where o.state in ('discarded', 'cancelled')
               and exists (
                   select 1 from job_stat s
@@ -201,8 +260,11 @@ static RETRY_SQL: LazyLock<String> = LazyLock::new(|| {
               )
         )
         select {JOB_COLUMNS} from retried
+        union all
+        select {JOB_COLUMNS} from revived
         "#,
-        member = member("e")
+        revived_lane_busy = lane_busy("r"),
+        lane_busy = lane_busy("job"),
     )
 });
 
@@ -211,12 +273,15 @@ static RETRY_SQL: LazyLock<String> = LazyLock::new(|| {
 /// enqueue lock, so the lane keeps one head.
 pub async fn retry(conn: &mut PgConnection, account: &AccountId, id: JobId) -> Result<Job> {
     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-    let key: Option<Option<String>> =
-        sqlx::query_scalar("select concurrency_key from job where account_id = $1 and id = $2")
-            .bind(account.as_str())
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?;
+    let key: Option<Option<String>> = sqlx::query_scalar(
+        "select concurrency_key from job where account_id = $1 and id = $2 \
+         union all \
+         select concurrency_key from job_history where account_id = $1 and id = $2",
+    )
+    .bind(account.as_str())
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?;
     if let Some(Some(key)) = &key {
         super::enqueue::lock_concurrency_keys(&mut tx, account, &[key.as_str()]).await?;
     }

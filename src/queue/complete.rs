@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::{PgConnection, PgExecutor};
 
+use super::history::{append_history, finished_row};
 use super::lane::release_after;
 use super::stats::count_after;
 use super::types::WAITING_BY_ID;
@@ -103,19 +104,22 @@ static COMPLETE_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         r#"
         with done as (
-            update job
-            set state = 'completed',
-                finished_at = now(),
-                result = ($3::jsonb[])[r.ord],
-                leased_until = null
-            from job_leases($1, $2) as r
+            delete from job
+            using job_leases($1, $2) as r
             where job.id = r.id
               and job.attempt = r.attempt
               and job.state = 'running'
-            returning job.id, job.account_id, job.queue, job.concurrency_key, true as finished
-        ){release}{count}
+            returning {row}, true as finished
+        ){history}{release}{count}
         select id from done
         "#,
+        row = finished_row(&[
+            ("state", "'completed'"),
+            ("finished_at", "now()"),
+            ("result", "($3::jsonb[])[r.ord]"),
+            ("leased_until", "null::timestamptz"),
+        ]),
+        history = append_history("done"),
         release = release_after("done"),
         count = count_after("done", &[("completed", "count(*)")])
     )
@@ -143,21 +147,24 @@ static COMPLETE_LOCKED_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         r#"
         with done as (
-            update job
-            set state = 'completed',
-                attempt = job.attempt + 1,
-                started_at = now(),
-                finished_at = now(),
-                result = ($3::jsonb[])[r.ord],
-                lease_owner = $4
-            from job_leases($1, $2) as r
+            delete from job
+            using job_leases($1, $2) as r
             where job.id = r.id
               and job.attempt = r.attempt
               and {WAITING_BY_ID}
-            returning job.id, job.account_id, job.queue, job.concurrency_key, true as finished
-        ){release}{count}
+            returning {row}, true as finished
+        ){history}{release}{count}
         select id from done
         "#,
+        row = finished_row(&[
+            ("state", "'completed'"),
+            ("attempt", "job.attempt + 1"),
+            ("started_at", "now()"),
+            ("finished_at", "now()"),
+            ("result", "($3::jsonb[])[r.ord]"),
+            ("lease_owner", "$4::text"),
+        ]),
+        history = append_history("done"),
         release = release_after("done"),
         count = count_after("done", &[("completed", "count(*)")])
     )
@@ -194,36 +201,79 @@ pub async fn fail_many<'e>(exec: impl PgExecutor<'e>, items: &[Failure]) -> Resu
     Ok(to_ids(rows))
 }
 
+/// The error history of `job` with one more entry for its current attempt, saying `message` (an SQL expression).
+/// A failed attempt names the version that ran it (a rollout counts them); a cancellation does not.
+pub(crate) fn with_error(message: &str, failed: bool) -> String {
+    let version = if failed { ", 'version', job.version" } else { "" };
+    format!(
+        r#"job.errors || jsonb_build_array(jsonb_build_object(
+            'attempt', job.attempt,
+            'at', to_char(now() at time zone 'utc', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+            'message', {message}{version}))"#
+    )
+}
+
 static FAIL_SQL: LazyLock<String> = LazyLock::new(|| {
+    let gives_up = "(($4::bool[])[r.ord] or job.attempt >= job.max_attempts)";
+    let errors = with_error("($3::text[])[r.ord]", true);
     format!(
         r#"
-        with done as (
+        with retried as (
             update job
-            set state = case when ($4::bool[])[r.ord] or job.attempt >= job.max_attempts
-                             then 'discarded' else 'retryable' end,
-                run_at = case when ($4::bool[])[r.ord] or job.attempt >= job.max_attempts
-                              then job.run_at else ($5::timestamptz[])[r.ord] end,
-                finished_at = case when ($4::bool[])[r.ord] or job.attempt >= job.max_attempts then now() end,
-                errors = job.errors || jsonb_build_array(jsonb_build_object(
-                    'attempt', job.attempt,
-                    'at', to_char(now() at time zone 'utc', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-                    'message', ($3::text[])[r.ord],
-                    'version', job.version)),
+            set state = 'retryable',
+                run_at = ($5::timestamptz[])[r.ord],
+                errors = {errors},
                 leased_until = null,
-                -- a retry is routed afresh (null outside a rollout), so it never waits for a retired version; a
-                -- discarded job keeps the version that ran it
-                version = case when ($4::bool[])[r.ord] or job.attempt >= job.max_attempts
-                               then job.version else route_version(job.queue, coalesce(job.concurrency_key, job.id::text)) end
+                -- a retry is routed afresh (null outside a rollout), so it never waits for a retired version
+                version = route_version(job.queue, coalesce(job.concurrency_key, job.id::text))
             from job_leases($1, $2) as r
             where job.id = r.id
               and job.attempt = r.attempt
               and job.state = 'running'
-            -- a retryable job stays its lane's head; a discarded one leaves it
-            returning job.id, job.account_id, job.queue, job.concurrency_key, job.state,
-                      job.state = 'discarded' as finished
-        ){release}{count}
-        select id from done
+              and not {gives_up}
+            returning job.id, job.account_id, job.queue, job.concurrency_key, job.state
+        ),
+        -- a discarded job keeps the version that ran it
+        discarded as (
+            delete from job
+            using job_leases($1, $2) as r
+            where job.id = r.id
+              and job.attempt = r.attempt
+              and job.state = 'running'
+              and {gives_up}
+            returning {row}
+        ){rest}
         "#,
+        row = discarded_row(&errors),
+        rest = after_failures()
+    )
+});
+
+/// The `returning` list of a statement's CTE `discarded` that deletes failed jobs for good, `errors` being their
+/// error history with the failure added.
+pub(crate) fn discarded_row(errors: &str) -> String {
+    finished_row(&[
+        ("state", "'discarded'"),
+        ("finished_at", "now()"),
+        ("errors", errors),
+        ("leased_until", "null::timestamptz"),
+    ])
+}
+
+/// The end of a statement that records failed attempts, after its CTEs `retried` (an update returning `id`,
+/// `account_id`, `queue`, `concurrency_key` and `state` of the jobs that will run again) and `discarded` (a delete
+/// returning [`discarded_row`]): history, lanes and counts, then the ids changed.
+pub(crate) fn after_failures() -> String {
+    format!(
+        r#",
+        -- a retryable job stays its lane's head; a discarded one leaves it
+        done as (
+            select id, account_id, queue, concurrency_key, state, false as finished from retried
+            union all
+            select id, account_id, queue, concurrency_key, state, true from discarded
+        ){history}{release}{count}
+        select id from done"#,
+        history = append_history("discarded"),
         release = release_after("done"),
         count = count_after(
             "done",
@@ -233,7 +283,7 @@ static FAIL_SQL: LazyLock<String> = LazyLock::new(|| {
             ]
         )
     )
-});
+}
 
 /// Puts jobs back to wait `delay` without using up the attempt. Returns the ids changed.
 pub async fn snooze_many<'e>(exec: impl PgExecutor<'e>, items: &[Snooze]) -> Result<Vec<JobId>> {
@@ -285,22 +335,22 @@ static CANCEL_RUNNING_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         r#"
         with done as (
-            update job
-            set state = 'cancelled',
-                finished_at = now(),
-                errors = job.errors || jsonb_build_array(jsonb_build_object(
-                    'attempt', job.attempt,
-                    'at', to_char(now() at time zone 'utc', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-                    'message', 'cancelled: ' || ($3::text[])[r.ord])),
-                leased_until = null
-            from job_leases($1, $2) as r
+            delete from job
+            using job_leases($1, $2) as r
             where job.id = r.id
               and job.attempt = r.attempt
               and job.state = 'running'
-            returning job.id, job.account_id, job.queue, job.concurrency_key, true as finished
-        ){release}{count}
+            returning {row}, true as finished
+        ){history}{release}{count}
         select id from done
         "#,
+        row = finished_row(&[
+            ("state", "'cancelled'"),
+            ("finished_at", "now()"),
+            ("errors", &with_error("'cancelled: ' || ($3::text[])[r.ord]", false)),
+            ("leased_until", "null::timestamptz"),
+        ]),
+        history = append_history("done"),
         release = release_after("done"),
         count = count_after("done", &[("cancelled", "count(*)")])
     )

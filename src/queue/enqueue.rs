@@ -1,8 +1,10 @@
 //! Enqueue one or many jobs, idempotently when a key is given.
 //!
-//! Idempotency is race-free without check-then-insert: the insert is `on conflict do nothing` against the unique
-//! index on `(account_id, idempotency_key)`, which waits for a concurrent inserter of the same key to commit; a
-//! conflict then reads the winner back and compares payload fingerprints.
+//! Idempotency is race-free without check-then-insert: the statement that inserts a job first claims its key in
+//! `job_key` with `on conflict do nothing` (which waits for a concurrent inserter of the same key to commit) and
+//! inserts the job only if the key was its own; a conflict then reads the winner back and compares payload
+//! fingerprints. Keys live in a table of their own because a job leaves `job` when it finishes, and a replay must
+//! find it in history for as long as the key is kept.
 
 use std::sync::LazyLock;
 
@@ -144,6 +146,16 @@ static INSERT_ONE_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         r#"
         with n as (select nextval('job_id_seq') as id),
+        -- the account exists (once per statement, instead of a foreign-key trigger per row)
+        known as (select exists (select 1 from account a where a.id = $1) as ok),
+        keyed as (
+            insert into job_key (account_id, idempotency_key, job_id, fingerprint)
+            select $1, $9, n.id, $10
+            from n, known
+            where known.ok and $9::text is not null
+            on conflict (account_id, idempotency_key) do nothing
+            returning job_id
+        ),
         ins as (
             insert into job (id, account_id, queue, kind, args, state, priority, max_attempts, run_at, timeout_ms,
                              idempotency_key, fingerprint, concurrency_key, version, traceparent)
@@ -160,10 +172,8 @@ static INSERT_ONE_SQL: LazyLock<String> = LazyLock::new(|| {
                    $5, $6, coalesce($7, now()), $8, $9, $10, $11,
                    coalesce($12, {ROUTE}),
                    $13
-            from n
-            -- the account exists (once per statement, instead of a foreign-key trigger per row)
-            where exists (select 1 from account a where a.id = $1)
-            on conflict (account_id, idempotency_key) where idempotency_key is not null do nothing
+            from n, known
+            where known.ok and ($9::text is null or n.id in (select job_id from keyed))
             returning {JOB_COLUMNS}
         ){COUNT}
         select {JOB_COLUMNS} from ins
@@ -190,17 +200,14 @@ async fn account_exists(conn: &mut PgConnection, account: &AccountId) -> Result<
 }
 
 async fn find_by_key(conn: &mut PgConnection, account: &AccountId, key: &str) -> Result<(Job, Option<Vec<u8>>)> {
-    let job: Job = sqlx::query_as(&format!(
-        "select {JOB_COLUMNS} from job where account_id = $1 and idempotency_key = $2"
-    ))
-    .bind(account.as_str())
-    .bind(key)
-    .fetch_one(&mut *conn)
-    .await?;
-    let fp: Option<Vec<u8>> = sqlx::query_scalar("select fingerprint from job where id = $1")
-        .bind(job.id)
-        .fetch_one(&mut *conn)
-        .await?;
+    let Some((id, fp)) = super::history::find_key(&mut *conn, account.as_str(), key).await? else {
+        // the winner of the key rolled back after all: nothing holds it now
+        return Err(Error::IdempotencyConflict {
+            key: key.to_owned(),
+            index: None,
+        });
+    };
+    let job = super::get(&mut *conn, account, JobId(id)).await?;
     Ok((job, fp))
 }
 
@@ -299,8 +306,8 @@ pub async fn enqueue_many(
     let conflict_keys: Vec<&str> = conflicted.iter().filter_map(|&i| idem[i]).collect();
     let existing: Vec<(i64, String, Option<Vec<u8>>)> = sqlx::query_as(
         r#"
-        select id, idempotency_key, fingerprint
-        from job
+        select job_id, idempotency_key, fingerprint
+        from job_key
         where account_id = $1
           and idempotency_key = any($2)
         "#,
@@ -369,6 +376,18 @@ static ENQUEUE_MANY_SQL: LazyLock<String> = LazyLock::new(|| {
                           and r.pool = pool_of_queue(q.queue)
             where (select exists (select 1 from rollout where state in ('canary', 'promoted')))
         ),
+        -- the account exists (once per statement, instead of a foreign-key trigger per row)
+        known as (select exists (select 1 from account a where a.id = $1) as ok),
+        -- each key is claimed by the first job of the batch that carries it
+        keyed as (
+            insert into job_key (account_id, idempotency_key, job_id, fingerprint)
+            select $1, idempotency_key, id, fingerprint
+            from input, known
+            where known.ok and idempotency_key is not null
+            order by ord
+            on conflict (account_id, idempotency_key) do nothing
+            returning job_id
+        ),
         ins as (
             insert into job (id, account_id, queue, kind, args, state, priority, max_attempts, run_at, timeout_ms,
                              idempotency_key, fingerprint, concurrency_key, version, traceparent)
@@ -386,11 +405,9 @@ static ENQUEUE_MANY_SQL: LazyLock<String> = LazyLock::new(|| {
                        from routes rt
                        where rt.queue = input.queue)),
                    traceparent
-            from input
-            -- the account exists (once per statement, instead of a foreign-key trigger per row)
-            where exists (select 1 from account a where a.id = $1)
+            from input, known
+            where known.ok and (idempotency_key is null or id in (select job_id from keyed))
             order by ord
-            on conflict (account_id, idempotency_key) where idempotency_key is not null do nothing
             returning id, account_id, queue
         ){count}
         select input.ord, input.id, ins.id is not null

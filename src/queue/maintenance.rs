@@ -1,13 +1,13 @@
-//! Queue maintenance: rescue expired leases, promote due jobs, prune finished ones. Each step is idempotent and
-//! works in bounded batches, so two holders overlapping after a lease handover do no harm.
+//! Queue maintenance: rescue expired leases, promote due jobs, retire history past retention. Each step is
+//! idempotent and works in bounded batches, so two holders overlapping after a lease handover do no harm.
 
 use std::sync::LazyLock;
 use std::time::Duration;
 
 use sqlx::PgExecutor;
 
-use super::lane::release_after;
-use super::stats::count_after;
+use super::complete::{after_failures, discarded_row, with_error};
+use super::history::{add_history_days, retire_history, RetireCursor, Retired};
 use super::{JobId, Result, RetryPolicy};
 
 /// How long finished jobs are kept.
@@ -42,6 +42,10 @@ pub async fn rescue_expired<'e>(exec: impl PgExecutor<'e>, policy: RetryPolicy, 
 }
 
 static RESCUE_SQL: LazyLock<String> = LazyLock::new(|| {
+    let errors = with_error(
+        "'lease expired: worker ' || coalesce(job.lease_owner, '?') || ' stopped heartbeating'",
+        true,
+    );
     format!(
         r#"
         with expired as (
@@ -53,33 +57,28 @@ static RESCUE_SQL: LazyLock<String> = LazyLock::new(|| {
             limit $3
             for update skip locked
         ),
-        done as (
+        retried as (
             update job
-            set state = case when job.attempt >= job.max_attempts then 'discarded' else 'retryable' end,
-                finished_at = case when job.attempt >= job.max_attempts then now() end,
+            set state = 'retryable',
                 run_at = now() + make_interval(secs => least($2, $1 * power(2, greatest(job.attempt, 1) - 1)) * random()),
-                errors = job.errors || jsonb_build_array(jsonb_build_object(
-                    'attempt', job.attempt,
-                    'at', to_char(now() at time zone 'utc', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-                    'message', 'lease expired: worker ' || coalesce(job.lease_owner, '?') || ' stopped heartbeating',
-                    'version', job.version)),
+                errors = {errors},
                 leased_until = null,
-                version = case when job.attempt >= job.max_attempts then job.version else route_version(job.queue, coalesce(job.concurrency_key, job.id::text)) end
+                version = route_version(job.queue, coalesce(job.concurrency_key, job.id::text))
             from expired
             where job.id = expired.id
-            returning job.id, job.account_id, job.queue, job.concurrency_key, job.state,
-                      job.state = 'discarded' as finished
-        ){release}{count}
-        select id from done
+              and job.attempt < job.max_attempts
+            returning job.id, job.account_id, job.queue, job.concurrency_key, job.state
+        ),
+        discarded as (
+            delete from job
+            using expired
+            where job.id = expired.id
+              and job.attempt >= job.max_attempts
+            returning {row}
+        ){rest}
         "#,
-        release = release_after("done"),
-        count = count_after(
-            "done",
-            &[
-                ("discarded", "count(*) filter (where state = 'discarded')"),
-                ("failed", "count(*)")
-            ]
-        )
+        row = discarded_row(&errors),
+        rest = after_failures()
     )
 });
 
@@ -133,63 +132,7 @@ async fn promote(pool: &sqlx::PgPool, limit: i64) -> Result<(u64, Vec<String>)> 
     Ok((done.rows_affected() + keyed.len() as u64, keyed))
 }
 
-/// What one pruning pass did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Pruned {
-    /// Jobs deleted.
-    pub deleted: u64,
-    /// Rows looked at.
-    pub scanned: u64,
-    /// Where the next pass starts (0 after the end of the table: start over).
-    pub next_after: i64,
-}
-
-/// Deletes finished jobs older than the retention among the `scan` rows after id `after`, walking the primary
-/// key. A cursor instead of an index on `finished_at` keeps pruning off the write path (no index entry per
-/// completion) and bounds each pass, however large the table.
-pub async fn prune<'e>(exec: impl PgExecutor<'e>, retention: Retention, after: i64, scan: i64) -> Result<Pruned> {
-    let (deleted, scanned, last): (i64, i64, Option<i64>) = sqlx::query_as(
-        r#"
-        with scanned as (
-            select id, state, finished_at, idempotency_key
-            from job
-            where id > $3
-            order by id
-            limit $4
-        ),
-        old as (
-            select job.id
-            from job
-            join scanned on scanned.id = job.id
-            where scanned.state in ('completed', 'discarded', 'cancelled')
-              and scanned.finished_at < now() - make_interval(secs => $1)
-              and (scanned.idempotency_key is null or scanned.finished_at < now() - make_interval(secs => $2))
-            for update of job skip locked
-        ),
-        deleted as (
-            delete from job
-            using old
-            where job.id = old.id
-            returning job.id
-        )
-        select (select count(*) from deleted), (select count(*) from scanned), (select max(id) from scanned)
-        "#,
-    )
-    .bind(retention.finished.as_secs_f64())
-    .bind(retention.keyed.max(retention.finished).as_secs_f64())
-    .bind(after)
-    .bind(scan)
-    .fetch_one(exec)
-    .await?;
-    let next_after = if scanned < scan { 0 } else { last.unwrap_or(0) };
-    Ok(Pruned {
-        deleted: deleted as u64,
-        scanned: scanned as u64,
-        next_after,
-    })
-}
-
-/// The maintenance loop: whichever process holds the lease `queue.maintenance` rescues, promotes and prunes.
+/// The maintenance loop: whichever process holds the lease `queue.maintenance` rescues, promotes and retires history.
 pub struct Maintainer {
     pool: sqlx::PgPool,
     holder: String,
@@ -198,7 +141,8 @@ pub struct Maintainer {
     pub interval: Duration,
     /// Retention of finished jobs.
     pub retention: Retention,
-    prune_after: std::sync::atomic::AtomicI64,
+    /// Where the release of a retiring partition's keys stands, and when history was last looked after.
+    history: std::sync::Mutex<(Option<RetireCursor>, Option<std::time::Instant>)>,
     gauges_at: std::sync::Mutex<Option<std::time::Instant>>,
     /// Label sets published before, so a queue or pool version that emptied is set back to zero.
     gauge_labels: std::sync::Mutex<GaugeLabels>,
@@ -235,7 +179,7 @@ impl Maintainer {
             retry,
             interval: Duration::from_secs(1),
             retention: Retention::default(),
-            prune_after: std::sync::atomic::AtomicI64::new(0),
+            history: std::sync::Mutex::default(),
             gauges_at: std::sync::Mutex::new(None),
             gauge_labels: std::sync::Mutex::default(),
             on_ready: None,
@@ -281,20 +225,41 @@ impl Maintainer {
         }
         super::fold_stats(&self.pool).await?;
         self.publish_gauges().await;
-        // Prune in passes of 10 000 rows; keep going while passes find mostly deletable rows, so pruning keeps up
-        // with a busy queue, but give the tick back after ~200 ms.
-        let started = std::time::Instant::now();
-        loop {
-            let after = self.prune_after.load(std::sync::atomic::Ordering::Relaxed);
-            let p = prune(&self.pool, self.retention, after, 10_000).await?;
-            self.prune_after
-                .store(p.next_after, std::sync::atomic::Ordering::Relaxed);
-            if p.deleted * 2 < p.scanned || p.next_after == 0 || started.elapsed() > Duration::from_millis(200) {
-                break;
-            }
-        }
+        self.look_after_history().await?;
         super::prune_stats(&self.pool, self.retention.finished).await?;
         Ok(true)
+    }
+
+    /// Every 10 s: attaches the coming days' history partitions and retires history past retention, for at most
+    /// ~200 ms of work (the rest waits for the next time).
+    async fn look_after_history(&self) -> Result<()> {
+        let cursor = {
+            let Ok(mut h) = self.history.lock() else { return Ok(()) };
+            if h.1.is_some_and(|t| t.elapsed() < Duration::from_secs(10)) {
+                return Ok(());
+            }
+            h.1 = Some(std::time::Instant::now());
+            h.0.take()
+        };
+        let mut cursor = cursor;
+        if let Err(e) = add_history_days(&self.pool).await {
+            // a lock not had at once: the next round tries again (rows go to the default partition meanwhile)
+            tracing::debug!(error = %e, "could not attach history partitions this round");
+        }
+        let retired = retire_history(&self.pool, self.retention, &mut cursor, Duration::from_millis(200)).await;
+        if let Ok(mut h) = self.history.lock() {
+            h.0 = cursor;
+        }
+        let retired = retired?;
+        if retired != Retired::default() {
+            tracing::info!(
+                partitions = retired.partitions_dropped,
+                rows = retired.rows_pruned,
+                keys = retired.keys_released,
+                "retired job history past retention"
+            );
+        }
+        Ok(())
     }
 
     /// Every 5 s, the holder publishes the cluster's queue and worker gauges (one holder, so no double counting

@@ -1,9 +1,11 @@
-//! The durable queue: the only module that writes `job` rows.
+//! The durable queue: the only module that writes `job` and `job_history` rows.
 //!
 //! Invariants:
 //! - a job is claimed by one statement (`for update skip locked`), which bumps `attempt` and sets a lease;
 //! - every later write of a running job (complete, fail, snooze, heartbeat, hand back) is fenced by
 //!   `(id, attempt, state = 'running')`, so a worker that lost its lease can change nothing;
+//! - `job` holds waiting and running jobs only: the statement that finishes a job moves it to history (see
+//!   [`history`]), and reads by id look in both;
 //! - jobs with one `concurrency_key` never run together and start in enqueue (id) order; only a key's head is a
 //!   claim candidate, the jobs behind it are parked until it finishes (see [`lane`]).
 //!
@@ -15,6 +17,7 @@ mod backoff;
 mod claim;
 mod complete;
 mod enqueue;
+mod history;
 mod lane;
 mod maintenance;
 mod registry;
@@ -30,10 +33,9 @@ pub use complete::{
     Completion, Failure, Snooze,
 };
 pub use enqueue::{enqueue, enqueue_many, fingerprint, EnqueueOutcome, Enqueued};
+pub use history::{add_history_days, retire_history, RetireCursor, Retired};
 pub use lane::{marked_lanes, release_lanes};
-pub use maintenance::{
-    autovacuum_on, promote_due, prune, rescue_expired, Maintainer, Pruned, Retention, MAINTENANCE_LEASE,
-};
+pub use maintenance::{autovacuum_on, promote_due, rescue_expired, Maintainer, Retention, MAINTENANCE_LEASE};
 pub use registry::{deregister_worker, heartbeat_worker, live_workers, register_worker, WorkerInfo};
 pub use routing::{last_job_id, pool_depth, reroute_waiting, routed_active, version_outcomes, VersionDepth};
 pub use stats::{

@@ -67,9 +67,9 @@ pub async fn version_outcomes<'e>(
                coalesce(sum((select count(*)
                               from jsonb_array_elements(errors) e
                               where e->>'version' = $2)) filter (where errors <> '[]'::jsonb), 0)::bigint
-        from job
-        where id > $3
-          and pool = $1
+        from (select state, version, errors from job where id > $3 and pool = $1
+              union all
+              select state, version, errors from job_history where id > $3 and pool = $1) j
         "#,
     )
     .bind(pool)

@@ -214,7 +214,7 @@ async fn four_workers_never_run_a_job_twice() {
 async fn prefetched(pool: &PgPool) -> i64 {
     sqlx::query_scalar(
         r#"
-        select count(*) from job j
+        select count(*) from job_all j
         where j.state = 'running'
           and not exists (select 1 from test_execution t where t.job_id = j.id and t.attempt = j.attempt)
         "#,
@@ -291,7 +291,7 @@ async fn sigterm_hands_back_prefetched_jobs_at_once() {
     .await;
     signal(&w, "-TERM");
     eventually(Duration::from_secs(30), "the prefetched jobs handed back", || async {
-        let back: i64 = sqlx::query_scalar("select count(*) from job where state = 'available' and attempt = 0")
+        let back: i64 = sqlx::query_scalar("select count(*) from job_all where state = 'available' and attempt = 0")
             .fetch_one(&db.pool)
             .await
             .ok()?;

@@ -75,7 +75,7 @@ async fn complete(pool: &PgPool, jobs: &[queue::Job]) {
 }
 
 async fn raw_state(pool: &PgPool, id: JobId) -> String {
-    sqlx::query_scalar("select state from job where id = $1")
+    sqlx::query_scalar("select state from job_all where id = $1")
         .bind(id)
         .fetch_one(pool)
         .await
@@ -144,7 +144,7 @@ async fn a_hot_key_costs_other_work_nothing_and_keeps_its_order() {
         started.len()
     );
     assert_eq!(started, keyed[..started.len()], "the key's jobs start in enqueue order");
-    let parked: i64 = sqlx::query_scalar("select count(*) from job where state = 'parked'")
+    let parked: i64 = sqlx::query_scalar("select count(*) from job_all where state = 'parked'")
         .fetch_one(&hot.pool)
         .await
         .unwrap();
@@ -448,9 +448,9 @@ async fn key_runs(pool: &PgPool) -> Vec<(String, i64, i64, i64)> {
             select t.job_id, t.started_at,
                    lag(t.finished_at) over (partition by j.concurrency_key order by j.id) as before
             from test_execution t
-            join job j on j.id = t.job_id
+            join job_all j on j.id = t.job_id
         ) x
-        join job j on j.id = x.job_id
+        join job_all j on j.id = x.job_id
         group by j.concurrency_key
         order by 1
         "#,
@@ -514,7 +514,7 @@ async fn an_upgraded_queue_drains_every_key_in_order() {
         .await
         .unwrap();
     assert!(migrate.success(), "ordo migrate");
-    let parked: i64 = sqlx::query_scalar("select count(*) from job where state = 'parked'")
+    let parked: i64 = sqlx::query_scalar("select count(*) from job_all where state = 'parked'")
         .fetch_one(&db.pool)
         .await
         .unwrap();
@@ -542,7 +542,7 @@ async fn an_upgraded_queue_drains_every_key_in_order() {
         })
         .collect();
     eventually(Duration::from_secs(90), "every job finishes", || async {
-        let left: i64 = sqlx::query_scalar("select count(*) from job where finished_at is null")
+        let left: i64 = sqlx::query_scalar("select count(*) from job_all where finished_at is null")
             .fetch_one(&db.pool)
             .await
             .ok()?;
@@ -554,7 +554,7 @@ async fn an_upgraded_queue_drains_every_key_in_order() {
         w.wait().await.unwrap();
     }
 
-    let total: i64 = sqlx::query_scalar("select count(*) from job where state = 'completed'")
+    let total: i64 = sqlx::query_scalar("select count(*) from job_all where state = 'completed'")
         .fetch_one(&db.pool)
         .await
         .unwrap();
@@ -603,7 +603,7 @@ async fn enqueues_racing_finishes_leave_no_lane_stuck() {
         c.await.unwrap();
     }
     eventually(Duration::from_secs(90), "all 320 jobs to complete", || async {
-        let done: i64 = sqlx::query_scalar("select count(*) from job where state = 'completed'")
+        let done: i64 = sqlx::query_scalar("select count(*) from job_all where state = 'completed'")
             .fetch_one(&db.pool)
             .await
             .ok()?;

@@ -7,6 +7,7 @@ mod api;
 mod autoscale;
 mod crash;
 mod deploy;
+mod history;
 mod lanes;
 mod load;
 mod orchestration;

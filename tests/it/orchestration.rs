@@ -78,7 +78,7 @@ async fn events(pool: &PgPool, f: EventFilter) -> Vec<Event> {
 }
 
 async fn count_jobs(pool: &PgPool, kind: &str) -> i64 {
-    sqlx::query_scalar("select count(*) from job where kind = $1")
+    sqlx::query_scalar("select count(*) from job_all where kind = $1")
         .bind(kind)
         .fetch_one(pool)
         .await
@@ -656,7 +656,7 @@ async fn events_of_one_entity_run_in_order_while_others_run_in_parallel() {
         cold_done > 0,
         "other entities' events did not wait for the hot entity's 200"
     );
-    let retried: i64 = sqlx::query_scalar("select count(*) from job where kind = $1 and attempt <> 1")
+    let retried: i64 = sqlx::query_scalar("select count(*) from job_all where kind = $1 and attempt <> 1")
         .bind(orchestration::EVENT_KIND)
         .fetch_one(&db.pool)
         .await
@@ -839,7 +839,7 @@ async fn sync_event_answers_with_outcome() {
         .unwrap();
     assert_ne!(inline.status, EventStatus::Pending);
     let owner: Option<String> =
-        sqlx::query_scalar("select j.lease_owner from job j join event e on e.job_id = j.id where e.seq = $1")
+        sqlx::query_scalar("select j.lease_owner from job_all j join event e on e.job_id = j.id where e.seq = $1")
             .bind(inline.id.parse::<i64>().unwrap())
             .fetch_one(&db.pool)
             .await
@@ -1100,7 +1100,7 @@ async fn killed_worker_leaves_no_partial_execution() {
     let slow = send(&q, "Slow", "K", "k", json!({})).await;
     let job_running = || async {
         sqlx::query_scalar::<_, i64>(
-            "select count(*) from job where kind = 'orchestration.event' and state = 'running' \
+            "select count(*) from job_all where kind = 'orchestration.event' and state = 'running' \
              and args->>'name' = 'Slow'",
         )
         .fetch_one(&db.pool)
@@ -1158,11 +1158,12 @@ async fn killed_worker_leaves_no_partial_execution() {
     )
     .await;
     assert_eq!(inline.len(), 400, "executed exactly once");
-    let job: (i32, String) =
-        sqlx::query_as("select attempt, state from job where kind = 'orchestration.event' and args->>'name' = 'Slow'")
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
+    let job: (i32, String) = sqlx::query_as(
+        "select attempt, state from job_all where kind = 'orchestration.event' and args->>'name' = 'Slow'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
     assert_eq!(job.1, "completed");
     assert!(job.0 >= 2, "the first attempt died with its worker");
 }
@@ -1209,7 +1210,7 @@ async fn killed_worker_mid_batch_runs_every_event_once() {
     // The first batch holds the entities' CREATE events, the Step events run chained behind them: kill it then.
     eventually(WAIT, "the worker to hold events", || async {
         sqlx::query_scalar::<_, i64>(
-            "select count(*) from job where kind = 'orchestration.event' and state = 'running'",
+            "select count(*) from job_all where kind = 'orchestration.event' and state = 'running'",
         )
         .fetch_one(&db.pool)
         .await
@@ -1289,7 +1290,7 @@ async fn killed_worker_mid_batch_runs_every_event_once() {
             "b-{e} ran its events in order"
         );
     }
-    let left: i64 = sqlx::query_scalar("select count(*) from job where state not in ('completed')")
+    let left: i64 = sqlx::query_scalar("select count(*) from job_all where state not in ('completed')")
         .fetch_one(&db.pool)
         .await
         .unwrap();

@@ -4,9 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use ordo::queue::{
-    self, ClaimRequest, Completion, Failure, JobFilter, JobId, JobState, NewJob, Retention, RetryPolicy, Snooze,
-};
+use ordo::queue::{self, ClaimRequest, Completion, Failure, JobFilter, JobId, JobState, NewJob, RetryPolicy, Snooze};
 use ordo::tenancy::AccountId;
 use ordo::testkit::{self, eventually};
 use serde_json::json;
@@ -19,7 +17,7 @@ fn kinds() -> Vec<String> {
     vec!["noop".to_owned(), "sleep".to_owned(), "fail".to_owned()]
 }
 
-async fn claim_n(pool: &PgPool, n: i64, lease: Duration) -> Vec<queue::Job> {
+pub(crate) async fn claim_n(pool: &PgPool, n: i64, lease: Duration) -> Vec<queue::Job> {
     let kinds = kinds();
     queue::claim(
         pool,
@@ -326,7 +324,7 @@ async fn fifty_concurrent_enqueues_with_one_key_create_one_job() {
     assert_eq!(created, 1);
     ids.dedup();
     assert_eq!(ids.len(), 1);
-    let n: i64 = sqlx::query_scalar("select count(*) from job")
+    let n: i64 = sqlx::query_scalar("select count(*) from job_all")
         .fetch_one(&db.pool)
         .await
         .unwrap();
@@ -384,7 +382,7 @@ async fn batch_enqueue_orders_ids_replays_and_rejects_conflicts_whole() {
     assert_eq!(out[100].id, first.id);
     assert!(out[100].replayed);
 
-    let before: i64 = sqlx::query_scalar("select count(*) from job")
+    let before: i64 = sqlx::query_scalar("select count(*) from job_all")
         .fetch_one(&db.pool)
         .await
         .unwrap();
@@ -396,7 +394,7 @@ async fn batch_enqueue_orders_ids_replays_and_rejects_conflicts_whole() {
         Err(queue::Error::IdempotencyConflict { index: Some(5), .. }) => {}
         other => panic!("expected a conflict at index 5, got {other:?}"),
     }
-    let after: i64 = sqlx::query_scalar("select count(*) from job")
+    let after: i64 = sqlx::query_scalar("select count(*) from job_all")
         .fetch_one(&db.pool)
         .await
         .unwrap();
@@ -814,29 +812,6 @@ async fn queue_stats_count_states_and_unclaimable() {
     );
 }
 
-/// Pruning deletes finished jobs past retention but keeps keyed ones for their longer window, and never touches
-/// unfinished jobs.
-#[tokio::test]
-async fn prune_respects_retention() {
-    let db = testkit::db().await;
-    let old = enqueue(&db.pool, NewJob::new("noop", json!({}))).await;
-    let keyed = enqueue(&db.pool, NewJob::new("noop", json!({})).idempotency_key("k")).await;
-    let waiting = enqueue(&db.pool, NewJob::new("noop", json!({}))).await;
-    sqlx::query("update job set state = 'completed', finished_at = now() - interval '2 days' where id = any($1)")
-        .bind(vec![old.id.0, keyed.id.0])
-        .execute(&db.pool)
-        .await
-        .unwrap();
-    let p = queue::prune(&db.pool, Retention::default(), 0, 100).await.unwrap();
-    assert_eq!((p.deleted, p.scanned, p.next_after), (1, 3, 0));
-    // A bounded pass resumes where the last one stopped.
-    let p = queue::prune(&db.pool, Retention::default(), 0, 1).await.unwrap();
-    assert_eq!((p.scanned, p.next_after), (1, keyed.id.0));
-    assert!(queue::get(&db.pool, &acct(), old.id).await.is_err());
-    assert!(queue::get(&db.pool, &acct(), keyed.id).await.is_ok());
-    assert!(queue::get(&db.pool, &acct(), waiting.id).await.is_ok());
-}
-
 /// Due scheduled and retryable jobs are promoted to available.
 #[tokio::test]
 async fn promote_due_moves_due_jobs_to_available() {
@@ -1070,7 +1045,7 @@ async fn enqueue_for_an_unknown_account_is_refused() {
     .await;
     assert!(matches!(many, Err(queue::Error::UnknownAccount { .. })), "{many:?}");
     drop(tx);
-    let n: i64 = sqlx::query_scalar("select count(*) from job")
+    let n: i64 = sqlx::query_scalar("select count(*) from job_all")
         .fetch_one(&db.pool)
         .await
         .unwrap();

@@ -24,7 +24,7 @@ fn keyed(kind: &str, args: serde_json::Value, key: &str) -> NewJob {
 
 async fn versions_by_key(pool: &PgPool, min_id: i64) -> HashMap<String, HashSet<String>> {
     let rows: Vec<(String, String)> = sqlx::query_as(
-        "select concurrency_key, version from job where id > $1 and concurrency_key is not null and version is not null",
+        "select concurrency_key, version from job_all where id > $1 and concurrency_key is not null and version is not null",
     )
     .bind(min_id)
     .fetch_all(pool)
@@ -75,7 +75,7 @@ async fn canary_routes_by_weight_sticky_per_key_and_promote_routes_all_new_work(
         (40..=80).contains(&canary_keys),
         "about 30 % of 200 keys on the canary: {canary_keys}"
     );
-    let canary_jobs = sqlx::query_scalar::<_, i64>("select count(*) from job where version = 'v2'")
+    let canary_jobs = sqlx::query_scalar::<_, i64>("select count(*) from job_all where version = 'v2'")
         .fetch_one(&db.pool)
         .await
         .unwrap();
@@ -111,7 +111,7 @@ async fn canary_routes_by_weight_sticky_per_key_and_promote_routes_all_new_work(
         .map(|i| keyed("noop", json!({}), &format!("order-{}", i % 200)))
         .collect();
     q.enqueue_many(&acct(), jobs).await.unwrap();
-    let after: Vec<Option<String>> = sqlx::query_scalar("select distinct version from job where id > $1")
+    let after: Vec<Option<String>> = sqlx::query_scalar("select distinct version from job_all where id > $1")
         .bind(last)
         .fetch_all(&db.pool)
         .await
@@ -148,7 +148,7 @@ async fn abort_returns_unstarted_canary_work_to_stable() {
         .map(|i| keyed("noop", json!({}), &format!("k{}", i % 100)))
         .collect();
     q.enqueue_many(&acct(), jobs).await.unwrap();
-    let canary: i64 = sqlx::query_scalar("select count(*) from job where version = 'v2'")
+    let canary: i64 = sqlx::query_scalar("select count(*) from job_all where version = 'v2'")
         .fetch_one(&db.pool)
         .await
         .unwrap();
@@ -156,7 +156,7 @@ async fn abort_returns_unstarted_canary_work_to_stable() {
 
     let aborted = rollout::abort(&db.pool, r.id, None).await.unwrap();
     assert_eq!(aborted.state, RolloutState::Aborted);
-    let left: i64 = sqlx::query_scalar("select count(*) from job where version = 'v2'")
+    let left: i64 = sqlx::query_scalar("select count(*) from job_all where version = 'v2'")
         .fetch_one(&db.pool)
         .await
         .unwrap();
@@ -188,7 +188,7 @@ async fn abort_returns_unstarted_canary_work_to_stable() {
         (count_state(&db.pool, "completed").await == 1000).then_some(())
     })
     .await;
-    let ran: Vec<Option<String>> = sqlx::query_scalar("select distinct version from job")
+    let ran: Vec<Option<String>> = sqlx::query_scalar("select distinct version from job_all")
         .fetch_all(&db.pool)
         .await
         .unwrap();
@@ -262,7 +262,7 @@ async fn retries_during_a_canary_are_routed_again_and_errors_name_the_version() 
         .map(|i| keyed("fail", json!({"times": 1}), &format!("k{i}")))
         .collect();
     let ids = q.enqueue_many(&acct(), jobs).await.unwrap();
-    let routed: HashMap<i64, String> = sqlx::query_as::<_, (i64, String)>("select id, version from job")
+    let routed: HashMap<i64, String> = sqlx::query_as::<_, (i64, String)>("select id, version from job_all")
         .fetch_all(&db.pool)
         .await
         .unwrap()
@@ -331,7 +331,7 @@ async fn rollout_under_load_with_worker_processes() {
                 tick.tick().await;
                 // Keep the backlog bounded on a loaded machine: the load goes on, the workers keep up.
                 let waiting: i64 = sqlx::query_scalar(
-                    "select count(*) from job where state in ('available', 'scheduled', 'retryable')",
+                    "select count(*) from job_all where state in ('available', 'scheduled', 'retryable')",
                 )
                 .fetch_one(q.pool())
                 .await
@@ -354,7 +354,7 @@ async fn rollout_under_load_with_worker_processes() {
         Duration::from_secs(120),
         "1000 canary-phase jobs to complete",
         || async {
-            let n: i64 = sqlx::query_scalar("select count(*) from job where state = 'completed'")
+            let n: i64 = sqlx::query_scalar("select count(*) from job_all where state = 'completed'")
                 .fetch_one(&db.pool)
                 .await
                 .unwrap();
@@ -385,7 +385,7 @@ async fn rollout_under_load_with_worker_processes() {
     let (v1, v2): (i64, i64) = sqlx::query_as(
         r#"
         select count(*) filter (where version = 'v1'), count(*) filter (where version = 'v2')
-        from job
+        from job_all
         where args->>'phase' = 'canary'
         "#,
     )
@@ -400,7 +400,7 @@ async fn rollout_under_load_with_worker_processes() {
     let mixed: i64 = sqlx::query_scalar(
         r#"
         select count(*) from (
-            select concurrency_key from job where args->>'phase' = 'canary'
+            select concurrency_key from job_all where args->>'phase' = 'canary'
             group by concurrency_key having count(distinct version) > 1
         ) t
         "#,
@@ -410,17 +410,18 @@ async fn rollout_under_load_with_worker_processes() {
     .unwrap();
     assert_eq!(mixed, 0, "no key ran on both versions during the canary");
     // After promote: only v2 starts new work.
-    let old: i64 = sqlx::query_scalar("select count(*) from job where args->>'phase' = 'promoted' and version <> 'v2'")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let old: i64 =
+        sqlx::query_scalar("select count(*) from job_all where args->>'phase' = 'promoted' and version <> 'v2'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
     assert_eq!(old, 0, "no job enqueued after promote ran on v1");
     let blue_pids: Vec<i32> = blue.iter().map(|c| c.id().unwrap() as i32).collect();
     let blue_runs: i64 = sqlx::query_scalar(
         r#"
         select count(*)
         from test_execution e
-        join job j on j.id = e.job_id
+        join job_all j on j.id = e.job_id
         where j.args->>'phase' = 'promoted'
           and e.pid = any($1)
         "#,

@@ -30,7 +30,7 @@ async fn fired(pool: &PgPool, account: &AccountId, name: &str) -> Vec<(String, D
     sqlx::query_as(
         r#"
         select idempotency_key, min(run_at), count(*)
-        from job
+        from job_all
         where account_id = $1
           and idempotency_key like $2
         group by idempotency_key
@@ -263,7 +263,7 @@ async fn racing_schedulers_fire_each_tick_once() {
     assert_eq!(jobs.len(), 8);
     assert_eq!(created, 8, "jobs created across all racers");
     assert!(jobs.iter().all(|j| j.2 == 1));
-    let total: i64 = sqlx::query_scalar("select count(*) from job")
+    let total: i64 = sqlx::query_scalar("select count(*) from job_all")
         .fetch_one(pool)
         .await
         .unwrap();
@@ -450,7 +450,7 @@ async fn event_schedule_fires_each_tick_once_and_runs() {
     let s = Scheduler::new(pool.clone(), "late".into(), Waker::disabled());
     assert_eq!(s.fire(&seen, now).await.unwrap(), 0);
     let keys: Vec<(String, i64)> = sqlx::query_as(
-        "select idempotency_key, count(*) from job where idempotency_key like 'event:schedule:ticker:%' \
+        "select idempotency_key, count(*) from job_all where idempotency_key like 'event:schedule:ticker:%' \
          group by idempotency_key order by 1",
     )
     .fetch_all(pool)

@@ -117,7 +117,7 @@ pub async fn wait_for_state(pool: &PgPool, id: queue::JobId, state: JobState, ti
 
 /// Counts jobs by state.
 pub async fn count_state(pool: &PgPool, state: &str) -> i64 {
-    sqlx::query_scalar("select count(*) from job where state = $1")
+    sqlx::query_scalar("select count(*) from job_all where state = $1")
         .bind(state)
         .fetch_one(pool)
         .await

@@ -63,7 +63,7 @@ async fn row_level_security_hides_other_accounts_from_raw_sql() {
             .await
             .unwrap();
         assert_eq!(user, "ordo_api");
-        let jobs: i64 = sqlx::query_scalar("select count(*) from job")
+        let jobs: i64 = sqlx::query_scalar("select count(*) from job_all")
             .fetch_one(&mut *tx)
             .await
             .unwrap();
@@ -90,7 +90,7 @@ async fn row_level_security_hides_other_accounts_from_raw_sql() {
     // Without any setting the API role sees nothing at all.
     let mut tx = conn.begin().await.unwrap();
     sqlx::query("set local role ordo_api").execute(&mut *tx).await.unwrap();
-    let jobs: i64 = sqlx::query_scalar("select count(*) from job")
+    let jobs: i64 = sqlx::query_scalar("select count(*) from job_all")
         .fetch_one(&mut *tx)
         .await
         .unwrap();

@@ -10,7 +10,7 @@ use tokio::sync::Barrier;
 use super::{app, enqueue, send};
 
 async fn count_jobs(pool: &sqlx::PgPool) -> i64 {
-    sqlx::query_scalar("select count(*) from job")
+    sqlx::query_scalar("select count(*) from job_all")
         .fetch_one(pool)
         .await
         .unwrap()
@@ -432,7 +432,7 @@ async fn concurrent_enqueues_of_two_accounts_get_their_own_answers() {
         if i != 11 {
             assert_eq!(job["args"]["i"], i, "request {i} got another request's job");
         }
-        let owner: String = sqlx::query_scalar("select account_id from job where id = $1::text::bigint")
+        let owner: String = sqlx::query_scalar("select account_id from job_all where id = $1::text::bigint")
             .bind(job["id"].as_str().unwrap())
             .fetch_one(&app.db.pool)
             .await

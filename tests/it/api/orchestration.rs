@@ -372,11 +372,12 @@ async fn trace_context_follows_an_order_into_emitted_events_and_webhooks() {
     assert!(emitted.contains(TRACE) && emitted != sent, "{emitted}");
     assert_eq!(reserve[0]["source_event_id"], create[0]["id"]);
     // And so do the queued jobs that ran them.
-    let jobs: Vec<Option<String>> =
-        sqlx::query_scalar("select traceparent from job where account_id = 'shop' and kind = 'orchestration.event'")
-            .fetch_all(&app.db.pool)
-            .await
-            .unwrap();
+    let jobs: Vec<Option<String>> = sqlx::query_scalar(
+        "select traceparent from job_all where account_id = 'shop' and kind = 'orchestration.event'",
+    )
+    .fetch_all(&app.db.pool)
+    .await
+    .unwrap();
     let traced = jobs.iter().flatten().filter(|t| t.contains(TRACE)).count();
     assert!(
         traced >= 3,
