@@ -15,5 +15,6 @@ mod rollout;
 mod sandbox;
 mod scheduler;
 mod support;
+mod tls;
 mod ui;
 mod worker;
