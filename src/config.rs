@@ -1,5 +1,6 @@
 //! Typed configuration per role: clap flags, each also an environment variable. Defaults live here only.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
@@ -43,9 +44,65 @@ impl DbConfig {
 /// Redis, the optional fast path.
 #[derive(Debug, Clone, Args)]
 pub struct RedisConfig {
-    /// Redis URL for wake-ups and rate limits; without it ordo polls.
+    /// Redis URL for wake-ups and rate limits (`rediss://` for TLS); without it ordo polls.
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
+    /// PEM file of the CA that signed a `rediss://` server's certificate, trusted for Redis in place of the
+    /// system's roots.
+    #[arg(long, env = "ORDO_REDIS_CA_FILE")]
+    pub redis_ca_file: Option<PathBuf>,
+}
+
+impl RedisConfig {
+    /// A client for the configured Redis, or `None` without `REDIS_URL`; a bad URL or CA file is a clear error.
+    pub fn client(&self) -> Result<Option<redis::Client>, Error> {
+        let Some(url) = &self.redis_url else {
+            return Ok(None);
+        };
+        crate::wake::client(url, self.redis_ca_file.as_deref())
+            .map(Some)
+            .map_err(|e| Error::Invalid {
+                name: "REDIS_URL",
+                message: e.to_string(),
+            })
+    }
+}
+
+/// HTTPS on the API.
+#[derive(Debug, Clone, Default, Args)]
+pub struct TlsServerConfig {
+    /// PEM certificate (chain) of the API; with --tls-key the API serves HTTPS only. A certificate rewritten in
+    /// place is served to new connections without a restart.
+    #[arg(long, env = "ORDO_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "ORDO_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl TlsServerConfig {
+    /// The certificate and key files, when HTTPS is configured.
+    pub fn files(&self) -> Option<(&Path, &Path)> {
+        self.tls_cert.as_deref().zip(self.tls_key.as_deref())
+    }
+}
+
+/// How the CLI's HTTP clients trust the API's certificate.
+#[derive(Debug, Clone, Default, Args)]
+pub struct TlsClientConfig {
+    /// PEM file of a CA trusted for `https://` API URLs, in addition to the system's roots.
+    #[arg(long, env = "ORDO_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+}
+
+impl TlsClientConfig {
+    /// An HTTP client builder with the extra CA; an unreadable or empty CA file is a clear error.
+    pub fn http_client(&self) -> Result<reqwest::ClientBuilder, Error> {
+        crate::tls::http_client(self.ca_file.as_deref()).map_err(|e| Error::Invalid {
+            name: "ORDO_CA_FILE",
+            message: e.to_string(),
+        })
+    }
 }
 
 /// Log format.
@@ -187,7 +244,10 @@ impl WorkerArgs {
             base: Duration::from_millis(self.retry_base_ms.max(1)),
             ..RetryPolicy::default()
         };
+        // Checked here so a bad URL or CA file stops the worker at start instead of leaving it polling.
+        redis.client()?;
         cfg.redis_url = redis.redis_url.clone();
+        cfg.redis_ca_file = redis.redis_ca_file.clone();
         cfg.event_retention = Duration::from_secs(self.retain_events_days.max(1) * 24 * 3600);
         cfg.retention = Retention {
             finished: Duration::from_secs(self.retain_finished_hours * 3600),

@@ -21,6 +21,7 @@
 //! - [`scheduler`]: cron schedules; fires each tick exactly once under the `scheduler` lease.
 //! - [`wake`]: Redis wake-ups, a hint beside the poll loop.
 //! - [`load`]: loads of batch data (inventory records) processed in chunks by workers, and the `ordo load` client.
+//! - [`tls`]: TLS material, the API's HTTPS listener (certificate reloaded in place), the CLI's extra CA.
 //! - [`ui`]: the web dashboard at `/ui`: HTML pages over the public HTTP API, called in-process.
 #![warn(missing_docs)]
 
@@ -43,6 +44,7 @@ pub mod scheduler;
 pub mod supervisor;
 pub mod telemetry;
 pub mod tenancy;
+pub mod tls;
 pub mod ui;
 pub mod wake;
 

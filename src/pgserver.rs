@@ -99,6 +99,19 @@ fn pg_command(bin: &Path) -> Command {
     }
 }
 
+/// Hands `path` (recursively) to the user the server runs as, when we are root, so it can read or write there
+/// (its data directory; certificate and key files, which PostgreSQL wants owned by itself).
+pub fn give_to_server_user(path: &Path) -> Result<(), Error> {
+    if !is_root() {
+        return Ok(());
+    }
+    run({
+        let mut c = Command::new("chown");
+        c.args(["-R", "postgres:postgres"]).arg(path);
+        c
+    })
+}
+
 fn run(mut cmd: Command) -> Result<(), Error> {
     let out = cmd.output()?;
     if out.status.success() {
@@ -122,13 +135,7 @@ impl PgServer {
         let bin_dir = find_bin_dir()?;
         std::fs::create_dir_all(data_dir)?;
         let data_dir = data_dir.canonicalize()?;
-        if is_root() {
-            run({
-                let mut c = Command::new("chown");
-                c.args(["-R", "postgres:postgres"]).arg(&data_dir);
-                c
-            })?;
-        }
+        give_to_server_user(&data_dir)?;
         let server = PgServer {
             data_dir: data_dir.clone(),
             port,

@@ -39,8 +39,16 @@ pub enum Error {
     #[error("`ordo {0}` exited during start-up; see its output above")]
     RoleExited(String),
     /// The API did not become ready.
-    #[error("the API at {0} did not become ready within 60 s")]
-    NotReady(String),
+    #[error("the API at {url} did not become ready within 60 s: {last}")]
+    NotReady {
+        /// Its URL.
+        url: String,
+        /// The last answer or error of `/readyz`.
+        last: String,
+    },
+    /// A setting is unusable (e.g. ORDO_CA_FILE).
+    #[error(transparent)]
+    Config(#[from] crate::config::Error),
     /// File system or socket error.
     #[error(transparent)]
     Io(#[from] std::io::Error),
@@ -64,6 +72,12 @@ pub struct SandboxArgs {
     /// Drive a steady stream of orders and restocks through the demo account, so the metrics move.
     #[arg(long)]
     pub demo_load: bool,
+    /// HTTPS for the API (passed on to `ordo api`).
+    #[command(flatten)]
+    pub tls: crate::config::TlsServerConfig,
+    /// The CA the sandbox trusts when it checks that the API answers over HTTPS.
+    #[command(flatten)]
+    pub trust: crate::config::TlsClientConfig,
 }
 
 /// The example workflows loaded into the demo account.
@@ -175,6 +189,19 @@ async fn run_cluster(
     if let Some(r) = &redis_url {
         env.push(("REDIS_URL", r.clone()));
     }
+    if let Some((cert, key)) = args.tls.files() {
+        env.push(("ORDO_TLS_CERT", cert.display().to_string()));
+        env.push(("ORDO_TLS_KEY", key.display().to_string()));
+    }
+    let scheme = if args.tls.files().is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://{}", args.listen);
+    let http = args
+        .trust
+        .http_client()?
+        .no_proxy()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .map_err(std::io::Error::other)?;
     let roles: [(&str, &[&str]); 5] = [
         ("api", &["api"]),
         ("scheduler", &["scheduler"]),
@@ -198,8 +225,7 @@ async fn run_cluster(
         })?;
         children.push((name.to_owned(), child));
     }
-    let url = format!("http://{}", args.listen);
-    if let Err(e) = wait_ready(&args.listen, &mut children, &shutdown).await {
+    if let Err(e) = wait_ready(&http, &url, &mut children, &shutdown).await {
         stop_children(children).await;
         return Err(e);
     }
@@ -333,7 +359,12 @@ async fn local_redis() -> Option<String> {
 }
 
 /// Polls `/readyz` until it answers 200, failing early if a role exits.
-async fn wait_ready(listen: &str, children: &mut [(String, Child)], shutdown: &CancellationToken) -> Result<(), Error> {
+async fn wait_ready(
+    http: &reqwest::Client,
+    url: &str,
+    children: &mut [(String, Child)],
+    shutdown: &CancellationToken,
+) -> Result<(), Error> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         for (name, child) in children.iter_mut() {
@@ -341,31 +372,19 @@ async fn wait_ready(listen: &str, children: &mut [(String, Child)], shutdown: &C
                 return Err(Error::RoleExited(name.clone()));
             }
         }
-        if readyz(listen).await {
-            return Ok(());
-        }
+        let last = match http.get(format!("{url}/readyz")).send().await {
+            Ok(r) if r.status().is_success() => return Ok(()),
+            Ok(r) => format!("HTTP {}", r.status()),
+            Err(e) => crate::tls::error_chain(&e),
+        };
         if Instant::now() > deadline || shutdown.is_cancelled() {
-            return Err(Error::NotReady(format!("http://{listen}")));
+            return Err(Error::NotReady {
+                url: url.to_owned(),
+                last,
+            });
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// A bare HTTP/1.1 GET of `/readyz`, so the sandbox needs no HTTP client.
-async fn readyz(listen: &str) -> bool {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let attempt = async {
-        let mut s = tokio::net::TcpStream::connect(listen).await?;
-        s.write_all(format!("GET /readyz HTTP/1.1\r\nHost: {listen}\r\nConnection: close\r\n\r\n").as_bytes())
-            .await?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await?;
-        Ok::<_, std::io::Error>(buf.starts_with(b"HTTP/1.1 200"))
-    };
-    matches!(
-        tokio::time::timeout(Duration::from_secs(2), attempt).await,
-        Ok(Ok(true))
-    )
 }
 
 /// SIGTERM to every role, then wait for each (they drain and exit 0); SIGKILL after 30 s.

@@ -3,12 +3,38 @@
 //! database name, so clusters sharing one Redis never wake each other.
 
 use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
+
+/// Errors making a Redis client.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The URL is invalid, or the CA does not fit it (a CA file needs a `rediss://` URL).
+    #[error(transparent)]
+    Redis(#[from] redis::RedisError),
+    /// The CA file cannot be used.
+    #[error("ORDO_REDIS_CA_FILE: {0}")]
+    Ca(#[from] crate::tls::Error),
+}
+
+/// A client for the Redis at `url`. For `rediss://`, the server's certificate is checked against the system's
+/// roots, or against the CA certificates in `ca_file` (PEM) when given.
+pub fn client(url: &str, ca_file: Option<&Path>) -> Result<redis::Client, Error> {
+    let Some(path) = ca_file else {
+        return Ok(redis::Client::open(url)?);
+    };
+    let root_cert = crate::tls::read_ca_pem(path)?;
+    let certs = redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(root_cert),
+    };
+    Ok(redis::Client::build_with_tls(url, certs)?)
+}
 
 /// The channel for a queue's wake-ups.
 pub fn channel(namespace: &str, queue: &str) -> String {
@@ -38,10 +64,14 @@ impl Waker {
     /// Starts a publisher for `namespace` on the Redis at `url`. The publisher reconnects by itself; until it
     /// can, wake-ups are dropped (workers still poll). Stops when `shutdown` fires.
     pub fn start(url: &str, namespace: &str, shutdown: CancellationToken) -> Result<Self, redis::RedisError> {
-        let client = redis::Client::open(url)?;
+        Ok(Self::with_client(redis::Client::open(url)?, namespace, shutdown))
+    }
+
+    /// Like [`Waker::start`], with a client already made (e.g. by [`client`], for a private CA).
+    pub fn with_client(client: redis::Client, namespace: &str, shutdown: CancellationToken) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(publish_loop(client, namespace.to_owned(), rx, shutdown));
-        Ok(Waker { tx: Some(tx) })
+        Waker { tx: Some(tx) }
     }
 
     /// Starts a publisher whose namespace is the database `pool` connects to, as workers expect.
@@ -133,14 +163,7 @@ impl WakeSignals {
 
 /// Listens for wake-ups of the given queues until `shutdown`, reconnecting with backoff. After each (re)connect
 /// every queue is poked once, in case a wake-up was missed while disconnected.
-pub async fn subscribe(url: String, namespace: String, signals: WakeSignals, shutdown: CancellationToken) {
-    let client = match redis::Client::open(url.as_str()) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::warn!(error = %e, "invalid REDIS_URL; wake-ups off, polling only");
-            return;
-        }
-    };
+pub async fn subscribe(client: redis::Client, namespace: String, signals: WakeSignals, shutdown: CancellationToken) {
     let mut delay = Duration::from_millis(100);
     let by_channel: HashMap<String, Arc<Notify>> = signals
         .by_queue

@@ -29,6 +29,7 @@ pub mod rate_limit;
 pub mod schedules;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,7 +43,7 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{DbConfig, RedisConfig};
+use crate::config::{DbConfig, RedisConfig, TlsServerConfig};
 use crate::wake::Waker;
 
 pub use error::ApiError;
@@ -75,6 +76,9 @@ pub struct ApiArgs {
     /// Database connections of this node.
     #[arg(long, env = "ORDO_API_DB_CONNECTIONS", default_value_t = 32)]
     pub db_connections: u32,
+    /// HTTPS: certificate and key.
+    #[command(flatten)]
+    pub tls: TlsServerConfig,
 }
 
 /// Settings of the API state, for embedding and tests (`ordo api` builds them from [`ApiArgs`]).
@@ -88,6 +92,8 @@ pub struct Settings {
     pub rate_limit_rps: u32,
     /// Redis for shared rate limits; `None` = a per-node bucket.
     pub redis_url: Option<String>,
+    /// PEM CA trusted for a `rediss://` `redis_url` instead of the system's roots.
+    pub redis_ca_file: Option<PathBuf>,
     /// Request deadline.
     pub request_timeout: Duration,
     /// How long a resolved API key is trusted before it is looked up again (revocation on another node takes
@@ -102,6 +108,7 @@ impl Default for Settings {
             region: "local".to_owned(),
             rate_limit_rps: 1000,
             redis_url: None,
+            redis_ca_file: None,
             request_timeout: Duration::from_secs(30),
             key_cache_ttl: Duration::from_secs(5),
         }
@@ -131,7 +138,12 @@ impl AppState {
     /// clone is dropped.
     pub fn new(pool: PgPool, waker: Waker, settings: Settings) -> Self {
         let namespace = pool.connect_options().get_database().unwrap_or("ordo").to_owned();
-        let limiter = rate_limit::RateLimiter::new(settings.rate_limit_rps, settings.redis_url.as_deref(), &namespace);
+        let redis = settings.redis_url.as_deref().and_then(|url| {
+            crate::wake::client(url, settings.redis_ca_file.as_deref())
+                .inspect_err(|e| tracing::warn!(error = %e, "invalid Redis settings; rate limits are per node"))
+                .ok()
+        });
+        let limiter = rate_limit::RateLimiter::new(settings.rate_limit_rps, redis, &namespace);
         // Group-committed enqueues and sync events use at most a quarter of the pool each; the rest serves
         // everything else.
         let flushes = enqueuer::FLUSHES
@@ -308,6 +320,19 @@ pub async fn serve(listener: TcpListener, state: AppState, shutdown: Cancellatio
         .await
 }
 
+/// Like [`serve`], over HTTPS only: `tls` from [`crate::tls::server_config`].
+pub async fn serve_tls(
+    listener: TcpListener,
+    tls: Arc<tokio_rustls::rustls::ServerConfig>,
+    state: AppState,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let app = router(state);
+    axum::serve(crate::tls::TlsListener::new(listener, tls)?, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}
+
 /// Errors starting the API.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -317,6 +342,9 @@ pub enum StartError {
     /// Database problem.
     #[error(transparent)]
     Db(#[from] crate::db::Error),
+    /// The certificate or key cannot be used.
+    #[error("ORDO_TLS_CERT/ORDO_TLS_KEY: {0}")]
+    Tls(#[from] crate::tls::Error),
     /// Binding or serving failed.
     #[error("serve on {addr}: {source}")]
     Io {
@@ -335,6 +363,12 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), StartError> {
     let url = db.require()?;
+    // Certificate and Redis problems are reported before anything connects.
+    let tls = match args.tls.files() {
+        Some((cert, key)) => Some(crate::tls::server_config(crate::tls::ReloadingCert::load(cert, key)?)?),
+        None => None,
+    };
+    let redis_client = redis.client()?;
     let opts: PgConnectOptions = url
         .parse()
         .map_err(|e: sqlx::Error| crate::db::Error::InvalidUrl(e.to_string()))?;
@@ -349,11 +383,8 @@ pub async fn run(
         .connect_lazy_with(opts);
     crate::db::check_schema(&pool).await?;
     let namespace = pool.connect_options().get_database().unwrap_or("ordo").to_owned();
-    let waker = match &redis.redis_url {
-        Some(url) => Waker::start(url, &namespace, shutdown.child_token()).unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "invalid REDIS_URL; workers will find jobs by polling");
-            Waker::disabled()
-        }),
+    let waker = match redis_client {
+        Some(client) => Waker::with_client(client, &namespace, shutdown.child_token()),
         None => Waker::disabled(),
     };
     let settings = Settings {
@@ -361,6 +392,7 @@ pub async fn run(
         region: args.region.clone(),
         rate_limit_rps: args.rate_limit_rps,
         redis_url: redis.redis_url.clone(),
+        redis_ca_file: redis.redis_ca_file.clone(),
         request_timeout: Duration::from_millis(args.request_timeout_ms.max(1)),
         ..Settings::default()
     };
@@ -370,10 +402,12 @@ pub async fn run(
         source,
     })?;
     let addr = listener.local_addr().unwrap_or(args.listen);
-    tracing::info!(%addr, region = %args.region, "api listening");
-    serve(listener, state, shutdown)
-        .await
-        .map_err(|source| StartError::Io { addr, source })?;
+    tracing::info!(%addr, region = %args.region, https = tls.is_some(), "api listening");
+    let served = match tls {
+        Some(tls) => serve_tls(listener, tls, state, shutdown).await,
+        None => serve(listener, state, shutdown).await,
+    };
+    served.map_err(|source| StartError::Io { addr, source })?;
     tracing::info!("api stopped");
     Ok(())
 }

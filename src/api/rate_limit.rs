@@ -66,20 +66,16 @@ enum Verdict {
 }
 
 impl RateLimiter {
-    /// A limiter of `rps` per account (0 = off), shared through Redis at `redis_url` when given.
-    pub(crate) fn new(rps: u32, redis_url: Option<&str>, namespace: &str) -> Self {
-        let redis = redis_url.and_then(|url| match redis::Client::open(url) {
-            Ok(c) => Some((
+    /// A limiter of `rps` per account (0 = off), shared through `redis` when given.
+    pub(crate) fn new(rps: u32, redis: Option<redis::Client>, namespace: &str) -> Self {
+        let redis = redis.map(|c| {
+            (
                 c,
                 AsyncMutex::new(RedisState {
                     conn: None,
                     retry_at: None,
                 }),
-            )),
-            Err(e) => {
-                tracing::warn!(error = %e, "invalid REDIS_URL; rate limits are per node");
-                None
-            }
+            )
         });
         RateLimiter {
             rps,

@@ -39,6 +39,9 @@ pub struct LoadArgs {
     /// Give up on a request after this many seconds of transient failures.
     #[arg(long, default_value_t = 120)]
     pub retry_for_secs: u64,
+    /// Trust for an `https://` URL.
+    #[command(flatten)]
+    pub tls: crate::config::TlsClientConfig,
 }
 
 /// Errors of `ordo load`.
@@ -93,6 +96,17 @@ pub enum ClientError {
         /// What was wrong.
         message: String,
     },
+    /// The server's certificate was refused (not signed by a trusted CA, or not for this host); not retried.
+    #[error("{url}: the server's certificate was refused ({message}); ORDO_CA_FILE adds a CA to trust")]
+    Certificate {
+        /// URL.
+        url: String,
+        /// Why.
+        message: String,
+    },
+    /// A setting is unusable (e.g. ORDO_CA_FILE).
+    #[error(transparent)]
+    Config(#[from] crate::config::Error),
     /// Stopped by a signal.
     #[error("interrupted")]
     Interrupted,
@@ -326,7 +340,13 @@ impl Api {
                         Err(e) => format!("reading the answer: {e}"),
                     }
                 }
-                Err(e) => e.to_string(),
+                Err(e) if crate::tls::is_certificate_error(&e) => {
+                    return Err(ClientError::Certificate {
+                        url,
+                        message: crate::tls::error_chain(&e),
+                    })
+                }
+                Err(e) => crate::tls::error_chain(&e),
             };
             if started.elapsed() >= self.retry_for {
                 return Err(ClientError::Unreachable {
@@ -471,7 +491,9 @@ fn read_batches(
 pub async fn run(args: &LoadArgs, shutdown: CancellationToken) -> Result<Summary, ClientError> {
     let path = args.file.as_path();
     let (sha, lines) = digest(path)?;
-    let http = reqwest::Client::builder()
+    let http = args
+        .tls
+        .http_client()?
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(60))
         .build()

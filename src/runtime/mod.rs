@@ -62,6 +62,8 @@ pub struct WorkerConfig {
     pub retry: RetryPolicy,
     /// Redis for wake-ups; `None` = poll only.
     pub redis_url: Option<String>,
+    /// PEM CA trusted for a `rediss://` Redis instead of the system's roots.
+    pub redis_ca_file: Option<std::path::PathBuf>,
     /// Take part in the election for queue maintenance.
     pub maintenance: bool,
     /// Jobs claimed ahead of free slots: they wait in this worker (leased, kept alive by its heartbeats) for a
@@ -91,6 +93,7 @@ impl WorkerConfig {
             drain: Duration::from_secs(25),
             retry: RetryPolicy::default(),
             redis_url: None,
+            redis_ca_file: None,
             maintenance: true,
             prefetch: 16,
             max_claim: 1000,
@@ -182,9 +185,19 @@ impl Worker {
         let held = Arc::new(Semaphore::new(cfg.concurrency + cfg.prefetch));
         let signals = WakeSignals::new(&cfg.queues);
 
-        if let Some(url) = cfg.redis_url.clone() {
+        let redis = match cfg.redis_url.as_deref() {
+            Some(url) => match wake::client(url, cfg.redis_ca_file.as_deref()) {
+                Ok(client) => Some(client),
+                Err(e) => {
+                    tracing::warn!(error = %e, "invalid Redis settings; wake-ups off, polling only");
+                    None
+                }
+            },
+            None => None,
+        };
+        if let Some(client) = redis.clone() {
             let ns = wake::namespace(&self.pool).await;
-            tasks.spawn(wake::subscribe(url, ns, signals.clone(), background.clone()));
+            tasks.spawn(wake::subscribe(client, ns, signals.clone(), background.clone()));
         }
         let (settle_tx, settle_rx) = mpsc::unbounded_channel::<Settle>();
         let lanes = completer::LaneHook {
@@ -205,8 +218,12 @@ impl Worker {
             let mut m = queue::Maintainer::new(self.pool.clone(), self.id.clone(), cfg.retry);
             m.retention = cfg.retention;
             // Jobs it releases or promotes: this worker's fetchers at once, every worker through Redis.
-            let waker = match &cfg.redis_url {
-                Some(url) => wake::Waker::start(url, &wake::namespace(&self.pool).await, background.clone()).ok(),
+            let waker = match redis {
+                Some(client) => Some(wake::Waker::with_client(
+                    client,
+                    &wake::namespace(&self.pool).await,
+                    background.clone(),
+                )),
                 None => None,
             };
             let local = lanes.clone();

@@ -224,9 +224,6 @@ pub enum ServeError {
     /// Connecting, or the schema check, failed.
     #[error(transparent)]
     Db(#[from] crate::db::Error),
-    /// The Redis URL is malformed.
-    #[error("redis: {0}")]
-    Redis(#[from] redis::RedisError),
 }
 
 /// `ordo scheduler`: fires schedules under the scheduler lease and runs queue maintenance under its own lease,
@@ -238,10 +235,11 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
     args.validate()?;
+    let redis = redis.client()?;
     let pool = crate::db::connect(db.require()?, 4).await?;
     crate::db::check_schema(&pool).await?;
-    let waker = match &redis.redis_url {
-        Some(url) => Waker::for_database(url, &pool, shutdown.child_token()).await?,
+    let waker = match redis {
+        Some(client) => Waker::with_client(client, &crate::wake::namespace(&pool).await, shutdown.child_token()),
         None => Waker::disabled(),
     };
     // The pid in the holder id tells operators (and crash tests) which process leads.

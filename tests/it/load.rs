@@ -11,32 +11,13 @@ use serde_json::Value;
 use sqlx::PgPool;
 use tokio::process::{Child, Command};
 
-use crate::support::{signal, spawn_worker_process};
+use crate::support::{signal, spawn_api_process, spawn_worker_process};
 
 const RECORDS: usize = 100_000;
 
 /// Starts the real `ordo api` on a free port and waits until it answers `/readyz`; returns it and its URL.
 async fn spawn_api(db_url: &str) -> (Child, String) {
-    let port = testkit::free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_ordo"))
-        .arg("api")
-        .env("DATABASE_URL", db_url)
-        .env_remove("REDIS_URL")
-        .env("ORDO_LISTEN", format!("127.0.0.1:{port}"))
-        .env("ORDO_RATE_LIMIT_RPS", "0")
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn ordo api");
-    let url = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
-    eventually(Duration::from_secs(30), "ordo api to be ready", || {
-        let req = client.get(format!("{url}/readyz"));
-        async move { req.send().await.ok().filter(|r| r.status().is_success()).map(|_| ()) }
-    })
-    .await;
-    (child, url)
+    spawn_api_process(db_url, &[], "http://127.0.0.1", &reqwest::Client::new()).await
 }
 
 /// `ordo load FILE` with the URL and key in its environment.

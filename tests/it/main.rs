@@ -16,5 +16,6 @@ mod rollout;
 mod sandbox;
 mod scheduler;
 mod support;
+mod tls;
 mod ui;
 mod worker;

@@ -178,3 +178,24 @@ fn rand_suffix() -> String {
             .as_nanos()
     )
 }
+
+/// Given a certificate and key, the sandbox's API serves HTTPS: the ready line names an `https://` URL, the
+/// sandbox's own readiness check trusts the CA from `--ca-file`, and a client trusting that CA is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sandbox_serves_https_with_a_certificate() {
+    let pki = crate::tls::Pki::new("sandbox");
+    let issued = pki.issue("api", &["127.0.0.1"]);
+    let port = testkit::free_port();
+    let files = [&issued.cert, &issued.key, &pki.ca_file].map(|p| p.display().to_string());
+    let tls = ["--tls-cert", &files[0], "--tls-key", &files[1], "--ca-file", &files[2]];
+    let sb = start(&pki.dir.join("sandbox"), port, &tls).await;
+    assert_eq!(sb.url, format!("https://127.0.0.1:{port}"));
+    let r = crate::tls::client_trusting(&pki.ca_file)
+        .get(format!("{}/api/queues", sb.url))
+        .bearer_auth(&sb.api_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    sb.stop().await;
+}

@@ -6,6 +6,7 @@ use std::time::Duration;
 use ordo::queue::{self, JobState};
 use ordo::runtime::{Worker, WorkerConfig};
 use ordo::tenancy::AccountId;
+use ordo::testkit::{self, eventually};
 use sqlx::PgPool;
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
@@ -59,22 +60,85 @@ pub fn start_worker(pool: &PgPool, cfg: WorkerConfig) -> InProcessWorker {
     InProcessWorker { stop, handle }
 }
 
-/// Starts the real `ordo worker` binary against `db_url`.
-pub fn spawn_worker_process(db_url: &str, extra_env: &[(&str, &str)], args: &[&str]) -> Child {
+/// `ordo <args>` against `db_url`, without Redis, logging warnings only, killed on drop; the environment lists
+/// are applied in order, so a later one overrides an earlier one.
+fn ordo_command(args: &[&str], db_url: &str, envs: &[&[(&str, &str)]]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_ordo"));
-    c.arg("worker")
-        .args(args)
+    c.args(args)
         .env("DATABASE_URL", db_url)
         .env_remove("REDIS_URL")
-        .env("ORDO_POLL_MS", "50")
-        .env("ORDO_RETRY_BASE_MS", "50")
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .kill_on_drop(true);
-    for (k, v) in extra_env {
+    for (k, v) in envs.iter().copied().flatten() {
         c.env(k, v);
     }
-    c.spawn().expect("spawn ordo worker")
+    c
+}
+
+/// Starts the real `ordo worker` binary against `db_url`.
+pub fn spawn_worker_process(db_url: &str, extra_env: &[(&str, &str)], args: &[&str]) -> Child {
+    let fast = [("ORDO_POLL_MS", "50"), ("ORDO_RETRY_BASE_MS", "50")];
+    ordo_command(&[&["worker"], args].concat(), db_url, &[&fast, extra_env])
+        .spawn()
+        .expect("spawn ordo worker")
+}
+
+/// Starts the real `ordo api` on a free port of 127.0.0.1 with `extra_env`, and waits until `client` gets 200
+/// from `/readyz` at `<origin>:<port>` (`origin` like `http://127.0.0.1`); returns it and its base URL.
+pub async fn spawn_api_process(
+    db_url: &str,
+    extra_env: &[(&str, &str)],
+    origin: &str,
+    client: &reqwest::Client,
+) -> (Child, String) {
+    let port = testkit::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let api = [("ORDO_LISTEN", listen.as_str()), ("ORDO_RATE_LIMIT_RPS", "0")];
+    let child = ordo_command(&["api"], db_url, &[&api, extra_env])
+        .spawn()
+        .expect("spawn ordo api");
+    let url = format!("{origin}:{port}");
+    eventually(Duration::from_secs(30), "ordo api to be ready", || {
+        let req = client.get(format!("{url}/readyz"));
+        async move { req.send().await.ok().filter(|r| r.status().is_success()).map(|_| ()) }
+    })
+    .await;
+    (child, url)
+}
+
+/// With Redis at `redis_url` (trusting `ca_file` for `rediss://`), an idle worker whose poll interval is an hour
+/// starts each new job at once, on the wake-up.
+pub async fn wake_ups_start_jobs_at_once(redis_url: &str, ca_file: Option<&std::path::Path>) {
+    let db = testkit::db().await;
+    let mut cfg = fast_config();
+    cfg.poll = Duration::from_secs(3600);
+    cfg.redis_url = Some(redis_url.to_owned());
+    cfg.redis_ca_file = ca_file.map(ToOwned::to_owned);
+    let w = start_worker(&db.pool, cfg);
+    let stop = CancellationToken::new();
+    let client = ordo::wake::client(redis_url, ca_file).unwrap();
+    let waker = ordo::wake::Waker::with_client(client, &db.name, stop.clone());
+    let q = queue::Queue::new(db.pool.clone(), waker);
+    // The worker pokes itself once when its subscription is up; wait until it is idle.
+    eventually(Duration::from_secs(10), "worker registered", || async {
+        (!queue::live_workers(&db.pool, Duration::from_secs(30))
+            .await
+            .unwrap()
+            .is_empty())
+        .then_some(())
+    })
+    .await;
+    for _ in 0..3 {
+        let j = q
+            .enqueue(&acct(), queue::NewJob::new("noop", serde_json::json!({})))
+            .await
+            .unwrap()
+            .job;
+        wait_for_state(&db.pool, j.id, JobState::Completed, Duration::from_secs(20)).await;
+    }
+    stop.cancel();
+    w.stop().await;
 }
 
 /// Sends a signal to a child process.

@@ -6,7 +6,7 @@ use ordo::queue::{self, JobState, NewJob};
 use ordo::testkit::{self, eventually, TcpProxy};
 use serde_json::json;
 
-use crate::support::{acct, count_state, fast_config, start_worker, wait_for_state};
+use crate::support::{acct, count_state, fast_config, start_worker, wait_for_state, wake_ups_start_jobs_at_once};
 
 /// Built-in kinds run to their outcomes: success, retry then success, permanent failure, malformed args.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -99,30 +99,8 @@ async fn job_timeout_fails_the_attempt() {
 /// With Redis, an idle worker starts a new job on the wake-up, long before its (here very long) poll interval.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_wake_up_starts_jobs_without_waiting_for_the_poll() {
-    let db = testkit::db().await;
     let redis = testkit::redis_url().await;
-    let mut cfg = fast_config();
-    cfg.poll = Duration::from_secs(3600);
-    cfg.redis_url = Some(redis.clone());
-    let w = start_worker(&db.pool, cfg);
-    let stop = tokio_util::sync::CancellationToken::new();
-    let waker = ordo::wake::Waker::start(&redis, &db.name, stop.clone()).unwrap();
-    let q = queue::Queue::new(db.pool.clone(), waker);
-    // The worker pokes itself once when its subscription is up; wait until it is idle.
-    eventually(Duration::from_secs(10), "worker registered", || async {
-        (!queue::live_workers(&db.pool, Duration::from_secs(30))
-            .await
-            .unwrap()
-            .is_empty())
-        .then_some(())
-    })
-    .await;
-    for _ in 0..3 {
-        let j = q.enqueue(&acct(), NewJob::new("noop", json!({}))).await.unwrap().job;
-        wait_for_state(&db.pool, j.id, JobState::Completed, Duration::from_secs(20)).await;
-    }
-    stop.cancel();
-    w.stop().await;
+    wake_ups_start_jobs_at_once(&redis, None).await;
 }
 
 /// The database going away mid-run and coming back loses nothing: the worker reconnects, and every job
