@@ -156,9 +156,10 @@ pub struct WorkerArgs {
     /// Jobs run at once.
     #[arg(long, env = "ORDO_CONCURRENCY", default_value_t = 16)]
     pub concurrency: usize,
-    /// Jobs claimed ahead of free slots, waiting in the worker (leased) for a slot (default: the concurrency).
-    #[arg(long, env = "ORDO_PREFETCH")]
-    pub prefetch: Option<usize>,
+    /// Jobs claimed ahead of free slots, waiting in the worker (leased) for a slot: `auto` (about 50 ms of the
+    /// worker's recent throughput, at least the concurrency, at most 2000) or a number of jobs.
+    #[arg(long, env = "ORDO_PREFETCH", default_value = "auto")]
+    pub prefetch: crate::runtime::Prefetch,
     /// Queues served, comma-separated (default: the pool's queues).
     #[arg(long, env = "ORDO_QUEUES", value_delimiter = ',')]
     pub queues: Vec<String>,
@@ -183,12 +184,13 @@ pub struct WorkerArgs {
     /// Let webhooks reach private, loopback and link-local addresses (the sandbox sets it).
     #[arg(long, env = "ORDO_WEBHOOK_ALLOW_PRIVATE", default_value_t = false, action = clap::ArgAction::Set)]
     pub webhook_allow_private: bool,
-    /// Claim loops per queue: two by default, so one claim runs while another's jobs are settled; with several
-    /// workers on a small database, one each keeps their claims from skipping over each other's locked rows.
-    #[arg(long, env = "ORDO_CLAIMERS", default_value_t = 2)]
+    /// Claim loops per queue: one by default (with the automatic prefetch each claim brings many jobs, and two loops
+    /// per worker make several workers' claims skip over each other's locked rows); two can help a lone worker
+    /// with a fixed, small prefetch.
+    #[arg(long, env = "ORDO_CLAIMERS", default_value_t = 1)]
     pub claimers: usize,
     /// Most jobs one claim statement takes (tuning).
-    #[arg(long, env = "ORDO_MAX_CLAIM", default_value_t = 1000, hide = true)]
+    #[arg(long, env = "ORDO_MAX_CLAIM", default_value_t = 2000, hide = true)]
     pub max_claim: usize,
     /// Base of the retry backoff in milliseconds (the first retry waits up to this).
     #[arg(long, env = "ORDO_RETRY_BASE_MS", default_value_t = 1_000, hide = true)]
@@ -202,12 +204,6 @@ impl WorkerArgs {
             return Err(Error::Invalid {
                 name: "--concurrency",
                 message: "must be 1 to 10000".into(),
-            });
-        }
-        if self.prefetch.is_some_and(|p| p > 10_000) {
-            return Err(Error::Invalid {
-                name: "--prefetch",
-                message: "must be 0 to 10000".into(),
             });
         }
         if self.lease_ms < 300 {
@@ -233,7 +229,7 @@ impl WorkerArgs {
             cfg.queues = queues;
         }
         cfg.concurrency = self.concurrency;
-        cfg.prefetch = self.prefetch.unwrap_or(self.concurrency);
+        cfg.prefetch = self.prefetch;
         cfg.claimers = self.claimers.clamp(1, 16);
         cfg.max_claim = self.max_claim.clamp(1, 10_000);
         cfg.lease = Duration::from_millis(self.lease_ms);

@@ -15,6 +15,7 @@ pub use engine::{EngineHandler, EngineHandlers, EngineResult};
 pub(crate) use executor::panic_message;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -68,7 +69,7 @@ pub struct WorkerConfig {
     pub maintenance: bool,
     /// Jobs claimed ahead of free slots: they wait in this worker (leased, kept alive by its heartbeats) for a
     /// slot, so a claim can bring many jobs whatever the concurrency. Handed back at once when the worker stops.
-    pub prefetch: usize,
+    pub prefetch: Prefetch,
     /// Most jobs claimed by one statement.
     pub max_claim: usize,
     /// Claim loops per queue: while one claim statement runs, another can, so the database's cores overlap.
@@ -95,13 +96,50 @@ impl WorkerConfig {
             redis_url: None,
             redis_ca_file: None,
             maintenance: true,
-            prefetch: 16,
-            max_claim: 1000,
-            claimers: 2,
+            prefetch: Prefetch::Auto,
+            max_claim: 2000,
+            claimers: 1,
             retention: queue::Retention::default(),
             event_retention: Duration::from_secs(30 * 24 * 3600),
         }
     }
+}
+
+/// How many jobs a worker claims ahead of its free slots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prefetch {
+    /// Follows the worker's throughput: about [`AUTO_PREFETCH_WINDOW`] of its recent work, at least its concurrency
+    /// and at most [`AUTO_PREFETCH_MAX`] jobs. Short jobs get a deep buffer, so each claim brings many; long ones
+    /// a shallow one, so a worker never sits on work another could start.
+    Auto,
+    /// Exactly this many.
+    Fixed(usize),
+}
+
+/// How much recent work an automatic prefetch holds.
+pub const AUTO_PREFETCH_WINDOW: Duration = Duration::from_millis(50);
+/// The most jobs an automatic prefetch holds.
+pub const AUTO_PREFETCH_MAX: usize = 2000;
+
+impl std::str::FromStr for Prefetch {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "auto" => Ok(Prefetch::Auto),
+            n => n
+                .parse::<usize>()
+                .ok()
+                .filter(|n| *n <= 10_000)
+                .map(Prefetch::Fixed)
+                .ok_or_else(|| format!("{s:?} is neither `auto` nor a number of jobs from 0 to 10000")),
+        }
+    }
+}
+
+/// The buffer an automatic prefetch wants at `per_s` jobs a second (see [`Prefetch::Auto`]).
+fn auto_prefetch(per_s: f64, concurrency: usize) -> usize {
+    let window = (per_s * AUTO_PREFETCH_WINDOW.as_secs_f64()) as usize;
+    window.clamp(concurrency.min(AUTO_PREFETCH_MAX), AUTO_PREFETCH_MAX)
 }
 
 /// Jobs this worker holds right now: attempt and the token that stops the handler.
@@ -182,7 +220,12 @@ impl Worker {
         let tasks = TaskTracker::new();
         let running: Running = Arc::default();
         let slots = Arc::new(Semaphore::new(cfg.concurrency));
-        let held = Arc::new(Semaphore::new(cfg.concurrency + cfg.prefetch));
+        let prefetch = Arc::new(AtomicUsize::new(match cfg.prefetch {
+            Prefetch::Fixed(n) => n,
+            Prefetch::Auto => auto_prefetch(0.0, cfg.concurrency),
+        }));
+        let held = Arc::new(Semaphore::new(cfg.concurrency + prefetch.load(Ordering::Relaxed)));
+        let finished = Arc::new(AtomicU64::new(0));
         let signals = WakeSignals::new(&cfg.queues);
 
         let redis = match cfg.redis_url.as_deref() {
@@ -253,6 +296,15 @@ impl Worker {
             stopping: shutdown.clone(),
             lanes: lanes.clone(),
         });
+        if cfg.prefetch == Prefetch::Auto {
+            tasks.spawn(size_prefetch(
+                held.clone(),
+                prefetch.clone(),
+                finished.clone(),
+                cfg.concurrency,
+                background.clone(),
+            ));
+        }
         let mut fetchers = Vec::new();
         for q in &cfg.queues {
             for _ in 0..cfg.claimers.max(1) {
@@ -264,6 +316,8 @@ impl Worker {
                     worker_id: self.id.clone(),
                     slots: slots.clone(),
                     held: held.clone(),
+                    prefetch: prefetch.clone(),
+                    finished: finished.clone(),
                     running: running.clone(),
                     wake: signals.get(q).unwrap_or_default(),
                     exec: exec.clone(),
@@ -317,6 +371,42 @@ impl Worker {
         let _ = queue::deregister_worker(&self.pool, &self.id).await;
         tracing::info!(worker.id = %self.id, "worker stopped");
         Ok(())
+    }
+}
+
+/// Sizes an automatic prefetch (see [`Prefetch::Auto`]) every 100 ms from the jobs this worker finished: the
+/// buffer grows at once when throughput rises and shrinks as it falls, by permits handed back (a job waiting in
+/// the buffer is never dropped).
+async fn size_prefetch(
+    held: Arc<Semaphore>,
+    prefetch: Arc<AtomicUsize>,
+    finished: Arc<AtomicU64>,
+    concurrency: usize,
+    stop: CancellationToken,
+) {
+    let tick = Duration::from_millis(100);
+    let mut last = finished.load(Ordering::Relaxed);
+    let mut rate = 0.0_f64;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(tick) => {}
+        }
+        let now = finished.load(Ordering::Relaxed);
+        let per_s = now.saturating_sub(last) as f64 / tick.as_secs_f64();
+        last = now;
+        // Up at once, down gently: one quiet tick between bursts must not empty the buffer.
+        rate = if per_s >= rate { per_s } else { 0.7 * rate + 0.3 * per_s };
+        let want = auto_prefetch(rate, concurrency);
+        let have = prefetch.load(Ordering::Relaxed);
+        if want > have {
+            held.add_permits(want - have);
+            prefetch.store(want, Ordering::Relaxed);
+        } else if want < have {
+            // Only free permits can be forgotten; the rest go on a later tick, as jobs finish.
+            let gone = held.forget_permits(have - want);
+            prefetch.store(have - gone, Ordering::Relaxed);
+        }
     }
 }
 
@@ -403,6 +493,10 @@ struct Fetcher {
     slots: Arc<Semaphore>,
     /// Jobs held, running or waiting for a slot (`concurrency + prefetch`).
     held: Arc<Semaphore>,
+    /// The prefetch right now (it changes when automatic).
+    prefetch: Arc<AtomicUsize>,
+    /// Jobs this worker finished, for an automatic prefetch's rate.
+    finished: Arc<AtomicU64>,
     running: Running,
     wake: Arc<tokio::sync::Notify>,
     exec: Arc<executor::Executor>,
@@ -423,7 +517,8 @@ impl Fetcher {
             // Under load, permits come back one by one as handlers finish; claiming each at once would mean many
             // tiny claims. Gather a quarter of them (briefly) first; when idle they are all free anyway.
             let mut permits = vec![first];
-            let want = ((self.cfg.concurrency + self.cfg.prefetch) / 4).clamp(1, self.cfg.max_claim);
+            let want =
+                ((self.cfg.concurrency + self.prefetch.load(Ordering::Relaxed)) / 4).clamp(1, self.cfg.max_claim);
             let gather_until = tokio::time::Instant::now() + Duration::from_millis(2);
             while permits.len() < want {
                 match tokio::time::timeout_at(gather_until, self.held.clone().acquire_owned()).await {
@@ -462,6 +557,7 @@ impl Fetcher {
                         let permit = permits.pop();
                         let exec = self.exec.clone();
                         let slots = self.slots.clone();
+                        let finished = self.finished.clone();
                         // Held from the claim on: the heartbeat keeps its lease, and a lost lease stops it.
                         let cancel = CancellationToken::new();
                         if let Ok(mut r) = self.running.lock() {
@@ -482,6 +578,7 @@ impl Fetcher {
                                 return;
                             };
                             exec.execute(job, cancel).await;
+                            finished.fetch_add(1, Ordering::Relaxed);
                             drop(slot);
                             drop(permit);
                         });
@@ -584,4 +681,35 @@ fn hostname() -> String {
         .filter(|s| !s.is_empty())
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| "localhost".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--prefetch` takes `auto` or a number of jobs up to 10 000, and says what it wants otherwise.
+    #[test]
+    fn prefetch_parses_auto_or_a_number() {
+        assert_eq!("auto".parse::<Prefetch>(), Ok(Prefetch::Auto));
+        assert_eq!("0".parse::<Prefetch>(), Ok(Prefetch::Fixed(0)));
+        assert_eq!("10000".parse::<Prefetch>(), Ok(Prefetch::Fixed(10_000)));
+        for bad in ["10001", "-1", "lots", ""] {
+            let err = bad.parse::<Prefetch>().unwrap_err();
+            assert!(err.contains("neither `auto` nor a number"), "{bad}: {err}");
+        }
+    }
+
+    /// An automatic prefetch holds about 50 ms of work, never less than the concurrency, never more than the cap.
+    #[test]
+    fn auto_prefetch_follows_throughput_within_bounds() {
+        assert_eq!(auto_prefetch(0.0, 64), 64, "idle: the concurrency");
+        assert_eq!(auto_prefetch(64.0, 64), 64, "one-second jobs: the concurrency");
+        assert_eq!(auto_prefetch(10_000.0, 64), 500, "50 ms at 10 000 jobs/s");
+        assert_eq!(auto_prefetch(1_000_000.0, 64), AUTO_PREFETCH_MAX);
+        assert_eq!(
+            auto_prefetch(0.0, 5000),
+            AUTO_PREFETCH_MAX,
+            "the cap holds at any concurrency"
+        );
+    }
 }

@@ -289,3 +289,38 @@ async fn event_log_and_loads_are_pruned_past_their_retention() {
     assert_eq!(left, ["OldPending", "New"]);
     w.stop().await;
 }
+
+/// The automatic prefetch (the default) deepens the buffer while short jobs stream through: a worker of
+/// concurrency 1 comes to hold more jobs than the two a fixed prefetch of its concurrency would allow, and every job
+/// completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn automatic_prefetch_grows_with_short_jobs() {
+    let db = testkit::db().await;
+    let jobs: Vec<NewJob> = (0..20_000).map(|i| NewJob::new("noop", json!({"i": i}))).collect();
+    let mut tx = db.pool.begin().await.unwrap();
+    queue::enqueue_many(&mut tx, &acct(), &jobs).await.unwrap();
+    tx.commit().await.unwrap();
+    let mut cfg = fast_config();
+    cfg.concurrency = 1;
+    assert_eq!(cfg.prefetch, ordo::runtime::Prefetch::Auto);
+    let w = start_worker(&db.pool, cfg);
+    let most = eventually(
+        Duration::from_secs(60),
+        "the worker to hold more than 2 jobs",
+        || async {
+            let held: i64 = sqlx::query_scalar("select count(*) from job where state = 'running'")
+                .fetch_one(&db.pool)
+                .await
+                .ok()?;
+            (held > 2).then_some(held)
+        },
+    )
+    .await;
+    assert!(most > 2);
+    eventually(Duration::from_secs(120), "every job to complete", || async {
+        let done = count_state(&db.pool, "completed").await;
+        (done == 20_000).then_some(())
+    })
+    .await;
+    w.stop().await;
+}
