@@ -211,8 +211,9 @@ async fn find_by_key(conn: &mut PgConnection, account: &AccountId, key: &str) ->
     Ok((job, fp))
 }
 
-/// Enqueues many jobs with one statement. Call inside a transaction: a conflict on any idempotency key fails the
-/// whole batch (the caller rolls back). Ids are drawn in batch order.
+/// Enqueues many jobs with one statement, or a binary `COPY` for a large batch of plain jobs (see
+/// [`super::bulk`]). Call inside a transaction: a conflict on any idempotency key fails the whole batch (the caller
+/// rolls back). Ids are drawn in batch order.
 pub async fn enqueue_many(
     conn: &mut PgConnection,
     account: &AccountId,
@@ -232,6 +233,17 @@ pub async fn enqueue_many(
     }
     if !invalid.is_empty() {
         return Err(Error::Invalid(invalid));
+    }
+    if super::bulk::copyable(jobs) {
+        if let Some(ids) = super::bulk::copy_jobs(conn, account, jobs).await? {
+            return Ok(ids
+                .into_iter()
+                .map(|id| EnqueueOutcome {
+                    id: JobId(id),
+                    replayed: false,
+                })
+                .collect());
+        }
     }
     let keys: Vec<&str> = jobs.iter().filter_map(|j| j.concurrency_key.as_deref()).collect();
     lock_concurrency_keys(conn, account, &keys).await?;

@@ -14,6 +14,7 @@
 
 mod admin;
 mod backoff;
+mod bulk;
 mod claim;
 mod complete;
 mod enqueue;

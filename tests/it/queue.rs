@@ -1055,3 +1055,111 @@ async fn enqueue_for_an_unknown_account_is_refused() {
         .await
         .unwrap();
 }
+
+/// A large batch of plain jobs goes in by binary COPY: ids in batch order, every field as given, jobs without a
+/// run_at due by the server's clock, future ones scheduled, counted as enqueued, and claimable like any other.
+#[tokio::test]
+async fn a_plain_batch_is_copied_in_with_every_field() {
+    let db = testkit::db().await;
+    let later = Utc::now() + chrono::Duration::hours(1);
+    let jobs: Vec<NewJob> = (0..500)
+        .map(|i| {
+            let job = NewJob::new("noop", json!({"i": i, "text": "naïve \"quoted\" \\ line\nbreak"}))
+                .priority((i % 10) as i16)
+                .max_attempts(3 + i % 2)
+                .timeout_ms(1000 + i);
+            match i % 3 {
+                0 => job.run_at(later),
+                1 => job.queue("other"),
+                _ => job,
+            }
+        })
+        .collect();
+    let before: chrono::DateTime<Utc> = sqlx::query_scalar("select now()").fetch_one(&db.pool).await.unwrap();
+    let mut tx = db.pool.begin().await.unwrap();
+    let out = queue::enqueue_many(&mut tx, &acct(), &jobs).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(out.len(), 500);
+    assert!(out.windows(2).all(|w| w[0].id < w[1].id), "ids in batch order");
+    assert!(out.iter().all(|o| !o.replayed));
+    let ids: Vec<JobId> = out.iter().map(|o| o.id).collect();
+    let stored = queue::get_many(&db.pool, &acct(), &ids).await.unwrap();
+    assert_eq!(stored.len(), 500);
+    for (i, (job, want)) in stored.iter().zip(&jobs).enumerate() {
+        assert_eq!(job.args, want.args, "job {i}");
+        assert_eq!(
+            (job.kind.as_str(), job.queue.as_str()),
+            (want.kind.as_str(), want.queue.as_str())
+        );
+        assert_eq!(job.priority, want.priority);
+        assert_eq!(job.max_attempts, want.max_attempts);
+        assert_eq!(job.timeout_ms, want.timeout_ms);
+        assert_eq!(job.attempt, 0);
+        match want.run_at {
+            Some(at) => {
+                assert_eq!(job.state, JobState::Scheduled);
+                assert_eq!(job.run_at.timestamp_micros(), at.timestamp_micros());
+            }
+            None => {
+                assert_eq!(job.state, JobState::Available);
+                assert!(job.run_at >= before, "due by the server's clock");
+            }
+        }
+    }
+    let counted: i64 = queue::throughput(&db.pool, &acct(), None, before - chrono::Duration::minutes(1))
+        .await
+        .unwrap()
+        .iter()
+        .map(|t| t.enqueued)
+        .sum();
+    assert_eq!(counted, 500);
+    let due_default = jobs
+        .iter()
+        .filter(|j| j.run_at.is_none() && j.queue == "default")
+        .count();
+    let claimed = claim_n(&db.pool, 1000, Duration::from_secs(30)).await;
+    assert_eq!(
+        claimed.len(),
+        due_default,
+        "the due jobs of `default`, none of the future ones"
+    );
+    assert!(
+        claimed.windows(2).all(|w| w[0].priority <= w[1].priority),
+        "in priority order"
+    );
+}
+
+/// A copied batch for an unknown account is refused, and while a rollout routes work a plain batch takes the
+/// statement path, so every job gets its version.
+#[tokio::test]
+async fn a_copied_batch_checks_the_account_and_yields_to_routing() {
+    let db = testkit::db().await;
+    let jobs: Vec<NewJob> = (0..100).map(|i| NewJob::new("noop", json!({"i": i}))).collect();
+    let mut tx = db.pool.begin().await.unwrap();
+    let err = queue::enqueue_many(&mut tx, &AccountId::parse("nobody").unwrap(), &jobs)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, queue::Error::UnknownAccount { .. }), "{err}");
+    drop(tx);
+    sqlx::query(
+        "insert into rollout (pool, from_version, to_version, state, canary_percent) values ('default', 'v1', 'v2', 'canary', 50)",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let mut tx = db.pool.begin().await.unwrap();
+    let out = queue::enqueue_many(&mut tx, &acct(), &jobs).await.unwrap();
+    tx.commit().await.unwrap();
+    let ids: Vec<JobId> = out.iter().map(|o| o.id).collect();
+    let versions: std::collections::BTreeSet<Option<String>> = queue::get_many(&db.pool, &acct(), &ids)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|j| j.version)
+        .collect();
+    assert_eq!(
+        versions,
+        [Some("v1".to_owned()), Some("v2".to_owned())].into_iter().collect(),
+        "routed half and half by the canary"
+    );
+}
