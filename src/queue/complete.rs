@@ -11,8 +11,9 @@ use serde_json::Value;
 use sqlx::{PgConnection, PgExecutor};
 
 use super::history::{append_history, finished_row};
-use super::lane::release_after;
+use super::lane::{release_after, release_after_handing_off};
 use super::stats::count_after;
+use super::types::JOB_COLUMNS;
 use super::types::WAITING_BY_ID;
 use super::{Error, JobId, Result};
 
@@ -113,17 +114,105 @@ static COMPLETE_SQL: LazyLock<String> = LazyLock::new(|| {
         ){history}{release}{count}
         select id from done
         "#,
-        row = finished_row(&[
-            ("state", "'completed'"),
-            ("finished_at", "now()"),
-            ("result", "($3::jsonb[])[r.ord]"),
-            ("leased_until", "null::timestamptz"),
-        ]),
+        row = completed_row(),
         history = append_history("done"),
         release = release_after("done"),
         count = count_after("done", &[("completed", "count(*)")])
     )
 });
+
+/// A worker's offer to run the next jobs of the lanes its completions release (see [`complete_handing_off`]).
+#[derive(Debug, Clone, Copy)]
+pub struct HandOff<'a> {
+    /// The worker, as the lease owner.
+    pub worker_id: &'a str,
+    /// How long the lease lasts.
+    pub lease: Duration,
+    /// The kinds it runs.
+    pub kinds: &'a [String],
+    /// The queues it serves.
+    pub queues: &'a [String],
+    /// Its pool.
+    pub pool: &'a str,
+    /// Its version.
+    pub version: &'a str,
+    /// The most jobs it takes (its free permits).
+    pub limit: i64,
+}
+
+/// [`complete_many`] that also hands the worker the next job of each lane its completions release, leased to it
+/// in the same statement, as a claim would have leased it (see [`super::lane`]): a busy key's jobs follow each
+/// other without a claim and its commit in between. Jobs the worker cannot run become available as usual.
+/// Returns the ids completed and the jobs handed over (in lane order).
+pub async fn complete_handing_off(
+    conn: &mut PgConnection,
+    items: &[Completion],
+    offer: &HandOff<'_>,
+) -> Result<(Vec<JobId>, Vec<super::Job>)> {
+    if items.is_empty() {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    let (ids, attempts, results) = completion_arrays(items);
+    let rows: Vec<(Option<i64>, Option<i64>)> = sqlx::query_as(COMPLETE_HANDING_OFF_SQL.as_str())
+        .bind(&ids)
+        .bind(&attempts)
+        .bind(&results)
+        .bind(offer.worker_id)
+        .bind(offer.lease.as_secs_f64())
+        .bind(offer.kinds)
+        .bind(offer.queues)
+        .bind(offer.pool)
+        .bind(offer.version)
+        .bind(offer.limit)
+        .fetch_all(&mut *conn)
+        .await?;
+    let done: Vec<JobId> = rows.iter().filter_map(|r| r.0).map(JobId).collect();
+    let handed: Vec<i64> = rows.iter().filter_map(|r| r.1).collect();
+    if handed.is_empty() {
+        return Ok((done, Vec::new()));
+    }
+    // Leased to this worker by the statement above: nobody else changes them until it lets go or its lease ends.
+    let jobs: Vec<super::Job> = sqlx::query_as(&format!(
+        "select {JOB_COLUMNS} from job where id = any($1) and lease_owner = $2 and state = 'running' order by id"
+    ))
+    .bind(&handed)
+    .bind(offer.worker_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok((done, jobs))
+}
+
+static COMPLETE_HANDING_OFF_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        r#"
+        with done as (
+            delete from job
+            using job_leases($1, $2) as r
+            where job.id = r.id
+              and job.attempt = r.attempt
+              and job.state = 'running'
+            returning {row}, true as finished
+        ){history}{release}{count}
+        select id, null::bigint from done
+        union all
+        select null, id from lane_released where handed
+        "#,
+        row = completed_row(),
+        history = append_history("done"),
+        release = release_after_handing_off("done", 4),
+        count = count_after("done", &[("completed", "count(*)")])
+    )
+});
+
+/// The `returning` list of a completion (see [`finished_row`]).
+fn completed_row() -> String {
+    finished_row(&[
+        ("state", "'completed'"),
+        ("finished_at", "now()"),
+        ("result", "($3::jsonb[])[r.ord]"),
+        ("leased_until", "null::timestamptz"),
+    ])
+}
 
 /// Completes jobs that the caller's transaction holds locked without a lease ([`super::lock_following`],
 /// [`super::lock_ids`]), each at the attempt it was read with: it takes its attempt and finishes at once, with

@@ -33,6 +33,80 @@ pub(crate) fn member(e: &str) -> String {
 /// one with a due job that maintenance has yet to promote, or whose next job another transaction holds locked, is
 /// marked for [`release_lanes`].
 pub(crate) fn release_after(done: &str) -> String {
+    release(
+        done,
+        r#"
+        lane_released as (
+            update job
+            set state = 'available', run_at = least(job.run_at, now())
+            from (
+                select j.id
+                from job j
+                join lane_next n on j.id = n.next_id and not n.due
+                where j.state = 'parked'
+                for update of j skip locked
+            ) r
+            where job.id = r.id
+            returning job.id, false as handed
+        ),"#,
+    )
+}
+
+/// [`release_after`] for a worker's completions, handing the released jobs over to that worker where it can run
+/// them: each is leased to it in the same statement as a claim would lease it (its queue and kind served, its
+/// version the worker's or none, its queue not paused, the worker's version not retired), up to a number of jobs;
+/// the rest become available. The statement binds the offer from `$first` on: worker id, lease seconds, kinds,
+/// queues, pool, version and the most jobs to hand over. `lane_released` returns `handed` for each job.
+pub(crate) fn release_after_handing_off(done: &str, first: usize) -> String {
+    let p = |i: usize| format!("${}", first + i);
+    let (owner, lease, kinds, queues, pool, version, limit) = (p(0), p(1), p(2), p(3), p(4), p(5), p(6));
+    release(
+        done,
+        &format!(
+            r#"
+        lane_locked as (
+            select j.id, j.account_id, j.queue, j.kind, j.version
+            from job j
+            join lane_next n on j.id = n.next_id and not n.due
+            where j.state = 'parked'
+            for update of j skip locked
+        ),
+        lane_offered as (
+            select l.id,
+                   l.queue = any({queues}::text[])
+                   and l.kind = any({kinds}::text[])
+                   and (l.version is null or l.version = {version}::text)
+                   and not exists (select 1 from queue_pause p where p.account_id = l.account_id and p.queue = l.queue)
+                   and not exists (
+                       select 1 from pool_version v
+                       where v.pool = {pool}::text and v.version = {version}::text and v.role = 'retired'
+                   ) as fits
+            from lane_locked l
+        ),
+        lane_handed as (
+            select o.id, o.fits and row_number() over (partition by o.fits order by o.id) <= {limit}::bigint as handed
+            from lane_offered o
+        ),
+        lane_released as (
+            update job
+            set state = case when r.handed then 'running' else 'available' end,
+                run_at = least(job.run_at, now()),
+                attempt = job.attempt + r.handed::int,
+                started_at = case when r.handed then now() else job.started_at end,
+                leased_until = case when r.handed then now() + make_interval(secs => {lease}::float8) end,
+                lease_owner = case when r.handed then {owner}::text else job.lease_owner end,
+                pool = case when r.handed then {pool}::text else job.pool end,
+                version = case when r.handed then {version}::text else job.version end
+            from lane_handed r
+            where job.id = r.id
+            returning job.id, r.handed
+        ),"#
+        ),
+    )
+}
+
+/// The lane CTEs around `released`, the CTE named `lane_released` that releases `lane_next`'s jobs.
+fn release(done: &str, released: &str) -> String {
     // Every lane's facts are columns of one row (no join between CTEs per lane, which the planner may run as a
     // nested loop: quadratic in the lanes of a batch), and the last step's membership test is a hashed `in`.
     format!(
@@ -73,20 +147,7 @@ pub(crate) fn release_after(done: &str) -> String {
                   and e.state in ('available', 'retryable', 'running')
                   and e.id <> all(l.ids)
             )
-        ),
-        lane_released as (
-            update job
-            set state = 'available', run_at = least(job.run_at, now())
-            from (
-                select j.id
-                from job j
-                join lane_next n on j.id = n.next_id and not n.due
-                where j.state = 'parked'
-                for update of j skip locked
-            ) r
-            where job.id = r.id
-            returning job.id
-        ),
+        ),{released}
         lane_marked as (
             insert into job_lane_mark (account_id, concurrency_key)
             select n.account_id, n.concurrency_key

@@ -30,8 +30,8 @@ pub use admin::{cancel, get, get_many, list, pause, resume, retry, JobFilter};
 pub use backoff::{backoff, RetryPolicy};
 pub use claim::{claim, lock_following, lock_ids, ClaimRequest};
 pub use complete::{
-    cancel_running, complete_in, complete_locked, complete_many, fail_many, hand_back, heartbeat, snooze_many,
-    Completion, Failure, Snooze,
+    cancel_running, complete_handing_off, complete_in, complete_locked, complete_many, fail_many, hand_back, heartbeat,
+    snooze_many, Completion, Failure, HandOff, Snooze,
 };
 pub use enqueue::{enqueue, enqueue_many, fingerprint, EnqueueOutcome, Enqueued};
 pub use history::{add_history_days, retire_history, RetireCursor, Retired};

@@ -80,11 +80,88 @@ impl LaneHook {
 
 const MAX_BATCH: usize = 2000;
 
+/// The worker's offer to run the next job of each lane its completions release (see
+/// [`queue::complete_handing_off`]), so a busy key's jobs follow each other on this worker without a claim.
+pub(crate) struct Offer {
+    pub worker_id: String,
+    pub lease: Duration,
+    pub kinds: Vec<String>,
+    pub queues: Vec<String>,
+    pub pool: String,
+    pub version: String,
+    /// The worker's `concurrency + prefetch` permits: a job is handed over only with one of them.
+    pub held: std::sync::Arc<tokio::sync::Semaphore>,
+    pub dispatch: super::Dispatch,
+    /// Once the worker stops, nothing more is handed over (and the offer, which holds a sender of this
+    /// completer's channel through the executor, is dropped so the channel can close).
+    pub stopping: tokio_util::sync::CancellationToken,
+}
+
+/// Completes jobs, handing the worker the next job of each lane they release when it has permits for them.
+/// Returns how many were completed.
+async fn complete_and_hand_off(
+    pool: &PgPool,
+    complete: &[Completion],
+    keyed: usize,
+    offer: Option<&Offer>,
+) -> queue::Result<usize> {
+    let Some(offer) = offer.filter(|o| keyed > 0 && !o.stopping.is_cancelled()) else {
+        return Ok(queue::complete_many(pool, complete).await?.len());
+    };
+    let mut permits = Vec::new();
+    while permits.len() < keyed {
+        match offer.held.clone().try_acquire_owned() {
+            Ok(p) => permits.push(p),
+            Err(_) => break,
+        }
+    }
+    if permits.is_empty() {
+        return Ok(queue::complete_many(pool, complete).await?.len());
+    }
+    // One transaction: the jobs handed over are read back before it commits, so none can be leased to this
+    // worker without reaching it (on an error the batch is written again, and the completions are fenced).
+    let mut tx = pool.begin().await?;
+    let (done, handed) = queue::complete_handing_off(
+        &mut tx,
+        complete,
+        &queue::HandOff {
+            worker_id: &offer.worker_id,
+            lease: offer.lease,
+            kinds: &offer.kinds,
+            queues: &offer.queues,
+            pool: &offer.pool,
+            version: &offer.version,
+            limit: permits.len() as i64,
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    for job in handed {
+        metrics::counter!(crate::telemetry::metrics::JOBS_CLAIMED_TOTAL, "queue" => job.queue.clone()).increment(1);
+        offer.dispatch.start(job, permits.pop());
+    }
+    Ok(done.len())
+}
+
 /// Runs until every sender is dropped and the buffer is written.
-pub(crate) async fn run(pool: PgPool, mut rx: mpsc::UnboundedReceiver<Settle>, retry: RetryPolicy, lanes: LaneHook) {
+pub(crate) async fn run(
+    pool: PgPool,
+    mut rx: mpsc::UnboundedReceiver<Settle>,
+    retry: RetryPolicy,
+    lanes: LaneHook,
+    mut offer: Option<Offer>,
+) {
     let mut batch: Vec<Settle> = Vec::with_capacity(MAX_BATCH);
     loop {
-        match rx.recv().await {
+        let stopping = offer.as_ref().map(|o| o.stopping.clone());
+        let next = tokio::select! {
+            s = rx.recv() => s,
+            _ = async { if let Some(t) = &stopping { t.cancelled().await } else { std::future::pending().await } } => {
+                offer = None;
+                continue;
+            }
+        };
+        match next {
             Some(s) => batch.push(s),
             None => return,
         }
@@ -96,7 +173,7 @@ pub(crate) async fn run(pool: PgPool, mut rx: mpsc::UnboundedReceiver<Settle>, r
         }
         let mut delay = Duration::from_millis(50);
         loop {
-            match write(&pool, &batch, retry).await {
+            match write(&pool, &batch, retry, offer.as_ref()).await {
                 Ok(()) => {
                     lanes.settled(batch.iter().filter_map(|s| s.lane.as_deref()));
                     break;
@@ -112,8 +189,9 @@ pub(crate) async fn run(pool: PgPool, mut rx: mpsc::UnboundedReceiver<Settle>, r
     }
 }
 
-async fn write(pool: &PgPool, batch: &[Settle], retry: RetryPolicy) -> queue::Result<()> {
+async fn write(pool: &PgPool, batch: &[Settle], retry: RetryPolicy, offer: Option<&Offer>) -> queue::Result<()> {
     let mut complete = Vec::new();
+    let mut keyed_completions = 0;
     let mut fail = Vec::new();
     let mut snooze = Vec::new();
     let mut cancel = Vec::new();
@@ -121,11 +199,14 @@ async fn write(pool: &PgPool, batch: &[Settle], retry: RetryPolicy) -> queue::Re
     let now = Utc::now();
     for s in batch {
         match &s.kind {
-            SettleKind::Complete(v) => complete.push(Completion {
-                id: s.id,
-                attempt: s.attempt,
-                result: v.clone(),
-            }),
+            SettleKind::Complete(v) => {
+                keyed_completions += usize::from(s.lane.is_some());
+                complete.push(Completion {
+                    id: s.id,
+                    attempt: s.attempt,
+                    result: v.clone(),
+                })
+            }
             SettleKind::Fail {
                 message,
                 permanent,
@@ -150,7 +231,7 @@ async fn write(pool: &PgPool, batch: &[Settle], retry: RetryPolicy) -> queue::Re
         }
     }
     let mut settled = 0;
-    settled += queue::complete_many(pool, &complete).await?.len();
+    settled += complete_and_hand_off(pool, &complete, keyed_completions, offer).await?;
     settled += queue::fail_many(pool, &fail).await?.len();
     settled += queue::snooze_many(pool, &snooze).await?.len();
     settled += queue::cancel_running(pool, &cancel).await?.len();

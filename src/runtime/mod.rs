@@ -248,7 +248,6 @@ impl Worker {
             release: Arc::new(tokio::sync::Notify::new()),
         };
         tasks.spawn(release_lanes(self.pool.clone(), lanes.clone(), background.clone()));
-        let completer = tokio::spawn(completer::run(self.pool.clone(), settle_rx, cfg.retry, lanes.clone()));
         tasks.spawn(heartbeat_loop(
             self.pool.clone(),
             info.clone(),
@@ -305,6 +304,31 @@ impl Worker {
                 background.clone(),
             ));
         }
+        let dispatch = Dispatch {
+            exec: exec.clone(),
+            slots: slots.clone(),
+            running: running.clone(),
+            finished: finished.clone(),
+            jobs: jobs.clone(),
+        };
+        let offer = completer::Offer {
+            worker_id: self.id.clone(),
+            lease: cfg.lease,
+            kinds: kinds.clone(),
+            queues: cfg.queues.clone(),
+            pool: cfg.pool.clone(),
+            version: cfg.version.clone(),
+            held: held.clone(),
+            dispatch: dispatch.clone(),
+            stopping: shutdown.clone(),
+        };
+        let completer = tokio::spawn(completer::run(
+            self.pool.clone(),
+            settle_rx,
+            cfg.retry,
+            lanes.clone(),
+            Some(offer),
+        ));
         let mut fetchers = Vec::new();
         for q in &cfg.queues {
             for _ in 0..cfg.claimers.max(1) {
@@ -314,14 +338,10 @@ impl Worker {
                     kinds: kinds.clone(),
                     cfg: cfg.clone(),
                     worker_id: self.id.clone(),
-                    slots: slots.clone(),
                     held: held.clone(),
                     prefetch: prefetch.clone(),
-                    finished: finished.clone(),
-                    running: running.clone(),
                     wake: signals.get(q).unwrap_or_default(),
-                    exec: exec.clone(),
-                    jobs: jobs.clone(),
+                    dispatch: dispatch.clone(),
                 };
                 fetchers.push(tokio::spawn(f.run(shutdown.clone())));
             }
@@ -361,6 +381,7 @@ impl Worker {
             }
         }
         drop(exec);
+        drop(dispatch);
         drop(settle_tx);
         if tokio::time::timeout(Duration::from_secs(10), completer).await.is_err() {
             tracing::error!("could not flush job outcomes before exit; their leases will expire and be rescued");
@@ -489,18 +510,58 @@ struct Fetcher {
     kinds: Vec<String>,
     cfg: WorkerConfig,
     worker_id: String,
-    /// Slots to run in (`concurrency`).
-    slots: Arc<Semaphore>,
     /// Jobs held, running or waiting for a slot (`concurrency + prefetch`).
     held: Arc<Semaphore>,
     /// The prefetch right now (it changes when automatic).
     prefetch: Arc<AtomicUsize>,
+    wake: Arc<tokio::sync::Notify>,
+    dispatch: Dispatch,
+}
+
+/// Starts jobs this worker holds (claimed, or handed over by a completion): each waits for a slot, then runs; at
+/// shutdown one still waiting is handed back at once.
+#[derive(Clone)]
+pub(crate) struct Dispatch {
+    exec: Arc<executor::Executor>,
+    /// Slots to run in (`concurrency`).
+    slots: Arc<Semaphore>,
+    running: Running,
     /// Jobs this worker finished, for an automatic prefetch's rate.
     finished: Arc<AtomicU64>,
-    running: Running,
-    wake: Arc<tokio::sync::Notify>,
-    exec: Arc<executor::Executor>,
     jobs: TaskTracker,
+}
+
+impl Dispatch {
+    /// Starts `job`, which holds `permit` (one of `concurrency + prefetch`) until it is done.
+    pub(crate) fn start(&self, job: queue::Job, permit: Option<tokio::sync::OwnedSemaphorePermit>) {
+        let exec = self.exec.clone();
+        let slots = self.slots.clone();
+        let finished = self.finished.clone();
+        // Held from the claim on: the heartbeat keeps its lease, and a lost lease stops it.
+        let cancel = CancellationToken::new();
+        if let Ok(mut r) = self.running.lock() {
+            r.insert(job.id, (job.attempt, cancel.clone()));
+        }
+        self.jobs.spawn(async move {
+            let slot = tokio::select! {
+                biased;
+                _ = exec.stopping.cancelled() => None,
+                _ = cancel.cancelled() => None,
+                s = slots.acquire_owned() => s.ok(),
+            };
+            let Some(slot) = slot else {
+                // Stopping: give the waiting job back at once (its attempt not used up). Lease lost: the job is
+                // someone else's now.
+                exec.release_unstarted(job, !cancel.is_cancelled());
+                drop(permit);
+                return;
+            };
+            exec.execute(job, cancel).await;
+            finished.fetch_add(1, Ordering::Relaxed);
+            drop(slot);
+            drop(permit);
+        });
+    }
 }
 
 impl Fetcher {
@@ -554,34 +615,7 @@ impl Fetcher {
                     error_delay = Duration::from_millis(50);
                     let got = jobs.len();
                     for job in jobs {
-                        let permit = permits.pop();
-                        let exec = self.exec.clone();
-                        let slots = self.slots.clone();
-                        let finished = self.finished.clone();
-                        // Held from the claim on: the heartbeat keeps its lease, and a lost lease stops it.
-                        let cancel = CancellationToken::new();
-                        if let Ok(mut r) = self.running.lock() {
-                            r.insert(job.id, (job.attempt, cancel.clone()));
-                        }
-                        self.jobs.spawn(async move {
-                            let slot = tokio::select! {
-                                biased;
-                                _ = exec.stopping.cancelled() => None,
-                                _ = cancel.cancelled() => None,
-                                s = slots.acquire_owned() => s.ok(),
-                            };
-                            let Some(slot) = slot else {
-                                // Stopping: give the waiting job back at once (its attempt not used up). Lease
-                                // lost: the job is someone else's now.
-                                exec.release_unstarted(job, !cancel.is_cancelled());
-                                drop(permit);
-                                return;
-                            };
-                            exec.execute(job, cancel).await;
-                            finished.fetch_add(1, Ordering::Relaxed);
-                            drop(slot);
-                            drop(permit);
-                        });
+                        self.dispatch.start(job, permits.pop());
                     }
                     drop(permits);
                     if got == wanted {

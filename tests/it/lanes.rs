@@ -621,3 +621,83 @@ async fn enqueues_racing_finishes_leave_no_lane_stuck() {
         assert_eq!(*overlaps, 0, "{key}: one at a time, in enqueue order");
     }
 }
+
+/// A worker's completion hands it the next job of the lane in the same statement, leased as a claim would lease
+/// it, when the worker can run it (its kind and queue, a permit to spare, the queue not paused); otherwise the job
+/// is released as available for any worker. The job after it stays parked either way.
+#[tokio::test]
+async fn a_completion_hands_the_lanes_next_job_to_its_worker() {
+    let db = testkit::db().await;
+    let pool = &db.pool;
+    let kinds = vec!["noop".to_owned()];
+    let queues = vec!["default".to_owned()];
+    let offer = |limit: i64| queue::HandOff {
+        worker_id: "test-worker",
+        lease: LEASE,
+        kinds: &kinds,
+        queues: &queues,
+        pool: "default",
+        version: "v1",
+        limit,
+    };
+    // why each round's worker cannot take the next job; in the last round it can
+    let rounds = ["another kind", "no permit to spare", "its queue paused", ""];
+    let ids = enqueue_batch(
+        pool,
+        (0..6)
+            .map(|i| NewJob::new(if i == 1 { "test.record" } else { "noop" }, json!({"i": i})).concurrency_key("K"))
+            .collect(),
+    )
+    .await;
+    // the head runs on test-worker; job 1 (another kind) is next
+    let mut head = claim_kinds(pool, &["noop"], 10).await;
+    assert_eq!(head.iter().map(|j| j.id).collect::<Vec<_>>(), [ids[0]]);
+    for (round, why) in rounds.iter().enumerate() {
+        let running = head.pop().unwrap();
+        let limit = if *why == "no permit to spare" { 0 } else { 1 };
+        if *why == "its queue paused" {
+            queue::pause(pool, &acct(), "default").await.unwrap();
+        }
+        let mut tx = pool.begin().await.unwrap();
+        let (done, handed) = queue::complete_handing_off(
+            &mut tx,
+            &[Completion {
+                id: running.id,
+                attempt: running.attempt,
+                result: json!(null),
+            }],
+            &offer(limit),
+        )
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(done, [running.id], "round {round}");
+        let next = ids[round + 1];
+        if why.is_empty() {
+            assert_eq!(handed.iter().map(|j| j.id).collect::<Vec<_>>(), [next]);
+            let j = &handed[0];
+            assert_eq!((j.state, j.attempt), (JobState::Running, 1));
+            assert_eq!(j.lease_owner.as_deref(), Some("test-worker"));
+            assert!(j.leased_until.is_some() && j.started_at.is_some());
+            assert_eq!(j.version.as_deref(), Some("v1"));
+        } else {
+            assert!(handed.is_empty(), "{why}: nothing handed over");
+            assert_eq!(
+                raw_state(pool, next).await,
+                "available",
+                "{why}: released for any worker"
+            );
+            if *why == "its queue paused" {
+                queue::resume(pool, &acct(), "default").await.unwrap();
+            }
+            let kind = if round == 0 { "test.record" } else { "noop" };
+            head = claim_kinds(pool, &[kind], 10).await;
+            assert_eq!(head.iter().map(|j| j.id).collect::<Vec<_>>(), [next], "{why}");
+        }
+        assert_eq!(
+            raw_state(pool, ids[round + 2]).await,
+            "parked",
+            "round {round}: the one after waits"
+        );
+    }
+}
