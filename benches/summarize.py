@@ -32,6 +32,7 @@ def main():
             for st in r.get("statements", [])
             if st["query"].startswith("update job set state = $4")
             or st["query"].startswith("with done as ( update job set state = $")
+            or st["query"].startswith("with done as ( delete from job using job_leases")
         ]
         r["settle_ms"] = settle[0]["mean_ms"] if settle else None
     parts.append(f"claim statement {fig(runs, 'claim_ms', 2)} ms")

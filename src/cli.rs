@@ -6,7 +6,6 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use tokio_util::sync::CancellationToken;
 
 use crate::config::{DbConfig, MetricsConfig, RedisConfig, TelemetryConfig, WorkerArgs};
 use crate::runtime::{EngineHandlers, Worker};
@@ -232,7 +231,7 @@ async fn run(cmd: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench(args) => {
-            let summary = crate::bench::run(args.clone(), CancellationToken::new())
+            let summary = crate::bench::run(args.clone(), crate::supervisor::shutdown_on_signals())
                 .await
                 .context("run benchmark")?;
             if args.json {

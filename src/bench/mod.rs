@@ -42,6 +42,9 @@ pub enum Error {
     /// Bad arguments.
     #[error("{0}")]
     Invalid(String),
+    /// Stopped by SIGTERM or SIGINT (workers, scratch database and private server cleaned up).
+    #[error("interrupted")]
+    Interrupted,
 }
 
 /// `ordo bench` flags.
@@ -173,7 +176,7 @@ const SERVER_SETTINGS: &[(&str, &str)] = &[
 ];
 
 /// Runs the benchmark.
-pub async fn run(args: BenchArgs, _shutdown: CancellationToken) -> Result<Summary, Error> {
+pub async fn run(args: BenchArgs, shutdown: CancellationToken) -> Result<Summary, Error> {
     if args.jobs == 0 || args.batch == 0 || args.workers == 0 || args.concurrency == 0 {
         return Err(Error::Invalid(
             "--jobs, --batch, --workers and --concurrency must be positive".into(),
@@ -197,7 +200,12 @@ pub async fn run(args: BenchArgs, _shutdown: CancellationToken) -> Result<Summar
         .execute(&admin)
         .await?;
     let url = replace_database(&admin_url, &scratch);
-    let result = measure(&args, &url).await;
+    // Interrupted, the measurement is dropped: its worker processes are killed with it (kill_on_drop), and the
+    // scratch database and private server go below as after any run.
+    let result = tokio::select! {
+        r = measure(&args, &url) => r,
+        _ = shutdown.cancelled() => Err(Error::Interrupted),
+    };
     let _ = sqlx::query(&format!("drop database if exists \"{scratch}\" with (force)"))
         .execute(&admin)
         .await;

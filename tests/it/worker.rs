@@ -324,3 +324,58 @@ async fn automatic_prefetch_grows_with_short_jobs() {
     .await;
     w.stop().await;
 }
+
+/// `ordo bench` stopped by SIGTERM mid-run takes its worker processes and its scratch database with it, and exits
+/// with an error saying it was interrupted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_bench_leaves_no_workers_behind() {
+    let url = testkit::postgres_url().await;
+    let admin = sqlx::PgPool::connect(&url).await.unwrap();
+    let scratch = || async {
+        sqlx::query_scalar::<_, String>("select datname::text from pg_database where datname like 'ordo_bench_%'")
+            .fetch_all(&admin)
+            .await
+            .unwrap()
+    };
+    let before = scratch().await;
+    let bench = tokio::process::Command::new(env!("CARGO_BIN_EXE_ordo"))
+        .args([
+            "bench",
+            "--jobs",
+            "2000000",
+            "--workers",
+            "2",
+            "--json",
+            "--database-url",
+            &url,
+        ])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = bench.id().unwrap();
+    let children = eventually(Duration::from_secs(60), "the bench to start two workers", || async {
+        let list = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
+        let kids: Vec<u32> = list.split_whitespace().filter_map(|p| p.parse().ok()).collect();
+        (kids.len() >= 2).then_some(kids)
+    })
+    .await;
+    crate::support::signal(&bench, "-TERM");
+    let out = tokio::time::timeout(Duration::from_secs(60), bench.wait_with_output())
+        .await
+        .expect("the bench exits")
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    for child in children {
+        let alive = std::fs::read_to_string(format!("/proc/{child}/stat"))
+            .map(|s| !s.contains(") Z "))
+            .unwrap_or(false);
+        assert!(!alive, "worker {child} outlived the bench");
+    }
+    let left: Vec<String> = scratch().await.into_iter().filter(|d| !before.contains(d)).collect();
+    assert!(left.is_empty(), "the scratch database is dropped: {left:?}");
+}
