@@ -67,23 +67,22 @@ fn route_sql(queue: &str, key: &str) -> String {
     )
 }
 
-/// Takes the per-key advisory locks so that, within one concurrency key, id order is commit order.
+/// Takes the advisory locks of the keys' buckets (see the migration `bucket_key_locks`), so that within one
+/// concurrency key id order is commit order; a transaction holds at most 512 of them however many keys it enqueues.
 pub(super) async fn lock_concurrency_keys(conn: &mut PgConnection, account: &AccountId, keys: &[&str]) -> Result<()> {
     if keys.is_empty() {
         return Ok(());
     }
-    // Sorted and deduplicated, so two batches sharing keys cannot deadlock.
-    let mut keys: Vec<String> = keys.iter().map(|k| format!("{account}:{k}")).collect();
-    keys.sort();
-    keys.dedup();
+    // In bucket order, each once, so two batches sharing buckets cannot deadlock.
     sqlx::query(
         r#"
-        select pg_advisory_xact_lock(hashtextextended(k, 0))
-        from unnest($1::text[]) with ordinality as t(k, ord)
-        order by ord
+        select pg_advisory_xact_lock(job_key_lock_class(), b)
+        from (select distinct job_key_lock_bucket($1, k) as b from unnest($2::text[]) as k) t
+        order by b
         "#,
     )
-    .bind(&keys)
+    .bind(account.as_str())
+    .bind(keys)
     .execute(&mut *conn)
     .await?;
     Ok(())

@@ -701,3 +701,28 @@ async fn a_completion_hands_the_lanes_next_job_to_its_worker() {
         );
     }
 }
+
+/// A batch of many concurrency keys holds a bounded number of advisory locks (the server's lock table is shared
+/// by every session): 30 000 distinct keys in one batch enqueue, each its lane's head, under at most 512 locks.
+#[tokio::test]
+async fn a_batch_of_many_keys_holds_few_locks() {
+    let db = testkit::db().await;
+    let jobs: Vec<NewJob> = (0..30_000)
+        .map(|i| NewJob::new("noop", json!({"i": i})).concurrency_key(format!("key-{i}")))
+        .collect();
+    let mut tx = db.pool.begin().await.unwrap();
+    let out = queue::enqueue_many(&mut tx, &acct(), &jobs).await.unwrap();
+    let locks: i64 =
+        sqlx::query_scalar("select count(*) from pg_locks where locktype = 'advisory' and pid = pg_backend_pid()")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(out.len(), 30_000);
+    assert!(locks <= 512, "{locks} advisory locks held");
+    let parked: i64 = sqlx::query_scalar("select count(*) from job where state = 'parked'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(parked, 0, "every key is its own lane");
+}
