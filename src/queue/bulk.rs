@@ -73,12 +73,15 @@ pub(crate) async fn copy_jobs(
         )
         .execute(&mut *conn)
         .await?;
-        sqlx::query("truncate ordo_job_copy").execute(&mut *conn).await?;
         let rows: Vec<(usize, &NewJob)> = jobs.iter().enumerate().collect();
         copy_rows(conn, "ordo_job_copy", account, &ids, &rows, true).await?;
+        // Only this batch's rows: an earlier batch of the same transaction left its own until the commit.
         sqlx::query(&format!(
-            "insert into job ({COLUMNS}, run_at) select {COLUMNS}, coalesce(run_at, now()) from ordo_job_copy"
+            "insert into job ({COLUMNS}, run_at) select {COLUMNS}, coalesce(run_at, now()) from ordo_job_copy \
+             where id between $1 and $2"
         ))
+        .bind(ids.first().copied().unwrap_or(0))
+        .bind(ids.last().copied().unwrap_or(0))
         .execute(&mut *conn)
         .await?;
     } else {

@@ -1163,3 +1163,29 @@ async fn a_copied_batch_checks_the_account_and_yields_to_routing() {
         "routed half and half by the canary"
     );
 }
+
+/// Under the API's role, where row-level security keeps COPY out of `job`, a plain batch goes through a temporary
+/// table: two batches in one transaction each insert their own jobs once, under the account's policy.
+#[tokio::test]
+async fn copied_batches_under_the_api_role_insert_each_job_once() {
+    let db = testkit::db().await;
+    let mut tx = db.pool.begin().await.unwrap();
+    sqlx::query("set local role ordo_api").execute(&mut *tx).await.unwrap();
+    sqlx::query("select set_config('ordo.account_id', $1, true)")
+        .bind(acct().as_str())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for b in 0..2 {
+        let jobs: Vec<NewJob> = (0..100).map(|i| NewJob::new("noop", json!({"b": b, "i": i}))).collect();
+        let out = queue::enqueue_many(&mut tx, &acct(), &jobs).await.unwrap();
+        ids.extend(out.into_iter().map(|o| o.id.0));
+    }
+    tx.commit().await.unwrap();
+    let stored: Vec<i64> = sqlx::query_scalar("select id from job order by id")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, ids, "200 jobs, each once, in batch order");
+}
