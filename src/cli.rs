@@ -142,8 +142,10 @@ async fn run(cmd: Command) -> anyhow::Result<()> {
             crate::db::check_schema(&pool)
                 .await
                 .context("check the schema version")?;
-            // Without --queues a worker serves its pool's queues.
+            // Without --queues a worker serves its pool's queues, and pool `default` also every queue no other
+            // pool claims (CONTRACT §8).
             if args.queues.is_empty() {
+                cfg.serve_unclaimed = cfg.pool == "default";
                 if let Some(queues) = crate::rollout::pool_queues(&pool, &cfg.pool)
                     .await
                     .context("read the pool's queues")?
@@ -153,7 +155,8 @@ async fn run(cmd: Command) -> anyhow::Result<()> {
                 }
             }
             pool.close().await;
-            let pool = crate::db::connect(db.require()?, (cfg.queues.len() * cfg.claimers.max(1)) as u32 + 4)
+            let spare = if cfg.serve_unclaimed { 8 } else { 4 };
+            let pool = crate::db::connect(db.require()?, (cfg.queues.len() * cfg.claimers.max(1)) as u32 + spare)
                 .await
                 .context("connect to postgres")?;
             let shutdown = crate::supervisor::shutdown_on_signals();

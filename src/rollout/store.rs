@@ -241,6 +241,38 @@ pub async fn pool_queues<'e>(exec: impl PgExecutor<'e>, pool: &str) -> Result<Op
         .await?)
 }
 
+/// Queues with waiting jobs that no pool lists: pool `default` serves them. A loose scan of the claim index (one
+/// probe per distinct queue), so it stays cheap however many jobs wait.
+pub async fn unclaimed_queues<'e>(exec: impl PgExecutor<'e>) -> Result<Vec<String>> {
+    Ok(sqlx::query_scalar(
+        r#"
+        with recursive q(queue) as (
+            (select queue
+             from job
+             where state in ('available', 'scheduled', 'retryable')
+             order by queue
+             limit 1)
+            union all
+            select (select j.queue
+                    from job j
+                    where j.state in ('available', 'scheduled', 'retryable')
+                      and j.queue > q.queue
+                    order by j.queue
+                    limit 1)
+            from q
+            where q.queue is not null
+        )
+        select queue
+        from q
+        where queue is not null
+          and not exists (select 1 from worker_pool p where queue = any(p.queues))
+        order by queue
+        "#,
+    )
+    .fetch_all(exec)
+    .await?)
+}
+
 /// Called by a starting worker: makes sure its pool exists (serving the worker's queues when new) and, when the
 /// pool has no stable version yet, records this one as stable (a lone version is stable). Returns its role.
 pub async fn announce_version(db: &PgPool, pool: &str, version: &str, queues: &[String]) -> Result<Option<Role>> {
