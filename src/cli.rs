@@ -101,7 +101,8 @@ enum AccountCommand {
 /// Parses the command line and runs the chosen role; exit code 0 on success.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    crate::telemetry::init(cli.telemetry.log);
+    let log = cli.telemetry.log;
+    crate::telemetry::init(log);
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -112,19 +113,45 @@ pub fn main() -> ExitCode {
     match rt.block_on(run(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("failed to {e:#}");
-            eprintln!("error: {e:#}");
+            // Once: as a log line where logs are collected as JSON, else as a plain line for the person who ran it.
+            let msg = describe(&e);
+            match log {
+                crate::config::LogFormat::Json => tracing::error!(error = %msg, "failed"),
+                crate::config::LogFormat::Text => eprintln!("error: {msg}"),
+            }
             ExitCode::FAILURE
         }
     }
 }
 
+/// An error and its causes on one line, skipping a cause whose text an outer message already quotes (sqlx and
+/// our own errors often repeat their source in their message).
+fn describe(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
 async fn run(cmd: Command) -> anyhow::Result<()> {
     match cmd {
         Command::Migrate { db } => {
-            let pool = crate::db::connect(db.require()?, 2)
+            let url = db.require()?;
+            if crate::db::create_database_if_missing(url)
                 .await
-                .context("connect to postgres")?;
+                .context("create the database")?
+            {
+                println!("database created");
+            }
+            let pool = crate::db::connect(url, 2).await.context("connect to postgres")?;
             crate::db::migrate(&pool).await.context("apply migrations")?;
             println!("migrations applied");
             Ok(())
