@@ -186,6 +186,11 @@ pub async fn create_rollout(
 /// and no autoscaler policy to start one. A 409, not a 422: the request is well formed and becomes acceptable once
 /// a worker of the version runs (or the pool gets a scaling policy), so it conflicts with the cluster's state.
 async fn check_servable(state: &AppState, req: &NewRollout) -> Result<(), ApiError> {
+    // Invalid fields (422) and an unknown pool (404) say more than "nothing would run it".
+    req.validate()?;
+    if rollout::pool_queues(state.pool(), &req.pool).await?.is_none() {
+        return Err(rollout::Error::PoolNotFound { pool: req.pool.clone() }.into());
+    }
     let live = crate::queue::live_workers(state.pool(), LIVE_WORKER).await?;
     if live
         .iter()

@@ -85,7 +85,8 @@ impl NewRollout {
         }
     }
 
-    fn validate(&self) -> Result<()> {
+    /// Checks the fields (422 naming each invalid one).
+    pub fn validate(&self) -> Result<()> {
         let mut errs = Vec::new();
         if !valid_name(&self.version) {
             errs.push(FieldError::new(
