@@ -239,6 +239,10 @@ async fn run(cmd: Command) -> anyhow::Result<()> {
             crate::sandbox::run(args, shutdown, |r| {
                 println!("ordo sandbox ready: url={} api_key={} admin_token={}", r.url, r.api_key, r.admin_token);
                 println!();
+                println!("Dashboard: {}/ui (sign in with the api_key, or the admin_token for pools and accounts)", r.url);
+                println!("For the CLI and scripts (the key and token stay the same across restarts of this directory):");
+                println!("  export ORDO_URL={} ORDO_API_KEY={} ORDO_ADMIN_TOKEN={}", r.url, r.api_key, r.admin_token);
+                println!();
                 println!("Try:");
                 println!(
                     "  curl -s -X POST {}/api/jobs -H 'Authorization: Bearer {}' -H 'Content-Type: application/json' \\\n       -d '{{\"kind\": \"sleep\", \"args\": {{\"ms\": 500}}}}'",

@@ -109,7 +109,7 @@ pub async fn run(args: SandboxArgs, shutdown: CancellationToken, on_ready: impl 
     let database_url = match &args.database_url {
         Some(u) => u.clone(),
         None => {
-            let dir = args.data_dir.join("postgres");
+            let dir = server_data_dir(&args.data_dir)?;
             let port = stored_port(&args.data_dir)?;
             let server = crate::pgserver::PgServer::start(&dir, port, &[("max_connections", "200")])?;
             let url = server.url("postgres");
@@ -138,6 +138,37 @@ pub async fn run(args: SandboxArgs, shutdown: CancellationToken, on_ready: impl 
     result
 }
 
+/// Where the private server keeps its data: `<data dir>/postgres`. As root, the server runs as `postgres`, which
+/// cannot enter a directory only root may enter (a `mktemp -d` directory, a project under `/root`); then the data
+/// lives in `/var/lib/ordo/sandbox-<hash of the data dir's path>` and `<data dir>/postgres` is a symbolic link to
+/// it, so the next start from the same directory finds the same data.
+fn server_data_dir(data_dir: &std::path::Path) -> Result<PathBuf, Error> {
+    std::fs::create_dir_all(data_dir)?;
+    let link = data_dir.join("postgres");
+    if let Ok(target) = std::fs::read_link(&link) {
+        return Ok(target);
+    }
+    let data_dir = data_dir.canonicalize()?;
+    if link.exists() || crate::pgserver::server_user_can_reach(&data_dir) {
+        return Ok(link);
+    }
+    use sha2::Digest;
+    let hash = sha2::Sha256::digest(data_dir.as_os_str().as_encoded_bytes());
+    let hex: String = hash.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    let home = PathBuf::from("/var/lib/ordo");
+    std::fs::create_dir_all(&home)?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // Only the way in must be open to `postgres`; the data directory itself is its own, mode 0700.
+        std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o755))?;
+    }
+    let target = home.join(format!("sandbox-{hex}"));
+    std::os::unix::fs::symlink(&target, &link)?;
+    tracing::info!(data = %target.display(), link = %link.display(),
+        "the data directory is not reachable by the postgres user; keeping the server's data outside it");
+    Ok(target)
+}
+
 /// The port of the private server: kept in the data directory so the URL stays the same between runs when it
 /// can, a fresh free one when it is taken.
 fn stored_port(dir: &std::path::Path) -> Result<u16, Error> {
@@ -164,15 +195,17 @@ async fn run_cluster(
     let pool = crate::db::connect(database_url, 2).await?;
     crate::db::migrate(&pool).await?;
     let demo = AccountId::parse("demo").map_err(|e| std::io::Error::other(e.to_string()))?;
-    let api_key = match crate::tenancy::create_account(&pool, &demo, "Demo", "local").await {
-        Ok(created) => created.api_key,
-        // A second start on the same data: the account exists; give this run a fresh key.
-        Err(crate::tenancy::Error::AccountExists(_)) => crate::tenancy::create_key(&pool, &demo).await?.api_key,
-        Err(e) => return Err(e.into()),
-    };
+    let api_key = demo_key(&pool, &demo, &args.data_dir).await?;
     demo_data(&pool, &demo).await?;
     pool.close().await;
-    let admin_token = crate::tenancy::generate_key();
+    let admin_token = match read_secret(&args.data_dir, ADMIN_TOKEN_FILE) {
+        Some(t) => t,
+        None => {
+            let t = crate::tenancy::generate_key();
+            write_secret(&args.data_dir, ADMIN_TOKEN_FILE, &t)?;
+            t
+        }
+    };
     let redis_url = match &args.redis_url {
         Some(u) => Some(u.clone()),
         None => local_redis().await,
@@ -219,10 +252,12 @@ async fn run_cluster(
         for (k, v) in &env {
             c.env(k, v);
         }
-        let child = c.spawn().map_err(|source| Error::Spawn {
+        c.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = c.spawn().map_err(|source| Error::Spawn {
             role: name.to_owned(),
             source,
         })?;
+        prefix_output(name, &mut child);
         children.push((name.to_owned(), child));
     }
     if let Err(e) = wait_ready(&http, &url, &mut children, &shutdown).await {
@@ -238,6 +273,78 @@ async fn run_cluster(
         children,
         shutdown,
     ))
+}
+
+/// Five roles log at once: each line of a child's output goes to this process's stderr with the role in front,
+/// so one can tell them apart.
+fn prefix_output(role: &str, child: &mut Child) {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let prefix = format!("{role:>12} | ");
+    let out = child
+        .stdout
+        .take()
+        .map(|o| Box::new(o) as Box<dyn tokio::io::AsyncRead + Send + Unpin>);
+    let err = child
+        .stderr
+        .take()
+        .map(|e| Box::new(e) as Box<dyn tokio::io::AsyncRead + Send + Unpin>);
+    for stream in [out, err].into_iter().flatten() {
+        let prefix = prefix.clone();
+        // Ends by itself when the child closes its end (it exited).
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stream).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                eprintln!("{prefix}{line}");
+            }
+        });
+    }
+}
+
+/// File in the data directory keeping the admin token across restarts.
+const ADMIN_TOKEN_FILE: &str = "admin_token";
+/// File in the data directory keeping the demo account's API key across restarts.
+const API_KEY_FILE: &str = "api_key";
+
+/// A secret kept in the data directory, if there is one.
+fn read_secret(dir: &std::path::Path, name: &str) -> Option<String> {
+    std::fs::read_to_string(dir.join(name))
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+}
+
+/// Keeps a secret in the data directory, readable by its owner only.
+fn write_secret(dir: &std::path::Path, name: &str, value: &str) -> Result<(), Error> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::create_dir_all(dir)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(dir.join(name))?;
+    writeln!(f, "{value}")?;
+    Ok(())
+}
+
+/// The demo account's key: the one kept in the data directory while it still works, so scripts and the CLI
+/// keep working across restarts; else a new one (creating the account on first start), kept for next time.
+async fn demo_key(pool: &sqlx::PgPool, demo: &AccountId, dir: &std::path::Path) -> Result<String, Error> {
+    if let Some(key) = read_secret(dir, API_KEY_FILE) {
+        let owner = crate::tenancy::find_key(pool, &crate::tenancy::hash_key(&key)).await?;
+        if owner.is_some_and(|o| &o.account == demo) {
+            return Ok(key);
+        }
+    }
+    let key = match crate::tenancy::create_account(pool, demo, "Demo", "local").await {
+        Ok(created) => created.api_key,
+        // The account exists (its data was kept) but its key was not: give it a new one.
+        Err(crate::tenancy::Error::AccountExists(_)) => crate::tenancy::create_key(pool, demo).await?.api_key,
+        Err(e) => return Err(e.into()),
+    };
+    write_secret(dir, API_KEY_FILE, &key)?;
+    Ok(key)
 }
 
 /// Loads the example workflows (once: a second start keeps the versions it finds), the catalogue `MAIN` and its
