@@ -170,3 +170,78 @@ async fn cli_errors_are_printed_once() {
     let err = failing_run(&["account", "create", "acme"], Some(&url)).await;
     assert_eq!(err.matches("does not exist").count(), 1, "{err}");
 }
+
+/// The README's step-by-step quick start runs as written, in order, in a fresh directory: only the build step is
+/// left out (the test's binary is put on PATH instead), and the addresses point at this test's database (one that
+/// does not exist yet, so `ordo migrate` must create it) and a free port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readme_quick_start_runs_as_written() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = readme.split("\n## Quick start\n").nth(1).unwrap();
+    let section = section.split("\n## ").next().unwrap();
+    let block = section
+        .split("```sh\n")
+        .nth(2)
+        .and_then(|b| b.split("```").next())
+        .expect("a second sh block: the step-by-step quick start");
+    assert!(block.contains("cargo install --path ."), "{block}");
+
+    let db = testkit::db().await;
+    let name = format!("{}_qs", db.name);
+    let url = db.url.replace(&format!("/{}", db.name), &format!("/{name}"));
+    let port = testkit::free_port();
+    let script: String = block
+        .lines()
+        .filter(|l| !l.starts_with("cargo install"))
+        .map(|l| {
+            l.replace("postgres://postgres@127.0.0.1:5432/ordo", &url)
+                .replace("localhost:8080", &format!("127.0.0.1:{port}"))
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let dir = std::env::temp_dir().join(format!("ordo-quickstart-{name}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_ordo")).parent().unwrap();
+    let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
+    let run = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &script])
+        .current_dir(&dir)
+        .env("PATH", path)
+        .env_remove("DATABASE_URL")
+        .env_remove("REDIS_URL")
+        .env("ORDO_LISTEN", format!("127.0.0.1:{port}"))
+        .env("ORDO_URL", format!("http://127.0.0.1:{port}"))
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(90), run)
+        .await
+        .expect("the quick start finishes within 90 s")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "quick start failed:\n{script}\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(
+        stdout.contains("database created") && stdout.contains("migrations applied"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("\"kind\":\"noop\""), "the job was enqueued: {stdout}");
+    assert!(
+        stdout.contains("\"changed\":1"),
+        "the load applied its record: {stdout}"
+    );
+    let env_file = std::fs::read_to_string(dir.join("acme.env")).unwrap();
+    assert!(
+        env_file.contains("api_key=") && env_file.contains("webhook_secret="),
+        "{env_file}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    sqlx::query(&format!("drop database \"{name}\" with (force)"))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+}
