@@ -340,7 +340,8 @@ impl Worker {
                 info.clone(),
                 fetcher,
                 cfg.claimers.max(1),
-                cfg.poll,
+                // A new queue is rare: looking every second at most is soon enough, even with a very short poll.
+                cfg.poll.max(Duration::from_secs(1)),
                 shutdown.clone(),
             ))
         });
@@ -512,6 +513,10 @@ async fn serve_unclaimed(
                         }
                     }
                     info.queues.extend(new);
+                    // Re-registering clears `stopping`: never once the worker began to stop.
+                    if shutdown.is_cancelled() {
+                        return started;
+                    }
                     if let Err(e) = queue::register_worker(&pool, &info).await {
                         tracing::warn!(error = %e, "failed to re-register the worker with its new queues");
                     }
