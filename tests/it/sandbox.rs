@@ -177,6 +177,32 @@ async fn sandbox_starts_runs_jobs_stops_and_keeps_its_data() {
     assert!(order.starts_with("demo-"), "{order}");
     let (_, e) = sb.get(&format!("/api/entities/ORDER/{order}")).await;
     assert_eq!(e["status"], "SHIPPED", "{e}");
+    // Its webhooks to the ERP (on BOOKED and on SHIPPED) reached the sandbox's receiver, signatures verified.
+    let needle = format!("ORDER {order} (");
+    eventually(
+        Duration::from_secs(30),
+        "the order's two webhooks to be verified",
+        || async {
+            let logs = sb.logs.lock().unwrap();
+            let verified = logs
+                .iter()
+                .filter(|l| l.contains("erp | verified delivery") && l.contains(&needle))
+                .count();
+            (verified >= 2).then_some(())
+        },
+    )
+    .await;
+    let refused: Vec<String> = sb
+        .logs
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains("refused delivery"))
+        .cloned()
+        .collect();
+    assert!(refused.is_empty(), "{refused:?}");
+    let (_, failed) = sb.get("/api/jobs?kind=webhook.deliver&state=discarded").await;
+    assert_eq!(failed["items"], json!([]), "no delivery failed for good");
     // ... and inventory batches go into today's demo load and are applied.
     let load = eventually(
         Duration::from_secs(60),

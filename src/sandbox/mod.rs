@@ -2,7 +2,8 @@
 //! PostgreSQL in a data directory (`./.ordo/` by default, reused on the next start), runs migrations, creates the
 //! account `demo`, and runs each role as a child process of this binary: the API, a scheduler, the autoscaler
 //! (process driver), and pool `default` at two versions, `blue` and `green`. It loads the example workflows and a
-//! stocked catalogue into `demo`, and with `--demo-load` drives a stream of orders. Stopping it stops everything it
+//! stocked catalogue into `demo`, runs a receiver standing in for the ERP those workflows notify (`erp`), and with
+//! `--demo-load` drives a stream of orders. Stopping it stops everything it
 //! started.
 
 use std::path::PathBuf;
@@ -14,6 +15,8 @@ use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
 use crate::tenancy::AccountId;
+
+mod erp;
 
 /// Errors of the sandbox.
 #[derive(Debug, thiserror::Error)]
@@ -84,9 +87,9 @@ pub struct SandboxArgs {
 const EXAMPLES: [(&str, &str); 2] = [
     (
         "INVENTORY_CATALOGUE::DEFAULT",
-        include_str!("../examples/workflows/INVENTORY_CATALOGUE-DEFAULT.json"),
+        include_str!("../../examples/workflows/INVENTORY_CATALOGUE-DEFAULT.json"),
     ),
-    ("ORDER::HD", include_str!("../examples/workflows/ORDER-HD.json")),
+    ("ORDER::HD", include_str!("../../examples/workflows/ORDER-HD.json")),
 ];
 
 /// SKUs the demo catalogue stocks at location `DC1`.
@@ -110,7 +113,7 @@ pub async fn run(args: SandboxArgs, shutdown: CancellationToken, on_ready: impl 
         Some(u) => u.clone(),
         None => {
             let dir = server_data_dir(&args.data_dir)?;
-            let port = stored_port(&args.data_dir)?;
+            let port = stored_port(&args.data_dir, "port")?;
             let server = crate::pgserver::PgServer::start(&dir, port, &[("max_connections", "200")])?;
             let url = server.url("postgres");
             private = Some(server);
@@ -171,9 +174,9 @@ fn server_data_dir(data_dir: &std::path::Path) -> Result<PathBuf, Error> {
 
 /// The port of the private server: kept in the data directory so the URL stays the same between runs when it
 /// can, a fresh free one when it is taken.
-fn stored_port(dir: &std::path::Path) -> Result<u16, Error> {
+fn stored_port(dir: &std::path::Path, name: &str) -> Result<u16, Error> {
     std::fs::create_dir_all(dir)?;
-    let file = dir.join("port");
+    let file = dir.join(name);
     if let Some(p) = std::fs::read_to_string(&file)
         .ok()
         .and_then(|s| s.trim().parse::<u16>().ok())
@@ -196,7 +199,18 @@ async fn run_cluster(
     crate::db::migrate(&pool).await?;
     let demo = AccountId::parse("demo").map_err(|e| std::io::Error::other(e.to_string()))?;
     let api_key = demo_key(&pool, &demo, &args.data_dir).await?;
-    demo_data(&pool, &demo).await?;
+    // The example workflow notifies an ERP: a receiver here stands in for it, so its deliveries succeed.
+    let erp_port = stored_port(&args.data_dir, "erp_port")?;
+    let erp = tokio::net::TcpListener::bind(("127.0.0.1", erp_port)).await?;
+    let erp_url = format!("http://127.0.0.1:{erp_port}{}", erp::PATH);
+    let secret = crate::tenancy::webhook_secret(&pool, &demo).await?;
+    let stop_erp = shutdown.clone();
+    tokio::spawn(async move {
+        if let Err(e) = erp::serve(erp, secret, stop_erp).await {
+            tracing::warn!(error = %e, "the demo ERP receiver stopped");
+        }
+    });
+    demo_data(&pool, &demo, &erp_url).await?;
     pool.close().await;
     let admin_token = match read_secret(&args.data_dir, ADMIN_TOKEN_FILE) {
         Some(t) => t,
@@ -347,20 +361,18 @@ async fn demo_key(pool: &sqlx::PgPool, demo: &AccountId, dir: &std::path::Path) 
     Ok(key)
 }
 
-/// Loads the example workflows (once: a second start keeps the versions it finds), the catalogue `MAIN` and its
-/// stock, so an order of `SKU-1` at `DC1` books right away.
-async fn demo_data(pool: &sqlx::PgPool, demo: &AccountId) -> Result<(), Error> {
+/// Loads the example workflows (with `erp_url` pointing at the sandbox's receiver; an unchanged one keeps its
+/// version), the catalogue `MAIN` and its stock, so an order of `SKU-1` at `DC1` books right away.
+async fn demo_data(pool: &sqlx::PgPool, demo: &AccountId, erp_url: &str) -> Result<(), Error> {
     use crate::orchestration::{self, NewEntity, NewEvent};
     let rules = ordo_workers::rules::registry();
     for (reference, text) in EXAMPLES {
         let mut conn = pool.acquire().await.map_err(crate::db::Error::from)?;
-        if orchestration::get_workflow(&mut *conn, demo, reference, None)
-            .await
-            .is_ok()
-        {
-            continue;
+        let mut body: serde_json::Value = serde_json::from_str(text).map_err(std::io::Error::other)?;
+        if let Some(url) = body.pointer_mut("/settings/erp_url") {
+            *url = serde_json::Value::from(erp_url);
         }
-        let body: serde_json::Value = serde_json::from_str(text).map_err(std::io::Error::other)?;
+        // Unchanged since the last start: no new version (a changed receiver port makes a new minor one).
         orchestration::put_workflow(&mut conn, demo, reference, &body, false, &rules)
             .await
             .map_err(|e| std::io::Error::other(e.to_string()))?;
