@@ -156,6 +156,9 @@ pub struct BatchItem {
 pub struct BatchResponse {
     /// One entry per job, in request order.
     pub items: Vec<BatchItem>,
+    /// Present when there is something to say: e.g. a queue and kind no live worker serves, so those jobs wait.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// A page of jobs.
@@ -475,6 +478,13 @@ pub async fn create_batch(
         tenant_waker(&tenant).wake(q);
         metrics::counter!(JOBS_ENQUEUED_TOTAL, "queue" => q.to_owned()).increment(n);
     }
+    let pairs: std::collections::BTreeSet<(&str, &str)> =
+        jobs.iter().map(|j| (j.queue.as_str(), j.kind.as_str())).collect();
+    let mut warnings = Vec::new();
+    let state = tenant.state();
+    for (queue, kind) in pairs {
+        warnings.extend(state.live_kinds().warning(state.pool(), queue, kind).await);
+    }
     let items = out
         .into_iter()
         .map(|o| BatchItem {
@@ -482,7 +492,7 @@ pub async fn create_batch(
             replayed: o.replayed,
         })
         .collect();
-    Ok((StatusCode::CREATED, Json(BatchResponse { items })))
+    Ok((StatusCode::CREATED, Json(BatchResponse { items, warnings })))
 }
 
 fn parse_id(id: &str) -> Result<JobId, ApiError> {

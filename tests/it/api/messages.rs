@@ -61,6 +61,24 @@ async fn enqueue_of_a_kind_no_worker_knows_says_so() {
         .await;
     let w = r.expect(StatusCode::CREATED)["warnings"][0].as_str().unwrap();
     assert!(w.contains("elsewhere"), "{w}");
+
+    // A batch says it once per queue and kind that nothing serves.
+    let batch = json!({"jobs": [{"kind": "noop"}, {"kind": "mystery"}, {"kind": "mystery"}]});
+    let r = app.call(Method::POST, "/api/jobs/batch", Some(&key), Some(batch)).await;
+    let body = r.expect(StatusCode::CREATED);
+    assert_eq!(body["items"].as_array().unwrap().len(), 3);
+    let warnings = body["warnings"].as_array().unwrap();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].as_str().unwrap().contains("mystery"));
+    let r = app
+        .call(
+            Method::POST,
+            "/api/jobs/batch",
+            Some(&key),
+            Some(json!({"jobs": [{"kind": "noop"}]})),
+        )
+        .await;
+    assert!(r.expect(StatusCode::CREATED).get("warnings").is_none(), "{}", r.body);
 }
 
 /// Cron errors over HTTP quote the user's expression with the right bounds; the cron macros are accepted.
