@@ -100,7 +100,8 @@ enum AccountCommand {
 /// Parses the command line and runs the chosen role; exit code 0 on success.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    crate::telemetry::init(cli.telemetry.log);
+    let log = cli.telemetry.log;
+    crate::telemetry::init(log);
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -111,19 +112,45 @@ pub fn main() -> ExitCode {
     match rt.block_on(run(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("failed to {e:#}");
-            eprintln!("error: {e:#}");
+            // Once: as a log line where logs are collected as JSON, else as a plain line for the person who ran it.
+            let msg = describe(&e);
+            match log {
+                crate::config::LogFormat::Json => tracing::error!(error = %msg, "failed"),
+                crate::config::LogFormat::Text => eprintln!("error: {msg}"),
+            }
             ExitCode::FAILURE
         }
     }
 }
 
+/// An error and its causes on one line, skipping a cause whose text an outer message already quotes (sqlx and
+/// our own errors often repeat their source in their message).
+fn describe(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
 async fn run(cmd: Command) -> anyhow::Result<()> {
     match cmd {
         Command::Migrate { db } => {
-            let pool = crate::db::connect(db.require()?, 2)
+            let url = db.require()?;
+            if crate::db::create_database_if_missing(url)
                 .await
-                .context("connect to postgres")?;
+                .context("create the database")?
+            {
+                println!("database created");
+            }
+            let pool = crate::db::connect(url, 2).await.context("connect to postgres")?;
             crate::db::migrate(&pool).await.context("apply migrations")?;
             println!("migrations applied");
             Ok(())
@@ -141,8 +168,10 @@ async fn run(cmd: Command) -> anyhow::Result<()> {
             crate::db::check_schema(&pool)
                 .await
                 .context("check the schema version")?;
-            // Without --queues a worker serves its pool's queues.
+            // Without --queues a worker serves its pool's queues, and pool `default` also every queue no other
+            // pool claims (CONTRACT §8).
             if args.queues.is_empty() {
+                cfg.serve_unclaimed = cfg.pool == "default";
                 if let Some(queues) = crate::rollout::pool_queues(&pool, &cfg.pool)
                     .await
                     .context("read the pool's queues")?
@@ -152,7 +181,8 @@ async fn run(cmd: Command) -> anyhow::Result<()> {
                 }
             }
             pool.close().await;
-            let pool = crate::db::connect(db.require()?, (cfg.queues.len() * cfg.claimers.max(1)) as u32 + 4)
+            let spare = if cfg.serve_unclaimed { 8 } else { 4 };
+            let pool = crate::db::connect(db.require()?, (cfg.queues.len() * cfg.claimers.max(1)) as u32 + spare)
                 .await
                 .context("connect to postgres")?;
             let shutdown = crate::supervisor::shutdown_on_signals();
@@ -207,6 +237,10 @@ async fn run(cmd: Command) -> anyhow::Result<()> {
             let shutdown = crate::supervisor::shutdown_on_signals();
             crate::sandbox::run(args, shutdown, |r| {
                 println!("ordo sandbox ready: url={} api_key={} admin_token={}", r.url, r.api_key, r.admin_token);
+                println!();
+                println!("Dashboard: {}/ui (sign in with the api_key, or the admin_token for pools and accounts)", r.url);
+                println!("For the CLI and scripts (the key and token stay the same across restarts of this directory):");
+                println!("  export ORDO_URL={} ORDO_API_KEY={} ORDO_ADMIN_TOKEN={}", r.url, r.api_key, r.admin_token);
                 println!();
                 println!("Try:");
                 println!(

@@ -35,9 +35,9 @@ pub struct DbConfig {
 impl DbConfig {
     /// The URL, or a clear error.
     pub fn require(&self) -> Result<&str, Error> {
-        self.database_url
-            .as_deref()
-            .ok_or(Error::Missing("DATABASE_URL (or --database-url)"))
+        self.database_url.as_deref().ok_or(Error::Missing(
+            "DATABASE_URL (or --database-url), e.g. postgres://postgres@127.0.0.1:5432/ordo,",
+        ))
     }
 }
 

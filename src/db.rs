@@ -67,6 +67,41 @@ pub async fn connect(url: &str, max: u32) -> Result<PgPool> {
         .map_err(|source| Error::Connect { target, source })
 }
 
+/// Creates the database `url` names when it does not exist (`ordo migrate` on a fresh server), connecting to the
+/// server's `postgres` database to do so. Returns whether it created it.
+pub async fn create_database_if_missing(url: &str) -> Result<bool> {
+    let opts: PgConnectOptions = url.parse().map_err(|e: sqlx::Error| Error::InvalidUrl(e.to_string()))?;
+    let Some(name) = opts.get_database().map(str::to_owned) else {
+        return Ok(false);
+    };
+    let target = format!("{}:{}/postgres", opts.get_host(), opts.get_port());
+    let admin = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(opts.database("postgres"))
+        .await
+        .map_err(|source| Error::Connect { target, source })?;
+    let exists: bool = sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
+        .bind(&name)
+        .fetch_one(&admin)
+        .await?;
+    if exists {
+        admin.close().await;
+        return Ok(false);
+    }
+    // An identifier cannot be a bind parameter; quoting doubles embedded quotes, as Postgres's quote_ident does.
+    let created = sqlx::query(&format!("create database \"{}\"", name.replace('"', "\"\"")))
+        .execute(&admin)
+        .await;
+    admin.close().await;
+    match created {
+        Ok(_) => Ok(true),
+        // Another `ordo migrate` created it meanwhile (duplicate_database): the goal is met.
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Applies every embedded migration not yet applied. Newer migrations unknown to this binary are ignored, so an
 /// older binary keeps running against a newer schema during a rollout.
 pub async fn migrate(pool: &PgPool) -> Result<()> {

@@ -99,6 +99,20 @@ fn pg_command(bin: &Path) -> Command {
     }
 }
 
+/// Whether the user the server runs as can reach `dir` (search every directory on the way): always when we are
+/// not root; as root the server runs as `postgres`, which cannot enter a directory only root may enter.
+pub fn server_user_can_reach(dir: &Path) -> bool {
+    if !is_root() {
+        return true;
+    }
+    Command::new("runuser")
+        .args(["-u", "postgres", "--", "test", "-x"])
+        .arg(dir)
+        .stdin(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// Hands `path` (recursively) to the user the server runs as, when we are root, so it can read or write there
 /// (its data directory; certificate and key files, which PostgreSQL wants owned by itself).
 pub fn give_to_server_user(path: &Path) -> Result<(), Error> {

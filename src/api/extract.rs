@@ -99,6 +99,27 @@ impl QueryParams {
             },
         }
     }
+
+    /// One page of a list that is computed whole (queues, pools, rules), ordered by `key`: `?limit=` as every
+    /// list, and `?cursor=` = the key of the previous page's last item. Returns the page and its `next_cursor`.
+    pub fn page_by_key<T>(
+        &self,
+        mut items: Vec<T>,
+        key: impl Fn(&T) -> &str,
+    ) -> Result<(Vec<T>, Option<String>), ApiError> {
+        let limit = self.limit()? as usize;
+        items.sort_by(|a, b| key(a).cmp(key(b)));
+        if let Some(after) = self.get("cursor") {
+            items.retain(|i| key(i) > after);
+        }
+        let next = if items.len() > limit {
+            items.truncate(limit);
+            items.last().map(|i| key(i).to_owned())
+        } else {
+            None
+        };
+        Ok((items, next))
+    }
 }
 
 #[cfg(test)]
@@ -129,5 +150,21 @@ mod tests {
         for bad in ["0", "1001", "-1", "x"] {
             assert!(q(bad).limit().is_err(), "{bad}");
         }
+    }
+
+    /// A list computed whole is paged by key: sorted, after the cursor, at most `limit`, with a cursor while more.
+    #[test]
+    fn page_by_key_pages_in_key_order() {
+        let q = |pairs: &[(&str, &str)]| {
+            QueryParams(pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect())
+        };
+        let items = || vec!["c", "a", "b"];
+        let (page, next) = q(&[("limit", "2")]).page_by_key(items(), |s| s).unwrap();
+        assert_eq!((page, next.as_deref()), (vec!["a", "b"], Some("b")));
+        let (page, next) = q(&[("limit", "2"), ("cursor", "b")])
+            .page_by_key(items(), |s| s)
+            .unwrap();
+        assert_eq!((page, next), (vec!["c"], None));
+        assert!(q(&[("limit", "0")]).page_by_key(items(), |s| s).is_err());
     }
 }

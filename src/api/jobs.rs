@@ -127,6 +127,9 @@ pub struct JobBody {
     timeout_ms: Option<i32>,
     /// W3C trace context of the request that created it.
     traceparent: Option<String>,
+    /// Only in answers to `POST /api/jobs`, and only when there is something to say: e.g. that no live worker
+    /// serving the queue knows the kind, so the job waits.
+    warnings: Option<Vec<String>>,
 }
 
 /// `POST /api/jobs/batch` body.
@@ -153,6 +156,9 @@ pub struct BatchItem {
 pub struct BatchResponse {
     /// One entry per job, in request order.
     pub items: Vec<BatchItem>,
+    /// Present when there is something to say: e.g. a queue and kind no live worker serves, so those jobs wait.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// A page of jobs.
@@ -313,8 +319,18 @@ pub(crate) fn traceparent(headers: &HeaderMap) -> Option<String> {
         .map(|t| t.to_string())
 }
 
-fn job_response(status: StatusCode, job: Job, replayed: bool) -> Response {
-    let mut res = (status, Json(job)).into_response();
+/// A job answer, with `warnings` (an additive field) when there is something the caller should know.
+fn job_response(status: StatusCode, job: Job, replayed: bool, warning: Option<String>) -> Response {
+    let mut res = match warning {
+        None => (status, Json(job)).into_response(),
+        Some(w) => match serde_json::to_value(&job) {
+            Ok(Value::Object(mut body)) => {
+                body.insert("warnings".to_owned(), Value::Array(vec![Value::String(w)]));
+                (status, Json(Value::Object(body))).into_response()
+            }
+            _ => (status, Json(job)).into_response(),
+        },
+    };
     if replayed {
         res.headers_mut()
             .insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
@@ -378,11 +394,21 @@ pub async fn create(tenant: Tenant, headers: HeaderMap, JsonBody(body): JsonBody
     let queue_name = job.queue.clone();
     // Concurrent requests share a transaction (group commit); each still gets its own answer, after commit.
     let out = tenant.state().enqueuer().enqueue(tenant.account.clone(), job).await?;
+    let warning = match out.job.state {
+        JobState::Completed | JobState::Discarded | JobState::Cancelled => None,
+        _ => {
+            let state = tenant.state();
+            state
+                .live_kinds()
+                .warning(state.pool(), &out.job.queue, &out.job.kind)
+                .await
+        }
+    };
     if out.replayed {
-        return Ok(job_response(StatusCode::OK, out.job, true));
+        return Ok(job_response(StatusCode::OK, out.job, true, warning));
     }
     metrics::counter!(JOBS_ENQUEUED_TOTAL, "queue" => queue_name).increment(1);
-    Ok(job_response(StatusCode::CREATED, out.job, false))
+    Ok(job_response(StatusCode::CREATED, out.job, false, warning))
 }
 
 fn tenant_waker(tenant: &Tenant) -> &crate::wake::Waker {
@@ -452,6 +478,13 @@ pub async fn create_batch(
         tenant_waker(&tenant).wake(q);
         metrics::counter!(JOBS_ENQUEUED_TOTAL, "queue" => q.to_owned()).increment(n);
     }
+    let pairs: std::collections::BTreeSet<(&str, &str)> =
+        jobs.iter().map(|j| (j.queue.as_str(), j.kind.as_str())).collect();
+    let mut warnings = Vec::new();
+    let state = tenant.state();
+    for (queue, kind) in pairs {
+        warnings.extend(state.live_kinds().warning(state.pool(), queue, kind).await);
+    }
     let items = out
         .into_iter()
         .map(|o| BatchItem {
@@ -459,7 +492,7 @@ pub async fn create_batch(
             replayed: o.replayed,
         })
         .collect();
-    Ok((StatusCode::CREATED, Json(BatchResponse { items })))
+    Ok((StatusCode::CREATED, Json(BatchResponse { items, warnings })))
 }
 
 fn parse_id(id: &str) -> Result<JobId, ApiError> {
@@ -520,7 +553,15 @@ pub async fn list(tenant: Tenant, q: QueryParams) -> Result<Json<JobPage>, ApiEr
         Some(s) => match s.parse::<JobState>() {
             Ok(s) => Some(s),
             Err(_) => {
-                errs.push(FieldError::new("/query/state", "unknown state"));
+                let valid: Vec<&str> = queue::ACTIVE_STATES
+                    .iter()
+                    .chain(queue::FINISHED_STATES.iter())
+                    .map(|s| s.as_str())
+                    .collect();
+                errs.push(FieldError::new(
+                    "/query/state",
+                    format!("unknown state {s:?}: must be one of {}", valid.join(", ")),
+                ));
                 None
             }
         },
@@ -698,8 +739,10 @@ mod tests {
             leased_until: None,
         };
         let v = serde_json::to_value(&job).unwrap();
-        let keys: BTreeSet<&String> = v.as_object().unwrap().keys().collect();
-        let documented: BTreeSet<&String> = props.keys().collect();
+        let mut keys: BTreeSet<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        // Added by `POST /api/jobs` to its answer only (see `job_response`).
+        keys.insert("warnings");
+        let documented: BTreeSet<&str> = props.keys().map(String::as_str).collect();
         assert_eq!(keys, documented);
     }
 }

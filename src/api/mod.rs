@@ -13,6 +13,7 @@
 
 pub mod accounts;
 pub mod auth;
+mod claimable;
 mod enqueuer;
 pub mod error;
 pub mod extract;
@@ -130,6 +131,7 @@ struct Inner {
     metrics: PrometheusHandle,
     enqueuer: enqueuer::Enqueuer,
     sync_events: crate::orchestration::SyncEvents,
+    live_kinds: claimable::LiveKinds,
 }
 
 impl AppState {
@@ -159,6 +161,7 @@ impl AppState {
             inner: Arc::new(Inner {
                 enqueuer,
                 sync_events,
+                live_kinds: claimable::LiveKinds::default(),
                 keys: auth::KeyCache::new(settings.key_cache_ttl),
                 pool,
                 waker,
@@ -198,6 +201,10 @@ impl AppState {
 
     pub(crate) fn sync_events(&self) -> &crate::orchestration::SyncEvents {
         &self.inner.sync_events
+    }
+
+    pub(crate) fn live_kinds(&self) -> &claimable::LiveKinds {
+        &self.inner.live_kinds
     }
 
     pub(crate) fn metrics(&self) -> &PrometheusHandle {

@@ -60,6 +60,7 @@ fn json<T: Serialize>(status: StatusCode, body: T) -> Response {
     request_body = Document,
     responses(
         (status = 201, description = "The new version", body = Document),
+        (status = 200, description = "Unchanged from the latest version (and not ?major=true): that version, no new one", body = Document),
         (status = 422, description = "Every problem of the workflow", body = Problem),
     ),
     security(("bearer" = []))
@@ -78,9 +79,12 @@ pub async fn put_workflow(
     };
     let rules = ordo_workers::rules::registry();
     let mut tx = tenant.begin().await?;
-    let w = orchestration::put_workflow(&mut tx, &tenant.account, &reference, &body, major, &rules).await?;
+    let (w, created) =
+        orchestration::workflow::put_workflow_if_changed(&mut tx, &tenant.account, &reference, &body, major, &rules)
+            .await?;
     tx.commit().await?;
-    Ok(json(StatusCode::CREATED, w))
+    // An unchanged upload answers with the version it matches: 200, as a replay, not 201.
+    Ok(json(if created { StatusCode::CREATED } else { StatusCode::OK }, w))
 }
 
 /// List workflows (latest version of each).
@@ -158,16 +162,28 @@ pub async fn get_workflow_version(
     get,
     path = "/api/rules",
     tag = "orchestration",
-    responses((status = 200, description = "The rule registry", body = Document)),
+    params(
+        ("limit" = Option<i64>, Query, description = "Page size, 1..1000 (default 100)"),
+        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "The rule registry in name order", body = Document),
+        (status = 422, description = "Invalid limit", body = Problem),
+    ),
     security(("bearer" = []))
 )]
-pub async fn rules(_tenant: Tenant) -> Response {
-    let items: Vec<Value> = ordo_workers::rules::registry()
+pub async fn rules(_tenant: Tenant, q: QueryParams) -> Result<Response, ApiError> {
+    let all: Vec<(String, Value)> = ordo_workers::rules::registry()
         .rules()
         .into_iter()
-        .map(|r| serde_json::to_value(r).unwrap_or(Value::Null))
+        .map(|r| (r.name.to_owned(), serde_json::to_value(r).unwrap_or(Value::Null)))
         .collect();
-    json(StatusCode::OK, serde_json::json!({"items": items, "next_cursor": null}))
+    let (page, next_cursor) = q.page_by_key(all, |(name, _)| name)?;
+    let items: Vec<Value> = page.into_iter().map(|(_, v)| v).collect();
+    Ok(json(
+        StatusCode::OK,
+        serde_json::json!({"items": items, "next_cursor": next_cursor}),
+    ))
 }
 
 /// Create an entity; its `CREATE` event is queued.
@@ -465,11 +481,17 @@ pub async fn list_events(tenant: Tenant, q: QueryParams) -> Result<Response, Api
             }
         },
         category: q.get("category").map(str::to_owned),
-        status: match q.get("status").map(str::parse) {
+        status: match q.get("status").map(|s| (s, s.parse())) {
             None => None,
-            Some(Ok(s)) => Some(s),
-            Some(Err(_)) => {
-                errs.push(FieldError::new("/query/status", "unknown status"));
+            Some((_, Ok(s))) => Some(s),
+            Some((s, Err(_))) => {
+                errs.push(FieldError::new(
+                    "/query/status",
+                    format!(
+                        "unknown status {s:?}: must be one of pending, scheduled, running, success, no_match, \
+                         failed, cancelled"
+                    ),
+                ));
                 None
             }
         },

@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 
 use super::auth::Admin;
 use super::error::{ApiError, Problem};
-use super::extract::{ApiPath, JsonBody};
+use super::extract::{ApiPath, JsonBody, QueryParams};
 use super::AppState;
 use crate::autoscale::{self, ScaleTarget};
 use crate::queue::FieldError;
@@ -78,9 +78,9 @@ pub struct PutPoolBody {
 /// `GET /api/pools` answer.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct PoolPage {
-    /// Every pool.
+    /// Pools in name order.
     pub items: Vec<PoolView>,
-    /// Always null: all pools fit one page.
+    /// Pass as `cursor` for the next page; null on the last page.
     pub next_cursor: Option<String>,
 }
 
@@ -114,16 +114,22 @@ pub async fn put(
     get,
     path = "/api/pools",
     tag = "pools",
-    responses((status = 200, description = "Pools", body = PoolPage)),
+    params(
+        ("limit" = Option<i64>, Query, description = "Page size, 1..1000 (default 100)"),
+        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "Pools", body = PoolPage),
+        (status = 422, description = "Invalid limit", body = Problem),
+    ),
     security(("admin" = []))
 )]
 #[tracing::instrument(skip_all)]
-pub async fn list(_: Admin, state: axum::extract::State<AppState>) -> Result<Json<PoolPage>, ApiError> {
-    let items = rollout::list_pools(state.pool(), LIVE_WORKER).await?;
-    Ok(Json(PoolPage {
-        items,
-        next_cursor: None,
-    }))
+pub async fn list(_: Admin, state: axum::extract::State<AppState>, q: QueryParams) -> Result<Json<PoolPage>, ApiError> {
+    q.limit()?;
+    let all = rollout::list_pools(state.pool(), LIVE_WORKER).await?;
+    let (items, next_cursor) = q.page_by_key(all, |p| &p.pool)?;
+    Ok(Json(PoolPage { items, next_cursor }))
 }
 
 /// Set a pool's scaling policy.
@@ -160,7 +166,7 @@ pub async fn put_scaling(
     responses(
         (status = 201, description = "The rollout", body = Rollout),
         (status = 404, description = "No such pool", body = Problem),
-        (status = 409, description = "An active rollout exists, or no stable version to roll out from", body = Problem),
+        (status = 409, description = "An active rollout exists, no stable version to roll out from, or nothing would run the new version (no live worker of it and no scaling policy for the pool)", body = Problem),
         (status = 422, description = "Invalid fields", body = Problem),
     ),
     security(("admin" = []))
@@ -172,7 +178,38 @@ pub async fn create_rollout(
     JsonBody(body): JsonBody,
 ) -> Result<(StatusCode, Json<Rollout>), ApiError> {
     let req: NewRollout = parse(body)?;
+    check_servable(&state, &req).await?;
     Ok((StatusCode::CREATED, Json(rollout::start(state.pool(), &req).await?)))
+}
+
+/// Refuses a canary that nothing would run: its share of new work would wait for a version with no live worker
+/// and no autoscaler policy to start one. A 409, not a 422: the request is well formed and becomes acceptable once
+/// a worker of the version runs (or the pool gets a scaling policy), so it conflicts with the cluster's state.
+async fn check_servable(state: &AppState, req: &NewRollout) -> Result<(), ApiError> {
+    // Invalid fields (422) and an unknown pool (404) say more than "nothing would run it".
+    req.validate()?;
+    if rollout::pool_queues(state.pool(), &req.pool).await?.is_none() {
+        return Err(rollout::Error::PoolNotFound { pool: req.pool.clone() }.into());
+    }
+    let live = crate::queue::live_workers(state.pool(), LIVE_WORKER).await?;
+    if live
+        .iter()
+        .any(|w| w.pool == req.pool && w.version == req.version && !w.stopping)
+    {
+        return Ok(());
+    }
+    match autoscale::get_target(state.pool(), &req.pool).await? {
+        Some(t) if t.max > 0 => Ok(()),
+        _ => Err(ApiError::Conflict {
+            detail: format!(
+                "no live worker of pool {:?} runs version {:?}, and the pool has no scaling policy to start one: \
+             its share of new work would wait; start `ordo worker --pool {} --version {}` (or set \
+             PUT /api/pools/{}/scaling) first",
+                req.pool, req.version, req.pool, req.version, req.pool
+            ),
+            errors: vec![FieldError::new("/version", "no live worker runs it")],
+        }),
+    }
 }
 
 fn rollout_id(id: &str) -> Result<i64, ApiError> {

@@ -8,7 +8,7 @@ use utoipa::ToSchema;
 
 use super::auth::Tenant;
 use super::error::{ApiError, Problem};
-use super::extract::ApiPath;
+use super::extract::{ApiPath, QueryParams};
 use crate::queue::{self, QueueStats};
 
 /// A worker counts as live (its kinds claimable) while its heartbeat is this fresh: three heartbeat intervals of
@@ -57,7 +57,7 @@ pub struct QueuePage {
     /// Every queue the account has jobs in or has paused.
     #[schema(value_type = Vec<QueueStatsBody>)]
     pub items: Vec<QueueStats>,
-    /// Always null: all queues fit one page.
+    /// Pass as `cursor` for the next page; null on the last page.
     pub next_cursor: Option<String>,
 }
 
@@ -66,18 +66,24 @@ pub struct QueuePage {
     get,
     path = "/api/queues",
     tag = "queues",
-    responses((status = 200, description = "Queues", body = QueuePage)),
+    params(
+        ("limit" = Option<i64>, Query, description = "Page size, 1..1000 (default 100)"),
+        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "Queues in name order", body = QueuePage),
+        (status = 422, description = "Invalid limit", body = Problem),
+    ),
     security(("bearer" = []))
 )]
 #[tracing::instrument(skip_all, fields(account = %tenant.account))]
-pub async fn list(tenant: Tenant) -> Result<Json<QueuePage>, ApiError> {
+pub async fn list(tenant: Tenant, q: QueryParams) -> Result<Json<QueuePage>, ApiError> {
+    q.limit()?;
     let mut tx = tenant.begin().await?;
-    let items = stats(&tenant, &mut tx).await?;
+    let all = stats(&tenant, &mut tx).await?;
     tx.commit().await?;
-    Ok(Json(QueuePage {
-        items,
-        next_cursor: None,
-    }))
+    let (items, next_cursor) = q.page_by_key(all, |s| &s.queue)?;
+    Ok(Json(QueuePage { items, next_cursor }))
 }
 
 fn check_queue(name: &str) -> Result<(), ApiError> {

@@ -64,6 +64,21 @@ pub enum ClientError {
         /// What is wrong.
         message: String,
     },
+    /// A batch of this file was already sent to this load cut differently: the same idempotency key now names a
+    /// different payload, which happens when `--batch-size` changed between runs.
+    #[error(
+        "batch {batch} of this file was already sent to load {load_name:?} (id {load_id}) with different records: \
+         the earlier run used another --batch-size. Rerun with the --batch-size of the first run (default 5000) to \
+         resume it, or send the file to a new load with another --load-name"
+    )]
+    BatchSizeChanged {
+        /// The load's name.
+        load_name: String,
+        /// The load's id.
+        load_id: String,
+        /// Index of the batch that differs.
+        batch: usize,
+    },
     /// The server refused a request (not retried).
     #[error("{method} {url}: HTTP {status}: {detail}")]
     Refused {
@@ -542,6 +557,13 @@ pub async fn run(args: &LoadArgs, shutdown: CancellationToken) -> Result<Summary
         match status {
             StatusCode::ACCEPTED => {}
             StatusCode::OK => summary.replayed_batches += 1,
+            StatusCode::CONFLICT if res["detail"].as_str().is_some_and(|d| d.contains("idempotency key")) => {
+                return Err(ClientError::BatchSizeChanged {
+                    load_name: args.load_name.clone(),
+                    load_id: load_id.clone(),
+                    batch: batch_ids.len(),
+                })
+            }
             _ => return Err(api.refused(Method::POST, &batches_path, status, &res)),
         }
         let id = res["id"]

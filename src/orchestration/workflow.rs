@@ -256,6 +256,21 @@ pub async fn put_workflow(
     major: bool,
     rules: &RuleRegistry,
 ) -> Result<Workflow> {
+    put_workflow_if_changed(conn, account, reference, body, major, rules)
+        .await
+        .map(|(w, _)| w)
+}
+
+/// Like [`put_workflow`], but an upload whose definition equals the latest version's (and that does not ask for
+/// a new major) makes no new version: it returns that version and `false` (`true` when a version was created).
+pub async fn put_workflow_if_changed(
+    conn: &mut PgConnection,
+    account: &AccountId,
+    reference: &str,
+    body: &Value,
+    major: bool,
+    rules: &RuleRegistry,
+) -> Result<(Workflow, bool)> {
     let mut problems = Vec::new();
     if let Err(p) = check_ref(reference) {
         problems.push(p);
@@ -275,9 +290,9 @@ pub async fn put_workflow(
         .bind(format!("workflow:{account}:{reference}"))
         .execute(&mut *tx)
         .await?;
-    let latest: Option<(i32, i32)> = sqlx::query_as(
+    let latest: Option<(i32, i32, Value, DateTime<Utc>)> = sqlx::query_as(
         r#"
-        select major, minor
+        select major, minor, definition, created_at
         from workflow
         where account_id = $1
           and ref = $2
@@ -289,10 +304,27 @@ pub async fn put_workflow(
     .bind(reference)
     .fetch_optional(&mut *tx)
     .await?;
+    // Compared as stored (the normalised definition), so key order and defaults filled in do not count as a
+    // change: a deploy script that PUTs the same file on every run keeps one version.
+    if let Some((m, n, stored, created_at)) = &latest {
+        if !major && *stored == definition {
+            tx.commit().await?;
+            let version = Version { major: *m, minor: *n };
+            return Ok((
+                Workflow {
+                    reference: reference.to_owned(),
+                    version,
+                    definition: def,
+                    created_at: *created_at,
+                },
+                false,
+            ));
+        }
+    }
     let version = match latest {
         None => Version { major: 1, minor: 0 },
-        Some((m, _)) if major => Version { major: m + 1, minor: 0 },
-        Some((m, n)) => Version { major: m, minor: n + 1 },
+        Some((m, _, _, _)) if major => Version { major: m + 1, minor: 0 },
+        Some((m, n, _, _)) => Version { major: m, minor: n + 1 },
     };
     let created_at: DateTime<Utc> = sqlx::query_scalar(
         r#"
@@ -309,12 +341,15 @@ pub async fn put_workflow(
     .fetch_one(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(Workflow {
-        reference: reference.to_owned(),
-        version,
-        definition: def,
-        created_at,
-    })
+    Ok((
+        Workflow {
+            reference: reference.to_owned(),
+            version,
+            definition: def,
+            created_at,
+        },
+        true,
+    ))
 }
 
 type WorkflowRow = (String, i32, i32, Value, DateTime<Utc>);

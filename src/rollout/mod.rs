@@ -23,7 +23,7 @@ mod store;
 pub use controller::{Controller, ROLLOUT_LEASE};
 pub use store::{
     abort, announce_version, get, list, list_pools, pool_queues, promote, put_pool, role_of, start, try_complete,
-    NewRollout, PoolVersionView, PoolView, Rollout, WorkerPool,
+    unclaimed_queues, NewRollout, PoolVersionView, PoolView, Rollout, WorkerPool,
 };
 
 use crate::queue::FieldError;

@@ -85,7 +85,8 @@ impl NewRollout {
         }
     }
 
-    fn validate(&self) -> Result<()> {
+    /// Checks the fields (422 naming each invalid one).
+    pub fn validate(&self) -> Result<()> {
         let mut errs = Vec::new();
         if !valid_name(&self.version) {
             errs.push(FieldError::new(
@@ -239,6 +240,38 @@ pub async fn pool_queues<'e>(exec: impl PgExecutor<'e>, pool: &str) -> Result<Op
         .bind(pool)
         .fetch_optional(exec)
         .await?)
+}
+
+/// Queues with waiting jobs that no pool lists: pool `default` serves them. A loose scan of the claim index (one
+/// probe per distinct queue), so it stays cheap however many jobs wait.
+pub async fn unclaimed_queues<'e>(exec: impl PgExecutor<'e>) -> Result<Vec<String>> {
+    Ok(sqlx::query_scalar(
+        r#"
+        with recursive q(queue) as (
+            (select queue
+             from job
+             where state in ('available', 'scheduled', 'retryable')
+             order by queue
+             limit 1)
+            union all
+            select (select j.queue
+                    from job j
+                    where j.state in ('available', 'scheduled', 'retryable')
+                      and j.queue > q.queue
+                    order by j.queue
+                    limit 1)
+            from q
+            where q.queue is not null
+        )
+        select queue
+        from q
+        where queue is not null
+          and not exists (select 1 from worker_pool p where queue = any(p.queues))
+        order by queue
+        "#,
+    )
+    .fetch_all(exec)
+    .await?)
 }
 
 /// Called by a starting worker: makes sure its pool exists (serving the worker's queues when new) and, when the

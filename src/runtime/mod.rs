@@ -76,6 +76,8 @@ pub struct WorkerConfig {
     pub claimers: usize,
     /// Retention applied by queue maintenance.
     pub retention: queue::Retention,
+    /// Also serve every queue no other pool claims, as they appear (pool `default` without `--queues`).
+    pub serve_unclaimed: bool,
     /// How long the event log is kept; pruned by whichever worker holds the maintenance lease.
     pub event_retention: Duration,
 }
@@ -100,6 +102,7 @@ impl WorkerConfig {
             max_claim: 2000,
             claimers: 1,
             retention: queue::Retention::default(),
+            serve_unclaimed: false,
             event_retention: Duration::from_secs(30 * 24 * 3600),
         }
     }
@@ -329,27 +332,46 @@ impl Worker {
             lanes.clone(),
             Some(offer),
         ));
+        let fetcher = {
+            let (pool, kinds, cfg, id) = (self.pool.clone(), kinds.clone(), cfg.clone(), self.id.clone());
+            let (held, prefetch, signals, dispatch) =
+                (held.clone(), prefetch.clone(), signals.clone(), dispatch.clone());
+            move |q: &str| Fetcher {
+                pool: pool.clone(),
+                queue: q.to_owned(),
+                kinds: kinds.clone(),
+                cfg: cfg.clone(),
+                worker_id: id.clone(),
+                held: held.clone(),
+                prefetch: prefetch.clone(),
+                wake: signals.get(q).unwrap_or_default(),
+                dispatch: dispatch.clone(),
+            }
+        };
         let mut fetchers = Vec::new();
         for q in &cfg.queues {
             for _ in 0..cfg.claimers.max(1) {
-                let f = Fetcher {
-                    pool: self.pool.clone(),
-                    queue: q.clone(),
-                    kinds: kinds.clone(),
-                    cfg: cfg.clone(),
-                    worker_id: self.id.clone(),
-                    held: held.clone(),
-                    prefetch: prefetch.clone(),
-                    wake: signals.get(q).unwrap_or_default(),
-                    dispatch: dispatch.clone(),
-                };
-                fetchers.push(tokio::spawn(f.run(shutdown.clone())));
+                fetchers.push(tokio::spawn(fetcher(q).run(shutdown.clone())));
             }
         }
+        let discovery = cfg.serve_unclaimed.then(|| {
+            tokio::spawn(serve_unclaimed(
+                self.pool.clone(),
+                info.clone(),
+                fetcher,
+                cfg.claimers.max(1),
+                // A new queue is rare: looking every second at most is soon enough, even with a very short poll.
+                cfg.poll.max(Duration::from_secs(1)),
+                shutdown.clone(),
+            ))
+        });
 
         shutdown.cancelled().await;
         tracing::info!(worker.id = %self.id, held = running.lock().map(|r| r.len()).unwrap_or(0), "stopping: no new claims; draining");
         let _ = queue::heartbeat_worker(&self.pool, &self.id, true).await;
+        if let Some(d) = discovery {
+            fetchers.extend(d.await.unwrap_or_default());
+        }
         for f in fetchers {
             let _ = f.await;
         }
@@ -484,6 +506,48 @@ async fn prune_event_log(pool: PgPool, holder: String, retention: Duration, stop
                     break;
                 }
             }
+        }
+    }
+}
+
+/// Pool `default` serves every queue no other pool claims (CONTRACT §8), including queues first used after this
+/// worker started: looks for them every poll interval, starts claim loops for new ones and re-registers with them,
+/// so `/api/queues` no longer counts their jobs as unclaimable. Returns the claim loops it started.
+async fn serve_unclaimed(
+    pool: PgPool,
+    mut info: WorkerInfo,
+    fetcher: impl Fn(&str) -> Fetcher,
+    claimers: usize,
+    every: Duration,
+    shutdown: CancellationToken,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut started = Vec::new();
+    loop {
+        match crate::rollout::unclaimed_queues(&pool).await {
+            Ok(found) => {
+                let new: Vec<String> = found.into_iter().filter(|q| !info.queues.contains(q)).collect();
+                if !new.is_empty() {
+                    tracing::info!(queues = ?new, "serving queues no other pool claims");
+                    for q in &new {
+                        for _ in 0..claimers {
+                            started.push(tokio::spawn(fetcher(q).run(shutdown.clone())));
+                        }
+                    }
+                    info.queues.extend(new);
+                    // Re-registering clears `stopping`: never once the worker began to stop.
+                    if shutdown.is_cancelled() {
+                        return started;
+                    }
+                    if let Err(e) = queue::register_worker(&pool, &info).await {
+                        tracing::warn!(error = %e, "failed to re-register the worker with its new queues");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "failed to look for queues no other pool claims"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return started,
+            _ = tokio::time::sleep(every) => {}
         }
     }
 }

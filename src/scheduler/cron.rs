@@ -34,22 +34,171 @@ pub struct Timetable {
 }
 
 /// Parses a cron expression of 5 fields (minute hour day-of-month month day-of-week) or 6 (a leading seconds
-/// field), with the usual day-of-week numbering (0 or 7 = Sunday, 1 = Monday). Errors name the field `/cron`.
+/// field), with the usual day-of-week numbering (0 or 7 = Sunday, 1 = Monday), or one of the macros `@yearly`
+/// (`@annually`), `@monthly`, `@weekly`, `@daily` (`@midnight`) and `@hourly`. Errors name the field `/cron` and
+/// quote the expression as the user wrote it, naming the cron field at fault and its bounds.
 pub fn parse_cron(expr: &str) -> Result<::cron::Schedule> {
     let invalid = |msg: String| Error::Invalid(vec![FieldError::new("/cron", msg)]);
-    let fields: Vec<&str> = expr.split_whitespace().collect();
+    let expanded = match expr.trim() {
+        m if m.starts_with('@') => match macro_expansion(m) {
+            Some(e) => e,
+            None => {
+                return Err(invalid(format!(
+                    "unknown cron macro {m:?}: use @yearly, @annually, @monthly, @weekly, @daily, @midnight or @hourly"
+                )))
+            }
+        },
+        _ => expr,
+    };
+    let fields: Vec<&str> = expanded.split_whitespace().collect();
     let (seconds, rest) = match fields.len() {
         5 => ("0", &fields[..]),
         6 => (fields[0], &fields[1..]),
         n => {
             return Err(invalid(format!(
-                "must have 5 fields (minute hour day-of-month month day-of-week) or 6 (with leading seconds), got {n}"
+                "{expr:?} has {n} field(s): cron needs 5 (minute hour day-of-month month day-of-week) or 6 (with \
+                 leading seconds)"
             )))
         }
     };
-    let dow = normalise_day_of_week(rest[4]).map_err(invalid)?;
+    // Checked here against the user's own fields: the `cron` crate's messages describe its 7-field rewrite (and
+    // its bounds are off by one), which would confuse someone who typed 5 fields.
+    let named: Vec<(&CronField, &str)> = if fields.len() == 6 {
+        FIELDS.iter().zip(fields.iter().copied()).collect()
+    } else {
+        FIELDS[1..].iter().zip(fields.iter().copied()).collect()
+    };
+    for (field, text) in named {
+        check_field(field, text).map_err(|m| invalid(format!("{expr:?}: {} field {text:?}: {m}", field.name)))?;
+    }
+    let dow = normalise_day_of_week(rest[4]).map_err(|m| invalid(format!("{expr:?}: day-of-week field: {m}")))?;
     let normalised = format!("{seconds} {} {} {} {} {dow}", rest[0], rest[1], rest[2], rest[3]);
-    ::cron::Schedule::from_str(&normalised).map_err(|e| invalid(format!("invalid cron expression: {e}")))
+    ::cron::Schedule::from_str(&normalised)
+        .map_err(|_| invalid(format!("{expr:?} is not a cron expression this scheduler supports")))
+}
+
+/// The 5-field expression a cron macro stands for.
+fn macro_expansion(m: &str) -> Option<&'static str> {
+    Some(match m.to_ascii_lowercase().as_str() {
+        "@yearly" | "@annually" => "0 0 1 1 *",
+        "@monthly" => "0 0 1 * *",
+        "@weekly" => "0 0 * * 0",
+        "@daily" | "@midnight" => "0 0 * * *",
+        "@hourly" => "0 * * * *",
+        _ => return None,
+    })
+}
+
+/// One field of a cron expression: its name, bounds and value names.
+struct CronField {
+    name: &'static str,
+    min: u32,
+    max: u32,
+    names: &'static [&'static str],
+}
+
+const MONTHS: [&str; 12] = [
+    "JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC",
+];
+
+/// Seconds first; a 5-field expression uses the rest.
+const FIELDS: [CronField; 6] = [
+    CronField {
+        name: "seconds",
+        min: 0,
+        max: 59,
+        names: &[],
+    },
+    CronField {
+        name: "minute",
+        min: 0,
+        max: 59,
+        names: &[],
+    },
+    CronField {
+        name: "hour",
+        min: 0,
+        max: 23,
+        names: &[],
+    },
+    CronField {
+        name: "day-of-month",
+        min: 1,
+        max: 31,
+        names: &[],
+    },
+    CronField {
+        name: "month",
+        min: 1,
+        max: 12,
+        names: &MONTHS,
+    },
+    // Day names are checked by `normalise_day_of_week`; only the numbers' bounds matter here.
+    CronField {
+        name: "day-of-week",
+        min: 0,
+        max: 7,
+        names: &[],
+    },
+];
+
+/// Checks one field's syntax and bounds: a list of `*`, `?` (day fields), `N`, `N-M`, each with an optional
+/// `/step`.
+fn check_field(field: &CronField, text: &str) -> std::result::Result<(), String> {
+    let value = |v: &str| -> std::result::Result<Option<u32>, String> {
+        if let Ok(n) = v.parse::<u32>() {
+            return if (field.min..=field.max).contains(&n) {
+                Ok(Some(n))
+            } else {
+                Err(format!("{n} is out of range {}-{}", field.min, field.max))
+            };
+        }
+        if field.name == "day-of-week" {
+            return Ok(None);
+        }
+        match field.names.iter().position(|n| n.eq_ignore_ascii_case(v)) {
+            Some(i) => Ok(Some(field.min + i as u32)),
+            None => Err(format!(
+                "{v:?} is not a number from {} to {}{}",
+                field.min,
+                field.max,
+                if field.names.is_empty() {
+                    ""
+                } else {
+                    " or a month name (JAN-DEC)"
+                }
+            )),
+        }
+    };
+    for item in text.split(',') {
+        let (range, step) = match item.split_once('/') {
+            Some((r, s)) => (r, Some(s)),
+            None => (item, None),
+        };
+        if let Some(s) = step {
+            match s.parse::<u32>() {
+                Ok(n) if n >= 1 => {}
+                _ => return Err(format!("step {s:?} must be a positive number")),
+            }
+        }
+        let day = field.name.starts_with("day");
+        if range == "*" || (day && range == "?") {
+            continue;
+        }
+        if range.is_empty() {
+            return Err("empty list item".to_owned());
+        }
+        if let Some((a, b)) = range.split_once('-') {
+            if let (Some(a), Some(b)) = (value(a)?, value(b)?) {
+                if a > b {
+                    return Err(format!("range {range:?} runs backwards"));
+                }
+            }
+        } else {
+            value(range)?;
+        }
+    }
+    Ok(())
 }
 
 /// Parses an IANA time-zone name (`Europe/Berlin`, `UTC`). Errors name the field `/timezone`.
@@ -297,6 +446,61 @@ mod tests {
             assert_eq!(field_of(e), *want, "{cron:?} {tz:?}");
         }
         assert!(Timetable::new("* * * * *", "Europe/Berlin").is_ok());
+    }
+
+    /// Errors quote the user's own expression and name the field with its real bounds, never the 7-field rewrite.
+    #[test]
+    fn errors_name_the_users_field_and_bounds() {
+        let cases: &[(&str, &[&str])] = &[
+            (
+                "61 * * * *",
+                &["\"61 * * * *\"", "minute field \"61\"", "out of range 0-59"],
+            ),
+            ("60 * * * *", &["minute field", "out of range 0-59"]),
+            ("0 61 * * * *", &["minute field \"61\"", "0-59"]),
+            ("61 0 * * * *", &["seconds field \"61\"", "0-59"]),
+            ("* 24 * * *", &["hour field \"24\"", "out of range 0-23"]),
+            ("* * 0 * *", &["day-of-month field \"0\"", "out of range 1-31"]),
+            ("* * * 13 *", &["month field \"13\"", "out of range 1-12"]),
+            ("* * * FOO *", &["month field", "JAN-DEC"]),
+            ("* * * * 8", &["day-of-week field", "0-7"]),
+            ("*/0 * * * *", &["minute field", "step"]),
+            ("5-1 * * * *", &["runs backwards"]),
+            ("* * * *", &["has 4 field(s)"]),
+            ("@fortnightly", &["unknown cron macro"]),
+        ];
+        for (cron, needles) in cases {
+            let Err(Error::Invalid(v)) = parse_cron(cron) else {
+                panic!("{cron} should be invalid");
+            };
+            let msg = &v[0].message;
+            for n in *needles {
+                assert!(msg.contains(n), "{cron}: {msg:?} lacks {n:?}");
+            }
+            assert!(!msg.contains("must be less than"), "{cron}: {msg}");
+        }
+        // Bounds themselves are accepted.
+        for ok in ["59 23 31 12 7", "0 59 23 1 1 0", "* * * jan-dec *", "0 0 ? * MON"] {
+            parse_cron(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+    }
+
+    /// The cron macros mean what they mean in standard cron.
+    #[test]
+    fn macros_are_accepted() {
+        let cases: &[(&str, &str)] = &[
+            ("@hourly", "2026-11-25T11:00:00Z"),
+            ("@daily", "2026-11-26T00:00:00Z"),
+            ("@midnight", "2026-11-26T00:00:00Z"),
+            ("@weekly", "2026-11-29T00:00:00Z"),
+            ("@monthly", "2026-12-01T00:00:00Z"),
+            ("@yearly", "2027-01-01T00:00:00Z"),
+            ("@annually", "2027-01-01T00:00:00Z"),
+        ];
+        for (cron, want) in cases {
+            let t = Timetable::new(cron, "UTC").unwrap_or_else(|e| panic!("{cron}: {e}"));
+            assert_eq!(t.next_after(utc("2026-11-25T10:00:00Z")), Some(utc(want)), "{cron}");
+        }
     }
 
     /// A daily 02:30 Berlin schedule keeps local time across both 2026 daylight-saving changes: in the spring gap it

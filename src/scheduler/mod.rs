@@ -90,11 +90,11 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub struct SchedulerArgs {
     /// Longest pause between two looks at the schedule table, in milliseconds; the loop also wakes at the earliest
     /// next tick.
-    #[arg(long, env = "ORDO_SCHEDULER_TICK_MS", default_value_t = 250, hide = true)]
+    #[arg(long, env = "ORDO_SCHEDULER_TICK_MS", default_value_t = 250)]
     pub tick_ms: u64,
     /// How long the scheduler lease lasts without renewal, in milliseconds: the longest a crashed leader delays
     /// firing.
-    #[arg(long, env = "ORDO_SCHEDULER_LEASE_MS", default_value_t = 5_000, hide = true)]
+    #[arg(long, env = "ORDO_SCHEDULER_LEASE_MS", default_value_t = 5_000)]
     pub lease_ms: u64,
     /// Hours finished jobs are kept (jobs with an idempotency key at least 7 days); for the maintenance this
     /// process runs when it holds the maintenance lease.

@@ -243,6 +243,11 @@ async fn home() -> Response {
 /// The dashboard's routes (all under `/ui`), calling `api` in-process. `api` must not contain these routes.
 pub fn router(api: Router) -> Router {
     Router::new()
+        // The root of the API's address is where a browser lands first: send it to the dashboard.
+        .route(
+            "/",
+            get(|| async { (StatusCode::SEE_OTHER, [(LOCATION, "/ui")]).into_response() }),
+        )
         .route("/ui", get(home))
         .route("/ui/", get(home))
         .route("/ui/assets/ui.css", get(|| asset("text/css; charset=utf-8", CSS)))

@@ -103,8 +103,8 @@ fn pool_rows(body: &Value) -> String {
 
 async fn rows(ui: &Ui, s: &Session) -> Result<String, Error> {
     Ok(match s.role {
-        Role::Account => queue_rows(&ui.get(s, "/api/queues").await?),
-        Role::Admin => pool_rows(&ui.get(s, "/api/pools").await?),
+        Role::Account => queue_rows(&ui.get(s, "/api/queues?limit=1000").await?),
+        Role::Admin => pool_rows(&ui.get(s, "/api/pools?limit=1000").await?),
     })
 }
 

@@ -41,7 +41,7 @@ async fn render_pools(
     message: &str,
     form: &HashMap<String, String>,
 ) -> Result<Response, Error> {
-    let pools = ui.get(s, "/api/pools").await?;
+    let pools = ui.get(s, "/api/pools?limit=1000").await?;
     let mut out = String::new();
     for p in pools["items"].as_array().map(Vec::as_slice).unwrap_or_default() {
         let name = p["pool"].as_str().unwrap_or("");

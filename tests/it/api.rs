@@ -5,7 +5,9 @@ mod errors;
 mod fuzz;
 mod isolation;
 mod jobs;
+mod lists;
 mod loads;
+mod messages;
 mod openapi;
 mod orchestration;
 mod outage;
@@ -149,4 +151,23 @@ pub async fn send(router: &Router, req: Request<Body>) -> Resp {
 pub async fn enqueue(app: &App, key: &str, body: Value) -> String {
     let r = app.call(Method::POST, "/api/jobs", Some(key), Some(body)).await;
     r.expect(StatusCode::CREATED)["id"].as_str().unwrap().to_owned()
+}
+
+/// Registers a live worker of `pool`/`version` serving `queue` with the kind `kind`, as a worker process would.
+pub async fn register_worker(app: &App, id: &str, (pool, version): (&str, &str), queue: &str, kind: &str) {
+    let now = chrono::Utc::now();
+    let worker = ordo::queue::WorkerInfo {
+        id: id.to_owned(),
+        pool: pool.to_owned(),
+        version: version.to_owned(),
+        queues: vec![queue.to_owned()],
+        kinds: vec![kind.to_owned()],
+        host: "test".to_owned(),
+        pid: 1,
+        concurrency: 1,
+        started_at: now,
+        heartbeat_at: now,
+        stopping: false,
+    };
+    ordo::queue::register_worker(&app.db.pool, &worker).await.unwrap();
 }

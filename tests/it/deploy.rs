@@ -112,7 +112,32 @@ fn compose_services_match_the_binary() {
             assert_eq!(env["ORDO_LISTEN"].as_str(), Some("0.0.0.0:8080"));
             assert_eq!(strings(&svc["ports"]), vec!["8080:8080".to_owned()]);
         }
+        // Health checks ask the role itself over HTTP: the API's /readyz (the database answers), the other
+        // roles' /healthz beside /metrics; never just whether the binary starts.
+        if argv[0] != "migrate" {
+            let test = strings(&svc["healthcheck"]["test"]);
+            let (listen, path) = match argv[0].as_str() {
+                "api" => (env["ORDO_LISTEN"].as_str(), "/readyz"),
+                _ => (env["ORDO_METRICS_LISTEN"].as_str(), "/healthz"),
+            };
+            let port = listen
+                .and_then(|l| l.rsplit(':').next())
+                .unwrap_or_else(|| panic!("{name}: no listen address for its health check"));
+            let url = format!("http://127.0.0.1:{port}{path}");
+            assert_eq!(test.first().map(String::as_str), Some("CMD"), "{name}: {test:?}");
+            assert_eq!(test.get(1).map(String::as_str), Some("curl"), "{name}: {test:?}");
+            assert!(
+                test.contains(&"-f".to_owned()) || test.iter().any(|a| a.starts_with("-f")),
+                "{name}: curl must fail on an HTTP error: {test:?}"
+            );
+            assert_eq!(test.last(), Some(&url), "{name}: health check {test:?}");
+        }
     }
+    let dockerfile = std::fs::read_to_string(root().join("Dockerfile")).unwrap();
+    assert!(
+        dockerfile.contains(" curl"),
+        "the image must carry curl for the compose health checks"
+    );
     assert_eq!(ordo_services, 6, "migrate, api, scheduler, autoscaler and two workers");
 
     // Prometheus scrapes each role where it serves /metrics.

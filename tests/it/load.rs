@@ -37,14 +37,8 @@ fn spawn_load(url: &str, key: &str, file: &std::path::Path) -> Child {
         .expect("spawn ordo load")
 }
 
-async fn scalar(pool: &PgPool, sql: &str) -> i64 {
-    sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
-}
-
-/// A load interrupted by SIGKILL in the middle and run again sends every batch once (the server replays what it
-/// already had): exactly 100 000 records in 20 batches, 100 000 distinct positions, all applied.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn load_cli_survives_interruption_without_duplicates() {
+/// A fresh database with the account `acme` (returns its key) and a scratch directory for files.
+async fn account_and_dir() -> (testkit::TestDb, String, std::path::PathBuf) {
     let db = testkit::db().await;
     let acme = AccountId::parse("acme").unwrap();
     let key = tenancy::create_account(&db.pool, &acme, "Acme", "local")
@@ -53,6 +47,18 @@ async fn load_cli_survives_interruption_without_duplicates() {
         .api_key;
     let dir = std::env::temp_dir().join(format!("ordo-load-{}", db.name));
     std::fs::create_dir_all(&dir).unwrap();
+    (db, key, dir)
+}
+
+async fn scalar(pool: &PgPool, sql: &str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
+}
+
+/// A load interrupted by SIGKILL in the middle and run again sends every batch once (the server replays what it
+/// already had): exactly 100 000 records in 20 batches, 100 000 distinct positions, all applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_cli_survives_interruption_without_duplicates() {
+    let (db, key, dir) = account_and_dir().await;
     let file = dir.join("stock.csv");
     {
         let mut f = std::io::BufWriter::new(std::fs::File::create(&file).unwrap());
@@ -142,4 +148,42 @@ async fn load_cli_survives_interruption_without_duplicates() {
         assert!(status.success(), "{status:?}");
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Rerunning `ordo load` on a load with another `--batch-size` fails with a message that says what to do (not a
+/// bare 409), printed once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_cli_with_another_batch_size_says_what_to_do() {
+    let (db, key, dir) = account_and_dir().await;
+    let file = dir.join("small.csv");
+    {
+        let mut f = std::fs::File::create(&file).unwrap();
+        writeln!(f, "sku_ref,location_ref,qty").unwrap();
+        for i in 0..10 {
+            writeln!(f, "SKU-{i},DC1,{i}").unwrap();
+        }
+    }
+    let (api, url) = spawn_api(&db.url).await;
+    let worker = spawn_worker_process(&db.url, &[], &[]);
+    let run = |batch_size: &str| {
+        Command::new(env!("CARGO_BIN_EXE_ordo"))
+            .arg("load")
+            .arg(&file)
+            .args(["--load-name", "small", "--batch-size", batch_size])
+            .env("ORDO_URL", &url)
+            .env("ORDO_API_KEY", &key)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output()
+    };
+    let first = run("5").await.unwrap();
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    let second = run("3").await.unwrap();
+    assert!(!second.status.success());
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(err.contains("--batch-size") && err.contains("--load-name"), "{err}");
+    assert!(!err.contains("409"), "{err}");
+    assert_eq!(err.matches("already sent").count(), 1, "printed once: {err}");
+    drop((api, worker));
 }

@@ -12,6 +12,7 @@ mod lanes;
 mod load;
 mod orchestration;
 mod queue;
+mod quickstart;
 mod rollout;
 mod sandbox;
 mod scheduler;

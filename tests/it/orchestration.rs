@@ -129,9 +129,19 @@ async fn workflow_versions_pin_entities_to_their_major() {
     assert_eq!(e.workflow.version.to_string(), "1.0");
     assert_eq!(
         put(&db.pool, "T::X", v1.clone(), false).await.version.to_string(),
+        "1.0",
+        "an unchanged upload makes no new version"
+    );
+    let v1b = json!({"statuses": [{"name": "CREATED"}, {"name": "DONE"}, {"name": "HELD"}], "rulesets": []});
+    assert_eq!(
+        put(&db.pool, "T::X", v1b.clone(), false).await.version.to_string(),
         "1.1"
     );
-    assert_eq!(put(&db.pool, "T::X", v1.clone(), true).await.version.to_string(), "2.0");
+    assert_eq!(
+        put(&db.pool, "T::X", v1b.clone(), true).await.version.to_string(),
+        "2.0",
+        "?major=true makes a version even when unchanged"
+    );
     assert_eq!(
         put(&db.pool, "T::X", v1.clone(), false).await.version.to_string(),
         "2.1"

@@ -13,7 +13,7 @@ use serde_json::json;
 use sqlx::PgPool;
 
 use crate::support::{
-    acct, count_state, create_execution_table, fast_config, signal, spawn_worker_process, start_worker,
+    acct, count_state, create_execution_table, fast_config, signal, spawn_worker_process, start_worker, wait_for_state,
 };
 
 fn keyed(kind: &str, args: serde_json::Value, key: &str) -> NewJob {
@@ -510,4 +510,51 @@ async fn routing_overhead_on_enqueue_and_drain() {
         w1.stop().await;
         w2.stop().await;
     }
+}
+
+/// Pool `default` serves every queue no other pool claims (CONTRACT §8), also one first used after its worker
+/// started, and leaves queues of other pools alone; the autoscaler's depth of pool `default` counts those jobs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_pool_serves_queues_no_other_pool_claims() {
+    let db = testkit::db().await;
+    rollout::put_pool(&db.pool, "emails", &["mail".to_owned()])
+        .await
+        .unwrap();
+    let q = queue::Queue::new(db.pool.clone(), ordo::wake::Waker::disabled());
+    let in_queue = |queue: &str| {
+        let mut j = NewJob::new("noop", json!({}));
+        j.queue = queue.to_owned();
+        j
+    };
+    let reports = q.enqueue(&acct(), in_queue("reports")).await.unwrap().job;
+    let mail = q.enqueue(&acct(), in_queue("mail")).await.unwrap().job;
+    let depth = queue::pool_depth(&db.pool).await.unwrap();
+    let default_available: i64 = depth.iter().filter(|d| d.pool == "default").map(|d| d.available).sum();
+    assert_eq!(
+        default_available, 1,
+        "pool default's depth counts the unclaimed queue: {depth:?}"
+    );
+
+    let mut worker = spawn_worker_process(&db.url, &[], &["--version", "v1"]);
+    wait_for_state(&db.pool, reports.id, JobState::Completed, Duration::from_secs(30)).await;
+    // A queue first used now, while the worker runs.
+    let late = q.enqueue(&acct(), in_queue("late")).await.unwrap().job;
+    wait_for_state(&db.pool, late.id, JobState::Completed, Duration::from_secs(30)).await;
+    let workers = queue::live_workers(&db.pool, Duration::from_secs(30)).await.unwrap();
+    assert!(
+        workers.iter().any(|w| w.queues.contains(&"late".to_owned())),
+        "the worker registers the queues it took on: {workers:?}"
+    );
+    let mail = queue::get(&db.pool, &acct(), mail.id).await.unwrap();
+    assert_eq!(
+        mail.state,
+        JobState::Available,
+        "pool emails' queue is not served by pool default"
+    );
+    signal(&worker, "-TERM");
+    let status = tokio::time::timeout(Duration::from_secs(30), worker.wait())
+        .await
+        .expect("worker exits")
+        .unwrap();
+    assert!(status.success());
 }

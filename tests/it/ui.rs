@@ -568,6 +568,16 @@ async fn ui_promote_a_rollout() {
     ordo::rollout::announce_version(&server.db.pool, "emails", "v1", &[])
         .await
         .unwrap();
+    // A canary needs something to run it: here an autoscaler policy that would start its workers.
+    let (status, body) = server
+        .api(
+            reqwest::Method::PUT,
+            "/api/pools/emails/scaling",
+            ADMIN,
+            Some(json!({"min": 1, "max": 2, "target_per_worker": 10, "scale_down_delay_s": 60})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
     let (status, rollout) = server
         .api(
             reqwest::Method::POST,

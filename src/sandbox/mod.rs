@@ -2,7 +2,8 @@
 //! PostgreSQL in a data directory (`./.ordo/` by default, reused on the next start), runs migrations, creates the
 //! account `demo`, and runs each role as a child process of this binary: the API, a scheduler, the autoscaler
 //! (process driver), and pool `default` at two versions, `blue` and `green`. It loads the example workflows and a
-//! stocked catalogue into `demo`, and with `--demo-load` drives a stream of orders. Stopping it stops everything it
+//! stocked catalogue into `demo`, runs a receiver standing in for the ERP those workflows notify (`erp`), and with
+//! `--demo-load` drives a stream of orders. Stopping it stops everything it
 //! started.
 
 use std::path::PathBuf;
@@ -14,6 +15,8 @@ use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
 use crate::tenancy::AccountId;
+
+mod erp;
 
 /// Errors of the sandbox.
 #[derive(Debug, thiserror::Error)]
@@ -84,9 +87,9 @@ pub struct SandboxArgs {
 const EXAMPLES: [(&str, &str); 2] = [
     (
         "INVENTORY_CATALOGUE::DEFAULT",
-        include_str!("../examples/workflows/INVENTORY_CATALOGUE-DEFAULT.json"),
+        include_str!("../../examples/workflows/INVENTORY_CATALOGUE-DEFAULT.json"),
     ),
-    ("ORDER::HD", include_str!("../examples/workflows/ORDER-HD.json")),
+    ("ORDER::HD", include_str!("../../examples/workflows/ORDER-HD.json")),
 ];
 
 /// SKUs the demo catalogue stocks at location `DC1`.
@@ -109,8 +112,8 @@ pub async fn run(args: SandboxArgs, shutdown: CancellationToken, on_ready: impl 
     let database_url = match &args.database_url {
         Some(u) => u.clone(),
         None => {
-            let dir = args.data_dir.join("postgres");
-            let port = stored_port(&args.data_dir)?;
+            let dir = server_data_dir(&args.data_dir)?;
+            let port = stored_port(&args.data_dir, "port")?;
             let server = crate::pgserver::PgServer::start(&dir, port, &[("max_connections", "200")])?;
             let url = server.url("postgres");
             private = Some(server);
@@ -138,11 +141,42 @@ pub async fn run(args: SandboxArgs, shutdown: CancellationToken, on_ready: impl 
     result
 }
 
+/// Where the private server keeps its data: `<data dir>/postgres`. As root, the server runs as `postgres`, which
+/// cannot enter a directory only root may enter (a `mktemp -d` directory, a project under `/root`); then the data
+/// lives in `/var/lib/ordo/sandbox-<hash of the data dir's path>` and `<data dir>/postgres` is a symbolic link to
+/// it, so the next start from the same directory finds the same data.
+fn server_data_dir(data_dir: &std::path::Path) -> Result<PathBuf, Error> {
+    std::fs::create_dir_all(data_dir)?;
+    let link = data_dir.join("postgres");
+    if let Ok(target) = std::fs::read_link(&link) {
+        return Ok(target);
+    }
+    let data_dir = data_dir.canonicalize()?;
+    if link.exists() || crate::pgserver::server_user_can_reach(&data_dir) {
+        return Ok(link);
+    }
+    use sha2::Digest;
+    let hash = sha2::Sha256::digest(data_dir.as_os_str().as_encoded_bytes());
+    let hex: String = hash.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    let home = PathBuf::from("/var/lib/ordo");
+    std::fs::create_dir_all(&home)?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // Only the way in must be open to `postgres`; the data directory itself is its own, mode 0700.
+        std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o755))?;
+    }
+    let target = home.join(format!("sandbox-{hex}"));
+    std::os::unix::fs::symlink(&target, &link)?;
+    tracing::info!(data = %target.display(), link = %link.display(),
+        "the data directory is not reachable by the postgres user; keeping the server's data outside it");
+    Ok(target)
+}
+
 /// The port of the private server: kept in the data directory so the URL stays the same between runs when it
 /// can, a fresh free one when it is taken.
-fn stored_port(dir: &std::path::Path) -> Result<u16, Error> {
+fn stored_port(dir: &std::path::Path, name: &str) -> Result<u16, Error> {
     std::fs::create_dir_all(dir)?;
-    let file = dir.join("port");
+    let file = dir.join(name);
     if let Some(p) = std::fs::read_to_string(&file)
         .ok()
         .and_then(|s| s.trim().parse::<u16>().ok())
@@ -164,15 +198,28 @@ async fn run_cluster(
     let pool = crate::db::connect(database_url, 2).await?;
     crate::db::migrate(&pool).await?;
     let demo = AccountId::parse("demo").map_err(|e| std::io::Error::other(e.to_string()))?;
-    let api_key = match crate::tenancy::create_account(&pool, &demo, "Demo", "local").await {
-        Ok(created) => created.api_key,
-        // A second start on the same data: the account exists; give this run a fresh key.
-        Err(crate::tenancy::Error::AccountExists(_)) => crate::tenancy::create_key(&pool, &demo).await?.api_key,
-        Err(e) => return Err(e.into()),
-    };
-    demo_data(&pool, &demo).await?;
+    let api_key = demo_key(&pool, &demo, &args.data_dir).await?;
+    // The example workflow notifies an ERP: a receiver here stands in for it, so its deliveries succeed.
+    let erp_port = stored_port(&args.data_dir, "erp_port")?;
+    let erp = tokio::net::TcpListener::bind(("127.0.0.1", erp_port)).await?;
+    let erp_url = format!("http://127.0.0.1:{erp_port}{}", erp::PATH);
+    let secret = crate::tenancy::webhook_secret(&pool, &demo).await?;
+    let stop_erp = shutdown.clone();
+    tokio::spawn(async move {
+        if let Err(e) = erp::serve(erp, secret, stop_erp).await {
+            tracing::warn!(error = %e, "the demo ERP receiver stopped");
+        }
+    });
+    demo_data(&pool, &demo, &erp_url).await?;
     pool.close().await;
-    let admin_token = crate::tenancy::generate_key();
+    let admin_token = match read_secret(&args.data_dir, ADMIN_TOKEN_FILE) {
+        Some(t) => t,
+        None => {
+            let t = crate::tenancy::generate_key();
+            write_secret(&args.data_dir, ADMIN_TOKEN_FILE, &t)?;
+            t
+        }
+    };
     let redis_url = match &args.redis_url {
         Some(u) => Some(u.clone()),
         None => local_redis().await,
@@ -219,10 +266,12 @@ async fn run_cluster(
         for (k, v) in &env {
             c.env(k, v);
         }
-        let child = c.spawn().map_err(|source| Error::Spawn {
+        c.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = c.spawn().map_err(|source| Error::Spawn {
             role: name.to_owned(),
             source,
         })?;
+        prefix_output(name, &mut child);
         children.push((name.to_owned(), child));
     }
     if let Err(e) = wait_ready(&http, &url, &mut children, &shutdown).await {
@@ -240,20 +289,90 @@ async fn run_cluster(
     ))
 }
 
-/// Loads the example workflows (once: a second start keeps the versions it finds), the catalogue `MAIN` and its
-/// stock, so an order of `SKU-1` at `DC1` books right away.
-async fn demo_data(pool: &sqlx::PgPool, demo: &AccountId) -> Result<(), Error> {
+/// Five roles log at once: each line of a child's output goes to this process's stderr with the role in front,
+/// so one can tell them apart.
+fn prefix_output(role: &str, child: &mut Child) {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let prefix = format!("{role:>12} | ");
+    let out = child
+        .stdout
+        .take()
+        .map(|o| Box::new(o) as Box<dyn tokio::io::AsyncRead + Send + Unpin>);
+    let err = child
+        .stderr
+        .take()
+        .map(|e| Box::new(e) as Box<dyn tokio::io::AsyncRead + Send + Unpin>);
+    for stream in [out, err].into_iter().flatten() {
+        let prefix = prefix.clone();
+        // Ends by itself when the child closes its end (it exited).
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stream).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                eprintln!("{prefix}{line}");
+            }
+        });
+    }
+}
+
+/// File in the data directory keeping the admin token across restarts.
+const ADMIN_TOKEN_FILE: &str = "admin_token";
+/// File in the data directory keeping the demo account's API key across restarts.
+const API_KEY_FILE: &str = "api_key";
+
+/// A secret kept in the data directory, if there is one.
+fn read_secret(dir: &std::path::Path, name: &str) -> Option<String> {
+    std::fs::read_to_string(dir.join(name))
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+}
+
+/// Keeps a secret in the data directory, readable by its owner only.
+fn write_secret(dir: &std::path::Path, name: &str, value: &str) -> Result<(), Error> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::create_dir_all(dir)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(dir.join(name))?;
+    writeln!(f, "{value}")?;
+    Ok(())
+}
+
+/// The demo account's key: the one kept in the data directory while it still works, so scripts and the CLI
+/// keep working across restarts; else a new one (creating the account on first start), kept for next time.
+async fn demo_key(pool: &sqlx::PgPool, demo: &AccountId, dir: &std::path::Path) -> Result<String, Error> {
+    if let Some(key) = read_secret(dir, API_KEY_FILE) {
+        let owner = crate::tenancy::find_key(pool, &crate::tenancy::hash_key(&key)).await?;
+        if owner.is_some_and(|o| &o.account == demo) {
+            return Ok(key);
+        }
+    }
+    let key = match crate::tenancy::create_account(pool, demo, "Demo", "local").await {
+        Ok(created) => created.api_key,
+        // The account exists (its data was kept) but its key was not: give it a new one.
+        Err(crate::tenancy::Error::AccountExists(_)) => crate::tenancy::create_key(pool, demo).await?.api_key,
+        Err(e) => return Err(e.into()),
+    };
+    write_secret(dir, API_KEY_FILE, &key)?;
+    Ok(key)
+}
+
+/// Loads the example workflows (with `erp_url` pointing at the sandbox's receiver; an unchanged one keeps its
+/// version), the catalogue `MAIN` and its stock, so an order of `SKU-1` at `DC1` books right away.
+async fn demo_data(pool: &sqlx::PgPool, demo: &AccountId, erp_url: &str) -> Result<(), Error> {
     use crate::orchestration::{self, NewEntity, NewEvent};
     let rules = ordo_workers::rules::registry();
     for (reference, text) in EXAMPLES {
         let mut conn = pool.acquire().await.map_err(crate::db::Error::from)?;
-        if orchestration::get_workflow(&mut *conn, demo, reference, None)
-            .await
-            .is_ok()
-        {
-            continue;
+        let mut body: serde_json::Value = serde_json::from_str(text).map_err(std::io::Error::other)?;
+        if let Some(url) = body.pointer_mut("/settings/erp_url") {
+            *url = serde_json::Value::from(erp_url);
         }
-        let body: serde_json::Value = serde_json::from_str(text).map_err(std::io::Error::other)?;
+        // Unchanged since the last start: no new version (a changed receiver port makes a new minor one).
         orchestration::put_workflow(&mut conn, demo, reference, &body, false, &rules)
             .await
             .map_err(|e| std::io::Error::other(e.to_string()))?;
