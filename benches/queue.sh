@@ -24,6 +24,8 @@ run() {
 run "1 worker, concurrency 256" --jobs 100000 --concurrency 256 --workers 1
 run "1 worker, concurrency 1000" --jobs 100000 --concurrency 1000 --workers 1 --latency-samples 0
 run "1 worker, concurrency 64" --jobs 100000 --concurrency 64 --workers 1 --latency-samples 0
+run "1 worker, concurrency 16" --jobs 100000 --concurrency 16 --workers 1 --latency-samples 0
+run "2 workers, concurrency 64" --jobs 100000 --concurrency 64 --workers 2 --latency-samples 0
 run "1 worker, concurrency 64, prefetch 1000" --jobs 100000 --concurrency 64 --prefetch 1000 --workers 1 --latency-samples 0
 run "2 workers, concurrency 64, prefetch 1000" --jobs 100000 --concurrency 64 --prefetch 1000 --workers 2 --latency-samples 0
 run "100 000 jobs over 1 000 keys" --jobs 100000 --concurrency 256 --workers 1 --keys 1000 --latency-samples 0
