@@ -102,15 +102,15 @@ pub struct VersionDepth {
 }
 
 /// Depth of every pool version: runnable-now jobs by routed version and running jobs by the version running
-/// them. Read by the autoscaler and `GET /api/pools`.
+/// them. Read by the autoscaler and `GET /api/pools`. Jobs parked behind their key's head are not runnable now:
+/// however many wait behind one key, they need one worker at a time, so they add nothing to the depth.
 pub async fn pool_depth<'e>(exec: impl PgExecutor<'e>) -> Result<Vec<VersionDepth>> {
     let rows = sqlx::query_as(
         r#"
         with waiting as (
             select queue, version, count(*) as n
             from job
-            where (state in ('available', 'scheduled', 'retryable')
-                   or (state = 'parked' and concurrency_key is not null))
+            where state in ('available', 'scheduled', 'retryable')
               and run_at <= now()
             group by queue, version
         ),

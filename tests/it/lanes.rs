@@ -726,3 +726,18 @@ async fn a_batch_of_many_keys_holds_few_locks() {
         .unwrap();
     assert_eq!(parked, 0, "every key is its own lane");
 }
+
+/// The depth the autoscaler scales by counts a key's head, not the jobs parked behind it: 1 000 jobs of one key
+/// need one worker at a time.
+#[tokio::test]
+async fn jobs_parked_behind_a_key_add_nothing_to_the_pool_depth() {
+    let db = testkit::db().await;
+    let mut jobs: Vec<NewJob> = (0..1000)
+        .map(|i| NewJob::new("noop", json!({"i": i})).concurrency_key("K"))
+        .collect();
+    jobs.extend((0..5).map(|i| NewJob::new("noop", json!({"u": i}))));
+    enqueue_batch(&db.pool, jobs).await;
+    let depth = queue::pool_depth(&db.pool).await.unwrap();
+    let default: i64 = depth.iter().filter(|d| d.pool == "default").map(|d| d.available).sum();
+    assert_eq!(default, 6, "the key's head and the five unkeyed jobs: {depth:?}");
+}
