@@ -65,6 +65,25 @@ async fn age(pool: &PgPool, id: JobId, days: i32) {
     assert_eq!(n, 1);
 }
 
+/// Drops every day partition, as if the database had been migrated on a day long past: what a test attaches is
+/// then all there is, whenever its template was built.
+async fn drop_day_partitions(pool: &PgPool) {
+    let parts: Vec<String> = sqlx::query_scalar(
+        r#"
+        select c.relname::text
+        from pg_inherits i join pg_class c on c.oid = i.inhrelid
+        where i.inhparent in ('job_history_keyed'::regclass, 'job_history_unkeyed'::regclass)
+          and c.relname not like '%default'
+        "#,
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    for p in &parts {
+        sqlx::query(&format!("drop table {p}")).execute(pool).await.unwrap();
+    }
+}
+
 fn retention() -> Retention {
     Retention {
         finished: Duration::from_secs(24 * 3600),
@@ -280,6 +299,7 @@ async fn idempotency_keys_span_finished_jobs() {
 async fn retention_prunes_defaults_and_drops_day_partitions() {
     let db = testkit::db().await;
     let pool = &db.pool;
+    drop_day_partitions(pool).await;
     let plain = enqueue(pool, NewJob::new("noop", json!({"p": 1}))).await.job.id;
     let keyed = enqueue(pool, NewJob::new("noop", json!({"k": 1})).idempotency_key("kept"))
         .await
@@ -369,21 +389,7 @@ async fn retention_prunes_defaults_and_drops_day_partitions() {
 async fn coming_days_get_their_partitions() {
     let db = testkit::db().await;
     let pool = &db.pool;
-    // drop what the migration attached, as if the database had been migrated days ago
-    let parts: Vec<String> = sqlx::query_scalar(
-        r#"
-        select c.relname::text
-        from pg_inherits i join pg_class c on c.oid = i.inhrelid
-        where i.inhparent in ('job_history_keyed'::regclass, 'job_history_unkeyed'::regclass)
-          and c.relname not like '%default'
-        "#,
-    )
-    .fetch_all(pool)
-    .await
-    .unwrap();
-    for p in &parts {
-        sqlx::query(&format!("drop table {p}")).execute(pool).await.unwrap();
-    }
+    drop_day_partitions(pool).await;
     assert_eq!(queue::add_history_days(pool).await.unwrap(), 4);
     assert_eq!(queue::add_history_days(pool).await.unwrap(), 0);
     let id = enqueue(pool, NewJob::new("noop", json!({}))).await.job.id;

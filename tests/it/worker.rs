@@ -357,8 +357,12 @@ async fn an_interrupted_bench_leaves_no_workers_behind() {
         .unwrap();
     let pid = bench.id().unwrap();
     let children = eventually(Duration::from_secs(60), "the bench to start two workers", || async {
-        let list = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
-        let kids: Vec<u32> = list.split_whitespace().filter_map(|p| p.parse().ok()).collect();
+        // Children of any of its threads (a process is the child of the thread that spawned it).
+        let mut kids: Vec<u32> = Vec::new();
+        for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+            let list = std::fs::read_to_string(task.ok()?.path().join("children")).unwrap_or_default();
+            kids.extend(list.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+        }
         (kids.len() >= 2).then_some(kids)
     })
     .await;
