@@ -251,7 +251,11 @@ async fn run(cmd: Command) -> anyhow::Result<()> {
                 println!("For the CLI and scripts (the key and token stay the same across restarts of this directory):");
                 println!("  export ORDO_URL={} ORDO_API_KEY={} ORDO_ADMIN_TOKEN={}", r.url, r.api_key, r.admin_token);
                 println!();
-                println!("Try:");
+                println!("Try (after the export above):");
+                println!("  ordo jobs enqueue sleep --args '{{\"ms\": 500}}'");
+                println!("  ordo jobs list");
+                println!("  ordo queues");
+                println!("Or with curl:");
                 println!(
                     "  curl -s -X POST {}/api/jobs -H 'Authorization: Bearer {}' -H 'Content-Type: application/json' \\\n       -d '{{\"kind\": \"sleep\", \"args\": {{\"ms\": 500}}}}'",
                     r.url, r.api_key

@@ -6,7 +6,7 @@ use std::io::Write;
 
 use chrono::{DateTime, SecondsFormat};
 use clap::{Args, Subcommand};
-use reqwest::{Method, StatusCode};
+use reqwest::Method;
 use serde_json::{json, Map, Value};
 
 use super::render::{self, Column};
@@ -659,24 +659,9 @@ pub async fn account(command: AccountAdmin) -> Result<(), ClientError> {
             list(&conn, ADMIN, "/api/accounts", &page_query(&page), ACCOUNT_COLUMNS).await
         }
         AccountAdmin::Delete { id, conn } => {
-            let api = Api::new(&conn, ADMIN)?;
             let path = format!("/api/accounts/{}", encode(&id));
-            let answer = api.send(Request::new(&Method::DELETE, &path)).await?;
-            // A server without the route answers its fallback (404 "no such route") or 405: say what that means
-            // instead of "not found", which would read as "no such account".
-            let no_route = answer.status == StatusCode::METHOD_NOT_ALLOWED
-                || (answer.status == StatusCode::NOT_FOUND && answer.body["detail"] == "no such route");
-            if no_route {
-                return Err(ClientError::Unsupported {
-                    what: "deleting accounts",
-                    url: api.base().to_owned(),
-                    method: Method::DELETE,
-                    path,
-                    status: answer.status.as_u16(),
-                });
-            }
-            let answer = answer.into_result()?;
-            show(&conn, &answer, View::Done(format!("account {id} deleted")))
+            let done = View::Done(format!("account {id} deleted"));
+            call(&conn, ADMIN, Request::new(&Method::DELETE, &path), done).await
         }
     }
 }

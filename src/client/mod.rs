@@ -57,10 +57,8 @@ pub enum ClientError {
         message: String,
     },
     /// The server does not have the route this command needs (an older server).
-    #[error("the server at {url} does not support {what} yet ({method} {path} answered {status})")]
+    #[error("the server at {url} does not support {method} {path} yet (HTTP {status}: no such route); it is older than this ordo")]
     Unsupported {
-        /// What the command does.
-        what: &'static str,
         /// URL of the server.
         url: String,
         /// Method.
@@ -195,16 +193,24 @@ impl Api {
         })
     }
 
-    /// The server's base URL.
-    pub fn base(&self) -> &str {
-        &self.base
-    }
-
     /// Sends one request (no retries: a person or a script sees the failure and decides), with an
     /// `Idempotency-Key` header when `key` is set, and returns a success answer; an error answer becomes
     /// [`ClientError::Api`] with the problem's text.
     pub async fn call(&self, req: Request<'_>) -> Result<Answer, ClientError> {
-        self.send(req).await?.into_result()
+        let answer = self.send(req).await?;
+        // The router's fallback (404 "no such route") or a 405 means the server lacks the route; say that instead
+        // of "not found", which would read as "no such resource".
+        let no_route = answer.status == StatusCode::METHOD_NOT_ALLOWED
+            || (answer.status == StatusCode::NOT_FOUND && answer.body["detail"] == "no such route");
+        if no_route {
+            return Err(ClientError::Unsupported {
+                url: self.base.clone(),
+                method: req.method.clone(),
+                path: req.path.to_owned(),
+                status: answer.status.as_u16(),
+            });
+        }
+        answer.into_result()
     }
 
     /// Sends one request and returns whatever the server answered, success or not.

@@ -340,7 +340,7 @@ async fn cli_drives_accounts_keys_and_rollouts() {
     let out = cli.run(&["account", "delete", "acme"]).await;
     if !out.status.success() {
         // Until the server has DELETE /api/accounts/{id}, the CLI says so instead of "not found".
-        assert_error(&out, "does not support deleting accounts yet");
+        assert_error(&out, "does not support DELETE /api/accounts/acme yet");
     }
     // An account key is not the admin token; no token at all is named.
     let acme_key = cli.key.clone();
