@@ -125,7 +125,7 @@ pub struct Answer {
 
 impl Answer {
     /// The answer when it is a success, else [`ClientError::Api`] with the problem's text.
-    pub fn into_result(self) -> Result<Answer, ClientError> {
+    fn into_result(self) -> Result<Answer, ClientError> {
         if self.status.is_success() {
             Ok(self)
         } else {
@@ -214,7 +214,7 @@ impl Api {
     }
 
     /// Sends one request and returns whatever the server answered, success or not.
-    pub async fn send(&self, r: Request<'_>) -> Result<Answer, ClientError> {
+    async fn send(&self, r: Request<'_>) -> Result<Answer, ClientError> {
         let Request {
             method,
             path,
