@@ -73,7 +73,9 @@ enum Command {
     },
     /// Stream a CSV/NDJSON file into today's load of a name, with progress; prints a JSON summary.
     Load(crate::load::client::LoadArgs),
-    /// Manage accounts directly in the database.
+    #[command(flatten)]
+    Client(crate::client::Command),
+    /// Accounts: create one directly in the database; list or delete them through the admin API.
     Account {
         #[command(flatten)]
         db: DbConfig,
@@ -95,6 +97,8 @@ enum AccountCommand {
         #[arg(long, env = "ORDO_REGION", default_value = "local")]
         region: String,
     },
+    #[command(flatten)]
+    Admin(crate::client::AccountAdmin),
 }
 
 /// Parses the command line and runs the chosen role; exit code 0 on success.
@@ -233,6 +237,11 @@ async fn run(cmd: Command) -> anyhow::Result<()> {
             println!("webhook_secret={}", created.webhook_secret);
             Ok(())
         }
+        Command::Account {
+            command: AccountCommand::Admin(command),
+            ..
+        } => Ok(crate::client::commands::account(command).await?),
+        Command::Client(command) => Ok(crate::client::commands::run(command).await?),
         Command::Sandbox(args) => {
             let shutdown = crate::supervisor::shutdown_on_signals();
             crate::sandbox::run(args, shutdown, |r| {
@@ -242,7 +251,11 @@ async fn run(cmd: Command) -> anyhow::Result<()> {
                 println!("For the CLI and scripts (the key and token stay the same across restarts of this directory):");
                 println!("  export ORDO_URL={} ORDO_API_KEY={} ORDO_ADMIN_TOKEN={}", r.url, r.api_key, r.admin_token);
                 println!();
-                println!("Try:");
+                println!("Try (after the export above):");
+                println!("  ordo jobs enqueue sleep --args '{{\"ms\": 500}}'");
+                println!("  ordo jobs list");
+                println!("  ordo queues");
+                println!("Or with curl:");
                 println!(
                     "  curl -s -X POST {}/api/jobs -H 'Authorization: Bearer {}' -H 'Content-Type: application/json' \\\n       -d '{{\"kind\": \"sleep\", \"args\": {{\"ms\": 500}}}}'",
                     r.url, r.api_key

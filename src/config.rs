@@ -103,6 +103,19 @@ impl TlsClientConfig {
             message: e.to_string(),
         })
     }
+
+    /// The HTTP client of every CLI client of the API (`ordo load`, `ordo jobs`, …): the extra CA, a 5 s connect
+    /// timeout and a 60 s request timeout, so an unreachable server fails the command instead of hanging it.
+    pub fn client(&self) -> Result<reqwest::Client, Error> {
+        self.http_client()?
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .timeout(std::time::Duration::from_secs(60))
+            .build()
+            .map_err(|e| Error::Invalid {
+                name: "ORDO_CA_FILE",
+                message: format!("build the HTTP client: {}", crate::tls::error_chain(&e)),
+            })
+    }
 }
 
 /// Log format.

@@ -29,6 +29,7 @@ pub mod api;
 pub mod autoscale;
 pub mod bench;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod db;
 pub(crate) mod group_commit;

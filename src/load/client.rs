@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use super::records::MAX_RECORDS;
+use crate::client::encode;
 
 /// `ordo load` flags.
 #[derive(Debug, Clone, Args)]
@@ -111,14 +112,10 @@ pub enum ClientError {
         /// What was wrong.
         message: String,
     },
-    /// The server's certificate was refused (not signed by a trusted CA, or not for this host); not retried.
-    #[error("{url}: the server's certificate was refused ({message}); ORDO_CA_FILE adds a CA to trust")]
-    Certificate {
-        /// URL.
-        url: String,
-        /// Why.
-        message: String,
-    },
+    /// The server's certificate was refused (not signed by a trusted CA, or not for this host), as every CLI
+    /// client reports it; not retried.
+    #[error(transparent)]
+    Http(#[from] crate::client::ClientError),
     /// A setting is unusable (e.g. ORDO_CA_FILE).
     #[error(transparent)]
     Config(#[from] crate::config::Error),
@@ -356,10 +353,11 @@ impl Api {
                     }
                 }
                 Err(e) if crate::tls::is_certificate_error(&e) => {
-                    return Err(ClientError::Certificate {
+                    return Err(crate::client::ClientError::Certificate {
                         url,
                         message: crate::tls::error_chain(&e),
-                    })
+                    }
+                    .into())
                 }
                 Err(e) => crate::tls::error_chain(&e),
             };
@@ -441,16 +439,6 @@ impl Api {
     }
 }
 
-/// Percent-encodes a query value.
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// Progress on stderr: a redrawn bar on a terminal, a plain line every few seconds otherwise.
 struct Progress {
     tty: bool,
@@ -506,16 +494,7 @@ fn read_batches(
 pub async fn run(args: &LoadArgs, shutdown: CancellationToken) -> Result<Summary, ClientError> {
     let path = args.file.as_path();
     let (sha, lines) = digest(path)?;
-    let http = args
-        .tls
-        .http_client()?
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(60))
-        .build()
-        .map_err(|e| ClientError::Protocol {
-            url: args.url.clone(),
-            message: format!("build the HTTP client: {e}"),
-        })?;
+    let http = args.tls.client()?;
     let api = Api {
         http,
         base: args.url.trim_end_matches('/').to_owned(),
@@ -663,11 +642,5 @@ mod tests {
         assert_eq!(detect(Path::new("x.JSONL"), "a,b"), Format::Ndjson);
         assert_eq!(detect(Path::new("x.txt"), "  {\"sku_ref\": 1}"), Format::Ndjson);
         assert_eq!(detect(Path::new("x"), "sku_ref,location_ref,qty"), Format::Csv);
-    }
-
-    /// Query values are percent-encoded.
-    #[test]
-    fn query_encoding() {
-        assert_eq!(encode("daily stock/eu"), "daily%20stock%2Feu");
     }
 }

@@ -154,20 +154,6 @@ pub async fn enqueue(app: &App, key: &str, body: Value) -> String {
 }
 
 /// Registers a live worker of `pool`/`version` serving `queue` with the kind `kind`, as a worker process would.
-pub async fn register_worker(app: &App, id: &str, (pool, version): (&str, &str), queue: &str, kind: &str) {
-    let now = chrono::Utc::now();
-    let worker = ordo::queue::WorkerInfo {
-        id: id.to_owned(),
-        pool: pool.to_owned(),
-        version: version.to_owned(),
-        queues: vec![queue.to_owned()],
-        kinds: vec![kind.to_owned()],
-        host: "test".to_owned(),
-        pid: 1,
-        concurrency: 1,
-        started_at: now,
-        heartbeat_at: now,
-        stopping: false,
-    };
-    ordo::queue::register_worker(&app.db.pool, &worker).await.unwrap();
+pub async fn register_worker(app: &App, id: &str, version: (&str, &str), queue: &str, kind: &str) {
+    crate::support::register_worker(&app.db.pool, id, version, queue, kind).await;
 }

@@ -11,7 +11,7 @@ use serde_json::Value;
 use sqlx::PgPool;
 use tokio::process::{Child, Command};
 
-use crate::support::{signal, spawn_api_process, spawn_worker_process};
+use crate::support::{signal, spawn_api_process, spawn_worker_process, stop_all};
 
 const RECORDS: usize = 100_000;
 
@@ -138,15 +138,7 @@ async fn load_cli_survives_interruption_without_duplicates() {
         (RECORDS / 10) as i64
     );
 
-    for child in [api, worker] {
-        signal(&child, "-TERM");
-        let status = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
-            .await
-            .expect("stops on SIGTERM")
-            .unwrap()
-            .status;
-        assert!(status.success(), "{status:?}");
-    }
+    stop_all([api, worker]).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
 

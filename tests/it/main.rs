@@ -5,6 +5,7 @@
 
 mod api;
 mod autoscale;
+mod cli;
 mod crash;
 mod deploy;
 mod history;

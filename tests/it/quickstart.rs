@@ -6,8 +6,9 @@ use std::process::Stdio;
 use ordo::testkit;
 use tokio::process::Command;
 
-/// Every role a README row may name, as `ordo <role> --help` spells it.
-const ROLES: [&str; 10] = [
+/// Every role a README row may name, as `ordo <role> --help` spells it (`jobs list` and `account list` stand for
+/// the CLI's client commands, which share their flags).
+const ROLES: [&str; 12] = [
     "migrate",
     "api",
     "worker",
@@ -18,6 +19,8 @@ const ROLES: [&str; 10] = [
     "bench",
     "load",
     "account create",
+    "account list",
+    "jobs list",
 ];
 
 /// `ordo <role> --help`.

@@ -187,3 +187,35 @@ pub async fn count_state(pool: &PgPool, state: &str) -> i64 {
         .await
         .expect("count")
 }
+
+/// Sends SIGTERM to each child and asserts that it exits 0 within 30 s.
+pub async fn stop_all(children: impl IntoIterator<Item = Child>) {
+    for child in children {
+        signal(&child, "-TERM");
+        let status = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+            .await
+            .expect("stops on SIGTERM")
+            .unwrap()
+            .status;
+        assert!(status.success(), "{status:?}");
+    }
+}
+
+/// Registers a live worker of `pool`/`version` serving `queue` with the kind `kind`, as a worker process would.
+pub async fn register_worker(db: &PgPool, id: &str, (pool, version): (&str, &str), queue: &str, kind: &str) {
+    let now = chrono::Utc::now();
+    let worker = queue::WorkerInfo {
+        id: id.to_owned(),
+        pool: pool.to_owned(),
+        version: version.to_owned(),
+        queues: vec![queue.to_owned()],
+        kinds: vec![kind.to_owned()],
+        host: "test".to_owned(),
+        pid: 1,
+        concurrency: 1,
+        started_at: now,
+        heartbeat_at: now,
+        stopping: false,
+    };
+    queue::register_worker(db, &worker).await.unwrap();
+}

@@ -67,40 +67,51 @@ async fn https_api_serves_a_renewed_certificate_without_restart() {
     );
 }
 
-/// `ordo load` sends a file to an `https://` API whose CA it learns from ORDO_CA_FILE; without it, it stops at
-/// once with an error that names the refused certificate instead of retrying.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn load_cli_calls_an_https_api_trusting_ca_file() {
+/// A fresh database with the account `acme` and `ordo api` serving HTTPS on it with a certificate of a fresh CA
+/// named `name`; returns the database, the API process, its base URL, acme's key and the CA.
+async fn https_api(name: &str) -> (testkit::TestDb, tokio::process::Child, String, String, Pki) {
     let db = testkit::db().await;
     let key = tenancy::create_account(&db.pool, &AccountId::parse("acme").unwrap(), "Acme", "local")
         .await
         .unwrap()
         .api_key;
-    let pki = Pki::new("load");
+    let pki = Pki::new(name);
     let issued = pki.issue("api", &["localhost"]);
     let (cert, tls_key) = (issued.cert.display().to_string(), issued.key.display().to_string());
     let env = [("ORDO_TLS_CERT", cert.as_str()), ("ORDO_TLS_KEY", tls_key.as_str())];
-    let (_api, base) = spawn_api_process(&db.url, &env, "https://localhost", &client_trusting(&pki.ca_file)).await;
+    let (api, base) = spawn_api_process(&db.url, &env, "https://localhost", &client_trusting(&pki.ca_file)).await;
+    (db, api, base, key, pki)
+}
+
+/// `ordo <args>` against `base` with `key`, trusting `ca` (ORDO_CA_FILE) when given.
+fn cli_command(args: &[&str], base: &str, key: &str, ca: Option<&std::path::Path>) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_ordo"));
+    c.args(args)
+        .env("ORDO_URL", base)
+        .env("ORDO_API_KEY", key)
+        .env_remove("ORDO_CA_FILE")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null());
+    if let Some(ca) = ca {
+        c.env("ORDO_CA_FILE", ca);
+    }
+    c
+}
+
+/// `ordo load` sends a file to an `https://` API whose CA it learns from ORDO_CA_FILE; without it, it stops at
+/// once with an error that names the refused certificate instead of retrying.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_cli_calls_an_https_api_trusting_ca_file() {
+    let (db, _api, base, key, pki) = https_api("load").await;
     let _worker = spawn_worker_process(&db.url, &[], &["--queues", ordo::load::QUEUE]);
     let file = pki.dir.join("stock.csv");
     {
         let mut f = std::fs::File::create(&file).unwrap();
         writeln!(f, "sku_ref,location_ref,qty\nSKU-1,DC1,5\nSKU-2,DC1,7").unwrap();
     }
+    let file_arg = file.display().to_string();
     let load = |ca: Option<&std::path::Path>| {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_ordo"));
-        c.arg("load")
-            .arg(&file)
-            .args(["--load-name", "tls"])
-            .env("ORDO_URL", &base)
-            .env("ORDO_API_KEY", &key)
-            .env_remove("ORDO_CA_FILE")
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null());
-        if let Some(ca) = ca {
-            c.env("ORDO_CA_FILE", ca);
-        }
-        c.output()
+        cli_command(&["load", &file_arg, "--load-name", "tls"], &base, &key, ca).output()
     };
 
     let refused = load(None).await.unwrap();
@@ -112,4 +123,27 @@ async fn load_cli_calls_an_https_api_trusting_ca_file() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(summary["total"], 2, "{summary}");
+}
+
+/// The daily CLI (`ordo queues`, `ordo jobs enqueue`) calls an `https://` API trusting ORDO_CA_FILE, through the
+/// same HTTP client as `ordo load`; without the CA it fails at once naming the refused certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daily_cli_calls_an_https_api_trusting_ca_file() {
+    let (_db, _api, base, key, pki) = https_api("cli").await;
+    let cli = |args: &'static [&'static str], ca: Option<&std::path::Path>| cli_command(args, &base, &key, ca).output();
+
+    let refused = cli(&["queues"], None).await.unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(stderr.contains("certificate was refused"), "{stderr}");
+
+    let out = cli(&["jobs", "enqueue", "noop", "--json"], Some(&pki.ca_file))
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let job: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(job["kind"], "noop", "{job}");
+    let out = cli(&["queues"], Some(&pki.ca_file)).await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("QUEUE"));
 }
