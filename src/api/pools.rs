@@ -222,11 +222,11 @@ fn rollout_id(id: &str) -> Result<i64, ApiError> {
 pub struct RolloutPage {
     /// Rollouts, newest first.
     pub items: Vec<Rollout>,
-    /// Pass as `after` for the next (older) page; null on the last page.
+    /// Pass as `cursor` for the next (older) page; null on the last page.
     pub next_cursor: Option<String>,
 }
 
-/// List rollouts, newest first (`pool`, `state`, `limit` ≤ 200, cursor `after`).
+/// List rollouts, newest first (`pool`, `state`, `limit` and `cursor` as every list).
 #[utoipa::path(
     get,
     path = "/api/rollouts",
@@ -234,8 +234,9 @@ pub struct RolloutPage {
     params(
         ("pool" = Option<String>, Query, description = "Only this pool"),
         ("state" = Option<String>, Query, description = "canary, promoted, completed or aborted"),
-        ("limit" = Option<i64>, Query, description = "Page size, default 50, at most 200"),
-        ("after" = Option<String>, Query, description = "Cursor from the previous page"),
+        ("limit" = Option<i64>, Query, description = "Page size, default 100, 1 to 1000"),
+        ("cursor" = Option<String>, Query, description = "Cursor from the previous page"),
+        ("after" = Option<String>, Query, description = "The same as `cursor` (its earlier name)"),
     ),
     responses(
         (status = 200, description = "Rollouts", body = RolloutPage),
@@ -256,18 +257,17 @@ pub async fn list_rollouts(
                 .map_err(|_| ApiError::invalid("/query/state", "must be canary, promoted, completed or aborted"))?,
         ),
     };
-    let limit = match q.get("limit") {
-        None => 50,
-        Some(s) => match s.parse::<i64>() {
-            Ok(n) if (1..=200).contains(&n) => n,
-            _ => return Err(ApiError::invalid("/query/limit", "must be 1 to 200")),
-        },
+    let limit = q.limit()?;
+    // `after` was this list's cursor before it took `cursor` like every list; both are still read.
+    let (name, cursor) = match (q.get("cursor"), q.get("after")) {
+        (Some(c), _) => ("/query/cursor", Some(c)),
+        (None, a) => ("/query/after", a),
     };
-    let before = match q.get("after") {
+    let before = match cursor {
         None => None,
         Some(s) => Some(
             s.parse::<i64>()
-                .map_err(|_| ApiError::invalid("/query/after", "must be a cursor from a previous page"))?,
+                .map_err(|_| ApiError::invalid(name, "must be a cursor from a previous page"))?,
         ),
     };
     let mut items = rollout::list(state.pool(), q.get("pool"), rollout_state, before, limit + 1).await?;

@@ -695,8 +695,7 @@ async fn rollouts(command: Rollouts) -> Result<(), ClientError> {
             if let Some(l) = page.limit {
                 q.push(("limit", l.to_string()));
             }
-            // This list names its cursor parameter `after`.
-            push(&mut q, "after", page.cursor.as_ref());
+            push(&mut q, "cursor", page.cursor.as_ref());
             return list(&conn, ADMIN, "/api/rollouts", &q, ROLLOUT_COLUMNS).await;
         }
         Rollouts::Start {

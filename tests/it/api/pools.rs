@@ -156,13 +156,21 @@ async fn pools_and_rollouts_over_http() {
     assert_eq!(all.body["next_cursor"], serde_json::Value::Null);
     let r = list("/api/rollouts?pool=emails&state=aborted&limit=1").await;
     assert_eq!(r.expect(StatusCode::OK)["items"].as_array().unwrap().len(), 1);
-    for q in ["/api/rollouts?pool=nope", "/api/rollouts?state=canary"] {
+    // nothing is older than the first rollout: `cursor` (and its earlier name `after`) pages past it
+    for q in [
+        "/api/rollouts?pool=nope",
+        "/api/rollouts?state=canary",
+        "/api/rollouts?cursor=1",
+        "/api/rollouts?after=1",
+    ] {
         let r = list(q).await;
         assert!(r.expect(StatusCode::OK)["items"].as_array().unwrap().is_empty(), "{q}");
     }
     for q in [
         "/api/rollouts?state=bogus",
         "/api/rollouts?limit=0",
+        "/api/rollouts?limit=1001",
+        "/api/rollouts?cursor=x",
         "/api/rollouts?after=x",
     ] {
         let r = list(q).await;
