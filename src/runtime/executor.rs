@@ -167,12 +167,12 @@ impl Executor {
     }
 }
 
-/// The trace id of a job's `traceparent`, so failure logs can be joined with the caller's; empty when it has none.
-fn trace_id(traceparent: Option<&str>) -> String {
+/// The trace id of a job's `traceparent`, so failure logs can be joined with the caller's; a job without one logs
+/// no `trace_id` field at all (an absent `Option` field is not recorded), rather than an empty one.
+fn trace_id(traceparent: Option<&str>) -> Option<String> {
     traceparent
         .and_then(crate::telemetry::trace::TraceParent::parse)
         .map(|t| t.trace_id())
-        .unwrap_or_default()
 }
 
 enum EngineResultOrStep {
@@ -188,5 +188,19 @@ pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
         s.clone()
     } else {
         "unknown panic".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A job with a valid traceparent logs its trace id; one without (or with a malformed one) logs no field.
+    #[test]
+    fn trace_id_is_absent_without_a_traceparent() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(trace_id(Some(tp)).as_deref(), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+        assert_eq!(trace_id(None), None);
+        assert_eq!(trace_id(Some("garbage")), None);
     }
 }
