@@ -108,37 +108,45 @@ pub async fn enqueue(conn: &mut PgConnection, account: &AccountId, job: NewJob) 
 
 async fn insert_one(conn: &mut PgConnection, account: &AccountId, job: NewJob) -> Result<Enqueued> {
     let fp = job.idempotency_key.as_ref().map(|_| job_fingerprint(&job));
-    let inserted: Option<Job> = sqlx::query_as(INSERT_ONE_SQL.as_str())
-        .bind(account.as_str())
-        .bind(&job.queue)
-        .bind(&job.kind)
-        .bind(&job.args)
-        .bind(job.priority)
-        .bind(job.max_attempts)
-        .bind(job.run_at)
-        .bind(job.timeout_ms)
-        .bind(&job.idempotency_key)
-        .bind(&fp)
-        .bind(&job.concurrency_key)
-        .bind(&job.version)
-        .bind(&job.traceparent)
-        .fetch_optional(&mut *conn)
-        .await?;
-    match inserted {
-        Some(job) => Ok(Enqueued { job, replayed: false }),
-        None => {
-            account_exists(&mut *conn, account).await?;
-            let key = job.idempotency_key.clone().unwrap_or_default();
-            let (existing, existing_fp): (Job, Option<Vec<u8>>) = find_by_key(conn, account, &key).await?;
-            if existing_fp != fp {
-                return Err(Error::IdempotencyConflict { key, index: None });
-            }
-            Ok(Enqueued {
-                job: existing,
-                replayed: true,
-            })
+    // Twice at most: a key found taken by the insert can be released (its job's history dropped) before it is
+    // read back, and is then free for this job.
+    for _ in 0..2 {
+        let inserted: Option<Job> = sqlx::query_as(INSERT_ONE_SQL.as_str())
+            .bind(account.as_str())
+            .bind(&job.queue)
+            .bind(&job.kind)
+            .bind(&job.args)
+            .bind(job.priority)
+            .bind(job.max_attempts)
+            .bind(job.run_at)
+            .bind(job.timeout_ms)
+            .bind(&job.idempotency_key)
+            .bind(&fp)
+            .bind(&job.concurrency_key)
+            .bind(&job.version)
+            .bind(&job.traceparent)
+            .fetch_optional(&mut *conn)
+            .await?;
+        if let Some(job) = inserted {
+            return Ok(Enqueued { job, replayed: false });
         }
+        account_exists(&mut *conn, account).await?;
+        let key = job.idempotency_key.clone().unwrap_or_default();
+        let Some((existing, existing_fp)) = find_by_key(conn, account, &key).await? else {
+            continue;
+        };
+        if existing_fp != fp {
+            return Err(Error::IdempotencyConflict { key, index: None });
+        }
+        return Ok(Enqueued {
+            job: existing,
+            replayed: true,
+        });
     }
+    Err(Error::IdempotencyConflict {
+        key: job.idempotency_key.unwrap_or_default(),
+        index: None,
+    })
 }
 
 static INSERT_ONE_SQL: LazyLock<String> = LazyLock::new(|| {
@@ -198,16 +206,20 @@ async fn account_exists(conn: &mut PgConnection, account: &AccountId) -> Result<
     }
 }
 
-async fn find_by_key(conn: &mut PgConnection, account: &AccountId, key: &str) -> Result<(Job, Option<Vec<u8>>)> {
+/// The job holding `key` and the fingerprint of its payload; `None` when no job holds the key (any more).
+async fn find_by_key(
+    conn: &mut PgConnection,
+    account: &AccountId,
+    key: &str,
+) -> Result<Option<(Job, Option<Vec<u8>>)>> {
     let Some((id, fp)) = super::history::find_key(&mut *conn, account.as_str(), key).await? else {
-        // the winner of the key rolled back after all: nothing holds it now
-        return Err(Error::IdempotencyConflict {
-            key: key.to_owned(),
-            index: None,
-        });
+        return Ok(None);
     };
-    let job = super::get(&mut *conn, account, JobId(id)).await?;
-    Ok((job, fp))
+    match super::get(&mut *conn, account, JobId(id)).await {
+        Ok(job) => Ok(Some((job, fp))),
+        Err(Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// Enqueues many jobs with one statement, or a binary `COPY` for a large batch of plain jobs (see
