@@ -38,11 +38,12 @@ pub(crate) async fn copy_jobs(
     account: &AccountId,
     jobs: &[NewJob],
 ) -> Result<Option<Vec<i64>>> {
-    let (known, routing, guarded, mut ids): (bool, bool, bool, Vec<i64>) = sqlx::query_as(
+    let (known, routing, guarded, staged, mut ids): (bool, bool, bool, bool, Vec<i64>) = sqlx::query_as(
         r#"
         select exists (select 1 from account where id = $1),
                exists (select 1 from rollout where state in ('canary', 'promoted')),
                row_security_active('job'),
+               to_regclass('pg_temp.ordo_job_copy') is not null,
                array(select nextval('job_id_seq') from generate_series(1, $2))
         "#,
     )
@@ -63,16 +64,19 @@ pub(crate) async fn copy_jobs(
     if guarded {
         // PostgreSQL refuses `COPY FROM` into a table whose row-level security applies to the caller (the API's
         // role): copy into a temporary table instead and insert from it, under the table's policy.
-        sqlx::query(
-            r#"
-            create temp table if not exists ordo_job_copy (
-                id bigint, account_id text, queue text, kind text, args jsonb, state text, priority smallint,
-                max_attempts integer, timeout_ms integer, traceparent text, run_at timestamptz
-            ) on commit delete rows
-            "#,
-        )
-        .execute(&mut *conn)
-        .await?;
+        // Once per connection (`if not exists` alone would log a notice for every batch).
+        if !staged {
+            sqlx::query(
+                r#"
+                create temp table if not exists ordo_job_copy (
+                    id bigint, account_id text, queue text, kind text, args jsonb, state text, priority smallint,
+                    max_attempts integer, timeout_ms integer, traceparent text, run_at timestamptz
+                ) on commit delete rows
+                "#,
+            )
+            .execute(&mut *conn)
+            .await?;
+        }
         let rows: Vec<(usize, &NewJob)> = jobs.iter().enumerate().collect();
         copy_rows(conn, "ordo_job_copy", account, &ids, &rows, true).await?;
         // Only this batch's rows: an earlier batch of the same transaction left its own until the commit.
