@@ -9,7 +9,7 @@
 //! - every dynamic string is escaped ([`html::esc`], [`html::enc`]);
 //! - every change is a POST form, refused from other sites ([`session::same_origin`], SameSite=Strict cookie);
 //! - no page needs JavaScript: the one small script adds live refresh and sparklines to the overview;
-//! - every response under `/ui` (pages, redirects, errors, assets) carries the security headers of [`secure`]:
+//! - every response under `/ui` (pages, redirects, errors, assets) carries the security headers (`secure`, [`CSP`]):
 //!   the content security policy allows no inline script or style, so markup that slipped past escaping cannot run.
 //!
 //! One file per page family; `html` holds the layout and helpers, `session` the sign-in.
