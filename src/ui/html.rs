@@ -238,8 +238,8 @@ pub fn layout(session: Option<&Session>, active: &str, title: &str, body: &str) 
     )
 }
 
-/// An HTML response with the dashboard's headers: no caching (pages show live, per-key data) and a strict content
-/// security policy (only our own script and style; no inline code, so injected markup cannot run).
+/// An HTML response: no caching (pages show live, per-key data). The security headers are added to every
+/// dashboard response by the router's layer (`ui::secure`).
 pub fn respond(status: StatusCode, html: String) -> Response {
     let mut res = (status, html).into_response();
     let h = res.headers_mut();
@@ -248,15 +248,6 @@ pub fn respond(status: StatusCode, html: String) -> Response {
         HeaderValue::from_static("text/html; charset=utf-8"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; \
-             form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-        ),
-    );
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
     res
 }
 

@@ -8,7 +8,9 @@
 //!   shows whatever the size of the tables;
 //! - every dynamic string is escaped ([`html::esc`], [`html::enc`]);
 //! - every change is a POST form, refused from other sites ([`session::same_origin`], SameSite=Strict cookie);
-//! - no page needs JavaScript: the one small script adds live refresh and sparklines to the overview.
+//! - no page needs JavaScript: the one small script adds live refresh and sparklines to the overview;
+//! - every response under `/ui` (pages, redirects, errors, assets) carries the security headers (`secure`, [`CSP`]):
+//!   the content security policy allows no inline script or style, so markup that slipped past escaping cannot run.
 //!
 //! One file per page family; `html` holds the layout and helpers, `session` the sign-in.
 
@@ -23,8 +25,12 @@ pub mod session;
 mod workflows;
 
 use axum::body::Body;
-use axum::http::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, LOCATION, SET_COOKIE};
+use axum::http::header::{
+    AUTHORIZATION, CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, LOCATION, REFERRER_POLICY, SET_COOKIE,
+    X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS,
+};
 use axum::http::{HeaderValue, Method, Request, StatusCode};
+use axum::middleware::map_response;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -236,6 +242,29 @@ async fn asset(content_type: &'static str, body: &'static str) -> Response {
         .into_response()
 }
 
+/// The dashboard's content security policy: only its own script, stylesheet and fetches; no inline script, style
+/// or event handler, no plugins, no `<base>` rewriting, forms post only back here, and no site may frame it.
+pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+                       connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/// Adds the security headers to every dashboard response, whatever produced it (page, redirect, error, asset,
+/// 404). `X-Frame-Options` repeats `frame-ancestors` for browsers without CSP level 2; `no-referrer` keeps job
+/// ids and entity refs in dashboard URLs out of other sites' logs.
+async fn secure(mut res: Response) -> Response {
+    let h = res.headers_mut();
+    h.insert(CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    h.insert(X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    res
+}
+
+/// Any other path under `/ui`: a dashboard page saying so (with the headers), not the API's JSON problem.
+async fn not_found() -> Response {
+    let body = "<p>There is no such page in the dashboard.</p><p><a href=\"/ui\">Back to the overview</a></p>";
+    respond(StatusCode::NOT_FOUND, layout(None, "", "Page not found", body))
+}
+
 async fn home() -> Response {
     (StatusCode::SEE_OTHER, [(LOCATION, "/ui/overview")]).into_response()
 }
@@ -273,5 +302,7 @@ pub fn router(api: Router) -> Router {
         .route("/ui/rollouts/{id}", get(pools::rollout))
         .route("/ui/rollouts/{id}/{action}", get(pools::confirm).post(pools::act))
         .route("/ui/accounts", get(pools::accounts))
+        .route("/ui/{*rest}", get(not_found))
         .with_state(Ui { api })
+        .layer(map_response(secure))
 }

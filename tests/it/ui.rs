@@ -919,3 +919,145 @@ async fn ui_form_fields_are_labelled() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// Security headers and the content security policy.
+
+/// What every response under `/ui` must carry, header by header.
+const SECURITY_HEADERS: [(&str, &str); 4] = [
+    ("x-frame-options", "DENY"),
+    ("referrer-policy", "no-referrer"),
+    ("x-content-type-options", "nosniff"),
+    ("content-security-policy", ordo::ui::CSP),
+];
+
+/// The first piece of markup that the policy would block or that would run code: a `<script>` without `src`, an
+/// `on…=` event handler, a `javascript:` URL, a `<style>` block or a `style=` attribute.
+fn inline_code(html: &str) -> Option<String> {
+    let lower = html.to_ascii_lowercase();
+    let mut rest = lower.as_str();
+    while let Some(start) = rest.find('<') {
+        let end = rest[start..].find('>').map_or(rest.len(), |e| start + e + 1);
+        let tag = &rest[start..end];
+        rest = &rest[end..];
+        let name: String = tag[1..].chars().take_while(|c| c.is_ascii_alphanumeric()).collect();
+        if name == "script" && !tag.contains(" src=") {
+            return Some(tag.to_owned());
+        }
+        if name == "style" || tag.contains("javascript:") {
+            return Some(tag.to_owned());
+        }
+        // Attribute names follow whitespace; values are quoted and escaped, so a name can only start after a space.
+        for attr in tag.split_whitespace().skip(1) {
+            let attr_name = attr.split('=').next().unwrap_or("");
+            if (attr_name.starts_with("on") && attr.contains('=')) || attr_name == "style" {
+                return Some(tag.to_owned());
+            }
+        }
+    }
+    None
+}
+
+/// The checker itself catches each kind of inline code, and lets the dashboard's own markup through.
+#[test]
+fn inline_code_is_detected() {
+    for bad in [
+        "<p>x</p><script>alert(1)</script>",
+        "<SCRIPT type=\"module\">x()</SCRIPT>",
+        "<button onclick=\"x()\">",
+        "<body\nonload='x()'>",
+        "<a href=\"javascript:x()\">",
+        "<style>p{}</style>",
+        "<p style=\"color:red\">",
+    ] {
+        assert!(inline_code(bad).is_some(), "{bad}");
+    }
+    let good = "<script src=\"/ui/assets/ui.js\" defer></script><button type=\"submit\" class=\"online\" \
+                aria-label=\"on=off\">on</button><p>onclick=\"x\" style=\"y\"</p>";
+    assert_eq!(inline_code(good), None);
+}
+
+/// Every response under `/ui` (pages of both roles, redirects, an API error page, a 404, a 405, the static
+/// assets) carries the security headers, and no page holds inline script, event handlers or inline styles, even
+/// with hostile strings in the data it shows.
+#[tokio::test]
+async fn ui_every_response_carries_security_headers() {
+    let server = Server::start().await;
+    let key = server.account("acme").await;
+    let hostile = "<script>alert(1)</script>\" onmouseover=\"alert(2)";
+    let job = server
+        .enqueue(&key, json!({"kind": "noop", "queue": "q1", "args": {"note": hostile}}))
+        .await;
+    let cookie = sign_in(&server, &key).await;
+    let admin = sign_in(&server, ADMIN).await;
+
+    // (method, path, session, status): pages, redirects, errors and assets alike.
+    use reqwest::Method as M;
+    let (acc, adm) = (Some(cookie.as_str()), Some(admin.as_str()));
+    let mut cases: Vec<(M, String, Option<&str>, u16)> = vec![
+        (M::GET, "/".into(), None, 303),
+        (M::GET, "/ui".into(), None, 303),
+        (M::GET, "/ui/login".into(), None, 200),
+        (M::GET, "/ui/overview".into(), None, 303),
+        (M::GET, "/ui/assets/ui.css".into(), None, 200),
+        (M::GET, "/ui/assets/ui.js".into(), None, 200),
+        (M::GET, "/ui/no-such-page".into(), None, 404),
+        (M::GET, "/ui/jobs/1/nested/deeper".into(), acc, 404),
+        (M::DELETE, "/ui/jobs".into(), acc, 405),
+        (M::GET, format!("/ui/jobs/{job}"), acc, 200),
+        (M::GET, "/ui/jobs/999999999".into(), acc, 404),
+        (M::GET, "/ui/pools".into(), acc, 403),
+        (M::GET, "/ui/fragments/overview".into(), acc, 200),
+    ];
+    for p in ["overview", "jobs", "entities", "workflows", "schedules", "loads"] {
+        cases.push((M::GET, format!("/ui/{p}"), acc, 200));
+    }
+    for p in ["overview", "pools", "accounts"] {
+        cases.push((M::GET, format!("/ui/{p}"), adm, 200));
+    }
+
+    for (method, path, c, want) in cases {
+        let mut req = client().request(method.clone(), format!("{}{path}", server.base));
+        if let Some(c) = c {
+            req = req.header("cookie", c);
+        }
+        let res = req.send().await.unwrap();
+        assert_eq!(res.status().as_u16(), want, "{method} {path}");
+        for (name, value) in SECURITY_HEADERS {
+            let got = res.headers().get(name).map(|v| v.to_str().unwrap().to_owned());
+            assert_eq!(got.as_deref(), Some(value), "{method} {path}: {name}");
+        }
+        let csp = res.headers()["content-security-policy"].to_str().unwrap().to_owned();
+        assert!(!csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"), "{csp}");
+        assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+        let content_type = res
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        let body = res.text().await.unwrap();
+        if content_type.starts_with("text/html") {
+            assert_eq!(inline_code(&body), None, "{path} holds inline code");
+        }
+        if path.ends_with(".js") {
+            assert!(content_type.starts_with("text/javascript"), "{content_type}");
+        }
+    }
+
+    // The job page shows the hostile string as text.
+    let (_, _, page) = get(&server, &format!("/ui/jobs/{job}"), Some(&cookie)).await;
+    assert!(page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"), "{page}");
+
+    // Under `no-referrer` a browser's own form post says `Origin: null`: accepted only with Sec-Fetch-Site.
+    for (site, want) in [(Some("same-origin"), 303), (Some("cross-site"), 403), (None, 403)] {
+        let mut req = client()
+            .post(format!("{}/ui/login", server.base))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("origin", "null")
+            .body(format!("key={}", ordo::ui::html::enc(&key)));
+        if let Some(site) = site {
+            req = req.header("sec-fetch-site", site);
+        }
+        assert_eq!(req.send().await.unwrap().status().as_u16(), want, "{site:?}");
+    }
+}
