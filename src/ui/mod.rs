@@ -298,7 +298,7 @@ pub fn router(api: Router) -> Router {
         .route("/ui/loads/{id}", get(loads::detail))
         .route("/ui/loads/{id}/batches/{batch}", get(loads::batch))
         .route("/ui/pools", get(pools::list))
-        .route("/ui/rollouts", post(pools::start))
+        .route("/ui/rollouts", get(pools::rollouts).post(pools::start))
         .route("/ui/rollouts/{id}", get(pools::rollout))
         .route("/ui/rollouts/{id}/{action}", get(pools::confirm).post(pools::act))
         .route("/ui/accounts", get(pools::accounts))

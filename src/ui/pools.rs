@@ -86,8 +86,50 @@ async fn render_pools(
             esc(name),
         );
     }
-    let body = format!("{message}{OPEN_FORM}{out}{}", start_form(form));
+    let rollouts = ui.get(s, "/api/rollouts?limit=20").await?;
+    let body = format!(
+        "{message}{OPEN_FORM}{out}{}{}",
+        rollout_list(&rollouts["items"]),
+        start_form(form)
+    );
     Ok(respond(status, layout(Some(s), "pools", "Pools & rollouts", &body)))
+}
+
+/// The latest rollouts, newest first, each linking to its page.
+fn rollout_list(items: &Value) -> String {
+    let mut rows = String::new();
+    for r in items.as_array().map(Vec::as_slice).unwrap_or_default() {
+        let id = r["id"].as_str().unwrap_or("");
+        let _ = write!(
+            rows,
+            "<tr><th scope=\"row\"><a href=\"/ui/rollouts/{}\">#{}</a></th><td>{}</td><td>{} → {}</td><td>{}</td>\
+             <td class=\"num\">{}%</td><td>{}</td></tr>",
+            enc(id),
+            esc(id),
+            t(&r["pool"]),
+            t(&r["from_version"]),
+            t(&r["to_version"]),
+            badge(r["state"].as_str().unwrap_or("")),
+            t(&r["canary_percent"]),
+            time(&r["created_at"]),
+        );
+    }
+    if rows.is_empty() {
+        rows.push_str("<tr><td colspan=\"6\">No rollout yet.</td></tr>");
+    }
+    format!(
+        "<section class=\"card\" id=\"rollouts\"><h2>Rollouts</h2><div class=\"scroll\"><table class=\"data\">\
+         <caption>The latest 20 rollouts, newest first</caption><thead><tr><th scope=\"col\">Rollout</th>\
+         <th scope=\"col\">Pool</th><th scope=\"col\">Versions</th><th scope=\"col\">State</th>\
+         <th scope=\"col\">Canary share</th><th scope=\"col\">Started</th></tr></thead><tbody>{rows}</tbody>\
+         </table></div></section>"
+    )
+}
+
+/// `GET /ui/rollouts`: the rollouts are listed on the pools page.
+pub async fn rollouts(s: Session) -> Result<Response, Error> {
+    require(&s, Role::Admin)?;
+    Ok(Redirect::to("/ui/pools#rollouts").into_response())
 }
 
 /// `GET /ui/pools?rollout=`: every pool; `rollout` opens that rollout.

@@ -597,6 +597,12 @@ async fn ui_promote_a_rollout() {
         pools.contains("Pool emails") && pools.contains("canary") && pools.contains("20%"),
         "{pools}"
     );
+    // the rollouts list links to it
+    let listed = b.text("#rollouts tbody").await;
+    assert!(
+        listed.contains(&format!("#{id}")) && listed.contains("v1 → v2"),
+        "{listed}"
+    );
     b.type_into("#r-id", &id).await;
     b.click("form[action='/ui/pools'] button").await;
     assert_eq!(b.text("#rollout-state").await, "canary");
@@ -814,6 +820,15 @@ async fn ui_forms_reject_bad_input_with_messages() {
     assert!(res.text().await.unwrap().contains("role=\"alert\""));
     let (status, _, _) = get(&server, "/ui/pools?rollout=abc", Some(&admin)).await;
     assert_eq!(status, 422);
+    // `/ui/rollouts` is the rollouts list on the pools page (it answered 405 to a GET)
+    let (status, location, _) = get(&server, "/ui/rollouts", Some(&admin)).await;
+    assert_eq!((status, location.as_str()), (303, "/ui/pools#rollouts"));
+    let (status, _, body) = get(&server, "/ui/pools", Some(&admin)).await;
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("id=\"rollouts\"") && body.contains("No rollout yet."),
+        "{body}"
+    );
 }
 
 /// The loads pages render what the loads API answers: the account's loads, a load's batches with counts, and a
