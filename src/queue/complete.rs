@@ -101,7 +101,11 @@ pub async fn complete_many<'e>(exec: impl PgExecutor<'e>, items: &[Completion]) 
     Ok(to_ids(rows))
 }
 
-static COMPLETE_SQL: LazyLock<String> = LazyLock::new(|| {
+static COMPLETE_SQL: LazyLock<String> = LazyLock::new(|| completion_sql(&release_after("done"), "select id from done"));
+
+/// A statement completing the leased jobs of `job_leases($1, $2)` with results `$3`: history, the lane release
+/// `release` (a fragment of [`super::lane`]), counts, then `tail`.
+fn completion_sql(release: &str, tail: &str) -> String {
     format!(
         r#"
         with done as (
@@ -112,14 +116,13 @@ static COMPLETE_SQL: LazyLock<String> = LazyLock::new(|| {
               and job.state = 'running'
             returning {row}, true as finished
         ){history}{release}{count}
-        select id from done
+        {tail}
         "#,
         row = completed_row(),
         history = append_history("done"),
-        release = release_after("done"),
         count = count_after("done", &[("completed", "count(*)")])
     )
-});
+}
 
 /// A worker's offer to run the next jobs of the lanes its completions release (see [`complete_handing_off`]).
 #[derive(Debug, Clone, Copy)]
@@ -183,24 +186,9 @@ pub async fn complete_handing_off(
 }
 
 static COMPLETE_HANDING_OFF_SQL: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        r#"
-        with done as (
-            delete from job
-            using job_leases($1, $2) as r
-            where job.id = r.id
-              and job.attempt = r.attempt
-              and job.state = 'running'
-            returning {row}, true as finished
-        ){history}{release}{count}
-        select id, null::bigint from done
-        union all
-        select null, id from lane_released where handed
-        "#,
-        row = completed_row(),
-        history = append_history("done"),
-        release = release_after_handing_off("done", 4),
-        count = count_after("done", &[("completed", "count(*)")])
+    completion_sql(
+        &release_after_handing_off("done", 4),
+        "select id, null::bigint from done union all select null, id from lane_released where handed",
     )
 });
 
