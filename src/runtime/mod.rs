@@ -9,10 +9,16 @@
 mod completer;
 mod engine;
 mod executor;
+mod fetcher;
+mod prefetch;
 
 pub use completer::{Settle, SettleKind};
 pub use engine::{EngineHandler, EngineHandlers, EngineResult};
 pub(crate) use executor::panic_message;
+pub(crate) use fetcher::Dispatch;
+use fetcher::Fetcher;
+use prefetch::{auto_prefetch, size_prefetch};
+pub use prefetch::{Prefetch, AUTO_PREFETCH_MAX, AUTO_PREFETCH_WINDOW};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -25,8 +31,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::queue::{self, ClaimRequest, JobId, RetryPolicy, WorkerInfo};
-use crate::telemetry::metrics as m;
+use crate::queue::{self, JobId, RetryPolicy, WorkerInfo};
 use crate::wake::{self, WakeSignals};
 
 /// Errors that stop a worker.
@@ -106,43 +111,6 @@ impl WorkerConfig {
             event_retention: Duration::from_secs(30 * 24 * 3600),
         }
     }
-}
-
-/// How many jobs a worker claims ahead of its free slots.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Prefetch {
-    /// Follows the worker's throughput: about [`AUTO_PREFETCH_WINDOW`] of its recent work, at least its concurrency
-    /// and at most [`AUTO_PREFETCH_MAX`] jobs. Short jobs get a deep buffer, so each claim brings many; long ones
-    /// a shallow one, so a worker never sits on work another could start.
-    Auto,
-    /// Exactly this many.
-    Fixed(usize),
-}
-
-/// How much recent work an automatic prefetch holds.
-pub const AUTO_PREFETCH_WINDOW: Duration = Duration::from_millis(50);
-/// The most jobs an automatic prefetch holds.
-pub const AUTO_PREFETCH_MAX: usize = 2000;
-
-impl std::str::FromStr for Prefetch {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim() {
-            "auto" => Ok(Prefetch::Auto),
-            n => n
-                .parse::<usize>()
-                .ok()
-                .filter(|n| *n <= 10_000)
-                .map(Prefetch::Fixed)
-                .ok_or_else(|| format!("{s:?} is neither `auto` nor a number of jobs from 0 to 10000")),
-        }
-    }
-}
-
-/// The buffer an automatic prefetch wants at `per_s` jobs a second (see [`Prefetch::Auto`]).
-fn auto_prefetch(per_s: f64, concurrency: usize) -> usize {
-    let window = (per_s * AUTO_PREFETCH_WINDOW.as_secs_f64()) as usize;
-    window.clamp(concurrency.min(AUTO_PREFETCH_MAX), AUTO_PREFETCH_MAX)
 }
 
 /// Jobs this worker holds right now: attempt and the token that stops the handler.
@@ -417,42 +385,6 @@ impl Worker {
     }
 }
 
-/// Sizes an automatic prefetch (see [`Prefetch::Auto`]) every 100 ms from the jobs this worker finished: the
-/// buffer grows at once when throughput rises and shrinks as it falls, by permits handed back (a job waiting in
-/// the buffer is never dropped).
-async fn size_prefetch(
-    held: Arc<Semaphore>,
-    prefetch: Arc<AtomicUsize>,
-    finished: Arc<AtomicU64>,
-    concurrency: usize,
-    stop: CancellationToken,
-) {
-    let tick = Duration::from_millis(100);
-    let mut last = finished.load(Ordering::Relaxed);
-    let mut rate = 0.0_f64;
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(tick) => {}
-        }
-        let now = finished.load(Ordering::Relaxed);
-        let per_s = now.saturating_sub(last) as f64 / tick.as_secs_f64();
-        last = now;
-        // Up at once, down gently: one quiet tick between bursts must not empty the buffer.
-        rate = if per_s >= rate { per_s } else { 0.7 * rate + 0.3 * per_s };
-        let want = auto_prefetch(rate, concurrency);
-        let have = prefetch.load(Ordering::Relaxed);
-        if want > have {
-            held.add_permits(want - have);
-            prefetch.store(want, Ordering::Relaxed);
-        } else if want < have {
-            // Only free permits can be forgotten; the rest go on a later tick, as jobs finish.
-            let gone = held.forget_permits(have - want);
-            prefetch.store(have - gone, Ordering::Relaxed);
-        }
-    }
-}
-
 /// Settles lane marks when poked after this worker finished jobs of concurrency keys, and wakes its fetchers of
 /// the queues whose jobs that released. Pokes arriving meanwhile coalesce into one more round.
 async fn release_lanes(pool: PgPool, lanes: completer::LaneHook, stop: CancellationToken) {
@@ -567,150 +499,6 @@ async fn register_with_retry(pool: &PgPool, info: &WorkerInfo, shutdown: &Cancel
     }
 }
 
-/// Claims jobs of one queue while there are free slots, waking on a Redis publish or polling.
-struct Fetcher {
-    pool: PgPool,
-    queue: String,
-    kinds: Vec<String>,
-    cfg: WorkerConfig,
-    worker_id: String,
-    /// Jobs held, running or waiting for a slot (`concurrency + prefetch`).
-    held: Arc<Semaphore>,
-    /// The prefetch right now (it changes when automatic).
-    prefetch: Arc<AtomicUsize>,
-    wake: Arc<tokio::sync::Notify>,
-    dispatch: Dispatch,
-}
-
-/// Starts jobs this worker holds (claimed, or handed over by a completion): each waits for a slot, then runs; at
-/// shutdown one still waiting is handed back at once.
-#[derive(Clone)]
-pub(crate) struct Dispatch {
-    exec: Arc<executor::Executor>,
-    /// Slots to run in (`concurrency`).
-    slots: Arc<Semaphore>,
-    running: Running,
-    /// Jobs this worker finished, for an automatic prefetch's rate.
-    finished: Arc<AtomicU64>,
-    jobs: TaskTracker,
-}
-
-impl Dispatch {
-    /// Starts `job`, which holds `permit` (one of `concurrency + prefetch`) until it is done.
-    pub(crate) fn start(&self, job: queue::Job, permit: Option<tokio::sync::OwnedSemaphorePermit>) {
-        let exec = self.exec.clone();
-        let slots = self.slots.clone();
-        let finished = self.finished.clone();
-        // Held from the claim on: the heartbeat keeps its lease, and a lost lease stops it.
-        let cancel = CancellationToken::new();
-        if let Ok(mut r) = self.running.lock() {
-            r.insert(job.id, (job.attempt, cancel.clone()));
-        }
-        self.jobs.spawn(async move {
-            let slot = tokio::select! {
-                biased;
-                _ = exec.stopping.cancelled() => None,
-                _ = cancel.cancelled() => None,
-                s = slots.acquire_owned() => s.ok(),
-            };
-            let Some(slot) = slot else {
-                // Stopping: give the waiting job back at once (its attempt not used up). Lease lost: the job is
-                // someone else's now.
-                exec.release_unstarted(job, !cancel.is_cancelled());
-                drop(permit);
-                return;
-            };
-            exec.execute(job, cancel).await;
-            finished.fetch_add(1, Ordering::Relaxed);
-            drop(slot);
-            drop(permit);
-        });
-    }
-}
-
-impl Fetcher {
-    async fn run(self, shutdown: CancellationToken) {
-        let mut error_delay = Duration::from_millis(50);
-        // Poll fast right after finding work; back off towards the configured interval while idle.
-        let mut idle = Duration::from_millis(10);
-        loop {
-            // A permit before the claim: never hold more than concurrency + prefetch jobs.
-            let first = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                p = self.held.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-            };
-            // Under load, permits come back one by one as handlers finish; claiming each at once would mean many
-            // tiny claims. Gather a quarter of them (briefly) first; when idle they are all free anyway.
-            let mut permits = vec![first];
-            let want =
-                ((self.cfg.concurrency + self.prefetch.load(Ordering::Relaxed)) / 4).clamp(1, self.cfg.max_claim);
-            let gather_until = tokio::time::Instant::now() + Duration::from_millis(2);
-            while permits.len() < want {
-                match tokio::time::timeout_at(gather_until, self.held.clone().acquire_owned()).await {
-                    Ok(Ok(p)) => permits.push(p),
-                    _ => break,
-                }
-            }
-            while permits.len() < self.cfg.max_claim {
-                match self.held.clone().try_acquire_owned() {
-                    Ok(p) => permits.push(p),
-                    Err(_) => break,
-                }
-            }
-            let req = ClaimRequest {
-                queue: &self.queue,
-                kinds: &self.kinds,
-                pool: &self.cfg.pool,
-                version: &self.cfg.version,
-                worker_id: &self.worker_id,
-                lease: self.cfg.lease,
-                limit: permits.len() as i64,
-            };
-            let wanted = permits.len();
-            let started = std::time::Instant::now();
-            match queue::claim(&self.pool, &req).await {
-                Ok(jobs) => {
-                    metrics::histogram!(m::CLAIM_DURATION_SECONDS, "queue" => self.queue.clone())
-                        .record(started.elapsed().as_secs_f64());
-                    if !jobs.is_empty() {
-                        metrics::counter!(m::JOBS_CLAIMED_TOTAL, "queue" => self.queue.clone())
-                            .increment(jobs.len() as u64);
-                    }
-                    error_delay = Duration::from_millis(50);
-                    let got = jobs.len();
-                    for job in jobs {
-                        self.dispatch.start(job, permits.pop());
-                    }
-                    drop(permits);
-                    if got == wanted {
-                        idle = Duration::from_millis(10);
-                        continue;
-                    }
-                    if got > 0 {
-                        idle = Duration::from_millis(10);
-                    }
-                }
-                Err(e) => {
-                    drop(permits);
-                    tracing::warn!(queue = %self.queue, error = %e, retry_in = ?error_delay, "claim failed");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(error_delay) => {}
-                    }
-                    error_delay = (error_delay * 2).min(Duration::from_secs(5));
-                    continue;
-                }
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = self.wake.notified() => {}
-                _ = tokio::time::sleep(idle) => {}
-            }
-            idle = (idle * 2).min(self.cfg.poll);
-        }
-    }
-}
-
 /// Every third of the lease: refresh the worker row and extend the leases of held jobs; a job whose lease was
 /// lost has its handler stopped (its outcome would be refused anyway). When this worker's version has been
 /// retired (its rollout moved on), `retire` is cancelled: the worker stops claiming, drains and exits 0.
@@ -779,35 +567,4 @@ fn hostname() -> String {
         .filter(|s| !s.is_empty())
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| "localhost".to_owned())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// `--prefetch` takes `auto` or a number of jobs up to 10 000, and says what it wants otherwise.
-    #[test]
-    fn prefetch_parses_auto_or_a_number() {
-        assert_eq!("auto".parse::<Prefetch>(), Ok(Prefetch::Auto));
-        assert_eq!("0".parse::<Prefetch>(), Ok(Prefetch::Fixed(0)));
-        assert_eq!("10000".parse::<Prefetch>(), Ok(Prefetch::Fixed(10_000)));
-        for bad in ["10001", "-1", "lots", ""] {
-            let err = bad.parse::<Prefetch>().unwrap_err();
-            assert!(err.contains("neither `auto` nor a number"), "{bad}: {err}");
-        }
-    }
-
-    /// An automatic prefetch holds about 50 ms of work, never less than the concurrency, never more than the cap.
-    #[test]
-    fn auto_prefetch_follows_throughput_within_bounds() {
-        assert_eq!(auto_prefetch(0.0, 64), 64, "idle: the concurrency");
-        assert_eq!(auto_prefetch(64.0, 64), 64, "one-second jobs: the concurrency");
-        assert_eq!(auto_prefetch(10_000.0, 64), 500, "50 ms at 10 000 jobs/s");
-        assert_eq!(auto_prefetch(1_000_000.0, 64), AUTO_PREFETCH_MAX);
-        assert_eq!(
-            auto_prefetch(0.0, 5000),
-            AUTO_PREFETCH_MAX,
-            "the cap holds at any concurrency"
-        );
-    }
 }

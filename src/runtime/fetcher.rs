@@ -1,0 +1,160 @@
+//! Claim loops and the start of held jobs: a fetcher claims a queue's jobs while the worker has permits, and
+//! [`Dispatch`] starts each job the worker holds (claimed, or handed over by a completion) as a slot frees.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{executor, Running, WorkerConfig};
+use crate::queue::{self, ClaimRequest};
+use crate::telemetry::metrics as m;
+
+/// Claims jobs of one queue while there are free slots, waking on a Redis publish or polling.
+pub(super) struct Fetcher {
+    pub(super) pool: PgPool,
+    pub(super) queue: String,
+    pub(super) kinds: Vec<String>,
+    pub(super) cfg: WorkerConfig,
+    pub(super) worker_id: String,
+    /// Jobs held, running or waiting for a slot (`concurrency + prefetch`).
+    pub(super) held: Arc<Semaphore>,
+    /// The prefetch right now (it changes when automatic).
+    pub(super) prefetch: Arc<AtomicUsize>,
+    pub(super) wake: Arc<tokio::sync::Notify>,
+    pub(super) dispatch: Dispatch,
+}
+
+/// Starts jobs this worker holds (claimed, or handed over by a completion): each waits for a slot, then runs; at
+/// shutdown one still waiting is handed back at once.
+#[derive(Clone)]
+pub(crate) struct Dispatch {
+    pub(super) exec: Arc<executor::Executor>,
+    /// Slots to run in (`concurrency`).
+    pub(super) slots: Arc<Semaphore>,
+    pub(super) running: Running,
+    /// Jobs this worker finished, for an automatic prefetch's rate.
+    pub(super) finished: Arc<AtomicU64>,
+    pub(super) jobs: TaskTracker,
+}
+
+impl Dispatch {
+    /// Starts `job`, which holds `permit` (one of `concurrency + prefetch`) until it is done.
+    pub(crate) fn start(&self, job: queue::Job, permit: Option<tokio::sync::OwnedSemaphorePermit>) {
+        let exec = self.exec.clone();
+        let slots = self.slots.clone();
+        let finished = self.finished.clone();
+        // Held from the claim on: the heartbeat keeps its lease, and a lost lease stops it.
+        let cancel = CancellationToken::new();
+        if let Ok(mut r) = self.running.lock() {
+            r.insert(job.id, (job.attempt, cancel.clone()));
+        }
+        self.jobs.spawn(async move {
+            let slot = tokio::select! {
+                biased;
+                _ = exec.stopping.cancelled() => None,
+                _ = cancel.cancelled() => None,
+                s = slots.acquire_owned() => s.ok(),
+            };
+            let Some(slot) = slot else {
+                // Stopping: give the waiting job back at once (its attempt not used up). Lease lost: the job is
+                // someone else's now.
+                exec.release_unstarted(job, !cancel.is_cancelled());
+                drop(permit);
+                return;
+            };
+            exec.execute(job, cancel).await;
+            finished.fetch_add(1, Ordering::Relaxed);
+            drop(slot);
+            drop(permit);
+        });
+    }
+}
+
+impl Fetcher {
+    /// Claims until `shutdown`.
+    pub(super) async fn run(self, shutdown: CancellationToken) {
+        let mut error_delay = Duration::from_millis(50);
+        // Poll fast right after finding work; back off towards the configured interval while idle.
+        let mut idle = Duration::from_millis(10);
+        loop {
+            // A permit before the claim: never hold more than concurrency + prefetch jobs.
+            let first = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                p = self.held.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            };
+            // Under load, permits come back one by one as handlers finish; claiming each at once would mean many
+            // tiny claims. Gather a quarter of them (briefly) first; when idle they are all free anyway.
+            let mut permits = vec![first];
+            let want =
+                ((self.cfg.concurrency + self.prefetch.load(Ordering::Relaxed)) / 4).clamp(1, self.cfg.max_claim);
+            let gather_until = tokio::time::Instant::now() + Duration::from_millis(2);
+            while permits.len() < want {
+                match tokio::time::timeout_at(gather_until, self.held.clone().acquire_owned()).await {
+                    Ok(Ok(p)) => permits.push(p),
+                    _ => break,
+                }
+            }
+            while permits.len() < self.cfg.max_claim {
+                match self.held.clone().try_acquire_owned() {
+                    Ok(p) => permits.push(p),
+                    Err(_) => break,
+                }
+            }
+            let req = ClaimRequest {
+                queue: &self.queue,
+                kinds: &self.kinds,
+                pool: &self.cfg.pool,
+                version: &self.cfg.version,
+                worker_id: &self.worker_id,
+                lease: self.cfg.lease,
+                limit: permits.len() as i64,
+            };
+            let wanted = permits.len();
+            let started = std::time::Instant::now();
+            match queue::claim(&self.pool, &req).await {
+                Ok(jobs) => {
+                    metrics::histogram!(m::CLAIM_DURATION_SECONDS, "queue" => self.queue.clone())
+                        .record(started.elapsed().as_secs_f64());
+                    if !jobs.is_empty() {
+                        metrics::counter!(m::JOBS_CLAIMED_TOTAL, "queue" => self.queue.clone())
+                            .increment(jobs.len() as u64);
+                    }
+                    error_delay = Duration::from_millis(50);
+                    let got = jobs.len();
+                    for job in jobs {
+                        self.dispatch.start(job, permits.pop());
+                    }
+                    drop(permits);
+                    if got == wanted {
+                        idle = Duration::from_millis(10);
+                        continue;
+                    }
+                    if got > 0 {
+                        idle = Duration::from_millis(10);
+                    }
+                }
+                Err(e) => {
+                    drop(permits);
+                    tracing::warn!(queue = %self.queue, error = %e, retry_in = ?error_delay, "claim failed");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(error_delay) => {}
+                    }
+                    error_delay = (error_delay * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(idle) => {}
+            }
+            idle = (idle * 2).min(self.cfg.poll);
+        }
+    }
+}
