@@ -118,10 +118,7 @@ impl Tenant {
 }
 
 /// Opens a transaction as `ordo_api` with `ordo.account_id` set to `account` (both transaction-local).
-pub(crate) async fn begin_tenant(
-    pool: &PgPool,
-    account: &AccountId,
-) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+pub async fn begin_tenant(pool: &PgPool, account: &AccountId) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
     // One round trip for BEGIN and both settings: an account id is a validated slug (`[a-z0-9-]`), so it is safe as
     // a literal, and the simple-query protocol runs the three statements together.
     let sql = format!(

@@ -496,6 +496,17 @@ fn tail(path: &Path) -> String {
     format!("--- last lines of {} ---\n{last}", path.display())
 }
 
+/// A transaction as the API opens one for an account request (role `ordo_api`, the account set, both
+/// transaction-local): what row-level security tests must run under, since a superuser bypasses it.
+pub async fn api_transaction(
+    pool: &PgPool,
+    account: &crate::tenancy::AccountId,
+) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    crate::api::auth::begin_tenant(pool, account)
+        .await
+        .expect("open a transaction as the API's role")
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};

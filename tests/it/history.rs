@@ -429,13 +429,7 @@ async fn history_is_isolated_per_account() {
     .id;
     drop(conn);
     complete_all(pool).await;
-    let mut tx = pool.begin().await.unwrap();
-    sqlx::query("set local role ordo_api").execute(&mut *tx).await.unwrap();
-    sqlx::query("select set_config('ordo.account_id', $1, true)")
-        .bind(acct().as_str())
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    let mut tx = testkit::api_transaction(pool, &acct()).await;
     let seen: Vec<i64> = sqlx::query_scalar("select id from job_history order by id")
         .fetch_all(&mut *tx)
         .await

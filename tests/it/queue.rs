@@ -1169,13 +1169,7 @@ async fn a_copied_batch_checks_the_account_and_yields_to_routing() {
 #[tokio::test]
 async fn copied_batches_under_the_api_role_insert_each_job_once() {
     let db = testkit::db().await;
-    let mut tx = db.pool.begin().await.unwrap();
-    sqlx::query("set local role ordo_api").execute(&mut *tx).await.unwrap();
-    sqlx::query("select set_config('ordo.account_id', $1, true)")
-        .bind(acct().as_str())
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    let mut tx = testkit::api_transaction(&db.pool, &acct()).await;
     let mut ids = Vec::new();
     for b in 0..2 {
         let jobs: Vec<NewJob> = (0..100).map(|i| NewJob::new("noop", json!({"b": b, "i": i}))).collect();
