@@ -103,24 +103,36 @@ pub async fn complete_many<'e>(exec: impl PgExecutor<'e>, items: &[Completion]) 
 
 static COMPLETE_SQL: LazyLock<String> = LazyLock::new(|| completion_sql(&release_after("done"), "select id from done"));
 
-/// A statement completing the leased jobs of `job_leases($1, $2)` with results `$3`: history, the lane release
-/// `release` (a fragment of [`super::lane`]), counts, then `tail`.
-fn completion_sql(release: &str, tail: &str) -> String {
+/// Deletes the jobs of `job_leases($1, $2)` (each at its attempt) that satisfy `cond`, returning `row`.
+fn leased_delete(cond: &str, row: &str) -> String {
+    format!(
+        "delete from job using job_leases($1, $2) as r \
+         where job.id = r.id and job.attempt = r.attempt and {cond} returning {row}"
+    )
+}
+
+/// A statement that finishes the leased jobs satisfying `cond` with `row` (see [`finished_row`]): history, the
+/// lane release `release` (a fragment of [`super::lane`]), the count `counted` (see [`count_after`]), then `tail`.
+fn finishing_sql(cond: &str, row: &str, counted: (&str, &str), release: &str, tail: &str) -> String {
     format!(
         r#"
-        with done as (
-            delete from job
-            using job_leases($1, $2) as r
-            where job.id = r.id
-              and job.attempt = r.attempt
-              and job.state = 'running'
-            returning {row}, true as finished
-        ){history}{release}{count}
+        with done as ({delete}){history}{release}{count}
         {tail}
         "#,
-        row = completed_row(),
+        delete = leased_delete(cond, &format!("{row}, true as finished")),
         history = append_history("done"),
-        count = count_after("done", &[("completed", "count(*)")])
+        count = count_after("done", &[counted])
+    )
+}
+
+/// A completion of leased jobs, with `release` and `tail` as in [`finishing_sql`].
+fn completion_sql(release: &str, tail: &str) -> String {
+    finishing_sql(
+        "job.state = 'running'",
+        &completed_row(),
+        ("completed", "count(*)"),
+        release,
+        tail,
     )
 }
 
@@ -221,19 +233,9 @@ pub async fn complete_locked<'e>(exec: impl PgExecutor<'e>, items: &[Completion]
 }
 
 static COMPLETE_LOCKED_SQL: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        r#"
-        with done as (
-            delete from job
-            using job_leases($1, $2) as r
-            where job.id = r.id
-              and job.attempt = r.attempt
-              and {WAITING_BY_ID}
-            returning {row}, true as finished
-        ){history}{release}{count}
-        select id from done
-        "#,
-        row = finished_row(&[
+    finishing_sql(
+        WAITING_BY_ID,
+        &finished_row(&[
             ("state", "'completed'"),
             ("attempt", "job.attempt + 1"),
             ("started_at", "now()"),
@@ -241,9 +243,9 @@ static COMPLETE_LOCKED_SQL: LazyLock<String> = LazyLock::new(|| {
             ("result", "($3::jsonb[])[r.ord]"),
             ("lease_owner", "$4::text"),
         ]),
-        history = append_history("done"),
-        release = release_after("done"),
-        count = count_after("done", &[("completed", "count(*)")])
+        ("completed", "count(*)"),
+        &release_after("done"),
+        "select id from done",
     )
 });
 
@@ -311,17 +313,12 @@ static FAIL_SQL: LazyLock<String> = LazyLock::new(|| {
             returning job.id, job.account_id, job.queue, job.concurrency_key, job.state
         ),
         -- a discarded job keeps the version that ran it
-        discarded as (
-            delete from job
-            using job_leases($1, $2) as r
-            where job.id = r.id
-              and job.attempt = r.attempt
-              and job.state = 'running'
-              and {gives_up}
-            returning {row}
-        ){rest}
+        discarded as ({discarded}){rest}
         "#,
-        row = discarded_row(&errors),
+        discarded = leased_delete(
+            &format!("job.state = 'running' and {gives_up}"),
+            &discarded_row(&errors)
+        ),
         rest = after_failures()
     )
 });
@@ -409,27 +406,17 @@ pub async fn cancel_running<'e>(exec: impl PgExecutor<'e>, items: &[(JobId, i32,
 }
 
 static CANCEL_RUNNING_SQL: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        r#"
-        with done as (
-            delete from job
-            using job_leases($1, $2) as r
-            where job.id = r.id
-              and job.attempt = r.attempt
-              and job.state = 'running'
-            returning {row}, true as finished
-        ){history}{release}{count}
-        select id from done
-        "#,
-        row = finished_row(&[
+    finishing_sql(
+        "job.state = 'running'",
+        &finished_row(&[
             ("state", "'cancelled'"),
             ("finished_at", "now()"),
             ("errors", &with_error("'cancelled: ' || ($3::text[])[r.ord]", false)),
             ("leased_until", "null::timestamptz"),
         ]),
-        history = append_history("done"),
-        release = release_after("done"),
-        count = count_after("done", &[("cancelled", "count(*)")])
+        ("cancelled", "count(*)"),
+        &release_after("done"),
+        "select id from done",
     )
 });
 
