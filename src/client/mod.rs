@@ -2,6 +2,7 @@
 //! `ordo keys` and `ordo rollouts`, clients of the HTTP API (CONTRACT §1). Each command is one request; its answer
 //! is printed as a table (or a field list) for people, or as the API's JSON document with `--json`.
 
+pub mod args;
 pub mod commands;
 mod render;
 
@@ -10,7 +11,7 @@ use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
-pub use commands::{AccountAdmin, Command};
+pub use args::{AccountAdmin, Command};
 
 /// Where and how a client command talks to the API.
 #[derive(Debug, Clone, Args)]
