@@ -20,6 +20,7 @@ pub mod extract;
 pub mod fields;
 pub mod health;
 pub mod jobs;
+pub mod limits;
 pub mod loads;
 pub mod middleware;
 pub mod openapi;
@@ -298,6 +299,8 @@ pub fn routes() -> Vec<Route> {
         route("POST", "/api/accounts", post(accounts::create)),
         route("GET", "/api/accounts", get(accounts::list)),
         route("POST", "/api/accounts/{id}/keys", post(accounts::create_key)),
+        route("GET", "/api/accounts/{id}/limits", get(limits::get)),
+        route("PUT", "/api/accounts/{id}/limits", put(limits::put)),
         route(
             "DELETE",
             "/api/accounts/{id}/keys/{key_id}",

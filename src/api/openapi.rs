@@ -8,7 +8,7 @@ use axum::response::IntoResponse;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{accounts, error, health, jobs, loads, orchestration, pools, queues, schedules};
+use super::{accounts, error, health, jobs, limits, loads, orchestration, pools, queues, schedules};
 
 /// The API description.
 #[derive(OpenApi)]
@@ -66,6 +66,8 @@ use super::{accounts, error, health, jobs, loads, orchestration, pools, queues, 
         accounts::list,
         accounts::create_key,
         accounts::revoke_key,
+        limits::get,
+        limits::put,
     ),
     components(schemas(error::Problem, error::ProblemField)),
     modifiers(&Security),

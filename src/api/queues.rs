@@ -47,6 +47,8 @@ pub struct QueueStatsBody {
     cancelled: i64,
     /// Runnable, but no live worker has a handler for the kind.
     unclaimable: i64,
+    /// Runnable, but held back by one of the account's limits (CONTRACT §12).
+    limited: i64,
     /// Age of the oldest runnable job in milliseconds, 0 when none.
     oldest_available_ms: i64,
 }
@@ -117,6 +119,7 @@ async fn set_paused(tenant: &Tenant, name: &str, paused: bool) -> Result<QueueSt
         discarded: 0,
         cancelled: 0,
         unclaimable: 0,
+        limited: 0,
         oldest_available_ms: 0,
     }))
 }

@@ -418,7 +418,7 @@ async fn scratch_name(pool: &PgPool) -> Result<String, Error> {
 /// Claim statement count and total time (ms), when pg_stat_statements is available; otherwise none.
 async fn claim_stats(pool: &PgPool) -> Option<(i64, f64)> {
     sqlx::query_as::<_, (i64, f64)>(
-        "select coalesce(sum(calls), 0)::bigint, coalesce(sum(total_exec_time), 0)::float8 from pg_stat_statements where query like '%with candidate as%'",
+        "select coalesce(sum(calls), 0)::bigint, coalesce(sum(total_exec_time), 0)::float8 from pg_stat_statements where query like '%with unit as%'",
     )
     .fetch_one(pool)
     .await

@@ -145,7 +145,7 @@ async fn sample_minute(pool: &PgPool, minute: u64, enqueued: usize) -> Result<St
                coalesce(sum(total_exec_time) / nullif(sum(calls), 0), 0)::float8,
                coalesce(max(max_exec_time), 0)::float8
         from pg_stat_statements
-        where query like '%with candidate as%'
+        where query like '%with unit as%'
         "#,
     )
     .fetch_one(pool)

@@ -1,9 +1,13 @@
-//! Claiming: one statement takes up to N runnable jobs of one queue and leases them.
+//! Claiming: one statement takes up to N runnable jobs of one queue, shared out between the accounts with waiting
+//! work, and leases them (a short transaction around it when a limited account has work, see [`super::share`]).
 
+use std::collections::HashMap;
 use std::sync::LazyLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use sqlx::PgExecutor;
+use sqlx::{PgConnection, PgExecutor};
+
+use super::share::{FairShare, Unit};
 
 use super::types::{job_columns_of, JOB_COLUMNS, WAITING_BY_ID};
 use super::{Job, JobId, Result};
@@ -31,39 +35,91 @@ fn lease(lease: &str, owner: &str) -> String {
     )
 }
 
-static CLAIM_SQL: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        r#"
-        with candidate as (
+/// The fair claim. `$2` is the claim's share-out ([`Unit`]s as JSON, in turn order): first each unit takes up to
+/// its quota of its account's jobs, then units marked to take leftovers take what the claim has room for, in the
+/// same order. Each part walks one account's jobs in the claim index (queue, account, priority, run_at, id) and
+/// locks only the rows it takes. With `record_starts`, the starts of rate-limited kinds are written down in the
+/// same statement (the caller holds the accounts' share rows locked).
+fn fair_claim_sql(record_starts: bool) -> String {
+    let pick = |quota: &str, extra: &str| {
+        format!(
+            r#"
             select j.id
             from job j
-            where j.state in ('available', 'scheduled', 'retryable')
-              and j.queue = $1
+            where j.queue = $1
+              and j.account_id = u.a
+              and j.state in ('available', 'scheduled', 'retryable')
               and j.run_at <= now()
-              and j.kind = any($2)
+              and j.kind = any(u.k)
               and (j.version is null or j.version = $3)
+              {extra}
+              -- a keyed job that is no lane head is parked; a scheduled one joins its lane once promoted (see
+              -- turn_has_come; the pause is checked per unit: a unit is one account's jobs of this queue)
+              and (j.concurrency_key is null or j.state <> 'scheduled')
+            order by j.priority, j.run_at, j.id
+            limit {quota}
+            for update skip locked"#,
+        )
+    };
+    let starts = if record_starts {
+        r#",
+        started as (
+            insert into account_kind_start (account_id, kind, at, n)
+            select c.account_id, c.kind, now(), count(*)
+            from claimed c
+            join account_kind_limit k
+              on k.account_id = c.account_id and k.kind = c.kind and k.max_per_second is not null
+            group by c.account_id, c.kind
+        )"#
+    } else {
+        ""
+    };
+    format!(
+        r#"
+        with unit as (
+            select u.a, u.k, u.q, u.f
+            from jsonb_to_recordset($2::jsonb) as u(a text, k text[], q bigint, f boolean)
+            where not exists (select 1 from queue_pause p where p.account_id = u.a and p.queue = $1)
               -- a retired version claims nothing (evaluated once per statement: it does not depend on the row)
               and not exists (
                   select 1 from pool_version v where v.pool = $7 and v.version = $3 and v.role = 'retired'
               )
-              and {turn}
-            order by j.priority, j.run_at, j.id
-            limit $4
-            for update skip locked
-        )
-        update job
-        set {lease},
-            pool = $7,
-            version = $3
-        from candidate
-        where job.id = candidate.id
-        returning {cols}
+        ),
+        first as (
+            select c.id
+            from unit u
+            cross join lateral ({first}) c
+            where u.q > 0
+        ),
+        leftover as (
+            select c.id
+            from unit u
+            cross join lateral ({leftover}) c
+            where u.f
+            limit greatest($4 - (select count(*) from first), 0)
+        ),
+        claimed as (
+            update job
+            set {lease},
+                pool = $7,
+                version = $3
+            -- the ids as one array: index probes, whatever the planner guesses of the parts' sizes
+            where job.id = any(array(select id from first union all select id from leftover))
+            returning {cols}
+        ){starts}
+        -- started in claim order
+        select * from claimed order by priority, run_at, id
         "#,
-        turn = turn_has_come("j"),
+        first = pick("u.q", ""),
+        // rows `first` locked are this transaction's own: skip locked would not skip them
+        leftover = pick("$4", "and j.id <> all(array(select id from first))"),
         lease = lease("$5", "$6"),
-        cols = job_columns_of("job")
+        cols = job_columns_of("job"),
     )
-});
+}
+
+static CLAIM_SQL: LazyLock<String> = LazyLock::new(|| fair_claim_sql(false));
+static LIMITED_CLAIM_SQL: LazyLock<String> = LazyLock::new(|| fair_claim_sql(true));
 
 static LOCK_IDS_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
@@ -205,24 +261,78 @@ pub struct ClaimRequest<'a> {
 
 /// Claims up to `limit` runnable jobs: due, not paused, of a known kind, routed to this version or to none, and
 /// not blocked by an earlier unfinished job of the same concurrency key. Each claimed job is `running`, its
-/// `attempt` bumped and its lease set.
-pub async fn claim<'e>(exec: impl PgExecutor<'e>, req: &ClaimRequest<'_>) -> Result<Vec<Job>> {
+/// `attempt` bumped and its lease set. The accounts with waiting work share the claim by their weights (`share`
+/// keeps the turn and the credits between claims; see [`super::share`]), and no account's limits are exceeded.
+pub async fn claim(conn: &mut PgConnection, req: &ClaimRequest<'_>, share: &mut FairShare) -> Result<Vec<Job>> {
     if req.limit <= 0 {
         return Ok(Vec::new());
     }
-    // The locking select lives in a CTE: as a plain subquery the planner may lock more rows than the limit.
-    // `persistent(false)` sends an unnamed statement, planned with the actual limit every time: a cached generic
+    let now = Instant::now();
+    if share.stale(now) {
+        let active = super::share::active_accounts(&mut *conn, req.queue).await?;
+        share.set_active(active, now);
+    }
+    let limited: Vec<&str> = share
+        .active()
+        .iter()
+        .filter(|a| a.limited)
+        .map(|a| a.account_id.as_str())
+        .collect();
+    let jobs = if limited.is_empty() {
+        let units = share.plan(req.limit, req.kinds, &HashMap::new());
+        let jobs = run_claim(&mut *conn, req, &units, CLAIM_SQL.as_str()).await?;
+        settle(share, &units, &jobs);
+        jobs
+    } else {
+        // Counted and taken one claim at a time per limited account: the share rows stay locked until commit.
+        let limited: Vec<String> = limited.into_iter().map(str::to_owned).collect();
+        let limited: Vec<&str> = limited.iter().map(String::as_str).collect();
+        // (a savepoint when the caller's connection is in a transaction already)
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        super::share::lock_limited(&mut tx, &limited).await?;
+        let allowances = super::share::allowances(&mut tx, &limited, req.queue).await?;
+        let units = share.plan(req.limit, req.kinds, &allowances);
+        let jobs = run_claim(&mut *tx, req, &units, LIMITED_CLAIM_SQL.as_str()).await?;
+        tx.commit().await?;
+        settle(share, &units, &jobs);
+        jobs
+    };
+    if jobs.is_empty() {
+        share.invalidate();
+    }
+    Ok(jobs)
+}
+
+fn settle(share: &mut FairShare, units: &[Unit], jobs: &[Job]) {
+    let mut taken: HashMap<&str, i64> = HashMap::new();
+    for job in jobs {
+        *taken.entry(job.account_id.as_str()).or_default() += 1;
+    }
+    share.settle(units, &taken);
+}
+
+async fn run_claim<'e>(
+    exec: impl PgExecutor<'e>,
+    req: &ClaimRequest<'_>,
+    units: &[Unit],
+    sql: &'static str,
+) -> Result<Vec<Job>> {
+    if units.is_empty() {
+        return Ok(Vec::new());
+    }
+    let units = serde_json::to_value(units).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    // The locking selects live in CTEs: as plain subqueries the planner may lock more rows than the limit.
+    // `persistent(false)` sends an unnamed statement, planned with the actual units every time: a cached generic
     // plan can flip to a full scan once statistics change.
-    let jobs = sqlx::query_as::<_, Job>(CLAIM_SQL.as_str())
+    Ok(sqlx::query_as::<_, Job>(sql)
         .persistent(false)
         .bind(req.queue)
-        .bind(req.kinds)
+        .bind(units)
         .bind(req.version)
         .bind(req.limit)
         .bind(req.lease.as_secs_f64())
         .bind(req.worker_id)
         .bind(req.pool)
         .fetch_all(exec)
-        .await?;
-    Ok(jobs)
+        .await?)
 }

@@ -227,6 +227,7 @@ impl Maintainer {
         self.publish_gauges().await;
         self.look_after_history().await?;
         super::prune_stats(&self.pool, self.retention.finished).await?;
+        super::share::prune_starts(&self.pool).await?;
         Ok(true)
     }
 

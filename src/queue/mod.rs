@@ -20,9 +20,11 @@ mod complete;
 mod enqueue;
 mod history;
 mod lane;
+mod limits;
 mod maintenance;
 mod registry;
 mod routing;
+pub mod share;
 mod stats;
 mod types;
 
@@ -36,9 +38,11 @@ pub use complete::{
 pub use enqueue::{enqueue, enqueue_many, fingerprint, EnqueueOutcome, Enqueued};
 pub use history::{add_history_days, retire_history, RetireCursor, Retired};
 pub use lane::{marked_lanes, release_lanes};
+pub use limits::{get_limits, put_limits, KindLimit, Limits, QueueLimit};
 pub use maintenance::{autovacuum_on, promote_due, rescue_expired, Maintainer, Retention, MAINTENANCE_LEASE};
 pub use registry::{deregister_worker, heartbeat_worker, live_workers, register_worker, WorkerInfo};
 pub use routing::{last_job_id, pool_depth, reroute_waiting, routed_active, version_outcomes, VersionDepth};
+pub use share::FairShare;
 pub use stats::{
     finished_counts, fold_stats, prune_stats, queue_gauges, queue_stats, throughput, with_finished, FinishedCounts,
     QueueStats, Throughput,

@@ -33,6 +33,8 @@ pub struct QueueStats {
     pub cancelled: i64,
     /// Runnable, but no live worker serving the queue has a handler for the kind.
     pub unclaimable: i64,
+    /// Runnable, but held back by one of the account's limits, which is full right now (CONTRACT §12).
+    pub limited: i64,
     /// Age of the oldest runnable job, 0 when none.
     pub oldest_available_ms: i64,
 }
@@ -52,6 +54,24 @@ pub async fn queue_stats<'e>(
             from worker
             where heartbeat_at >= now() - make_interval(secs => $2)
         ),
+        -- the account's limits that are full right now: their waiting jobs are held back
+        full_queue as (
+            select l.queue
+            from account_queue_limit l
+            where l.account_id = $1
+              and l.max_running <= (select count(*) from job r
+                                    where r.account_id = $1 and r.queue = l.queue and r.leased_until is not null)
+        ),
+        full_kind as (
+            select k.kind
+            from account_kind_limit k
+            where k.account_id = $1
+              and (k.max_running <= (select count(*) from job r
+                                     where r.account_id = $1 and r.kind = k.kind and r.leased_until is not null)
+                   or k.max_per_second <= (select coalesce(sum(s.n), 0) from account_kind_start s
+                                           where s.account_id = $1 and s.kind = k.kind
+                                             and s.at >= now() - interval '1 second'))
+        ),
         counts as (
             select j.queue,
                    count(*) filter (where j.state in ('available', 'parked')
@@ -67,6 +87,10 @@ pub async fn queue_stats<'e>(
                                       and not exists (
                                           select 1 from live w where j.queue = any(w.queues) and j.kind = any(w.kinds)
                                       )) as unclaimable,
+                   count(*) filter (where j.state in ('available', 'scheduled', 'retryable')
+                                      and j.run_at <= now()
+                                      and (j.queue in (select queue from full_queue)
+                                           or j.kind in (select kind from full_kind))) as limited,
                    coalesce(
                        (extract(epoch from now() - min(j.run_at) filter (
                            where j.state in ('available', 'scheduled', 'retryable', 'parked') and j.run_at <= now()
@@ -95,6 +119,7 @@ pub async fn queue_stats<'e>(
                coalesce(c.discarded, 0) as discarded,
                coalesce(c.cancelled, 0) as cancelled,
                coalesce(c.unclaimable, 0) as unclaimable,
+               coalesce(c.limited, 0) as limited,
                coalesce(c.oldest_available_ms, 0) as oldest_available_ms
         from queues q
         left join counts c on c.queue = q.queue
@@ -279,6 +304,7 @@ pub fn with_finished(mut stats: Vec<QueueStats>, finished: &[FinishedCounts]) ->
                 discarded: f.discarded,
                 cancelled: f.cancelled,
                 unclaimable: 0,
+                limited: 0,
                 oldest_available_ms: 0,
             }),
         }

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{executor, Running, WorkerConfig};
-use crate::queue::{self, ClaimRequest};
+use crate::queue::{self, ClaimRequest, FairShare};
 use crate::telemetry::metrics as m;
 
 /// Claims jobs of one queue while there are free slots, waking on a Redis publish or polling.
@@ -81,6 +81,7 @@ impl Fetcher {
         let mut error_delay = Duration::from_millis(50);
         // Poll fast right after finding work; back off towards the configured interval while idle.
         let mut idle = Duration::from_millis(10);
+        let mut share = FairShare::new();
         loop {
             // A permit before the claim: never hold more than concurrency + prefetch jobs.
             let first = tokio::select! {
@@ -116,7 +117,11 @@ impl Fetcher {
             };
             let wanted = permits.len();
             let started = std::time::Instant::now();
-            match queue::claim(&self.pool, &req).await {
+            let claimed = match self.pool.acquire().await {
+                Ok(mut conn) => queue::claim(&mut conn, &req, &mut share).await,
+                Err(e) => Err(e.into()),
+            };
+            match claimed {
                 Ok(jobs) => {
                     metrics::histogram!(m::CLAIM_DURATION_SECONDS, "queue" => self.queue.clone())
                         .record(started.elapsed().as_secs_f64());

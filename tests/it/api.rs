@@ -5,6 +5,7 @@ mod errors;
 mod fuzz;
 mod isolation;
 mod jobs;
+mod limits;
 mod lists;
 mod loads;
 mod messages;

@@ -13,10 +13,10 @@ use crate::support::{acct, create_execution_table, spawn_worker_process};
 
 const LEASE: Duration = Duration::from_secs(30);
 
-async fn claim_kinds(exec: impl sqlx::PgExecutor<'_>, kinds: &[&str], limit: i64) -> Vec<queue::Job> {
+async fn claim_kinds(conn: &mut sqlx::PgConnection, kinds: &[&str], limit: i64) -> Vec<queue::Job> {
     let kinds: Vec<String> = kinds.iter().map(|k| (*k).to_owned()).collect();
     queue::claim(
-        exec,
+        conn,
         &ClaimRequest {
             queue: "default",
             kinds: &kinds,
@@ -26,6 +26,7 @@ async fn claim_kinds(exec: impl sqlx::PgExecutor<'_>, kinds: &[&str], limit: i64
             lease: LEASE,
             limit,
         },
+        &mut queue::FairShare::new(),
     )
     .await
     .expect("claim")
@@ -44,7 +45,7 @@ async fn claim_counting_reads(pool: &PgPool, kinds: &[&str], limit: i64) -> (Vec
         "#;
     let mut tx = pool.begin().await.unwrap();
     let before: i64 = sqlx::query_scalar(READ).fetch_one(&mut *tx).await.unwrap();
-    let jobs = claim_kinds(&mut *tx, kinds, limit).await;
+    let jobs = claim_kinds(&mut tx, kinds, limit).await;
     let after: i64 = sqlx::query_scalar(READ).fetch_one(&mut *tx).await.unwrap();
     tx.commit().await.unwrap();
     (jobs, after - before)
@@ -162,7 +163,7 @@ async fn a_hot_key_costs_other_work_nothing_and_keeps_its_order() {
 async fn a_finish_racing_a_parked_enqueue_marks_the_lane_and_release_settles_it() {
     let db = testkit::db().await;
     let head = enqueue(&db.pool, NewJob::new("noop", json!({})).concurrency_key("K")).await;
-    let running = claim_kinds(&db.pool, &["noop"], 10).await;
+    let running = claim_kinds(&mut db.pool.acquire().await.unwrap(), &["noop"], 10).await;
     assert_eq!(running.len(), 1);
 
     let mut enqueuer = db.pool.begin().await.unwrap();
@@ -190,7 +191,9 @@ async fn a_finish_racing_a_parked_enqueue_marks_the_lane_and_release_settles_it(
 
     assert_eq!(raw_state(&db.pool, parked.id).await, "parked");
     assert!(
-        claim_kinds(&db.pool, &["noop"], 10).await.is_empty(),
+        claim_kinds(&mut db.pool.acquire().await.unwrap(), &["noop"], 10)
+            .await
+            .is_empty(),
         "parked: no claim sees it"
     );
     assert_eq!(
@@ -198,7 +201,7 @@ async fn a_finish_racing_a_parked_enqueue_marks_the_lane_and_release_settles_it(
         vec!["default".to_owned()]
     );
     assert_eq!(queue::marked_lanes(&db.pool).await.unwrap(), 0);
-    let got = claim_kinds(&db.pool, &["noop"], 10).await;
+    let got = claim_kinds(&mut db.pool.acquire().await.unwrap(), &["noop"], 10).await;
     assert_eq!(got.iter().map(|j| j.id).collect::<Vec<_>>(), vec![parked.id]);
     // The lane's end is marked too, and a release with nothing behind it clears the mark.
     complete(&db.pool, &got).await;
@@ -229,7 +232,7 @@ async fn every_finish_releases_the_next_job_and_a_retryable_head_holds_its_lane(
 
     // completion
     let first = ids.next().unwrap();
-    let got = claim_kinds(&db.pool, &["noop"], 10).await;
+    let got = claim_kinds(&mut db.pool.acquire().await.unwrap(), &["noop"], 10).await;
     assert_eq!(got.iter().map(|j| j.id).collect::<Vec<_>>(), vec![first]);
     complete(&db.pool, &got).await;
 
@@ -240,7 +243,7 @@ async fn every_finish_releases_the_next_job_and_a_retryable_head_holds_its_lane(
         .execute(&db.pool)
         .await
         .unwrap();
-    let got = claim_kinds(&db.pool, &["noop"], 10).await;
+    let got = claim_kinds(&mut db.pool.acquire().await.unwrap(), &["noop"], 10).await;
     assert_eq!(got.iter().map(|j| j.id).collect::<Vec<_>>(), vec![second]);
     let fail = |permanent| Failure {
         id: second,
@@ -250,7 +253,7 @@ async fn every_finish_releases_the_next_job_and_a_retryable_head_holds_its_lane(
         retry_at: Utc::now() - chrono::Duration::seconds(1),
     };
     queue::fail_many(&db.pool, &[fail(false)]).await.unwrap();
-    let again = claim_kinds(&db.pool, &["noop"], 10).await;
+    let again = claim_kinds(&mut db.pool.acquire().await.unwrap(), &["noop"], 10).await;
     assert_eq!(
         again.iter().map(|j| j.id).collect::<Vec<_>>(),
         vec![second],
@@ -268,7 +271,7 @@ async fn every_finish_releases_the_next_job_and_a_retryable_head_holds_its_lane(
 
     // cancel of the running head
     let third = ids.next().unwrap();
-    let got = claim_kinds(&db.pool, &["noop"], 10).await;
+    let got = claim_kinds(&mut db.pool.acquire().await.unwrap(), &["noop"], 10).await;
     assert_eq!(got.iter().map(|j| j.id).collect::<Vec<_>>(), vec![third]);
     let mut conn = db.pool.acquire().await.unwrap();
     queue::cancel(&mut conn, &acct(), third).await.unwrap();
@@ -280,7 +283,7 @@ async fn every_finish_releases_the_next_job_and_a_retryable_head_holds_its_lane(
 
     // an expired lease on the last attempt
     let fifth = ids.next().unwrap();
-    let got = claim_kinds(&db.pool, &["noop"], 10).await;
+    let got = claim_kinds(&mut db.pool.acquire().await.unwrap(), &["noop"], 10).await;
     assert_eq!(got.iter().map(|j| j.id).collect::<Vec<_>>(), vec![fifth]);
     sqlx::query("update job set leased_until = now() - interval '1 second' where id = $1")
         .bind(fifth)
@@ -294,7 +297,7 @@ async fn every_finish_releases_the_next_job_and_a_retryable_head_holds_its_lane(
     assert_eq!(raw_state(&db.pool, fifth).await, "discarded");
 
     let sixth = ids.next().unwrap();
-    let got = claim_kinds(&db.pool, &["noop"], 10).await;
+    let got = claim_kinds(&mut db.pool.acquire().await.unwrap(), &["noop"], 10).await;
     assert_eq!(got.iter().map(|j| j.id).collect::<Vec<_>>(), vec![sixth]);
 }
 
@@ -317,7 +320,7 @@ async fn a_due_scheduled_job_joins_its_lane_in_enqueue_order() {
         "a future job is no member of the lane"
     );
     assert_eq!(raw_state(&db.pool, b.id).await, "parked");
-    let got = claim_kinds(&db.pool, &["noop"], 10).await;
+    let got = claim_kinds(&mut db.pool.acquire().await.unwrap(), &["noop"], 10).await;
     assert_eq!(got.iter().map(|j| j.id).collect::<Vec<_>>(), vec![a.id]);
 
     sqlx::query("update job set run_at = now() - interval '1 second' where id = $1")
@@ -326,7 +329,9 @@ async fn a_due_scheduled_job_joins_its_lane_in_enqueue_order() {
         .await
         .unwrap();
     assert!(
-        claim_kinds(&db.pool, &["noop"], 10).await.is_empty(),
+        claim_kinds(&mut db.pool.acquire().await.unwrap(), &["noop"], 10)
+            .await
+            .is_empty(),
         "due, but not yet in its lane"
     );
     assert_eq!(queue::promote_due(&db.pool, 100).await.unwrap(), 1);
@@ -336,14 +341,14 @@ async fn a_due_scheduled_job_joins_its_lane_in_enqueue_order() {
         "a job of its key runs"
     );
     complete(&db.pool, &got).await;
-    let next = claim_kinds(&db.pool, &["noop"], 10).await;
+    let next = claim_kinds(&mut db.pool.acquire().await.unwrap(), &["noop"], 10).await;
     assert_eq!(
         next.iter().map(|j| j.id).collect::<Vec<_>>(),
         vec![scheduled.id],
         "the earlier job first"
     );
     complete(&db.pool, &next).await;
-    let last = claim_kinds(&db.pool, &["noop"], 10).await;
+    let last = claim_kinds(&mut db.pool.acquire().await.unwrap(), &["noop"], 10).await;
     assert_eq!(last.iter().map(|j| j.id).collect::<Vec<_>>(), vec![b.id]);
 
     // Due while nothing of its key is active (its lane's head finished first): promoted as the head, and the job
@@ -356,7 +361,7 @@ async fn a_due_scheduled_job_joins_its_lane_in_enqueue_order() {
     let c = enqueue(&db.pool, NewJob::new("noop", json!({"c": 1})).concurrency_key("L")).await;
     let d = enqueue(&db.pool, NewJob::new("noop", json!({"d": 1})).concurrency_key("L")).await;
     complete(&db.pool, &last).await;
-    let got = claim_kinds(&db.pool, &["noop"], 10).await;
+    let got = claim_kinds(&mut db.pool.acquire().await.unwrap(), &["noop"], 10).await;
     assert_eq!(got.iter().map(|j| j.id).collect::<Vec<_>>(), vec![c.id]);
     sqlx::query("update job set run_at = now() - interval '1 second' where id = $1")
         .bind(s2.id)
@@ -371,10 +376,10 @@ async fn a_due_scheduled_job_joins_its_lane_in_enqueue_order() {
         .unwrap();
     assert_eq!(marked, 1, "its lane is marked");
     queue::promote_due(&db.pool, 100).await.unwrap();
-    let got = claim_kinds(&db.pool, &["noop"], 10).await;
+    let got = claim_kinds(&mut db.pool.acquire().await.unwrap(), &["noop"], 10).await;
     assert_eq!(got.iter().map(|j| j.id).collect::<Vec<_>>(), vec![s2.id]);
     complete(&db.pool, &got).await;
-    let got = claim_kinds(&db.pool, &["noop"], 10).await;
+    let got = claim_kinds(&mut db.pool.acquire().await.unwrap(), &["noop"], 10).await;
     assert_eq!(got.iter().map(|j| j.id).collect::<Vec<_>>(), vec![d.id]);
 }
 
@@ -390,7 +395,7 @@ async fn a_retried_job_waits_for_its_lanes_head() {
             .max_attempts(1),
     )
     .await;
-    let got = claim_kinds(&db.pool, &["noop"], 10).await;
+    let got = claim_kinds(&mut db.pool.acquire().await.unwrap(), &["noop"], 10).await;
     queue::fail_many(
         &db.pool,
         &[Failure {
@@ -405,19 +410,21 @@ async fn a_retried_job_waits_for_its_lanes_head() {
     .unwrap();
     let second = enqueue(&db.pool, NewJob::new("noop", json!({"n": 2})).concurrency_key("K")).await;
     let third = enqueue(&db.pool, NewJob::new("noop", json!({"n": 3})).concurrency_key("K")).await;
-    let running = claim_kinds(&db.pool, &["noop"], 10).await;
+    let running = claim_kinds(&mut db.pool.acquire().await.unwrap(), &["noop"], 10).await;
     assert_eq!(running.iter().map(|j| j.id).collect::<Vec<_>>(), vec![second.id]);
 
     let mut conn = db.pool.acquire().await.unwrap();
     let retried = queue::retry(&mut conn, &acct(), first.id).await.unwrap();
     assert_eq!(retried.state, JobState::Available);
     assert_eq!(raw_state(&db.pool, first.id).await, "parked");
-    assert!(claim_kinds(&db.pool, &["noop"], 10).await.is_empty());
+    assert!(claim_kinds(&mut db.pool.acquire().await.unwrap(), &["noop"], 10)
+        .await
+        .is_empty());
     complete(&db.pool, &running).await;
-    let next = claim_kinds(&db.pool, &["noop"], 10).await;
+    let next = claim_kinds(&mut db.pool.acquire().await.unwrap(), &["noop"], 10).await;
     assert_eq!(next.iter().map(|j| j.id).collect::<Vec<_>>(), vec![first.id]);
     complete(&db.pool, &next).await;
-    let last = claim_kinds(&db.pool, &["noop"], 10).await;
+    let last = claim_kinds(&mut db.pool.acquire().await.unwrap(), &["noop"], 10).await;
     assert_eq!(last.iter().map(|j| j.id).collect::<Vec<_>>(), vec![third.id]);
 }
 
@@ -428,11 +435,11 @@ async fn a_replayed_job_in_a_batch_leaves_no_lane_stuck() {
     let db = testkit::db().await;
     let keyed = |i: i32| NewJob::new("noop", json!({"i": i})).concurrency_key("K");
     let done = enqueue(&db.pool, keyed(0).idempotency_key("once")).await;
-    let got = claim_kinds(&db.pool, &["noop"], 10).await;
+    let got = claim_kinds(&mut db.pool.acquire().await.unwrap(), &["noop"], 10).await;
     complete(&db.pool, &got).await;
     let ids = enqueue_batch(&db.pool, vec![keyed(0).idempotency_key("once"), keyed(1), keyed(2)]).await;
     assert_eq!(ids[0], done.id, "replayed");
-    let got = claim_kinds(&db.pool, &["noop"], 10).await;
+    let got = claim_kinds(&mut db.pool.acquire().await.unwrap(), &["noop"], 10).await;
     assert_eq!(got.iter().map(|j| j.id).collect::<Vec<_>>(), vec![ids[1]]);
     assert_eq!(raw_state(&db.pool, ids[2]).await, "parked");
 }
@@ -650,7 +657,7 @@ async fn a_completion_hands_the_lanes_next_job_to_its_worker() {
     )
     .await;
     // the head runs on test-worker; job 1 (another kind) is next
-    let mut head = claim_kinds(pool, &["noop"], 10).await;
+    let mut head = claim_kinds(&mut pool.acquire().await.unwrap(), &["noop"], 10).await;
     assert_eq!(head.iter().map(|j| j.id).collect::<Vec<_>>(), [ids[0]]);
     for (round, why) in rounds.iter().enumerate() {
         let running = head.pop().unwrap();
@@ -691,7 +698,7 @@ async fn a_completion_hands_the_lanes_next_job_to_its_worker() {
                 queue::resume(pool, &acct(), "default").await.unwrap();
             }
             let kind = if round == 0 { "test.record" } else { "noop" };
-            head = claim_kinds(pool, &[kind], 10).await;
+            head = claim_kinds(&mut pool.acquire().await.unwrap(), &[kind], 10).await;
             assert_eq!(head.iter().map(|j| j.id).collect::<Vec<_>>(), [next], "{why}");
         }
         assert_eq!(

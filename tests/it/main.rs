@@ -8,6 +8,7 @@ mod autoscale;
 mod cli;
 mod crash;
 mod deploy;
+mod fairness;
 mod history;
 mod lanes;
 mod load;

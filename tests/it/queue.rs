@@ -20,7 +20,7 @@ fn kinds() -> Vec<String> {
 pub(crate) async fn claim_n(pool: &PgPool, n: i64, lease: Duration) -> Vec<queue::Job> {
     let kinds = kinds();
     queue::claim(
-        pool,
+        &mut pool.acquire().await.expect("conn"),
         &ClaimRequest {
             queue: "default",
             kinds: &kinds,
@@ -30,6 +30,7 @@ pub(crate) async fn claim_n(pool: &PgPool, n: i64, lease: Duration) -> Vec<queue
             lease,
             limit: n,
         },
+        &mut queue::FairShare::new(),
     )
     .await
     .expect("claim")
@@ -774,7 +775,7 @@ async fn queue_stats_count_states_and_unclaimable() {
     // Completed through the queue, whose statements keep the finished counts.
     let kinds = kinds();
     let claimed = queue::claim(
-        &db.pool,
+        &mut db.pool.acquire().await.unwrap(),
         &ClaimRequest {
             queue: "other",
             kinds: &kinds,
@@ -784,6 +785,7 @@ async fn queue_stats_count_states_and_unclaimable() {
             lease: Duration::from_secs(30),
             limit: 1,
         },
+        &mut queue::FairShare::new(),
     )
     .await
     .unwrap();

@@ -460,7 +460,7 @@ async fn queue_counts_are_exact_right_after_the_last_job_finishes() {
     }
     let kinds = vec!["noop".to_owned()];
     let jobs = queue::claim(
-        &app.db.pool,
+        &mut app.db.pool.acquire().await.unwrap(),
         &ClaimRequest {
             queue: "fresh",
             kinds: &kinds,
@@ -470,6 +470,7 @@ async fn queue_counts_are_exact_right_after_the_last_job_finishes() {
             lease: std::time::Duration::from_secs(30),
             limit: 10,
         },
+        &mut queue::FairShare::new(),
     )
     .await
     .unwrap();

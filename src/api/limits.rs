@@ -1,0 +1,125 @@
+//! `/api/accounts/{id}/limits` (admin): an account's fair-share weight and its limits (CONTRACT §12).
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use utoipa::ToSchema;
+
+use super::auth::Admin;
+use super::error::{ApiError, Problem};
+use super::extract::{ApiPath, JsonBody};
+use super::AppState;
+use crate::queue::{self, Limits};
+use crate::tenancy::AccountId;
+
+/// An account's weight and limits.
+#[derive(Debug, ToSchema)]
+#[schema(as = Limits)]
+#[allow(dead_code)]
+pub struct LimitsBody {
+    /// Share of each queue against the other accounts with waiting work there, 1..10000 (default 1).
+    weight: Option<i32>,
+    /// Per queue: at most `max_running` of the account's jobs of the queue leased at once.
+    queues: Option<BTreeMap<String, QueueLimitBody>>,
+    /// Per kind, in every queue: at most `max_running` leased at once, at most `max_per_second` started in any
+    /// one second.
+    kinds: Option<BTreeMap<String, KindLimitBody>>,
+}
+
+/// A limit on an account's jobs of one queue.
+#[derive(Debug, ToSchema)]
+#[schema(as = QueueLimit)]
+#[allow(dead_code)]
+pub struct QueueLimitBody {
+    /// 1..1000000.
+    max_running: i32,
+}
+
+/// Limits on an account's jobs of one kind (at least one of the two).
+#[derive(Debug, ToSchema)]
+#[schema(as = KindLimit)]
+#[allow(dead_code)]
+pub struct KindLimitBody {
+    /// 1..1000000.
+    max_running: Option<i32>,
+    /// 1..1000000.
+    max_per_second: Option<i32>,
+}
+
+fn account(id: &str) -> Result<AccountId, ApiError> {
+    AccountId::parse(id).map_err(|_| not_found(id))
+}
+
+fn not_found(id: &str) -> ApiError {
+    ApiError::NotFound(format!("account {id} not found"))
+}
+
+fn unknown_as_404(id: &str) -> impl FnOnce(queue::Error) -> ApiError + '_ {
+    move |e| match e {
+        queue::Error::UnknownAccount { .. } => not_found(id),
+        e => e.into(),
+    }
+}
+
+/// Read an account's weight and limits (the defaults when none were set).
+#[utoipa::path(
+    get,
+    path = "/api/accounts/{id}/limits",
+    tag = "accounts",
+    params(("id" = String, Path, description = "Account id")),
+    responses(
+        (status = 200, description = "The account's weight and limits", body = LimitsBody),
+        (status = 404, description = "Unknown account", body = Problem),
+    ),
+    security(("admin" = []))
+)]
+#[tracing::instrument(skip_all, fields(account = %id))]
+pub async fn get(
+    _: Admin,
+    state: axum::extract::State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<Limits>, ApiError> {
+    let account = account(&id)?;
+    let mut conn = state.pool().acquire().await?;
+    let limits = queue::get_limits(&mut conn, &account)
+        .await
+        .map_err(unknown_as_404(&id))?;
+    Ok(Json(limits))
+}
+
+/// Replace an account's weight and limits: fields left out go back to their defaults (weight 1, no limits).
+#[utoipa::path(
+    put,
+    path = "/api/accounts/{id}/limits",
+    tag = "accounts",
+    params(("id" = String, Path, description = "Account id")),
+    request_body = LimitsBody,
+    responses(
+        (status = 200, description = "The account's weight and limits now", body = LimitsBody),
+        (status = 404, description = "Unknown account", body = Problem),
+        (status = 422, description = "Invalid limits", body = Problem),
+    ),
+    security(("admin" = []))
+)]
+#[tracing::instrument(skip_all, fields(account = %id))]
+pub async fn put(
+    _: Admin,
+    state: axum::extract::State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Limits>, ApiError> {
+    let account = account(&id)?;
+    let limits = Limits::from_json(&body).map_err(ApiError::Invalid)?;
+    let mut tx = state.pool().begin().await?;
+    let limits = queue::put_limits(&mut tx, &account, &limits)
+        .await
+        .map_err(unknown_as_404(&id))?;
+    tx.commit().await?;
+    tracing::info!(
+        weight = limits.weight,
+        queues = limits.queues.len(),
+        kinds = limits.kinds.len(),
+        "limits set"
+    );
+    Ok(Json(limits))
+}
