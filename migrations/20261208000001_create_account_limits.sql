@@ -62,3 +62,37 @@ alter table account_kind_start enable row level security;
 create policy account_kind_start_account_isolation on account_kind_start to ordo_api
     using (account_id = current_setting('ordo.account_id', true))
     with check (account_id = current_setting('ordo.account_id', true));
+
+-- The jobs a claim takes of one account: up to `p_limit` waiting jobs of `p_queue`, due, of `p_kinds`, routed to
+-- `p_version` or to none, not in `p_skip`, in claim order, locked (those another claim holds are skipped). A
+-- keyed job that is not its lane's head is parked and never seen here; a keyed scheduled job joins its lane when
+-- maintenance promotes it, so it is not taken directly.
+--
+-- Its plan must be the ordered walk of job_claim_idx, whatever the statistics say: when one account held nearly
+-- every row at the last ANALYZE, the planner takes any account for that one, and (not knowing the limit) reads the
+-- whole account and sorts it, for every claim. So the function pins the walk: no sequential or bitmap scan, no
+-- sort, and an order (`id + 0`) only job_claim_idx has. Its settings hold only while it runs.
+create function job_claim_pick(
+    p_queue text, p_account text, p_kinds text[], p_version text, p_limit bigint, p_skip bigint[]
+)
+returns setof bigint
+language sql
+volatile
+set enable_seqscan = off
+set enable_bitmapscan = off
+set enable_sort = off
+as $$
+    select j.id
+    from job j
+    where j.queue = p_queue
+      and j.account_id = p_account
+      and j.state in ('available', 'scheduled', 'retryable')
+      and j.run_at <= now()
+      and j.kind = any(p_kinds)
+      and (j.version is null or j.version = p_version)
+      and (j.concurrency_key is null or j.state <> 'scheduled')
+      and j.id <> all(p_skip)
+    order by j.priority, j.run_at, j.id + 0
+    limit greatest(p_limit, 0)
+    for update skip locked
+$$;

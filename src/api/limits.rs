@@ -123,3 +123,66 @@ pub async fn put(
     );
     Ok(Json(limits))
 }
+
+/// A queue limit and its use now.
+#[derive(Debug, ToSchema)]
+#[schema(as = QueueUsage)]
+#[allow(dead_code)]
+pub struct QueueUsageBody {
+    /// The limit.
+    max_running: i32,
+    /// The account's jobs of the queue leased now (running, or fetched ahead by a worker).
+    running: i64,
+}
+
+/// A kind's limits and their use now.
+#[derive(Debug, ToSchema)]
+#[schema(as = KindUsage)]
+#[allow(dead_code)]
+pub struct KindUsageBody {
+    /// The running limit, if any.
+    max_running: Option<i32>,
+    /// The rate limit, if any.
+    max_per_second: Option<i32>,
+    /// The account's jobs of the kind leased now.
+    running: i64,
+    /// Started within the last second (rate-limited kinds only).
+    started_last_second: i64,
+}
+
+/// An account's limits with their use now.
+#[derive(Debug, ToSchema)]
+#[schema(as = Usage)]
+#[allow(dead_code)]
+pub struct UsageBody {
+    /// The account's weight.
+    weight: i32,
+    /// Per limited queue.
+    queues: BTreeMap<String, QueueUsageBody>,
+    /// Per limited kind.
+    kinds: BTreeMap<String, KindUsageBody>,
+}
+
+/// Read an account's limits with what it uses of them now (running jobs against each limit).
+#[utoipa::path(
+    get,
+    path = "/api/accounts/{id}/usage",
+    tag = "accounts",
+    params(("id" = String, Path, description = "Account id")),
+    responses(
+        (status = 200, description = "The account's limits and their use", body = UsageBody),
+        (status = 404, description = "Unknown account", body = Problem),
+    ),
+    security(("admin" = []))
+)]
+#[tracing::instrument(skip_all, fields(account = %id))]
+pub async fn usage(
+    _: Admin,
+    state: axum::extract::State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<queue::Usage>, ApiError> {
+    let account = account(&id)?;
+    let mut conn = state.pool().acquire().await?;
+    let usage = queue::usage(&mut conn, &account).await.map_err(unknown_as_404(&id))?;
+    Ok(Json(usage))
+}

@@ -301,6 +301,7 @@ pub fn routes() -> Vec<Route> {
         route("POST", "/api/accounts/{id}/keys", post(accounts::create_key)),
         route("GET", "/api/accounts/{id}/limits", get(limits::get)),
         route("PUT", "/api/accounts/{id}/limits", put(limits::put)),
+        route("GET", "/api/accounts/{id}/usage", get(limits::usage)),
         route(
             "DELETE",
             "/api/accounts/{id}/keys/{key_id}",

@@ -11,6 +11,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 mod steady;
+mod tenants;
 
 pub use steady::SteadyMinute;
 
@@ -93,6 +94,16 @@ pub struct BenchArgs {
     /// or a forgotten session does): vacuum can then remove none of the row versions the load leaves behind.
     #[arg(long)]
     pub pin_xmin: bool,
+    /// Fair share under a backlog: `--jobs` becomes the default account's backlog, and this many other accounts
+    /// enqueue `--tenant-jobs` jobs each, evenly over `--tenant-secs`, while the workers drain; 0 = off.
+    #[arg(long, default_value_t = 0)]
+    pub tenants: usize,
+    /// Jobs each of the `--tenants` accounts enqueues.
+    #[arg(long, default_value_t = 1000)]
+    pub tenant_jobs: usize,
+    /// Seconds over which the `--tenants` accounts enqueue.
+    #[arg(long, default_value_t = 10)]
+    pub tenant_secs: u64,
     /// Print one line of JSON.
     #[arg(long)]
     pub json: bool,
@@ -159,6 +170,39 @@ pub struct Summary {
     pub table_bytes: i64,
     /// Minute by minute figures of a steady load (`--steady-rate`), empty otherwise.
     pub steady: Vec<SteadyMinute>,
+    /// Figures of the fair-share scenario (`--tenants`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenants: Option<tenants::TenantFigures>,
+}
+
+impl Summary {
+    /// The run's settings as `args` gave them, and no figures yet: each scenario fills in its own.
+    fn of(args: &BenchArgs) -> Summary {
+        Summary {
+            jobs: args.jobs,
+            enqueue_per_s: 0.0,
+            drain_per_s: 0.0,
+            latency_ms: None,
+            claim_ms: None,
+            statements: Vec::new(),
+            workers: args.workers,
+            concurrency: args.concurrency,
+            prefetch: args.prefetch,
+            batch: args.batch,
+            preloaded_finished: args.preload_finished,
+            backlog: args.backlog,
+            keys: args.keys,
+            hot_key: args.hot_key,
+            hot_key_per_s: None,
+            worker_max_rss_mib: 0.0,
+            wakeups: if args.redis_url.is_some() { "redis" } else { "poll" },
+            dead_tuples: 0,
+            index_bytes: 0,
+            table_bytes: 0,
+            steady: Vec::new(),
+            tenants: None,
+        }
+    }
 }
 
 /// Settings of the private benchmark server (BENCH.md): durable defaults, a larger cache and WAL.
@@ -218,7 +262,8 @@ pub async fn run(args: BenchArgs, shutdown: CancellationToken) -> Result<Summary
 }
 
 async fn measure(args: &BenchArgs, url: &str) -> Result<Summary, Error> {
-    let pool = crate::db::connect(url, 4).await?;
+    // The `--tenants` accounts enqueue all at once, a connection each would be too many: 16 share the work.
+    let pool = crate::db::connect(url, if args.tenants > 0 { 16 } else { 4 }).await?;
     crate::db::migrate(&pool).await?;
     let account = AccountId::default_account();
     let shutdown = CancellationToken::new();
@@ -230,6 +275,12 @@ async fn measure(args: &BenchArgs, url: &str) -> Result<Summary, Error> {
 
     if args.preload_finished > 0 {
         preload_finished(&pool, args.preload_finished).await?;
+    }
+    if args.tenants > 0 {
+        let out = tenants::run(args, url, &pool, &account).await;
+        shutdown.cancel();
+        pool.close().await;
+        return out;
     }
     if args.steady_rate > 0 {
         let out = steady::run(args, url, &pool, &q, &account).await;
@@ -354,27 +405,17 @@ async fn measure(args: &BenchArgs, url: &str) -> Result<Summary, Error> {
     shutdown.cancel();
     pool.close().await;
     Ok(Summary {
-        jobs: args.jobs,
         enqueue_per_s: round(args.jobs as f64 / enqueue_secs),
         drain_per_s: round(args.jobs as f64 / drain_secs),
         latency_ms: latency,
         claim_ms: claim_ms.map(|m| (m * 1000.0).round() / 1000.0),
         statements,
-        workers: args.workers,
-        concurrency: args.concurrency,
-        prefetch: args.prefetch,
-        batch: args.batch,
-        preloaded_finished: args.preload_finished,
-        backlog: args.backlog,
-        keys: args.keys,
-        hot_key: args.hot_key,
         hot_key_per_s,
         worker_max_rss_mib,
-        wakeups: if args.redis_url.is_some() { "redis" } else { "poll" },
         dead_tuples,
         index_bytes,
         table_bytes,
-        steady: Vec::new(),
+        ..Summary::of(args)
     })
 }
 

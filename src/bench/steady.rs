@@ -116,24 +116,17 @@ pub(super) async fn run(
         jobs: total,
         enqueue_per_s: round(total as f64 / load_secs),
         drain_per_s: round(total as f64 / (load_secs + drain_started.elapsed().as_secs_f64())),
-        latency_ms: None,
-        claim_ms: None,
         statements: statement_stats(pool).await,
-        workers: args.workers,
-        concurrency: args.concurrency,
-        prefetch: args.prefetch,
         batch: per_tick,
-        preloaded_finished: args.preload_finished,
         backlog: 0,
         keys: 0,
         hot_key: 0,
-        hot_key_per_s: None,
         worker_max_rss_mib,
-        wakeups: if args.redis_url.is_some() { "redis" } else { "poll" },
         dead_tuples,
         index_bytes,
         table_bytes,
         steady: minutes,
+        ..Summary::of(args)
     })
 }
 

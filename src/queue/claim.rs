@@ -37,30 +37,11 @@ fn lease(lease: &str, owner: &str) -> String {
 
 /// The fair claim. `$2` is the claim's share-out ([`Unit`]s as JSON, in turn order): first each unit takes up to
 /// its quota of its account's jobs, then units marked to take leftovers take what the claim has room for, in the
-/// same order. Each part walks one account's jobs in the claim index (queue, account, priority, run_at, id) and
-/// locks only the rows it takes. With `record_starts`, the starts of rate-limited kinds are written down in the
-/// same statement (the caller holds the accounts' share rows locked).
+/// same order. Each part is `job_claim_pick` (see its migration), which walks one account's jobs in the claim
+/// index (queue, account, priority, run_at, id) and locks only the rows it takes. With `record_starts`, the
+/// starts of rate-limited kinds are written down in the same statement (the caller holds the accounts' share rows
+/// locked).
 fn fair_claim_sql(record_starts: bool) -> String {
-    let pick = |quota: &str, extra: &str| {
-        format!(
-            r#"
-            select j.id
-            from job j
-            where j.queue = $1
-              and j.account_id = u.a
-              and j.state in ('available', 'scheduled', 'retryable')
-              and j.run_at <= now()
-              and j.kind = any(u.k)
-              and (j.version is null or j.version = $3)
-              {extra}
-              -- a keyed job that is no lane head is parked; a scheduled one joins its lane once promoted (see
-              -- turn_has_come; the pause is checked per unit: a unit is one account's jobs of this queue)
-              and (j.concurrency_key is null or j.state <> 'scheduled')
-            order by j.priority, j.run_at, j.id
-            limit {quota}
-            for update skip locked"#,
-        )
-    };
     let starts = if record_starts {
         r#",
         started as (
@@ -88,14 +69,17 @@ fn fair_claim_sql(record_starts: bool) -> String {
         first as (
             select c.id
             from unit u
-            cross join lateral ({first}) c
+            cross join lateral job_claim_pick($1, u.a, u.k, $3, u.q, '{{}}') as c(id)
             where u.q > 0
         ),
         leftover as (
             select c.id
             from unit u
-            cross join lateral ({leftover}) c
-            where u.f
+            -- rows `first` locked are this transaction's own: skip locked would not skip them
+            cross join lateral job_claim_pick(
+                $1, u.a, u.k, $3, $4 - (select count(*) from first), array(select id from first)
+            ) as c(id)
+            where u.f and $4 > (select count(*) from first)
             limit greatest($4 - (select count(*) from first), 0)
         ),
         claimed as (
@@ -110,9 +94,6 @@ fn fair_claim_sql(record_starts: bool) -> String {
         -- started in claim order
         select * from claimed order by priority, run_at, id
         "#,
-        first = pick("u.q", ""),
-        // rows `first` locked are this transaction's own: skip locked would not skip them
-        leftover = pick("$4", "and j.id <> all(array(select id from first))"),
         lease = lease("$5", "$6"),
         cols = job_columns_of("job"),
     )

@@ -256,6 +256,87 @@ pub async fn put_limits(conn: &mut PgConnection, account: &AccountId, limits: &L
     get_limits(conn, account).await
 }
 
+/// An account's limits with what it uses of them right now: what the dashboard shows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Usage {
+    /// Its weight.
+    pub weight: i32,
+    /// Per limited queue: its limit and the account's jobs of the queue leased now.
+    pub queues: BTreeMap<String, QueueUsage>,
+    /// Per limited kind: its limits, the account's jobs of the kind leased now and started in the last second.
+    pub kinds: BTreeMap<String, KindUsage>,
+}
+
+/// A queue limit and its use.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct QueueUsage {
+    /// The limit.
+    pub max_running: i32,
+    /// Leased now (running, or fetched ahead by a worker).
+    pub running: i64,
+}
+
+/// A kind's limits and their use.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KindUsage {
+    /// The running limit, if any.
+    pub max_running: Option<i32>,
+    /// The rate limit, if any.
+    pub max_per_second: Option<i32>,
+    /// Leased now.
+    pub running: i64,
+    /// Started within the last second (counted for rate-limited kinds only).
+    pub started_last_second: i64,
+}
+
+/// The limits of `account` with their use now. An unknown account is [`Error::UnknownAccount`].
+pub async fn usage(conn: &mut PgConnection, account: &AccountId) -> Result<Usage> {
+    let limits = get_limits(&mut *conn, account).await?;
+    let rows: Vec<(bool, String, i64, i64)> = sqlx::query_as(
+        r#"
+        select true, l.queue,
+               (select count(*) from job j
+                where j.account_id = l.account_id and j.queue = l.queue and j.leased_until is not null),
+               0::bigint
+        from account_queue_limit l
+        where l.account_id = $1
+        union all
+        select false, k.kind,
+               (select count(*) from job j
+                where j.account_id = k.account_id and j.kind = k.kind and j.leased_until is not null),
+               (select coalesce(sum(s.n), 0)::bigint from account_kind_start s
+                where s.account_id = k.account_id and s.kind = k.kind and s.at >= now() - interval '1 second')
+        from account_kind_limit k
+        where k.account_id = $1
+        "#,
+    )
+    .bind(account.as_str())
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut usage = Usage {
+        weight: limits.weight,
+        queues: BTreeMap::new(),
+        kinds: BTreeMap::new(),
+    };
+    for (is_queue, name, running, started) in rows {
+        if is_queue {
+            if let Some(l) = limits.queues.get(&name) {
+                let max_running = l.max_running;
+                usage.queues.insert(name, QueueUsage { max_running, running });
+            }
+        } else if let Some(l) = limits.kinds.get(&name) {
+            let kind = KindUsage {
+                max_running: l.max_running,
+                max_per_second: l.max_per_second,
+                running,
+                started_last_second: started,
+            };
+            usage.kinds.insert(name, kind);
+        }
+    }
+    Ok(usage)
+}
+
 async fn account_exists<'e>(exec: impl PgExecutor<'e>, account: &AccountId) -> Result<()> {
     let found: Option<i32> = sqlx::query_scalar("select 1 from account where id = $1")
         .bind(account.as_str())

@@ -38,7 +38,7 @@ pub use complete::{
 pub use enqueue::{enqueue, enqueue_many, fingerprint, EnqueueOutcome, Enqueued};
 pub use history::{add_history_days, retire_history, RetireCursor, Retired};
 pub use lane::{marked_lanes, release_lanes};
-pub use limits::{get_limits, put_limits, KindLimit, Limits, QueueLimit};
+pub use limits::{get_limits, put_limits, usage, KindLimit, KindUsage, Limits, QueueLimit, QueueUsage, Usage};
 pub use maintenance::{autovacuum_on, promote_due, rescue_expired, Maintainer, Retention, MAINTENANCE_LEASE};
 pub use registry::{deregister_worker, heartbeat_worker, live_workers, register_worker, WorkerInfo};
 pub use routing::{last_job_id, pool_depth, reroute_waiting, routed_active, version_outcomes, VersionDepth};

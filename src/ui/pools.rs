@@ -369,23 +369,67 @@ pub async fn accounts(
     let items = answer["items"].as_array().map(Vec::as_slice).unwrap_or_default();
     let mut rows = String::new();
     for a in items {
+        let id = a["id"].as_str().unwrap_or_default();
+        let usage = ui.get(&s, &format!("/api/accounts/{}/usage", enc(id))).await?;
         let _ = write!(
             rows,
-            "<tr><th scope=\"row\">{}</th><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><th scope=\"row\">{}</th><td>{}</td><td>{}</td><td class=\"num\">{}</td><td>{}</td><td>{}</td></tr>",
             t(&a["id"]),
             t(&a["name"]),
             t(&a["region"]),
+            t(&usage["weight"]),
+            limits_in_use(&usage),
             time(&a["created_at"])
         );
     }
     if items.is_empty() {
-        rows.push_str("<tr><td colspan=\"4\">No accounts.</td></tr>");
+        rows.push_str("<tr><td colspan=\"6\">No accounts.</td></tr>");
     }
     let body = format!(
         "<div class=\"scroll\"><table class=\"data\" id=\"accounts\"><caption>Accounts</caption><thead><tr>\
          <th scope=\"col\">Id</th><th scope=\"col\">Name</th><th scope=\"col\">Region</th>\
+         <th scope=\"col\">Weight</th><th scope=\"col\">Limits (in use / limit)</th>\
          <th scope=\"col\">Created</th></tr></thead><tbody>{rows}</tbody></table></div>{}",
         pager("/ui/accounts?", cursor, &answer["next_cursor"])
     );
     Ok(respond(StatusCode::OK, layout(Some(&s), "accounts", "Accounts", &body)))
+}
+
+/// An account's limits with their use (`GET /api/accounts/{id}/usage`) as a list: `queue default: 3 / 5 running`,
+/// `kind http.request: 2 / 20 running, 14 / 50 a second`; an em dash when it has none.
+fn limits_in_use(usage: &Value) -> String {
+    let mut items = String::new();
+    let empty = Map::new();
+    for (queue, u) in usage["queues"].as_object().unwrap_or(&empty) {
+        let _ = write!(
+            items,
+            "<li>queue {}: <span class=\"num\">{} / {}</span> running</li>",
+            esc(queue),
+            t(&u["running"]),
+            t(&u["max_running"])
+        );
+    }
+    for (kind, u) in usage["kinds"].as_object().unwrap_or(&empty) {
+        let mut parts = Vec::new();
+        if !u["max_running"].is_null() {
+            parts.push(format!(
+                "<span class=\"num\">{} / {}</span> running",
+                t(&u["running"]),
+                t(&u["max_running"])
+            ));
+        }
+        if !u["max_per_second"].is_null() {
+            parts.push(format!(
+                "<span class=\"num\">{} / {}</span> a second",
+                t(&u["started_last_second"]),
+                t(&u["max_per_second"])
+            ));
+        }
+        let _ = write!(items, "<li>kind {}: {}</li>", esc(kind), parts.join(", "));
+    }
+    if items.is_empty() {
+        "—".to_owned()
+    } else {
+        format!("<ul class=\"limits\">{items}</ul>")
+    }
 }

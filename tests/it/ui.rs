@@ -735,6 +735,56 @@ async fn ui_never_shows_another_accounts_data() {
     assert_eq!(get(&server, "/ui/jobs", Some(&admin)).await.0, 403);
 }
 
+/// The accounts page shows each account's weight and its running jobs against its limits.
+#[tokio::test]
+async fn ui_accounts_show_running_jobs_against_limits() {
+    let server = Server::start().await;
+    let key = server.account("acme").await;
+    server.account("other").await;
+    let limits = serde_json::json!({
+        "weight": 4,
+        "queues": {"default": {"max_running": 5}},
+        "kinds": {"noop": {"max_running": 20, "max_per_second": 50}}
+    });
+    let res = client()
+        .put(format!("{}/api/accounts/acme/limits", server.base))
+        .bearer_auth(ADMIN)
+        .json(&limits)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    for _ in 0..3 {
+        let res = client()
+            .post(format!("{}/api/jobs", server.base))
+            .bearer_auth(&key)
+            .json(&serde_json::json!({"kind": "noop"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 201);
+    }
+    let claimed = crate::queue::claim_n(&server.db.pool, 2, Duration::from_secs(60)).await;
+    assert_eq!(claimed.len(), 2);
+    let admin = sign_in(&server, ADMIN).await;
+    let (status, _, page) = get(&server, "/ui/accounts", Some(&admin)).await;
+    assert_eq!(status, 200);
+    let row = page.split("<tr>").find(|r| r.contains(">acme<")).expect("acme's row");
+    assert!(row.contains(">4<"), "weight: {row}");
+    assert!(
+        row.contains("queue default: <span class=\"num\">2 / 5</span> running"),
+        "{row}"
+    );
+    // (the starts of the last second depend on how long ago the claim was: only the limit is certain)
+    assert!(
+        row.contains("kind noop: <span class=\"num\">2 / 20</span> running, <span class=\"num\">"),
+        "{row}"
+    );
+    assert!(row.contains(" / 50</span> a second"), "{row}");
+    let other = page.split("<tr>").find(|r| r.contains(">other<")).expect("other's row");
+    assert!(other.contains(">1<") && other.contains("—"), "{other}");
+}
+
 /// Forms reject bad input with a message and a 4xx status; cross-site posts are refused; names are escaped.
 #[tokio::test]
 async fn ui_forms_reject_bad_input_with_messages() {

@@ -124,6 +124,17 @@ async fn jobs_held_back_by_a_full_limit_count_as_limited() {
         (Some(1), Some(2)),
         "{q}"
     );
+    let r = app
+        .call(Method::GET, "/api/accounts/acme/usage", Some(ADMIN), None)
+        .await;
+    assert_eq!(
+        *r.expect(StatusCode::OK),
+        json!({"weight": 1, "queues": {"default": {"max_running": 1, "running": 1}}, "kinds": {}})
+    );
+    let r = app
+        .call(Method::GET, "/api/accounts/nobody/usage", Some(ADMIN), None)
+        .await;
+    r.expect(StatusCode::NOT_FOUND);
     // A second claim takes nothing more while the first job runs.
     let again = crate::queue::claim_n(&app.db.pool, 10, Duration::from_secs(60)).await;
     assert!(again.is_empty());
