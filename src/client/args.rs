@@ -44,7 +44,7 @@ pub enum Command {
     },
 }
 
-/// `ordo account list|delete`: the admin API's side of accounts (beside `ordo account create`, which writes to the
+/// `ordo account list|limits|delete`: the admin API's side of accounts (beside `ordo account create`, which writes to the
 /// database directly).
 #[derive(Debug, Subcommand)]
 pub enum AccountAdmin {
@@ -53,6 +53,19 @@ pub enum AccountAdmin {
         /// Which page.
         #[command(flatten)]
         page: Page,
+        /// Where the API is, and the credential.
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Show an account's weight and limits with their use now, or replace them with --set (ORDO_ADMIN_TOKEN).
+    Limits {
+        /// Account id.
+        id: String,
+        /// Replace the weight and limits: `{"weight": 3, "queues": {"default": {"max_running": 50}}, "kinds":
+        /// {"http.request": {"max_running": 20, "max_per_second": 50}}}`; what it leaves out goes back to its
+        /// default.
+        #[arg(long, value_parser = json_object)]
+        set: Option<Map<String, Value>>,
         /// Where the API is, and the credential.
         #[command(flatten)]
         conn: Conn,

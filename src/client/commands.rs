@@ -312,6 +312,20 @@ pub async fn account(command: AccountAdmin) -> Result<(), ClientError> {
         AccountAdmin::List { page, conn } => {
             list(&conn, ADMIN, "/api/accounts", &page_query(&page), ACCOUNT_COLUMNS).await
         }
+        AccountAdmin::Limits { id, set, conn } => {
+            let view = View::One(&["weight", "queues", "kinds"]);
+            let Some(limits) = set else {
+                let path = format!("/api/accounts/{}/usage", encode(&id));
+                return call(&conn, ADMIN, Request::new(&Method::GET, &path), view).await;
+            };
+            let path = format!("/api/accounts/{}/limits", encode(&id));
+            let body = Value::Object(limits);
+            let req = Request {
+                body: Some(&body),
+                ..Request::new(&Method::PUT, &path)
+            };
+            call(&conn, ADMIN, req, view).await
+        }
         AccountAdmin::Delete { id, conn } => {
             let path = format!("/api/accounts/{}", encode(&id));
             let done = View::Done(format!("account {id} deleted"));

@@ -324,7 +324,7 @@ async fn cli_drives_jobs_queues_events_and_entities() {
     stop_all([api, worker]).await;
 }
 
-/// Admin commands with ORDO_ADMIN_TOKEN: accounts listed (delete says the server does not support it when the
+/// Admin commands with ORDO_ADMIN_TOKEN: accounts listed, limits set and shown (delete says the server does not support it when the
 /// route is missing), a key created and revoked (the revoked key gets 401 on the next CLI call), rollouts listed,
 /// started, aborted, and an illegal promote refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -337,6 +337,21 @@ async fn cli_drives_accounts_keys_and_rollouts() {
     assert_eq!(rows(&table, "acme").len(), 1, "{table}");
     let accounts = cli.json(&["account", "list"]).await;
     assert!(accounts["items"].as_array().unwrap().iter().any(|a| a["id"] == "acme"));
+    // Limits: set with --set, shown with their use; a bad limit is refused naming the field.
+    let set = r#"{"weight": 2, "queues": {"default": {"max_running": 5}}}"#;
+    let limits = cli.json(&["account", "limits", "acme", "--set", set]).await;
+    assert_eq!(limits["queues"]["default"]["max_running"], 5, "{limits}");
+    let shown = cli.ok(&["account", "limits", "acme"]).await;
+    assert!(shown.contains("weight") && shown.contains("running"), "{shown}");
+    let usage = cli.json(&["account", "limits", "acme"]).await;
+    assert_eq!(
+        (usage["weight"].as_i64(), usage["queues"]["default"]["running"].as_i64()),
+        (Some(2), Some(0))
+    );
+    let out = cli
+        .run(&["account", "limits", "acme", "--set", r#"{"weight": 0}"#])
+        .await;
+    assert_error(&out, "/weight");
     let out = cli.run(&["account", "delete", "acme"]).await;
     if !out.status.success() {
         // Until the server has DELETE /api/accounts/{id}, the CLI says so instead of "not found".
