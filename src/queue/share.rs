@@ -23,6 +23,9 @@ use super::Result;
 /// long (and a claim) for their first turn; the list costs one index descent per account to read.
 pub const REFRESH: Duration = Duration::from_millis(100);
 
+/// The most accounts one claim serves (each costs the claim an index walk); the turn brings the others round.
+pub const MAX_ACCOUNTS: usize = 32;
+
 /// An account with waiting work in a queue.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Active {
@@ -107,14 +110,15 @@ impl FairShare {
         }
         let total: f64 = self.active.iter().map(|a| f64::from(a.weight.max(1))).sum();
         let start = self.turn % n;
-        self.turn = (start + 1) % n;
         let order: Vec<usize> = (start..n).chain(0..start).collect();
         let mut quotas = vec![0i64; n];
         let mut left = limit;
         for &i in &order {
             let account = &self.active[i];
             let credit = self.credit.entry(account.account_id.clone()).or_insert(0.0);
-            *credit += limit as f64 * f64::from(account.weight.max(1)) / total;
+            // At most one claim's worth: an account that could not use its credit for a while (a limit held it)
+            // does not come back with a burst.
+            *credit = (*credit + limit as f64 * f64::from(account.weight.max(1)) / total).min(limit as f64);
             quotas[i] = (credit.floor() as i64).clamp(0, left);
             left -= quotas[i];
         }
@@ -126,6 +130,46 @@ impl FairShare {
         for i in by_rest.into_iter().take(usize::try_from(left).unwrap_or(0)) {
             quotas[i] += 1;
         }
+        // At most MAX_ACCOUNTS accounts per claim, those with a part first, in turn order: each costs the claim an
+        // index walk. The others keep their credit for a later claim, and the turn goes on after the last one
+        // served, so every account comes round within a few claims however many there are.
+        let mut served: Vec<usize> = order
+            .iter()
+            .copied()
+            .filter(|&i| quotas[i] > 0)
+            .take(MAX_ACCOUNTS)
+            .collect();
+        self.turn = served.last().map_or(start + 1, |&i| i + 1) % n;
+        for &i in &order {
+            if served.len() >= MAX_ACCOUNTS {
+                break;
+            }
+            // Accounts without a part this time may still take what the others leave.
+            if quotas[i] == 0 && !self.active[i].limited {
+                served.push(i);
+            }
+        }
+        for (i, q) in quotas.iter_mut().enumerate() {
+            if !served.contains(&i) {
+                *q = 0;
+            }
+        }
+        // What the accounts left for a later claim would have had goes to the unlimited ones served now, by
+        // weight: their credit goes below zero, so the next claims serve the others first.
+        let unlimited: Vec<usize> = served.iter().copied().filter(|&i| !self.active[i].limited).collect();
+        let weight = |i: usize| i64::from(self.active[i].weight.max(1));
+        let spare = limit - quotas.iter().sum::<i64>();
+        let spare_weight: i64 = unlimited.iter().map(|&i| weight(i)).sum();
+        if spare > 0 && spare_weight > 0 {
+            for &i in &unlimited {
+                quotas[i] += spare * weight(i) / spare_weight;
+            }
+            let rest = limit - quotas.iter().sum::<i64>();
+            for &i in unlimited.iter().take(usize::try_from(rest).unwrap_or(0)) {
+                quotas[i] += 1;
+            }
+        }
+        let order: Vec<usize> = order.into_iter().filter(|i| served.contains(i)).collect();
         let mut units = Vec::with_capacity(n);
         for &i in &order {
             let account = &self.active[i];
@@ -189,7 +233,7 @@ impl FairShare {
             let quota = quotas.get(id).copied().unwrap_or(0);
             let got = taken.get(id).copied().unwrap_or(0);
             if let Some(credit) = self.credit.get_mut(id) {
-                if got < quota || (account.limited && quota == 0) {
+                if got < quota {
                     *credit = 0.0;
                 } else {
                     *credit -= quota as f64;
@@ -364,6 +408,25 @@ mod tests {
         let got = share_out(&mut s, 16, 100);
         assert_eq!(got.values().sum::<i64>(), 1600);
         assert!(got.values().all(|&n| (15..=17).contains(&n)), "{got:?}");
+    }
+
+    #[test]
+    fn many_accounts_come_round_a_few_at_a_time() {
+        // 200 accounts, claims of 1 000: each claim serves at most MAX_ACCOUNTS of them, and shares the whole
+        // claim between them; over 400 claims every account gets its 2 000, give or take what one claim's turn is
+        // worth.
+        let mut s = FairShare::new();
+        let names: Vec<String> = (0..200).map(|i| format!("a{i}")).collect();
+        let list: Vec<(&str, i32, bool)> = names.iter().map(|n| (n.as_str(), 1, false)).collect();
+        s.set_active(active(&list), Instant::now());
+        let units = s.plan(1000, &kinds(&["k"]), &HashMap::new());
+        assert!(units.len() <= MAX_ACCOUNTS, "{}", units.len());
+        assert_eq!(units.iter().map(|u| u.q).sum::<i64>(), 1000);
+        s.settle(&units, &units.iter().map(|u| (u.a.as_str(), u.q)).collect());
+        let got = share_out(&mut s, 1000, 399);
+        let first: HashMap<&str, i64> = units.iter().map(|u| (u.a.as_str(), u.q)).collect();
+        let total = |a: &str| got.get(a).copied().unwrap_or(0) + first.get(a).copied().unwrap_or(0);
+        assert!(names.iter().all(|a| (1930..=2070).contains(&total(a))), "{got:?}");
     }
 
     #[test]
