@@ -241,3 +241,22 @@ async fn limits_hold_across_worker_processes() {
         assert!(within <= 50, "{within} starts in the second from {t}");
     }
 }
+
+/// Starts older than any rate window still counted are pruned; recent ones stay.
+#[tokio::test]
+async fn old_starts_are_pruned() {
+    let db = testkit::db().await;
+    sqlx::query(
+        "insert into account_kind_start (account_id, kind, at, n)
+         values ('a', 'k', now() - interval '1 minute', 3), ('a', 'k', now(), 2)",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(queue::share::prune_starts(&db.pool).await.unwrap(), 1);
+    let left: i64 = sqlx::query_scalar("select sum(n) from account_kind_start")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 2);
+}
