@@ -10,6 +10,7 @@ use apalis_core::worker::builder::WorkerBuilder;
 use apalis_ordo::OrdoBackend;
 use ordo::api::{self, AppState, Settings};
 use ordo::queue::{self, JobId, JobState};
+use ordo::runtime::{EngineHandlers, Worker, WorkerConfig};
 use ordo::tenancy::{self, AccountId};
 use ordo::testkit::{self, eventually};
 use ordo::wake::Waker;
@@ -34,8 +35,21 @@ async fn count(task: Count, runs: Data<Runs>) -> Result<Value, BoxDynError> {
     Ok(json!({"double": task.i * 2}))
 }
 
+/// `ordo worker`'s runtime in this process, with the built-in kinds: its stop token, task and worker id.
+fn start_ordo_worker(pool: &sqlx::PgPool) -> (CancellationToken, tokio::task::JoinHandle<()>, String) {
+    let mut cfg = WorkerConfig::new("default", "v1");
+    cfg.poll = Duration::from_millis(50);
+    let worker = Worker::new(cfg, pool.clone(), ordo_workers::registry(), EngineHandlers::new());
+    let id = worker.id().to_owned();
+    let stop = CancellationToken::new();
+    let token = stop.clone();
+    let handle = tokio::spawn(async move { worker.run(token).await.expect("the ordo worker runs") });
+    (stop, handle, id)
+}
+
 /// 10 000 jobs posted to `POST /api/jobs/batch` run exactly once each on an apalis worker built with
-/// `WorkerBuilder`, and each one's result is what `GET /api/jobs/{id}` shows.
+/// `WorkerBuilder`, and each one's result is what `GET /api/jobs/{id}` shows; an `ordo worker` on the same queue
+/// runs its own kinds beside it and none of the apalis worker's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_jobs_from_the_http_api_run_exactly_once() {
     let db = testkit::db_with_max(20).await;
@@ -58,7 +72,14 @@ async fn ten_thousand_jobs_from_the_http_api_run_exactly_once() {
     let http = reqwest::Client::new();
 
     let jobs: Vec<Value> = (0..JOBS)
-        .map(|i| json!({"kind": "test.count", "args": {"i": i}}))
+        .map(|i| {
+            // Every tenth job a built-in kind, for the ordo worker.
+            if i % 10 == 0 {
+                json!({"kind": "noop", "args": {}})
+            } else {
+                json!({"kind": "test.count", "args": {"i": i}})
+            }
+        })
         .collect();
     let res = http
         .post(format!("{base}/api/jobs/batch"))
@@ -77,6 +98,7 @@ async fn ten_thousand_jobs_from_the_http_api_run_exactly_once() {
         .map(|item| item["id"].as_str().unwrap().parse().unwrap())
         .collect();
     assert_eq!(ids.len(), JOBS);
+    let ordo_worker = start_ordo_worker(&db.pool);
 
     let runs: Runs = Arc::default();
     let backend: OrdoBackend<Count> = OrdoBackend::new(db.pool.clone(), fast("test.count").held(1000));
@@ -92,21 +114,37 @@ async fn ten_thousand_jobs_from_the_http_api_run_exactly_once() {
     })
     .await;
     stop(&ctx, handle).await;
+    let (ordo_stop, ordo_handle, ordo_id) = ordo_worker;
+    ordo_stop.cancel();
+    ordo_handle.await.unwrap();
 
     let runs = runs.lock().unwrap().clone();
-    assert_eq!(runs.len(), JOBS, "every job ran");
+    assert_eq!(runs.len(), JOBS - JOBS / 10, "every apalis job ran, and no other");
     assert!(runs.values().all(|&n| n == 1), "a job ran more than once");
     let jobs = queue::get_many(&db.pool, &AccountId::default_account(), &ids)
         .await
         .unwrap();
     for job in &jobs {
-        let i = job.args["i"].as_u64().unwrap();
         assert_eq!(job.state, JobState::Completed);
         assert_eq!(job.attempt, 1);
+        if job.kind == "noop" {
+            assert_eq!(
+                job.lease_owner.as_deref(),
+                Some(ordo_id.as_str()),
+                "the ordo worker ran the noop"
+            );
+            continue;
+        }
+        let i = job.args["i"].as_u64().unwrap();
         assert_eq!(job.result, Some(json!({"double": i * 2})));
+        assert_ne!(
+            job.lease_owner.as_deref(),
+            Some(ordo_id.as_str()),
+            "the ordo worker ran an apalis job"
+        );
     }
     // The same results over HTTP, for a spread of the jobs.
-    for id in ids.iter().step_by(JOBS / 100) {
+    for id in ids.iter().skip(1).step_by(JOBS / 100) {
         let res = http
             .get(format!("{base}/api/jobs/{id}"))
             .bearer_auth(&key)
