@@ -20,7 +20,8 @@ pub struct Config {
     /// The worker's version: it takes jobs routed to it and unrouted ones, and stops claiming once retired.
     pub version: String,
     /// Most jobs held at once, running or fetched and waiting to start. apalis runs every task it is given at
-    /// once unless a concurrency layer limits it, so this also bounds the tasks in flight.
+    /// once unless a concurrency layer limits it, so this also bounds the tasks in flight. The default (1 000)
+    /// keeps claims large for short tasks (see BENCHMARKS.md: 256 held drains no-op tasks at half the rate).
     pub held: usize,
     /// Most jobs one claim statement takes.
     pub max_claim: usize,
@@ -49,7 +50,7 @@ impl Config {
             queue: "default".to_owned(),
             pool: "default".to_owned(),
             version: "v1".to_owned(),
-            held: 256,
+            held: 1000,
             max_claim: 1000,
             lease: Duration::from_secs(30),
             poll: Duration::from_secs(1),
