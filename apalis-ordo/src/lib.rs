@@ -21,6 +21,8 @@
 //! Jobs enqueued through ordo's HTTP API (`{"kind": "<config.kind>", "args": …}`) reach the handler as its
 //! arguments, decoded from the job's JSON `args`; a task pushed here is an ordo job any client can read.
 
+#![warn(missing_docs)]
+
 mod backend;
 mod config;
 mod fetch;
