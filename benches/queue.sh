@@ -10,15 +10,12 @@ export REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
 filter=${2:-}
 runs=${RUNS:-3}
 
+# shellcheck source=lib.sh
+source "$(dirname "$0")/lib.sh"
 run() {
     local name=$1
     shift
-    if [ -n "$filter" ] && [[ "$name" != *"$filter"* ]]; then
-        return 0
-    fi
-    for _ in $(seq 1 "$runs"); do
-        "$ordo" bench --json "$@" 2>/dev/null
-    done | python3 "$(dirname "$0")/summarize.py" "$name"
+    repeat "$name" "$ordo" bench --json "$@"
 }
 
 run "1 worker, concurrency 256" --jobs 100000 --concurrency 256 --workers 1

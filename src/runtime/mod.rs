@@ -7,6 +7,7 @@
 //! and is fenced by attempt; the runtime writes no SQL itself.
 
 mod completer;
+pub mod embed;
 mod engine;
 mod executor;
 mod fetcher;
@@ -128,8 +129,7 @@ pub struct Worker {
 impl Worker {
     /// A worker running the step handlers of `steps` and the engine handlers of `engine`.
     pub fn new(cfg: WorkerConfig, pool: PgPool, steps: Registry, engine: EngineHandlers) -> Self {
-        let host = hostname();
-        let id = format!("{host}-{}-{:08x}", std::process::id(), rand::random::<u32>());
+        let id = new_worker_id();
         Worker {
             cfg,
             pool,
@@ -558,6 +558,11 @@ async fn heartbeat_loop(
             Err(e) => tracing::warn!(error = %e, "lease heartbeat failed"),
         }
     }
+}
+
+/// A worker id unique per process: host, process id and a random suffix (also its lease owner name).
+fn new_worker_id() -> String {
+    format!("{}-{}-{:08x}", hostname(), std::process::id(), rand::random::<u32>())
 }
 
 fn hostname() -> String {

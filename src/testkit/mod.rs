@@ -312,6 +312,36 @@ where
     }
 }
 
+/// Sends `sig` (as `kill` spells it, e.g. `-KILL`) to a running child process.
+pub fn signal(child: &tokio::process::Child, sig: &str) {
+    let pid = child.id().expect("child is running");
+    let ok = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(ok.success(), "kill {sig} {pid}");
+}
+
+/// Sends SIGTERM to a child process and asserts that it exits 0 within 30 s.
+pub async fn terminate(child: tokio::process::Child) {
+    signal(&child, "-TERM");
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("stops on SIGTERM")
+        .expect("wait for the child")
+        .status;
+    assert!(status.success(), "{status:?}");
+}
+
+/// Counts jobs in `state`, waiting and finished alike.
+pub async fn count_state(pool: &PgPool, state: &str) -> i64 {
+    sqlx::query_scalar("select count(*) from job_all where state = $1")
+        .bind(state)
+        .fetch_one(pool)
+        .await
+        .expect("count jobs by state")
+}
+
 /// A free TCP port on 127.0.0.1 (free when asked; bind it soon).
 pub fn free_port() -> u16 {
     crate::pgserver::free_port().expect("binding 127.0.0.1:0 succeeds on any test machine")

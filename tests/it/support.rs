@@ -141,15 +141,7 @@ pub async fn wake_ups_start_jobs_at_once(redis_url: &str, ca_file: Option<&std::
     w.stop().await;
 }
 
-/// Sends a signal to a child process.
-pub fn signal(child: &Child, sig: &str) {
-    let pid = child.id().expect("child is running");
-    let ok = std::process::Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .expect("run kill");
-    assert!(ok.success(), "kill {sig} {pid}");
-}
+pub use ordo::testkit::{count_state, signal};
 
 /// Creates the table the `test.record` probe writes.
 pub async fn create_execution_table(pool: &PgPool) {
@@ -179,25 +171,10 @@ pub async fn wait_for_state(pool: &PgPool, id: queue::JobId, state: JobState, ti
     .await
 }
 
-/// Counts jobs by state.
-pub async fn count_state(pool: &PgPool, state: &str) -> i64 {
-    sqlx::query_scalar("select count(*) from job_all where state = $1")
-        .bind(state)
-        .fetch_one(pool)
-        .await
-        .expect("count")
-}
-
 /// Sends SIGTERM to each child and asserts that it exits 0 within 30 s.
 pub async fn stop_all(children: impl IntoIterator<Item = Child>) {
     for child in children {
-        signal(&child, "-TERM");
-        let status = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
-            .await
-            .expect("stops on SIGTERM")
-            .unwrap()
-            .status;
-        assert!(status.success(), "{status:?}");
+        testkit::terminate(child).await;
     }
 }
 
