@@ -389,6 +389,7 @@ pub async fn run(
         .acquire_timeout(Duration::from_secs(2))
         .connect_lazy_with(opts);
     crate::db::check_schema(&pool).await?;
+    db.install_keys(&pool);
     let namespace = pool.connect_options().get_database().unwrap_or("ordo").to_owned();
     let waker = match redis_client {
         Some(client) => Waker::with_client(client, &namespace, shutdown.child_token()),

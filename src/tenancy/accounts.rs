@@ -88,10 +88,21 @@ fn generate_key_id() -> String {
     format!("key_{}", random_hex(8))
 }
 
-/// Creates an account with one API key and a webhook secret.
+/// The identity a webhook secret is sealed under (see [`crate::crypt`]).
+fn secret_aad(account: &AccountId) -> crate::crypt::Aad<'_> {
+    crate::crypt::Aad::new(account.as_str(), "account", &[], "webhook_secret")
+}
+
+/// Creates an account with one API key and a webhook secret; with encryption on, also its data key (in the same
+/// transaction), which seals the secret.
 pub async fn create_account(pool: &PgPool, id: &AccountId, name: &str, region: &str) -> Result<NewAccount> {
     let mut tx = pool.begin().await?;
     let webhook_secret = generate_webhook_secret();
+    let data_key = crate::crypt::new_account_key();
+    let stored_secret = match &data_key {
+        Some(k) => k.seal_text(&secret_aad(id), &webhook_secret),
+        None => webhook_secret.clone(),
+    };
     let account: Option<Account> = sqlx::query_as(
         r#"
         insert into account (id, name, region, webhook_secret)
@@ -103,12 +114,18 @@ pub async fn create_account(pool: &PgPool, id: &AccountId, name: &str, region: &
     .bind(id.as_str())
     .bind(name)
     .bind(region)
-    .bind(&webhook_secret)
+    .bind(&stored_secret)
     .fetch_optional(&mut *tx)
     .await?;
     let account = account.ok_or_else(|| Error::AccountExists(id.clone()))?;
+    if let Some(k) = &data_key {
+        crate::crypt::store_account_key(&mut tx, id.as_str(), k).await?;
+    }
     let key = insert_key(&mut *tx, id).await?;
     tx.commit().await?;
+    if let Some(k) = data_key {
+        crate::crypt::remember(id.as_str(), k);
+    }
     Ok(NewAccount {
         account,
         api_key: key.api_key,
@@ -157,9 +174,9 @@ pub async fn create_key(pool: &PgPool, account: &AccountId) -> Result<NewKey> {
     let mut tx = pool.begin().await?;
     // Lock the account row so a key is never added to an account being deleted concurrently.
     let exists: Option<String> = sqlx::query_scalar("select id from account where id = $1 for share")
-        .bind(account.as_str())
-        .fetch_optional(&mut *tx)
-        .await?;
+            .bind(account.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
     if exists.is_none() {
         return Err(Error::AccountNotFound(account.clone()));
     }
@@ -213,11 +230,15 @@ pub async fn find_key<'e>(exec: impl PgExecutor<'e>, hash: &[u8; 32]) -> Result<
 
 /// The account's webhook signing secret.
 pub async fn webhook_secret<'e>(exec: impl PgExecutor<'e>, account: &AccountId) -> Result<String> {
-    sqlx::query_scalar("select webhook_secret from account where id = $1")
+    let stored: String = sqlx::query_scalar("select webhook_secret from account where id = $1")
         .bind(account.as_str())
         .fetch_optional(exec)
         .await?
-        .ok_or_else(|| Error::AccountNotFound(account.clone()))
+        .ok_or_else(|| Error::AccountNotFound(account.clone()))?;
+    if crate::crypt::is_sealed_text(&stored) {
+        crate::crypt::prepare(account.as_str()).await?;
+    }
+    Ok(crate::crypt::open_text(&secret_aad(account), stored)?)
 }
 
 #[cfg(test)]
