@@ -297,6 +297,7 @@ pub fn routes() -> Vec<Route> {
         route("POST", "/api/rollouts/{id}/abort", post(pools::abort)),
         route("POST", "/api/accounts", post(accounts::create)),
         route("GET", "/api/accounts", get(accounts::list)),
+        route("DELETE", "/api/accounts/{id}", delete(accounts::delete)),
         route("POST", "/api/accounts/{id}/keys", post(accounts::create_key)),
         route(
             "DELETE",

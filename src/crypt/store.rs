@@ -20,7 +20,7 @@ pub(super) async fn load_or_create(pool: &PgPool, masters: &MasterKeys, account:
         r#"
         insert into account_key (account_id, master_key_id, wrapped)
         select $1, $2, $3
-        where exists (select 1 from account where id = $1)
+        where exists (select 1 from account where id = $1 and deleted_at is null)
         on conflict (account_id) do nothing
         "#,
     )

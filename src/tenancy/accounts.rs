@@ -151,7 +151,8 @@ pub async fn list_accounts(pool: &PgPool, after: Option<&str>, limit: i64) -> Re
         r#"
         select id, name, region, created_at
         from account
-        where $1::text is null or id > $1
+        where ($1::text is null or id > $1)
+          and deleted_at is null
         order by id
         limit $2
         "#,
@@ -173,7 +174,8 @@ pub async fn list_accounts(pool: &PgPool, after: Option<&str>, limit: i64) -> Re
 pub async fn create_key(pool: &PgPool, account: &AccountId) -> Result<NewKey> {
     let mut tx = pool.begin().await?;
     // Lock the account row so a key is never added to an account being deleted concurrently.
-    let exists: Option<String> = sqlx::query_scalar("select id from account where id = $1 for share")
+    let exists: Option<String> =
+        sqlx::query_scalar("select id from account where id = $1 and deleted_at is null for share")
             .bind(account.as_str())
             .fetch_optional(&mut *tx)
             .await?;
@@ -214,6 +216,7 @@ pub async fn find_key<'e>(exec: impl PgExecutor<'e>, hash: &[u8; 32]) -> Result<
         join account a on a.id = k.account_id
         where k.key_hash = $1
           and k.revoked_at is null
+          and a.deleted_at is null
         "#,
     )
     .bind(hash.as_slice())
@@ -226,6 +229,89 @@ pub async fn find_key<'e>(exec: impl PgExecutor<'e>, hash: &[u8; 32]) -> Result<
             region,
         })),
     }
+}
+
+/// Deletes an account: marks it deleted, revokes its API keys and destroys its data key, in one transaction, so
+/// from its commit the keys answer 401 and whatever is left of its data (here or in backups) cannot be decrypted.
+/// Its rows are purged afterwards by [`purge_deleted`]. Returns the hashes of the revoked keys, to drop from caches.
+pub async fn delete_account(pool: &PgPool, id: &AccountId) -> Result<Vec<[u8; 32]>> {
+    let mut tx = pool.begin().await?;
+    let found: Option<String> =
+        sqlx::query_scalar("update account set deleted_at = now() where id = $1 and deleted_at is null returning id")
+            .bind(id.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+    if found.is_none() {
+        return Err(Error::AccountNotFound(id.clone()));
+    }
+    let hashes: Vec<Vec<u8>> = sqlx::query_scalar(
+        "update api_key set revoked_at = now() where account_id = $1 and revoked_at is null returning key_hash",
+    )
+    .bind(id.as_str())
+    .fetch_all(&mut *tx)
+    .await?;
+    crate::crypt::destroy_account_key(&mut tx, id.as_str()).await?;
+    tx.commit().await?;
+    Ok(hashes.into_iter().filter_map(|h| h.try_into().ok()).collect())
+}
+
+/// Every table that holds an account's rows, children before the tables they reference (`account` itself last).
+/// The one place that names them all: a new tenant table must be added here, or a deleted account's row stays.
+const TENANT_TABLES: &[&str] = &[
+    "load_chunk",
+    "load_batch",
+    "load",
+    "event",
+    "entity",
+    "inventory_position",
+    "workflow",
+    "schedule",
+    "job",
+    "job_history",
+    "job_key",
+    "job_lane_mark",
+    "job_stat",
+    "job_stat_delta",
+    "queue_pause",
+    "api_key",
+    "account_key",
+];
+
+/// One bounded pass of the purge of deleted accounts: deletes at most `limit` rows of one table of the oldest
+/// deleted account, or the account's row once nothing else is left. Returns the rows deleted (0 = nothing to do).
+/// Call again while it returns more than 0; another account is never touched.
+pub async fn purge_deleted(pool: &PgPool, limit: i64) -> Result<u64> {
+    let Some(account): Option<String> =
+        sqlx::query_scalar("select id from account where deleted_at is not null order by deleted_at limit 1")
+            .fetch_optional(pool)
+            .await?
+    else {
+        return Ok(0);
+    };
+    for table in TENANT_TABLES {
+        // (tableoid, ctid) names a row even across the partitions of `job_history`.
+        let deleted = sqlx::query(&format!(
+            "delete from {table} where (tableoid, ctid) in \
+             (select tableoid, ctid from {table} where account_id = $1 limit $2)"
+        ))
+        .bind(&account)
+        .bind(limit)
+        .execute(pool)
+        .await?
+        .rows_affected();
+        if deleted > 0 {
+            return Ok(deleted);
+        }
+    }
+    let gone = sqlx::query("delete from account where id = $1 and deleted_at is not null")
+        .bind(&account)
+        .execute(pool)
+        .await?
+        .rows_affected();
+    if gone > 0 {
+        tracing::info!(account.id = %account, "deleted account purged");
+    }
+    Ok(gone)
 }
 
 /// The account's webhook signing secret.

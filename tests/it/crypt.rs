@@ -324,3 +324,40 @@ async fn enqueue_marked(c: &Cluster, key: &str) -> Value {
 async fn enqueue(c: &Cluster, key: &str) -> i64 {
     enqueue_marked(c, key).await["id"].as_str().unwrap().parse().unwrap()
 }
+
+/// Deleting an account destroys its data key at once (its sealed values can no longer be opened, by this or any
+/// process), its key answers 401, and a worker's maintenance purges its rows while another account keeps working.
+#[tokio::test]
+async fn deleting_an_account_destroys_its_data_key_and_maintenance_purges_it() {
+    let db = testkit::db().await;
+    let c = Cluster::start(&db.url, &master_key("k1", 1), true).await;
+    let (acme, globex) = (c.account("acme").await, c.account("globex").await);
+    let (a, g) = (enqueue(&c, &acme).await, enqueue(&c, &globex).await);
+
+    let (status, _) = c.call(Method::DELETE, "/api/accounts/acme", ADMIN, None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let keys: Vec<String> = sqlx::query_scalar("select account_id from account_key order by 1")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(keys, ["globex"], "acme's data key is gone at once");
+    let (status, _) = c.call(Method::GET, &format!("/api/jobs/{a}"), &acme, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    eventually(Duration::from_secs(30), "the worker to purge acme", || async {
+        let left: i64 = sqlx::query_scalar(
+            "select (select count(*) from job_all where account_id = 'acme') \
+                  + (select count(*) from account where id = 'acme')",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        (left == 0).then_some(())
+    })
+    .await;
+    let job = c.ok(Method::GET, &format!("/api/jobs/{g}"), &globex, None).await;
+    assert_eq!(job["args"]["note"], MARKER);
+    let (status, problem) = c.call(Method::DELETE, "/api/accounts/acme", ADMIN, None).await;
+    assert_eq!((status, problem["status"].as_u64()), (StatusCode::NOT_FOUND, Some(404)));
+    stop_all(c.children).await;
+}
