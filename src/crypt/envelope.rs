@@ -108,13 +108,15 @@ impl DataKey {
     /// The key from its 32 secret bytes (unwrapped).
     pub(super) fn from_bytes(root: [u8; 32]) -> Self {
         let salt = random();
+        let key = Arc::new(subkey(&root, &salt));
         DataKey {
             sealer: Mutex::new(Sealer {
-                key: Arc::new(subkey(&root, &salt)),
+                key: key.clone(),
                 salt,
                 uses: 0,
             }),
-            openers: RwLock::new(HashMap::new()),
+            // The sealing subkey opens too, so opening never waits on the sealer's lock.
+            openers: RwLock::new(HashMap::from([(salt, key)])),
             root,
         }
     }
@@ -133,6 +135,7 @@ impl DataKey {
                 s.salt = random();
                 s.key = Arc::new(subkey(&self.root, &s.salt));
                 s.uses = 0;
+                self.remember_opener(s.salt, s.key.clone());
             }
             s.uses += 1;
             (s.salt, s.key.clone())
@@ -152,22 +155,20 @@ impl DataKey {
     }
 
     fn opener(&self, salt: &[u8; SALT_LEN]) -> Arc<LessSafeKey> {
-        {
-            let s = self.sealer.lock().unwrap_or_else(|p| p.into_inner());
-            if &s.salt == salt {
-                return s.key.clone();
-            }
-        }
         if let Some(k) = self.openers.read().unwrap_or_else(|p| p.into_inner()).get(salt) {
             return k.clone();
         }
         let key = Arc::new(subkey(&self.root, salt));
+        self.remember_opener(*salt, key.clone());
+        key
+    }
+
+    fn remember_opener(&self, salt: [u8; SALT_LEN], key: Arc<LessSafeKey>) {
         let mut map = self.openers.write().unwrap_or_else(|p| p.into_inner());
         if map.len() >= MAX_OPENERS {
             map.clear();
         }
-        map.insert(*salt, key.clone());
-        key
+        map.insert(salt, key);
     }
 
     /// Seals a JSON value as `{"ordo:enc:v1": "<base64>"}`.
