@@ -75,6 +75,7 @@ enum Command {
     Load(crate::load::client::LoadArgs),
     #[command(flatten)]
     Client(crate::client::Command),
+
     /// Accounts: create one directly in the database; list or delete them through the admin API.
     Account {
         #[command(flatten)]
@@ -189,6 +190,7 @@ async fn run(cmd: Command) -> anyhow::Result<()> {
             let pool = crate::db::connect(db.require()?, (cfg.queues.len() * cfg.claimers.max(1)) as u32 + spare)
                 .await
                 .context("connect to postgres")?;
+            db.install_keys(&pool);
             let shutdown = crate::supervisor::shutdown_on_signals();
             metrics.start(&shutdown);
             let engine = engine_handlers_with(args.webhook_allow_private);
@@ -230,6 +232,7 @@ async fn run(cmd: Command) -> anyhow::Result<()> {
             let pool = crate::db::connect(db.require()?, 2)
                 .await
                 .context("connect to postgres")?;
+            db.install_keys(&pool);
             let created = crate::tenancy::create_account(&pool, &id, &name, &region)
                 .await
                 .context("create account")?;

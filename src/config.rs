@@ -30,9 +30,18 @@ pub struct DbConfig {
     /// PostgreSQL URL, e.g. postgres://user@host:5432/ordo.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+    /// Master keys for encryption at rest, `<id>:<base64 of 32 bytes>[,<id>:<key>…]`: the first wraps new data
+    /// keys, all unwrap (keep a retired key listed until `ordo keys rotate` ran). Unset: plain text.
+    #[arg(long, env = "ORDO_MASTER_KEYS", hide_env_values = true)]
+    pub master_keys: Option<crate::crypt::MasterKeys>,
 }
 
 impl DbConfig {
+    /// Installs this process's keyring (see [`crate::crypt`]) over `pool`; warns once when there are no master keys.
+    pub fn install_keys(&self, pool: &sqlx::PgPool) {
+        crate::crypt::install(self.master_keys.clone(), pool);
+    }
+
     /// The URL, or a clear error.
     pub fn require(&self) -> Result<&str, Error> {
         self.database_url.as_deref().ok_or(Error::Missing(

@@ -9,6 +9,7 @@
 //!
 //! - [`api`]: the HTTP API (axum): jobs, queues, accounts, health, metrics, OpenAPI.
 //! - [`db`]: pools and embedded migrations.
+//! - [`crypt`]: encryption at rest: per-account data keys wrapped by master keys, sealed values, rotation.
 //! - `group_commit`: concurrent callers' writes batched into one transaction (API enqueues, sync events, the
 //!   event executor).
 //! - [`queue`]: the durable queue; the only writer of `job` rows.
@@ -31,6 +32,7 @@ pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod crypt;
 pub mod db;
 pub(crate) mod group_commit;
 pub mod leader;

@@ -188,6 +188,33 @@ fn account_id(id: &str) -> Result<AccountId, ApiError> {
     AccountId::parse(id).map_err(|_| ApiError::NotFound(format!("account {id} not found")))
 }
 
+/// Delete an account: its data key is destroyed and its API keys revoked at once (401 from then on); its rows are
+/// purged in the background by maintenance. Another account is never affected.
+#[utoipa::path(
+    delete,
+    path = "/api/accounts/{id}",
+    tag = "accounts",
+    params(("id" = String, Path, description = "Account id")),
+    responses(
+        (status = 204, description = "Deleted; its data is purged in the background"),
+        (status = 404, description = "Unknown account", body = Problem),
+    ),
+    security(("admin" = []))
+)]
+#[tracing::instrument(skip_all, fields(account = %id))]
+pub async fn delete(
+    _: Admin,
+    state: axum::extract::State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = account_id(&id)?;
+    for hash in tenancy::delete_account(state.pool(), &id).await? {
+        state.keys().forget(&hash);
+    }
+    tracing::info!("account deleted; its data key is destroyed");
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// Add an API key to an account.
 #[utoipa::path(
     post,

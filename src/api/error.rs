@@ -283,6 +283,7 @@ impl From<queue::Error> for ApiError {
                 errors: Vec::new(),
             },
             queue::Error::Invalid(errs) => ApiError::Invalid(errs),
+            queue::Error::Crypt(e) => e.into(),
             queue::Error::Database(e) => e.into(),
             other => ApiError::Internal(other.to_string()),
         }
@@ -330,7 +331,18 @@ impl From<crate::orchestration::Error> for ApiError {
                 event_id: event_id.to_string(),
             },
             O::Queue(e) => e.into(),
+            O::Crypt(e) => e.into(),
             O::Database(e) => e.into(),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+/// A value that cannot be opened is the server's problem (500, logged with the row it names), never the caller's.
+impl From<crate::crypt::Error> for ApiError {
+    fn from(e: crate::crypt::Error) -> Self {
+        match e {
+            crate::crypt::Error::Database(e) => e.into(),
             other => ApiError::Internal(other.to_string()),
         }
     }
@@ -346,6 +358,7 @@ impl From<tenancy::Error> for ApiError {
             e @ (tenancy::Error::AccountNotFound(_) | tenancy::Error::KeyNotFound(_)) => {
                 ApiError::NotFound(e.to_string())
             }
+            tenancy::Error::Crypt(e) => e.into(),
             tenancy::Error::Database(e) => e.into(),
             other => ApiError::Internal(other.to_string()),
         }

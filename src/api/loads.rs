@@ -88,6 +88,7 @@ impl From<load::Error> for ApiError {
             },
             L::Queue(e) => e.into(),
             L::Orchestration(e) => e.into(),
+            L::Crypt(e) => e.into(),
             L::Database(e) => e.into(),
             other => ApiError::Internal(other.to_string()),
         }

@@ -298,6 +298,7 @@ pub fn routes() -> Vec<Route> {
         route("POST", "/api/rollouts/{id}/abort", post(pools::abort)),
         route("POST", "/api/accounts", post(accounts::create)),
         route("GET", "/api/accounts", get(accounts::list)),
+        route("DELETE", "/api/accounts/{id}", delete(accounts::delete)),
         route("POST", "/api/accounts/{id}/keys", post(accounts::create_key)),
         route("GET", "/api/accounts/{id}/limits", get(limits::get)),
         route("PUT", "/api/accounts/{id}/limits", put(limits::put)),
@@ -393,6 +394,7 @@ pub async fn run(
         .acquire_timeout(Duration::from_secs(2))
         .connect_lazy_with(opts);
     crate::db::check_schema(&pool).await?;
+    db.install_keys(&pool);
     let namespace = pool.connect_options().get_database().unwrap_or("ordo").to_owned();
     let waker = match redis_client {
         Some(client) => Waker::with_client(client, &namespace, shutdown.child_token()),

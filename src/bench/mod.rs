@@ -113,6 +113,9 @@ pub struct BenchArgs {
     /// Redis for wake-ups; workers poll when unset.
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
+    /// Master keys: with them the benchmark's jobs are sealed at rest (enqueue here, workers open and seal).
+    #[arg(long, env = "ORDO_MASTER_KEYS", hide_env_values = true)]
+    pub master_keys: Option<crate::crypt::MasterKeys>,
 }
 
 /// Latency percentiles in milliseconds.
@@ -265,6 +268,9 @@ async fn measure(args: &BenchArgs, url: &str) -> Result<Summary, Error> {
     // The `--tenants` accounts enqueue all at once, a connection each would be too many: 16 share the work.
     let pool = crate::db::connect(url, if args.tenants > 0 { 16 } else { 4 }).await?;
     crate::db::migrate(&pool).await?;
+    if args.master_keys.is_some() {
+        crate::crypt::install(args.master_keys.clone(), &pool);
+    }
     let account = AccountId::default_account();
     let shutdown = CancellationToken::new();
     let waker = match &args.redis_url {
@@ -587,6 +593,10 @@ fn spawn_workers(args: &BenchArgs, url: &str) -> Result<Vec<tokio::process::Chil
             match &args.redis_url {
                 Some(r) => c.env("REDIS_URL", r),
                 None => c.env_remove("REDIS_URL"),
+            };
+            match &args.master_keys {
+                Some(k) => c.env("ORDO_MASTER_KEYS", k.to_env()),
+                None => c.env_remove("ORDO_MASTER_KEYS"),
             };
             c.spawn().map_err(Error::Spawn)
         })

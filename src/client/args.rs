@@ -30,7 +30,7 @@ pub enum Command {
         #[command(subcommand)]
         command: Entities,
     },
-    /// API keys of an account (ORDO_ADMIN_TOKEN): create, revoke.
+    /// API keys of an account (ORDO_ADMIN_TOKEN): create, revoke; and the rotation of master keys.
     Keys {
         /// What to do.
         #[command(subcommand)]
@@ -280,6 +280,13 @@ pub enum Keys {
         /// Where the API is, and the credential.
         #[command(flatten)]
         conn: Conn,
+    },
+    /// Re-wrap every account's data key under the first of ORDO_MASTER_KEYS, online (in the database, not
+    /// through the API); prints `{rewrapped, current}`. Keep the old master key listed until this has run.
+    Rotate {
+        /// The database, and the master keys (ORDO_MASTER_KEYS).
+        #[command(flatten)]
+        db: crate::config::DbConfig,
     },
 }
 

@@ -336,6 +336,21 @@ pub async fn account(command: AccountAdmin) -> Result<(), ClientError> {
 
 async fn keys(command: Keys) -> Result<(), ClientError> {
     match command {
+        Keys::Rotate { db } => {
+            let masters = db.master_keys.clone().ok_or_else(|| {
+                ClientError::Rotate("ORDO_MASTER_KEYS must be set: the first key wraps, the others unwrap".into())
+            })?;
+            let pool = crate::db::connect(db.require()?, 2)
+                .await
+                .map_err(|e| ClientError::Rotate(e.to_string()))?;
+            let rotated = crate::crypt::rotate(&pool, &masters)
+                .await
+                .map_err(|e| ClientError::Rotate(e.to_string()))?;
+            pool.close().await;
+            let summary = serde_json::to_string(&rotated).map_err(|e| ClientError::Rotate(e.to_string()))?;
+            writeln!(std::io::stdout().lock(), "{summary}")?;
+            Ok(())
+        }
         Keys::Create { account, conn } => {
             let path = format!("/api/accounts/{}/keys", encode(&account));
             let view = View::One(&["key_id", "api_key"]);

@@ -101,6 +101,9 @@ pub enum ClientError {
     /// Writing the output failed.
     #[error("write output: {0}")]
     Output(#[from] std::io::Error),
+    /// Rotating the master keys failed.
+    #[error("rotate the data keys: {0}")]
+    Rotate(String),
 }
 
 /// Percent-encodes a path segment or query value.

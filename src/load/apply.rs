@@ -102,13 +102,26 @@ async fn apply_chunk(pool: &PgPool, job: &Job) -> Result<()> {
     .bind(chunk as i32)
     .fetch_optional(&mut *tx)
     .await?;
-    let Some(row) = row.filter(|r| !r.processed) else {
+    let Some(mut row) = row.filter(|r| !r.processed) else {
         // Gone, or applied already: an applied chunk's job completed in the same transaction, so only a job
         // enqueued again by hand gets here.
         queue::complete_in(&mut tx, job.id, job.attempt, json!({"skipped": true})).await?;
         tx.commit().await?;
         return Ok(());
     };
+    crate::crypt::prepare(account.as_str()).await?;
+    let mut skus: Vec<Option<String>> = std::mem::take(&mut row.sku_ref).into_iter().map(Some).collect();
+    let mut locs: Vec<Option<String>> = std::mem::take(&mut row.location_ref).into_iter().map(Some).collect();
+    super::records::crypt_fields(
+        account.as_str(),
+        batch_id,
+        chunk as i32,
+        &row.idx,
+        &mut [("sku_ref", &mut skus), ("location_ref", &mut locs)],
+        true,
+    )?;
+    row.sku_ref = skus.into_iter().map(Option::unwrap_or_default).collect();
+    row.location_ref = locs.into_iter().map(Option::unwrap_or_default).collect();
     let n = row.idx.len();
     if row.sku_ref.len() != n || row.location_ref.len() != n || row.qty.len() != n {
         return Err(Error::Corrupt(format!(

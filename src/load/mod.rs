@@ -86,6 +86,9 @@ pub enum Error {
     /// Writing positions or events failed.
     #[error(transparent)]
     Orchestration(#[from] crate::orchestration::Error),
+    /// A sealed record could not be sealed or opened (see [`crate::crypt`]).
+    #[error(transparent)]
+    Crypt(#[from] crate::crypt::Error),
     /// Any database error.
     #[error(transparent)]
     Database(#[from] sqlx::Error),

@@ -231,6 +231,37 @@ pub fn decide(keys: &[(&str, &str)], qty: &[i64], idx: &[i32], current: &HashMap
     d
 }
 
+/// Seals (`open` false) or opens the text fields of a chunk's records in place: each element under its own
+/// identity (account, batch, chunk, index, field), so no record's value can be moved to another (see
+/// [`crate::crypt`]; the account's data key loaded). `qty` stays plain: a number identifies nobody.
+pub(crate) fn crypt_fields(
+    account: &str,
+    batch_id: i64,
+    chunk: i32,
+    idx: &[i32],
+    fields: &mut [(&str, &mut Vec<Option<String>>)],
+    open: bool,
+) -> crate::crypt::Result<()> {
+    if !crate::crypt::enabled() && !open {
+        return Ok(());
+    }
+    let (batch, chunk) = (batch_id.to_string(), chunk.to_string());
+    for (name, values) in fields.iter_mut() {
+        for (i, v) in values.iter_mut().enumerate() {
+            let Some(text) = v.take() else { continue };
+            let index = idx.get(i).copied().unwrap_or(-1).to_string();
+            let row = [batch.as_str(), chunk.as_str(), index.as_str()];
+            let aad = crate::crypt::Aad::new(account, "load_chunk", &row, name);
+            *v = Some(if open {
+                crate::crypt::open_text(&aad, text)?
+            } else {
+                crate::crypt::seal_text(&aad, &text)?
+            });
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -481,8 +481,22 @@ async fn insert_chunk(
     rows: &ChunkRows,
     processed: bool,
 ) -> Result<()> {
+    crate::crypt::prepare(account.as_str()).await?;
     let outcome: Option<Vec<&str>> = processed.then(|| vec![Outcome::Failed.as_str(); rows.len()]);
-    let message: Option<&Vec<Option<String>>> = processed.then_some(&rows.message);
+    let (mut skus, mut locs, mut messages) = (rows.sku_ref.clone(), rows.location_ref.clone(), rows.message.clone());
+    super::records::crypt_fields(
+        account.as_str(),
+        batch_id,
+        chunk,
+        &rows.idx,
+        &mut [
+            ("sku_ref", &mut skus),
+            ("location_ref", &mut locs),
+            ("message", &mut messages),
+        ],
+        false,
+    )?;
+    let message: Option<&Vec<Option<String>>> = processed.then_some(&messages);
     sqlx::query(
         r#"
         insert into load_chunk (account_id, batch_id, chunk, idx, sku_ref, location_ref, qty, outcome, message)
@@ -493,14 +507,22 @@ async fn insert_chunk(
     .bind(batch_id)
     .bind(chunk)
     .bind(&rows.idx)
-    .bind(&rows.sku_ref)
-    .bind(&rows.location_ref)
+    .bind(&skus)
+    .bind(&locs)
     .bind(&rows.qty)
     .bind(outcome)
     .bind(message)
     .execute(&mut *conn)
     .await?;
     Ok(())
+}
+
+/// A result with the chunk it is stored in (part of its sealed fields' identity).
+#[derive(sqlx::FromRow)]
+struct ResultRow {
+    chunk: i32,
+    #[sqlx(flatten)]
+    result: RecordResult,
 }
 
 /// Per-record results of a batch in index order: processed records only, optionally of one outcome, at most
@@ -516,9 +538,9 @@ pub async fn results(
 ) -> Result<Vec<RecordResult>> {
     let batch = get_batch(&mut *conn, account, load_id, batch_id).await?;
     let bid = parse_id(&batch.id).ok_or_else(|| Error::Corrupt(format!("batch id {}", batch.id)))?;
-    Ok(sqlx::query_as(
+    let rows: Vec<ResultRow> = sqlx::query_as(
         r#"
-        select r.index, r.sku_ref, r.location_ref, r.outcome, r.message
+        select c.chunk, r.index, r.sku_ref, r.location_ref, r.outcome, r.message
         from load_chunk c
         cross join lateral unnest(c.idx, c.sku_ref, c.location_ref, c.outcome, c.message)
                            as r(index, sku_ref, location_ref, outcome, message)
@@ -537,7 +559,28 @@ pub async fn results(
     .bind(after)
     .bind(limit)
     .fetch_all(&mut *conn)
-    .await?)
+    .await?;
+    crate::crypt::prepare(account.as_str()).await?;
+    rows.into_iter()
+        .map(|ResultRow { chunk, mut result }| {
+            let mut fields = [
+                vec![result.sku_ref.take()],
+                vec![result.location_ref.take()],
+                vec![result.message.take()],
+            ];
+            let [s, l, m] = &mut fields;
+            super::records::crypt_fields(
+                account.as_str(),
+                bid,
+                chunk,
+                &[result.index],
+                &mut [("sku_ref", s), ("location_ref", l), ("message", m)],
+                true,
+            )?;
+            [result.sku_ref, result.location_ref, result.message] = fields.map(|mut v| v.pop().flatten());
+            Ok(result)
+        })
+        .collect()
 }
 
 /// Deletes loads whose day ended more than `retention` ago (`ORDO_RETAIN_EVENTS_DAYS`, as for the event log), with

@@ -107,6 +107,32 @@ fn check_name(p: &mut Vec<Problem>, path: &str, v: &str) {
     }
 }
 
+/// An entity's attributes sealed for storage under its identity (see [`crate::crypt`]).
+pub(crate) fn seal_attributes(account: &AccountId, key: &EntityKey, attributes: &Value) -> crate::crypt::Result<Value> {
+    let row = [key.entity_type.as_str(), key.entity_ref.as_str()];
+    crate::crypt::seal_json(
+        &crate::crypt::Aad::new(account.as_str(), "entity", &row, "attributes"),
+        attributes,
+    )
+}
+
+/// An entity's stored attributes, opened (the account's data key loaded: [`crate::crypt::prepare`]).
+pub(crate) fn open_attributes(account: &AccountId, key: &EntityKey, stored: Value) -> crate::crypt::Result<Value> {
+    let row = [key.entity_type.as_str(), key.entity_ref.as_str()];
+    crate::crypt::open_json(
+        &crate::crypt::Aad::new(account.as_str(), "entity", &row, "attributes"),
+        stored,
+    )
+}
+
+fn open_row(account: &AccountId, entity_type: &str, entity_ref: &str, stored: Value) -> crate::crypt::Result<Value> {
+    let row = [entity_type, entity_ref];
+    crate::crypt::open_json(
+        &crate::crypt::Aad::new(account.as_str(), "entity", &row, "attributes"),
+        stored,
+    )
+}
+
 /// Creates an entity and queues its `CREATE` event, in one transaction. The workflow `TYPE::SUBTYPE` must exist
 /// (the entity pins its latest major) and the status must be one it declares.
 pub async fn create_entity(q: &Queue, account: &AccountId, new: NewEntity) -> Result<(Entity, Event)> {
@@ -125,6 +151,12 @@ pub async fn create_entity(q: &Queue, account: &AccountId, new: NewEntity) -> Re
     }
     let status = new.status.unwrap_or_else(|| "CREATED".to_owned());
     let reference = format!("{}::{}", new.entity_type, new.subtype);
+    crate::crypt::prepare(account.as_str()).await?;
+    let key = EntityKey {
+        entity_type: new.entity_type.clone(),
+        entity_ref: new.entity_ref.clone(),
+    };
+    let stored = seal_attributes(account, &key, &attributes)?;
     let mut tx = q.pool().begin().await?;
     let workflow = get_version(&mut *tx, account, &reference, None, None).await?;
     if !workflow.definition.declares(&status) {
@@ -146,14 +178,10 @@ pub async fn create_entity(q: &Queue, account: &AccountId, new: NewEntity) -> Re
     .bind(&new.entity_ref)
     .bind(&new.subtype)
     .bind(&status)
-    .bind(&attributes)
+    .bind(&stored)
     .bind(workflow.version.major)
     .fetch_optional(&mut *tx)
     .await?;
-    let key = EntityKey {
-        entity_type: new.entity_type.clone(),
-        entity_ref: new.entity_ref.clone(),
-    };
     let Some((created_at,)) = inserted else {
         return Err(Error::EntityExists(key));
     };
@@ -251,24 +279,26 @@ pub(crate) async fn get_entities<'e>(
     .bind(&refs)
     .fetch_all(exec)
     .await?;
-    Ok(rows
-        .into_iter()
+    crate::crypt::prepare(account.as_str()).await?;
+    rows.into_iter()
         .map(
-            |(entity_type, entity_ref, subtype, status, attributes, major, minor, created_at, updated_at)| Entity {
-                workflow: WorkflowPin {
-                    reference: format!("{entity_type}::{subtype}"),
-                    version: Version { major, minor },
-                },
-                entity_type,
-                subtype,
-                entity_ref,
-                status,
-                attributes,
-                created_at,
-                updated_at,
+            |(entity_type, entity_ref, subtype, status, attributes, major, minor, created_at, updated_at)| {
+                Ok(Entity {
+                    workflow: WorkflowPin {
+                        reference: format!("{entity_type}::{subtype}"),
+                        version: Version { major, minor },
+                    },
+                    attributes: open_row(account, &entity_type, &entity_ref, attributes)?,
+                    entity_type,
+                    subtype,
+                    entity_ref,
+                    status,
+                    created_at,
+                    updated_at,
+                })
             },
         )
-        .collect())
+        .collect()
 }
 
 /// What [`list_entities`] returns: entities whose type is `entity_type` (all types when `None`), whose ref starts
@@ -342,25 +372,28 @@ pub async fn list_entities<'e>(
     .bind(limit + 1)
     .fetch_all(exec)
     .await?;
+    crate::crypt::prepare(account.as_str()).await?;
     let mut items: Vec<Entity> = rows
         .into_iter()
-        .map(|r| Entity {
-            workflow: WorkflowPin {
-                reference: format!("{}::{}", r.entity_type, r.subtype),
-                version: Version {
-                    major: r.workflow_major,
-                    minor: r.workflow_minor,
+        .map(|r| -> Result<Entity> {
+            Ok(Entity {
+                attributes: open_row(account, &r.entity_type, &r.entity_ref, r.attributes)?,
+                workflow: WorkflowPin {
+                    reference: format!("{}::{}", r.entity_type, r.subtype),
+                    version: Version {
+                        major: r.workflow_major,
+                        minor: r.workflow_minor,
+                    },
                 },
-            },
-            entity_type: r.entity_type,
-            subtype: r.subtype,
-            entity_ref: r.entity_ref,
-            status: r.status,
-            attributes: r.attributes,
-            created_at: r.created_at,
-            updated_at: r.updated_at,
+                entity_type: r.entity_type,
+                subtype: r.subtype,
+                entity_ref: r.entity_ref,
+                status: r.status,
+                created_at: r.created_at,
+                updated_at: r.updated_at,
+            })
         })
-        .collect();
+        .collect::<Result<_>>()?;
     let next_cursor = if items.len() as i64 > limit {
         items.truncate(limit.max(0) as usize);
         items.last().map(|e| format!("{}::{}", e.entity_type, e.entity_ref))

@@ -187,9 +187,27 @@ pub(crate) struct EventRow {
     traceparent: Option<String>,
 }
 
-impl TryFrom<EventRow> for Event {
-    type Error = Error;
-    fn try_from(r: EventRow) -> Result<Event> {
+/// The identity of an event's sealed `field` (see [`crate::crypt`]).
+fn event_aad<'a>(account: &'a AccountId, row: &'a [&'a str; 1], field: &'a str) -> crate::crypt::Aad<'a> {
+    crate::crypt::Aad::new(account.as_str(), "event", row, field)
+}
+
+/// An event's error message, sealed for storage under the event's identity.
+pub(crate) fn seal_error(account: &AccountId, seq: i64, error: &str) -> crate::crypt::Result<String> {
+    let seq = seq.to_string();
+    crate::crypt::seal_text(&event_aad(account, &[seq.as_str()], "error"), error)
+}
+
+impl EventRow {
+    /// The event, its sealed attributes and error opened (the account's data key loaded: [`crate::crypt::prepare`]).
+    pub(crate) fn into_event(self, account: &AccountId) -> Result<Event> {
+        let mut r = self;
+        let seq = r.seq.to_string();
+        let row = [seq.as_str()];
+        r.attributes = crate::crypt::open_json(&event_aad(account, &row, "attributes"), r.attributes)?;
+        if let Some(e) = r.error.take() {
+            r.error = Some(crate::crypt::open_text(&event_aad(account, &row, "error"), e)?);
+        }
         Ok(Event {
             id: r.seq.to_string(),
             seq: r.seq,
@@ -362,7 +380,37 @@ async fn insert(
     if rows.is_empty() {
         return Ok(Vec::new());
     }
+    crate::crypt::prepare(account.as_str()).await?;
+    let sealing = crate::crypt::enabled();
+    // A sealed value is bound to its event's seq, so with encryption on every seq is drawn first.
+    let mut drawn = if sealing {
+        draw_seqs(&mut *conn, rows.iter().filter(|r| r.seq == 0).count())
+            .await?
+            .into_iter()
+    } else {
+        Vec::new().into_iter()
+    };
     let mut seq = Vec::with_capacity(rows.len());
+    let mut sealed_attrs = Vec::with_capacity(if sealing { rows.len() } else { 0 });
+    let mut sealed_errors = Vec::with_capacity(if sealing { rows.len() } else { 0 });
+    for r in rows.iter().filter(|_| sealing) {
+        let s = if r.seq == 0 {
+            drawn.next().unwrap_or_default()
+        } else {
+            r.seq
+        };
+        seq.push(s);
+        let id = s.to_string();
+        let row = [id.as_str()];
+        sealed_attrs.push(crate::crypt::seal_json(
+            &event_aad(account, &row, "attributes"),
+            &r.attributes,
+        )?);
+        sealed_errors.push(match &r.error {
+            Some(e) => Some(crate::crypt::seal_text(&event_aad(account, &row, "error"), e)?),
+            None => None,
+        });
+    }
     let mut name = Vec::with_capacity(rows.len());
     let mut kind = Vec::with_capacity(rows.len());
     let mut category = Vec::with_capacity(rows.len());
@@ -376,20 +424,25 @@ async fn insert(
     let mut processed = Vec::with_capacity(rows.len());
     let mut error = Vec::with_capacity(rows.len());
     let mut trace = Vec::with_capacity(rows.len());
-    for r in rows {
-        seq.push(r.seq);
+    for (i, r) in rows.iter().enumerate() {
+        if !sealing {
+            seq.push(r.seq);
+        }
         name.push(r.name.as_str());
         kind.push(r.kind.as_str());
         category.push(r.category);
         status.push(r.status.as_str());
         etype.push(r.entity.entity_type.as_str());
         eref.push(r.entity.entity_ref.as_str());
-        attrs.push(&r.attributes);
+        attrs.push(sealed_attrs.get(i).unwrap_or(&r.attributes));
         source.push(r.source_event_id);
         job.push(r.job_id);
         sched.push(r.scheduled_at);
         processed.push(r.processed);
-        error.push(r.error.as_deref());
+        error.push(match sealed_errors.get(i) {
+            Some(e) => e.as_deref(),
+            None => r.error.as_deref(),
+        });
         trace.push(r.traceparent.as_deref());
     }
     let sql = if returning {
@@ -526,7 +579,7 @@ pub(crate) async fn accept_many_jobs(
             let row = by_job
                 .remove(&o.id.0)
                 .ok_or_else(|| Error::Corrupt(format!("job {} has no event", o.id)))?;
-            Ok((Event::try_from(row)?, o.replayed, o.id))
+            Ok((row.into_event(account)?, o.replayed, o.id))
         })
         .collect()
 }
@@ -675,7 +728,8 @@ pub(crate) async fn get_events<'e>(exec: impl PgExecutor<'e>, account: &AccountI
     .bind(seqs)
     .fetch_all(exec)
     .await?;
-    rows.into_iter().map(Event::try_from).collect()
+    crate::crypt::prepare(account.as_str()).await?;
+    rows.into_iter().map(|r| r.into_event(account)).collect()
 }
 
 /// The orchestration events that events `sources` emitted (inline, queued or scheduled), in seq order.
@@ -696,7 +750,8 @@ pub(crate) async fn emitted_from<'e>(
     .bind(sources)
     .fetch_all(exec)
     .await?;
-    rows.into_iter().map(Event::try_from).collect()
+    crate::crypt::prepare(account.as_str()).await?;
+    rows.into_iter().map(|r| r.into_event(account)).collect()
 }
 
 /// Filters of an event listing (all optional; `from` defaults to 30 days ago).
@@ -795,7 +850,11 @@ pub async fn list_events(
     }
     qb.push(" order by seq limit ").push_bind(limit + 1);
     let rows: Vec<EventRow> = qb.build_query_as().persistent(false).fetch_all(&mut *conn).await?;
-    let mut items = rows.into_iter().map(Event::try_from).collect::<Result<Vec<_>>>()?;
+    crate::crypt::prepare(account.as_str()).await?;
+    let mut items = rows
+        .into_iter()
+        .map(|r| r.into_event(account))
+        .collect::<Result<Vec<_>>>()?;
     let next_cursor = if items.len() as i64 > limit {
         items.truncate(limit.max(0) as usize);
         items.last().map(|e| e.id.clone())
@@ -817,7 +876,8 @@ async fn lock_event(conn: &mut PgConnection, account: &AccountId, id: &str) -> R
     .await?;
     let row = row.ok_or_else(|| Error::EventNotFound { id: id.to_owned() })?;
     let job = (row.job_id != 0).then_some(row.job_id);
-    Ok((row.event.try_into()?, job))
+    crate::crypt::prepare(account.as_str()).await?;
+    Ok((row.event.into_event(account)?, job))
 }
 
 /// Cancels a scheduled event that has not fired (`DELETE /api/events/{id}`); any other status is a conflict.

@@ -418,6 +418,7 @@ pub(crate) async fn execute_batch(
     chain: bool,
 ) -> Result<Executed> {
     let started = Instant::now();
+    crate::crypt::prepare(account.as_str()).await?;
     // The claimed jobs carry the version of the worker that claimed them: the runs behind them may be routed to
     // it too, or to none.
     let version = jobs.iter().find_map(|j| j.version.clone());
@@ -459,7 +460,7 @@ pub(crate) async fn execute_batch(
             break;
         }
     }
-    batch.out.complete(tx, owner).await?;
+    batch.out.complete(tx, account, owner).await?;
     let queued = !batch.out.emitted.is_empty() || !batch.out.hooks.is_empty();
     batch.out.write(tx, account, &batch.entities).await?;
     Ok(Executed {
@@ -510,7 +511,7 @@ struct Current {
 impl Batch<'_> {
     /// Executes the event of `job`, locked with its entity, and stages its writes.
     async fn execute(&mut self, conn: &mut PgConnection, job: &Job, locked: Locked) -> Result<()> {
-        let root = super::event::Event::try_from(locked.row)?;
+        let root = locked.row.into_event(self.account)?;
         if root.status.is_final() {
             // Cancelled while its job waited, or already executed by an earlier attempt that lost its lease late.
             self.out.settle(job, json!({"skipped": root.status}));
@@ -518,13 +519,16 @@ impl Batch<'_> {
         }
         let key = root.entity.clone();
         // An entity an earlier event of the batch ran on is as that event left it, not as the database has it.
-        let current = self.entities.entry(key.clone()).or_insert_with(|| Current {
-            subtype: locked.subtype,
-            status: locked.entity_status,
-            attributes: locked.entity_attributes,
-            major: locked.workflow_major,
-            changed: false,
-        });
+        let current = match self.entities.entry(key.clone()) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => v.insert(Current {
+                subtype: locked.subtype,
+                status: locked.entity_status,
+                attributes: super::entity::open_attributes(self.account, &key, locked.entity_attributes)?,
+                major: locked.workflow_major,
+                changed: false,
+            }),
+        };
         let reference = format!("{}::{}", key.entity_type, current.subtype);
         let major = current.major;
         let Some(minor) = locked.workflow_minor else {
@@ -619,7 +623,7 @@ impl Batch<'_> {
             self.out.settle(job, json!({"skipped": "no event"}));
             return Ok(());
         };
-        let root = super::event::Event::try_from(alone.row)?;
+        let root = alone.row.into_event(self.account)?;
         if root.status.is_final() {
             self.out.settle(job, json!({"skipped": root.status}));
             return Ok(());
@@ -678,10 +682,14 @@ impl Writes {
 
     /// Completes the settled jobs, the locked ones in `owner`'s name; a lost lease fails the whole batch (nothing
     /// of it commits).
-    async fn complete(&mut self, conn: &mut PgConnection, owner: &str) -> Result<()> {
-        let claimed = std::mem::take(&mut self.completions);
+    async fn complete(&mut self, conn: &mut PgConnection, account: &AccountId, owner: &str) -> Result<()> {
+        let mut claimed = std::mem::take(&mut self.completions);
+        let mut locked = std::mem::take(&mut self.locked);
+        // Results name the outcome and its error, which may quote the customer's data: sealed like any result.
+        for c in claimed.iter_mut().chain(locked.iter_mut()) {
+            c.result = queue::seal_json(account.as_str(), c.id.0, "result", &c.result)?;
+        }
         let mut done = queue::complete_many(&mut *conn, &claimed).await?;
-        let locked = std::mem::take(&mut self.locked);
         done.extend(queue::complete_locked(&mut *conn, &locked, owner).await?);
         if let Some(lost) = claimed.iter().chain(&locked).find(|c| !done.contains(&c.id)) {
             return Err(queue::Error::LeaseLost {
@@ -708,10 +716,21 @@ impl Writes {
         let types: Vec<&str> = changed.iter().map(|(k, _)| k.entity_type.as_str()).collect();
         let refs: Vec<&str> = changed.iter().map(|(k, _)| k.entity_ref.as_str()).collect();
         let statuses: Vec<&str> = changed.iter().map(|(_, c)| c.status.as_str()).collect();
-        let attributes: Vec<&Value> = changed.iter().map(|(_, c)| &c.attributes).collect();
+        let attributes: Vec<Value> = changed
+            .iter()
+            .map(|(k, c)| super::entity::seal_attributes(account, k, &c.attributes))
+            .collect::<Result<_, _>>()?;
         let seqs: Vec<i64> = self.roots.iter().map(|r| r.0).collect();
         let outcomes: Vec<&str> = self.roots.iter().map(|r| r.1.as_str()).collect();
-        let errors: Vec<Option<&str>> = self.roots.iter().map(|r| r.2.as_deref()).collect();
+        let errors: Vec<Option<String>> = self
+            .roots
+            .iter()
+            .map(|r| {
+                r.2.as_deref()
+                    .map(|e| super::event::seal_error(account, r.0, e))
+                    .transpose()
+            })
+            .collect::<Result<_, _>>()?;
         sqlx::query(
             r#"
             with changed as (

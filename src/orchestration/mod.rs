@@ -95,6 +95,9 @@ pub enum Error {
     /// A queue error other than the ones above.
     #[error(transparent)]
     Queue(queue::Error),
+    /// A sealed value could not be sealed or opened (see [`crate::crypt`]).
+    #[error(transparent)]
+    Crypt(#[from] crate::crypt::Error),
     /// Any database error.
     #[error(transparent)]
     Database(#[from] sqlx::Error),
@@ -104,6 +107,7 @@ impl From<queue::Error> for Error {
     fn from(e: queue::Error) -> Self {
         match e {
             queue::Error::Database(d) => Error::Database(d),
+            queue::Error::Crypt(c) => Error::Crypt(c),
             queue::Error::IdempotencyConflict { key, .. } => Error::IdempotencyConflict { key },
             other => Error::Queue(other),
         }

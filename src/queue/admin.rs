@@ -7,7 +7,7 @@ use sqlx::{PgConnection, PgExecutor};
 use super::history::{append_history, finished_row, STORED_COLUMNS};
 use super::lane::{member, release_after};
 use super::stats::count_after;
-use super::types::{job_columns_of, JOB_COLUMNS};
+use super::types::{job_columns_of, open_jobs, JOB_COLUMNS};
 use super::{Error, Job, JobId, JobState, Result};
 use crate::tenancy::AccountId;
 
@@ -23,12 +23,14 @@ static GET_SQL: LazyLock<String> = LazyLock::new(|| {
 
 /// Reads one job of the account.
 pub async fn get<'e>(exec: impl PgExecutor<'e>, account: &AccountId, id: JobId) -> Result<Job> {
-    sqlx::query_as::<_, Job>(GET_SQL.as_str())
+    let mut job = sqlx::query_as::<_, Job>(GET_SQL.as_str())
         .bind(account.as_str())
         .bind(id)
         .fetch_optional(exec)
         .await?
-        .ok_or(Error::NotFound { id })
+        .ok_or(Error::NotFound { id })?;
+    open_jobs(std::slice::from_mut(&mut job)).await?;
+    Ok(job)
 }
 
 static GET_MANY_SQL: LazyLock<String> = LazyLock::new(|| {
@@ -50,7 +52,9 @@ pub async fn get_many<'e>(exec: impl PgExecutor<'e>, account: &AccountId, ids: &
         .into_iter()
         .map(|j| (j.id, j))
         .collect();
-    Ok(ids.iter().filter_map(|id| found.remove(id)).collect())
+    let mut jobs: Vec<Job> = ids.iter().filter_map(|id| found.remove(id)).collect();
+    open_jobs(&mut jobs).await?;
+    Ok(jobs)
 }
 
 /// Filters of a job listing.
@@ -123,6 +127,7 @@ pub async fn list<'e>(
     } else {
         None
     };
+    open_jobs(&mut jobs).await?;
     Ok((jobs, next))
 }
 
@@ -169,7 +174,10 @@ async fn transition(
         .fetch_optional(&mut *conn)
         .await?;
     match job {
-        Some(j) => Ok(j),
+        Some(mut j) => {
+            open_jobs(std::slice::from_mut(&mut j)).await?;
+            Ok(j)
+        }
         None => {
             let current = get(&mut *conn, account, id).await?;
             Err(Error::InvalidState {

@@ -59,6 +59,7 @@ pub(crate) async fn copy_jobs(
     if routing {
         return Ok(None);
     }
+    crate::crypt::prepare(account.as_str()).await?;
     // Drawn in one statement, so ascending is the order they were drawn in.
     ids.sort_unstable();
     if guarded {
@@ -151,7 +152,11 @@ async fn copy_rows(
         out.field(&account.as_str())?;
         out.field(&job.queue.as_str())?;
         out.field(&job.kind.as_str())?;
-        out.jsonb(&job.args)?;
+        if crate::crypt::enabled() {
+            out.jsonb(&super::seal_json(account.as_str(), ids[i], "args", &job.args)?)?;
+        } else {
+            out.jsonb(&job.args)?;
+        }
         out.field(&state)?;
         out.field(&job.priority)?;
         out.field(&job.max_attempts)?;

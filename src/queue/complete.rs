@@ -57,8 +57,9 @@ pub struct Snooze {
 /// Longest error message kept per attempt; handlers sometimes put whole response bodies in errors.
 const MAX_ERROR_LEN: usize = 4096;
 
-fn truncate(s: &str) -> String {
-    if s.len() <= MAX_ERROR_LEN {
+/// Cuts an error message to [`MAX_ERROR_LEN`]; a sealed one was cut before it was sealed, and must stay whole.
+pub(crate) fn truncate(s: &str) -> String {
+    if s.len() <= MAX_ERROR_LEN || crate::crypt::is_sealed_text(s) {
         return s.to_owned();
     }
     let mut end = MAX_ERROR_LEN;
@@ -411,7 +412,15 @@ static CANCEL_RUNNING_SQL: LazyLock<String> = LazyLock::new(|| {
         &finished_row(&[
             ("state", "'cancelled'"),
             ("finished_at", "now()"),
-            ("errors", &with_error("'cancelled: ' || ($3::text[])[r.ord]", false)),
+            // A sealed reason carries its `cancelled: ` inside (see `crate::crypt`).
+            (
+                "errors",
+                &with_error(
+                    "case when ($3::text[])[r.ord] like 'ordo:enc:v1:%' then ($3::text[])[r.ord] \
+                     else 'cancelled: ' || ($3::text[])[r.ord] end",
+                    false,
+                ),
+            ),
             ("leased_until", "null::timestamptz"),
         ]),
         ("cancelled", "count(*)"),

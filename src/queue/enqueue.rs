@@ -106,8 +106,36 @@ pub async fn enqueue(conn: &mut PgConnection, account: &AccountId, job: NewJob) 
     }
 }
 
+/// Loads the account's data key (see [`crate::crypt::prepare`]); an account without one does not exist.
+pub(super) async fn prepare(account: &AccountId) -> Result<()> {
+    match crate::crypt::prepare(account.as_str()).await {
+        Err(crate::crypt::Error::NoDataKey { .. }) => Err(Error::UnknownAccount {
+            account: account.to_string(),
+        }),
+        other => Ok(other?),
+    }
+}
+
+/// Draws `n` job ids, ascending, ahead of their insert: with encryption on, a job's id is part of the identity
+/// its sealed args are bound to, so it must be known before the args are sealed.
+async fn draw_ids(conn: &mut PgConnection, n: usize) -> Result<Vec<i64>> {
+    let mut ids: Vec<i64> = sqlx::query_scalar("select nextval('job_id_seq') from generate_series(1, $1)")
+        .bind(n as i64)
+        .fetch_all(&mut *conn)
+        .await?;
+    ids.sort_unstable();
+    Ok(ids)
+}
+
 async fn insert_one(conn: &mut PgConnection, account: &AccountId, job: NewJob) -> Result<Enqueued> {
     let fp = job.idempotency_key.as_ref().map(|_| job_fingerprint(&job));
+    let sealed = if crate::crypt::enabled() {
+        prepare(account).await?;
+        let id = draw_ids(conn, 1).await?.first().copied().unwrap_or_default();
+        Some((id, super::seal_json(account.as_str(), id, "args", &job.args)?))
+    } else {
+        None
+    };
     // Twice at most: a key found taken by the insert can be released (its job's history dropped) before it is
     // read back, and is then free for this job.
     for _ in 0..2 {
@@ -115,7 +143,7 @@ async fn insert_one(conn: &mut PgConnection, account: &AccountId, job: NewJob) -
             .bind(account.as_str())
             .bind(&job.queue)
             .bind(&job.kind)
-            .bind(&job.args)
+            .bind(sealed.as_ref().map_or(&job.args, |s| &s.1))
             .bind(job.priority)
             .bind(job.max_attempts)
             .bind(job.run_at)
@@ -125,10 +153,16 @@ async fn insert_one(conn: &mut PgConnection, account: &AccountId, job: NewJob) -
             .bind(&job.concurrency_key)
             .bind(&job.version)
             .bind(&job.traceparent)
+            .bind(sealed.as_ref().map(|s| s.0))
             .fetch_optional(&mut *conn)
             .await?;
-        if let Some(job) = inserted {
-            return Ok(Enqueued { job, replayed: false });
+        if let Some(mut inserted) = inserted {
+            // The caller's args, rather than opening what was just sealed.
+            inserted.args = job.args;
+            return Ok(Enqueued {
+                job: inserted,
+                replayed: false,
+            });
         }
         account_exists(&mut *conn, account).await?;
         let key = job.idempotency_key.clone().unwrap_or_default();
@@ -152,7 +186,7 @@ async fn insert_one(conn: &mut PgConnection, account: &AccountId, job: NewJob) -
 static INSERT_ONE_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         r#"
-        with n as (select nextval('job_id_seq') as id),
+        with n as (select coalesce($14::bigint, nextval('job_id_seq')) as id),
         -- the account exists (once per statement, instead of a foreign-key trigger per row)
         known as (select exists (select 1 from account a where a.id = $1) as ok),
         keyed as (
@@ -260,6 +294,19 @@ pub async fn enqueue_many(
     lock_concurrency_keys(conn, account, &keys).await?;
 
     let n = jobs.len();
+    // Drawn after the key locks, as the statement would draw them.
+    let (drawn, sealed) = if crate::crypt::enabled() {
+        prepare(account).await?;
+        let ids = draw_ids(conn, n).await?;
+        let sealed = ids
+            .iter()
+            .zip(jobs)
+            .map(|(id, j)| super::seal_json(account.as_str(), *id, "args", &j.args))
+            .collect::<Result<Vec<_>, _>>()?;
+        (ids, sealed)
+    } else {
+        (Vec::new(), Vec::new())
+    };
     let mut queue = Vec::with_capacity(n);
     let mut kind = Vec::with_capacity(n);
     let mut args = Vec::with_capacity(n);
@@ -272,10 +319,10 @@ pub async fn enqueue_many(
     let mut ckey = Vec::with_capacity(n);
     let mut version = Vec::with_capacity(n);
     let mut trace = Vec::with_capacity(n);
-    for j in jobs {
+    for (i, j) in jobs.iter().enumerate() {
         queue.push(j.queue.as_str());
         kind.push(j.kind.as_str());
-        args.push(&j.args);
+        args.push(sealed.get(i).unwrap_or(&j.args));
         priority.push(j.priority);
         max_attempts.push(j.max_attempts);
         run_at.push(j.run_at);
@@ -300,6 +347,7 @@ pub async fn enqueue_many(
         .bind(&ckey)
         .bind(&version)
         .bind(&trace)
+        .bind(&drawn)
         .fetch_all(&mut *conn)
         .await?;
     if rows.iter().all(|r| !r.2) {
@@ -364,12 +412,13 @@ static ENQUEUE_MANY_SQL: LazyLock<String> = LazyLock::new(|| {
         r#"
         -- ids drawn in batch order, before anything sorts the rows
         with drawn as materialized (
-            select nextval('job_id_seq') as id, t.*
+            -- or drawn already (empty $14 pads with nulls), when the ids are bound into sealed args
+            select coalesce(t.drawn, nextval('job_id_seq')) as id, t.*
             from unnest($2::text[], $3::text[], $4::jsonb[], $5::smallint[], $6::int[], $7::timestamptz[],
-                        $8::int[], $9::text[], $10::bytea[], $11::text[], $12::text[], $13::text[])
+                        $8::int[], $9::text[], $10::bytea[], $11::text[], $12::text[], $13::text[], $14::bigint[])
                  with ordinality
                  as t(queue, kind, args, priority, max_attempts, run_at, timeout_ms, idempotency_key,
-                      fingerprint, concurrency_key, version, traceparent, ord)
+                      fingerprint, concurrency_key, version, traceparent, drawn, ord)
         ),
         -- Due jobs of the same key earlier in this batch: the first is its lane's head at most, the rest park.
         input as materialized (

@@ -338,7 +338,8 @@ pub async fn usage(conn: &mut PgConnection, account: &AccountId) -> Result<Usage
 }
 
 async fn account_exists<'e>(exec: impl PgExecutor<'e>, account: &AccountId) -> Result<()> {
-    let found: Option<i32> = sqlx::query_scalar("select 1 from account where id = $1")
+    // A deleted account is gone for its limits too, though its row stays until the purge reaches it.
+    let found: Option<i32> = sqlx::query_scalar("select 1 from account where id = $1 and deleted_at is null")
         .bind(account.as_str())
         .fetch_optional(exec)
         .await?;

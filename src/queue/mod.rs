@@ -31,6 +31,7 @@ mod types;
 pub use admin::{cancel, get, get_many, list, pause, resume, retry, JobFilter};
 pub use backoff::{backoff, RetryPolicy};
 pub use claim::{claim, lock_following, lock_ids, ClaimRequest};
+pub(crate) use complete::truncate as truncate_error;
 pub use complete::{
     cancel_running, complete_handing_off, complete_in, complete_locked, complete_many, fail_many, hand_back, heartbeat,
     snooze_many, Completion, Failure, HandOff, Snooze,
@@ -47,6 +48,7 @@ pub use stats::{
     finished_counts, fold_stats, prune_stats, queue_gauges, queue_stats, throughput, with_finished, FinishedCounts,
     QueueStats, Throughput,
 };
+pub(crate) use types::{open_jobs, seal_json};
 pub use types::{FieldError, Job, JobId, JobState, NewJob, ACTIVE_STATES, FINISHED_STATES};
 
 use sqlx::PgPool;
@@ -99,6 +101,9 @@ pub enum Error {
     /// One or more fields are invalid.
     #[error("invalid job: {}", .0.iter().map(|e| format!("{}: {}", e.path, e.message)).collect::<Vec<_>>().join("; "))]
     Invalid(Vec<FieldError>),
+    /// A sealed value could not be sealed or opened (see [`crate::crypt`]).
+    #[error(transparent)]
+    Crypt(#[from] crate::crypt::Error),
     /// Any database error.
     #[error(transparent)]
     Database(#[from] sqlx::Error),

@@ -187,6 +187,48 @@ pub struct Job {
     pub leased_until: Option<DateTime<Utc>>,
 }
 
+impl Job {
+    /// Opens the fields sealed at rest (args, result, error messages) in place; the account's data key must be
+    /// loaded ([`crate::crypt::prepare`]). Plain values are left as they are.
+    pub fn open(&mut self) -> Result<(), crate::crypt::Error> {
+        let id = self.id.to_string();
+        let row = [id.as_str()];
+        let aad = |field| crate::crypt::Aad::new(&self.account_id, "job", &row, field);
+        self.args = crate::crypt::open_json(&aad("args"), std::mem::take(&mut self.args))?;
+        if let Some(r) = self.result.take() {
+            self.result = Some(crate::crypt::open_json(&aad("result"), r)?);
+        }
+        if let Value::Array(entries) = &mut self.errors {
+            for e in entries {
+                if let Some(Value::String(m)) = e.get_mut("message") {
+                    *m = crate::crypt::open_text(&aad("error"), std::mem::take(m))?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Opens every job's sealed fields (see [`Job::open`]), loading each account's data key first.
+pub(crate) async fn open_jobs(jobs: &mut [Job]) -> Result<(), crate::crypt::Error> {
+    if crate::crypt::enabled() {
+        let mut last: Option<&str> = None;
+        for j in jobs.iter() {
+            if last != Some(j.account_id.as_str()) {
+                crate::crypt::prepare(&j.account_id).await?;
+                last = Some(j.account_id.as_str());
+            }
+        }
+    }
+    jobs.iter_mut().try_for_each(Job::open)
+}
+
+/// Seals a job's value of `field` (`args`, `result`, `error`) for storage; see [`Job::open`].
+pub(crate) fn seal_json(account: &str, id: i64, field: &str, v: &Value) -> Result<Value, crate::crypt::Error> {
+    let id = id.to_string();
+    crate::crypt::seal_json(&crate::crypt::Aad::new(account, "job", &[id.as_str()], field), v)
+}
+
 /// Columns of [`Job`], in one place so every `returning` clause agrees.
 /// A waiting job (`available`, `scheduled` or `retryable`), for statements that find jobs by id: said by the states
 /// it is not, so that the planner cannot use the claim index (whose predicate is those three states) for them.

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::completer::{Settle, SettleKind};
 use super::engine::{EngineHandlers, EngineResult};
 use super::Running;
-use crate::queue::Job;
+use crate::queue::{Job, JobId};
 use crate::telemetry::metrics as m;
 
 pub(crate) struct Executor {
@@ -38,9 +38,12 @@ enum Ran {
 
 impl Executor {
     /// Runs the job, stopped by `cancel` when its lease is lost, and settles it (or its handler did).
-    pub async fn execute(&self, job: Job, cancel: CancellationToken) {
+    pub async fn execute(&self, mut job: Job, cancel: CancellationToken) {
         let id = job.id;
         let attempt = job.attempt;
+        // Claims read the args as stored: open them here, where the handler needs them (see `crate::crypt`).
+        let opened = crate::queue::open_jobs(std::slice::from_mut(&mut job)).await;
+        let account = job.account_id.clone();
         if let Ok(mut r) = self.running.lock() {
             r.insert(id, (attempt, cancel.clone()));
         }
@@ -65,7 +68,17 @@ impl Executor {
         let delay = (chrono::Utc::now() - job.run_at).num_milliseconds().max(0) as f64 / 1000.0;
         metrics::histogram!(m::JOB_START_DELAY_SECONDS, "queue" => job.queue.clone()).record(delay);
         let started = std::time::Instant::now();
-        let ran = self.run_handler(job, ctx, timeout).await;
+        let ran = match opened {
+            Ok(()) => self.run_handler(job, ctx, timeout).await,
+            // The database could not give the data key: another attempt may succeed.
+            Err(e @ crate::crypt::Error::Database(_)) => Ran::Outcome(Err(StepError::Retry {
+                reason: format!("failed to load the account's data key: {e}"),
+                after: None,
+            })),
+            Err(e) => Ran::Outcome(Err(StepError::Fail {
+                reason: format!("cannot open the job's args: {e}"),
+            })),
+        };
         metrics::histogram!(m::JOB_DURATION_SECONDS, "kind" => kind_label).record(started.elapsed().as_secs_f64());
         if let Ok(mut r) = self.running.lock() {
             r.remove(&id);
@@ -115,6 +128,11 @@ impl Executor {
                 after: None,
             },
         };
+        let kind = seal_outcome(&account, id, kind).unwrap_or_else(|e| SettleKind::Fail {
+            message: format!("cannot encrypt the job's outcome: {e}"),
+            permanent: false,
+            after: None,
+        });
         let _ = self.settle.send(Settle {
             id,
             attempt,
@@ -165,6 +183,36 @@ impl Executor {
             Ok(Ok(EngineResultOrStep::Engine(EngineResult::Settled))) => Ran::Settled,
         }
     }
+}
+
+/// Seals what an outcome stores of the customer's data (a result, an error message, a cancel reason) under the
+/// job's identity; without master keys it is returned as it is.
+fn seal_outcome(account: &str, id: JobId, kind: SettleKind) -> Result<SettleKind, crate::crypt::Error> {
+    if !crate::crypt::enabled() {
+        return Ok(kind);
+    }
+    let text = |m: &str| {
+        let id = id.to_string();
+        let row = [id.as_str()];
+        let aad = crate::crypt::Aad::new(account, "job", &row, "error");
+        crate::crypt::seal_text(&aad, &crate::queue::truncate_error(m))
+    };
+    Ok(match kind {
+        SettleKind::Complete(v) if !v.is_null() => {
+            SettleKind::Complete(crate::queue::seal_json(account, id.0, "result", &v)?)
+        }
+        SettleKind::Fail {
+            message,
+            permanent,
+            after,
+        } => SettleKind::Fail {
+            message: text(&message)?,
+            permanent,
+            after,
+        },
+        SettleKind::Cancel(reason) => SettleKind::Cancel(text(&format!("cancelled: {reason}"))?),
+        other => other,
+    })
 }
 
 /// The trace id of a job's `traceparent`, so failure logs can be joined with the caller's; a job without one logs

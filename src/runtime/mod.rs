@@ -253,6 +253,11 @@ impl Worker {
                 cfg.event_retention,
                 background.clone(),
             ));
+            tasks.spawn(purge_deleted_accounts(
+                self.pool.clone(),
+                self.id.clone(),
+                background.clone(),
+            ));
         }
 
         let jobs = TaskTracker::new();
@@ -412,11 +417,7 @@ async fn prune_event_log(pool: PgPool, holder: String, retention: Duration, stop
             _ = tokio::time::sleep(every) => {}
         }
         every = Duration::from_secs(60);
-        let leading = crate::leader::holder(&pool, queue::MAINTENANCE_LEASE)
-            .await
-            .ok()
-            .flatten();
-        if leading.as_deref() != Some(holder.as_str()) {
+        if !holds_maintenance(&pool, &holder).await {
             continue;
         }
         match crate::load::store::prune_loads(&pool, retention, 1000).await {
@@ -435,6 +436,39 @@ async fn prune_event_log(pool: PgPool, holder: String, retention: Duration, stop
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "failed to prune the event log");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Whether `holder` holds the maintenance lease now (work that must run once, not on every worker, checks it).
+async fn holds_maintenance(pool: &PgPool, holder: &str) -> bool {
+    let leading = crate::leader::holder(pool, queue::MAINTENANCE_LEASE)
+        .await
+        .ok()
+        .flatten();
+    leading.as_deref() == Some(holder)
+}
+
+/// Every 2 s, if this worker holds the maintenance lease, purges deleted accounts' rows in passes of at most 5 000
+/// rows (one table of one account each), so no statement holds many locks or runs long.
+async fn purge_deleted_accounts(pool: PgPool, holder: String, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+        if !holds_maintenance(&pool, &holder).await {
+            continue;
+        }
+        while !stop.is_cancelled() {
+            match crate::tenancy::purge_deleted(&pool, 5000).await {
+                Ok(0) => break,
+                Ok(n) => tracing::debug!(rows = n, "purged rows of a deleted account"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "failed to purge a deleted account");
                     break;
                 }
             }

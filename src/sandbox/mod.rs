@@ -197,6 +197,23 @@ async fn run_cluster(
 ) -> Result<(Ready, Vec<(String, Child)>, CancellationToken), Error> {
     let pool = crate::db::connect(database_url, 2).await?;
     crate::db::migrate(&pool).await?;
+    // Encryption at rest is on in the sandbox, with a master key of its own kept beside the admin token.
+    let master_keys = match read_secret(&args.data_dir, MASTER_KEYS_FILE) {
+        Some(k) => k,
+        None => {
+            use base64::Engine;
+            use rand::RngCore;
+            let mut key = [0u8; 32];
+            rand::rngs::OsRng.fill_bytes(&mut key);
+            let k = format!("sandbox:{}", base64::engine::general_purpose::STANDARD.encode(key));
+            write_secret(&args.data_dir, MASTER_KEYS_FILE, &k)?;
+            k
+        }
+    };
+    let masters = master_keys
+        .parse::<crate::crypt::MasterKeys>()
+        .map_err(|e| std::io::Error::other(format!("{MASTER_KEYS_FILE} in the data directory: {e}")))?;
+    crate::crypt::install(Some(masters), &pool);
     let demo = AccountId::parse("demo").map_err(|e| std::io::Error::other(e.to_string()))?;
     let api_key = demo_key(&pool, &demo, &args.data_dir).await?;
     // The example workflow notifies an ERP: a receiver here stands in for it, so its deliveries succeed.
@@ -230,6 +247,7 @@ async fn run_cluster(
         ("DATABASE_URL", database_url.to_owned()),
         ("ORDO_LISTEN", args.listen.clone()),
         ("ORDO_ADMIN_TOKEN", admin_token.clone()),
+        ("ORDO_MASTER_KEYS", master_keys),
         // Demo webhooks go to receivers on this machine.
         ("ORDO_WEBHOOK_ALLOW_PRIVATE", "true".to_owned()),
     ];
@@ -316,6 +334,8 @@ fn prefix_output(role: &str, child: &mut Child) {
 
 /// File in the data directory keeping the admin token across restarts.
 const ADMIN_TOKEN_FILE: &str = "admin_token";
+/// The sandbox's `ORDO_MASTER_KEYS`, generated on the first run.
+const MASTER_KEYS_FILE: &str = "master_keys";
 /// File in the data directory keeping the demo account's API key across restarts.
 const API_KEY_FILE: &str = "api_key";
 

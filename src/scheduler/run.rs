@@ -238,6 +238,7 @@ pub async fn serve(
     let redis = redis.client()?;
     let pool = crate::db::connect(db.require()?, 4).await?;
     crate::db::check_schema(&pool).await?;
+    db.install_keys(&pool);
     let waker = match redis {
         Some(client) => Waker::with_client(client, &crate::wake::namespace(&pool).await, shutdown.child_token()),
         None => Waker::disabled(),

@@ -88,10 +88,21 @@ fn generate_key_id() -> String {
     format!("key_{}", random_hex(8))
 }
 
-/// Creates an account with one API key and a webhook secret.
+/// The identity a webhook secret is sealed under (see [`crate::crypt`]).
+fn secret_aad(account: &AccountId) -> crate::crypt::Aad<'_> {
+    crate::crypt::Aad::new(account.as_str(), "account", &[], "webhook_secret")
+}
+
+/// Creates an account with one API key and a webhook secret; with encryption on, also its data key (in the same
+/// transaction), which seals the secret.
 pub async fn create_account(pool: &PgPool, id: &AccountId, name: &str, region: &str) -> Result<NewAccount> {
     let mut tx = pool.begin().await?;
     let webhook_secret = generate_webhook_secret();
+    let data_key = crate::crypt::new_account_key();
+    let stored_secret = match &data_key {
+        Some(k) => k.seal_text(&secret_aad(id), &webhook_secret),
+        None => webhook_secret.clone(),
+    };
     let account: Option<Account> = sqlx::query_as(
         r#"
         insert into account (id, name, region, webhook_secret)
@@ -103,12 +114,18 @@ pub async fn create_account(pool: &PgPool, id: &AccountId, name: &str, region: &
     .bind(id.as_str())
     .bind(name)
     .bind(region)
-    .bind(&webhook_secret)
+    .bind(&stored_secret)
     .fetch_optional(&mut *tx)
     .await?;
     let account = account.ok_or_else(|| Error::AccountExists(id.clone()))?;
+    if let Some(k) = &data_key {
+        crate::crypt::store_account_key(&mut tx, id.as_str(), k).await?;
+    }
     let key = insert_key(&mut *tx, id).await?;
     tx.commit().await?;
+    if let Some(k) = data_key {
+        crate::crypt::remember(id.as_str(), k);
+    }
     Ok(NewAccount {
         account,
         api_key: key.api_key,
@@ -134,7 +151,8 @@ pub async fn list_accounts(pool: &PgPool, after: Option<&str>, limit: i64) -> Re
         r#"
         select id, name, region, created_at
         from account
-        where $1::text is null or id > $1
+        where ($1::text is null or id > $1)
+          and deleted_at is null
         order by id
         limit $2
         "#,
@@ -156,10 +174,11 @@ pub async fn list_accounts(pool: &PgPool, after: Option<&str>, limit: i64) -> Re
 pub async fn create_key(pool: &PgPool, account: &AccountId) -> Result<NewKey> {
     let mut tx = pool.begin().await?;
     // Lock the account row so a key is never added to an account being deleted concurrently.
-    let exists: Option<String> = sqlx::query_scalar("select id from account where id = $1 for share")
-        .bind(account.as_str())
-        .fetch_optional(&mut *tx)
-        .await?;
+    let exists: Option<String> =
+        sqlx::query_scalar("select id from account where id = $1 and deleted_at is null for share")
+            .bind(account.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
     if exists.is_none() {
         return Err(Error::AccountNotFound(account.clone()));
     }
@@ -197,6 +216,7 @@ pub async fn find_key<'e>(exec: impl PgExecutor<'e>, hash: &[u8; 32]) -> Result<
         join account a on a.id = k.account_id
         where k.key_hash = $1
           and k.revoked_at is null
+          and a.deleted_at is null
         "#,
     )
     .bind(hash.as_slice())
@@ -211,13 +231,104 @@ pub async fn find_key<'e>(exec: impl PgExecutor<'e>, hash: &[u8; 32]) -> Result<
     }
 }
 
+/// Deletes an account: marks it deleted, revokes its API keys and destroys its data key, in one transaction, so
+/// from its commit the keys answer 401 and whatever is left of its data (here or in backups) cannot be decrypted.
+/// Its rows are purged afterwards by [`purge_deleted`]. Returns the hashes of the revoked keys, to drop from caches.
+pub async fn delete_account(pool: &PgPool, id: &AccountId) -> Result<Vec<[u8; 32]>> {
+    let mut tx = pool.begin().await?;
+    let found: Option<String> =
+        sqlx::query_scalar("update account set deleted_at = now() where id = $1 and deleted_at is null returning id")
+            .bind(id.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+    if found.is_none() {
+        return Err(Error::AccountNotFound(id.clone()));
+    }
+    let hashes: Vec<Vec<u8>> = sqlx::query_scalar(
+        "update api_key set revoked_at = now() where account_id = $1 and revoked_at is null returning key_hash",
+    )
+    .bind(id.as_str())
+    .fetch_all(&mut *tx)
+    .await?;
+    crate::crypt::destroy_account_key(&mut tx, id.as_str()).await?;
+    tx.commit().await?;
+    Ok(hashes.into_iter().filter_map(|h| h.try_into().ok()).collect())
+}
+
+/// Every table that holds an account's rows, children before the tables they reference (`account` itself last).
+/// The one place that names them all: a new tenant table must be added here, or a deleted account's row stays.
+const TENANT_TABLES: &[&str] = &[
+    "load_chunk",
+    "load_batch",
+    "load",
+    "event",
+    "entity",
+    "inventory_position",
+    "workflow",
+    "schedule",
+    "job",
+    "job_history",
+    "job_key",
+    "job_lane_mark",
+    "job_stat",
+    "job_stat_delta",
+    "queue_pause",
+    "account_share",
+    "account_queue_limit",
+    "account_kind_limit",
+    "account_kind_start",
+    "api_key",
+    "account_key",
+];
+
+/// One bounded pass of the purge of deleted accounts: deletes at most `limit` rows of one table of the oldest
+/// deleted account, or the account's row once nothing else is left. Returns the rows deleted (0 = nothing to do).
+/// Call again while it returns more than 0; another account is never touched.
+pub async fn purge_deleted(pool: &PgPool, limit: i64) -> Result<u64> {
+    let Some(account): Option<String> =
+        sqlx::query_scalar("select id from account where deleted_at is not null order by deleted_at limit 1")
+            .fetch_optional(pool)
+            .await?
+    else {
+        return Ok(0);
+    };
+    for table in TENANT_TABLES {
+        // (tableoid, ctid) names a row even across the partitions of `job_history`.
+        let deleted = sqlx::query(&format!(
+            "delete from {table} where (tableoid, ctid) in \
+             (select tableoid, ctid from {table} where account_id = $1 limit $2)"
+        ))
+        .bind(&account)
+        .bind(limit)
+        .execute(pool)
+        .await?
+        .rows_affected();
+        if deleted > 0 {
+            return Ok(deleted);
+        }
+    }
+    let gone = sqlx::query("delete from account where id = $1 and deleted_at is not null")
+        .bind(&account)
+        .execute(pool)
+        .await?
+        .rows_affected();
+    if gone > 0 {
+        tracing::info!(account.id = %account, "deleted account purged");
+    }
+    Ok(gone)
+}
+
 /// The account's webhook signing secret.
 pub async fn webhook_secret<'e>(exec: impl PgExecutor<'e>, account: &AccountId) -> Result<String> {
-    sqlx::query_scalar("select webhook_secret from account where id = $1")
+    let stored: String = sqlx::query_scalar("select webhook_secret from account where id = $1")
         .bind(account.as_str())
         .fetch_optional(exec)
         .await?
-        .ok_or_else(|| Error::AccountNotFound(account.clone()))
+        .ok_or_else(|| Error::AccountNotFound(account.clone()))?;
+    if crate::crypt::is_sealed_text(&stored) {
+        crate::crypt::prepare(account.as_str()).await?;
+    }
+    Ok(crate::crypt::open_text(&secret_aad(account), stored)?)
 }
 
 #[cfg(test)]

@@ -6,8 +6,8 @@ mod accounts;
 use std::fmt;
 
 pub use accounts::{
-    create_account, create_key, find_key, generate_key, generate_webhook_secret, hash_key, list_accounts, revoke_key,
-    secrets_equal, webhook_secret, Account, KeyOwner, NewAccount, NewKey,
+    create_account, create_key, delete_account, find_key, generate_key, generate_webhook_secret, hash_key,
+    list_accounts, purge_deleted, revoke_key, secrets_equal, webhook_secret, Account, KeyOwner, NewAccount, NewKey,
 };
 
 /// Errors of accounts and keys.
@@ -26,6 +26,9 @@ pub enum Error {
     /// A stored value does not have the shape the schema promises.
     #[error("corrupt account data: {0}")]
     Corrupt(String),
+    /// The webhook secret could not be sealed or opened (see [`crate::crypt`]).
+    #[error(transparent)]
+    Crypt(#[from] crate::crypt::Error),
     /// Any database error.
     #[error(transparent)]
     Database(#[from] sqlx::Error),

@@ -324,8 +324,9 @@ async fn cli_drives_jobs_queues_events_and_entities() {
     stop_all([api, worker]).await;
 }
 
-/// Admin commands with ORDO_ADMIN_TOKEN: accounts listed, limits set and shown (delete says the server does not support it when the
-/// route is missing), a key created and revoked (the revoked key gets 401 on the next CLI call), rollouts listed,
+/// Admin commands with ORDO_ADMIN_TOKEN: accounts listed, limits set and shown, and one account deleted (an
+/// unknown one is "not found"; the deleted one's key gets 401 and it is no longer listed), a key created and revoked
+/// (the revoked key gets 401 on the next CLI call), rollouts listed,
 /// started, aborted, and an illegal promote refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_drives_accounts_keys_and_rollouts() {
@@ -352,11 +353,26 @@ async fn cli_drives_accounts_keys_and_rollouts() {
         .run(&["account", "limits", "acme", "--set", r#"{"weight": 0}"#])
         .await;
     assert_error(&out, "/weight");
-    let out = cli.run(&["account", "delete", "acme"]).await;
-    if !out.status.success() {
-        // Until the server has DELETE /api/accounts/{id}, the CLI says so instead of "not found".
-        assert_error(&out, "does not support DELETE /api/accounts/acme yet");
-    }
+    let doomed = tenancy::create_account(&db.pool, &AccountId::parse("doomed").unwrap(), "", "local")
+        .await
+        .unwrap()
+        .api_key;
+    let out = cli.run(&["account", "delete", "doomed"]).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_error(
+        &cli.run_with(&["jobs", "list"], &[("ORDO_API_KEY", &doomed)]).await,
+        "unknown or revoked API key",
+    );
+    let accounts = cli.json(&["account", "list"]).await;
+    assert!(
+        !accounts["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["id"] == "doomed"),
+        "{accounts}"
+    );
+    assert_error(&cli.run(&["account", "delete", "doomed"]).await, "not found");
     // An account key is not the admin token; no token at all is named.
     let acme_key = cli.key.clone();
     assert_error(

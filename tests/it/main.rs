@@ -7,6 +7,7 @@ mod api;
 mod autoscale;
 mod cli;
 mod crash;
+mod crypt;
 mod deploy;
 mod fairness;
 mod history;

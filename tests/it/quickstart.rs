@@ -8,7 +8,7 @@ use tokio::process::Command;
 
 /// Every role a README row may name, as `ordo <role> --help` spells it (`jobs list` and `account list` stand for
 /// the CLI's client commands, which share their flags).
-const ROLES: [&str; 12] = [
+const ROLES: [&str; 13] = [
     "migrate",
     "api",
     "worker",
@@ -21,6 +21,7 @@ const ROLES: [&str; 12] = [
     "account create",
     "account list",
     "jobs list",
+    "keys rotate",
 ];
 
 /// `ordo <role> --help`.

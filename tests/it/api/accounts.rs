@@ -140,3 +140,103 @@ async fn cli_account_create_prints_working_key() {
         .await
         .expect(StatusCode::OK);
 }
+
+/// Deleting an account answers 204 and its keys 401 at once; it is no longer listed; the purge then removes every
+/// row of it in bounded passes and leaves another account untouched; an unknown or deleted account is 404.
+#[tokio::test]
+async fn deleting_an_account_revokes_its_keys_and_the_purge_removes_only_its_rows() {
+    let app = app().await;
+    let mut keys = Vec::new();
+    for id in ["acme", "globex"] {
+        let r = app
+            .call(Method::POST, "/api/accounts", Some(ADMIN), Some(json!({"id": id})))
+            .await;
+        let key = r.expect(StatusCode::CREATED)["api_key"].as_str().unwrap().to_owned();
+        for n in 0..5 {
+            app.call(
+                Method::POST,
+                "/api/jobs",
+                Some(&key),
+                Some(json!({"kind": "noop", "args": {"n": n}})),
+            )
+            .await
+            .expect(StatusCode::CREATED);
+        }
+        app.call(Method::POST, "/api/queues/default/pause", Some(&key), None)
+            .await
+            .expect(StatusCode::OK);
+        let limits =
+            json!({"weight": 2, "queues": {"default": {"max_running": 3}}, "kinds": {"noop": {"max_per_second": 9}}});
+        app.call(
+            Method::PUT,
+            &format!("/api/accounts/{id}/limits"),
+            Some(ADMIN),
+            Some(limits),
+        )
+        .await
+        .expect(StatusCode::OK);
+        keys.push(key);
+    }
+    let (acme, globex) = (&keys[0], &keys[1]);
+
+    app.call(Method::DELETE, "/api/accounts/acme", Some(ADMIN), None)
+        .await
+        .expect(StatusCode::NO_CONTENT);
+    app.call(Method::GET, "/api/jobs", Some(acme), None)
+        .await
+        .expect(StatusCode::UNAUTHORIZED);
+    let listed = app.call(Method::GET, "/api/accounts", Some(ADMIN), None).await;
+    assert!(
+        !listed.expect(StatusCode::OK).to_string().contains("\"acme\""),
+        "{}",
+        listed.body
+    );
+    for path in ["/api/accounts/acme", "/api/accounts/nobody", "/api/accounts/NOT_A_SLUG"] {
+        app.call(Method::DELETE, path, Some(ADMIN), None)
+            .await
+            .expect(StatusCode::NOT_FOUND);
+    }
+    app.call(Method::GET, "/api/accounts/acme/limits", Some(ADMIN), None)
+        .await
+        .expect(StatusCode::NOT_FOUND);
+    app.call(Method::DELETE, "/api/accounts/globex", Some(acme), None)
+        .await
+        .expect(StatusCode::UNAUTHORIZED);
+
+    // Bounded passes: two rows at most each, until nothing is left.
+    let mut passes = 0;
+    while ordo::tenancy::purge_deleted(&app.db.pool, 2).await.unwrap() > 0 {
+        passes += 1;
+        assert!(passes < 100, "the purge never ends");
+    }
+    assert!(passes > 5, "{passes} passes");
+    for (what, sql) in [
+        ("jobs", "select count(*) from job_all where account_id = $1"),
+        (
+            "paused queues",
+            "select count(*) from queue_pause where account_id = $1",
+        ),
+        ("api keys", "select count(*) from api_key where account_id = $1"),
+        ("weights", "select count(*) from account_share where account_id = $1"),
+        (
+            "queue limits",
+            "select count(*) from account_queue_limit where account_id = $1",
+        ),
+        (
+            "kind limits",
+            "select count(*) from account_kind_limit where account_id = $1",
+        ),
+        ("account", "select count(*) from account where id = $1"),
+    ] {
+        for (account, kept) in [("acme", false), ("globex", true)] {
+            let n: i64 = sqlx::query_scalar(sql)
+                .bind(account)
+                .fetch_one(&app.db.pool)
+                .await
+                .unwrap();
+            assert_eq!(n > 0, kept, "{what} of {account}: {n}");
+        }
+    }
+    let jobs = app.call(Method::GET, "/api/jobs", Some(globex), None).await;
+    assert_eq!(jobs.expect(StatusCode::OK)["items"].as_array().unwrap().len(), 5);
+}
