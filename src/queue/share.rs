@@ -130,7 +130,7 @@ impl FairShare {
         for i in by_rest.into_iter().take(usize::try_from(left).unwrap_or(0)) {
             quotas[i] += 1;
         }
-        // At most MAX_ACCOUNTS accounts per claim, those with a part first, in turn order: each costs the claim an
+        // At most MAX_ACCOUNTS accounts with a part per claim, in turn order: each costs the claim an
         // index walk. The others keep their credit for a later claim, and the turn goes on after the last one
         // served, so every account comes round within a few claims however many there are.
         let served: Vec<usize> = order
@@ -295,6 +295,11 @@ pub async fn lock_limited(conn: &mut PgConnection, accounts: &[&str]) -> Result<
 /// What each of `accounts` may still start in `queue`, counted now: its limit on the queue less its leased jobs
 /// there, and per limited kind the lesser of its running limit less its leased jobs of the kind and its rate less
 /// its starts since one second before this transaction began (the `started_at` of the jobs it claims).
+///
+/// Why no one-second window ever holds more starts than the rate: every claim records its starts at its own
+/// transaction's start (which is their `started_at`), and counts, after taking the lock, every start recorded at or
+/// after that time less one second. Of the claims whose starts fall in one window, the last to take the lock began
+/// at most a second after any of them, so it counted all the others' starts and took no more than the rest.
 pub async fn allowances(conn: &mut PgConnection, accounts: &[&str], queue: &str) -> Result<HashMap<String, Allowance>> {
     let rows: Vec<(String, Option<String>, i64)> = sqlx::query_as(
         r#"
