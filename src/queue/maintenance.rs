@@ -143,7 +143,8 @@ pub struct Maintainer {
     pub retention: Retention,
     /// Where the release of a retiring partition's keys stands, and when history was last looked after.
     history: std::sync::Mutex<(Option<RetireCursor>, Option<std::time::Instant>)>,
-    gauges_at: std::sync::Mutex<Option<std::time::Instant>>,
+    /// When the queue gauges were last read, and how long that took.
+    gauges_at: std::sync::Mutex<Option<(std::time::Instant, Duration)>>,
     /// Label sets published before, so a queue or pool version that emptied is set back to zero.
     gauge_labels: std::sync::Mutex<GaugeLabels>,
     /// Called with each queue that a round made jobs claimable in (released or promoted jobs of concurrency keys),
@@ -269,15 +270,20 @@ impl Maintainer {
         use crate::telemetry::metrics as m;
         {
             let Ok(mut at) = self.gauges_at.lock() else { return };
-            if at.is_some_and(|t| t.elapsed() < Duration::from_secs(5)) {
+            // Every 5 s, or less often when counting takes long: the count walks every waiting job, and under a
+            // backlog of a million it takes over a second of the database's time, which the drain needs more.
+            // At most 2 % of the time goes to it.
+            if at.is_some_and(|(t, cost)| t.elapsed() < (cost * 50).max(Duration::from_secs(5))) {
                 return;
             }
-            *at = Some(std::time::Instant::now());
+            *at = Some((std::time::Instant::now(), Duration::ZERO));
         }
-        let (Ok(rows), Ok(workers)) = (
-            super::queue_gauges(&self.pool).await,
-            super::live_workers(&self.pool, Duration::from_secs(90)).await,
-        ) else {
+        let counted = std::time::Instant::now();
+        let gauges = super::queue_gauges(&self.pool).await;
+        if let Ok(mut at) = self.gauges_at.lock() {
+            *at = Some((counted, counted.elapsed()));
+        }
+        let (Ok(rows), Ok(workers)) = (gauges, super::live_workers(&self.pool, Duration::from_secs(90)).await) else {
             return;
         };
         let Ok(mut seen) = self.gauge_labels.lock() else { return };
