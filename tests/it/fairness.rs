@@ -260,3 +260,59 @@ async fn old_starts_are_pruned() {
         .unwrap();
     assert_eq!(left, 2);
 }
+
+/// An upgrade from the schema before fair share, holding live jobs of two accounts (waiting, running, and a lane
+/// with a parked job behind its head): the claim index is built concurrently and valid, and the fair claim then
+/// serves both accounts and every waiting job, keeping the lane's order.
+#[tokio::test]
+async fn an_upgrade_with_live_jobs_serves_every_account() {
+    let db = testkit::db_before_migration(20261208000001).await;
+    let a = account(&db.pool, "big").await;
+    let b = account(&db.pool, "small").await;
+    enqueue(&db.pool, &a, 300, "noop", json!({})).await;
+    enqueue(&db.pool, &b, 5, "noop", json!({})).await;
+    let mut conn = db.pool.acquire().await.unwrap();
+    for i in 0..2 {
+        let job = NewJob::new("noop", json!({"i": i})).concurrency_key("lane");
+        queue::enqueue(&mut conn, &b, job).await.unwrap();
+    }
+    drop(conn);
+    // One job of each account running when the upgrade starts.
+    sqlx::query(
+        "update job set state = 'running', attempt = 1, started_at = now(), lease_owner = 'old',
+                        leased_until = now() + interval '1 minute'
+         where id in (select min(id) from job where concurrency_key is null group by account_id)",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    ordo::db::migrate(&db.pool).await.unwrap();
+    let valid: bool =
+        sqlx::query_scalar("select indisvalid from pg_index where indexrelid = 'job_claim_idx'::regclass")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert!(valid, "the claim index is built and valid");
+    let mut share = FairShare::new();
+    let first = claim(&db.pool, &mut share, 16).await;
+    assert_eq!(
+        first.get("small"),
+        Some(&5),
+        "the small account's waiting jobs in the first claim: {first:?}"
+    );
+    let mut total = first.values().sum::<usize>();
+    loop {
+        let got = claim(&db.pool, &mut share, 100).await.values().sum::<usize>();
+        if got == 0 {
+            break;
+        }
+        total += got;
+    }
+    // 299 + 4 waiting unkeyed jobs, and the lane's head; its second job stays parked behind the running head.
+    assert_eq!(total, 304);
+    let parked: i64 = sqlx::query_scalar("select count(*) from job where state = 'parked'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(parked, 1);
+}
