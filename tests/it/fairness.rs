@@ -269,14 +269,20 @@ async fn an_upgrade_with_live_jobs_serves_every_account() {
     let db = testkit::db_before_migration(20261208000001).await;
     let a = account(&db.pool, "big").await;
     let b = account(&db.pool, "small").await;
-    enqueue(&db.pool, &a, 300, "noop", json!({})).await;
-    enqueue(&db.pool, &b, 5, "noop", json!({})).await;
-    let mut conn = db.pool.acquire().await.unwrap();
-    for i in 0..2 {
-        let job = NewJob::new("noop", json!({"i": i})).concurrency_key("lane");
-        queue::enqueue(&mut conn, &b, job).await.unwrap();
-    }
-    drop(conn);
+    // As the older ordo left them (its statements, not this one's: the schema is the older one).
+    sqlx::query(
+        "insert into job (account_id, kind, args, state, concurrency_key)
+         select $1, 'noop', '{}'::jsonb, 'available', null::text from generate_series(1, 300)
+         union all
+         select $2, 'noop', '{}', 'available', null from generate_series(1, 5)
+         union all
+         select $2, 'noop', '{}', s, 'lane' from unnest(array['available', 'parked']) as s",
+    )
+    .bind(a.as_str())
+    .bind(b.as_str())
+    .execute(&db.pool)
+    .await
+    .unwrap();
     // One job of each account running when the upgrade starts.
     sqlx::query(
         "update job set state = 'running', attempt = 1, started_at = now(), lease_owner = 'old',
