@@ -184,7 +184,8 @@ pub async fn list(
     Ok(Json(AccountPage { items, next_cursor }))
 }
 
-fn account_id(id: &str) -> Result<AccountId, ApiError> {
+/// The account of a path: one whose id is not even well-formed is as unknown as any other (404).
+pub(super) fn account_id(id: &str) -> Result<AccountId, ApiError> {
     AccountId::parse(id).map_err(|_| ApiError::NotFound(format!("account {id} not found")))
 }
 

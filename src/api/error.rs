@@ -283,6 +283,7 @@ impl From<queue::Error> for ApiError {
                 errors: Vec::new(),
             },
             queue::Error::Invalid(errs) => ApiError::Invalid(errs),
+            queue::Error::UnknownAccount { account } => ApiError::NotFound(format!("account {account} not found")),
             queue::Error::Crypt(e) => e.into(),
             queue::Error::Database(e) => e.into(),
             other => ApiError::Internal(other.to_string()),

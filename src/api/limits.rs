@@ -5,12 +5,12 @@ use std::collections::BTreeMap;
 use axum::Json;
 use utoipa::ToSchema;
 
+use super::accounts::account_id;
 use super::auth::Admin;
 use super::error::{ApiError, Problem};
 use super::extract::{ApiPath, JsonBody};
 use super::AppState;
 use crate::queue::{self, Limits};
-use crate::tenancy::AccountId;
 
 /// An account's weight and limits.
 #[derive(Debug, ToSchema)]
@@ -46,21 +46,6 @@ pub struct KindLimitBody {
     max_per_second: Option<i32>,
 }
 
-fn account(id: &str) -> Result<AccountId, ApiError> {
-    AccountId::parse(id).map_err(|_| not_found(id))
-}
-
-fn not_found(id: &str) -> ApiError {
-    ApiError::NotFound(format!("account {id} not found"))
-}
-
-fn unknown_as_404(id: &str) -> impl FnOnce(queue::Error) -> ApiError + '_ {
-    move |e| match e {
-        queue::Error::UnknownAccount { .. } => not_found(id),
-        e => e.into(),
-    }
-}
-
 /// Read an account's weight and limits (the defaults when none were set).
 #[utoipa::path(
     get,
@@ -79,11 +64,9 @@ pub async fn get(
     state: axum::extract::State<AppState>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Limits>, ApiError> {
-    let account = account(&id)?;
+    let account = account_id(&id)?;
     let mut conn = state.pool().acquire().await?;
-    let limits = queue::get_limits(&mut conn, &account)
-        .await
-        .map_err(unknown_as_404(&id))?;
+    let limits = queue::get_limits(&mut conn, &account).await?;
     Ok(Json(limits))
 }
 
@@ -108,12 +91,10 @@ pub async fn put(
     ApiPath(id): ApiPath<String>,
     JsonBody(body): JsonBody,
 ) -> Result<Json<Limits>, ApiError> {
-    let account = account(&id)?;
+    let account = account_id(&id)?;
     let limits = Limits::from_json(&body).map_err(ApiError::Invalid)?;
     let mut tx = state.pool().begin().await?;
-    let limits = queue::put_limits(&mut tx, &account, &limits)
-        .await
-        .map_err(unknown_as_404(&id))?;
+    let limits = queue::put_limits(&mut tx, &account, &limits).await?;
     tx.commit().await?;
     tracing::info!(
         weight = limits.weight,
@@ -181,8 +162,8 @@ pub async fn usage(
     state: axum::extract::State<AppState>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<queue::Usage>, ApiError> {
-    let account = account(&id)?;
+    let account = account_id(&id)?;
     let mut conn = state.pool().acquire().await?;
-    let usage = queue::usage(&mut conn, &account).await.map_err(unknown_as_404(&id))?;
+    let usage = queue::usage(&mut conn, &account).await?;
     Ok(Json(usage))
 }

@@ -40,7 +40,8 @@ pub(crate) async fn copy_jobs(
 ) -> Result<Option<Vec<i64>>> {
     let (known, routing, guarded, staged, mut ids): (bool, bool, bool, bool, Vec<i64>) = sqlx::query_as(
         r#"
-        select exists (select 1 from account where id = $1),
+        -- (the same rule as enqueue::account_exists: a deleted account takes no more jobs)
+        select exists (select 1 from account where id = $1 and deleted_at is null),
                exists (select 1 from rollout where state in ('canary', 'promoted')),
                row_security_active('job'),
                to_regclass('pg_temp.ordo_job_copy') is not null,

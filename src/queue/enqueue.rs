@@ -225,9 +225,10 @@ static INSERT_ONE_SQL: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// Errors with [`Error::UnknownAccount`] unless the account exists.
-async fn account_exists(conn: &mut PgConnection, account: &AccountId) -> Result<()> {
-    let found: bool = sqlx::query_scalar("select exists (select 1 from account where id = $1)")
+/// Errors with [`Error::UnknownAccount`] unless the account exists. A deleted account is gone already, though
+/// its row stays until the purge reaches it: nothing more is enqueued or set for it.
+pub(super) async fn account_exists(conn: &mut PgConnection, account: &AccountId) -> Result<()> {
+    let found: bool = sqlx::query_scalar("select exists (select 1 from account where id = $1 and deleted_at is null)")
         .bind(account.as_str())
         .fetch_one(&mut *conn)
         .await?;

@@ -5,9 +5,10 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 use serde_json::{Map, Value};
-use sqlx::{PgConnection, PgExecutor};
+use sqlx::PgConnection;
 
-use super::{Error, FieldError, Result};
+use super::enqueue::account_exists;
+use super::{FieldError, Result};
 use crate::tenancy::AccountId;
 
 /// The largest weight: a million to one between two accounts is already beyond any sensible share.
@@ -169,7 +170,7 @@ impl Limits {
 }
 
 /// The weight and limits of `account`; the defaults when none were set. An unknown account is
-/// [`Error::UnknownAccount`].
+/// [`super::Error::UnknownAccount`].
 pub async fn get_limits(conn: &mut PgConnection, account: &AccountId) -> Result<Limits> {
     account_exists(&mut *conn, account).await?;
     let weight: Option<i32> = sqlx::query_scalar("select weight from account_share where account_id = $1")
@@ -289,7 +290,7 @@ pub struct KindUsage {
     pub started_last_second: i64,
 }
 
-/// The limits of `account` with their use now. An unknown account is [`Error::UnknownAccount`].
+/// The limits of `account` with their use now. An unknown account is [`super::Error::UnknownAccount`].
 pub async fn usage(conn: &mut PgConnection, account: &AccountId) -> Result<Usage> {
     let limits = get_limits(&mut *conn, account).await?;
     let rows: Vec<(bool, String, i64, i64)> = sqlx::query_as(
@@ -335,20 +336,6 @@ pub async fn usage(conn: &mut PgConnection, account: &AccountId) -> Result<Usage
         }
     }
     Ok(usage)
-}
-
-async fn account_exists<'e>(exec: impl PgExecutor<'e>, account: &AccountId) -> Result<()> {
-    // A deleted account is gone for its limits too, though its row stays until the purge reaches it.
-    let found: Option<i32> = sqlx::query_scalar("select 1 from account where id = $1 and deleted_at is null")
-        .bind(account.as_str())
-        .fetch_optional(exec)
-        .await?;
-    match found {
-        Some(_) => Ok(()),
-        None => Err(Error::UnknownAccount {
-            account: account.as_str().to_owned(),
-        }),
-    }
 }
 
 #[cfg(test)]
