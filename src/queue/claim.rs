@@ -253,11 +253,12 @@ pub async fn claim(conn: &mut PgConnection, req: &ClaimRequest<'_>, share: &mut 
         let active = super::share::active_accounts(&mut *conn, req.queue).await?;
         share.set_active(active, now);
     }
-    let limited: Vec<&str> = share
+    // Owned: the share is planned (mutably) while these are still needed.
+    let limited: Vec<String> = share
         .active()
         .iter()
         .filter(|a| a.limited)
-        .map(|a| a.account_id.as_str())
+        .map(|a| a.account_id.clone())
         .collect();
     let jobs = if limited.is_empty() {
         let units = share.plan(req.limit, req.kinds, &HashMap::new());
@@ -266,7 +267,6 @@ pub async fn claim(conn: &mut PgConnection, req: &ClaimRequest<'_>, share: &mut 
         jobs
     } else {
         // Counted and taken one claim at a time per limited account: the share rows stay locked until commit.
-        let limited: Vec<String> = limited.into_iter().map(str::to_owned).collect();
         let limited: Vec<&str> = limited.iter().map(String::as_str).collect();
         // (a savepoint when the caller's connection is in a transaction already)
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
