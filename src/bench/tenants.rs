@@ -36,17 +36,8 @@ pub struct TenantFigures {
 pub(super) async fn run(args: &BenchArgs, url: &str, pool: &PgPool, account: &AccountId) -> Result<Summary, Error> {
     let pad = "x".repeat(40);
     let started = Instant::now();
-    let mut i = 0usize;
-    while i < args.jobs {
-        let n = args.batch.min(args.jobs - i);
-        let jobs: Vec<NewJob> = (i..i + n)
-            .map(|k| NewJob::new("noop", serde_json::json!({"id": k, "pad": pad})))
-            .collect();
-        let mut tx = pool.begin().await?;
-        queue::enqueue_many(&mut tx, account, &jobs).await?;
-        tx.commit().await?;
-        i += n;
-    }
+    // The backlog is the default account's (the bench's `account`), like `--backlog`'s.
+    super::enqueue_backlog(pool, args.jobs).await?;
     let enqueue_secs = started.elapsed().as_secs_f64();
     let mut tenants = Vec::with_capacity(args.tenants);
     for t in 0..args.tenants {
