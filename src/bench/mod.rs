@@ -138,6 +138,9 @@ pub struct Summary {
     pub drain_per_s: f64,
     /// Enqueue commit → handler start at low load.
     pub latency_ms: Option<Latency>,
+    /// The busiest statements of the latency run, planning time included: what one wake-up costs the database.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub latency_statements: Vec<StatementStat>,
     /// Mean time of one claim statement during the drain, in milliseconds.
     pub claim_ms: Option<f64>,
     /// The busiest statements of the drain (calls, rows, total and mean ms), when pg_stat_statements is loaded.
@@ -186,6 +189,7 @@ impl Summary {
             enqueue_per_s: 0.0,
             drain_per_s: 0.0,
             latency_ms: None,
+            latency_statements: Vec::new(),
             claim_ms: None,
             statements: Vec::new(),
             workers: args.workers,
@@ -250,7 +254,7 @@ pub async fn run(args: BenchArgs, shutdown: CancellationToken) -> Result<Summary
     // Interrupted, the measurement is dropped: its worker processes are killed with it (kill_on_drop), and the
     // scratch database and private server go below as after any run.
     let result = tokio::select! {
-        r = measure(&args, &url) => r,
+        r = measure(&args, &url, private.is_some()) => r,
         _ = shutdown.cancelled() => Err(Error::Interrupted),
     };
     let _ = sqlx::query(&format!("drop database if exists \"{scratch}\" with (force)"))
@@ -264,7 +268,8 @@ pub async fn run(args: BenchArgs, shutdown: CancellationToken) -> Result<Summary
     result
 }
 
-async fn measure(args: &BenchArgs, url: &str) -> Result<Summary, Error> {
+/// `private`: the server is the benchmark's own, so its settings may be changed for a phase.
+async fn measure(args: &BenchArgs, url: &str, private: bool) -> Result<Summary, Error> {
     // The `--tenants` accounts enqueue all at once, a connection each would be too many: 16 share the work.
     let pool = crate::db::connect(url, if args.tenants > 0 { 16 } else { 4 }).await?;
     crate::db::migrate(&pool).await?;
@@ -401,10 +406,21 @@ async fn measure(args: &BenchArgs, url: &str) -> Result<Summary, Error> {
     .await?;
 
     // A backlog keeps the workers busy, so enqueue→start latency is only measured without one.
-    let latency = if args.latency_samples > 0 && args.backlog == 0 {
-        Some(measure_latency(&q, &account, args.latency_samples).await?)
+    let (latency, latency_statements) = if args.latency_samples > 0 && args.backlog == 0 {
+        // Planning counts on this path: every claim statement is planned anew (see queue::claim). A server of
+        // the user's keeps its settings.
+        if private {
+            track_planning(&pool, true).await;
+        }
+        let _ = sqlx::query("select pg_stat_statements_reset()").execute(&pool).await;
+        let latency = measure_latency(&q, &account, args.latency_samples).await?;
+        let statements = statement_stats(&pool).await;
+        if private {
+            track_planning(&pool, false).await;
+        }
+        (Some(latency), statements)
     } else {
-        None
+        (None, Vec::new())
     };
     let worker_max_rss_mib = max_rss_mib(&children);
     stop_workers(&mut children).await;
@@ -414,6 +430,7 @@ async fn measure(args: &BenchArgs, url: &str) -> Result<Summary, Error> {
         enqueue_per_s: round(args.jobs as f64 / enqueue_secs),
         drain_per_s: round(args.jobs as f64 / drain_secs),
         latency_ms: latency,
+        latency_statements,
         claim_ms: claim_ms.map(|m| (m * 1000.0).round() / 1000.0),
         statements,
         hot_key_per_s,
@@ -485,6 +502,17 @@ pub struct StatementStat {
     pub total_ms: f64,
     /// Mean execution time.
     pub mean_ms: f64,
+    /// Mean planning time (0 unless `pg_stat_statements.track_planning` was on).
+    pub mean_plan_ms: f64,
+}
+
+/// Turns pg_stat_statements' planning times on or off for the whole server (every session after its next
+/// statement); without the extension nothing changes.
+async fn track_planning(pool: &PgPool, on: bool) {
+    let _ = sqlx::query(&format!("alter system set pg_stat_statements.track_planning = {on}"))
+        .execute(pool)
+        .await;
+    let _ = sqlx::query("select pg_reload_conf()").execute(pool).await;
 }
 
 async fn statement_stats(pool: &PgPool) -> Vec<StatementStat> {
@@ -492,11 +520,12 @@ async fn statement_stats(pool: &PgPool) -> Vec<StatementStat> {
         r#"
         select left(regexp_replace(query, '\s+', ' ', 'g'), 60) as query, calls, rows,
                round(total_exec_time::numeric, 1)::float8 as total_ms,
-               round(mean_exec_time::numeric, 3)::float8 as mean_ms
+               round(mean_exec_time::numeric, 3)::float8 as mean_ms,
+               round(mean_plan_time::numeric, 3)::float8 as mean_plan_ms
         from pg_stat_statements
         where dbid = (select oid from pg_database where datname = current_database())
-        order by total_exec_time desc
-        limit 6
+        order by total_exec_time + total_plan_time desc
+        limit 8
         "#,
     )
     .fetch_all(pool)
