@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::{PgConnection, PgExecutor};
 
-use super::share::{FairShare, Unit};
+use super::share::{FairShare, Unit, ACCOUNTS_WITH_WORK};
 
 use super::types::{job_columns_of, JOB_COLUMNS, WAITING_BY_ID};
 use super::{Job, JobId, Result};
@@ -58,8 +58,9 @@ fn fair_claim_sql(record_starts: bool) -> String {
     format!(
         r#"
         with unit as (
-            select u.a, u.k, u.q, u.f
-            from jsonb_to_recordset($2::jsonb) as u(a text, k text[], q bigint, f boolean)
+            select u.a, u.k, u.q, u.f, u.n
+            from rows from (jsonb_to_recordset($2::jsonb) as (a text, k text[], q bigint, f boolean))
+                with ordinality as u(a, k, q, f, n)
             where not exists (select 1 from queue_pause p where p.account_id = u.a and p.queue = $1)
               -- a retired version claims nothing (evaluated once per statement: it does not depend on the row)
               and not exists (
@@ -67,7 +68,7 @@ fn fair_claim_sql(record_starts: bool) -> String {
               )
         ),
         first as (
-            select c.id
+            select u.n, c.id
             from unit u
             cross join lateral job_claim_pick($1, u.a, u.k, $3, u.q, '{{}}') as c(id)
             where u.q > 0
@@ -80,6 +81,9 @@ fn fair_claim_sql(record_starts: bool) -> String {
                 $1, u.a, u.k, $3, $4 - (select count(*) from first), array(select id from first)
             ) as c(id)
             where u.f and $4 > (select count(*) from first)
+              -- a unit that took less than its quota has nothing more to give: another walk would only pass over
+              -- what the first one passed (dead index entries, after a drain)
+              and (u.q = 0 or (select count(*) from first f where f.n = u.n) >= u.q)
             limit greatest($4 - (select count(*) from first), 0)
         ),
         claimed as (
@@ -100,6 +104,45 @@ fn fair_claim_sql(record_starts: bool) -> String {
 }
 
 static CLAIM_SQL: LazyLock<String> = LazyLock::new(|| fair_claim_sql(false));
+
+/// The claim of a claimer that has no list of accounts (see [`FairShare::idle`]): it finds the accounts with work
+/// itself, in account order, and takes from each unlimited one in turn until the claim is full (`$2`: the kinds).
+/// Limited accounts are left to the planned claim, which counts them first.
+static BLIND_CLAIM_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        r#"
+        with recursive {ACCOUNTS_WITH_WORK},
+        picked as (
+            select c.id
+            from active a
+            cross join lateral job_claim_pick($1, a.account_id, $2, $3, $4, '{{}}') as c(id)
+            where a.account_id is not null
+              and not exists (select 1 from queue_pause p where p.account_id = a.account_id and p.queue = $1)
+              and not exists (
+                  select 1 from account_queue_limit l where l.account_id = a.account_id and l.queue = $1
+              )
+              and not exists (select 1 from account_kind_limit k where k.account_id = a.account_id)
+              and not exists (
+                  select 1 from pool_version v where v.pool = $7 and v.version = $3 and v.role = 'retired'
+              )
+            -- the walk stops at the account that fills the claim
+            limit $4
+        ),
+        claimed as (
+            update job
+            set {lease},
+                pool = $7,
+                version = $3
+            where job.id = any(array(select id from picked))
+            returning {cols}
+        )
+        -- started in claim order
+        select * from claimed order by priority, run_at, id
+        "#,
+        lease = lease("$5", "$6"),
+        cols = job_columns_of("job"),
+    )
+});
 static LIMITED_CLAIM_SQL: LazyLock<String> = LazyLock::new(|| fair_claim_sql(true));
 
 static LOCK_IDS_SQL: LazyLock<String> = LazyLock::new(|| {
@@ -248,6 +291,13 @@ pub async fn claim(conn: &mut PgConnection, req: &ClaimRequest<'_>, share: &mut 
     if req.limit <= 0 {
         return Ok(Vec::new());
     }
+    if share.take_blind() {
+        let jobs = run_claim(&mut *conn, req, Blind(req.kinds), BLIND_CLAIM_SQL.as_str()).await?;
+        if !jobs.is_empty() {
+            return Ok(jobs);
+        }
+        // Nothing for an unlimited account: a limited one may have work, which only the planned claim counts.
+    }
     let now = Instant::now();
     if share.stale(now) {
         let active = super::share::active_accounts(&mut *conn, req.queue).await?;
@@ -262,7 +312,7 @@ pub async fn claim(conn: &mut PgConnection, req: &ClaimRequest<'_>, share: &mut 
         .collect();
     let jobs = if limited.is_empty() {
         let units = share.plan(req.limit, req.kinds, &HashMap::new());
-        let jobs = run_claim(&mut *conn, req, &units, CLAIM_SQL.as_str()).await?;
+        let jobs = run_claim(&mut *conn, req, Planned(&units), CLAIM_SQL.as_str()).await?;
         settle(share, &units, &jobs);
         jobs
     } else {
@@ -273,13 +323,13 @@ pub async fn claim(conn: &mut PgConnection, req: &ClaimRequest<'_>, share: &mut 
         super::share::lock_limited(&mut tx, &limited).await?;
         let allowances = super::share::allowances(&mut tx, &limited, req.queue).await?;
         let units = share.plan(req.limit, req.kinds, &allowances);
-        let jobs = run_claim(&mut *tx, req, &units, LIMITED_CLAIM_SQL.as_str()).await?;
+        let jobs = run_claim(&mut *tx, req, Planned(&units), LIMITED_CLAIM_SQL.as_str()).await?;
         tx.commit().await?;
         settle(share, &units, &jobs);
         jobs
     };
     if jobs.is_empty() {
-        share.invalidate();
+        share.idle();
     }
     Ok(jobs)
 }
@@ -292,23 +342,33 @@ fn settle(share: &mut FairShare, units: &[Unit], jobs: &[Job]) {
     share.settle(units, &taken);
 }
 
+/// What a claim statement takes as `$2`.
+enum Part<'a> {
+    /// The share-out, for [`CLAIM_SQL`] and [`LIMITED_CLAIM_SQL`].
+    Planned(&'a [Unit]),
+    /// The kinds, for [`BLIND_CLAIM_SQL`].
+    Blind(&'a [String]),
+}
+use Part::{Blind, Planned};
+
 async fn run_claim<'e>(
     exec: impl PgExecutor<'e>,
     req: &ClaimRequest<'_>,
-    units: &[Unit],
+    part: Part<'_>,
     sql: &'static str,
 ) -> Result<Vec<Job>> {
-    if units.is_empty() {
-        return Ok(Vec::new());
-    }
-    let units = serde_json::to_value(units).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-    // The locking selects live in CTEs: as plain subqueries the planner may lock more rows than the limit.
-    // `persistent(false)` sends an unnamed statement, planned with the actual units every time: a cached generic
-    // plan can flip to a full scan once statistics change.
-    Ok(sqlx::query_as::<_, Job>(sql)
+    let query = sqlx::query_as::<_, Job>(sql)
+        // An unnamed statement, planned with the actual units every time: a cached generic plan can flip to a full
+        // scan once statistics change.
         .persistent(false)
-        .bind(req.queue)
-        .bind(units)
+        .bind(req.queue);
+    let query = match part {
+        Planned([]) => return Ok(Vec::new()),
+        Planned(units) => query.bind(serde_json::to_value(units).map_err(|e| sqlx::Error::Encode(Box::new(e)))?),
+        Blind(kinds) => query.bind(kinds),
+    };
+    // The locking selects live in CTEs: as plain subqueries the planner may lock more rows than the limit.
+    Ok(query
         .bind(req.version)
         .bind(req.limit)
         .bind(req.lease.as_secs_f64())

@@ -65,6 +65,7 @@ pub struct Unit {
 pub struct FairShare {
     active: Vec<Active>,
     read_at: Option<Instant>,
+    blind: bool,
     credit: HashMap<String, f64>,
     turn: usize,
 }
@@ -80,9 +81,25 @@ impl FairShare {
         self.read_at.is_none_or(|at| now.duration_since(at) >= REFRESH)
     }
 
-    /// Forgets the list, so the next claim reads it: when a claim found nothing, accounts have come or gone.
+    /// Forgets the list, so the next claim reads it first.
     pub fn invalidate(&mut self) {
         self.read_at = None;
+        self.blind = false;
+    }
+
+    /// A claim found nothing: accounts have come or gone. The next claim (a wake-up's, typically) finds the
+    /// accounts with work itself, in its own statement, instead of reading the list first: one round trip from an
+    /// enqueue to its start. It serves them in account order, not in turn, for that one claim; the list is read
+    /// before the claim after it.
+    pub fn idle(&mut self) {
+        self.active.clear();
+        self.read_at = None;
+        self.blind = true;
+    }
+
+    /// Whether the next claim goes without the list (see [`FairShare::idle`]); asking uses the chance up.
+    pub fn take_blind(&mut self) -> bool {
+        std::mem::take(&mut self.blind)
     }
 
     /// Replaces the list of accounts with waiting work, read at `now`; credits of accounts no longer there go.
@@ -90,6 +107,7 @@ impl FairShare {
         self.credit.retain(|a, _| active.iter().any(|x| &x.account_id == a));
         self.active = active;
         self.read_at = Some(now);
+        self.blind = false;
         if self.turn >= self.active.len() {
             self.turn = 0;
         }
@@ -252,9 +270,26 @@ impl FairShare {
 /// The accounts with waiting jobs in `queue`, with their weights, found by skipping from one account to the next
 /// in the claim index: one index descent per account, however many jobs each has waiting.
 pub async fn active_accounts<'e>(exec: impl PgExecutor<'e>, queue: &str) -> Result<Vec<Active>> {
-    Ok(sqlx::query_as(
+    Ok(sqlx::query_as(&format!(
         r#"
-        with recursive active(account_id) as (
+        with recursive {ACCOUNTS_WITH_WORK}
+        select a.account_id,
+               coalesce(s.weight, 1) as weight,
+               exists (select 1 from account_queue_limit l where l.account_id = a.account_id and l.queue = $1)
+                   or exists (select 1 from account_kind_limit k where k.account_id = a.account_id) as limited
+        from active a
+        left join account_share s on s.account_id = a.account_id
+        where a.account_id is not null
+        "#
+    ))
+    .bind(queue)
+    .fetch_all(exec)
+    .await?)
+}
+
+/// The accounts with waiting jobs in queue `$1`, as the recursive CTE `active(account_id)` (its last row is null):
+/// one descent of the claim index per account, skipping from each account to the next, never walking a backlog.
+pub(super) const ACCOUNTS_WITH_WORK: &str = r#"active(account_id) as (
             (select j.account_id from job j
              where j.queue = $1 and j.state in ('available', 'scheduled', 'retryable')
              order by j.account_id
@@ -267,20 +302,7 @@ pub async fn active_accounts<'e>(exec: impl PgExecutor<'e>, queue: &str) -> Resu
                     limit 1)
             from active a
             where a.account_id is not null
-        )
-        select a.account_id,
-               coalesce(s.weight, 1) as weight,
-               exists (select 1 from account_queue_limit l where l.account_id = a.account_id and l.queue = $1)
-                   or exists (select 1 from account_kind_limit k where k.account_id = a.account_id) as limited
-        from active a
-        left join account_share s on s.account_id = a.account_id
-        where a.account_id is not null
-        "#,
-    )
-    .bind(queue)
-    .fetch_all(exec)
-    .await?)
-}
+        )"#;
 
 /// Locks the share rows of `accounts` for the caller's transaction (in id order, so two claimers never deadlock):
 /// the claims of a limited account count and take one after the other.
@@ -382,6 +404,23 @@ mod tests {
             share.settle(&units, &taken);
         }
         got
+    }
+
+    #[test]
+    fn an_idle_claimer_goes_without_the_list_once() {
+        let mut s = FairShare::new();
+        assert!(!s.take_blind(), "a new claimer reads the list first");
+        s.set_active(active(&[("a", 1, false)]), Instant::now());
+        s.idle();
+        assert!(s.active().is_empty() && s.stale(Instant::now()));
+        assert!(s.take_blind());
+        assert!(!s.take_blind(), "the claim after it reads the list");
+        s.idle();
+        s.invalidate();
+        assert!(!s.take_blind(), "a forced re-read is not blind");
+        s.idle();
+        s.set_active(active(&[("a", 1, false)]), Instant::now());
+        assert!(!s.take_blind(), "a fresh list supersedes");
     }
 
     #[test]

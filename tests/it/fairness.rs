@@ -242,6 +242,51 @@ async fn limits_hold_across_worker_processes() {
     }
 }
 
+/// A claimer whose last claim found nothing (a worker waiting for a wake-up) claims an unlimited account's new
+/// jobs in one statement, without reading the list of accounts first; a limited account's jobs are left to the
+/// planned claim, which counts its limit, so they start too and never beyond the limit.
+#[tokio::test]
+async fn an_idle_claimer_claims_in_one_statement_and_counts_limits() {
+    let db = testkit::db().await;
+    let open = account(&db.pool, "open").await;
+    let capped = account(&db.pool, "capped").await;
+    set_limits(&db.pool, &capped, json!({"queues": {"default": {"max_running": 2}}})).await;
+    let mut share = FairShare::new();
+    assert!(claim(&db.pool, &mut share, 16).await.is_empty(), "nothing waits yet");
+
+    // Only the limited account has work: the one-statement claim leaves it, the planned claim takes its limit.
+    enqueue(&db.pool, &capped, 5, "noop", json!({})).await;
+    let got = claim(&db.pool, &mut share, 16).await;
+    assert_eq!(got, HashMap::from([("capped".to_owned(), 2)]));
+    assert!(claim(&db.pool, &mut share, 16).await.is_empty(), "the limit holds");
+
+    // An unlimited account's jobs after an empty claim: taken without the list being read.
+    enqueue(&db.pool, &open, 3, "noop", json!({})).await;
+    let got = claim(&db.pool, &mut share, 16).await;
+    assert_eq!(got, HashMap::from([("open".to_owned(), 3)]));
+    assert!(share.active().is_empty(), "the list was not read: {:?}", share.active());
+    // The claim after it reads the list again, and the limit still holds.
+    enqueue(&db.pool, &open, 1, "noop", json!({})).await;
+    let got = claim(&db.pool, &mut share, 16).await;
+    assert_eq!(got, HashMap::from([("open".to_owned(), 1)]));
+    assert_eq!(share.active().len(), 2, "{:?}", share.active());
+}
+
+/// A paused queue stays paused for a claimer without a list too.
+#[tokio::test]
+async fn an_idle_claimer_respects_a_pause() {
+    let db = testkit::db().await;
+    let open = account(&db.pool, "open").await;
+    let mut share = FairShare::new();
+    assert!(claim(&db.pool, &mut share, 16).await.is_empty());
+    sqlx::query("insert into queue_pause (account_id, queue) values ('open', 'default')")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    enqueue(&db.pool, &open, 3, "noop", json!({})).await;
+    assert!(claim(&db.pool, &mut share, 16).await.is_empty(), "paused");
+}
+
 /// Starts older than any rate window still counted are pruned; recent ones stay.
 #[tokio::test]
 async fn old_starts_are_pruned() {
