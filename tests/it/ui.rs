@@ -561,10 +561,9 @@ async fn ui_read_an_orders_timeline() {
     worker.stop().await;
 }
 
-/// An administrator opens a canary rollout, promotes it after confirming, and the page shows it promoted.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ui_promote_a_rollout() {
-    let server = Server::start().await;
+/// Pool `emails` (queue `mail`) at v1 with a canary of v2 at 20 %; returns the rollout's id. A canary needs
+/// something to run it: here an autoscaler policy that would start its workers.
+pub(crate) async fn canary_of_emails(server: &Server) -> String {
     let (status, body) = server
         .api(
             reqwest::Method::PUT,
@@ -577,7 +576,6 @@ async fn ui_promote_a_rollout() {
     ordo::rollout::announce_version(&server.db.pool, "emails", "v1", &[])
         .await
         .unwrap();
-    // A canary needs something to run it: here an autoscaler policy that would start its workers.
     let (status, body) = server
         .api(
             reqwest::Method::PUT,
@@ -596,7 +594,14 @@ async fn ui_promote_a_rollout() {
         )
         .await;
     assert_eq!(status, 201, "{rollout}");
-    let id = rollout["id"].as_str().unwrap().to_owned();
+    rollout["id"].as_str().unwrap().to_owned()
+}
+
+/// An administrator opens a canary rollout, promotes it after confirming, and the page shows it promoted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ui_promote_a_rollout() {
+    let server = Server::start().await;
+    let id = canary_of_emails(&server).await;
 
     let b = Browser::start("ui_promote_a_rollout").await;
     b.sign_in(&server.base, ADMIN).await;

@@ -149,29 +149,8 @@ async fn ui_rollouts_workers_and_jobs_across_accounts() {
     let server = Server::start().await;
     let key = server.account("acme").await;
     let job = server.enqueue(&key, json!({"kind": "noop", "queue": "mail"})).await;
-    let (status, body) = server
-        .api(
-            reqwest::Method::PUT,
-            "/api/pools/emails",
-            ADMIN,
-            Some(json!({"queues": ["mail"]})),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    ordo::rollout::announce_version(&server.db.pool, "emails", "v1", &[])
-        .await
-        .unwrap();
+    let id = crate::ui::canary_of_emails(&server).await;
     crate::support::register_worker(&server.db.pool, "emails-w1", ("emails", "v2"), "mail", "noop").await;
-    let (status, rollout) = server
-        .api(
-            reqwest::Method::POST,
-            "/api/rollouts",
-            ADMIN,
-            Some(json!({"pool": "emails", "version": "v2", "canary_percent": 20})),
-        )
-        .await;
-    assert_eq!(status, 201, "{rollout}");
-    let id = rollout["id"].as_str().unwrap().to_owned();
 
     let b = Browser::start("ui_rollouts_workers_and_jobs_across_accounts").await;
     b.sign_in(&server.base, ADMIN).await;
