@@ -16,9 +16,9 @@ use utoipa::ToSchema;
 
 use super::auth::Tenant;
 use super::error::{ApiError, Problem};
-use super::extract::{ApiPath, JsonBody, QueryParams};
+use super::extract::{ApiPath, JsonBody};
 use super::MAX_BATCH_JOBS;
-use crate::queue::{self, FieldError, Job, JobFilter, JobId, JobState, NewJob};
+use crate::queue::{self, FieldError, Job, JobId, JobState, NewJob};
 use crate::telemetry::metrics::JOBS_ENQUEUED_TOTAL;
 
 /// Header that may carry the idempotency key instead of the body field.
@@ -519,80 +519,6 @@ pub async fn get(tenant: Tenant, ApiPath(id): ApiPath<String>) -> Result<Json<Jo
     let job = queue::get(&mut *tx, &tenant.account, id).await?;
     tx.commit().await?;
     Ok(Json(job))
-}
-
-/// List jobs, newest first.
-#[utoipa::path(
-    get,
-    path = "/api/jobs",
-    tag = "jobs",
-    params(
-        ("queue" = Option<String>, Query, description = "Only this queue"),
-        ("state" = Option<JobState>, Query, description = "Only this state"),
-        ("kind" = Option<String>, Query, description = "Only this kind"),
-        ("limit" = Option<i64>, Query, description = "Page size, 1..1000 (default 100)"),
-        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
-    ),
-    responses(
-        (status = 200, description = "A page of jobs", body = JobPage),
-        (status = 422, description = "Invalid filter", body = Problem),
-    ),
-    security(("bearer" = []))
-)]
-#[tracing::instrument(skip_all, fields(account = %tenant.account))]
-pub async fn list(tenant: Tenant, q: QueryParams) -> Result<Json<JobPage>, ApiError> {
-    let mut errs = Vec::new();
-    let limit = q.limit().unwrap_or_else(|e| {
-        if let ApiError::Invalid(mut v) = e {
-            errs.append(&mut v);
-        }
-        0
-    });
-    let state = match q.get("state") {
-        None => None,
-        Some(s) => match s.parse::<JobState>() {
-            Ok(s) => Some(s),
-            Err(_) => {
-                let valid: Vec<&str> = queue::ACTIVE_STATES
-                    .iter()
-                    .chain(queue::FINISHED_STATES.iter())
-                    .map(|s| s.as_str())
-                    .collect();
-                errs.push(FieldError::new(
-                    "/query/state",
-                    format!("unknown state {s:?}: must be one of {}", valid.join(", ")),
-                ));
-                None
-            }
-        },
-    };
-    let before = match q.get("cursor") {
-        None => None,
-        Some(c) => match c.parse::<JobId>() {
-            Ok(id) => Some(id),
-            Err(_) => {
-                errs.push(FieldError::new("/query/cursor", "not a cursor of this list"));
-                None
-            }
-        },
-    };
-    if !errs.is_empty() {
-        return Err(ApiError::Invalid(errs));
-    }
-    let filter = JobFilter {
-        queue: q.get("queue").map(str::to_owned),
-        state,
-        kind: q.get("kind").map(str::to_owned),
-        before,
-        limit,
-    };
-    let mut tx = tenant.begin().await?;
-    let (items, next) = queue::list(&mut *tx, &tenant.account, &filter).await?;
-    tx.commit().await?;
-    Ok(Json(JobPage {
-        items,
-        next_cursor: next.map(|id| id.to_string()),
-    }))
 }
 
 /// Cancel a job that has not finished.

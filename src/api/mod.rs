@@ -19,6 +19,7 @@ pub mod error;
 pub mod extract;
 pub mod fields;
 pub mod health;
+pub mod job_search;
 pub mod jobs;
 pub mod limits;
 pub mod loads;
@@ -242,7 +243,9 @@ pub fn routes() -> Vec<Route> {
         route("GET", "/metrics", get(health::metrics)),
         route("GET", "/openapi.json", get(openapi::document)),
         route("POST", "/api/jobs", post(jobs::create)),
-        route("GET", "/api/jobs", get(jobs::list)),
+        route("GET", "/api/jobs", get(job_search::list)),
+        route("POST", "/api/jobs/bulk", post(job_search::bulk)),
+        route("GET", "/api/admin/jobs", get(job_search::admin_list)),
         route(
             "POST",
             "/api/jobs/batch",
@@ -252,6 +255,7 @@ pub fn routes() -> Vec<Route> {
         route("POST", "/api/jobs/{id}/cancel", post(jobs::cancel)),
         route("POST", "/api/jobs/{id}/retry", post(jobs::retry)),
         route("GET", "/api/queues", get(queues::list)),
+        route("GET", "/api/queues/history", get(queues::history)),
         route("POST", "/api/queues/{queue}/pause", post(queues::pause)),
         route("POST", "/api/queues/{queue}/resume", post(queues::resume)),
         route("PUT", "/api/workflows/{ref}", put(orchestration::put_workflow)),
@@ -289,6 +293,7 @@ pub fn routes() -> Vec<Route> {
         route("GET", "/api/loads/{id}/batches/{batch_id}/results", get(loads::results)),
         route("GET", "/api/inventory/{sku_ref}/{location_ref}", get(loads::inventory)),
         route("GET", "/api/pools", get(pools::list)),
+        route("GET", "/api/workers", get(pools::workers)),
         route("PUT", "/api/pools/{pool}", put(pools::put)),
         route("PUT", "/api/pools/{pool}/scaling", put(pools::put_scaling)),
         route("POST", "/api/rollouts", post(pools::create_rollout)),

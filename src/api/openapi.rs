@@ -8,7 +8,7 @@ use axum::response::IntoResponse;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{accounts, error, health, jobs, limits, loads, orchestration, pools, queues, schedules};
+use super::{accounts, error, health, job_search, jobs, limits, loads, orchestration, pools, queues, schedules};
 
 /// The API description.
 #[derive(OpenApi)]
@@ -22,10 +22,13 @@ use super::{accounts, error, health, jobs, limits, loads, orchestration, pools, 
         jobs::create,
         jobs::create_batch,
         jobs::get,
-        jobs::list,
+        job_search::list,
+        job_search::bulk,
+        job_search::admin_list,
         jobs::cancel,
         jobs::retry,
         queues::list,
+        queues::history,
         queues::pause,
         queues::resume,
         orchestration::put_workflow,
@@ -55,6 +58,7 @@ use super::{accounts, error, health, jobs, limits, loads, orchestration, pools, 
         loads::results,
         loads::inventory,
         pools::list,
+        pools::workers,
         pools::put,
         pools::put_scaling,
         pools::create_rollout,

@@ -344,3 +344,65 @@ pub async fn abort(
 ) -> Result<Json<Rollout>, ApiError> {
     Ok(Json(rollout::abort(state.pool(), rollout_id(&id)?, None).await?))
 }
+
+/// A live worker and the jobs it runs.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WorkerView {
+    /// The worker's registration (`id`, `pool`, `version`, `queues`, `kinds`, `host`, `pid`, `concurrency`,
+    /// `started_at`, `heartbeat_at`, `stopping`).
+    #[serde(flatten)]
+    #[schema(value_type = Object)]
+    pub worker: crate::queue::WorkerInfo,
+    /// Jobs it holds now.
+    pub running: i64,
+}
+
+/// `GET /api/workers` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WorkerPage {
+    /// Live workers in id order.
+    pub items: Vec<WorkerView>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// List the live workers (heartbeat within three intervals) with their pool, version, host, kinds and running
+/// jobs.
+#[utoipa::path(
+    get,
+    path = "/api/workers",
+    tag = "pools",
+    params(
+        ("pool" = Option<String>, Query, description = "Only this pool"),
+        ("limit" = Option<i64>, Query, description = "Page size, default 100, 1 to 1000"),
+        ("cursor" = Option<String>, Query, description = "Cursor from the previous page"),
+    ),
+    responses(
+        (status = 200, description = "Live workers", body = WorkerPage),
+        (status = 422, description = "Invalid parameter", body = Problem),
+    ),
+    security(("admin" = []))
+)]
+#[tracing::instrument(skip_all)]
+pub async fn workers(
+    _: Admin,
+    state: axum::extract::State<AppState>,
+    q: QueryParams,
+) -> Result<Json<WorkerPage>, ApiError> {
+    q.limit()?;
+    let live = crate::queue::live_workers(state.pool(), LIVE_WORKER).await?;
+    let running: std::collections::HashMap<String, i64> = crate::queue::running_by_worker(state.pool())
+        .await?
+        .into_iter()
+        .collect();
+    let items: Vec<WorkerView> = live
+        .into_iter()
+        .filter(|w| q.get("pool").is_none_or(|p| w.pool == p))
+        .map(|w| WorkerView {
+            running: running.get(&w.id).copied().unwrap_or(0),
+            worker: w,
+        })
+        .collect();
+    let (items, next_cursor) = q.page_by_key(items, |w| &w.worker.id)?;
+    Ok(Json(WorkerPage { items, next_cursor }))
+}

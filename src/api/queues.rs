@@ -157,3 +157,108 @@ pub async fn pause(tenant: Tenant, ApiPath(name): ApiPath<String>) -> Result<Jso
 pub async fn resume(tenant: Tenant, ApiPath(name): ApiPath<String>) -> Result<Json<QueueStats>, ApiError> {
     set_paused(&tenant, &name, false).await.map(Json)
 }
+
+/// The longest history asked for at once: the counters and samples are kept for the finished-job retention
+/// (24 h by default).
+const MAX_HISTORY_MINUTES: i64 = 1440;
+
+/// One minute of the account's queues.
+#[derive(Debug, ToSchema)]
+#[schema(as = QueueMinute)]
+#[allow(dead_code)]
+pub struct MinuteBody {
+    /// The minute's start (RFC 3339).
+    minute: chrono::DateTime<chrono::Utc>,
+    /// Jobs enqueued.
+    enqueued: i64,
+    /// Jobs completed.
+    completed: i64,
+    /// Failed attempts (retried or not).
+    failed: i64,
+    /// Jobs discarded.
+    discarded: i64,
+    /// Jobs cancelled.
+    cancelled: i64,
+    /// Runnable jobs at the minute's sample; null when none was taken.
+    available: Option<i64>,
+    /// Running jobs at the sample.
+    running: Option<i64>,
+    /// How long the oldest runnable job had waited at the sample (ms): the start delay.
+    oldest_wait_ms: Option<i64>,
+}
+
+/// Sums over the window.
+#[derive(Debug, Default, Serialize, ToSchema)]
+pub struct HistoryTotals {
+    /// Jobs enqueued.
+    pub enqueued: i64,
+    /// Jobs completed.
+    pub completed: i64,
+    /// Failed attempts.
+    pub failed: i64,
+    /// Jobs discarded.
+    pub discarded: i64,
+    /// Jobs cancelled.
+    pub cancelled: i64,
+}
+
+/// `GET /api/queues/history` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HistoryPage {
+    /// The window's start: the minute `minutes` ago.
+    pub since: chrono::DateTime<chrono::Utc>,
+    /// Minutes with a count or a sample, oldest first (minutes with neither are left out).
+    #[schema(value_type = Vec<MinuteBody>)]
+    pub items: Vec<queue::Minute>,
+    /// Always null: the window is one page.
+    pub next_cursor: Option<String>,
+    /// Sums of the counts over the window.
+    pub totals: HistoryTotals,
+}
+
+/// Per-minute history of the account's queues: throughput and failures (counted), depth and start delay
+/// (sampled once a minute), kept on the server for the finished-job retention.
+#[utoipa::path(
+    get,
+    path = "/api/queues/history",
+    tag = "queues",
+    params(
+        ("minutes" = Option<i64>, Query, description = "The window, 1..1440 minutes back from now (default 60)"),
+        ("queue" = Option<String>, Query, description = "Only this queue (default: all, summed)"),
+    ),
+    responses(
+        (status = 200, description = "The window's minutes and totals", body = HistoryPage),
+        (status = 422, description = "Invalid window", body = Problem),
+    ),
+    security(("bearer" = []))
+)]
+#[tracing::instrument(skip_all, fields(account = %tenant.account))]
+pub async fn history(tenant: Tenant, q: QueryParams) -> Result<Json<HistoryPage>, ApiError> {
+    // One page whatever the limit; a bad one is still refused as on every list.
+    q.limit()?;
+    let minutes = match q.get("minutes") {
+        None => 60,
+        Some(s) => match s.parse::<i64>() {
+            Ok(n) if (1..=MAX_HISTORY_MINUTES).contains(&n) => n,
+            _ => return Err(ApiError::invalid("/query/minutes", "must be an integer from 1 to 1440")),
+        },
+    };
+    let since = chrono::Utc::now() - chrono::Duration::minutes(minutes - 1);
+    let mut tx = tenant.begin().await?;
+    let items = queue::minutes(&mut tx, &tenant.account, q.get("queue"), since).await?;
+    tx.commit().await?;
+    let mut totals = HistoryTotals::default();
+    for m in &items {
+        totals.enqueued += m.enqueued;
+        totals.completed += m.completed;
+        totals.failed += m.failed;
+        totals.discarded += m.discarded;
+        totals.cancelled += m.cancelled;
+    }
+    Ok(Json(HistoryPage {
+        since,
+        items,
+        next_cursor: None,
+        totals,
+    }))
+}

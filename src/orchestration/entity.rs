@@ -328,8 +328,9 @@ struct EntityRow {
     updated_at: DateTime<Utc>,
 }
 
-/// A page of entities in `(type, ref)` order, walked along the primary key; `cursor` is the previous page's
-/// `next_cursor` (`TYPE::ref` of its last entity: a type never contains `::`).
+/// A page of entities in type order and natural ref order (`A2` before `A10`, collation `ordo_natural`), walked
+/// along its index; `cursor` is the previous page's `next_cursor` (`TYPE::ref` of its last entity: a type never
+/// contains `::`).
 pub async fn list_entities<'e>(
     exec: impl PgExecutor<'e>,
     account: &AccountId,
@@ -358,8 +359,8 @@ pub async fn list_entities<'e>(
           and ($2::text is null or e.type = $2)
           and ($3::text is null or (e.ref >= $3 and starts_with(e.ref, $3)))
           and ($4::text is null or e.status = $4)
-          and ($5::text is null or (e.type, e.ref) > ($5, $6))
-        order by e.type, e.ref
+          and ($5::text is null or (e.type, e.ref collate ordo_natural) > ($5, $6))
+        order by e.type, e.ref collate ordo_natural
         limit $7
         "#,
     )

@@ -8,7 +8,7 @@ use super::history::{append_history, finished_row, STORED_COLUMNS};
 use super::lane::{member, release_after};
 use super::stats::count_after;
 use super::types::{job_columns_of, open_jobs, JOB_COLUMNS};
-use super::{Error, Job, JobId, JobState, Result};
+use super::{Error, Job, JobId, Result};
 use crate::tenancy::AccountId;
 
 // A job is in one table or the other, never both (it moves in one statement), and one statement sees either.
@@ -55,80 +55,6 @@ pub async fn get_many<'e>(exec: impl PgExecutor<'e>, account: &AccountId, ids: &
     let mut jobs: Vec<Job> = ids.iter().filter_map(|id| found.remove(id)).collect();
     open_jobs(&mut jobs).await?;
     Ok(jobs)
-}
-
-/// Filters of a job listing.
-#[derive(Debug, Clone, Default)]
-pub struct JobFilter {
-    /// Only this queue.
-    pub queue: Option<String>,
-    /// Only this state.
-    pub state: Option<JobState>,
-    /// Only this kind.
-    pub kind: Option<String>,
-    /// Only ids below this one (the cursor of the previous page).
-    pub before: Option<JobId>,
-    /// Page size.
-    pub limit: i64,
-}
-
-static LIST_SQL: LazyLock<String> = LazyLock::new(|| {
-    // Each table is read only when the state asked for can be in it ($7: live, $8: finished); with the custom
-    // plans `list` asks for, the other branch is a one-time filter that reads nothing.
-    let filters = r#"account_id = $1
-              and ($2::text is null or queue = $2)
-              and ($3::text is null or state = $3 or ($3 = 'available' and state = 'parked'))
-              and ($4::text is null or kind = $4)
-              and ($5::bigint is null or id < $5)"#;
-    format!(
-        r#"
-        select {JOB_COLUMNS}
-        from (
-            (select {JOB_COLUMNS}
-             from job
-             where $7 and {filters}
-             order by id desc
-             limit $6)
-            union all
-            (select {JOB_COLUMNS}
-             from job_history
-             where $8 and {filters}
-             order by id desc
-             limit $6)
-        ) j
-        order by id desc
-        limit $6
-        "#
-    )
-});
-
-/// Lists the account's jobs newest first; returns the page and the cursor of the next one.
-pub async fn list<'e>(
-    exec: impl PgExecutor<'e>,
-    account: &AccountId,
-    f: &JobFilter,
-) -> Result<(Vec<Job>, Option<JobId>)> {
-    // Custom plans: the optional filters change which index is right.
-    let mut jobs: Vec<Job> = sqlx::query_as(LIST_SQL.as_str())
-        .persistent(false)
-        .bind(account.as_str())
-        .bind(&f.queue)
-        .bind(f.state)
-        .bind(&f.kind)
-        .bind(f.before)
-        .bind(f.limit + 1)
-        .bind(f.state.is_none_or(|s| !s.is_finished()))
-        .bind(f.state.is_none_or(|s| s.is_finished()))
-        .fetch_all(exec)
-        .await?;
-    let next = if jobs.len() as i64 > f.limit {
-        jobs.truncate(f.limit as usize);
-        jobs.last().map(|j| j.id)
-    } else {
-        None
-    };
-    open_jobs(&mut jobs).await?;
-    Ok((jobs, next))
 }
 
 static CANCEL_SQL: LazyLock<String> = LazyLock::new(|| {

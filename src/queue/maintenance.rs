@@ -145,6 +145,8 @@ pub struct Maintainer {
     history: std::sync::Mutex<(Option<RetireCursor>, Option<std::time::Instant>)>,
     /// When the queue gauges were last read, and how long that took.
     gauges_at: std::sync::Mutex<Option<(std::time::Instant, Duration)>>,
+    /// The minute (Unix seconds / 60) the queues were last sampled in (see [`super::sample_queues`]).
+    sampled_minute: std::sync::Mutex<Option<i64>>,
     /// Label sets published before, so a queue or pool version that emptied is set back to zero.
     gauge_labels: std::sync::Mutex<GaugeLabels>,
     /// Called with each queue that a round made jobs claimable in (released or promoted jobs of concurrency keys),
@@ -182,6 +184,7 @@ impl Maintainer {
             retention: Retention::default(),
             history: std::sync::Mutex::default(),
             gauges_at: std::sync::Mutex::new(None),
+            sampled_minute: std::sync::Mutex::new(None),
             gauge_labels: std::sync::Mutex::default(),
             on_ready: None,
         }
@@ -225,9 +228,11 @@ impl Maintainer {
             }
         }
         super::fold_stats(&self.pool).await?;
+        self.sample_once_a_minute().await?;
         self.publish_gauges().await;
         self.look_after_history().await?;
         super::prune_stats(&self.pool, self.retention.finished).await?;
+        super::prune_samples(&self.pool, self.retention.finished).await?;
         super::share::prune_starts(&self.pool).await?;
         Ok(true)
     }
@@ -261,6 +266,22 @@ impl Maintainer {
                 "retired job history past retention"
             );
         }
+        Ok(())
+    }
+
+    /// Once in each minute: the dashboard's history of depth and start delay (one walk of the waiting jobs a minute).
+    async fn sample_once_a_minute(&self) -> Result<()> {
+        let minute = chrono::Utc::now().timestamp().div_euclid(60);
+        {
+            let Ok(mut last) = self.sampled_minute.lock() else {
+                return Ok(());
+            };
+            if *last == Some(minute) {
+                return Ok(());
+            }
+            *last = Some(minute);
+        }
+        super::sample_queues(&self.pool).await?;
         Ok(())
     }
 

@@ -24,11 +24,13 @@ mod limits;
 mod maintenance;
 mod registry;
 mod routing;
+mod search;
+mod series;
 pub mod share;
 mod stats;
 mod types;
 
-pub use admin::{cancel, get, get_many, list, pause, resume, retry, JobFilter};
+pub use admin::{cancel, get, get_many, pause, resume, retry};
 pub use backoff::{backoff, RetryPolicy};
 pub use claim::{claim, lock_following, lock_ids, ClaimRequest};
 pub(crate) use complete::truncate as truncate_error;
@@ -41,8 +43,10 @@ pub use history::{add_history_days, retire_history, RetireCursor, Retired};
 pub use lane::{marked_lanes, release_lanes};
 pub use limits::{get_limits, put_limits, usage, KindLimit, KindUsage, Limits, QueueLimit, QueueUsage, Usage};
 pub use maintenance::{autovacuum_on, promote_due, rescue_expired, Maintainer, Retention, MAINTENANCE_LEASE};
-pub use registry::{deregister_worker, heartbeat_worker, live_workers, register_worker, WorkerInfo};
+pub use registry::{deregister_worker, heartbeat_worker, live_workers, register_worker, running_by_worker, WorkerInfo};
 pub use routing::{last_job_id, pool_depth, reroute_waiting, routed_active, version_outcomes, VersionDepth};
+pub use search::{bulk, list, list_all, BulkAction, BulkOutcome, JobFilter, MAX_BULK};
+pub use series::{minutes, prune_samples, sample_queues, Minute};
 pub use share::FairShare;
 pub use stats::{
     finished_counts, fold_stats, prune_stats, queue_gauges, queue_stats, throughput, with_finished, FinishedCounts,

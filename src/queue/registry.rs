@@ -100,3 +100,19 @@ pub async fn live_workers<'e>(exec: impl PgExecutor<'e> + Copy, fresh: Duration)
     .await?;
     Ok(rows)
 }
+
+/// Running jobs per worker (by lease owner, which is the worker's id), for the workers that hold any. Reads the
+/// running jobs only (the lease index).
+pub async fn running_by_worker<'e>(exec: impl PgExecutor<'e>) -> Result<Vec<(String, i64)>> {
+    Ok(sqlx::query_as(
+        r#"
+        select lease_owner, count(*)
+        from job
+        where leased_until is not null and state = 'running' and lease_owner is not null
+        group by lease_owner
+        order by lease_owner
+        "#,
+    )
+    .fetch_all(exec)
+    .await?)
+}

@@ -1,5 +1,6 @@
-//! Entities: look one up by type and ref; see its status, attributes and workflow version, and its event log as a
-//! timeline in which each audit record links to the event it describes.
+//! Entities: list them by type, ref prefix and status (refs in natural order: `A2` before `A10`); look one up by
+//! type and ref; see its status, attributes and workflow version, and its event log as a timeline in which the
+//! audit records of an event are folded under it.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -12,20 +13,23 @@ use serde_json::Value;
 use super::html::{badge, enc, esc, json_block, layout, pager, problems, query, respond, t, time};
 use super::{field, require, Error, Role, Session, Ui, PAGE_SIZE};
 
-fn search_form(entity_type: &str, entity_ref: &str) -> String {
+fn search_form(entity_type: &str, entity_ref: &str, status: &str) -> String {
     format!(
         "<form method=\"get\" action=\"/ui/entities\" class=\"filters\" role=\"search\" aria-label=\"Find an entity\">\
          <div><label for=\"e-type\">Type</label><input id=\"e-type\" name=\"type\" value=\"{}\" \
          placeholder=\"ORDER\"></div>\
          <div><label for=\"e-ref\">Ref or its start</label><input id=\"e-ref\" name=\"ref\" value=\"{}\" \
          placeholder=\"o-1\"></div>\
+         <div><label for=\"e-status\">Status</label><input id=\"e-status\" name=\"status\" value=\"{}\" \
+         placeholder=\"SHIPPED\"></div>\
          <div><button type=\"submit\">Find</button></div></form>",
         esc(entity_type),
-        esc(entity_ref)
+        esc(entity_ref),
+        esc(status)
     )
 }
 
-fn event_item(e: &Value) -> String {
+fn event_item(e: &Value, audits: &[&Value]) -> String {
     let id = e["id"].as_str().unwrap_or("");
     let audit = e["kind"].as_str() == Some("audit");
     let mut out = format!(
@@ -70,7 +74,45 @@ fn event_item(e: &Value) -> String {
             json_block(&e["attributes"])
         );
     }
+    if !audits.is_empty() {
+        let _ = write!(
+            out,
+            "<details class=\"audits\"><summary>{} audit record{} of this event</summary><ol>",
+            audits.len(),
+            if audits.len() == 1 { "" } else { "s" }
+        );
+        for a in audits {
+            out.push_str(&event_item(a, &[]));
+        }
+        out.push_str("</ol></details>");
+    }
     out.push_str("</li>");
+    out
+}
+
+/// The timeline's items: each event with the audit records about it folded under it; an audit record whose event
+/// is not on this page stands alone, in its place.
+fn timeline_items(items: &[Value]) -> String {
+    let on_page: std::collections::HashSet<&str> = items
+        .iter()
+        .filter(|e| e["kind"].as_str() != Some("audit"))
+        .filter_map(|e| e["id"].as_str())
+        .collect();
+    let mut under: HashMap<&str, Vec<&Value>> = HashMap::new();
+    for e in items.iter().filter(|e| e["kind"].as_str() == Some("audit")) {
+        if let Some(src) = e["source_event_id"].as_str().filter(|s| on_page.contains(s)) {
+            under.entry(src).or_default().push(e);
+        }
+    }
+    let mut out = String::new();
+    for e in items {
+        let id = e["id"].as_str().unwrap_or("");
+        let folded =
+            e["kind"].as_str() == Some("audit") && e["source_event_id"].as_str().is_some_and(|s| on_page.contains(s));
+        if !folded {
+            out.push_str(&event_item(e, under.get(id).map(Vec::as_slice).unwrap_or_default()));
+        }
+    }
     out
 }
 
@@ -80,6 +122,7 @@ async fn list_view(
     s: &Session,
     entity_type: &str,
     ref_prefix: &str,
+    status: &str,
     cursor: Option<&str>,
 ) -> Result<String, Error> {
     let limit = PAGE_SIZE.to_string();
@@ -91,6 +134,7 @@ async fn list_view(
                 query(&[
                     ("type", entity_type),
                     ("ref_prefix", ref_prefix),
+                    ("status", status),
                     ("limit", &limit),
                     ("cursor", cursor.unwrap_or("")),
                 ])
@@ -115,7 +159,7 @@ async fn list_view(
             time(&e["updated_at"]),
         );
     }
-    let filters = query(&[("type", entity_type), ("ref", ref_prefix)]);
+    let filters = query(&[("type", entity_type), ("ref", ref_prefix), ("status", status)]);
     let base = if filters.is_empty() {
         "/ui/entities?".to_owned()
     } else {
@@ -129,21 +173,22 @@ async fn list_view(
     ))
 }
 
-/// `GET /ui/entities?type=&ref=&cursor=`: one entity with its timeline, or a list when the key is partial.
+/// `GET /ui/entities?type=&ref=&status=&cursor=`: one entity with its timeline, or a list when the key is partial
+/// or a status is asked for.
 pub async fn page(
     State(ui): State<Ui>,
     s: Session,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, Error> {
     require(&s, Role::Account)?;
-    let (entity_type, entity_ref) = (field(&q, "type"), field(&q, "ref"));
+    let (entity_type, entity_ref, status) = (field(&q, "type"), field(&q, "ref"), field(&q, "status"));
     let cursor = Some(field(&q, "cursor")).filter(|c| !c.is_empty());
-    let form = search_form(entity_type, entity_ref);
+    let form = search_form(entity_type, entity_ref, status);
     let show = |status: StatusCode, body: String| respond(status, layout(Some(&s), "entities", "Entities", &body));
-    if entity_type.is_empty() || entity_ref.is_empty() {
-        // No exact key: list what matches, a page at a time (all entities, or one type's, by ref prefix).
-        let list = list_view(&ui, &s, entity_type, entity_ref, cursor).await?;
-        let hint = "<p class=\"hint\">Entities in type and ref order. Enter a type and a ref (for an order: type \
+    if entity_type.is_empty() || entity_ref.is_empty() || !status.is_empty() {
+        // No exact key: list what matches, a page at a time (all entities, or one type's, by ref prefix and status).
+        let list = list_view(&ui, &s, entity_type, entity_ref, status, cursor).await?;
+        let hint = "<p class=\"hint\">Entities in type order, refs in natural order (A2 before A10). Enter a type and a ref (for an order: type \
                     <code>ORDER</code> and its order number) to see one with its timeline; a partial ref lists the \
                     refs that start with it.</p>";
         return Ok(show(StatusCode::OK, format!("{form}{hint}{list}")));
@@ -155,7 +200,7 @@ pub async fn page(
         Ok(v) => v,
         Err(e) if e.status() == StatusCode::NOT_FOUND => {
             let msg = problems(&format!("No entity {entity_type} {entity_ref}."), &[]);
-            let list = list_view(&ui, &s, entity_type, entity_ref, None).await?;
+            let list = list_view(&ui, &s, entity_type, entity_ref, "", None).await?;
             let similar = format!("<h2>Refs starting with {}</h2>{list}", esc(entity_ref));
             return Ok(show(StatusCode::NOT_FOUND, format!("{form}{msg}{similar}")));
         }
@@ -177,10 +222,7 @@ pub async fn page(
         )
         .await?;
     let items = events["items"].as_array().map(Vec::as_slice).unwrap_or_default();
-    let mut timeline = String::new();
-    for e in items {
-        timeline.push_str(&event_item(e));
-    }
+    let mut timeline = timeline_items(items);
     if items.is_empty() {
         timeline.push_str("<li>No events in the last 30 days.</li>");
     }
@@ -193,7 +235,7 @@ pub async fn page(
          <dt>Subtype</dt><dd>{}</dd><dt>Workflow</dt><dd><a href=\"/ui/workflows/{}?version={}\">{} {}</a></dd>\
          <dt>Created</dt><dd>{}</dd><dt>Updated</dt><dd>{}</dd></dl><h2>Attributes</h2>{}\
          <h2 id=\"timeline-title\">Timeline</h2><p class=\"hint\">Events and the audit records of their execution, \
-         oldest first; each audit record links to the event it describes.</p>\
+         oldest first; the audit records of an event are folded under it.</p>\
          <ol class=\"timeline\" id=\"timeline\" aria-labelledby=\"timeline-title\">{timeline}</ol>{}",
         t(&entity["type"]),
         t(&entity["ref"]),

@@ -195,9 +195,12 @@ const NAV_ACCOUNT: [(&str, &str); 6] = [
     ("loads", "Loads"),
 ];
 
-const NAV_ADMIN: [(&str, &str); 3] = [
+const NAV_ADMIN: [(&str, &str); 6] = [
     ("overview", "Overview"),
-    ("pools", "Pools & rollouts"),
+    ("jobs", "Jobs"),
+    ("workers", "Workers"),
+    ("pools", "Pools"),
+    ("rollouts", "Rollouts"),
     ("accounts", "Accounts"),
 ];
 

@@ -1,5 +1,5 @@
-//! Jobs: a filtered, paged list (queue, state, kind), a job's detail with args, result and the error of every
-//! failed attempt, and the retry and cancel actions.
+//! A job's detail with args, result and the error of every failed attempt, and the retry and cancel actions (the
+//! list and search are in `job_list`). The admin token sees any account's job, read-only.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -9,109 +9,20 @@ use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use serde_json::Value;
 
-use super::html::{badge, button_form, enc, esc, flash, json_block, layout, pager, query, respond, t, time};
-use super::{field, require, Error, Role, Session, Ui, PAGE_SIZE};
-
-/// Every job state, in lifecycle order (CONTRACT §4).
-const STATES: [&str; 7] = [
-    "scheduled",
-    "available",
-    "running",
-    "retryable",
-    "completed",
-    "discarded",
-    "cancelled",
-];
-
-fn filter_form(queue: &str, state: &str, kind: &str) -> String {
-    let mut options = String::from("<option value=\"\">any</option>");
-    for s in STATES {
-        let selected = if s == state { " selected" } else { "" };
-        let _ = write!(options, "<option value=\"{s}\"{selected}>{s}</option>");
-    }
-    format!(
-        "<form method=\"get\" action=\"/ui/jobs\" class=\"filters\" role=\"search\" aria-label=\"Filter jobs\">\
-         <div><label for=\"f-queue\">Queue</label><input id=\"f-queue\" name=\"queue\" value=\"{}\"></div>\
-         <div><label for=\"f-state\">State</label><select id=\"f-state\" name=\"state\">{options}</select></div>\
-         <div><label for=\"f-kind\">Kind</label><input id=\"f-kind\" name=\"kind\" value=\"{}\"></div>\
-         <div><button type=\"submit\">Filter</button> <a href=\"/ui/jobs\">Clear</a></div></form>",
-        esc(queue),
-        esc(kind)
-    )
-}
-
-/// `GET /ui/jobs?queue=&state=&kind=&cursor=`: one page of jobs, newest first, filtered by the API.
-pub async fn list(
-    State(ui): State<Ui>,
-    s: Session,
-    Query(q): Query<HashMap<String, String>>,
-) -> Result<Response, Error> {
-    require(&s, Role::Account)?;
-    let (queue, state, kind) = (field(&q, "queue"), field(&q, "state"), field(&q, "kind"));
-    let cursor = Some(field(&q, "cursor")).filter(|c| !c.is_empty());
-    let limit = PAGE_SIZE.to_string();
-    let filters = [("queue", queue), ("state", state), ("kind", kind)];
-    let mut api_query = vec![("limit", limit.as_str())];
-    api_query.extend(filters);
-    api_query.push(("cursor", cursor.unwrap_or("")));
-    let form = filter_form(queue, state, kind);
-    let answer = match ui.get(&s, &format!("/api/jobs{}", query(&api_query))).await {
-        Ok(v) => v,
-        // Bad filter values come back as a 422 naming the field: show them next to the form.
-        Err(e @ Error::Api { .. }) if e.status() != StatusCode::UNAUTHORIZED => {
-            let body = format!("{form}{}", e.message());
-            return Ok(respond(e.status(), layout(Some(&s), "jobs", "Jobs", &body)));
-        }
-        Err(e) => return Err(e),
-    };
-    let items = answer["items"].as_array().map(Vec::as_slice).unwrap_or_default();
-    let mut rows = String::new();
-    for j in items {
-        let id = j["id"].as_str().unwrap_or("");
-        let _ = write!(
-            rows,
-            "<tr><th scope=\"row\"><a href=\"/ui/jobs/{}\">{}</a></th><td>{}</td><td>{}</td><td>{}</td>\
-             <td class=\"num\">{}/{}</td><td>{}</td><td>{}</td></tr>",
-            enc(id),
-            esc(id),
-            t(&j["queue"]),
-            t(&j["kind"]),
-            badge(j["state"].as_str().unwrap_or("")),
-            t(&j["attempt"]),
-            t(&j["max_attempts"]),
-            time(&j["created_at"]),
-            time(&j["finished_at"]),
-        );
-    }
-    if items.is_empty() {
-        rows.push_str("<tr><td colspan=\"7\">No jobs match.</td></tr>");
-    }
-    let base = format!("/ui/jobs{}", query(&filters));
-    let base = if base.contains('?') {
-        format!("{base}&")
-    } else {
-        format!("{base}?")
-    };
-    let body = format!(
-        "{form}<div class=\"scroll\"><table class=\"data\" id=\"jobs\"><caption>Jobs, newest first \
-         ({} on this page)</caption><thead><tr><th scope=\"col\">Id</th><th scope=\"col\">Queue</th>\
-         <th scope=\"col\">Kind</th><th scope=\"col\">State</th><th scope=\"col\">Attempt</th>\
-         <th scope=\"col\">Created</th><th scope=\"col\">Finished</th></tr></thead><tbody>{rows}</tbody></table>\
-         </div>{}",
-        items.len(),
-        pager(&base, cursor, &answer["next_cursor"]),
-    );
-    Ok(respond(StatusCode::OK, layout(Some(&s), "jobs", "Jobs", &body)))
-}
+use super::html::{badge, button_form, enc, esc, flash, json_block, layout, query, respond, t, time};
+use super::{field, require, Error, Role, Session, Ui};
 
 fn detail_body(job: &Value, message: &str) -> String {
     let id = job["id"].as_str().unwrap_or("");
     let state = job["state"].as_str().unwrap_or("");
+    let admin = job.get("account").is_some();
     let mut actions = String::new();
-    if matches!(state, "discarded" | "cancelled") {
+    if admin {
+        actions.push_str("<p class=\"hint\">Read-only: retry or cancel it signed in with its account's key.</p>");
+    } else if matches!(state, "discarded" | "cancelled") {
         actions.push_str(&button_form(&format!("/ui/jobs/{}/retry", enc(id)), "Retry", ""));
     }
-    if matches!(state, "scheduled" | "available" | "running" | "retryable") {
+    if !admin && matches!(state, "scheduled" | "available" | "running" | "retryable") {
         actions.push_str(&button_form(
             &format!("/ui/jobs/{}/cancel", enc(id)),
             "Cancel job",
@@ -133,9 +44,13 @@ fn detail_body(job: &Value, message: &str) -> String {
         errors.push_str("<tr><td colspan=\"3\">No failed attempts.</td></tr>");
     }
     let queue = job["queue"].as_str().unwrap_or("");
+    let account = match job["account"].as_str() {
+        Some(a) => format!("<dt>Account</dt><dd id=\"job-account\">{}</dd>", esc(a)),
+        None => String::new(),
+    };
     format!(
         "{message}<p><a href=\"/ui/jobs?queue={}\">« Jobs of queue {}</a></p>\
-         <dl class=\"facts\"><dt>State</dt><dd id=\"job-state\">{}</dd><dt>Queue</dt><dd>{}</dd>\
+         <dl class=\"facts\">{account}<dt>State</dt><dd id=\"job-state\">{}</dd><dt>Queue</dt><dd>{}</dd>\
          <dt>Kind</dt><dd>{}</dd><dt>Attempt</dt><dd>{} of {}</dd><dt>Priority</dt><dd>{}</dd>\
          <dt>Run at</dt><dd>{}</dd><dt>Created</dt><dd>{}</dd><dt>Started</dt><dd>{}</dd>\
          <dt>Finished</dt><dd>{}</dd><dt>Pool / version</dt><dd>{} / {}</dd>\
@@ -166,6 +81,30 @@ fn detail_body(job: &Value, message: &str) -> String {
     )
 }
 
+/// The job as the session may see it: the account's own, or (admin token) any account's with its account.
+async fn read(ui: &Ui, s: &Session, id: &str) -> Result<Value, Error> {
+    if s.role == Role::Account {
+        return ui.get(s, &format!("/api/jobs/{}", enc(id))).await;
+    }
+    let page = ui
+        .get(s, &format!("/api/admin/jobs{}", query(&[("id", id), ("limit", "1")])))
+        .await
+        .map_err(|e| match e.status() {
+            // A malformed id names no job.
+            StatusCode::UNPROCESSABLE_ENTITY => not_found(id),
+            _ => e,
+        })?;
+    page["items"].get(0).cloned().ok_or_else(|| not_found(id))
+}
+
+fn not_found(id: &str) -> Error {
+    Error::Api {
+        status: StatusCode::NOT_FOUND,
+        detail: format!("job {id} not found"),
+        errors: Vec::new(),
+    }
+}
+
 /// `GET /ui/jobs/{id}`.
 pub async fn detail(
     State(ui): State<Ui>,
@@ -173,8 +112,7 @@ pub async fn detail(
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, Error> {
-    require(&s, Role::Account)?;
-    let job = ui.get(&s, &format!("/api/jobs/{}", enc(&id))).await?;
+    let job = read(&ui, &s, &id).await?;
     let message = match field(&q, "done") {
         "retry" => flash("ok", "Retried: the job is available again."),
         "cancel" => flash("ok", "Cancelled."),

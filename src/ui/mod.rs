@@ -8,20 +8,25 @@
 //!   shows whatever the size of the tables;
 //! - every dynamic string is escaped ([`html::esc`], [`html::enc`]);
 //! - every change is a POST form, refused from other sites ([`session::same_origin`], SameSite=Strict cookie);
-//! - no page needs JavaScript: the one small script adds live refresh and sparklines to the overview;
+//! - no page needs JavaScript: the one small script adds live refresh and sparklines to the overview (the history
+//!   charts are SVG drawn on the server);
 //! - every response under `/ui` (pages, redirects, errors, assets) carries the security headers (`secure`, [`CSP`]):
 //!   the content security policy allows no inline script or style, so markup that slipped past escaping cannot run.
 //!
 //! One file per page family; `html` holds the layout and helpers, `session` the sign-in.
 
+mod chart;
 mod entities;
+mod history;
 pub mod html;
+mod job_list;
 mod jobs;
 mod loads;
 mod overview;
 mod pools;
 mod schedules;
 pub mod session;
+mod workers;
 mod workflows;
 
 use axum::body::Body;
@@ -286,7 +291,8 @@ pub fn router(api: Router) -> Router {
         .route("/ui/overview", get(overview::page))
         .route("/ui/fragments/overview", get(overview::fragment))
         .route("/ui/queues/{queue}/{action}", post(overview::queue_action))
-        .route("/ui/jobs", get(jobs::list))
+        .route("/ui/jobs", get(job_list::list))
+        .route("/ui/jobs/bulk", get(job_list::confirm).post(job_list::run))
         .route("/ui/jobs/{id}", get(jobs::detail))
         .route("/ui/jobs/{id}/{action}", post(jobs::action))
         .route("/ui/entities", get(entities::page))
@@ -298,6 +304,7 @@ pub fn router(api: Router) -> Router {
         .route("/ui/loads/{id}", get(loads::detail))
         .route("/ui/loads/{id}/batches/{batch}", get(loads::batch))
         .route("/ui/pools", get(pools::list))
+        .route("/ui/workers", get(workers::list))
         .route("/ui/rollouts", get(pools::rollouts).post(pools::start))
         .route("/ui/rollouts/{id}", get(pools::rollout))
         .route("/ui/rollouts/{id}/{action}", get(pools::confirm).post(pools::act))

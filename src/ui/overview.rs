@@ -1,18 +1,21 @@
 //! Overview: per queue (account key) or per pool version (admin token) the depth, running jobs and the age of the
 //! oldest waiting job, refreshed live by `ui.js`, which also draws depth, throughput and failure sparklines.
 //!
-//! The API gives current counts only, not history, so the sparklines come from a short rolling history the browser
-//! keeps from successive polls (throughput and failures are the change in `completed` and `discarded` per second).
+//! The sparklines come from a short rolling history the browser keeps from successive polls (throughput and
+//! failures are the change in `completed` and `discarded` per second); below the table, an account's history over
+//! a chosen range comes from the server ([`super::history`]) and survives a reload.
 
 use std::fmt::Write as _;
 
-use axum::extract::{Path, State};
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use serde_json::Value;
 
 use super::html::{age, badge, enc, esc, labelled_button_form, layout, respond};
-use super::{Error, Role, Session, Ui};
+use super::{field, Error, Role, Session, Ui};
 
 fn num(v: &Value) -> i64 {
     v.as_i64().unwrap_or(0)
@@ -111,9 +114,17 @@ async fn rows(ui: &Ui, s: &Session) -> Result<String, Error> {
 const SPARK_HEADERS: &str = "<th scope=\"col\">Depth trend</th><th scope=\"col\">Completed/s</th>\
     <th scope=\"col\">Failed/s</th>";
 
-/// `GET /ui/overview`.
-pub async fn page(State(ui): State<Ui>, s: Session) -> Result<Response, Error> {
+/// `GET /ui/overview?range=`: the live table, and for an account key the history over `range` (15m, 1h, 6h, 24h).
+pub async fn page(
+    State(ui): State<Ui>,
+    s: Session,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, Error> {
     let rows = rows(&ui, &s).await?;
+    let history = match s.role {
+        Role::Account => super::history::section(&ui, &s, field(&q, "range")).await?,
+        Role::Admin => String::new(),
+    };
     let (caption, head) = match s.role {
         Role::Account => (
             "Queues",
@@ -139,7 +150,7 @@ pub async fn page(State(ui): State<Ui>, s: Session) -> Result<Response, Error> {
          <noscript><p class=\"hint\">Without JavaScript this page does not refresh by itself: reload it.</p>\
          </noscript><div class=\"scroll\"><table class=\"data\" id=\"overview\"><caption>{caption}</caption>\
          <thead><tr>{head}</tr></thead><tbody id=\"live\" data-src=\"/ui/fragments/overview\">{rows}</tbody>\
-         </table></div>"
+         </table></div>{history}"
     );
     Ok(respond(StatusCode::OK, layout(Some(&s), "overview", "Overview", &body)))
 }

@@ -97,15 +97,27 @@ async fn render_pools(
 
 /// The latest rollouts, newest first, each linking to its page.
 fn rollout_list(items: &Value) -> String {
+    format!(
+        "<section class=\"card\" id=\"rollouts\"><h2>Rollouts</h2>{}<p><a href=\"/ui/rollouts\">All rollouts</a>\
+         </p></section>",
+        rollout_table(items, "The latest 20 rollouts, newest first")
+    )
+}
+
+/// Rollouts as a table, each linking to its page.
+fn rollout_table(items: &Value, caption: &str) -> String {
     let mut rows = String::new();
     for r in items.as_array().map(Vec::as_slice).unwrap_or_default() {
-        let id = r["id"].as_str().unwrap_or("");
+        let id = r["id"]
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| r["id"].to_string());
         let _ = write!(
             rows,
             "<tr><th scope=\"row\"><a href=\"/ui/rollouts/{}\">#{}</a></th><td>{}</td><td>{} → {}</td><td>{}</td>\
              <td class=\"num\">{}%</td><td>{}</td></tr>",
-            enc(id),
-            esc(id),
+            enc(&id),
+            esc(&id),
             t(&r["pool"]),
             t(&r["from_version"]),
             t(&r["to_version"]),
@@ -118,18 +130,63 @@ fn rollout_list(items: &Value) -> String {
         rows.push_str("<tr><td colspan=\"6\">No rollout yet.</td></tr>");
     }
     format!(
-        "<section class=\"card\" id=\"rollouts\"><h2>Rollouts</h2><div class=\"scroll\"><table class=\"data\">\
-         <caption>The latest 20 rollouts, newest first</caption><thead><tr><th scope=\"col\">Rollout</th>\
-         <th scope=\"col\">Pool</th><th scope=\"col\">Versions</th><th scope=\"col\">State</th>\
-         <th scope=\"col\">Canary share</th><th scope=\"col\">Started</th></tr></thead><tbody>{rows}</tbody>\
-         </table></div></section>"
+        "<div class=\"scroll\"><table class=\"data\" id=\"rollout-list\"><caption>{}</caption><thead><tr>\
+         <th scope=\"col\">Rollout</th><th scope=\"col\">Pool</th><th scope=\"col\">Versions</th>\
+         <th scope=\"col\">State</th><th scope=\"col\">Canary share</th><th scope=\"col\">Started</th></tr></thead>\
+         <tbody>{rows}</tbody></table></div>",
+        esc(caption)
     )
 }
 
-/// `GET /ui/rollouts`: the rollouts are listed on the pools page.
-pub async fn rollouts(s: Session) -> Result<Response, Error> {
+/// Rollout states, for the filter.
+const ROLLOUT_STATES: [&str; 4] = ["canary", "promoted", "completed", "aborted"];
+
+/// `GET /ui/rollouts?pool=&state=&cursor=`: every rollout, newest first, a page at a time.
+pub async fn rollouts(
+    State(ui): State<Ui>,
+    s: Session,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, Error> {
     require(&s, Role::Admin)?;
-    Ok(Redirect::to("/ui/pools#rollouts").into_response())
+    let (pool, state) = (field(&q, "pool"), field(&q, "state"));
+    let cursor = Some(field(&q, "cursor")).filter(|c| !c.is_empty());
+    let limit = PAGE_SIZE.to_string();
+    let filters = [("pool", pool), ("state", state)];
+    let mut api = vec![("limit", limit.as_str()), ("cursor", cursor.unwrap_or(""))];
+    api.extend(filters);
+    let mut options = String::from("<option value=\"\">any</option>");
+    for st in ROLLOUT_STATES {
+        let selected = if st == state { " selected" } else { "" };
+        let _ = write!(options, "<option value=\"{st}\"{selected}>{st}</option>");
+    }
+    let form = format!(
+        "<form method=\"get\" action=\"/ui/rollouts\" class=\"filters\" role=\"search\" \
+         aria-label=\"Filter rollouts\"><div><label for=\"ro-pool\">Pool</label><input id=\"ro-pool\" name=\"pool\" \
+         value=\"{}\"></div><div><label for=\"ro-state\">State</label><select id=\"ro-state\" name=\"state\">\
+         {options}</select></div><div><button type=\"submit\">Filter</button> <a href=\"/ui/rollouts\">Clear</a></div>\
+         </form>",
+        esc(pool)
+    );
+    let answer = match ui.get(&s, &format!("/api/rollouts{}", query(&api))).await {
+        Ok(v) => v,
+        Err(e @ Error::Api { .. }) if e.status() == StatusCode::UNPROCESSABLE_ENTITY => {
+            let body = format!("{form}{}", e.message());
+            return Ok(respond(e.status(), layout(Some(&s), "rollouts", "Rollouts", &body)));
+        }
+        Err(e) => return Err(e),
+    };
+    let filtered = query(&filters);
+    let base = if filtered.is_empty() {
+        "/ui/rollouts?".to_owned()
+    } else {
+        format!("/ui/rollouts{filtered}&")
+    };
+    let body = format!(
+        "{form}{}{}<p><a href=\"/ui/pools#start-title\">Start a rollout</a> on the pools page.</p>",
+        rollout_table(&answer["items"], "Rollouts, newest first"),
+        pager(&base, cursor, &answer["next_cursor"]),
+    );
+    Ok(respond(StatusCode::OK, layout(Some(&s), "rollouts", "Rollouts", &body)))
 }
 
 /// `GET /ui/pools?rollout=`: every pool; `rollout` opens that rollout.

@@ -180,6 +180,31 @@ async fn cli_errors_are_printed_once() {
 /// does not exist yet, so `ordo migrate` must create it) and a free port.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readme_quick_start_runs_as_written() {
+    quick_start(None).await;
+}
+
+/// The same quick start as an unprivileged user: as `nobody` (uid and gid 65534, no supplementary groups) through
+/// `setpriv` when the test runs as root (as in CI and containers), in a directory and with a HOME that user owns;
+/// as the current user otherwise. Never skipped: without `setpriv` a root run fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readme_quick_start_runs_as_an_unprivileged_user() {
+    let out = std::process::Command::new("id").arg("-u").output().unwrap();
+    let uid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    let nobody = (uid == 0).then_some(65534);
+    if nobody.is_some() {
+        assert!(
+            std::path::Path::new(SETPRIV).exists(),
+            "running as root, this test drops to nobody with {SETPRIV} (Debian's util-linux); it is missing"
+        );
+    }
+    quick_start(nobody).await;
+}
+
+const SETPRIV: &str = "/usr/bin/setpriv";
+
+/// Runs the README's step-by-step quick start in a fresh directory, as `uid` (also its gid) when given, and checks
+/// each step's result.
+async fn quick_start(uid: Option<u32>) {
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     let section = readme.split("\n## Quick start\n").nth(1).unwrap();
     let section = section.split("\n## ").next().unwrap();
@@ -204,13 +229,36 @@ async fn readme_quick_start_runs_as_written() {
         .collect::<Vec<_>>()
         .join("\n");
     let dir = std::env::temp_dir().join(format!("ordo-quickstart-{name}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let bin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_ordo")).parent().unwrap();
+    let bin_dir = dir.join("bin");
+    std::fs::create_dir_all(&bin_dir).unwrap();
+    // The build directory may be one the user cannot enter (under /root): the user gets its own copy of the binary,
+    // as `cargo install` would have put one in its own ~/.cargo/bin.
+    std::fs::copy(env!("CARGO_BIN_EXE_ordo"), bin_dir.join("ordo")).unwrap();
+    if let Some(uid) = uid {
+        for p in [&dir, &bin_dir, &bin_dir.join("ordo")] {
+            std::os::unix::fs::chown(p, Some(uid), Some(uid)).unwrap();
+        }
+    }
     let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
-    let run = Command::new("bash")
+    let mut cmd = match uid {
+        Some(uid) => {
+            let mut c = Command::new(SETPRIV);
+            c.args([
+                format!("--reuid={uid}"),
+                format!("--regid={uid}"),
+                "--clear-groups".to_owned(),
+                "--".to_owned(),
+                "bash".to_owned(),
+            ]);
+            c
+        }
+        None => Command::new("bash"),
+    };
+    let run = cmd
         .args(["-euo", "pipefail", "-c", &script])
         .current_dir(&dir)
         .env("PATH", path)
+        .env("HOME", &dir)
         .env_remove("DATABASE_URL")
         .env_remove("REDIS_URL")
         .env("ORDO_LISTEN", format!("127.0.0.1:{port}"))
@@ -227,7 +275,7 @@ async fn readme_quick_start_runs_as_written() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
-        "quick start failed:\n{script}\nstdout:\n{stdout}\nstderr:\n{stderr}"
+        "quick start (uid {uid:?}) failed:\n{script}\nstdout:\n{stdout}\nstderr:\n{stderr}"
     );
     assert!(
         stdout.contains("database created") && stdout.contains("migrations applied"),
@@ -238,11 +286,18 @@ async fn readme_quick_start_runs_as_written() {
         stdout.contains("\"changed\":1"),
         "the load applied its record: {stdout}"
     );
-    let env_file = std::fs::read_to_string(dir.join("acme.env")).unwrap();
+    let env_file = dir.join("acme.env");
+    let written = std::fs::read_to_string(&env_file).unwrap();
     assert!(
-        env_file.contains("api_key=") && env_file.contains("webhook_secret="),
-        "{env_file}"
+        written.contains("api_key=") && written.contains("webhook_secret="),
+        "{written}"
     );
+    if let Some(uid) = uid {
+        use std::os::unix::fs::MetadataExt as _;
+        // The files of the steps were written by that user, not by root.
+        assert_eq!(std::fs::metadata(&env_file).unwrap().uid(), uid);
+        assert_eq!(std::fs::metadata(dir.join("stock.csv")).unwrap().uid(), uid);
+    }
     let _ = std::fs::remove_dir_all(&dir);
     sqlx::query(&format!("drop database \"{name}\" with (force)"))
         .execute(&db.pool)

@@ -21,12 +21,12 @@ use crate::support::{fast_config, start_worker};
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const CHROMIUM: &str = "/usr/bin/chromium";
 /// How long a page may take to show what a test waits for (live refresh every 2 s, workers, a busy CI machine).
-const PATIENCE: Duration = Duration::from_secs(30);
+pub(crate) const PATIENCE: Duration = Duration::from_secs(30);
 
 /// `ordo api` on a free port of 127.0.0.1 with a fresh database; stops when dropped.
-struct Server {
-    db: TestDb,
-    base: String,
+pub(crate) struct Server {
+    pub(crate) db: TestDb,
+    pub(crate) base: String,
     stop: CancellationToken,
 }
 
@@ -37,7 +37,7 @@ impl Drop for Server {
 }
 
 impl Server {
-    async fn start() -> Server {
+    pub(crate) async fn start() -> Server {
         let db = testkit::db().await;
         let state = AppState::new(db.pool.clone(), Waker::disabled(), settings());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -49,7 +49,7 @@ impl Server {
     }
 
     /// Creates an account and returns its API key.
-    async fn account(&self, id: &str) -> String {
+    pub(crate) async fn account(&self, id: &str) -> String {
         let id = AccountId::parse(id).unwrap();
         tenancy::create_account(&self.db.pool, &id, id.as_str(), "local")
             .await
@@ -58,7 +58,13 @@ impl Server {
     }
 
     /// Calls the JSON API as `key`.
-    async fn api(&self, method: reqwest::Method, path: &str, key: &str, body: Option<Value>) -> (u16, Value) {
+    pub(crate) async fn api(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        key: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let mut req = reqwest::Client::new()
             .request(method, format!("{}{path}", self.base))
             .bearer_auth(key);
@@ -73,7 +79,7 @@ impl Server {
         (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
     }
 
-    async fn enqueue(&self, key: &str, body: Value) -> String {
+    pub(crate) async fn enqueue(&self, key: &str, body: Value) -> String {
         let (status, job) = self.api(reqwest::Method::POST, "/api/jobs", key, Some(body)).await;
         assert_eq!(status, 201, "{job}");
         job["id"].as_str().unwrap().to_owned()
@@ -90,7 +96,7 @@ const ENTER: &str = "\u{E007}";
 
 /// A headless Chromium session behind its own chromedriver. Dropping it saves a screenshot if the test is
 /// panicking, then ends the browser session (chromedriver itself is killed on drop).
-struct Browser {
+pub(crate) struct Browser {
     http: reqwest::Client,
     /// `http://127.0.0.1:<port>/session/<id>`.
     session: String,
@@ -106,7 +112,7 @@ fn screenshot_dir() -> PathBuf {
 }
 
 impl Browser {
-    async fn start(test: &'static str) -> Browser {
+    pub(crate) async fn start(test: &'static str) -> Browser {
         assert!(
             std::path::Path::new(CHROMEDRIVER).exists() && std::path::Path::new(CHROMIUM).exists(),
             "the dashboard tests drive a real browser: install Debian's `chromium` and `chromium-driver` \
@@ -163,7 +169,7 @@ impl Browser {
     }
 
     /// One WebDriver command; the `value` of its answer, or the error as `Err`.
-    async fn cmd(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value, Value> {
+    pub(crate) async fn cmd(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value, Value> {
         let mut req = self.http.request(method, format!("{}{path}", self.session));
         if let Some(b) = body {
             req = req.header("content-type", "application/json").body(b.to_string());
@@ -178,18 +184,18 @@ impl Browser {
         }
     }
 
-    async fn goto(&self, url: &str) {
+    pub(crate) async fn goto(&self, url: &str) {
         self.cmd(reqwest::Method::POST, "/url", Some(json!({ "url": url })))
             .await
             .unwrap_or_else(|e| panic!("navigate to {url}: {e}"));
     }
 
-    async fn url(&self) -> String {
+    pub(crate) async fn url(&self) -> String {
         let v = self.cmd(reqwest::Method::GET, "/url", None).await.unwrap();
         v.as_str().unwrap().to_owned()
     }
 
-    async fn try_find(&self, css: &str) -> Option<String> {
+    pub(crate) async fn try_find(&self, css: &str) -> Option<String> {
         let v = self
             .cmd(
                 reqwest::Method::POST,
@@ -202,19 +208,19 @@ impl Browser {
     }
 
     /// The first element matching `css`, waiting for it to appear (the page may still be loading).
-    async fn find(&self, css: &str) -> String {
+    pub(crate) async fn find(&self, css: &str) -> String {
         let what = format!("an element matching {css:?} on the page");
         eventually(PATIENCE, &what, || async { self.try_find(css).await }).await
     }
 
-    async fn click(&self, css: &str) {
+    pub(crate) async fn click(&self, css: &str) {
         let el = self.find(css).await;
         self.cmd(reqwest::Method::POST, &format!("/element/{el}/click"), Some(json!({})))
             .await
             .unwrap_or_else(|e| panic!("click {css}: {e}"));
     }
 
-    async fn type_into(&self, css: &str, text: &str) {
+    pub(crate) async fn type_into(&self, css: &str, text: &str) {
         let el = self.find(css).await;
         self.cmd(
             reqwest::Method::POST,
@@ -226,7 +232,7 @@ impl Browser {
     }
 
     /// The visible text of the first element matching `css`, `None` when there is none.
-    async fn try_text(&self, css: &str) -> Option<String> {
+    pub(crate) async fn try_text(&self, css: &str) -> Option<String> {
         let el = self.try_find(css).await?;
         let v = self
             .cmd(reqwest::Method::GET, &format!("/element/{el}/text"), None)
@@ -237,18 +243,18 @@ impl Browser {
 
     /// The text of `css`, waiting for it to appear: after a click that posts a form, the next page may not have
     /// loaded when the click returns.
-    async fn text(&self, css: &str) -> String {
+    pub(crate) async fn text(&self, css: &str) -> String {
         let what = format!("an element matching {css:?} on the page");
         eventually(PATIENCE, &what, || async { self.try_text(css).await }).await
     }
 
     /// Waits until the text of `css` satisfies `ok` (re-reading it; never reloading the page).
-    async fn wait_text(&self, css: &str, what: &str, ok: impl Fn(&str) -> bool) -> String {
+    pub(crate) async fn wait_text(&self, css: &str, what: &str, ok: impl Fn(&str) -> bool) -> String {
         eventually(PATIENCE, what, || async { self.try_text(css).await.filter(|t| ok(t)) }).await
     }
 
     /// Presses one key (a WebDriver key code such as TAB or ENTER) on whatever has the focus.
-    async fn press(&self, key: &str) {
+    pub(crate) async fn press(&self, key: &str) {
         let actions = json!({"actions": [{"type": "key", "id": "keyboard", "actions": [
             {"type": "keyDown", "value": key}, {"type": "keyUp", "value": key}
         ]}]});
@@ -258,7 +264,7 @@ impl Browser {
     }
 
     /// The visible text of the focused element.
-    async fn focused_text(&self) -> String {
+    pub(crate) async fn focused_text(&self) -> String {
         let v = self.cmd(reqwest::Method::GET, "/element/active", None).await.unwrap();
         let el = v[ELEMENT].as_str().unwrap().to_owned();
         let t = self
@@ -269,7 +275,7 @@ impl Browser {
     }
 
     /// Runs a script in the page and returns its result.
-    async fn eval(&self, script: &str) -> Value {
+    pub(crate) async fn eval(&self, script: &str) -> Value {
         self.cmd(
             reqwest::Method::POST,
             "/execute/sync",
@@ -280,7 +286,7 @@ impl Browser {
     }
 
     /// Resizes the window (e.g. to a phone's width).
-    async fn resize(&self, width: u32, height: u32) {
+    pub(crate) async fn resize(&self, width: u32, height: u32) {
         self.cmd(
             reqwest::Method::POST,
             "/window/rect",
@@ -291,7 +297,7 @@ impl Browser {
     }
 
     /// Signs in through the form with `key`.
-    async fn sign_in(&self, base: &str, key: &str) {
+    pub(crate) async fn sign_in(&self, base: &str, key: &str) {
         self.goto(&format!("{base}/ui/login")).await;
         self.type_into("#key", key).await;
         self.click("form[action='/ui/login'] button[type=submit]").await;
@@ -514,6 +520,9 @@ async fn ui_read_an_orders_timeline() {
     let timeline = eventually(PATIENCE, "the CREATE event and its audit in the timeline", || async {
         b.goto(&format!("{}/ui/entities?type=ORDER&ref=o-1001", server.base))
             .await;
+        // Audit records are folded under their event: unfold them to read them.
+        b.eval("document.querySelectorAll('#timeline details.audits').forEach(function (d) { d.open = true; });")
+            .await;
         b.try_text("#timeline")
             .await
             .filter(|t| t.contains("CREATE") && t.contains("order o-1001 created"))
@@ -521,7 +530,7 @@ async fn ui_read_an_orders_timeline() {
     .await;
     assert!(timeline.contains("Book"), "{timeline}");
     assert!(timeline.contains("audit"), "{timeline}");
-    // An audit record of Book links to Book's entry.
+    // Audit records are folded under the event they describe; an audit record of Book links to Book's entry.
     let (_, events) = server
         .api(
             reqwest::Method::GET,
@@ -531,7 +540,7 @@ async fn ui_read_an_orders_timeline() {
         )
         .await;
     let id = events["items"][0]["id"].as_str().unwrap().to_owned();
-    let link = format!("#timeline li.audit a[href='#ev-{id}']");
+    let link = format!("#ev-{id} details.audits li.audit a[href='#ev-{id}']");
     assert!(
         b.try_find(&link).await.is_some(),
         "no audit record links to event {id}: {timeline}"
@@ -552,10 +561,9 @@ async fn ui_read_an_orders_timeline() {
     worker.stop().await;
 }
 
-/// An administrator opens a canary rollout, promotes it after confirming, and the page shows it promoted.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ui_promote_a_rollout() {
-    let server = Server::start().await;
+/// Pool `emails` (queue `mail`) at v1 with a canary of v2 at 20 %; returns the rollout's id. A canary needs
+/// something to run it: here an autoscaler policy that would start its workers.
+pub(crate) async fn canary_of_emails(server: &Server) -> String {
     let (status, body) = server
         .api(
             reqwest::Method::PUT,
@@ -568,7 +576,6 @@ async fn ui_promote_a_rollout() {
     ordo::rollout::announce_version(&server.db.pool, "emails", "v1", &[])
         .await
         .unwrap();
-    // A canary needs something to run it: here an autoscaler policy that would start its workers.
     let (status, body) = server
         .api(
             reqwest::Method::PUT,
@@ -587,7 +594,14 @@ async fn ui_promote_a_rollout() {
         )
         .await;
     assert_eq!(status, 201, "{rollout}");
-    let id = rollout["id"].as_str().unwrap().to_owned();
+    rollout["id"].as_str().unwrap().to_owned()
+}
+
+/// An administrator opens a canary rollout, promotes it after confirming, and the page shows it promoted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ui_promote_a_rollout() {
+    let server = Server::start().await;
+    let id = canary_of_emails(&server).await;
 
     let b = Browser::start("ui_promote_a_rollout").await;
     b.sign_in(&server.base, ADMIN).await;
@@ -701,7 +715,7 @@ async fn ui_pages_without_a_session_redirect_to_sign_in() {
 }
 
 /// Account B's jobs never appear to A: not in the list, not by id, not in the overview; the admin token sees
-/// accounts but no account data.
+/// accounts and every account's jobs (each with its account), but no account page such as entities.
 #[tokio::test]
 async fn ui_never_shows_another_accounts_data() {
     let server = Server::start().await;
@@ -732,7 +746,10 @@ async fn ui_never_shows_another_accounts_data() {
     let (status, _, accounts) = get(&server, "/ui/accounts", Some(&admin)).await;
     assert_eq!(status, 200);
     assert!(accounts.contains("acme") && accounts.contains("rival"), "{accounts}");
-    assert_eq!(get(&server, "/ui/jobs", Some(&admin)).await.0, 403);
+    let (status, _, jobs) = get(&server, "/ui/jobs", Some(&admin)).await;
+    assert_eq!(status, 200);
+    assert!(jobs.contains("rival-only") && jobs.contains(">acme<"), "{jobs}");
+    assert_eq!(get(&server, "/ui/entities", Some(&admin)).await.0, 403);
 }
 
 /// The accounts page shows each account's weight and its running jobs against its limits.
@@ -814,7 +831,7 @@ async fn ui_forms_reject_bad_input_with_messages() {
     let cookie = sign_in(&server, &key).await;
     let (status, _, body) = get(&server, "/ui/jobs?state=bogus&limit=5", Some(&cookie)).await;
     assert_eq!(status, 422);
-    assert!(body.contains("unknown state") && body.contains("Filter"), "{body}");
+    assert!(body.contains("unknown state") && body.contains("Search jobs"), "{body}");
     // A partial key lists what matches instead.
     let (status, _, body) = get(&server, "/ui/entities?type=ORDER", Some(&cookie)).await;
     assert_eq!(status, 200);
@@ -870,9 +887,16 @@ async fn ui_forms_reject_bad_input_with_messages() {
     assert!(res.text().await.unwrap().contains("role=\"alert\""));
     let (status, _, _) = get(&server, "/ui/pools?rollout=abc", Some(&admin)).await;
     assert_eq!(status, 422);
-    // `/ui/rollouts` is the rollouts list on the pools page (it answered 405 to a GET)
-    let (status, location, _) = get(&server, "/ui/rollouts", Some(&admin)).await;
-    assert_eq!((status, location.as_str()), (303, "/ui/pools#rollouts"));
+    // `/ui/rollouts` is the rollouts list (it answered 405 to a GET), with its own filter's errors.
+    let (status, _, body) = get(&server, "/ui/rollouts", Some(&admin)).await;
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("id=\"rollout-list\"") && body.contains("No rollout yet."),
+        "{body}"
+    );
+    let (status, _, body) = get(&server, "/ui/rollouts?state=sideways", Some(&admin)).await;
+    assert_eq!(status, 422);
+    assert!(body.contains("role=\"alert\""), "{body}");
     let (status, _, body) = get(&server, "/ui/pools", Some(&admin)).await;
     assert_eq!(status, 200);
     assert!(

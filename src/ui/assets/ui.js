@@ -27,9 +27,8 @@
     svg.appendChild(title);
     var line = document.createElementNS(ns, "polyline");
     line.setAttribute("points", points);
-    line.setAttribute("fill", "none");
-    line.setAttribute("stroke", label.indexOf("Failed") === 0 ? "#a4161a" : "#0b5cad");
-    line.setAttribute("stroke-width", "2");
+    // Colours come from the stylesheet (light or dark).
+    line.setAttribute("class", label.indexOf("Failed") === 0 ? "line series-3" : "line series-1");
     svg.appendChild(line);
     return svg;
   }

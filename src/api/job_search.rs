@@ -1,0 +1,325 @@
+//! Finding jobs (CONTRACT §4): `GET /api/jobs` with its filters, `POST /api/jobs/bulk` (retry or cancel what a
+//! filter matches, bounded), and `GET /api/admin/jobs`, the admin's listing across accounts.
+//!
+//! The filters are read the same way from a query string and from the bulk body, so they mean the same in both.
+
+use axum::extract::State;
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::ToSchema;
+
+use super::auth::{Admin, Tenant};
+use super::error::{ApiError, Problem};
+use super::extract::{JsonBody, QueryParams};
+use super::fields::{object, reject_unknown};
+use super::jobs::{JobBody, JobPage};
+use super::AppState;
+use crate::queue::{self, BulkAction, BulkOutcome, FieldError, Job, JobFilter, JobId, JobState};
+use crate::tenancy::AccountId;
+
+/// The filters every job listing takes (besides `limit` and `cursor`).
+const FILTERS: [&str; 8] = [
+    "queue",
+    "state",
+    "kind",
+    "kind_prefix",
+    "id",
+    "idempotency_key",
+    "from",
+    "to",
+];
+
+/// Reads the filters through `get` (`prefix` + name is each field's error path); every invalid one is reported.
+fn parse_filter(get: impl Fn(&str) -> Option<String>, prefix: &str, errs: &mut Vec<FieldError>) -> JobFilter {
+    let mut f = JobFilter::default();
+    let nonempty = |name: &str| get(name).filter(|v| !v.is_empty());
+    f.queue = nonempty("queue");
+    f.kind = nonempty("kind");
+    f.kind_prefix = nonempty("kind_prefix");
+    f.idempotency_key = nonempty("idempotency_key");
+    if let Some(s) = nonempty("state") {
+        match s.parse::<JobState>() {
+            Ok(s) => f.state = Some(s),
+            Err(_) => {
+                let valid: Vec<&str> = queue::ACTIVE_STATES
+                    .iter()
+                    .chain(queue::FINISHED_STATES.iter())
+                    .map(|s| s.as_str())
+                    .collect();
+                errs.push(FieldError::new(
+                    format!("{prefix}state"),
+                    format!("unknown state {s:?}: must be one of {}", valid.join(", ")),
+                ));
+            }
+        }
+    }
+    if let Some(id) = nonempty("id") {
+        match id.parse::<JobId>() {
+            Ok(id) => f.id = Some(id),
+            Err(_) => errs.push(FieldError::new(format!("{prefix}id"), "must be a job id (a number)")),
+        }
+    }
+    let mut time = |name: &str| {
+        let v = nonempty(name)?;
+        match DateTime::parse_from_rfc3339(&v) {
+            Ok(t) => Some(t.with_timezone(&Utc)),
+            Err(_) => {
+                errs.push(FieldError::new(
+                    format!("{prefix}{name}"),
+                    "must be an RFC 3339 time, e.g. 2026-12-01T12:00:00Z",
+                ));
+                None
+            }
+        }
+    };
+    f.created_from = time("from");
+    f.created_to = time("to");
+    f
+}
+
+/// The filter, page size and cursor of a listing's query string.
+fn listing(q: &QueryParams) -> Result<JobFilter, ApiError> {
+    let mut errs = Vec::new();
+    let limit = q.limit().unwrap_or_else(|e| {
+        if let ApiError::Invalid(mut v) = e {
+            errs.append(&mut v);
+        }
+        0
+    });
+    let mut f = parse_filter(|n| q.get(n).map(str::to_owned), "/query/", &mut errs);
+    f.limit = limit;
+    if let Some(c) = q.get("cursor") {
+        match c.parse::<JobId>() {
+            Ok(id) => f.before = Some(id),
+            Err(_) => errs.push(FieldError::new("/query/cursor", "not a cursor of this list")),
+        }
+    }
+    if errs.is_empty() {
+        Ok(f)
+    } else {
+        Err(ApiError::Invalid(errs))
+    }
+}
+
+/// List jobs, newest first.
+#[utoipa::path(
+    get,
+    path = "/api/jobs",
+    tag = "jobs",
+    params(
+        ("queue" = Option<String>, Query, description = "Only this queue"),
+        ("state" = Option<JobState>, Query, description = "Only this state"),
+        ("kind" = Option<String>, Query, description = "Only this kind"),
+        ("kind_prefix" = Option<String>, Query, description = "Only kinds starting with this"),
+        ("id" = Option<String>, Query, description = "Only the job with this id"),
+        ("idempotency_key" = Option<String>, Query, description = "Only the job enqueued with this key"),
+        ("from" = Option<String>, Query, description = "Only jobs created at or after this time (RFC 3339)"),
+        ("to" = Option<String>, Query, description = "Only jobs created before this time (RFC 3339)"),
+        ("limit" = Option<i64>, Query, description = "Page size, 1..1000 (default 100)"),
+        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "A page of jobs", body = JobPage),
+        (status = 422, description = "Invalid filter", body = Problem),
+    ),
+    security(("bearer" = []))
+)]
+#[tracing::instrument(skip_all, fields(account = %tenant.account))]
+pub async fn list(tenant: Tenant, q: QueryParams) -> Result<Json<JobPage>, ApiError> {
+    let filter = listing(&q)?;
+    let mut tx = tenant.begin().await?;
+    let (items, next) = queue::list(&mut *tx, &tenant.account, &filter).await?;
+    tx.commit().await?;
+    Ok(Json(JobPage {
+        items,
+        next_cursor: next.map(|id| id.to_string()),
+    }))
+}
+
+/// `POST /api/jobs/bulk` body.
+#[derive(Debug, ToSchema)]
+#[schema(as = JobBulk)]
+#[allow(dead_code)]
+pub struct BulkBody {
+    /// `retry` or `cancel`.
+    action: String,
+    /// Only this queue.
+    queue: Option<String>,
+    /// Only this state.
+    state: Option<JobState>,
+    /// Only this kind.
+    kind: Option<String>,
+    /// Only kinds starting with this.
+    kind_prefix: Option<String>,
+    /// Only the job with this id.
+    id: Option<String>,
+    /// Only the job enqueued with this key.
+    idempotency_key: Option<String>,
+    /// Only jobs created at or after this time.
+    from: Option<DateTime<Utc>>,
+    /// Only jobs created before this time.
+    to: Option<DateTime<Utc>>,
+    /// Only jobs with an id below this one (the list's cursor: what a confirmation showed, not what came since).
+    before: Option<String>,
+    /// At most this many jobs, newest first, 1..1000 (default 1000).
+    #[schema(minimum = 1, maximum = 1000)]
+    limit: Option<i64>,
+}
+
+/// What a bulk action did.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = JobBulkOutcome)]
+#[allow(dead_code)]
+pub struct BulkOutcomeBody {
+    /// Jobs the filter matched (at most `limit`).
+    matched: u64,
+    /// Jobs retried or cancelled.
+    changed: u64,
+    /// Jobs whose state does not allow the action.
+    skipped: u64,
+    /// More jobs match than `limit`: send the request again for the next ones.
+    more: bool,
+}
+
+/// Retry or cancel every job a filter matches (at most `limit`, newest first), each as its own action would.
+#[utoipa::path(
+    post,
+    path = "/api/jobs/bulk",
+    tag = "jobs",
+    request_body = BulkBody,
+    responses(
+        (status = 200, description = "What was done", body = BulkOutcomeBody),
+        (status = 422, description = "Invalid action or filter", body = Problem),
+    ),
+    security(("bearer" = []))
+)]
+#[tracing::instrument(skip_all, fields(account = %tenant.account))]
+pub async fn bulk(tenant: Tenant, JsonBody(body): JsonBody) -> Result<Json<BulkOutcome>, ApiError> {
+    let obj = object(&body)?;
+    let mut errs = Vec::new();
+    let mut known = vec!["action", "before", "limit"];
+    known.extend(FILTERS);
+    reject_unknown(obj, &known, &mut errs);
+    let text = |name: &str| match obj.get(name) {
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    };
+    for name in FILTERS.iter().chain(&["action", "before"]) {
+        if obj.get(*name).is_some_and(|v| !v.is_null()) && text(name).is_none() {
+            errs.push(FieldError::new(format!("/{name}"), "must be a string"));
+        }
+    }
+    let action = match text("action").as_deref() {
+        Some("retry") => Some(BulkAction::Retry),
+        Some("cancel") => Some(BulkAction::Cancel),
+        _ => {
+            errs.push(FieldError::new("/action", "must be retry or cancel"));
+            None
+        }
+    };
+    let mut f = parse_filter(text, "/", &mut errs);
+    f.limit = match obj.get("limit") {
+        None | Some(Value::Null) => queue::MAX_BULK,
+        Some(v) => match v.as_i64() {
+            Some(n) if (1..=queue::MAX_BULK).contains(&n) => n,
+            _ => {
+                errs.push(FieldError::new("/limit", "must be an integer from 1 to 1000"));
+                0
+            }
+        },
+    };
+    if let Some(b) = text("before") {
+        match b.parse::<JobId>() {
+            Ok(id) => f.before = Some(id),
+            Err(_) => errs.push(FieldError::new("/before", "must be a job id (a number)")),
+        }
+    }
+    let Some(action) = action.filter(|_| errs.is_empty()) else {
+        return Err(ApiError::Invalid(errs));
+    };
+    let mut tx = tenant.begin().await?;
+    let out = queue::bulk(&mut tx, &tenant.account, &f, action).await?;
+    tx.commit().await?;
+    tracing::info!(?action, matched = out.matched, changed = out.changed, "bulk job action");
+    Ok(Json(out))
+}
+
+/// A job with its account, as the admin sees it.
+#[derive(Debug, ToSchema)]
+#[schema(as = AccountJob)]
+#[allow(dead_code)]
+pub struct AccountJobBody {
+    /// The account the job belongs to.
+    account: String,
+    /// The job, as `GET /api/jobs/{id}` shows it.
+    #[schema(inline)]
+    job: JobBody,
+}
+
+/// A page of jobs of any account.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AccountJobPage {
+    /// Jobs, newest first, each with an `account` field beside the job's own.
+    #[schema(value_type = Vec<AccountJobBody>)]
+    pub items: Vec<Value>,
+    /// Cursor of the next page; null on the last.
+    pub next_cursor: Option<String>,
+}
+
+/// The job as JSON with its account beside its own fields.
+fn with_account(job: Job) -> Value {
+    let account = job.account_id.clone();
+    let mut v = serde_json::to_value(job).unwrap_or(Value::Null);
+    if let Value::Object(m) = &mut v {
+        m.insert("account".to_owned(), Value::String(account));
+    }
+    v
+}
+
+/// List the jobs of every account (or of one), newest first: the same filters as `GET /api/jobs`.
+#[utoipa::path(
+    get,
+    path = "/api/admin/jobs",
+    tag = "accounts",
+    params(
+        ("account" = Option<String>, Query, description = "Only this account's jobs"),
+        ("queue" = Option<String>, Query, description = "Only this queue"),
+        ("state" = Option<JobState>, Query, description = "Only this state"),
+        ("kind" = Option<String>, Query, description = "Only this kind"),
+        ("kind_prefix" = Option<String>, Query, description = "Only kinds starting with this"),
+        ("id" = Option<String>, Query, description = "Only the job with this id"),
+        ("idempotency_key" = Option<String>, Query, description = "Only jobs enqueued with this key"),
+        ("from" = Option<String>, Query, description = "Only jobs created at or after this time (RFC 3339)"),
+        ("to" = Option<String>, Query, description = "Only jobs created before this time (RFC 3339)"),
+        ("limit" = Option<i64>, Query, description = "Page size, 1..1000 (default 100)"),
+        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "A page of jobs with their accounts", body = AccountJobPage),
+        (status = 422, description = "Invalid filter", body = Problem),
+    ),
+    security(("admin" = []))
+)]
+pub async fn admin_list(
+    _: Admin,
+    State(state): State<AppState>,
+    q: QueryParams,
+) -> Result<Json<AccountJobPage>, ApiError> {
+    let filter = listing(&q)?;
+    let account = match q.get("account").filter(|a| !a.is_empty()) {
+        None => None,
+        // No account has an id that is not a slug: nothing to list.
+        Some(a) => Some(AccountId::parse(a).map_err(|_| ApiError::NotFound(format!("account {a} not found")))?),
+    };
+    let (items, next) = match &account {
+        Some(a) => queue::list(state.pool(), a, &filter).await?,
+        None => queue::list_all(state.pool(), &filter).await?,
+    };
+    Ok(Json(AccountJobPage {
+        items: items.into_iter().map(with_account).collect(),
+        next_cursor: next.map(|id| id.to_string()),
+    }))
+}
