@@ -155,7 +155,7 @@ impl AppState {
         let enqueuer = enqueuer::Enqueuer::start(pool.clone(), waker.clone(), flushes);
         let sync_flushes = crate::orchestration::sync::FLUSHES.min(flushes);
         let sync_events = crate::orchestration::SyncEvents::start(
-            crate::queue::Queue::new(pool.clone(), waker.clone()),
+            crate::queue::Queue::for_accounts(pool.clone(), waker.clone()),
             sync_flushes,
         );
         AppState {
