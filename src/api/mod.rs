@@ -125,6 +125,7 @@ pub struct AppState {
 
 struct Inner {
     pool: PgPool,
+    admin_pool: PgPool,
     waker: Waker,
     settings: Settings,
     limiter: rate_limit::RateLimiter,
@@ -164,6 +165,7 @@ impl AppState {
                 sync_events,
                 live_kinds: claimable::LiveKinds::default(),
                 keys: auth::KeyCache::new(settings.key_cache_ttl),
+                admin_pool: admin_pool(&pool),
                 pool,
                 waker,
                 settings,
@@ -173,9 +175,15 @@ impl AppState {
         }
     }
 
-    /// The pool.
+    /// The pool of account work: its transactions switch to the account ([`auth::Tenant::begin`]); outside them a
+    /// least-privileged API role reads only what authentication needs (see the README's "Database roles").
     pub fn pool(&self) -> &PgPool {
         &self.inner.pool
+    }
+
+    /// The pool of admin work: every connection runs as [`tenancy::ADMIN_ROLE`](crate::tenancy::ADMIN_ROLE).
+    pub fn admin_pool(&self) -> &PgPool {
+        &self.inner.admin_pool
     }
 
     /// The waker.
@@ -211,6 +219,28 @@ impl AppState {
     pub(crate) fn metrics(&self) -> &PrometheusHandle {
         &self.inner.metrics
     }
+}
+
+/// Connections of the admin pool at most: admin requests are few.
+const ADMIN_CONNECTIONS: u32 = 4;
+
+/// A pool on the same server and database as `pool` whose connections switch to the admin role for their whole
+/// life, so admin handlers and what they call run as that role without a role switch in every transaction.
+fn admin_pool(pool: &PgPool) -> PgPool {
+    let opts = (*pool.connect_options()).clone();
+    PgPoolOptions::new()
+        .max_connections(ADMIN_CONNECTIONS)
+        .min_connections(0)
+        .acquire_timeout(Duration::from_secs(5))
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                sqlx::query(&format!("set role {}", crate::tenancy::ADMIN_ROLE))
+                    .execute(conn)
+                    .await?;
+                Ok(())
+            })
+        })
+        .connect_lazy_with(opts)
 }
 
 impl std::fmt::Debug for AppState {
