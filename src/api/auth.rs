@@ -148,9 +148,17 @@ impl FromRequestParts<AppState> for Tenant {
     }
 }
 
-/// An administrator: the request carried `ORDO_ADMIN_TOKEN`.
+/// An administrator: the request carried `ORDO_ADMIN_TOKEN`. Admin handlers work on
+/// [`AppState::admin_pool`] and record each change in the admin audit ([`crate::audit`]) in its transaction.
 #[derive(Debug, Clone, Copy)]
 pub struct Admin;
+
+impl Admin {
+    /// Who changes made with this credential are recorded as: the token's kind, never the token.
+    pub fn actor(self) -> crate::audit::Actor {
+        crate::audit::Actor::Admin
+    }
+}
 
 impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;

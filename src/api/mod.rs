@@ -4,6 +4,10 @@
 //! - every account-scoped handler runs its queries in a [`Tenant`](auth::Tenant) transaction that first switches to
 //!   the role `ordo_api` and sets `ordo.account_id`, so row-level security hides other accounts' rows even from a
 //!   query that forgets its filter;
+//! - admin handlers run on the admin pool (role `ordo_admin`), and each change appends its record to the admin audit
+//!   ([`crate::audit`]) in the change's own transaction;
+//! - outside those two, the API's connection only authenticates and loads data keys: a least-privileged API role
+//!   can read nothing else (README, "Database roles");
 //! - workers are woken only after the transaction committed;
 //! - concurrent single-job enqueues and sync events of one account are group-committed (`enqueuer`,
 //!   [`crate::orchestration::SyncEvents`]), each still answered alone;
@@ -12,6 +16,7 @@
 //! Routes are registered from one table ([`routes`]), which the OpenAPI coverage test reads too.
 
 pub mod accounts;
+pub mod admin_events;
 pub mod auth;
 mod claimable;
 mod enqueuer;
@@ -338,6 +343,7 @@ pub fn routes() -> Vec<Route> {
             "/api/accounts/{id}/keys/{key_id}",
             delete(accounts::revoke_key),
         ),
+        route("GET", "/api/admin-events", get(admin_events::list)),
     ]
 }
 

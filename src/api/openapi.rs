@@ -8,7 +8,7 @@ use axum::response::IntoResponse;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{accounts, error, health, jobs, limits, loads, orchestration, pools, queues, schedules};
+use super::{accounts, admin_events, error, health, jobs, limits, loads, orchestration, pools, queues, schedules};
 
 /// The API description.
 #[derive(OpenApi)]
@@ -70,6 +70,7 @@ use super::{accounts, error, health, jobs, limits, loads, orchestration, pools, 
         limits::get,
         limits::put,
         limits::usage,
+        admin_events::list,
     ),
     components(schemas(error::Problem, error::ProblemField)),
     modifiers(&Security),
