@@ -195,10 +195,11 @@ const NAV_ACCOUNT: [(&str, &str); 6] = [
     ("loads", "Loads"),
 ];
 
-const NAV_ADMIN: [(&str, &str); 3] = [
+const NAV_ADMIN: [(&str, &str); 4] = [
     ("overview", "Overview"),
     ("pools", "Pools & rollouts"),
     ("accounts", "Accounts"),
+    ("audit", "Audit"),
 ];
 
 /// A whole page: head, skip link, navigation for the session's role, sign-out button, and `body` in `<main>`.
