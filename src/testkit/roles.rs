@@ -37,6 +37,15 @@ pub async fn login_role(group: &str) -> LoginRole {
 }
 
 impl LoginRole {
+    /// The URL of `db` as this role (for `DATABASE_URL` of an ordo process).
+    pub fn url(&self, db: &TestDb) -> String {
+        let parts = super::UrlParts::split(&db.url);
+        format!(
+            "{}://{}:{}@{}{}",
+            parts.scheme, self.name, self.password, parts.host_port, parts.rest
+        )
+    }
+
     /// A pool of at most `max` connections to `db` as this role.
     pub async fn pool(&self, db: &TestDb, max: u32) -> PgPool {
         let opts = (*db.pool.connect_options())

@@ -46,9 +46,9 @@ fn workflow() -> Value {
     })
 }
 
-/// Rows of `account`'s in every kind of tenant table: jobs (one with an idempotency key, one cancelled), a paused
-/// queue, a workflow, an entity with its events, a schedule and a load with a batch. Returns the load's and the
-/// batch's ids.
+/// Rows of `account`'s in every kind of tenant table: jobs (one with an idempotency key, one cancelled, one
+/// waiting), a paused queue, a workflow, an entity with its events, a schedule and a load with a batch. Returns the
+/// load's and the batch's ids.
 async fn populate(app: &App, key: &str) -> (String, String) {
     let later = json!({"kind": "noop", "queue": "later", "run_at": "2099-01-01T00:00:00Z", "idempotency_key": "k"});
     let r = app.call(Method::POST, "/api/jobs", Some(key), Some(later)).await;
@@ -57,6 +57,11 @@ async fn populate(app: &App, key: &str) -> (String, String) {
         .await
         .expect(StatusCode::OK);
     app.call(Method::POST, "/api/jobs", Some(key), Some(json!({"kind": "noop"})))
+        .await
+        .expect(StatusCode::CREATED);
+    // One that stays waiting whatever the worker does.
+    let waits = json!({"kind": "noop", "queue": "later", "run_at": "2099-01-01T00:00:00Z"});
+    app.call(Method::POST, "/api/jobs", Some(key), Some(waits))
         .await
         .expect(StatusCode::CREATED);
     app.call(Method::POST, "/api/queues/later/pause", Some(key), None)
@@ -451,4 +456,57 @@ async fn every_tenant_table_has_policies_for_each_role() {
         let node = roles.iter().any(|r| r == "ordo_api_node");
         assert_eq!(node, table == "account" || table == "api_key", "{table}: {roles:?}");
     }
+}
+
+/// The real binaries as their own login roles: `ordo api` as a member of `ordo_api_node` (it checks the schema,
+/// authenticates and serves admin and account routes) and `ordo worker` as one of `ordo_worker`, with encryption
+/// on; a job goes from the API through the worker to completed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_and_worker_processes_run_as_their_roles() {
+    let db = testkit::db().await;
+    let api_role = testkit::login_role("ordo_api_node").await;
+    let worker_role = testkit::login_role("ordo_worker").await;
+    let http = reqwest::Client::new();
+    let env = [("ORDO_ADMIN_TOKEN", ADMIN), ("ORDO_MASTER_KEYS", MASTER_KEYS)];
+    let (_api, url) = crate::support::spawn_api_process(&api_role.url(&db), &env, "http://127.0.0.1", &http).await;
+    let _worker = crate::support::spawn_worker_process(&worker_role.url(&db), &env[1..], &[]);
+    let created: Value = http
+        .post(format!("{url}/api/accounts"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"id": "acme"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = created["api_key"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{created}"))
+        .to_owned();
+    let job: Value = http
+        .post(format!("{url}/api/jobs"))
+        .bearer_auth(&key)
+        .json(&json!({"kind": "noop", "args": {"secret": "s3"}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = job["id"].as_str().unwrap_or_else(|| panic!("{job}")).to_owned();
+    let done = eventually(Duration::from_secs(60), "the job to complete", || async {
+        let j: Value = http
+            .get(format!("{url}/api/jobs/{id}"))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (j["state"] == "completed").then_some(j)
+    })
+    .await;
+    assert_eq!(done["args"], json!({"secret": "s3"}));
 }
