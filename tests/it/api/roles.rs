@@ -510,3 +510,52 @@ async fn api_and_worker_processes_run_as_their_roles() {
     .await;
     assert_eq!(done["args"], json!({"secret": "s3"}));
 }
+
+/// Maintenance's DDL works for a worker that owns no table: it attaches history days and drops one past retention
+/// through the owner's functions, and those functions drop nothing but history days.
+#[tokio::test]
+async fn worker_role_attaches_and_drops_history_days() {
+    let db = testkit::db().await;
+    let role = testkit::login_role("ordo_worker").await;
+    let pool = role.pool(&db, 2).await;
+    let old = (chrono::Utc::now() - chrono::Duration::days(30)).date_naive();
+    let attached: bool = sqlx::query_scalar("select job_history_add_day('unkeyed', $1)")
+        .bind(old)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(attached);
+    let part = format!("job_history_unkeyed_{}", old.format("%Y%m%d"));
+    let exists = |name: String| {
+        let owner = db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, bool>("select to_regclass($1) is not null")
+                .bind(name)
+                .fetch_one(&owner)
+                .await
+                .unwrap()
+        }
+    };
+    assert!(exists(part.clone()).await);
+    ordo::queue::add_history_days(&pool).await.unwrap();
+    let retention = ordo::queue::Retention {
+        finished: Duration::from_secs(24 * 3600),
+        keyed: Duration::from_secs(7 * 24 * 3600),
+    };
+    let mut cursor = None;
+    let retired = ordo::queue::retire_history(&pool, retention, &mut cursor, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(retired.partitions_dropped >= 1, "{retired:?}");
+    assert!(!exists(part).await, "the old day is dropped");
+    // Nothing but a history day: the function ignores any other table.
+    sqlx::query("select job_history_drop_day('job')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert!(exists("job".to_owned()).await);
+    let denied = sqlx::query("drop table job_history_unkeyed_default")
+        .execute(&pool)
+        .await;
+    assert!(denied.is_err(), "the worker role cannot drop tables itself");
+}
