@@ -269,28 +269,16 @@ async fn api_as_least_privileged_role_serves_every_route() {
         .expect(StatusCode::NO_CONTENT);
 
     // Loads and inventory.
-    app.call(Method::GET, "/api/loads", Some(&a), None)
-        .await
-        .expect(StatusCode::OK);
-    app.call(Method::GET, &format!("/api/loads/{load}"), Some(&a), None)
-        .await
-        .expect(StatusCode::OK);
-    app.call(
-        Method::GET,
-        &format!("/api/loads/{load}/batches/{batch}"),
-        Some(&a),
-        None,
-    )
-    .await
-    .expect(StatusCode::OK);
-    app.call(
-        Method::GET,
-        &format!("/api/loads/{load}/batches/{batch}/results"),
-        Some(&a),
-        None,
-    )
-    .await
-    .expect(StatusCode::OK);
+    for path in [
+        "/api/loads".to_owned(),
+        format!("/api/loads/{load}"),
+        format!("/api/loads/{load}/batches/{batch}"),
+        format!("/api/loads/{load}/batches/{batch}/results"),
+    ] {
+        app.call(Method::GET, &path, Some(&a), None)
+            .await
+            .expect(StatusCode::OK);
+    }
     eventually(Duration::from_secs(30), "the load's position", || async {
         let r = app.call(Method::GET, "/api/inventory/s-1/l-1", Some(&a), None).await;
         (r.status == StatusCode::OK).then_some(())
