@@ -233,9 +233,14 @@ async fn run(cmd: Command) -> anyhow::Result<()> {
                 .await
                 .context("connect to postgres")?;
             db.install_keys(&pool);
-            let created = crate::tenancy::create_account(&pool, &id, &name, &region)
+            let mut tx = pool.begin().await.context("create account")?;
+            let created = crate::tenancy::create_account(&mut *tx, &id, &name, &region)
                 .await
                 .context("create account")?;
+            crate::audit::record(&mut tx, crate::audit::Actor::Cli, "account.create", id.as_str())
+                .await
+                .context("record the account's creation")?;
+            tx.commit().await.context("create account")?;
             println!("api_key={}", created.api_key);
             println!("webhook_secret={}", created.webhook_secret);
             Ok(())

@@ -8,6 +8,7 @@
 //! ```
 //!
 //! - [`api`]: the HTTP API (axum): jobs, queues, accounts, health, metrics, OpenAPI.
+//! - [`audit`]: the admin audit trail (`admin_event`): every admin change, who made it, what and when.
 //! - [`db`]: pools and embedded migrations.
 //! - [`crypt`]: encryption at rest: per-account data keys wrapped by master keys, sealed values, rotation.
 //! - `group_commit`: concurrent callers' writes batched into one transaction (API enqueues, sync events, the
@@ -27,6 +28,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod audit;
 pub mod autoscale;
 pub mod bench;
 pub mod cli;

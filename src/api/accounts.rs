@@ -10,6 +10,7 @@ use super::auth::Admin;
 use super::error::{ApiError, Problem};
 use super::extract::{ApiPath, JsonBody, QueryParams};
 use super::AppState;
+use crate::audit;
 use crate::queue::FieldError;
 use crate::tenancy::{self, Account, AccountId};
 
@@ -105,7 +106,7 @@ fn text(obj: &serde_json::Map<String, Value>, name: &str, errs: &mut Vec<FieldEr
 )]
 #[tracing::instrument(skip_all)]
 pub async fn create(
-    _: Admin,
+    admin: Admin,
     state: axum::extract::State<AppState>,
     JsonBody(body): JsonBody,
 ) -> Result<(StatusCode, Json<AccountCreated>), ApiError> {
@@ -144,7 +145,10 @@ pub async fn create(
         return Err(ApiError::Invalid(errs));
     };
     let region = region.unwrap_or_else(|| state.settings().region.clone());
-    let created = tenancy::create_account(state.pool(), &id, &name, &region).await?;
+    let mut tx = state.admin_pool().begin().await?;
+    let created = tenancy::create_account(&mut *tx, &id, &name, &region).await?;
+    audit::record(&mut tx, admin.actor(), "account.create", id.as_str()).await?;
+    tx.commit().await?;
     tracing::info!(account = %id, %region, "account created");
     Ok((
         StatusCode::CREATED,
@@ -180,7 +184,7 @@ pub async fn list(
     q: QueryParams,
 ) -> Result<Json<AccountPage>, ApiError> {
     let limit = q.limit()?;
-    let (items, next_cursor) = tenancy::list_accounts(state.pool(), q.get("cursor"), limit).await?;
+    let (items, next_cursor) = tenancy::list_accounts(state.admin_pool(), q.get("cursor"), limit).await?;
     Ok(Json(AccountPage { items, next_cursor }))
 }
 
@@ -204,12 +208,16 @@ pub(super) fn account_id(id: &str) -> Result<AccountId, ApiError> {
 )]
 #[tracing::instrument(skip_all, fields(account = %id))]
 pub async fn delete(
-    _: Admin,
+    admin: Admin,
     state: axum::extract::State<AppState>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     let id = account_id(&id)?;
-    for hash in tenancy::delete_account(state.pool(), &id).await? {
+    let mut tx = state.admin_pool().begin().await?;
+    let hashes = tenancy::delete_account(&mut *tx, &id).await?;
+    audit::record(&mut tx, admin.actor(), "account.delete", id.as_str()).await?;
+    tx.commit().await?;
+    for hash in hashes {
         state.keys().forget(&hash);
     }
     tracing::info!("account deleted; its data key is destroyed");
@@ -230,12 +238,15 @@ pub async fn delete(
 )]
 #[tracing::instrument(skip_all, fields(account = %id))]
 pub async fn create_key(
-    _: Admin,
+    admin: Admin,
     state: axum::extract::State<AppState>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<(StatusCode, Json<KeyCreated>), ApiError> {
     let id = account_id(&id)?;
-    let key = tenancy::create_key(state.pool(), &id).await?;
+    let mut tx = state.admin_pool().begin().await?;
+    let key = tenancy::create_key(&mut *tx, &id).await?;
+    audit::record(&mut tx, admin.actor(), "key.create", &format!("{id}/{}", key.key_id)).await?;
+    tx.commit().await?;
     tracing::info!(key_id = %key.key_id, "api key created");
     Ok((
         StatusCode::CREATED,
@@ -263,12 +274,15 @@ pub async fn create_key(
 )]
 #[tracing::instrument(skip_all, fields(account = %id, key_id = %key_id))]
 pub async fn revoke_key(
-    _: Admin,
+    admin: Admin,
     state: axum::extract::State<AppState>,
     ApiPath((id, key_id)): ApiPath<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let account = account_id(&id)?;
-    let hash = tenancy::revoke_key(state.pool(), &account, &key_id).await?;
+    let mut tx = state.admin_pool().begin().await?;
+    let hash = tenancy::revoke_key(&mut *tx, &account, &key_id).await?;
+    audit::record(&mut tx, admin.actor(), "key.revoke", &format!("{account}/{key_id}")).await?;
+    tx.commit().await?;
     state.keys().forget(&hash);
     tracing::info!("api key revoked");
     Ok(StatusCode::NO_CONTENT)

@@ -117,15 +117,10 @@ impl Tenant {
     }
 }
 
-/// Opens a transaction as `ordo_api` with `ordo.account_id` set to `account` (both transaction-local).
+/// Opens a transaction as `ordo_api` with `ordo.account_id` set to `account` (both transaction-local); see
+/// [`tenancy::begin_as`].
 pub async fn begin_tenant(pool: &PgPool, account: &AccountId) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
-    // One round trip for BEGIN and both settings: an account id is a validated slug (`[a-z0-9-]`), so it is safe as
-    // a literal, and the simple-query protocol runs the three statements together.
-    let sql = format!(
-        "begin; set local role ordo_api; select set_config('ordo.account_id', '{}', true)",
-        account.as_str()
-    );
-    pool.begin_with(sql).await
+    tenancy::begin_as(pool, account).await
 }
 
 impl FromRequestParts<AppState> for Tenant {
@@ -153,9 +148,17 @@ impl FromRequestParts<AppState> for Tenant {
     }
 }
 
-/// An administrator: the request carried `ORDO_ADMIN_TOKEN`.
+/// An administrator: the request carried `ORDO_ADMIN_TOKEN`. Admin handlers work on
+/// [`AppState::admin_pool`] and record each change in the admin audit ([`crate::audit`]) in its transaction.
 #[derive(Debug, Clone, Copy)]
 pub struct Admin;
+
+impl Admin {
+    /// Who changes made with this credential are recorded as: the token's kind, never the token.
+    pub fn actor(self) -> crate::audit::Actor {
+        crate::audit::Actor::Admin
+    }
+}
 
 impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;

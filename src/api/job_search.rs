@@ -315,8 +315,8 @@ pub async fn admin_list(
         Some(a) => Some(AccountId::parse(a).map_err(|_| ApiError::NotFound(format!("account {a} not found")))?),
     };
     let (items, next) = match &account {
-        Some(a) => queue::list(state.pool(), a, &filter).await?,
-        None => queue::list_all(state.pool(), &filter).await?,
+        Some(a) => queue::list(state.admin_pool(), a, &filter).await?,
+        None => queue::list_all(state.admin_pool(), &filter).await?,
     };
     Ok(Json(AccountJobPage {
         items: items.into_iter().map(with_account).collect(),

@@ -65,7 +65,7 @@ pub async fn get(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Limits>, ApiError> {
     let account = account_id(&id)?;
-    let mut conn = state.pool().acquire().await?;
+    let mut conn = state.admin_pool().acquire().await?;
     let limits = queue::get_limits(&mut conn, &account).await?;
     Ok(Json(limits))
 }
@@ -86,15 +86,16 @@ pub async fn get(
 )]
 #[tracing::instrument(skip_all, fields(account = %id))]
 pub async fn put(
-    _: Admin,
+    admin: Admin,
     state: axum::extract::State<AppState>,
     ApiPath(id): ApiPath<String>,
     JsonBody(body): JsonBody,
 ) -> Result<Json<Limits>, ApiError> {
     let account = account_id(&id)?;
     let limits = Limits::from_json(&body).map_err(ApiError::Invalid)?;
-    let mut tx = state.pool().begin().await?;
+    let mut tx = state.admin_pool().begin().await?;
     let limits = queue::put_limits(&mut tx, &account, &limits).await?;
+    crate::audit::record(&mut tx, admin.actor(), "limits.put", account.as_str()).await?;
     tx.commit().await?;
     tracing::info!(
         weight = limits.weight,
@@ -163,7 +164,7 @@ pub async fn usage(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<queue::Usage>, ApiError> {
     let account = account_id(&id)?;
-    let mut conn = state.pool().acquire().await?;
+    let mut conn = state.admin_pool().acquire().await?;
     let usage = queue::usage(&mut conn, &account).await?;
     Ok(Json(usage))
 }

@@ -4,6 +4,10 @@
 //! - every account-scoped handler runs its queries in a [`Tenant`](auth::Tenant) transaction that first switches to
 //!   the role `ordo_api` and sets `ordo.account_id`, so row-level security hides other accounts' rows even from a
 //!   query that forgets its filter;
+//! - admin handlers run on the admin pool (role `ordo_admin`), and each change appends its record to the admin audit
+//!   ([`crate::audit`]) in the change's own transaction;
+//! - outside those two, the API's connection only authenticates and loads data keys: a least-privileged API role
+//!   can read nothing else (README, "Database roles");
 //! - workers are woken only after the transaction committed;
 //! - concurrent single-job enqueues and sync events of one account are group-committed (`enqueuer`,
 //!   [`crate::orchestration::SyncEvents`]), each still answered alone;
@@ -12,6 +16,7 @@
 //! Routes are registered from one table ([`routes`]), which the OpenAPI coverage test reads too.
 
 pub mod accounts;
+pub mod admin_events;
 pub mod auth;
 mod claimable;
 mod enqueuer;
@@ -126,6 +131,7 @@ pub struct AppState {
 
 struct Inner {
     pool: PgPool,
+    admin_pool: PgPool,
     waker: Waker,
     settings: Settings,
     limiter: rate_limit::RateLimiter,
@@ -156,7 +162,7 @@ impl AppState {
         let enqueuer = enqueuer::Enqueuer::start(pool.clone(), waker.clone(), flushes);
         let sync_flushes = crate::orchestration::sync::FLUSHES.min(flushes);
         let sync_events = crate::orchestration::SyncEvents::start(
-            crate::queue::Queue::new(pool.clone(), waker.clone()),
+            crate::queue::Queue::for_accounts(pool.clone(), waker.clone()),
             sync_flushes,
         );
         AppState {
@@ -165,6 +171,7 @@ impl AppState {
                 sync_events,
                 live_kinds: claimable::LiveKinds::default(),
                 keys: auth::KeyCache::new(settings.key_cache_ttl),
+                admin_pool: admin_pool(&pool),
                 pool,
                 waker,
                 settings,
@@ -174,9 +181,15 @@ impl AppState {
         }
     }
 
-    /// The pool.
+    /// The pool of account work: its transactions switch to the account ([`auth::Tenant::begin`]); outside them a
+    /// least-privileged API role reads only what authentication needs (see the README's "Database roles").
     pub fn pool(&self) -> &PgPool {
         &self.inner.pool
+    }
+
+    /// The pool of admin work: every connection runs as [`tenancy::ADMIN_ROLE`](crate::tenancy::ADMIN_ROLE).
+    pub fn admin_pool(&self) -> &PgPool {
+        &self.inner.admin_pool
     }
 
     /// The waker.
@@ -212,6 +225,28 @@ impl AppState {
     pub(crate) fn metrics(&self) -> &PrometheusHandle {
         &self.inner.metrics
     }
+}
+
+/// Connections of the admin pool at most: admin requests are few.
+const ADMIN_CONNECTIONS: u32 = 4;
+
+/// A pool on the same server and database as `pool` whose connections switch to the admin role for their whole
+/// life, so admin handlers and what they call run as that role without a role switch in every transaction.
+fn admin_pool(pool: &PgPool) -> PgPool {
+    let opts = (*pool.connect_options()).clone();
+    PgPoolOptions::new()
+        .max_connections(ADMIN_CONNECTIONS)
+        .min_connections(0)
+        .acquire_timeout(Duration::from_secs(5))
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                sqlx::query(&format!("set role {}", crate::tenancy::ADMIN_ROLE))
+                    .execute(conn)
+                    .await?;
+                Ok(())
+            })
+        })
+        .connect_lazy_with(opts)
 }
 
 impl std::fmt::Debug for AppState {
@@ -313,6 +348,7 @@ pub fn routes() -> Vec<Route> {
             "/api/accounts/{id}/keys/{key_id}",
             delete(accounts::revoke_key),
         ),
+        route("GET", "/api/admin-events", get(admin_events::list)),
     ]
 }
 

@@ -8,7 +8,9 @@ use axum::response::IntoResponse;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{accounts, error, health, job_search, jobs, limits, loads, orchestration, pools, queues, schedules};
+use super::{
+    accounts, admin_events, error, health, job_search, jobs, limits, loads, orchestration, pools, queues, schedules,
+};
 
 /// The API description.
 #[derive(OpenApi)]
@@ -74,6 +76,7 @@ use super::{accounts, error, health, job_search, jobs, limits, loads, orchestrat
         limits::get,
         limits::put,
         limits::usage,
+        admin_events::list,
     ),
     components(schemas(error::Problem, error::ProblemField)),
     modifiers(&Security),

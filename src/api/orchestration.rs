@@ -26,8 +26,9 @@ const MAX_SYNC_TIMEOUT_MS: u64 = 60_000;
 #[allow(dead_code)]
 pub struct Document(Value);
 
+/// The queue of an account request: its transactions run as the account under row-level security.
 fn queue(tenant: &Tenant) -> Queue {
-    Queue::new(tenant.state().pool().clone(), tenant.state().waker().clone())
+    Queue::for_accounts(tenant.state().pool().clone(), tenant.state().waker().clone())
 }
 
 fn attributes(obj: &Map<String, Value>, errs: &mut Vec<FieldError>) -> Option<Value> {

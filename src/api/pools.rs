@@ -15,6 +15,7 @@ use super::auth::Admin;
 use super::error::{ApiError, Problem};
 use super::extract::{ApiPath, JsonBody, QueryParams};
 use super::AppState;
+use crate::audit;
 use crate::autoscale::{self, ScaleTarget};
 use crate::queue::FieldError;
 use crate::rollout::{self, NewRollout, PoolView, Rollout, WorkerPool};
@@ -100,13 +101,17 @@ pub struct PoolPage {
 )]
 #[tracing::instrument(skip_all, fields(pool = %pool))]
 pub async fn put(
-    _: Admin,
+    admin: Admin,
     state: axum::extract::State<AppState>,
     ApiPath(pool): ApiPath<String>,
     JsonBody(body): JsonBody,
 ) -> Result<Json<WorkerPool>, ApiError> {
     let body: PutPoolBody = parse(body)?;
-    Ok(Json(rollout::put_pool(state.pool(), &pool, &body.queues).await?))
+    let mut tx = state.admin_pool().begin().await?;
+    let out = rollout::put_pool(&mut *tx, &pool, &body.queues).await?;
+    audit::record(&mut tx, admin.actor(), "pool.put", &pool).await?;
+    tx.commit().await?;
+    Ok(Json(out))
 }
 
 /// Every pool with its versions: role, weight, live workers and depth.
@@ -127,7 +132,7 @@ pub async fn put(
 #[tracing::instrument(skip_all)]
 pub async fn list(_: Admin, state: axum::extract::State<AppState>, q: QueryParams) -> Result<Json<PoolPage>, ApiError> {
     q.limit()?;
-    let all = rollout::list_pools(state.pool(), LIVE_WORKER).await?;
+    let all = rollout::list_pools(state.admin_pool(), LIVE_WORKER).await?;
     let (items, next_cursor) = q.page_by_key(all, |p| &p.pool)?;
     Ok(Json(PoolPage { items, next_cursor }))
 }
@@ -148,13 +153,17 @@ pub async fn list(_: Admin, state: axum::extract::State<AppState>, q: QueryParam
 )]
 #[tracing::instrument(skip_all, fields(pool = %pool))]
 pub async fn put_scaling(
-    _: Admin,
+    admin: Admin,
     state: axum::extract::State<AppState>,
     ApiPath(pool): ApiPath<String>,
     JsonBody(body): JsonBody,
 ) -> Result<Json<ScaleTarget>, ApiError> {
     let target: ScaleTarget = parse(body)?;
-    Ok(Json(autoscale::put_target(state.pool(), &pool, &target).await?))
+    let mut tx = state.admin_pool().begin().await?;
+    let out = autoscale::put_target(&mut *tx, &pool, &target).await?;
+    audit::record(&mut tx, admin.actor(), "scaling.put", &pool).await?;
+    tx.commit().await?;
+    Ok(Json(out))
 }
 
 /// Start a canary of a new version of a pool.
@@ -173,13 +182,17 @@ pub async fn put_scaling(
 )]
 #[tracing::instrument(skip_all)]
 pub async fn create_rollout(
-    _: Admin,
+    admin: Admin,
     state: axum::extract::State<AppState>,
     JsonBody(body): JsonBody,
 ) -> Result<(StatusCode, Json<Rollout>), ApiError> {
     let req: NewRollout = parse(body)?;
     check_servable(&state, &req).await?;
-    Ok((StatusCode::CREATED, Json(rollout::start(state.pool(), &req).await?)))
+    let mut tx = state.admin_pool().begin().await?;
+    let out = rollout::start(&mut *tx, &req).await?;
+    audit::record(&mut tx, admin.actor(), "rollout.start", &out.id.to_string()).await?;
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, Json(out)))
 }
 
 /// Refuses a canary that nothing would run: its share of new work would wait for a version with no live worker
@@ -188,17 +201,17 @@ pub async fn create_rollout(
 async fn check_servable(state: &AppState, req: &NewRollout) -> Result<(), ApiError> {
     // Invalid fields (422) and an unknown pool (404) say more than "nothing would run it".
     req.validate()?;
-    if rollout::pool_queues(state.pool(), &req.pool).await?.is_none() {
+    if rollout::pool_queues(state.admin_pool(), &req.pool).await?.is_none() {
         return Err(rollout::Error::PoolNotFound { pool: req.pool.clone() }.into());
     }
-    let live = crate::queue::live_workers(state.pool(), LIVE_WORKER).await?;
+    let live = crate::queue::live_workers(state.admin_pool(), LIVE_WORKER).await?;
     if live
         .iter()
         .any(|w| w.pool == req.pool && w.version == req.version && !w.stopping)
     {
         return Ok(());
     }
-    match autoscale::get_target(state.pool(), &req.pool).await? {
+    match autoscale::get_target(state.admin_pool(), &req.pool).await? {
         Some(t) if t.max > 0 => Ok(()),
         _ => Err(ApiError::Conflict {
             detail: format!(
@@ -270,7 +283,7 @@ pub async fn list_rollouts(
                 .map_err(|_| ApiError::invalid(name, "must be a cursor from a previous page"))?,
         ),
     };
-    let mut items = rollout::list(state.pool(), q.get("pool"), rollout_state, before, limit + 1).await?;
+    let mut items = rollout::list(state.admin_pool(), q.get("pool"), rollout_state, before, limit + 1).await?;
     let next_cursor = if items.len() as i64 > limit {
         items.truncate(limit as usize);
         items.last().map(|r| r.id.to_string())
@@ -298,7 +311,7 @@ pub async fn get_rollout(
     state: axum::extract::State<AppState>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Rollout>, ApiError> {
-    Ok(Json(rollout::get(state.pool(), rollout_id(&id)?).await?))
+    Ok(Json(rollout::get(state.admin_pool(), rollout_id(&id)?).await?))
 }
 
 /// Promote a canary: all new work goes to the new version; the old one drains and is then retired.
@@ -316,11 +329,16 @@ pub async fn get_rollout(
 )]
 #[tracing::instrument(skip_all, fields(rollout.id = %id))]
 pub async fn promote(
-    _: Admin,
+    admin: Admin,
     state: axum::extract::State<AppState>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Rollout>, ApiError> {
-    Ok(Json(rollout::promote(state.pool(), rollout_id(&id)?).await?))
+    let id = rollout_id(&id)?;
+    let mut tx = state.admin_pool().begin().await?;
+    let out = rollout::promote(&mut *tx, id).await?;
+    audit::record(&mut tx, admin.actor(), "rollout.promote", &id.to_string()).await?;
+    tx.commit().await?;
+    Ok(Json(out))
 }
 
 /// Abort a rollout: the new version's unstarted work returns to the old version.
@@ -338,11 +356,16 @@ pub async fn promote(
 )]
 #[tracing::instrument(skip_all, fields(rollout.id = %id))]
 pub async fn abort(
-    _: Admin,
+    admin: Admin,
     state: axum::extract::State<AppState>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Rollout>, ApiError> {
-    Ok(Json(rollout::abort(state.pool(), rollout_id(&id)?, None).await?))
+    let id = rollout_id(&id)?;
+    let mut tx = state.admin_pool().begin().await?;
+    let out = rollout::abort(&mut *tx, id, None).await?;
+    audit::record(&mut tx, admin.actor(), "rollout.abort", &id.to_string()).await?;
+    tx.commit().await?;
+    Ok(Json(out))
 }
 
 /// A live worker and the jobs it runs.
@@ -390,8 +413,8 @@ pub async fn workers(
     q: QueryParams,
 ) -> Result<Json<WorkerPage>, ApiError> {
     q.limit()?;
-    let live = crate::queue::live_workers(state.pool(), LIVE_WORKER).await?;
-    let running: std::collections::HashMap<String, i64> = crate::queue::running_by_worker(state.pool())
+    let live = crate::queue::live_workers(state.admin_pool(), LIVE_WORKER).await?;
+    let running: std::collections::HashMap<String, i64> = crate::queue::running_by_worker(state.admin_pool())
         .await?
         .into_iter()
         .collect();

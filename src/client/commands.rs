@@ -346,6 +346,12 @@ async fn keys(command: Keys) -> Result<(), ClientError> {
             let rotated = crate::crypt::rotate(&pool, &masters)
                 .await
                 .map_err(|e| ClientError::Rotate(e.to_string()))?;
+            // The rotation runs in batches, not one transaction: it is recorded once it is done.
+            let mut conn = pool.acquire().await.map_err(|e| ClientError::Rotate(e.to_string()))?;
+            crate::audit::record(&mut conn, crate::audit::Actor::Cli, "keys.rotate", masters.current_id())
+                .await
+                .map_err(|e| ClientError::Rotate(e.to_string()))?;
+            drop(conn);
             pool.close().await;
             let summary = serde_json::to_string(&rotated).map_err(|e| ClientError::Rotate(e.to_string()))?;
             writeln!(std::io::stdout().lock(), "{summary}")?;

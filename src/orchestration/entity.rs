@@ -157,7 +157,7 @@ pub async fn create_entity(q: &Queue, account: &AccountId, new: NewEntity) -> Re
         entity_ref: new.entity_ref.clone(),
     };
     let stored = seal_attributes(account, &key, &attributes)?;
-    let mut tx = q.pool().begin().await?;
+    let mut tx = q.begin_for(account).await?;
     let workflow = get_version(&mut *tx, account, &reference, None, None).await?;
     if !workflow.definition.declares(&status) {
         return Err(Error::Invalid(vec![Problem::new(

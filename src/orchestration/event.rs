@@ -636,7 +636,7 @@ pub async fn send_event(q: &Queue, account: &AccountId, event: NewEvent) -> Resu
 
 /// Accepts an event without waking workers; also returns its job.
 pub(crate) async fn accept_event(q: &Queue, account: &AccountId, event: NewEvent) -> Result<(Event, bool, JobId)> {
-    let mut tx = q.pool().begin().await?;
+    let mut tx = q.begin_for(account).await?;
     let out = accept_event_in(&mut tx, account, event).await?;
     tx.commit().await?;
     Ok(out)
@@ -882,7 +882,7 @@ async fn lock_event(conn: &mut PgConnection, account: &AccountId, id: &str) -> R
 
 /// Cancels a scheduled event that has not fired (`DELETE /api/events/{id}`); any other status is a conflict.
 pub async fn cancel_event(q: &Queue, account: &AccountId, id: &str) -> Result<Event> {
-    let mut tx = q.pool().begin().await?;
+    let mut tx = q.begin_for(account).await?;
     let (event, job) = lock_event(&mut tx, account, id).await?;
     if event.status != EventStatus::Scheduled {
         return Err(Error::InvalidEventState {
@@ -903,14 +903,15 @@ pub async fn cancel_event(q: &Queue, account: &AccountId, id: &str) -> Result<Ev
             Err(e) => return Err(e.into()),
         }
     }
+    let event = get_event(&mut *tx, account, id).await?;
     tx.commit().await?;
-    get_event(q.pool(), account, id).await
+    Ok(event)
 }
 
 /// Replays a failed or unmatched event (`POST /api/events/{id}/replay`): a new event with the same name, entity
 /// and attributes, whose `source_event_id` is the original. Any other status is a conflict.
 pub async fn replay_event(q: &Queue, account: &AccountId, id: &str) -> Result<Event> {
-    let mut tx = q.pool().begin().await?;
+    let mut tx = q.begin_for(account).await?;
     let (original, _) = lock_event(&mut tx, account, id).await?;
     if !matches!(original.status, EventStatus::Failed | EventStatus::NoMatch) {
         return Err(Error::InvalidEventState {

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use ordo_workers::rules;
 use ordo_workers::rules::EntityKey;
 use serde::Serialize;
-use sqlx::{Connection, PgConnection};
+use sqlx::PgConnection;
 use tokio::sync::oneshot;
 
 use super::entity::{get_entities, Entity};
@@ -143,7 +143,9 @@ enum Answer {
 async fn wait_for(q: &Queue, account: &AccountId, accepted: Event, deadline: Instant) -> Result<SyncOutcome> {
     let mut wait = Duration::from_millis(1);
     let done = loop {
-        let e = get_event(q.pool(), account, &accepted.id).await?;
+        let mut tx = q.begin_for(account).await?;
+        let e = get_event(&mut *tx, account, &accepted.id).await?;
+        tx.commit().await?;
         if e.status.is_final() {
             break e;
         }
@@ -154,11 +156,10 @@ async fn wait_for(q: &Queue, account: &AccountId, accepted: Event, deadline: Ins
         tokio::time::sleep(wait.min(deadline - now)).await;
         wait = (wait * 2).min(Duration::from_millis(25));
     };
-    let mut conn = q.pool().acquire().await?;
-    outcomes(&mut conn, account, vec![done])
-        .await?
-        .pop()
-        .ok_or_else(|| Error::Corrupt(format!("event {} vanished while it was read", accepted.id)))
+    let mut tx = q.begin_for(account).await?;
+    let out = outcomes(&mut tx, account, vec![done]).await?.pop();
+    tx.commit().await?;
+    out.ok_or_else(|| Error::Corrupt(format!("event {} vanished while it was read", accepted.id)))
 }
 
 /// Accepts one account's calls in one transaction, locks the events whose entity's turn it is, executes them
@@ -193,8 +194,7 @@ async fn flush(q: &Queue, account: &AccountId, pending: Vec<Pending>) {
 /// was refused), in order. An error of the transaction itself rolls everything back: nothing was accepted. (The
 /// flush runs as a task of its own, so a client that hangs up cannot cut this off.)
 async fn accept_and_run(q: &Queue, account: &AccountId, events: Vec<NewEvent>) -> Result<Vec<Result<Answer>>> {
-    let mut conn = q.pool().acquire().await?;
-    let mut tx = conn.begin().await?;
+    let mut tx = q.begin_for(account).await?;
     let accepted = accept_events_in(&mut tx, account, events).await?;
     let runnable: Vec<JobId> = accepted
         .iter()
@@ -222,8 +222,11 @@ async fn accept_and_run(q: &Queue, account: &AccountId, events: Vec<NewEvent>) -
         .collect();
     // Read back after the commit; should that fail, the calls read their outcome themselves.
     let read = async {
-        let roots = get_events(&mut *conn, account, &seqs).await?;
-        outcomes(&mut conn, account, roots).await
+        let mut tx = q.begin_for(account).await?;
+        let roots = get_events(&mut *tx, account, &seqs).await?;
+        let outs = outcomes(&mut tx, account, roots).await?;
+        tx.commit().await?;
+        Ok::<_, Error>(outs)
     };
     let mut ran_out: HashMap<String, SyncOutcome> = match read.await {
         Ok(outs) => outs.into_iter().map(|o| (o.id.clone(), o)).collect(),

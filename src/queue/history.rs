@@ -268,7 +268,9 @@ async fn drop_partition(pool: &PgPool, part: &str) -> Result<bool> {
     sqlx::query(&format!("set local lock_timeout = '{DDL_LOCK_TIMEOUT}'"))
         .execute(&mut *tx)
         .await?;
-    match sqlx::query(&format!(r#"drop table if exists "{part}""#))
+    // Through the owner's function: the role of workers (`ordo_worker`) owns no table.
+    match sqlx::query("select job_history_drop_day($1)")
+        .bind(part)
         .execute(&mut *tx)
         .await
     {

@@ -121,12 +121,39 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub struct Queue {
     pool: PgPool,
     waker: Waker,
+    /// Whether an account's transactions run under row-level security ([`Queue::for_accounts`]).
+    scoped: bool,
 }
 
 impl Queue {
-    /// Wraps a pool; `waker` may be [`Waker::disabled`] (workers then find jobs by polling).
+    /// Wraps a pool; `waker` may be [`Waker::disabled`] (workers then find jobs by polling). Transactions run as
+    /// the connecting role (workers and library callers, which may cross accounts).
     pub fn new(pool: PgPool, waker: Waker) -> Self {
-        Queue { pool, waker }
+        Queue {
+            pool,
+            waker,
+            scoped: false,
+        }
+    }
+
+    /// Like [`Queue::new`], for account requests: every transaction [`Queue::begin_for`] opens runs as the
+    /// account under row-level security (see [`crate::tenancy::begin_as`]).
+    pub fn for_accounts(pool: PgPool, waker: Waker) -> Self {
+        Queue {
+            pool,
+            waker,
+            scoped: true,
+        }
+    }
+
+    /// A transaction for `account`'s work: scoped to the account under row-level security when the queue serves
+    /// account requests, else as the connecting role.
+    pub async fn begin_for(&self, account: &AccountId) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+        Ok(if self.scoped {
+            crate::tenancy::begin_as(&self.pool, account).await?
+        } else {
+            self.pool.begin().await?
+        })
     }
 
     /// The pool.

@@ -85,6 +85,22 @@ impl Controller {
         }
     }
 
+    /// Promotes or aborts rollout `id` by its own rules, recorded in the admin audit (actor `controller`) in the
+    /// same transaction: an operator sees who moved a rollout they did not.
+    async fn decided(&self, id: i64, t: Transition, reason: &str) -> Result<()> {
+        let mut tx = self.db.begin().await?;
+        let action = if matches!(t, Transition::Abort) {
+            store::abort(&mut *tx, id, Some(reason)).await?;
+            "rollout.abort"
+        } else {
+            store::promote(&mut *tx, id).await?;
+            "rollout.promote"
+        };
+        crate::audit::record(&mut tx, crate::audit::Actor::Controller, action, &id.to_string()).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// One round: take or renew the lease and, when leading, act on every active rollout. Returns whether this
     /// process leads.
     #[tracing::instrument(skip_all, err)]
@@ -105,8 +121,7 @@ impl Controller {
                 continue;
             };
             let res = match t {
-                Transition::Abort => store::abort(&self.db, r.id, Some(&reason)).await.map(|_| ()),
-                Transition::Promote => store::promote(&self.db, r.id).await.map(|_| ()),
+                Transition::Abort | Transition::Promote => self.decided(r.id, t, &reason).await,
                 Transition::Complete => store::try_complete(&self.db, r.id).await.map(|_| ()),
             };
             if let Err(e) = res {

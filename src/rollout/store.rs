@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serializer;
-use sqlx::{PgConnection, PgExecutor, PgPool};
+use sqlx::{Acquire, PgConnection, PgExecutor, PgPool, Postgres};
 
 use super::{weight, Error, Result, Role, RolloutState, Transition};
 use crate::queue::{self, FieldError};
@@ -164,7 +164,11 @@ pub struct PoolView {
 }
 
 /// Creates or replaces a pool's queues. A queue belongs to at most one pool besides `default`.
-pub async fn put_pool(db: &PgPool, pool: &str, queues: &[String]) -> Result<WorkerPool> {
+pub async fn put_pool<'a>(
+    db: impl Acquire<'a, Database = Postgres>,
+    pool: &str,
+    queues: &[String],
+) -> Result<WorkerPool> {
     let mut errs = Vec::new();
     if !valid_name(pool) {
         errs.push(FieldError::new(
@@ -427,7 +431,7 @@ async fn lock(conn: &mut PgConnection, id: i64) -> Result<Rollout> {
 
 /// Starts a canary of `req.version` against the pool's stable version (or, before any rollout, the one version
 /// its live workers run).
-pub async fn start(db: &PgPool, req: &NewRollout) -> Result<Rollout> {
+pub async fn start<'a>(db: impl Acquire<'a, Database = Postgres>, req: &NewRollout) -> Result<Rollout> {
     req.validate()?;
     let mut tx = db.begin().await?;
     // The pool row is the per-pool lock for starting rollouts.
@@ -507,7 +511,7 @@ pub async fn start(db: &PgPool, req: &NewRollout) -> Result<Rollout> {
 }
 
 /// Promotes a canary: all new work goes to the new version, which becomes stable; the old one drains.
-pub async fn promote(db: &PgPool, id: i64) -> Result<Rollout> {
+pub async fn promote<'a>(db: impl Acquire<'a, Database = Postgres>, id: i64) -> Result<Rollout> {
     let mut tx = db.begin().await?;
     let r = lock(&mut tx, id).await?;
     let r = transition(&mut tx, &r, Transition::Promote, None).await?;
@@ -520,7 +524,7 @@ pub async fn promote(db: &PgPool, id: i64) -> Result<Rollout> {
 
 /// Aborts a rollout: the new version's unstarted jobs go back to the old version in one statement, the old one
 /// stays (or becomes again) stable, and the new one is retired.
-pub async fn abort(db: &PgPool, id: i64, reason: Option<&str>) -> Result<Rollout> {
+pub async fn abort<'a>(db: impl Acquire<'a, Database = Postgres>, id: i64, reason: Option<&str>) -> Result<Rollout> {
     let mut tx = db.begin().await?;
     let r = lock(&mut tx, id).await?;
     // The state change comes first in the transaction, but all of it commits at once: an enqueue that read the

@@ -371,12 +371,20 @@ async fn demo_key(pool: &sqlx::PgPool, demo: &AccountId, dir: &std::path::Path) 
             return Ok(key);
         }
     }
-    let key = match crate::tenancy::create_account(pool, demo, "Demo", "local").await {
-        Ok(created) => created.api_key,
+    let mut tx = pool.begin().await.map_err(crate::tenancy::Error::from)?;
+    let (key, action, target) = match crate::tenancy::create_account(&mut *tx, demo, "Demo", "local").await {
+        Ok(created) => (created.api_key, "account.create", demo.to_string()),
         // The account exists (its data was kept) but its key was not: give it a new one.
-        Err(crate::tenancy::Error::AccountExists(_)) => crate::tenancy::create_key(pool, demo).await?.api_key,
+        Err(crate::tenancy::Error::AccountExists(_)) => {
+            let key = crate::tenancy::create_key(&mut *tx, demo).await?;
+            (key.api_key, "key.create", format!("{demo}/{}", key.key_id))
+        }
         Err(e) => return Err(e.into()),
     };
+    crate::audit::record(&mut tx, crate::audit::Actor::Sandbox, action, &target)
+        .await
+        .map_err(crate::tenancy::Error::from)?;
+    tx.commit().await.map_err(crate::tenancy::Error::from)?;
     write_secret(dir, API_KEY_FILE, &key)?;
     Ok(key)
 }

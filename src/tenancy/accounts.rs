@@ -1,12 +1,13 @@
 //! Accounts and their API keys: every SQL statement on `account` and `api_key`.
 //!
-//! These run as the connecting role (not `ordo_api`): authentication has to find a key before it knows which
-//! account to scope to, and creating accounts is an admin action across tenants.
+//! None of these runs in an account transaction (role `ordo_api`): authentication has to find a key before it knows
+//! which account to scope to (the API's own connection may read keys and accounts for that, nothing else), and
+//! creating, listing and deleting accounts and keys is admin work across tenants (role `ordo_admin` in the API).
 
 use chrono::{DateTime, Utc};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
-use sqlx::{PgExecutor, PgPool};
+use sqlx::{Acquire, PgExecutor, PgPool, Postgres};
 use subtle::ConstantTimeEq;
 
 use super::{AccountId, Error, Result};
@@ -95,8 +96,13 @@ fn secret_aad(account: &AccountId) -> crate::crypt::Aad<'_> {
 
 /// Creates an account with one API key and a webhook secret; with encryption on, also its data key (in the same
 /// transaction), which seals the secret.
-pub async fn create_account(pool: &PgPool, id: &AccountId, name: &str, region: &str) -> Result<NewAccount> {
-    let mut tx = pool.begin().await?;
+pub async fn create_account<'a>(
+    db: impl Acquire<'a, Database = Postgres>,
+    id: &AccountId,
+    name: &str,
+    region: &str,
+) -> Result<NewAccount> {
+    let mut tx = db.begin().await?;
     let webhook_secret = generate_webhook_secret();
     let data_key = crate::crypt::new_account_key();
     let stored_secret = match &data_key {
@@ -171,8 +177,8 @@ pub async fn list_accounts(pool: &PgPool, after: Option<&str>, limit: i64) -> Re
 }
 
 /// Adds an API key to an existing account.
-pub async fn create_key(pool: &PgPool, account: &AccountId) -> Result<NewKey> {
-    let mut tx = pool.begin().await?;
+pub async fn create_key<'a>(db: impl Acquire<'a, Database = Postgres>, account: &AccountId) -> Result<NewKey> {
+    let mut tx = db.begin().await?;
     // Lock the account row so a key is never added to an account being deleted concurrently.
     let exists: Option<String> =
         sqlx::query_scalar("select id from account where id = $1 and deleted_at is null for share")
@@ -188,7 +194,7 @@ pub async fn create_key(pool: &PgPool, account: &AccountId) -> Result<NewKey> {
 }
 
 /// Revokes a key; returns its hash so callers can drop it from caches. Revoking twice is `KeyNotFound`.
-pub async fn revoke_key(pool: &PgPool, account: &AccountId, key_id: &str) -> Result<[u8; 32]> {
+pub async fn revoke_key<'e>(exec: impl PgExecutor<'e>, account: &AccountId, key_id: &str) -> Result<[u8; 32]> {
     let hash: Option<Vec<u8>> = sqlx::query_scalar(
         r#"
         update api_key
@@ -201,7 +207,7 @@ pub async fn revoke_key(pool: &PgPool, account: &AccountId, key_id: &str) -> Res
     )
     .bind(account.as_str())
     .bind(key_id)
-    .fetch_optional(pool)
+    .fetch_optional(exec)
     .await?;
     let hash = hash.ok_or_else(|| Error::KeyNotFound(key_id.to_owned()))?;
     hash.try_into().map_err(|_| Error::KeyNotFound(key_id.to_owned()))
@@ -234,8 +240,8 @@ pub async fn find_key<'e>(exec: impl PgExecutor<'e>, hash: &[u8; 32]) -> Result<
 /// Deletes an account: marks it deleted, revokes its API keys and destroys its data key, in one transaction, so
 /// from its commit the keys answer 401 and whatever is left of its data (here or in backups) cannot be decrypted.
 /// Its rows are purged afterwards by [`purge_deleted`]. Returns the hashes of the revoked keys, to drop from caches.
-pub async fn delete_account(pool: &PgPool, id: &AccountId) -> Result<Vec<[u8; 32]>> {
-    let mut tx = pool.begin().await?;
+pub async fn delete_account<'a>(db: impl Acquire<'a, Database = Postgres>, id: &AccountId) -> Result<Vec<[u8; 32]>> {
+    let mut tx = db.begin().await?;
     let found: Option<String> =
         sqlx::query_scalar("update account set deleted_at = now() where id = $1 and deleted_at is null returning id")
             .bind(id.as_str())

@@ -37,6 +37,29 @@ pub enum Error {
 /// Result alias for this module.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// The role of account transactions: row-level security shows it one account's rows, the one in
+/// `ordo.account_id`, and nothing at all without that setting. It can read no data key (`account_key`).
+pub const ACCOUNT_ROLE: &str = "ordo_api";
+/// The role of the API's admin work (accounts, keys, limits, pools, rollouts, scaling, the admin audit): every
+/// account's rows, but no DDL; the API's admin pool runs as it (see the README's "Database roles").
+pub const ADMIN_ROLE: &str = "ordo_admin";
+
+/// Opens a transaction scoped to `account`: role [`ACCOUNT_ROLE`] and `ordo.account_id` set, both
+/// transaction-local, so the pooled connection is clean again after commit or rollback. Every query in it sees and
+/// writes only that account's rows, even one that forgets its `account_id` filter.
+pub async fn begin_as(
+    pool: &sqlx::PgPool,
+    account: &AccountId,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+    // One round trip for BEGIN and both settings: an account id is a validated slug (`[a-z0-9-]`), so it is safe as
+    // a literal, and the simple-query protocol runs the three statements together.
+    let sql = format!(
+        "begin; set local role {ACCOUNT_ROLE}; select set_config('ordo.account_id', '{}', true)",
+        account.as_str()
+    );
+    pool.begin_with(sql).await
+}
+
 /// A validated account slug (`[a-z0-9-]{1,63}`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 #[serde(transparent)]

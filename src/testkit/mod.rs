@@ -30,8 +30,10 @@ use crate::db::MIGRATOR;
 use crate::pgserver::PgServer;
 
 mod proxy;
+mod roles;
 
 pub use proxy::{server_addr, with_host_port, TcpProxy};
+pub use roles::{login_role, LoginRole};
 
 /// The usual local PostgreSQL, used when `DATABASE_URL` is unset and something answers there.
 const LOCAL_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";

@@ -195,13 +195,14 @@ const NAV_ACCOUNT: [(&str, &str); 6] = [
     ("loads", "Loads"),
 ];
 
-const NAV_ADMIN: [(&str, &str); 6] = [
+const NAV_ADMIN: [(&str, &str); 7] = [
     ("overview", "Overview"),
     ("jobs", "Jobs"),
     ("workers", "Workers"),
     ("pools", "Pools"),
     ("rollouts", "Rollouts"),
     ("accounts", "Accounts"),
+    ("audit", "Audit"),
 ];
 
 /// A whole page: head, skip link, navigation for the session's role, sign-out button, and `body` in `<main>`.

@@ -15,6 +15,7 @@
 //!
 //! One file per page family; `html` holds the layout and helpers, `session` the sign-in.
 
+mod audit;
 mod chart;
 mod entities;
 mod history;
@@ -209,6 +210,23 @@ impl Ui {
         self.call(&s.key, Method::GET, uri, None).await?.ok()
     }
 
+    /// One page ([`PAGE_SIZE`] items) of the plain API list `path` from the dashboard page's `?cursor=`: the
+    /// cursor given (none when empty) and the API's answer.
+    pub async fn page<'q>(
+        &self,
+        s: &Session,
+        path: &str,
+        q: &'q std::collections::HashMap<String, String>,
+    ) -> Result<(Option<&'q str>, Value), Error> {
+        let cursor = Some(field(q, "cursor")).filter(|c| !c.is_empty());
+        let limit = PAGE_SIZE.to_string();
+        let uri = format!(
+            "{path}{}",
+            html::query(&[("limit", &limit), ("cursor", cursor.unwrap_or(""))])
+        );
+        Ok((cursor, self.get(s, &uri).await?))
+    }
+
     /// A state-changing request as the session's credential; the answer, whatever its status.
     pub async fn send(&self, s: &Session, method: Method, uri: &str, body: Option<Value>) -> Result<Reply, Error> {
         self.call(&s.key, method, uri, body).await
@@ -309,6 +327,7 @@ pub fn router(api: Router) -> Router {
         .route("/ui/rollouts/{id}", get(pools::rollout))
         .route("/ui/rollouts/{id}/{action}", get(pools::confirm).post(pools::act))
         .route("/ui/accounts", get(pools::accounts))
+        .route("/ui/audit", get(audit::list))
         .route("/ui/{*rest}", get(not_found))
         .with_state(Ui { api })
         .layer(map_response(secure))

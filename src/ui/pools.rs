@@ -10,8 +10,8 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::Form;
 use serde_json::{json, Map, Value};
 
-use super::html::{badge, button_form, enc, esc, flash, layout, pager, problems, query, respond, t, time};
-use super::{field, require, Error, Role, Session, Ui, PAGE_SIZE};
+use super::html::{badge, button_form, enc, esc, flash, layout, pager, problems, respond, t, time};
+use super::{field, require, Error, Role, Session, Ui};
 
 fn start_form(form: &HashMap<String, String>) -> String {
     let v = |k: &str| esc(field(form, k));
@@ -412,17 +412,7 @@ pub async fn accounts(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, Error> {
     require(&s, Role::Admin)?;
-    let cursor = Some(field(&q, "cursor")).filter(|c| !c.is_empty());
-    let limit = PAGE_SIZE.to_string();
-    let answer = ui
-        .get(
-            &s,
-            &format!(
-                "/api/accounts{}",
-                query(&[("limit", &limit), ("cursor", cursor.unwrap_or(""))])
-            ),
-        )
-        .await?;
+    let (cursor, answer) = ui.page(&s, "/api/accounts", &q).await?;
     let items = answer["items"].as_array().map(Vec::as_slice).unwrap_or_default();
     let mut rows = String::new();
     for a in items {

@@ -9,8 +9,8 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::Value;
 
-use super::html::{enc, esc, json_block, layout, pager, query, respond, t, time};
-use super::{field, require, Error, Role, Session, Ui, PAGE_SIZE};
+use super::html::{enc, esc, json_block, layout, pager, respond, t, time};
+use super::{field, require, Error, Role, Session, Ui};
 
 /// `GET /ui/workflows?cursor=`.
 pub async fn list(
@@ -19,17 +19,7 @@ pub async fn list(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, Error> {
     require(&s, Role::Account)?;
-    let cursor = Some(field(&q, "cursor")).filter(|c| !c.is_empty());
-    let limit = PAGE_SIZE.to_string();
-    let answer = ui
-        .get(
-            &s,
-            &format!(
-                "/api/workflows{}",
-                query(&[("limit", &limit), ("cursor", cursor.unwrap_or(""))])
-            ),
-        )
-        .await?;
+    let (cursor, answer) = ui.page(&s, "/api/workflows", &q).await?;
     let items = answer["items"].as_array().map(Vec::as_slice).unwrap_or_default();
     let mut rows = String::new();
     for w in items {

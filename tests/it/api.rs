@@ -1,6 +1,7 @@
 //! The HTTP API driven in-process through `tower::ServiceExt::oneshot` (no socket), against real PostgreSQL.
 
 mod accounts;
+mod audit;
 mod errors;
 mod fuzz;
 mod isolation;
@@ -13,6 +14,7 @@ mod openapi;
 mod orchestration;
 mod outage;
 mod pools;
+mod roles;
 mod schedules;
 
 use std::time::Duration;

@@ -390,3 +390,77 @@ fn alerts_and_dashboard_use_exported_metrics() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Encryption at rest is configured alike everywhere: every role of docker-compose.yml and of the Kubernetes
+/// manifests that reads `ORDO_MASTER_KEYS` gets it (in Kubernetes from the Secret), one value for all of them (a
+/// value sealed by one role must open in another), and that value is a valid key list.
+#[test]
+fn master_keys_reach_every_role_that_reads_them() {
+    const VAR: &str = "ORDO_MASTER_KEYS";
+    let mut doc = yaml_docs(&root().join("docker-compose.yml")).remove(0);
+    doc.apply_merge().unwrap();
+    let mut compose = BTreeSet::new();
+    for (name, svc) in doc["services"].as_mapping().unwrap() {
+        if svc["image"].as_str() != Some("ordo:local") {
+            continue;
+        }
+        let argv = strings(&svc["command"]);
+        if !role(&argv[0]).env.contains(VAR) {
+            continue;
+        }
+        let value = svc["environment"][VAR].as_str().unwrap_or_else(|| {
+            panic!(
+                "compose {}: `ordo {}` reads {VAR} but gets none",
+                name.as_str().unwrap(),
+                argv[0]
+            )
+        });
+        compose.insert(value.to_owned());
+    }
+    assert_eq!(compose.len(), 1, "one {VAR} for every compose role: {compose:?}");
+
+    let dir = root().join("deploy/kubernetes");
+    let kustomization = &yaml_docs(&dir.join("kustomization.yaml"))[0];
+    let docs: Vec<Value> = strings(&kustomization["resources"])
+        .iter()
+        .flat_map(|f| yaml_docs(&dir.join(f)))
+        .collect();
+    let secret = docs
+        .iter()
+        .find(|d| d["kind"].as_str() == Some("Secret"))
+        .expect("Secret");
+    let secret_name = secret["metadata"]["name"].as_str().unwrap();
+    let value = secret["stringData"][VAR]
+        .as_str()
+        .unwrap_or_else(|| panic!("the Secret has no {VAR}"));
+    for v in compose.iter().map(String::as_str).chain([value]) {
+        v.parse::<ordo::crypt::MasterKeys>()
+            .unwrap_or_else(|e| panic!("{VAR}={v}: {e}"));
+    }
+    let mut readers = 0;
+    for d in docs
+        .iter()
+        .filter(|d| matches!(d["kind"].as_str(), Some("Deployment" | "Job")))
+    {
+        let name = d["metadata"]["name"].as_str().unwrap();
+        for c in d["spec"]["template"]["spec"]["containers"].as_sequence().unwrap() {
+            let argv = strings(&c["args"]);
+            if !role(&argv[0]).env.contains(VAR) {
+                continue;
+            }
+            readers += 1;
+            let from_secret = c["envFrom"]
+                .as_sequence()
+                .map(|s| s.as_slice())
+                .unwrap_or_default()
+                .iter()
+                .any(|e| e["secretRef"]["name"].as_str() == Some(secret_name));
+            assert!(
+                from_secret,
+                "{name}: `ordo {}` reads {VAR} but does not load the Secret",
+                argv[0]
+            );
+        }
+    }
+    assert!(readers >= 3, "the API, the workers and the scheduler read {VAR}");
+}

@@ -236,6 +236,17 @@ async fn failing_canary_is_aborted_automatically() {
     .await;
     let reason = done.reason.unwrap_or_default();
     assert!(reason.contains("failure rate"), "reason: {reason}");
+    // The admin audit names the controller as the one who aborted it.
+    let audit: Vec<(String, String, String)> = ordo::audit::list(&db.pool, None, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.action, e.target, e.actor))
+        .collect();
+    assert_eq!(
+        audit,
+        vec![("rollout.abort".to_owned(), r.id.to_string(), "controller".to_owned())]
+    );
     assert_eq!(
         rollout::role_of(&db.pool, "default", "v2").await.unwrap(),
         Some(Role::Retired)

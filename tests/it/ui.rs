@@ -18,6 +18,8 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{settings, ADMIN};
 use crate::support::{fast_config, start_worker};
 
+mod audit;
+
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const CHROMIUM: &str = "/usr/bin/chromium";
 /// How long a page may take to show what a test waits for (live refresh every 2 s, workers, a busy CI machine).

@@ -1,0 +1,59 @@
+//! The admin audit trail over HTTP (CONTRACT §11): `GET /api/admin-events`, newest first, admin only.
+
+use axum::Json;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::auth::Admin;
+use super::error::{ApiError, Problem};
+use super::extract::QueryParams;
+use super::AppState;
+use crate::audit::{self, AdminEvent};
+
+/// `GET /api/admin-events` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AdminEventPage {
+    /// Admin changes, newest first.
+    pub items: Vec<AdminEvent>,
+    /// Pass as `cursor` for the next (older) page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// List admin changes (accounts, keys, limits, pools, scaling, rollouts), newest first.
+#[utoipa::path(
+    get,
+    path = "/api/admin-events",
+    tag = "accounts",
+    params(
+        ("limit" = Option<i64>, Query, description = "Page size, 1..1000 (default 100)"),
+        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "A page of admin changes", body = AdminEventPage),
+        (status = 422, description = "Invalid limit or cursor", body = Problem),
+    ),
+    security(("admin" = []))
+)]
+#[tracing::instrument(skip_all)]
+pub async fn list(
+    _: Admin,
+    state: axum::extract::State<AppState>,
+    q: QueryParams,
+) -> Result<Json<AdminEventPage>, ApiError> {
+    let limit = q.limit()?;
+    let before = match q.get("cursor") {
+        None => None,
+        Some(s) => Some(
+            s.parse::<i64>()
+                .map_err(|_| ApiError::invalid("/query/cursor", "must be a cursor from a previous page"))?,
+        ),
+    };
+    let mut items = audit::list(state.admin_pool(), before, limit + 1).await?;
+    let next_cursor = if items.len() as i64 > limit {
+        items.truncate(limit as usize);
+        items.last().map(|e| e.id.clone())
+    } else {
+        None
+    };
+    Ok(Json(AdminEventPage { items, next_cursor }))
+}
