@@ -10,8 +10,8 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::Form;
 use serde_json::{json, Map, Value};
 
-use super::html::{badge, button_form, enc, esc, flash, layout, pager, problems, respond, t, time};
-use super::{field, require, Error, Role, Session, Ui};
+use super::html::{badge, button_form, enc, esc, flash, layout, pager, problems, query, respond, t, time};
+use super::{field, require, Error, Role, Session, Ui, PAGE_SIZE};
 
 fn start_form(form: &HashMap<String, String>) -> String {
     let v = |k: &str| esc(field(form, k));

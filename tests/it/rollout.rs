@@ -456,7 +456,23 @@ async fn rollout_under_load_with_worker_processes() {
         .fetch_one(&db.pool)
         .await
         .unwrap();
-    assert_eq!((execs, distinct), (total, total), "every job ran exactly once");
+    let twice: Vec<(i64, i32, i32, String, String)> = sqlx::query_as(
+        r#"
+        select e.job_id, e.attempt, e.pid, e.started_at::text, coalesce(e.finished_at::text, '-')
+        from test_execution e
+        where e.job_id in (select job_id from test_execution group by job_id having count(*) > 1)
+        order by e.job_id, e.started_at
+        limit 20
+        "#,
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (execs, distinct),
+        (total, total),
+        "every job ran exactly once (promoted at {promoted_at}); runs of jobs that ran twice: {twice:?}"
+    );
 
     // The controller completes the rollout once v1 drained; v1's workers then exit 0 on their own.
     let controller = rollout::Controller::new(db.pool.clone(), "test-controller".into());
