@@ -16,7 +16,7 @@ use utoipa::ToSchema;
 
 use super::auth::Tenant;
 use super::error::{ApiError, Problem};
-use super::extract::{ApiPath, JsonBody, QueryParams};
+use super::extract::{ApiPath, IdPage, JsonBody, QueryParams};
 use super::MAX_BATCH_JOBS;
 use crate::queue::{self, FieldError, Job, JobFilter, JobId, JobState, NewJob};
 use crate::telemetry::metrics::JOBS_ENQUEUED_TOTAL;
@@ -44,13 +44,16 @@ const FIELDS: [&str; 9] = [
 /// A job to enqueue (the body of `POST /api/jobs`, and each element of a batch).
 #[derive(Debug, ToSchema)]
 #[schema(as = NewJob)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct NewJobBody {
     /// Handler kind, e.g. `noop`.
+    #[schema(min_length = 1, max_length = 255)]
     kind: String,
     /// Handler arguments (an object; default `{}`).
     args: Option<Map<String, Value>>,
     /// Queue (default `default`).
+    #[schema(min_length = 1, max_length = 255)]
     queue: Option<String>,
     /// 0..9, 0 runs first (default 5).
     #[schema(minimum = 0, maximum = 9)]
@@ -58,14 +61,16 @@ pub struct NewJobBody {
     /// Earliest run time (RFC 3339); default now.
     run_at: Option<DateTime<Utc>>,
     /// Attempts allowed (default 20).
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, maximum = 2147483647)]
     max_attempts: Option<i32>,
     /// Per-job timeout in milliseconds.
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, maximum = 2147483647)]
     timeout_ms: Option<i32>,
     /// Per-account deduplication key (or the `Idempotency-Key` header).
+    #[schema(min_length = 1, max_length = 255)]
     idempotency_key: Option<String>,
     /// Jobs with one key run one at a time, in enqueue order.
+    #[schema(min_length = 1, max_length = 255)]
     concurrency_key: Option<String>,
 }
 
@@ -135,9 +140,11 @@ pub struct JobBody {
 /// `POST /api/jobs/batch` body.
 #[derive(Debug, ToSchema)]
 #[schema(as = JobBatch)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct BatchBody {
     /// Up to 10 000 jobs, enqueued all or nothing.
+    #[schema(min_items = 1, max_items = 10000)]
     jobs: Vec<NewJobBody>,
 }
 
@@ -191,7 +198,7 @@ fn string_field(obj: &Map<String, Value>, name: &str, base: &str, errs: &mut Vec
             ));
             None
         }
-        Some(Value::String(s)) if !s.is_empty() && s.len() <= 255 => Some(s.clone()),
+        Some(Value::String(s)) if !s.is_empty() && s.chars().count() <= 255 => Some(s.clone()),
         Some(Value::String(_)) => {
             errs.push(FieldError::new(format!("{base}/{name}"), "must be 1 to 255 characters"));
             None
@@ -212,7 +219,7 @@ fn int_field(
 ) -> Option<i64> {
     match obj.get(name) {
         None | Some(Value::Null) => None,
-        Some(Value::Number(n)) => match n.as_i64() {
+        Some(v @ Value::Number(_)) => match queue::json_integer(v) {
             Some(i) if range.contains(&i) => Some(i),
             _ => {
                 errs.push(FieldError::new(
@@ -530,8 +537,7 @@ pub async fn get(tenant: Tenant, ApiPath(id): ApiPath<String>) -> Result<Json<Jo
         ("queue" = Option<String>, Query, description = "Only this queue"),
         ("state" = Option<JobState>, Query, description = "Only this state"),
         ("kind" = Option<String>, Query, description = "Only this kind"),
-        ("limit" = Option<i64>, Query, description = "Page size, 1..1000 (default 100)"),
-        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
+        IdPage,
     ),
     responses(
         (status = 200, description = "A page of jobs", body = JobPage),
@@ -548,7 +554,7 @@ pub async fn list(tenant: Tenant, q: QueryParams) -> Result<Json<JobPage>, ApiEr
         }
         0
     });
-    let state = match q.get("state") {
+    let state = match q.given("state") {
         None => None,
         Some(s) => match s.parse::<JobState>() {
             Ok(s) => Some(s),
@@ -566,15 +572,13 @@ pub async fn list(tenant: Tenant, q: QueryParams) -> Result<Json<JobPage>, ApiEr
             }
         },
     };
-    let before = match q.get("cursor") {
-        None => None,
-        Some(c) => match c.parse::<JobId>() {
-            Ok(id) => Some(id),
-            Err(_) => {
-                errs.push(FieldError::new("/query/cursor", "not a cursor of this list"));
-                None
-            }
-        },
+    let before = match q.id_cursor("cursor") {
+        Ok(id) => id.map(JobId),
+        Err(ApiError::Invalid(mut v)) => {
+            errs.append(&mut v);
+            None
+        }
+        Err(e) => return Err(e),
     };
     if !errs.is_empty() {
         return Err(ApiError::Invalid(errs));

@@ -10,6 +10,10 @@ use utoipa::{Modify, OpenApi};
 
 use super::{accounts, error, health, jobs, limits, loads, orchestration, pools, queues, schedules};
 
+mod problems;
+
+use problems::Problems;
+
 /// The API description.
 #[derive(OpenApi)]
 #[openapi(
@@ -71,8 +75,16 @@ use super::{accounts, error, health, jobs, limits, loads, orchestration, pools, 
         limits::put,
         limits::usage,
     ),
-    components(schemas(error::Problem, error::ProblemField)),
-    modifiers(&Security),
+    components(schemas(
+        error::Problem,
+        error::ProblemField,
+        crate::orchestration::EventKind,
+        crate::orchestration::EventStatus,
+        crate::load::Outcome,
+        limits::QueueLimitBody,
+        limits::KindLimitBody,
+    )),
+    modifiers(&Security, &Problems),
     tags(
         (name = "jobs", description = "The durable queue"),
         (name = "queues", description = "Queue figures, pause and resume"),
