@@ -44,7 +44,12 @@ cleanup() {
 trap cleanup EXIT
 
 "$ORDO_BIN" migrate >"$work/migrate.log" 2>&1 || { cat "$work/migrate.log" >&2; exit 1; }
-key=$("$ORDO_BIN" account create fuzz --name schemathesis | sed -n 's/^api_key=//p')
+key=$("$ORDO_BIN" account create fuzz --name schemathesis 2>>"$work/migrate.log" | sed -n 's/^api_key=//p')
+if [ -z "$key" ]; then
+    echo "ordo account create printed no api_key:" >&2
+    cat "$work/migrate.log" >&2
+    exit 1
+fi
 admin_token=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
 
 # Port 0: the kernel picks a free port, and the API logs the address it listens on. No rate limit: a 429 would
@@ -55,7 +60,8 @@ api_pid=$!
 base=
 for _ in $(seq 1 120); do
     addr=$(grep -o 'addr=127\.0\.0\.1:[0-9]*' "$work/api.log" | head -n1 || true)
-    if [ -n "$addr" ] && curl -fsS "http://${addr#addr=}/readyz" >/dev/null 2>&1; then
+    if [ -n "$addr" ] && python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)' \
+        "http://${addr#addr=}/readyz" >/dev/null 2>&1; then
         base="http://${addr#addr=}"
         break
     fi
