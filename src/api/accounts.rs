@@ -8,7 +8,7 @@ use utoipa::ToSchema;
 
 use super::auth::Admin;
 use super::error::{ApiError, Problem};
-use super::extract::{ApiPath, JsonBody, QueryParams};
+use super::extract::{ApiPath, JsonBody, Page, QueryParams};
 use super::AppState;
 use crate::audit;
 use crate::queue::FieldError;
@@ -17,13 +17,17 @@ use crate::tenancy::{self, Account, AccountId};
 /// `POST /api/accounts` body.
 #[derive(Debug, ToSchema)]
 #[schema(as = NewAccount)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct CreateAccountBody {
     /// Slug `[a-z0-9-]{1,63}`.
+    #[schema(pattern = "^[a-z0-9-]{1,63}$")]
     id: String,
     /// Display name (default empty).
+    #[schema(max_length = 255)]
     name: Option<String>,
     /// Home region (default: this node's `ORDO_REGION`).
+    #[schema(min_length = 1, max_length = 255)]
     region: Option<String>,
 }
 
@@ -79,7 +83,7 @@ pub struct KeyCreated {
 fn text(obj: &serde_json::Map<String, Value>, name: &str, errs: &mut Vec<FieldError>) -> Option<String> {
     match obj.get(name) {
         None | Some(Value::Null) => None,
-        Some(Value::String(s)) if s.len() <= 255 => Some(s.clone()),
+        Some(Value::String(s)) if s.chars().count() <= 255 => Some(s.clone()),
         Some(Value::String(_)) => {
             errs.push(FieldError::new(format!("/{name}"), "must be at most 255 characters"));
             None
@@ -168,8 +172,7 @@ pub async fn create(
     path = "/api/accounts",
     tag = "accounts",
     params(
-        ("limit" = Option<i64>, Query, description = "Page size, 1..1000 (default 100)"),
-        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
+        Page,
     ),
     responses(
         (status = 200, description = "A page of accounts", body = AccountPage),

@@ -12,6 +12,9 @@ use utoipa::ToSchema;
 use crate::queue::{self, FieldError};
 use crate::tenancy;
 
+/// The media type of every error answer (RFC 9457).
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
 /// Seconds a client should wait before retrying while the database is unreachable.
 const DB_RETRY_AFTER_S: u64 = 1;
 
@@ -203,10 +206,7 @@ impl IntoResponse for ApiError {
         let status = self.status();
         let body = serde_json::to_vec(&self.problem()).unwrap_or_default();
         let mut headers = HeaderMap::new();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         match &self {
             ApiError::Unauthorized(_) => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

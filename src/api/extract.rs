@@ -10,6 +10,7 @@ use axum::http::request::Parts;
 use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use utoipa::IntoParams;
 
 use super::error::ApiError;
 
@@ -69,6 +70,41 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath
     }
 }
 
+/// `?limit=` of every list, as the OpenAPI document describes it (read with [`QueryParams::limit`]).
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct Limit {
+    /// Page size (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<i64>,
+}
+
+/// `?limit=&cursor=` of a list in key order, whose cursor is the last key of the previous page.
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct Page {
+    /// Page size (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+/// `?limit=&cursor=` of a list paged by id or sequence number (read with [`QueryParams::id_cursor`]).
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct IdPage {
+    /// Page size (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    #[param(pattern = "^[1-9][0-9]{0,17}$")]
+    cursor: Option<String>,
+}
+
 /// Query parameters as strings; their meaning is checked by the handler (422 naming `/query/<name>`).
 #[derive(Debug, Default)]
 pub struct QueryParams(pub HashMap<String, String>);
@@ -89,14 +125,36 @@ impl QueryParams {
         self.0.get(name).map(String::as_str).filter(|v| !v.is_empty())
     }
 
+    /// A parameter as sent, `Some("")` when empty: for parameters with a type or a set of values, where an empty
+    /// value is as wrong as any other outside it.
+    pub fn given(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+
     /// `?limit=`: default 100, 1..=1000 else 422.
     pub fn limit(&self) -> Result<i64, ApiError> {
-        match self.get("limit") {
+        match self.given("limit") {
             None => Ok(DEFAULT_LIMIT),
             Some(s) => match s.parse::<i64>() {
                 Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
                 _ => Err(ApiError::invalid("/query/limit", "must be an integer from 1 to 1000")),
             },
+        }
+    }
+
+    /// A numeric cursor (`name` is `cursor`, or an older name of it): a positive id or sequence number of at most
+    /// 18 digits, as [`IdPage`] documents it, else 422.
+    pub fn id_cursor(&self, name: &str) -> Result<Option<i64>, ApiError> {
+        let Some(s) = self.given(name) else {
+            return Ok(None);
+        };
+        let well_formed = (1..=18).contains(&s.len()) && !s.starts_with('0') && s.bytes().all(|b| b.is_ascii_digit());
+        match s.parse::<i64>() {
+            Ok(n) if well_formed => Ok(Some(n)),
+            _ => Err(ApiError::invalid(
+                format!("/query/{name}"),
+                "is not a cursor of this listing",
+            )),
         }
     }
 
@@ -141,14 +199,27 @@ mod tests {
         }
     }
 
-    /// Limits outside 1..=1000 are refused.
+    /// Limits outside 1..=1000 are refused, and so is an empty one.
     #[test]
     fn limit_bounds() {
         let q = |v: &str| QueryParams(HashMap::from([("limit".to_owned(), v.to_owned())]));
         assert_eq!(QueryParams::default().limit().unwrap(), 100);
         assert_eq!(q("1000").limit().unwrap(), 1000);
-        for bad in ["0", "1001", "-1", "x"] {
-            assert!(q(bad).limit().is_err(), "{bad}");
+        for bad in ["0", "1001", "-1", "x", ""] {
+            assert!(q(bad).limit().is_err(), "{bad:?}");
+        }
+    }
+
+    /// A numeric cursor is what `IdPage` documents: 1 to 18 digits, no leading zero, nothing else (not even nothing).
+    #[test]
+    fn id_cursor_is_the_documented_pattern() {
+        let q = |v: &str| QueryParams(HashMap::from([("cursor".to_owned(), v.to_owned())]));
+        assert_eq!(QueryParams::default().id_cursor("cursor").unwrap(), None);
+        for (ok, n) in [("1", 1), ("42", 42), ("999999999999999999", 999_999_999_999_999_999)] {
+            assert_eq!(q(ok).id_cursor("cursor").unwrap(), Some(n), "{ok}");
+        }
+        for bad in ["", "0", "01", "+1", "-1", " 1", "1a", "1234567890123456789"] {
+            assert!(q(bad).id_cursor("cursor").is_err(), "{bad:?}");
         }
     }
 

@@ -37,6 +37,21 @@ pub fn string(obj: &Map<String, Value>, name: &str, required: bool, errs: &mut V
     }
 }
 
+/// Rewrites every integral float (`25.0`) as an integer, the way JSON Schema reads `integer`, before a body is
+/// deserialised into integer fields (serde refuses `25.0` for an `i16`).
+pub fn integral_floats_as_integers(v: &mut Value) {
+    match v {
+        Value::Number(n) if !(n.is_i64() || n.is_u64()) => {
+            if let Some(i) = crate::queue::json_integer(v) {
+                *v = Value::from(i);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(integral_floats_as_integers),
+        Value::Object(fields) => fields.values_mut().for_each(integral_floats_as_integers),
+        _ => {}
+    }
+}
+
 /// An optional boolean field.
 pub fn boolean(obj: &Map<String, Value>, name: &str, errs: &mut Vec<FieldError>) -> Option<bool> {
     match obj.get(name) {

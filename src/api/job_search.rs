@@ -31,10 +31,13 @@ const FILTERS: [&str; 8] = [
     "to",
 ];
 
+/// The filters whose values have a type or a set of values: given empty, they are as wrong as any other value.
+const TYPED: [&str; 4] = ["state", "id", "from", "to"];
+
 /// Reads the filters through `get` (`prefix` + name is each field's error path); every invalid one is reported.
 fn parse_filter(get: impl Fn(&str) -> Option<String>, prefix: &str, errs: &mut Vec<FieldError>) -> JobFilter {
     let mut f = JobFilter::default();
-    let nonempty = |name: &str| get(name).filter(|v| !v.is_empty());
+    let nonempty = |name: &str| get(name).filter(|v| !v.is_empty() || TYPED.contains(&name));
     f.queue = nonempty("queue");
     f.kind = nonempty("kind");
     f.kind_prefix = nonempty("kind_prefix");
@@ -88,13 +91,12 @@ fn listing(q: &QueryParams) -> Result<JobFilter, ApiError> {
         }
         0
     });
-    let mut f = parse_filter(|n| q.get(n).map(str::to_owned), "/query/", &mut errs);
+    let mut f = parse_filter(|n| q.given(n).map(str::to_owned), "/query/", &mut errs);
     f.limit = limit;
-    if let Some(c) = q.get("cursor") {
-        match c.parse::<JobId>() {
-            Ok(id) => f.before = Some(id),
-            Err(_) => errs.push(FieldError::new("/query/cursor", "not a cursor of this list")),
-        }
+    match q.id_cursor("cursor") {
+        Ok(id) => f.before = id.map(JobId),
+        Err(ApiError::Invalid(mut v)) => errs.append(&mut v),
+        Err(e) => return Err(e),
     }
     if errs.is_empty() {
         Ok(f)

@@ -20,14 +20,15 @@ use super::extract::{ApiPath, JsonBody};
 use super::MAX_BATCH_JOBS;
 use crate::queue::{self, FieldError, Job, JobId, JobState, NewJob};
 use crate::telemetry::metrics::JOBS_ENQUEUED_TOTAL;
+use wire::{BatchBody, NewJobBody};
+pub(super) use wire::JobBody;
+
+mod wire;
 
 /// Header that may carry the idempotency key instead of the body field.
 pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
 /// Header set on a replayed idempotent request.
 pub const REPLAYED_HEADER: &str = "idempotent-replayed";
-
-// The `*Body` structs below document the wire format for OpenAPI only (bodies are parsed by hand, responses are
-// serialised from the queue's own types), hence `allow(dead_code)` on them.
 
 const FIELDS: [&str; 9] = [
     "kind",
@@ -40,106 +41,6 @@ const FIELDS: [&str; 9] = [
     "idempotency_key",
     "concurrency_key",
 ];
-
-/// A job to enqueue (the body of `POST /api/jobs`, and each element of a batch).
-#[derive(Debug, ToSchema)]
-#[schema(as = NewJob)]
-#[allow(dead_code)]
-pub struct NewJobBody {
-    /// Handler kind, e.g. `noop`.
-    kind: String,
-    /// Handler arguments (an object; default `{}`).
-    args: Option<Map<String, Value>>,
-    /// Queue (default `default`).
-    queue: Option<String>,
-    /// 0..9, 0 runs first (default 5).
-    #[schema(minimum = 0, maximum = 9)]
-    priority: Option<i16>,
-    /// Earliest run time (RFC 3339); default now.
-    run_at: Option<DateTime<Utc>>,
-    /// Attempts allowed (default 20).
-    #[schema(minimum = 1)]
-    max_attempts: Option<i32>,
-    /// Per-job timeout in milliseconds.
-    #[schema(minimum = 1)]
-    timeout_ms: Option<i32>,
-    /// Per-account deduplication key (or the `Idempotency-Key` header).
-    idempotency_key: Option<String>,
-    /// Jobs with one key run one at a time, in enqueue order.
-    concurrency_key: Option<String>,
-}
-
-/// One entry of a job's error history.
-#[derive(Debug, ToSchema)]
-#[schema(as = JobError)]
-#[allow(dead_code)]
-pub struct JobErrorBody {
-    /// Attempt that failed.
-    attempt: i32,
-    /// When (RFC 3339).
-    at: DateTime<Utc>,
-    /// What went wrong.
-    message: String,
-}
-
-/// A job (`job` in CONTRACT §4).
-#[derive(Debug, ToSchema)]
-#[schema(as = Job)]
-#[allow(dead_code)]
-pub struct JobBody {
-    /// Id (a string).
-    id: String,
-    /// Queue.
-    queue: String,
-    /// Handler kind.
-    kind: String,
-    /// Handler arguments.
-    args: Value,
-    /// Current state.
-    state: JobState,
-    /// 0 runs first.
-    priority: i16,
-    /// Attempts started (1 during the first run).
-    attempt: i32,
-    /// Attempts allowed.
-    max_attempts: i32,
-    /// Earliest run time.
-    run_at: DateTime<Utc>,
-    /// Enqueue time.
-    created_at: DateTime<Utc>,
-    /// Start of the latest attempt.
-    started_at: Option<DateTime<Utc>>,
-    /// End time, once finished.
-    finished_at: Option<DateTime<Utc>>,
-    /// Handler result, once completed.
-    result: Option<Value>,
-    /// One entry per failed attempt.
-    errors: Vec<JobErrorBody>,
-    /// Deduplication key.
-    idempotency_key: Option<String>,
-    /// Ordering key.
-    concurrency_key: Option<String>,
-    /// Pool of the worker that ran it.
-    pool: Option<String>,
-    /// Version routed to while waiting (null = any), or that ran it.
-    version: Option<String>,
-    /// Per-job timeout override.
-    timeout_ms: Option<i32>,
-    /// W3C trace context of the request that created it.
-    traceparent: Option<String>,
-    /// Only in answers to `POST /api/jobs`, and only when there is something to say: e.g. that no live worker
-    /// serving the queue knows the kind, so the job waits.
-    warnings: Option<Vec<String>>,
-}
-
-/// `POST /api/jobs/batch` body.
-#[derive(Debug, ToSchema)]
-#[schema(as = JobBatch)]
-#[allow(dead_code)]
-pub struct BatchBody {
-    /// Up to 10 000 jobs, enqueued all or nothing.
-    jobs: Vec<NewJobBody>,
-}
 
 /// One job's outcome in a batch.
 #[derive(Debug, Serialize, ToSchema)]
@@ -191,7 +92,7 @@ fn string_field(obj: &Map<String, Value>, name: &str, base: &str, errs: &mut Vec
             ));
             None
         }
-        Some(Value::String(s)) if !s.is_empty() && s.len() <= 255 => Some(s.clone()),
+        Some(Value::String(s)) if !s.is_empty() && s.chars().count() <= 255 => Some(s.clone()),
         Some(Value::String(_)) => {
             errs.push(FieldError::new(format!("{base}/{name}"), "must be 1 to 255 characters"));
             None
@@ -212,7 +113,7 @@ fn int_field(
 ) -> Option<i64> {
     match obj.get(name) {
         None | Some(Value::Null) => None,
-        Some(Value::Number(n)) => match n.as_i64() {
+        Some(v @ Value::Number(_)) => match queue::json_integer(v) {
             Some(i) if range.contains(&i) => Some(i),
             _ => {
                 errs.push(FieldError::new(

@@ -3,6 +3,8 @@
 use std::collections::BTreeMap;
 
 use axum::Json;
+use utoipa::openapi::schema::{Object, ObjectBuilder, SchemaType, Type};
+use utoipa::openapi::Ref;
 use utoipa::ToSchema;
 
 use super::accounts::account_id;
@@ -15,34 +17,56 @@ use crate::queue::{self, Limits};
 /// An account's weight and limits.
 #[derive(Debug, ToSchema)]
 #[schema(as = Limits)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct LimitsBody {
     /// Share of each queue against the other accounts with waiting work there, 1..10000 (default 1).
+    #[schema(minimum = 1, maximum = 10000)]
     weight: Option<i32>,
     /// Per queue: at most `max_running` of the account's jobs of the queue leased at once.
+    #[schema(schema_with = by_name::<QueueLimitBody>)]
     queues: Option<BTreeMap<String, QueueLimitBody>>,
     /// Per kind, in every queue: at most `max_running` leased at once, at most `max_per_second` started in any
     /// one second.
+    #[schema(schema_with = by_name::<KindLimitBody>)]
     kinds: Option<BTreeMap<String, KindLimitBody>>,
+}
+
+/// A map from queue or kind names (1 to 255 characters) to their limits, or null.
+fn by_name<T: ToSchema>() -> Object {
+    let name = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .min_length(Some(1))
+        .max_length(Some(255));
+    ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::Object, Type::Null]))
+        .property_names(Some(name))
+        .additional_properties(Some(Ref::from_schema_name(T::name())))
+        .build()
 }
 
 /// A limit on an account's jobs of one queue.
 #[derive(Debug, ToSchema)]
 #[schema(as = QueueLimit)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct QueueLimitBody {
     /// 1..1000000.
+    #[schema(minimum = 1, maximum = 1000000)]
     max_running: i32,
 }
 
 /// Limits on an account's jobs of one kind (at least one of the two).
 #[derive(Debug, ToSchema)]
 #[schema(as = KindLimit)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct KindLimitBody {
     /// 1..1000000.
+    #[schema(minimum = 1, maximum = 1000000)]
     max_running: Option<i32>,
     /// 1..1000000.
+    #[schema(minimum = 1, maximum = 1000000)]
     max_per_second: Option<i32>,
 }
 

@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 
 use super::auth::Tenant;
 use super::error::{ApiError, Problem};
-use super::extract::{ApiPath, JsonBody, QueryParams};
+use super::extract::{ApiPath, IdPage, JsonBody, Limit, QueryParams};
 use super::fields::{object, reject_unknown, string};
 use super::jobs::{IDEMPOTENCY_KEY_HEADER, REPLAYED_HEADER};
 use crate::load::{self, store, Load, LoadDetail, Outcome, RecordResult};
@@ -25,22 +25,28 @@ pub struct LoadDocument(Value);
 
 /// `POST /api/loads` body.
 #[derive(Debug, ToSchema)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct NewLoadBody {
     /// Unique per account and UTC day.
+    #[schema(min_length = 1)]
     name: String,
 }
 
 /// `POST /api/loads/{id}/batches` body.
 #[derive(Debug, ToSchema)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct NewBatchBody {
     /// `upsert`.
+    #[schema(pattern = "^upsert$")]
     action: String,
     /// `inventory`.
+    #[schema(pattern = "^inventory$")]
     entity_type: String,
-    /// Up to 5 000 records `{sku_ref, location_ref, qty}`.
-    #[schema(value_type = Vec<Object>)]
+    /// 1 to 5 000 records `{sku_ref, location_ref, qty}`; a record of another shape is refused on its own (its
+    /// result says why), not the batch.
+    #[schema(min_items = 1, max_items = 5000)]
     records: Vec<Value>,
 }
 
@@ -134,8 +140,7 @@ pub async fn create(tenant: Tenant, JsonBody(body): JsonBody) -> Result<Response
     tag = "loads",
     params(
         ("name" = Option<String>, Query, description = "Only loads of this name"),
-        ("limit" = Option<i64>, Query, description = "Page size, 1..1000 (default 100)"),
-        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
+        IdPage,
     ),
     responses(
         (status = 200, description = "A page of loads", body = LoadPage),
@@ -146,12 +151,13 @@ pub async fn create(tenant: Tenant, JsonBody(body): JsonBody) -> Result<Response
 #[tracing::instrument(skip_all, fields(account = %tenant.account))]
 pub async fn list(tenant: Tenant, q: QueryParams) -> Result<Json<LoadPage>, ApiError> {
     let limit = q.limit()?;
+    let cursor = q.id_cursor("cursor")?.map(|id| id.to_string());
     let mut tx = tenant.begin().await?;
     let mut items = store::list_loads(
         &mut *tx,
         &tenant.account,
         q.get("name"),
-        q.get("cursor"),
+        cursor.as_deref(),
         limit + 1,
         Utc::now(),
     )
@@ -208,7 +214,7 @@ fn header_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     request_body = NewBatchBody,
     params(
         ("id" = String, Path, description = "Load id"),
-        ("Idempotency-Key" = Option<String>, Header, description = "Deduplicates resends (per account)"),
+        ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "Deduplicates resends (per account)"),
     ),
     responses(
         (status = 202, description = "Accepted: {id, status: pending, counts}", body = LoadDocument),
@@ -314,10 +320,10 @@ pub async fn get_batch(
     params(
         ("id" = String, Path, description = "Load id"),
         ("batch_id" = String, Path, description = "Batch id"),
-        ("outcome" = Option<String>, Query, description = "changed, unchanged or failed"),
-        ("limit" = Option<i64>, Query, description = "Page size, 1..1000 (default 100)"),
-        ("after" = Option<i64>, Query, description = "Records after this index (next_cursor of the previous page)"),
-        ("cursor" = Option<String>, Query, description = "Same as after"),
+        ("outcome" = Option<Outcome>, Query, description = "Only records with this outcome"),
+        Limit,
+        ("after" = Option<i32>, Query, minimum = 0, description = "Records after this index (next_cursor of the previous page)"),
+        ("cursor" = Option<i32>, Query, minimum = 0, description = "The same as `after`"),
     ),
     responses(
         (status = 200, description = "{items: [{index, sku_ref, location_ref, outcome, message?}], next_cursor}", body = ResultPage),
@@ -333,18 +339,20 @@ pub async fn results(
     q: QueryParams,
 ) -> Result<Json<ResultPage>, ApiError> {
     let limit = q.limit()?;
-    let outcome = match q.get("outcome") {
+    let outcome = match q.given("outcome") {
         None => None,
         Some(s) => Some(
             Outcome::parse(s)
                 .ok_or_else(|| ApiError::invalid("/query/outcome", "must be changed, unchanged or failed"))?,
         ),
     };
-    let after = match q.get("after").or_else(|| q.get("cursor")) {
+    let after = match q.given("after").or_else(|| q.given("cursor")) {
         None => None,
         Some(s) => Some(
             s.parse::<i32>()
-                .map_err(|_| ApiError::invalid("/query/after", "must be a record index"))?,
+                .ok()
+                .filter(|i| *i >= 0)
+                .ok_or_else(|| ApiError::invalid("/query/after", "must be a record index"))?,
         ),
     };
     let mut tx = tenant.begin().await?;

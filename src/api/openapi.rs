@@ -12,6 +12,10 @@ use super::{
     accounts, admin_events, error, health, job_search, jobs, limits, loads, orchestration, pools, queues, schedules,
 };
 
+mod problems;
+
+use problems::Problems;
+
 /// The API description.
 #[derive(OpenApi)]
 #[openapi(
@@ -78,8 +82,16 @@ use super::{
         limits::usage,
         admin_events::list,
     ),
-    components(schemas(error::Problem, error::ProblemField)),
-    modifiers(&Security),
+    components(schemas(
+        error::Problem,
+        error::ProblemField,
+        crate::orchestration::EventKind,
+        crate::orchestration::EventStatus,
+        crate::load::Outcome,
+        limits::QueueLimitBody,
+        limits::KindLimitBody,
+    )),
+    modifiers(&Security, &Problems),
     tags(
         (name = "jobs", description = "The durable queue"),
         (name = "queues", description = "Queue figures, pause and resume"),

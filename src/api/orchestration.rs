@@ -12,9 +12,9 @@ use utoipa::ToSchema;
 
 use super::auth::Tenant;
 use super::error::{ApiError, Problem};
-use super::extract::{ApiPath, JsonBody, QueryParams};
+use super::extract::{ApiPath, IdPage, JsonBody, Limit, Page, QueryParams};
 use super::fields::{object, reject_unknown, string};
-use crate::orchestration::{self, EventFilter, NewEntity, NewEvent, Version};
+use crate::orchestration::{self, EventFilter, EventKind, EventStatus, NewEntity, NewEvent, Version};
 use crate::queue::{FieldError, Queue};
 
 /// Longest wait of `POST /api/events/sync`.
@@ -25,6 +25,68 @@ const MAX_SYNC_TIMEOUT_MS: u64 = 60_000;
 #[schema(as = OrchestrationDocument, value_type = Object)]
 #[allow(dead_code)]
 pub struct Document(Value);
+
+// The `*Body` structs below document request bodies for OpenAPI only: bodies are parsed by hand, so that every bad
+// field is reported at once.
+
+/// `POST /api/entities` body.
+#[derive(Debug, ToSchema)]
+#[schema(as = NewEntity)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct NewEntityBody {
+    /// Entity type; with `subtype` it names the workflow `TYPE::SUBTYPE` the entity follows, which must exist.
+    #[serde(rename = "type")]
+    #[schema(min_length = 1, max_length = 255, pattern = "^(:?[^:])*:?$")]
+    entity_type: String,
+    /// Subtype (no `::` either).
+    #[schema(min_length = 1, max_length = 255, pattern = "^(:?[^:])*:?$")]
+    subtype: String,
+    /// The entity's own reference, unique per type.
+    #[serde(rename = "ref")]
+    #[schema(min_length = 1, max_length = 255)]
+    entity_ref: String,
+    /// Initial status, one the workflow declares (default: its first).
+    #[schema(min_length = 1)]
+    status: Option<String>,
+    /// Attributes.
+    attributes: Option<Map<String, Value>>,
+}
+
+/// The entity an event is about.
+#[derive(Debug, ToSchema)]
+#[schema(as = EventEntity)]
+#[allow(dead_code)]
+struct EventEntityBody {
+    /// Entity type.
+    #[serde(rename = "type")]
+    #[schema(min_length = 1)]
+    entity_type: String,
+    /// Entity ref.
+    #[serde(rename = "ref")]
+    #[schema(min_length = 1)]
+    entity_ref: String,
+}
+
+/// `POST /api/events` and `POST /api/events/sync` body.
+#[derive(Debug, ToSchema)]
+#[schema(as = NewEvent)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct NewEventBody {
+    /// Event name, e.g. `CREATE`.
+    #[schema(min_length = 1, max_length = 255)]
+    name: String,
+    /// The entity, which must exist.
+    entity: EventEntityBody,
+    /// Attributes.
+    attributes: Option<Map<String, Value>>,
+    /// Run it then instead of now (RFC 3339).
+    scheduled_at: Option<DateTime<Utc>>,
+    /// Per-account deduplication key (or the `Idempotency-Key` header).
+    #[schema(min_length = 1)]
+    idempotency_key: Option<String>,
+}
 
 /// The queue of an account request: its transactions run as the account under row-level security.
 fn queue(tenant: &Tenant) -> Queue {
@@ -73,7 +135,7 @@ pub async fn put_workflow(
     q: QueryParams,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
-    let major = match q.get("major") {
+    let major = match q.given("major") {
         None | Some("false") => false,
         Some("true") => true,
         Some(_) => return Err(ApiError::invalid("/query/major", "must be true or false")),
@@ -94,8 +156,7 @@ pub async fn put_workflow(
     path = "/api/workflows",
     tag = "orchestration",
     params(
-        ("limit" = Option<i64>, Query, description = "Page size, 1..1000 (default 100)"),
-        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
+        Page,
     ),
     responses((status = 200, description = "A page of workflows", body = Document)),
     security(("bearer" = []))
@@ -164,8 +225,7 @@ pub async fn get_workflow_version(
     path = "/api/rules",
     tag = "orchestration",
     params(
-        ("limit" = Option<i64>, Query, description = "Page size, 1..1000 (default 100)"),
-        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
+        Page,
     ),
     responses(
         (status = 200, description = "The rule registry in name order", body = Document),
@@ -192,9 +252,10 @@ pub async fn rules(_tenant: Tenant, q: QueryParams) -> Result<Response, ApiError
     post,
     path = "/api/entities",
     tag = "orchestration",
-    request_body = Document,
+    request_body = NewEntityBody,
     responses(
         (status = 201, description = "The entity", body = Document),
+        (status = 404, description = "No workflow TYPE::SUBTYPE", body = Problem),
         (status = 409, description = "type + ref exists", body = Problem),
         (status = 422, description = "Invalid fields", body = Problem),
     ),
@@ -230,8 +291,8 @@ pub async fn create_entity(tenant: Tenant, headers: HeaderMap, JsonBody(body): J
         ("type" = Option<String>, Query, description = "Only this entity type"),
         ("ref_prefix" = Option<String>, Query, description = "Only refs starting with this"),
         ("status" = Option<String>, Query, description = "Only this status"),
-        ("limit" = Option<i64>, Query, description = "Page size, 1..1000 (default 100)"),
-        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
+        Limit,
+        ("cursor" = Option<String>, Query, pattern = "::", description = "next_cursor of the previous page (`TYPE::ref`)"),
     ),
     responses(
         (status = 200, description = "A page of entities", body = Document),
@@ -248,7 +309,7 @@ pub async fn list_entities(tenant: Tenant, q: QueryParams) -> Result<Response, A
         status: q.get("status").map(str::to_owned),
     };
     let mut tx = tenant.begin().await?;
-    let page = orchestration::list_entities(&mut *tx, &tenant.account, &filter, limit, q.get("cursor")).await?;
+    let page = orchestration::list_entities(&mut *tx, &tenant.account, &filter, limit, q.given("cursor")).await?;
     tx.commit().await?;
     Ok(json(StatusCode::OK, page))
 }
@@ -351,7 +412,7 @@ fn parse_event(body: &Value, headers: &HeaderMap) -> Result<NewEvent, ApiError> 
     post,
     path = "/api/events",
     tag = "orchestration",
-    request_body = Document,
+    request_body = NewEventBody,
     params(("Idempotency-Key" = Option<String>, Header, description = "Idempotency key, instead of the body field")),
     responses(
         (status = 202, description = "Accepted: the event, pending or scheduled", body = Document),
@@ -378,8 +439,8 @@ pub async fn send_event(tenant: Tenant, headers: HeaderMap, JsonBody(body): Json
     post,
     path = "/api/events/sync",
     tag = "orchestration",
-    request_body = Document,
-    params(("timeout_ms" = Option<u64>, Query, description = "Deadline, default 10000, at most 60000")),
+    request_body = NewEventBody,
+    params(("timeout_ms" = Option<u64>, Query, minimum = 1, maximum = 60000, description = "Deadline in milliseconds (default 10000)")),
     responses(
         (status = 200, description = "The outcome", body = Document),
         (status = 404, description = "Unknown entity", body = Problem),
@@ -394,7 +455,7 @@ pub async fn send_event_sync(
     q: QueryParams,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
-    let timeout_ms = match q.get("timeout_ms") {
+    let timeout_ms = match q.given("timeout_ms") {
         None => 10_000,
         Some(s) => match s.parse::<u64>() {
             Ok(n) if (1..=MAX_SYNC_TIMEOUT_MS).contains(&n) => n,
@@ -440,14 +501,13 @@ pub async fn get_event(tenant: Tenant, ApiPath(id): ApiPath<String>) -> Result<R
         ("entity_type" = Option<String>, Query, description = "Entity type"),
         ("entity_ref" = Option<String>, Query, description = "Entity ref"),
         ("name" = Option<String>, Query, description = "Event name"),
-        ("kind" = Option<String>, Query, description = "orchestration or audit"),
+        ("kind" = Option<EventKind>, Query, description = "Orchestration events or audit records"),
         ("category" = Option<String>, Query, description = "Audit category"),
-        ("status" = Option<String>, Query, description = "Event status"),
+        ("status" = Option<EventStatus>, Query, description = "Event status"),
         ("source_event_id" = Option<String>, Query, description = "Records describing this event"),
-        ("from" = Option<String>, Query, description = "RFC 3339, default 30 days ago"),
-        ("to" = Option<String>, Query, description = "RFC 3339"),
-        ("limit" = Option<i64>, Query, description = "Page size, 1..1000 (default 100)"),
-        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
+        ("from" = Option<DateTime<Utc>>, Query, description = "RFC 3339, default 30 days ago"),
+        ("to" = Option<DateTime<Utc>>, Query, description = "RFC 3339"),
+        IdPage,
     ),
     responses(
         (status = 200, description = "A page of events", body = Document),
@@ -459,7 +519,7 @@ pub async fn get_event(tenant: Tenant, ApiPath(id): ApiPath<String>) -> Result<R
 pub async fn list_events(tenant: Tenant, q: QueryParams) -> Result<Response, ApiError> {
     let limit = q.limit()?;
     let mut errs = Vec::new();
-    let time = |name: &str, errs: &mut Vec<FieldError>| match q.get(name) {
+    let time = |name: &str, errs: &mut Vec<FieldError>| match q.given(name) {
         None => None,
         Some(s) => match DateTime::parse_from_rfc3339(s) {
             Ok(t) => Some(t.with_timezone(&Utc)),
@@ -473,7 +533,7 @@ pub async fn list_events(tenant: Tenant, q: QueryParams) -> Result<Response, Api
         entity_type: q.get("entity_type").map(str::to_owned),
         entity_ref: q.get("entity_ref").map(str::to_owned),
         name: q.get("name").map(str::to_owned),
-        kind: match q.get("kind").map(str::parse) {
+        kind: match q.given("kind").map(str::parse) {
             None => None,
             Some(Ok(k)) => Some(k),
             Some(Err(_)) => {
@@ -482,7 +542,7 @@ pub async fn list_events(tenant: Tenant, q: QueryParams) -> Result<Response, Api
             }
         },
         category: q.get("category").map(str::to_owned),
-        status: match q.get("status").map(|s| (s, s.parse())) {
+        status: match q.given("status").map(|s| (s, s.parse())) {
             None => None,
             Some((_, Ok(s))) => Some(s),
             Some((s, Err(_))) => {
@@ -503,8 +563,9 @@ pub async fn list_events(tenant: Tenant, q: QueryParams) -> Result<Response, Api
     if !errs.is_empty() {
         return Err(ApiError::Invalid(errs));
     }
+    let cursor = q.id_cursor("cursor")?.map(|seq| seq.to_string());
     let mut tx = tenant.begin().await?;
-    let page = orchestration::list_events(&mut tx, &tenant.account, &f, limit, q.get("cursor")).await?;
+    let page = orchestration::list_events(&mut tx, &tenant.account, &f, limit, cursor.as_deref()).await?;
     tx.commit().await?;
     Ok(json(StatusCode::OK, page))
 }

@@ -13,12 +13,12 @@ use utoipa::ToSchema;
 
 use super::auth::Admin;
 use super::error::{ApiError, Problem};
-use super::extract::{ApiPath, JsonBody, QueryParams};
+use super::extract::{ApiPath, IdPage, JsonBody, Page, QueryParams};
 use super::AppState;
 use crate::audit;
 use crate::autoscale::{self, ScaleTarget};
 use crate::queue::FieldError;
-use crate::rollout::{self, NewRollout, PoolView, Rollout, WorkerPool};
+use crate::rollout::{self, NewRollout, PoolView, Rollout, RolloutState, WorkerPool};
 
 /// A worker counts while its heartbeat is this fresh: three heartbeat intervals of the default 30 s lease.
 const LIVE_WORKER: Duration = Duration::from_secs(30);
@@ -52,10 +52,11 @@ impl From<autoscale::Error> for ApiError {
 }
 
 /// Parses a body into `T`; a wrong shape is a 422 naming the field serde stopped at.
-fn parse<T: DeserializeOwned>(body: Value) -> Result<T, ApiError> {
+fn parse<T: DeserializeOwned>(mut body: Value) -> Result<T, ApiError> {
     if !body.is_object() {
         return Err(ApiError::invalid("", "must be an object"));
     }
+    super::fields::integral_floats_as_integers(&mut body);
     serde_json::from_value(body).map_err(|e| {
         let msg = e.to_string();
         let path = msg
@@ -73,8 +74,15 @@ fn parse<T: DeserializeOwned>(body: Value) -> Result<T, ApiError> {
 #[serde(deny_unknown_fields)]
 pub struct PutPoolBody {
     /// Queues the pool serves (pool `default` always serves `default` and every queue no other pool lists).
+    #[schema(value_type = Vec<QueueName>)]
     pub queues: Vec<String>,
 }
+
+/// A queue's name: 1 to 255 characters.
+#[derive(Debug, ToSchema)]
+#[schema(pattern = "^[\\s\\S]{1,255}$")]
+#[allow(dead_code)]
+struct QueueName(String);
 
 /// `GET /api/pools` answer.
 #[derive(Debug, Serialize, ToSchema)]
@@ -90,7 +98,7 @@ pub struct PoolPage {
     put,
     path = "/api/pools/{pool}",
     tag = "pools",
-    params(("pool" = String, Path, description = "Pool name")),
+    params(("pool" = String, Path, pattern = "^[a-zA-Z0-9._-]{1,63}$", description = "Pool name")),
     request_body = PutPoolBody,
     responses(
         (status = 200, description = "The pool", body = WorkerPool),
@@ -120,8 +128,7 @@ pub async fn put(
     path = "/api/pools",
     tag = "pools",
     params(
-        ("limit" = Option<i64>, Query, description = "Page size, 1..1000 (default 100)"),
-        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
+        Page,
     ),
     responses(
         (status = 200, description = "Pools", body = PoolPage),
@@ -142,7 +149,7 @@ pub async fn list(_: Admin, state: axum::extract::State<AppState>, q: QueryParam
     put,
     path = "/api/pools/{pool}/scaling",
     tag = "pools",
-    params(("pool" = String, Path, description = "Pool name")),
+    params(("pool" = String, Path, pattern = "^[a-zA-Z0-9._-]{1,63}$", description = "Pool name")),
     request_body = ScaleTarget,
     responses(
         (status = 200, description = "The policy", body = ScaleTarget),
@@ -246,10 +253,9 @@ pub struct RolloutPage {
     tag = "pools",
     params(
         ("pool" = Option<String>, Query, description = "Only this pool"),
-        ("state" = Option<String>, Query, description = "canary, promoted, completed or aborted"),
-        ("limit" = Option<i64>, Query, description = "Page size, default 100, 1 to 1000"),
-        ("cursor" = Option<String>, Query, description = "Cursor from the previous page"),
-        ("after" = Option<String>, Query, description = "The same as `cursor` (its earlier name)"),
+        ("state" = Option<RolloutState>, Query, description = "Only rollouts in this state"),
+        IdPage,
+        ("after" = Option<String>, Query, pattern = "^[1-9][0-9]{0,17}$", description = "The same as `cursor` (its earlier name)"),
     ),
     responses(
         (status = 200, description = "Rollouts", body = RolloutPage),
@@ -263,25 +269,18 @@ pub async fn list_rollouts(
     state: axum::extract::State<AppState>,
     q: super::extract::QueryParams,
 ) -> Result<Json<RolloutPage>, ApiError> {
-    let rollout_state = match q.get("state") {
+    let rollout_state = match q.given("state") {
         None => None,
         Some(s) => Some(
-            s.parse::<rollout::RolloutState>()
+            s.parse::<RolloutState>()
                 .map_err(|_| ApiError::invalid("/query/state", "must be canary, promoted, completed or aborted"))?,
         ),
     };
     let limit = q.limit()?;
     // `after` was this list's cursor before it took `cursor` like every list; both are still read.
-    let (name, cursor) = match (q.get("cursor"), q.get("after")) {
-        (Some(c), _) => ("/query/cursor", Some(c)),
-        (None, a) => ("/query/after", a),
-    };
-    let before = match cursor {
-        None => None,
-        Some(s) => Some(
-            s.parse::<i64>()
-                .map_err(|_| ApiError::invalid(name, "must be a cursor from a previous page"))?,
-        ),
+    let before = match q.id_cursor("cursor")? {
+        Some(c) => Some(c),
+        None => q.id_cursor("after")?,
     };
     let mut items = rollout::list(state.admin_pool(), q.get("pool"), rollout_state, before, limit + 1).await?;
     let next_cursor = if items.len() as i64 > limit {

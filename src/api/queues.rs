@@ -8,7 +8,7 @@ use utoipa::ToSchema;
 
 use super::auth::Tenant;
 use super::error::{ApiError, Problem};
-use super::extract::{ApiPath, QueryParams};
+use super::extract::{ApiPath, Page, QueryParams};
 use crate::queue::{self, QueueStats};
 
 /// A worker counts as live (its kinds claimable) while its heartbeat is this fresh: three heartbeat intervals of
@@ -69,8 +69,7 @@ pub struct QueuePage {
     path = "/api/queues",
     tag = "queues",
     params(
-        ("limit" = Option<i64>, Query, description = "Page size, 1..1000 (default 100)"),
-        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
+        Page,
     ),
     responses(
         (status = 200, description = "Queues in name order", body = QueuePage),

@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 
 use super::auth::Tenant;
 use super::error::{ApiError, Problem};
-use super::extract::{ApiPath, JsonBody, QueryParams};
+use super::extract::{ApiPath, JsonBody, Page, QueryParams};
 use super::fields::{boolean, object, reject_unknown, string};
 use crate::queue::FieldError;
 use crate::scheduler::store::{self, EventSpec, JobSpec, NewSchedule, Schedule, ScheduleUpdate, Target};
@@ -49,16 +49,20 @@ pub struct ScheduleBody {
 
 /// `POST /api/schedules` body.
 #[derive(Debug, ToSchema)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct NewScheduleBody {
     /// Unique per account.
+    #[schema(min_length = 1)]
     name: String,
     /// 5 fields, or 6 with leading seconds.
+    #[schema(min_length = 1)]
     cron: String,
     /// IANA time zone (default `UTC`).
+    #[schema(min_length = 1)]
     timezone: Option<String>,
     /// The job each tick enqueues (give `job` or `event`).
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<crate::scheduler::JobSpec>)]
     job: Option<Value>,
     /// The event each tick sends, `{name, entity: {type, ref}, attributes?}` (give `job` or `event`).
     #[schema(value_type = Option<Object>)]
@@ -69,17 +73,20 @@ pub struct NewScheduleBody {
 
 /// `PATCH /api/schedules/{name}` body: the fields to change.
 #[derive(Debug, ToSchema)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct ScheduleChangeBody {
     /// New expression.
+    #[schema(min_length = 1)]
     cron: Option<String>,
     /// New time zone.
+    #[schema(min_length = 1)]
     timezone: Option<String>,
     /// New job (replaces the target).
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<crate::scheduler::JobSpec>)]
     job: Option<Value>,
     /// New event (replaces the target).
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     event: Option<Value>,
     /// Pause (`true`) or resume (`false`).
     paused: Option<bool>,
@@ -215,8 +222,7 @@ pub async fn create(tenant: Tenant, JsonBody(body): JsonBody) -> Result<Response
     path = "/api/schedules",
     tag = "schedules",
     params(
-        ("limit" = Option<i64>, Query, description = "Page size, 1..1000 (default 100)"),
-        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
+        Page,
     ),
     responses(
         (status = 200, description = "A page of schedules", body = SchedulePage),

@@ -14,12 +14,16 @@ use crate::rollout::Role;
 #[serde(deny_unknown_fields)]
 pub struct ScaleTarget {
     /// Fewest workers per live version.
+    #[schema(minimum = 0, maximum = 10000)]
     pub min: i32,
-    /// Most workers per version.
+    /// Most workers per version, at least `min`.
+    #[schema(minimum = 0, maximum = 10000)]
     pub max: i32,
     /// Jobs (runnable now plus running) per worker.
+    #[schema(minimum = 1, maximum = 2147483647)]
     pub target_per_worker: i32,
     /// Seconds of wanting fewer workers before scaling down.
+    #[schema(minimum = 0, maximum = 2147483647)]
     pub scale_down_delay_s: i32,
 }
 

@@ -28,7 +28,7 @@ pub const REFUSED_CHUNK: i32 = -1;
 const MAX_REF_LEN: usize = 255;
 
 /// What happened to one record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// Its quantity equalled the position's: skipped.

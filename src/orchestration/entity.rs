@@ -100,7 +100,7 @@ impl NewEntity {
 }
 
 fn check_name(p: &mut Vec<Problem>, path: &str, v: &str) {
-    if v.is_empty() || v.len() > 255 {
+    if v.is_empty() || v.chars().count() > 255 {
         p.push(Problem::new(path, "must be 1 to 255 characters"));
     } else if v.contains("::") {
         p.push(Problem::new(path, "must not contain '::'"));
@@ -139,7 +139,7 @@ pub async fn create_entity(q: &Queue, account: &AccountId, new: NewEntity) -> Re
     let mut problems = Vec::new();
     check_name(&mut problems, "/type", &new.entity_type);
     check_name(&mut problems, "/subtype", &new.subtype);
-    if new.entity_ref.is_empty() || new.entity_ref.len() > 255 {
+    if new.entity_ref.is_empty() || new.entity_ref.chars().count() > 255 {
         problems.push(Problem::new("/ref", "must be 1 to 255 characters"));
     }
     let attributes = new.attributes.unwrap_or_else(|| json!({}));

@@ -18,7 +18,7 @@ use crate::queue::{self, JobId, NewJob, Queue};
 use crate::tenancy::AccountId;
 
 /// Orchestration event or audit record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
     /// An event that runs rulesets.
@@ -49,7 +49,7 @@ impl FromStr for EventKind {
 }
 
 /// An event's status, mirroring `event.status`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EventStatus {
     /// Queued, waiting for its turn.
@@ -277,7 +277,7 @@ impl NewEvent {
 
     fn validate(&mut self) -> Result<()> {
         let mut p = Vec::new();
-        if self.name.is_empty() || self.name.len() > 255 {
+        if self.name.is_empty() || self.name.chars().count() > 255 {
             p.push(Problem::new("/name", "must be 1 to 255 characters"));
         }
         if self.entity.entity_type.is_empty() {

@@ -57,7 +57,7 @@ pub struct KindLimit {
 
 /// A whole number in `1..=max` at `path`, or a field error.
 fn bounded(v: &Value, path: &str, max: i32, errs: &mut Vec<FieldError>) -> Option<i32> {
-    match v.as_i64() {
+    match super::json_integer(v) {
         Some(n) if (1..=i64::from(max)).contains(&n) => i32::try_from(n).ok(),
         Some(_) => {
             errs.push(FieldError::new(path, format!("must be between 1 and {max}")));
@@ -91,9 +91,9 @@ fn no_other_fields(obj: &Map<String, Value>, known: &[&str], path: &str, errs: &
 
 /// A queue or kind name as a key of `queues` or `kinds`.
 fn name_ok(name: &str, path: &str, errs: &mut Vec<FieldError>) -> bool {
-    let ok = (1..=255).contains(&name.len());
+    let ok = (1..=255).contains(&name.chars().count());
     if !ok {
-        errs.push(FieldError::new(path, "names are 1 to 255 bytes long"));
+        errs.push(FieldError::new(path, "names are 1 to 255 characters long"));
     }
     ok
 }

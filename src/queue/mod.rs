@@ -52,8 +52,8 @@ pub use stats::{
     finished_counts, fold_stats, prune_stats, queue_gauges, queue_stats, throughput, with_finished, FinishedCounts,
     QueueStats, Throughput,
 };
+pub use types::{json_integer, FieldError, Job, JobId, JobState, NewJob, ACTIVE_STATES, FINISHED_STATES};
 pub(crate) use types::{open_jobs, seal_json};
-pub use types::{FieldError, Job, JobId, JobState, NewJob, ACTIVE_STATES, FINISHED_STATES};
 
 use sqlx::PgPool;
 

@@ -287,6 +287,18 @@ pub struct FieldError {
     pub message: String,
 }
 
+/// A JSON number as an integer, the way JSON Schema reads `integer`: `8` and `8.0` alike, `8.5` not.
+pub fn json_integer(v: &serde_json::Value) -> Option<i64> {
+    let n = v.as_number()?;
+    n.as_i64().or_else(|| {
+        // 2^63 as f64: every integral float strictly inside ±2^63 converts exactly.
+        const LIMIT: f64 = 9_223_372_036_854_775_808.0;
+        n.as_f64()
+            .filter(|f| f.fract() == 0.0 && f.abs() < LIMIT)
+            .map(|f| f as i64)
+    })
+}
+
 impl FieldError {
     /// Builds a field error.
     pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {

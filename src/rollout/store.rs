@@ -61,15 +61,19 @@ pub struct NewRollout {
     /// The pool.
     pub pool: String,
     /// The new version.
+    #[schema(pattern = "^[a-zA-Z0-9._-]{1,63}$")]
     pub version: String,
     /// Share of new work for the new version during the canary (default 10).
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 100)]
     pub canary_percent: Option<i16>,
     /// Promote on its own after this many seconds.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 2147483647)]
     pub auto_promote_after_s: Option<i32>,
     /// Abort on its own above this failure rate (0..1).
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 1)]
     pub max_failure_rate: Option<f64>,
 }
 
@@ -177,7 +181,7 @@ pub async fn put_pool<'a>(
         ));
     }
     for (i, q) in queues.iter().enumerate() {
-        if q.is_empty() || q.len() > 255 {
+        if q.is_empty() || q.chars().count() > 255 {
             errs.push(FieldError::new(format!("/queues/{i}"), "must be 1 to 255 characters"));
         }
     }

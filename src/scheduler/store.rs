@@ -15,7 +15,8 @@ use crate::tenancy::AccountId;
 
 /// The job a tick enqueues, as `POST /api/jobs` takes it, without `run_at` and `idempotency_key` (the tick sets
 /// both). Absent fields stay absent, so the stored spec is what the caller sent.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = ScheduledJob)]
 #[serde(deny_unknown_fields)]
 pub struct JobSpec {
     /// Handler kind.

@@ -8,7 +8,7 @@ use axum::http::{Method, Request, StatusCode};
 use ordo::api;
 use serde_json::Value;
 
-use super::app;
+use super::{app, ADMIN};
 
 const METHODS: [&str; 5] = ["get", "post", "put", "patch", "delete"];
 
@@ -58,6 +58,87 @@ async fn openapi_lists_every_route_the_router_serves() {
     // The served document is the generated one.
     let r = app.call(Method::GET, "/openapi.json", None, None).await;
     assert_eq!(r.expect(StatusCode::OK), &generated());
+}
+
+/// Every route of the router, asked without a credential, with the admin token and with an account key (with an
+/// empty JSON body where it takes one), answers only statuses its operation documents, and every error as problem
+/// JSON, as documented.
+#[tokio::test]
+async fn every_route_answers_only_what_its_operation_documents() {
+    let app = app().await;
+    let key = app.account("documented").await;
+    let doc = generated();
+    for route in api::routes() {
+        let op = &doc["paths"][route.path][route.method.to_lowercase()];
+        let concrete = route
+            .path
+            .replace("{id}", "1")
+            .replace("{key_id}", "k")
+            .replace("{queue}", "q")
+            .replace("{pool}", "p")
+            .replace("{ref}", "t::s")
+            .replace("{type}", "t")
+            .replace("{name}", "n")
+            .replace("{version}", "1.0")
+            .replace("{batch_id}", "1")
+            .replace("{sku_ref}", "s")
+            .replace("{location_ref}", "l");
+        for credential in [None, Some(ADMIN), Some(key.as_str())] {
+            let mut req = Request::builder()
+                .method(Method::from_bytes(route.method.as_bytes()).unwrap())
+                .uri(&concrete);
+            if let Some(c) = credential {
+                req = req.header("authorization", format!("Bearer {c}"));
+            }
+            let body = if op.get("requestBody").is_some() {
+                req = req.header("content-type", "application/json");
+                Body::from("{}")
+            } else {
+                Body::empty()
+            };
+            let r = app.send(req.body(body).unwrap()).await;
+            let what = format!("{} {concrete} ({})", route.method, r.status);
+            let documented = &op["responses"][r.status.as_str()];
+            assert!(documented.is_object(), "{what}: status not documented: {}", r.body);
+            if !r.status.is_success() {
+                assert!(documented["content"]["application/problem+json"].is_object(), "{what}");
+                assert_eq!(r.headers["content-type"], "application/problem+json", "{what}");
+            }
+        }
+    }
+}
+
+/// Every error answer in the document is problem JSON and nothing else; every operation behind a credential
+/// documents 401 and 403, and every one with path parameters 404.
+#[test]
+fn every_error_answer_is_documented_as_problem_json() {
+    let doc = generated();
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for (m, op) in ops.as_object().unwrap() {
+            let responses = op["responses"].as_object().unwrap();
+            for (status, response) in responses.iter().filter(|(s, _)| s.as_str() >= "400") {
+                let content = response["content"].as_object().unwrap();
+                assert_eq!(
+                    content.keys().collect::<Vec<_>>(),
+                    ["application/problem+json"],
+                    "{m} {path} {status}"
+                );
+                assert_eq!(
+                    content["application/problem+json"]["schema"]["$ref"],
+                    "#/components/schemas/Problem"
+                );
+            }
+            if op.get("security").is_some() {
+                assert!(
+                    responses.contains_key("401") && responses.contains_key("403"),
+                    "{m} {path}"
+                );
+            }
+            if path.contains('{') {
+                assert!(responses.contains_key("404"), "{m} {path}");
+            }
+        }
+    }
 }
 
 fn resolve<'a>(doc: &'a Value, reference: &str) -> Option<&'a Value> {
