@@ -20,6 +20,7 @@
 -- and the API of the simple set-up that connects as the owner) to the policies, which would then need one that
 -- admits the owner to everything, i.e. the same as not forcing. Isolation comes from the API never querying as
 -- the owner: account work is `ordo_api`, admin work `ordo_admin`.
+set local lock_timeout = '5s';
 
 do $$
 declare

@@ -2,6 +2,7 @@
 -- scaling, rollouts), written in the transaction of the change. `actor` names the kind of credential that made it
 -- (`admin` for ORDO_ADMIN_TOKEN, `cli`, `sandbox`, `controller`), never the credential itself. Append-only: no
 -- ordo role updates or deletes a row.
+set local lock_timeout = '5s';
 create table admin_event (
     id bigint generated always as identity,
     at timestamptz not null default now(),

@@ -2,6 +2,7 @@
 -- events, so no counter holds them (`job_stat` counts what happened). Maintenance writes one row per account,
 -- queue and minute from the waiting and running jobs (the partial indexes `queue_stats` reads too), and prunes them
 -- with `job_stat`. A second maintenance holder in the same minute writes nothing (`on conflict do nothing`).
+set local lock_timeout = '5s';
 create table queue_sample (
     account_id text not null,
     queue text not null,
