@@ -6,7 +6,7 @@ use utoipa::ToSchema;
 
 use super::auth::Admin;
 use super::error::{ApiError, Problem};
-use super::extract::QueryParams;
+use super::extract::{IdPage, QueryParams};
 use super::AppState;
 use crate::audit::{self, AdminEvent};
 
@@ -25,8 +25,7 @@ pub struct AdminEventPage {
     path = "/api/admin-events",
     tag = "accounts",
     params(
-        ("limit" = Option<i64>, Query, description = "Page size, 1..1000 (default 100)"),
-        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
+        IdPage,
     ),
     responses(
         (status = 200, description = "A page of admin changes", body = AdminEventPage),
@@ -41,13 +40,7 @@ pub async fn list(
     q: QueryParams,
 ) -> Result<Json<AdminEventPage>, ApiError> {
     let limit = q.limit()?;
-    let before = match q.get("cursor") {
-        None => None,
-        Some(s) => Some(
-            s.parse::<i64>()
-                .map_err(|_| ApiError::invalid("/query/cursor", "must be a cursor from a previous page"))?,
-        ),
-    };
+    let before = q.id_cursor("cursor")?;
     let mut items = audit::list(state.admin_pool(), before, limit + 1).await?;
     let next_cursor = if items.len() as i64 > limit {
         items.truncate(limit as usize);

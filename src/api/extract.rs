@@ -105,6 +105,12 @@ pub struct IdPage {
     cursor: Option<String>,
 }
 
+/// An id or sequence number as the document's pattern `^[1-9][0-9]{0,17}$` allows it, and nothing else.
+pub fn numeric_id(s: &str) -> Option<i64> {
+    let well_formed = (1..=18).contains(&s.len()) && !s.starts_with('0') && s.bytes().all(|b| b.is_ascii_digit());
+    s.parse::<i64>().ok().filter(|_| well_formed)
+}
+
 /// Query parameters as strings; their meaning is checked by the handler (422 naming `/query/<name>`).
 #[derive(Debug, Default)]
 pub struct QueryParams(pub HashMap<String, String>);
@@ -148,10 +154,9 @@ impl QueryParams {
         let Some(s) = self.given(name) else {
             return Ok(None);
         };
-        let well_formed = (1..=18).contains(&s.len()) && !s.starts_with('0') && s.bytes().all(|b| b.is_ascii_digit());
-        match s.parse::<i64>() {
-            Ok(n) if well_formed => Ok(Some(n)),
-            _ => Err(ApiError::invalid(
+        match numeric_id(s) {
+            Some(n) => Ok(Some(n)),
+            None => Err(ApiError::invalid(
                 format!("/query/{name}"),
                 "is not a cursor of this listing",
             )),

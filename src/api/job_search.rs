@@ -8,11 +8,11 @@ use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{Admin, Tenant};
 use super::error::{ApiError, Problem};
-use super::extract::{JsonBody, QueryParams};
+use super::extract::{numeric_id, IdPage, JsonBody, QueryParams};
 use super::fields::{object, reject_unknown};
 use super::jobs::{JobBody, JobPage};
 use super::AppState;
@@ -33,6 +33,30 @@ const FILTERS: [&str; 8] = [
 
 /// The filters whose values have a type or a set of values: given empty, they are as wrong as any other value.
 const TYPED: [&str; 4] = ["state", "id", "from", "to"];
+
+/// The filters of a job listing, for the OpenAPI document (they are read by [`parse_filter`]).
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct JobSearch {
+    /// Only this queue.
+    queue: Option<String>,
+    /// Only this state.
+    state: Option<JobState>,
+    /// Only this kind.
+    kind: Option<String>,
+    /// Only kinds starting with this.
+    kind_prefix: Option<String>,
+    /// Only the job with this id.
+    #[param(pattern = "^[1-9][0-9]{0,17}$")]
+    id: Option<String>,
+    /// Only the job enqueued with this key.
+    idempotency_key: Option<String>,
+    /// Only jobs created at or after this time (RFC 3339).
+    from: Option<DateTime<Utc>>,
+    /// Only jobs created before this time (RFC 3339).
+    to: Option<DateTime<Utc>>,
+}
 
 /// Reads the filters through `get` (`prefix` + name is each field's error path); every invalid one is reported.
 fn parse_filter(get: impl Fn(&str) -> Option<String>, prefix: &str, errs: &mut Vec<FieldError>) -> JobFilter {
@@ -59,9 +83,9 @@ fn parse_filter(get: impl Fn(&str) -> Option<String>, prefix: &str, errs: &mut V
         }
     }
     if let Some(id) = nonempty("id") {
-        match id.parse::<JobId>() {
-            Ok(id) => f.id = Some(id),
-            Err(_) => errs.push(FieldError::new(format!("{prefix}id"), "must be a job id (a number)")),
+        match numeric_id(&id) {
+            Some(id) => f.id = Some(JobId(id)),
+            None => errs.push(FieldError::new(format!("{prefix}id"), "must be a job id (a number)")),
         }
     }
     let mut time = |name: &str| {
@@ -111,16 +135,8 @@ fn listing(q: &QueryParams) -> Result<JobFilter, ApiError> {
     path = "/api/jobs",
     tag = "jobs",
     params(
-        ("queue" = Option<String>, Query, description = "Only this queue"),
-        ("state" = Option<JobState>, Query, description = "Only this state"),
-        ("kind" = Option<String>, Query, description = "Only this kind"),
-        ("kind_prefix" = Option<String>, Query, description = "Only kinds starting with this"),
-        ("id" = Option<String>, Query, description = "Only the job with this id"),
-        ("idempotency_key" = Option<String>, Query, description = "Only the job enqueued with this key"),
-        ("from" = Option<String>, Query, description = "Only jobs created at or after this time (RFC 3339)"),
-        ("to" = Option<String>, Query, description = "Only jobs created before this time (RFC 3339)"),
-        ("limit" = Option<i64>, Query, description = "Page size, 1..1000 (default 100)"),
-        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
+        JobSearch,
+        IdPage,
     ),
     responses(
         (status = 200, description = "A page of jobs", body = JobPage),
@@ -256,8 +272,8 @@ pub async fn bulk(tenant: Tenant, JsonBody(body): JsonBody) -> Result<Json<BulkO
 pub struct AccountJobBody {
     /// The account the job belongs to.
     account: String,
-    /// The job, as `GET /api/jobs/{id}` shows it.
-    #[schema(inline)]
+    /// The job's own fields, as `GET /api/jobs/{id}` shows them, beside `account`.
+    #[serde(flatten)]
     job: JobBody,
 }
 
@@ -288,19 +304,12 @@ fn with_account(job: Job) -> Value {
     tag = "accounts",
     params(
         ("account" = Option<String>, Query, description = "Only this account's jobs"),
-        ("queue" = Option<String>, Query, description = "Only this queue"),
-        ("state" = Option<JobState>, Query, description = "Only this state"),
-        ("kind" = Option<String>, Query, description = "Only this kind"),
-        ("kind_prefix" = Option<String>, Query, description = "Only kinds starting with this"),
-        ("id" = Option<String>, Query, description = "Only the job with this id"),
-        ("idempotency_key" = Option<String>, Query, description = "Only jobs enqueued with this key"),
-        ("from" = Option<String>, Query, description = "Only jobs created at or after this time (RFC 3339)"),
-        ("to" = Option<String>, Query, description = "Only jobs created before this time (RFC 3339)"),
-        ("limit" = Option<i64>, Query, description = "Page size, 1..1000 (default 100)"),
-        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
+        JobSearch,
+        IdPage,
     ),
     responses(
         (status = 200, description = "A page of jobs with their accounts", body = AccountJobPage),
+        (status = 404, description = "`account` is not an account id", body = Problem),
         (status = 422, description = "Invalid filter", body = Problem),
     ),
     security(("admin" = []))

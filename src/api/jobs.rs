@@ -20,8 +20,8 @@ use super::extract::{ApiPath, JsonBody};
 use super::MAX_BATCH_JOBS;
 use crate::queue::{self, FieldError, Job, JobId, JobState, NewJob};
 use crate::telemetry::metrics::JOBS_ENQUEUED_TOTAL;
-use wire::{BatchBody, NewJobBody};
 pub(super) use wire::JobBody;
+use wire::{BatchBody, NewJobBody};
 
 mod wire;
 

@@ -396,8 +396,7 @@ pub struct WorkerPage {
     tag = "pools",
     params(
         ("pool" = Option<String>, Query, description = "Only this pool"),
-        ("limit" = Option<i64>, Query, description = "Page size, default 100, 1 to 1000"),
-        ("cursor" = Option<String>, Query, description = "Cursor from the previous page"),
+        Page,
     ),
     responses(
         (status = 200, description = "Live workers", body = WorkerPage),

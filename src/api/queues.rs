@@ -222,7 +222,7 @@ pub struct HistoryPage {
     path = "/api/queues/history",
     tag = "queues",
     params(
-        ("minutes" = Option<i64>, Query, description = "The window, 1..1440 minutes back from now (default 60)"),
+        ("minutes" = Option<i64>, Query, minimum = 1, maximum = 1440, description = "The window, 1..1440 minutes back from now (default 60)"),
         ("queue" = Option<String>, Query, description = "Only this queue (default: all, summed)"),
     ),
     responses(
