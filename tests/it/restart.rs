@@ -128,6 +128,12 @@ async fn sigterm_drains(tls: bool) {
     assert!(problem["detail"].as_str().unwrap().contains("draining"), "{problem}");
     let alive = client.get(format!("{base}/healthz")).send().await.unwrap();
     assert_eq!(alive.status(), 200, "a draining node is alive");
+    // Before the listener closes: this is the node telling clients to reconnect, not hyper's own shutdown.
+    assert_eq!(
+        alive.headers().get("connection").and_then(|v| v.to_str().ok()),
+        Some("close"),
+        "a draining node asks clients to close kept-alive connections"
+    );
 
     eventually(Duration::from_secs(30), "the listener to close", || async {
         TcpStream::connect(addr).await.is_err().then_some(())
@@ -258,14 +264,22 @@ async fn poll_readiness(nodes: Arc<Mutex<Vec<Node>>>, stop: CancellationToken) {
             .iter()
             .map(|n| n.addr)
             .collect();
+        // An answer decides (200 or not), so does a refused connection; a check that timed out on a busy machine
+        // leaves the node as it was, as a balancer's failure threshold would.
         let checks = addrs.iter().map(|addr| {
             let req = http.get(format!("http://{addr}/readyz"));
-            async move { req.send().await.is_ok_and(|r| r.status() == 200) }
+            async move {
+                match req.send().await {
+                    Ok(res) => Some(res.status() == 200),
+                    Err(e) if e.is_timeout() => None,
+                    Err(_) => Some(false),
+                }
+            }
         });
-        let ready = futures_util::future::join_all(checks).await;
-        for (addr, ready) in addrs.into_iter().zip(ready) {
+        let checked = futures_util::future::join_all(checks).await;
+        for (addr, ready) in addrs.into_iter().zip(checked) {
             let mut nodes = nodes.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some(node) = nodes.iter_mut().find(|n| n.addr == addr) {
+            if let (Some(node), Some(ready)) = (nodes.iter_mut().find(|n| n.addr == addr), ready) {
                 node.ready = ready;
             }
         }
