@@ -28,17 +28,22 @@ pub async fn healthz() -> Json<Status> {
     Json(Status { status: "ok" })
 }
 
-/// The database answers.
+/// The node takes requests: the database answers and the node is not shutting down.
 #[utoipa::path(
     get,
     path = "/readyz",
     tag = "health",
     responses(
         (status = 200, description = "Ready", body = Status),
-        (status = 503, description = "Database unreachable", body = Problem),
+        (status = 503, description = "Database unreachable, or the node is draining before it stops", body = Problem),
     )
 )]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Status>, ApiError> {
+    if state.is_draining() {
+        return Err(ApiError::Unavailable(
+            "draining: this node is shutting down; send requests to another node".to_owned(),
+        ));
+    }
     let ping = sqlx::query_scalar::<_, i32>("select 1").fetch_one(state.pool());
     match tokio::time::timeout(READY_TIMEOUT, ping).await {
         Ok(Ok(_)) => Ok(Json(Status { status: "ok" })),

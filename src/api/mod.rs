@@ -19,6 +19,7 @@ pub mod accounts;
 pub mod admin_events;
 pub mod auth;
 mod claimable;
+mod drain;
 mod enqueuer;
 pub mod error;
 pub mod extract;
@@ -84,6 +85,10 @@ pub struct ApiArgs {
     /// Database connections of this node.
     #[arg(long, env = "ORDO_API_DB_CONNECTIONS", default_value_t = 32)]
     pub db_connections: u32,
+    /// After SIGTERM/SIGINT, how long this node keeps serving with `/readyz` at 503 before it closes its listener
+    /// (time for a load balancer to stop sending it requests), in milliseconds.
+    #[arg(long = "drain-ms", env = "ORDO_API_DRAIN_MS", default_value_t = 5_000)]
+    pub drain_ms: u64,
     /// HTTPS: certificate and key.
     #[command(flatten)]
     pub tls: TlsServerConfig,
@@ -140,6 +145,7 @@ struct Inner {
     enqueuer: enqueuer::Enqueuer,
     sync_events: crate::orchestration::SyncEvents,
     live_kinds: claimable::LiveKinds,
+    draining: drain::Draining,
 }
 
 impl AppState {
@@ -170,6 +176,7 @@ impl AppState {
                 enqueuer,
                 sync_events,
                 live_kinds: claimable::LiveKinds::default(),
+                draining: drain::Draining::default(),
                 keys: auth::KeyCache::new(settings.key_cache_ttl),
                 admin_pool: admin_pool(&pool),
                 pool,
@@ -224,6 +231,17 @@ impl AppState {
 
     pub(crate) fn metrics(&self) -> &PrometheusHandle {
         &self.inner.metrics
+    }
+
+    /// Marks this node as shutting down: `/readyz` answers 503 and every response asks its client to close the
+    /// connection, while requests are still served.
+    pub fn start_draining(&self) {
+        self.inner.draining.start();
+    }
+
+    /// Whether [`start_draining`](Self::start_draining) was called.
+    pub fn is_draining(&self) -> bool {
+        self.inner.draining.is_draining()
     }
 }
 
@@ -360,12 +378,15 @@ pub fn router(state: AppState) -> Router {
         // Same path, several methods: axum merges the method routers.
         router = router.route(r.path, r.handler);
     }
-    let api = middleware::wrap(router.fallback(middleware::not_found), state);
+    let api = middleware::wrap(router.fallback(middleware::not_found), state.clone());
     // The dashboard calls the API router in-process, so it is built from the router without its own routes.
-    crate::ui::router(api.clone()).merge(api)
+    crate::ui::router(api.clone())
+        .merge(api)
+        .layer(axum::middleware::from_fn_with_state(state, drain::close_connections))
 }
 
-/// Serves `router(state)` on `listener` until `shutdown`, then finishes in-flight requests.
+/// Serves `router(state)` on `listener` until `shutdown`, then closes idle connections and finishes in-flight
+/// requests (without the drain window of `ordo api`).
 pub async fn serve(listener: TcpListener, state: AppState, shutdown: CancellationToken) -> std::io::Result<()> {
     let app = router(state);
     axum::serve(listener, app)
@@ -408,7 +429,9 @@ pub enum StartError {
     },
 }
 
-/// `ordo api`: connects, checks the schema, starts wake-ups and serves until `shutdown`.
+/// `ordo api`: connects, checks the schema, starts wake-ups and serves until `shutdown`, then drains:
+/// `/readyz` answers 503 while requests are still served for `--drain-ms`, then the listener closes
+/// and requests in flight finish.
 pub async fn run(
     db: &DbConfig,
     redis: &RedisConfig,
@@ -457,10 +480,14 @@ pub async fn run(
     })?;
     let addr = listener.local_addr().unwrap_or(args.listen);
     tracing::info!(%addr, region = %args.region, https = tls.is_some(), "api listening");
-    let served = match tls {
-        Some(tls) => serve_tls(listener, tls, state, shutdown).await,
-        None => serve(listener, state, shutdown).await,
-    };
+    let window = Duration::from_millis(args.drain_ms);
+    let served = drain::serve_with_drain(state.clone(), window, shutdown, |close| async move {
+        match tls {
+            Some(tls) => serve_tls(listener, tls, state, close).await,
+            None => serve(listener, state, close).await,
+        }
+    })
+    .await;
     served.map_err(|source| StartError::Io { addr, source })?;
     tracing::info!("api stopped");
     Ok(())

@@ -250,6 +250,8 @@ async fn run_cluster(
         ("ORDO_MASTER_KEYS", master_keys),
         // Demo webhooks go to receivers on this machine.
         ("ORDO_WEBHOOK_ALLOW_PRIVATE", "true".to_owned()),
+        // One API node and no load balancer: nobody to drain towards, so Ctrl-C stops it at once.
+        ("ORDO_API_DRAIN_MS", "0".to_owned()),
     ];
     if let Some(r) = &redis_url {
         env.push(("REDIS_URL", r.clone()));

@@ -17,6 +17,7 @@ mod load;
 mod orchestration;
 mod queue;
 mod quickstart;
+mod restart;
 mod rollout;
 mod sandbox;
 mod scheduler;

@@ -84,8 +84,9 @@ pub fn spawn_worker_process(db_url: &str, extra_env: &[(&str, &str)], args: &[&s
         .expect("spawn ordo worker")
 }
 
-/// Starts the real `ordo api` on a free port of 127.0.0.1 with `extra_env`, and waits until `client` gets 200
-/// from `/readyz` at `<origin>:<port>` (`origin` like `http://127.0.0.1`); returns it and its base URL.
+/// Starts the real `ordo api` on a free port of 127.0.0.1 with `extra_env` (no drain window on SIGTERM unless it
+/// sets `ORDO_API_DRAIN_MS`), and waits until `client` gets 200 from `/readyz` at `<origin>:<port>` (`origin` like
+/// `http://127.0.0.1`); returns it and its base URL.
 pub async fn spawn_api_process(
     db_url: &str,
     extra_env: &[(&str, &str)],
@@ -94,7 +95,11 @@ pub async fn spawn_api_process(
 ) -> (Child, String) {
     let port = testkit::free_port();
     let listen = format!("127.0.0.1:{port}");
-    let api = [("ORDO_LISTEN", listen.as_str()), ("ORDO_RATE_LIMIT_RPS", "0")];
+    let api = [
+        ("ORDO_LISTEN", listen.as_str()),
+        ("ORDO_RATE_LIMIT_RPS", "0"),
+        ("ORDO_API_DRAIN_MS", "0"),
+    ];
     let child = ordo_command(&["api"], db_url, &[&api, extra_env])
         .spawn()
         .expect("spawn ordo api");
