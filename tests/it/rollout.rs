@@ -399,10 +399,12 @@ async fn rollout_under_load_with_worker_processes() {
     eprintln!("rollout under load: {total} jobs, {at_promote} enqueued before promote");
 
     // Canary phase: shares and stickiness, of the jobs started before the promote. Canary-phase jobs still waiting
-    // then (a loaded machine's workers lag behind the load) rightly run on v2 after it.
+    // then (a loaded machine's workers lag behind the load) rightly run on v2 after it. The share is of keys, each
+    // routed whole: a share of jobs started by then would also measure which version's workers lagged more.
     let (v1, v2): (i64, i64) = sqlx::query_as(
         r#"
-        select count(*) filter (where version = 'v1'), count(*) filter (where version = 'v2')
+        select count(distinct concurrency_key) filter (where version = 'v1'),
+               count(distinct concurrency_key) filter (where version = 'v2')
         from job_all
         where args->>'phase' = 'canary' and started_at < $1
         "#,
@@ -414,7 +416,7 @@ async fn rollout_under_load_with_worker_processes() {
     let share = v2 as f64 / (v1 + v2) as f64;
     assert!(
         (0.18..=0.42).contains(&share),
-        "canary share {share:.3} (v1 {v1}, v2 {v2})"
+        "canary share {share:.3} of the keys (v1 {v1}, v2 {v2})"
     );
     let mixed: i64 = sqlx::query_scalar(
         r#"
