@@ -6,7 +6,7 @@ use utoipa::ToSchema;
 
 use super::auth::Admin;
 use super::error::{ApiError, Problem};
-use super::extract::{IdPage, QueryParams};
+use super::extract::{next_page, IdPage, QueryParams};
 use super::AppState;
 use crate::audit::{self, AdminEvent};
 
@@ -42,11 +42,6 @@ pub async fn list(
     let limit = q.limit()?;
     let before = q.id_cursor("cursor")?;
     let mut items = audit::list(state.admin_pool(), before, limit + 1).await?;
-    let next_cursor = if items.len() as i64 > limit {
-        items.truncate(limit as usize);
-        items.last().map(|e| e.id.clone())
-    } else {
-        None
-    };
+    let next_cursor = next_page(&mut items, limit, |e| e.id.clone());
     Ok(Json(AdminEventPage { items, next_cursor }))
 }

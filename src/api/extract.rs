@@ -105,6 +105,17 @@ pub struct IdPage {
     cursor: Option<String>,
 }
 
+/// Cuts a page read with `limit + 1` rows down to `limit`, and gives the cursor of the next page (the key of its
+/// last item) when the extra row showed there is one.
+pub fn next_page<T>(items: &mut Vec<T>, limit: i64, key: impl Fn(&T) -> String) -> Option<String> {
+    let limit = usize::try_from(limit).unwrap_or(0);
+    if items.len() <= limit {
+        return None;
+    }
+    items.truncate(limit);
+    items.last().map(key)
+}
+
 /// An id or sequence number as the document's pattern `^[1-9][0-9]{0,17}$` allows it, and nothing else.
 pub fn numeric_id(s: &str) -> Option<i64> {
     let well_formed = (1..=18).contains(&s.len()) && !s.starts_with('0') && s.bytes().all(|b| b.is_ascii_digit());
@@ -175,12 +186,7 @@ impl QueryParams {
         if let Some(after) = self.get("cursor") {
             items.retain(|i| key(i) > after);
         }
-        let next = if items.len() > limit {
-            items.truncate(limit);
-            items.last().map(|i| key(i).to_owned())
-        } else {
-            None
-        };
+        let next = next_page(&mut items, limit as i64, |i| key(i).to_owned());
         Ok((items, next))
     }
 }

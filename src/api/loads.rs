@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 
 use super::auth::Tenant;
 use super::error::{ApiError, Problem};
-use super::extract::{ApiPath, IdPage, JsonBody, Limit, QueryParams};
+use super::extract::{next_page, ApiPath, IdPage, JsonBody, Limit, QueryParams};
 use super::fields::{object, reject_unknown, string};
 use super::jobs::{IDEMPOTENCY_KEY_HEADER, REPLAYED_HEADER};
 use crate::load::{self, store, Load, LoadDetail, Outcome, RecordResult};
@@ -163,12 +163,7 @@ pub async fn list(tenant: Tenant, q: QueryParams) -> Result<Json<LoadPage>, ApiE
     )
     .await?;
     tx.commit().await?;
-    let next_cursor = if items.len() as i64 > limit {
-        items.truncate(limit as usize);
-        items.last().map(|l| l.id.clone())
-    } else {
-        None
-    };
+    let next_cursor = next_page(&mut items, limit, |l| l.id.clone());
     Ok(Json(LoadPage { items, next_cursor }))
 }
 
@@ -358,12 +353,7 @@ pub async fn results(
     let mut tx = tenant.begin().await?;
     let mut items = store::results(&mut tx, &tenant.account, &id, &batch_id, outcome, after, limit + 1).await?;
     tx.commit().await?;
-    let next_cursor = if items.len() as i64 > limit {
-        items.truncate(limit as usize);
-        items.last().map(|r| r.index.to_string())
-    } else {
-        None
-    };
+    let next_cursor = next_page(&mut items, limit, |r| r.index.to_string());
     Ok(Json(ResultPage { items, next_cursor }))
 }
 

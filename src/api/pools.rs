@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 
 use super::auth::Admin;
 use super::error::{ApiError, Problem};
-use super::extract::{ApiPath, IdPage, JsonBody, Page, QueryParams};
+use super::extract::{next_page, ApiPath, IdPage, JsonBody, Page, QueryParams};
 use super::AppState;
 use crate::audit;
 use crate::autoscale::{self, ScaleTarget};
@@ -283,12 +283,7 @@ pub async fn list_rollouts(
         None => q.id_cursor("after")?,
     };
     let mut items = rollout::list(state.admin_pool(), q.get("pool"), rollout_state, before, limit + 1).await?;
-    let next_cursor = if items.len() as i64 > limit {
-        items.truncate(limit as usize);
-        items.last().map(|r| r.id.to_string())
-    } else {
-        None
-    };
+    let next_cursor = next_page(&mut items, limit, |r| r.id.to_string());
     Ok(Json(RolloutPage { items, next_cursor }))
 }
 

@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 
 use super::auth::Tenant;
 use super::error::{ApiError, Problem};
-use super::extract::{ApiPath, JsonBody, Page, QueryParams};
+use super::extract::{next_page, ApiPath, JsonBody, Page, QueryParams};
 use super::fields::{boolean, object, reject_unknown, string};
 use crate::queue::FieldError;
 use crate::scheduler::store::{self, EventSpec, JobSpec, NewSchedule, Schedule, ScheduleUpdate, Target};
@@ -237,12 +237,7 @@ pub async fn list(tenant: Tenant, q: QueryParams) -> Result<Json<SchedulePage>, 
     let mut tx = tenant.begin().await?;
     let mut items = store::list(&mut *tx, &tenant.account, after, limit + 1).await?;
     tx.commit().await?;
-    let next_cursor = if items.len() as i64 > limit {
-        items.truncate(limit as usize);
-        items.last().map(|s| s.name.clone())
-    } else {
-        None
-    };
+    let next_cursor = next_page(&mut items, limit, |s| s.name.clone());
     Ok(Json(SchedulePage { items, next_cursor }))
 }
 
