@@ -8,11 +8,12 @@ use serde::Serialize;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
+mod scrape;
 mod steady;
 mod tenants;
 mod workers;
 
-pub use steady::SteadyMinute;
+pub use steady::{Relation, SteadySample};
 
 use crate::queue::{self, NewJob, Queue};
 use crate::tenancy::AccountId;
@@ -43,6 +44,9 @@ pub enum Error {
     /// Bad arguments.
     #[error("{0}")]
     Invalid(String),
+    /// Writing the CSV output failed.
+    #[error("failed to write the CSV output: {0}")]
+    Output(std::io::Error),
     /// Stopped by SIGTERM or SIGINT (workers, scratch database and private server cleaned up).
     #[error("interrupted")]
     Interrupted,
@@ -84,12 +88,19 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 0)]
     pub hot_key: usize,
     /// Steady load instead of a drain: enqueue this many jobs per second (in batches every 100 ms) while the workers
-    /// run them, for `--steady-secs`, sampling claim time, dead tuples and sizes every minute; 0 = off.
+    /// run them, for `--steady-secs`, sampling throughput, start delay, claim time, dead tuples and sizes every `--sample-secs`; 0 = off.
     #[arg(long, default_value_t = 0)]
     pub steady_rate: usize,
     /// Length of the steady load in seconds.
     #[arg(long, default_value_t = 600)]
     pub steady_secs: u64,
+    /// Seconds between two samples of the steady load.
+    #[arg(long, default_value_t = 60)]
+    pub sample_secs: u64,
+    /// Write the steady load's samples to this CSV file as they are taken, and every queue table's and index's
+    /// dead tuples and size to a sibling `*-relations.csv`.
+    #[arg(long)]
+    pub csv: Option<std::path::PathBuf>,
     /// During the steady load, hold a transaction with a snapshot open (pinning the xmin horizon, as a long report
     /// or a forgotten session does): vacuum can then remove none of the row versions the load leaves behind.
     #[arg(long)]
@@ -174,8 +185,8 @@ pub struct Summary {
     pub index_bytes: i64,
     /// Size of the table itself (heap) after the run, in bytes.
     pub table_bytes: i64,
-    /// Minute by minute figures of a steady load (`--steady-rate`), empty otherwise.
-    pub steady: Vec<SteadyMinute>,
+    /// The samples of a steady load (`--steady-rate`), empty otherwise.
+    pub steady: Vec<SteadySample>,
     /// Figures of the fair-share scenario (`--tenants`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tenants: Option<tenants::TenantFigures>,

@@ -1,5 +1,6 @@
 //! The worker processes a benchmark measures: started from this binary, waited for, stopped, and their memory.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -32,30 +33,52 @@ fn peak_rss_mib(pid: u32) -> Option<f64> {
 
 /// Starts `args.workers` `ordo worker` processes of this binary against `url`.
 pub(super) fn spawn_workers(args: &BenchArgs, url: &str) -> Result<Vec<tokio::process::Child>, Error> {
+    (0..args.workers).map(|_| spawn_worker(args, url, None)).collect()
+}
+
+/// As [`spawn_workers`], each worker also serving `/metrics` on a free local port; returns those addresses.
+pub(super) fn spawn_workers_with_metrics(
+    args: &BenchArgs,
+    url: &str,
+) -> Result<(Vec<tokio::process::Child>, Vec<SocketAddr>), Error> {
+    let mut children = Vec::with_capacity(args.workers);
+    let mut addrs = Vec::with_capacity(args.workers);
+    for _ in 0..args.workers {
+        // The port is free when asked for; the worker binds it a moment later (nothing else here takes ports).
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(Error::Spawn)?;
+        children.push(spawn_worker(args, url, Some(addr))?);
+        addrs.push(addr);
+    }
+    Ok((children, addrs))
+}
+
+fn spawn_worker(args: &BenchArgs, url: &str, metrics: Option<SocketAddr>) -> Result<tokio::process::Child, Error> {
     let exe: PathBuf = std::env::current_exe().map_err(Error::Spawn)?;
-    (0..args.workers)
-        .map(|_| {
-            let mut c = tokio::process::Command::new(&exe);
-            c.arg("worker")
-                .args(["--concurrency", &args.concurrency.to_string()])
-                .args(args.prefetch.map(|p| format!("--prefetch={p}")))
-                .env("DATABASE_URL", url)
-                .env("ORDO_POLL_MS", "50")
-                .env("RUST_LOG", "warn")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .kill_on_drop(true);
-            match &args.redis_url {
-                Some(r) => c.env("REDIS_URL", r),
-                None => c.env_remove("REDIS_URL"),
-            };
-            match &args.master_keys {
-                Some(k) => c.env("ORDO_MASTER_KEYS", k.to_env()),
-                None => c.env_remove("ORDO_MASTER_KEYS"),
-            };
-            c.spawn().map_err(Error::Spawn)
-        })
-        .collect()
+    let mut c = tokio::process::Command::new(&exe);
+    c.arg("worker")
+        .args(["--concurrency", &args.concurrency.to_string()])
+        .args(args.prefetch.map(|p| format!("--prefetch={p}")))
+        .env("DATABASE_URL", url)
+        .env("ORDO_POLL_MS", "50")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .kill_on_drop(true);
+    match metrics {
+        Some(addr) => c.env("ORDO_METRICS_LISTEN", addr.to_string()),
+        None => c.env_remove("ORDO_METRICS_LISTEN"),
+    };
+    match &args.redis_url {
+        Some(r) => c.env("REDIS_URL", r),
+        None => c.env_remove("REDIS_URL"),
+    };
+    match &args.master_keys {
+        Some(k) => c.env("ORDO_MASTER_KEYS", k.to_env()),
+        None => c.env_remove("ORDO_MASTER_KEYS"),
+    };
+    c.spawn().map_err(Error::Spawn)
 }
 
 /// Waits (up to 30 s) until `n` workers have registered.

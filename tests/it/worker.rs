@@ -383,3 +383,85 @@ async fn an_interrupted_bench_leaves_no_workers_behind() {
     let left: Vec<String> = scratch().await.into_iter().filter(|d| !before.contains(d)).collect();
     assert!(left.is_empty(), "the scratch database is dropped: {left:?}");
 }
+
+/// `ordo bench --steady-rate … --csv`: the soak benchmark's samples, one line per sample with throughput, start
+/// delays and claim figures, and every queue table and index per sample in the sibling relations file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_steady_bench_writes_its_samples_as_csv() {
+    let url = testkit::postgres_url().await;
+    let dir = std::env::temp_dir().join(format!("ordo-soak-{}-{}", std::process::id(), rand_suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let csv = dir.join("soak.csv");
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_ordo"))
+        .args([
+            "bench",
+            "--json",
+            "--steady-rate",
+            "200",
+            "--steady-secs",
+            "6",
+            "--sample-secs",
+            "2",
+        ])
+        .args([
+            "--concurrency",
+            "8",
+            "--latency-samples",
+            "0",
+            "--pin-xmin",
+            "--database-url",
+            &url,
+        ])
+        .arg("--csv")
+        .arg(&csv)
+        .env("RUST_LOG", "warn")
+        .env_remove("REDIS_URL")
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let samples = std::fs::read_to_string(&csv).unwrap();
+    let relations = std::fs::read_to_string(dir.join("soak-relations.csv")).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    let mut lines = samples.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    for column in [
+        "secs",
+        "throughput_per_s",
+        "start_p50_ms",
+        "start_p99_ms",
+        "claim_p99_ms",
+        "dead_tuples",
+    ] {
+        assert!(header.contains(&column), "{column} in {header:?}");
+    }
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.len(), 3, "one line per 2 s of a 6 s load:\n{samples}");
+    assert_eq!(summary["steady"].as_array().unwrap().len(), 3);
+    let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
+    let enqueued: usize = rows.iter().map(|r| r[col("enqueued")].parse::<usize>().unwrap()).sum();
+    assert_eq!(enqueued, summary["jobs"].as_u64().unwrap() as usize);
+    // Each sample after the first measures the previous one's jobs, started or still waiting.
+    for r in &rows[1..] {
+        assert!(r[col("start_p50_ms")].parse::<f64>().unwrap() >= 0.0, "{r:?}");
+        assert!(r[col("start_p99_ms")].parse::<f64>().unwrap() >= r[col("start_p50_ms")].parse::<f64>().unwrap());
+    }
+    // The snapshot held open keeps every claimed and finished job's old row version.
+    assert!(rows[2][col("dead_tuples")].parse::<i64>().unwrap() > 0, "{samples}");
+    for name in [
+        ",job,table,job,",
+        ",job_claim_idx,index,job,",
+        ",job_history_unkeyed_default,table,",
+    ] {
+        assert!(relations.contains(name), "{name} in\n{relations}");
+    }
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() as u64)
+}
