@@ -11,9 +11,11 @@ use tokio_util::sync::CancellationToken;
 mod scrape;
 mod steady;
 mod tenants;
+mod upgrade;
 mod workers;
 
 pub use steady::{Relation, SteadySample};
+pub use upgrade::{AppliedMigration, UpgradeFigures};
 
 use crate::queue::{self, NewJob, Queue};
 use crate::tenancy::AccountId;
@@ -115,6 +117,10 @@ pub struct BenchArgs {
     /// Seconds over which the `--tenants` accounts enqueue.
     #[arg(long, default_value_t = 10)]
     pub tenant_secs: u64,
+    /// Upgrade under load: this previous release of ordo creates the schema and its workers drain `--backlog`
+    /// jobs while this binary's migrations are applied; reports the longest pause of the drain.
+    #[arg(long)]
+    pub upgrade_from: Option<std::path::PathBuf>,
     /// Print one line of JSON.
     #[arg(long)]
     pub json: bool,
@@ -190,6 +196,9 @@ pub struct Summary {
     /// Figures of the fair-share scenario (`--tenants`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tenants: Option<tenants::TenantFigures>,
+    /// Figures of the upgrade scenario (`--upgrade-from`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upgrade: Option<UpgradeFigures>,
 }
 
 impl Summary {
@@ -219,6 +228,7 @@ impl Summary {
             table_bytes: 0,
             steady: Vec::new(),
             tenants: None,
+            upgrade: None,
         }
     }
 }
@@ -283,6 +293,11 @@ pub async fn run(args: BenchArgs, shutdown: CancellationToken) -> Result<Summary
 async fn measure(args: &BenchArgs, url: &str, private: bool) -> Result<Summary, Error> {
     // The `--tenants` accounts enqueue all at once, a connection each would be too many: 16 share the work.
     let pool = crate::db::connect(url, if args.tenants > 0 { 16 } else { 4 }).await?;
+    if let Some(old) = &args.upgrade_from {
+        let out = upgrade::run(args, old, url, &pool).await;
+        pool.close().await;
+        return out;
+    }
     crate::db::migrate(&pool).await?;
     if args.master_keys.is_some() {
         crate::crypt::install(args.master_keys.clone(), &pool);

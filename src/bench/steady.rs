@@ -161,7 +161,7 @@ pub(super) async fn run(
     account: &AccountId,
 ) -> Result<Summary, Error> {
     let mut csv = args.csv.as_deref().map(Csv::create).transpose()?;
-    let (mut children, metrics) = spawn_workers_with_metrics(args, url)?;
+    let (mut children, metrics) = spawn_workers_with_metrics(args, url, None)?;
     wait_for_workers(pool, args.workers).await?;
     let _ = sqlx::query("create extension if not exists pg_stat_statements")
         .execute(pool)

@@ -1,7 +1,7 @@
 //! The worker processes a benchmark measures: started from this binary, waited for, stopped, and their memory.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -33,13 +33,15 @@ fn peak_rss_mib(pid: u32) -> Option<f64> {
 
 /// Starts `args.workers` `ordo worker` processes of this binary against `url`.
 pub(super) fn spawn_workers(args: &BenchArgs, url: &str) -> Result<Vec<tokio::process::Child>, Error> {
-    (0..args.workers).map(|_| spawn_worker(args, url, None)).collect()
+    (0..args.workers).map(|_| spawn_worker(args, url, None, None)).collect()
 }
 
 /// As [`spawn_workers`], each worker also serving `/metrics` on a free local port; returns those addresses.
+/// `exe`: another build of ordo to run (an upgrade's previous release), this binary when `None`.
 pub(super) fn spawn_workers_with_metrics(
     args: &BenchArgs,
     url: &str,
+    exe: Option<&Path>,
 ) -> Result<(Vec<tokio::process::Child>, Vec<SocketAddr>), Error> {
     let mut children = Vec::with_capacity(args.workers);
     let mut addrs = Vec::with_capacity(args.workers);
@@ -48,14 +50,22 @@ pub(super) fn spawn_workers_with_metrics(
         let addr = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map_err(Error::Spawn)?;
-        children.push(spawn_worker(args, url, Some(addr))?);
+        children.push(spawn_worker(args, url, Some(addr), exe)?);
         addrs.push(addr);
     }
     Ok((children, addrs))
 }
 
-fn spawn_worker(args: &BenchArgs, url: &str, metrics: Option<SocketAddr>) -> Result<tokio::process::Child, Error> {
-    let exe: PathBuf = std::env::current_exe().map_err(Error::Spawn)?;
+fn spawn_worker(
+    args: &BenchArgs,
+    url: &str,
+    metrics: Option<SocketAddr>,
+    exe: Option<&Path>,
+) -> Result<tokio::process::Child, Error> {
+    let exe: PathBuf = match exe {
+        Some(e) => e.to_path_buf(),
+        None => std::env::current_exe().map_err(Error::Spawn)?,
+    };
     let mut c = tokio::process::Command::new(&exe);
     c.arg("worker")
         .args(["--concurrency", &args.concurrency.to_string()])

@@ -392,36 +392,25 @@ async fn a_steady_bench_writes_its_samples_as_csv() {
     let dir = std::env::temp_dir().join(format!("ordo-soak-{}-{}", std::process::id(), rand_suffix()));
     std::fs::create_dir_all(&dir).unwrap();
     let csv = dir.join("soak.csv");
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_ordo"))
-        .args([
-            "bench",
-            "--json",
-            "--steady-rate",
-            "200",
-            "--steady-secs",
-            "6",
-            "--sample-secs",
-            "2",
-        ])
-        .args([
-            "--concurrency",
-            "8",
-            "--latency-samples",
-            "0",
-            "--pin-xmin",
-            "--database-url",
-            &url,
-        ])
-        .arg("--csv")
-        .arg(&csv)
-        .env("RUST_LOG", "warn")
-        .env_remove("REDIS_URL")
-        .kill_on_drop(true)
-        .output()
-        .await
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let csv_arg = csv.to_string_lossy();
+    let summary = bench_json(&[
+        "--steady-rate",
+        "200",
+        "--steady-secs",
+        "6",
+        "--sample-secs",
+        "2",
+        "--concurrency",
+        "8",
+        "--latency-samples",
+        "0",
+        "--pin-xmin",
+        "--csv",
+        &csv_arg,
+        "--database-url",
+        &url,
+    ])
+    .await;
     let samples = std::fs::read_to_string(&csv).unwrap();
     let relations = std::fs::read_to_string(dir.join("soak-relations.csv")).unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
@@ -464,4 +453,53 @@ fn rand_suffix() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos() as u64)
+}
+
+/// `ordo bench --upgrade-from`: the previous release's binary (here this one) creates the schema and drains a
+/// backlog while this binary's migrations run; the figures name each migration applied and the drain around them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_bench_measures_the_drain_around_the_migrations() {
+    let url = testkit::postgres_url().await;
+    let summary = bench_json(&[
+        "--backlog",
+        "50000",
+        "--workers",
+        "1",
+        "--concurrency",
+        "16",
+        "--upgrade-from",
+        env!("CARGO_BIN_EXE_ordo"),
+        "--database-url",
+        &url,
+    ])
+    .await;
+    let upgrade = &summary["upgrade"];
+    // The same release on both sides: nothing left to apply, and its workers ran through.
+    assert_eq!(upgrade["migrations"], serde_json::json!([]), "{summary}");
+    assert_eq!(upgrade["workers_survived"], true, "{summary}");
+    assert!(upgrade["drain_before_per_s"].as_f64().unwrap() > 0.0, "{summary}");
+    assert!(summary["jobs"].as_u64().unwrap() > 0, "{summary}");
+    for field in [
+        "migrate_secs",
+        "longest_pause_during_ms",
+        "longest_pause_before_ms",
+        "drain_after_per_s",
+    ] {
+        assert!(upgrade[field].as_f64().unwrap() >= 0.0, "{field}: {summary}");
+    }
+}
+
+/// Runs `ordo bench --json ARGS` without Redis and returns its summary; fails the test when the bench fails.
+async fn bench_json(args: &[&str]) -> serde_json::Value {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_ordo"))
+        .args(["bench", "--json"])
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .env_remove("REDIS_URL")
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
 }
