@@ -108,6 +108,7 @@ pub(crate) fn rows<'a>(
         job_id: None,
         scheduled_at: None,
         processed: true,
+        processed_at: None,
         error: a.error.clone(),
         traceparent: None,
     })

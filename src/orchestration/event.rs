@@ -326,7 +326,9 @@ pub(crate) struct Row {
     pub source_event_id: Option<i64>,
     pub job_id: Option<i64>,
     pub scheduled_at: Option<DateTime<Utc>>,
+    /// Whether it is finished: stamped `processed_at`, at `processed_at` when given, else when inserted.
     pub processed: bool,
+    pub processed_at: Option<DateTime<Utc>>,
     pub error: Option<String>,
     pub traceparent: Option<String>,
 }
@@ -358,13 +360,13 @@ static INSERT_SQL: &str = r#"
         insert into event (account_id, seq, name, kind, category, status, entity_type, entity_ref, attributes,
                            source_event_id, job_id, scheduled_at, processed_at, error, traceparent)
         select $1, case when t.seq = 0 then nextval('event_seq') else t.seq end, t.name, t.kind, t.category, t.status, t.entity_type, t.entity_ref, t.attributes,
-               t.source_event_id, t.job_id, t.scheduled_at, case when t.processed then clock_timestamp() end, t.error,
-               t.traceparent
+               t.source_event_id, t.job_id, t.scheduled_at,
+               case when t.processed then coalesce(t.processed_at, clock_timestamp()) end, t.error, t.traceparent
         from unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
                     $9::jsonb[], $10::bigint[], $11::bigint[], $12::timestamptz[], $13::bool[], $14::text[],
-                    $15::text[])
+                    $15::text[], $16::timestamptz[])
              as t(seq, name, kind, category, status, entity_type, entity_ref, attributes, source_event_id, job_id,
-                  scheduled_at, processed, error, traceparent)
+                  scheduled_at, processed, error, traceparent, processed_at)
         "#;
 
 /// `INSERT_SQL ... returning` the stored rows: accepting events reads them back in the same round trip.
@@ -422,6 +424,7 @@ async fn insert(
     let mut job = Vec::with_capacity(rows.len());
     let mut sched = Vec::with_capacity(rows.len());
     let mut processed = Vec::with_capacity(rows.len());
+    let mut processed_at = Vec::with_capacity(rows.len());
     let mut error = Vec::with_capacity(rows.len());
     let mut trace = Vec::with_capacity(rows.len());
     for (i, r) in rows.iter().enumerate() {
@@ -439,6 +442,7 @@ async fn insert(
         job.push(r.job_id);
         sched.push(r.scheduled_at);
         processed.push(r.processed);
+        processed_at.push(r.processed_at);
         error.push(match sealed_errors.get(i) {
             Some(e) => e.as_deref(),
             None => r.error.as_deref(),
@@ -466,6 +470,7 @@ async fn insert(
         .bind(&processed)
         .bind(&error)
         .bind(&trace)
+        .bind(&processed_at)
         .fetch_all(&mut *conn)
         .await?;
     Ok(stored)
@@ -543,6 +548,7 @@ pub(crate) async fn accept_many_jobs(
                 job_id: Some(enqueued[i].id.0),
                 scheduled_at: e.scheduled_at,
                 processed: false,
+                processed_at: None,
                 error: None,
                 traceparent: e.traceparent.clone(),
             }

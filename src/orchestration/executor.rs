@@ -17,7 +17,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use futures_util::FutureExt;
 use ordo_workers::rules::{
     self, template, Action, EntityKey, EntityView, EventView, Position, PositionKey, RuleContext, RuleError,
@@ -349,6 +349,8 @@ struct Locked {
     entity_attributes: Value,
     workflow_major: i32,
     workflow_minor: Option<i32>,
+    /// The database's clock when the row was locked.
+    locked_at: DateTime<Utc>,
 }
 
 static LOCK_SQL: LazyLock<String> = LazyLock::new(|| {
@@ -363,7 +365,8 @@ static LOCK_SQL: LazyLock<String> = LazyLock::new(|| {
                 from workflow w
                 where w.account_id = ev.account_id
                   and w.ref = ev.entity_type || '::' || en.subtype
-                  and w.major = en.workflow_major) as workflow_minor
+                  and w.major = en.workflow_major) as workflow_minor,
+               clock_timestamp() as locked_at
         from event ev
         cross join lateral (
             select en.subtype, en.status, en.attributes, en.workflow_major
@@ -432,8 +435,13 @@ pub(crate) async fn execute_batch(
     };
     let mut round = jobs;
     let mut executed = 0;
+    // The database's clock at the first lock, and the batch's own since: the base of its `processed_at` stamps.
+    let mut clock: Option<(DateTime<Utc>, Instant)> = None;
     loop {
         let mut locked = lock_events(tx, account, &round).await?;
+        if clock.is_none() {
+            clock = locked.values().map(|l| (l.locked_at, Instant::now())).next();
+        }
         // Per entity, the last job this round ran: the events waiting behind it come next.
         let mut last_of_key: HashMap<String, Job> = HashMap::new();
         for job in round {
@@ -462,7 +470,11 @@ pub(crate) async fn execute_batch(
     }
     batch.out.complete(tx, account, owner).await?;
     let queued = !batch.out.emitted.is_empty() || !batch.out.hooks.is_empty();
-    batch.out.write(tx, account, &batch.entities).await?;
+    let at = match clock {
+        Some((at, then)) => at + chrono::Duration::from_std(then.elapsed()).unwrap_or(chrono::Duration::zero()),
+        None => Utc::now(),
+    };
+    batch.out.write(tx, account, &batch.entities, at).await?;
     Ok(Executed {
         events: executed,
         queued,
@@ -701,16 +713,28 @@ impl Writes {
         Ok(())
     }
 
-    /// Writes everything but the completions, and the entities the batch changed.
+    /// Writes everything but the completions, and the entities the batch changed. The executed events (roots
+    /// and inline ones) are stamped `processed_at` from `at` on, one microsecond apart in `seq` order: an
+    /// entity's log then reads in time in the order it lists, though an inline event runs before the entity's
+    /// next root event of the batch whose seq is lower.
     async fn write(
         self,
         conn: &mut PgConnection,
         account: &AccountId,
         entities: &HashMap<EntityKey, Current>,
+        at: DateTime<Utc>,
     ) -> Result<()> {
+        let stamps = stamps(
+            self.roots.iter().map(|r| r.0).chain(self.inline.iter().map(|r| r.seq)),
+            at,
+        );
         let positions: Vec<(PositionKey, Position)> = self.positions.into_iter().collect();
         write_positions(&mut *conn, account, &positions).await?;
-        insert_rows(&mut *conn, account, &self.inline).await?;
+        let mut inline = self.inline;
+        for r in &mut inline {
+            r.processed_at = stamps.get(&r.seq).copied();
+        }
+        insert_rows(&mut *conn, account, &inline).await?;
 
         let changed: Vec<(&EntityKey, &Current)> = entities.iter().filter(|(_, c)| c.changed).collect();
         let types: Vec<&str> = changed.iter().map(|(k, _)| k.entity_type.as_str()).collect();
@@ -722,6 +746,11 @@ impl Writes {
             .collect::<Result<_, _>>()?;
         let seqs: Vec<i64> = self.roots.iter().map(|r| r.0).collect();
         let outcomes: Vec<&str> = self.roots.iter().map(|r| r.1.as_str()).collect();
+        let processed_at: Vec<DateTime<Utc>> = self
+            .roots
+            .iter()
+            .map(|r| stamps.get(&r.0).copied().unwrap_or(at))
+            .collect();
         let errors: Vec<Option<String>> = self
             .roots
             .iter()
@@ -749,8 +778,8 @@ impl Writes {
             update event
             set status = r.status,
                 error = r.error,
-                processed_at = clock_timestamp()
-            from unnest($6::bigint[], $7::text[], $8::text[]) as r(seq, status, error)
+                processed_at = r.processed_at
+            from unnest($6::bigint[], $7::text[], $8::text[], $9::timestamptz[]) as r(seq, status, error, processed_at)
             where event.account_id = $1
               and event.seq = any($6)
               and event.seq = r.seq
@@ -764,6 +793,7 @@ impl Writes {
         .bind(&seqs)
         .bind(&outcomes)
         .bind(&errors)
+        .bind(&processed_at)
         .execute(&mut *conn)
         .await?;
 
@@ -772,6 +802,17 @@ impl Writes {
         insert_rows(&mut *conn, account, &self.audits).await?;
         Ok(())
     }
+}
+
+/// `processed_at` of each of `seqs`: `at`, then one microsecond more per event in `seq` order, so that the stamps
+/// never decrease along `seq`, whatever order the events ran or the database visits their rows in.
+fn stamps(seqs: impl Iterator<Item = i64>, at: DateTime<Utc>) -> HashMap<i64, DateTime<Utc>> {
+    let mut seqs: Vec<i64> = seqs.collect();
+    seqs.sort_unstable();
+    seqs.into_iter()
+        .enumerate()
+        .map(|(i, seq)| (seq, at + chrono::Duration::microseconds(i as i64)))
+        .collect()
 }
 
 impl Run<'_> {
@@ -1068,6 +1109,7 @@ impl Run<'_> {
                 job_id: None,
                 scheduled_at: None,
                 processed: true,
+                processed_at: None,
                 error: e.error.clone(),
                 traceparent: job.traceparent.clone(),
             }));

@@ -27,7 +27,7 @@ fn rules() -> RuleRegistry {
     ordo_workers::rules::registry()
 }
 
-fn queue(pool: &PgPool) -> Queue {
+pub(crate) fn queue(pool: &PgPool) -> Queue {
     Queue::new(pool.clone(), ordo::wake::Waker::disabled())
 }
 
@@ -45,7 +45,7 @@ async fn send(q: &Queue, name: &str, t: &str, r: &str, attributes: Value) -> Eve
         .0
 }
 
-async fn wait_final(pool: &PgPool, id: &str) -> Event {
+pub(crate) async fn wait_final(pool: &PgPool, id: &str) -> Event {
     eventually(WAIT, &format!("event {id} to finish"), || async {
         let e = get_event(pool, &acct(), id).await.ok()?;
         e.status.is_final().then_some(e)
