@@ -12,10 +12,12 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use sqlx::{PgConnection, PgExecutor, Postgres, QueryBuilder};
 
-use super::executor::EVENT_KIND;
 use super::{concurrency_key, Error, Page, Result, QUEUE};
 use crate::queue::{self, JobId, NewJob, Queue};
 use crate::tenancy::AccountId;
+
+/// The job kind of an orchestration event.
+pub const EVENT_KIND: &str = "orchestration.event";
 
 /// Orchestration event or audit record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -474,6 +476,53 @@ async fn insert(
         .fetch_all(&mut *conn)
         .await?;
     Ok(stored)
+}
+
+/// A root event's outcome, written when its execution commits.
+#[derive(Debug, Clone)]
+pub(crate) struct Finished {
+    /// The event.
+    pub seq: i64,
+    /// Its outcome.
+    pub status: EventStatus,
+    /// Why it failed, or the error an exception ruleset handled.
+    pub error: Option<String>,
+    /// When it counts as processed.
+    pub processed_at: DateTime<Utc>,
+}
+
+/// Writes executed root events' outcomes, with one statement.
+pub(crate) async fn finish_events(conn: &mut PgConnection, account: &AccountId, finished: &[Finished]) -> Result<()> {
+    if finished.is_empty() {
+        return Ok(());
+    }
+    let seqs: Vec<i64> = finished.iter().map(|f| f.seq).collect();
+    let statuses: Vec<&str> = finished.iter().map(|f| f.status.as_str()).collect();
+    let errors: Vec<Option<String>> = finished
+        .iter()
+        .map(|f| f.error.as_deref().map(|e| seal_error(account, f.seq, e)).transpose())
+        .collect::<Result<_, _>>()?;
+    let processed_at: Vec<DateTime<Utc>> = finished.iter().map(|f| f.processed_at).collect();
+    sqlx::query(
+        r#"
+        update event
+        set status = r.status,
+            error = r.error,
+            processed_at = r.processed_at
+        from unnest($2::bigint[], $3::text[], $4::text[], $5::timestamptz[]) as r(seq, status, error, processed_at)
+        where event.account_id = $1
+          and event.seq = any($2)
+          and event.seq = r.seq
+        "#,
+    )
+    .bind(account.as_str())
+    .bind(&seqs)
+    .bind(&statuses)
+    .bind(&errors)
+    .bind(&processed_at)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 /// Accepts events inside the caller's transaction: one queued job per event (keyed by its root entity, so

@@ -22,16 +22,16 @@ use serde::Serialize;
 use sqlx::PgConnection;
 use tokio::sync::oneshot;
 
+use super::dispatch::EventHandler;
 use super::entity::{get_entities, Entity};
 use super::event::{accept_events_in, emitted_from, get_event, get_events, Event, EventStatus, NewEvent};
-use super::executor::EventExecutor;
 use super::{Error, Result, QUEUE};
 use crate::group_commit::{split_by, GroupCommit, Limits};
 use crate::queue::{self, JobId, Queue};
 use crate::tenancy::AccountId;
 
-/// The API node's executor: the same rules as the workers', and its own cache of workflow definitions.
-static INLINE: LazyLock<EventExecutor> = LazyLock::new(|| EventExecutor::new(rules::registry()));
+/// The API node's event handler: the same rules as the workers', and its own cache of workflow definitions.
+static INLINE: LazyLock<EventHandler> = LazyLock::new(|| EventHandler::new(rules::registry()));
 
 /// Owner recorded on the jobs of events run inline, to tell them from a worker's.
 static OWNER: LazyLock<String> = LazyLock::new(|| format!("api:{}", std::process::id()));

@@ -1,16 +1,21 @@
-//! What one execution transaction of orchestration events leaves: the `processed_at` stamps it writes (in `seq`
-//! order).
+//! What one execution transaction of orchestration events takes and leaves: the inventory positions it locks
+//! (all at once, in one global order) and the `processed_at` stamps it writes (in `seq` order).
+
+use std::time::Duration;
 
 use ordo::orchestration::{
-    create_entity, list_events, put_workflow, send_event, EventFilter, EventKind, EventStatus, NewEntity, NewEvent,
+    create_entity, get_position, list_events, put_workflow, send_event, EventFilter, EventKind, EventStatus, NewEntity,
+    NewEvent, SyncEvents,
 };
 use ordo::queue::Queue;
-use ordo::testkit;
+use ordo::testkit::{self, eventually};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
 use crate::orchestration::{queue, wait_final};
 use crate::support::{acct, fast_config, start_worker};
+
+const WAIT: Duration = Duration::from_secs(30);
 
 async fn put(pool: &PgPool, reference: &str, body: Value) {
     let mut conn = pool.acquire().await.unwrap();
@@ -36,6 +41,97 @@ async fn created(pool: &PgPool, q: &Queue, entity_type: &str, refs: &[&str]) {
         wait_final(pool, &create.id).await;
     }
     w.stop().await;
+}
+
+fn reserve(sku: &str) -> Value {
+    json!({"name": "inventory.Reserve", "props": {"sku_ref": sku, "location_ref": "L", "qty": 1}})
+}
+
+/// Two executions that reserve the same two positions in opposite rule orders lock them in one order, all at
+/// once: while the first position is held elsewhere, both wait for it and neither holds the second, so they can
+/// never wait on each other (a deadlock that PostgreSQL would break after a second by failing one of them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn executions_reserving_positions_in_opposite_orders_never_wait_on_each_other() {
+    let db = testkit::db().await;
+    let q = queue(&db.pool);
+    put(
+        &db.pool,
+        "L::X",
+        json!({
+            "statuses": [{"name": "CREATED"}],
+            "rulesets": [
+                {"name": "AB", "entity_type": "L", "rules": [reserve("SKU-A"), reserve("SKU-B")]},
+                {"name": "BA", "entity_type": "L", "rules": [reserve("SKU-B"), reserve("SKU-A")]},
+            ]
+        }),
+    )
+    .await;
+    sqlx::query(
+        "insert into inventory_position (account_id, sku_ref, location_ref, on_hand) \
+         values ($1, 'SKU-A', 'L', 10), ($1, 'SKU-B', 'L', 10)",
+    )
+    .bind(acct().as_str())
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    created(&db.pool, &q, "L", &["x", "y"]).await;
+
+    // Hold the position both executions lock first, in the global order, so that both queue up behind it.
+    let mut hold = db.pool.begin().await.unwrap();
+    sqlx::query("select 1 from inventory_position where account_id = $1 and sku_ref = 'SKU-A' for update")
+        .bind(acct().as_str())
+        .execute(&mut *hold)
+        .await
+        .unwrap();
+    // Two API nodes' group commits: two transactions, whatever arrives when.
+    let (one, two) = (SyncEvents::start(q.clone(), 1), SyncEvents::start(q.clone(), 1));
+    let ab = {
+        let q = q.clone();
+        tokio::spawn(async move { one.send(&q, &acct(), NewEvent::new("AB", "L", "x"), WAIT).await })
+    };
+    let ba = {
+        let q = q.clone();
+        tokio::spawn(async move { two.send(&q, &acct(), NewEvent::new("BA", "L", "y"), WAIT).await })
+    };
+    let database: String = sqlx::query_scalar("select current_database()")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    eventually(WAIT, "both executions to wait for a row lock", || async {
+        let waiting: i64 = sqlx::query_scalar(
+            "select count(*) from pg_stat_activity \
+             where datname = $1 and wait_event_type = 'Lock' and wait_event in ('transactionid', 'tuple')",
+        )
+        .bind(&database)
+        .fetch_one(&db.pool)
+        .await
+        .ok()?;
+        (waiting == 2).then_some(())
+    })
+    .await;
+
+    // Neither waiting execution holds the other position: taking it does not wait.
+    let mut probe = db.pool.begin().await.unwrap();
+    let free =
+        sqlx::query("select 1 from inventory_position where account_id = $1 and sku_ref = 'SKU-B' for update nowait")
+            .bind(acct().as_str())
+            .execute(&mut *probe)
+            .await;
+    assert!(
+        free.is_ok(),
+        "a waiting execution holds SKU-B while it waits for SKU-A: {free:?}"
+    );
+    probe.rollback().await.unwrap();
+    hold.rollback().await.unwrap();
+
+    for (call, name) in [(ab, "AB"), (ba, "BA")] {
+        let out = call.await.unwrap().unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(out.status, EventStatus::Success, "{name}: {:?}", out.error);
+    }
+    for sku in ["SKU-A", "SKU-B"] {
+        let p = get_position(&db.pool, &acct(), sku, "L").await.unwrap().unwrap();
+        assert_eq!((p.on_hand, p.reserved), (10, 2), "{sku}");
+    }
 }
 
 /// A worker's batch that runs an entity's waiting events one after another, each with an inline event, stamps
