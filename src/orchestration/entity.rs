@@ -7,7 +7,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use sqlx::{PgConnection, PgExecutor};
 
-use super::event::{accept_many, Accept, Event};
+use super::event::{accept_events, Accept, Event};
 use super::workflow::{get_version, Version};
 use super::{Error, Result, QUEUE};
 use crate::queue::Queue;
@@ -185,7 +185,7 @@ pub async fn create_entity(q: &Queue, account: &AccountId, new: NewEntity) -> Re
     let Some((created_at,)) = inserted else {
         return Err(Error::EntityExists(key));
     };
-    let (event, _) = accept_many(
+    let event = accept_events(
         &mut tx,
         account,
         vec![Accept {
@@ -200,6 +200,7 @@ pub async fn create_entity(q: &Queue, account: &AccountId, new: NewEntity) -> Re
     )
     .await?
     .pop()
+    .map(|a| a.event)
     .ok_or_else(|| Error::Corrupt("accept returned nothing".into()))?;
     tx.commit().await?;
     q.waker().wake(QUEUE);

@@ -35,8 +35,8 @@ pub mod workflow;
 pub use dispatch::{register, EventHandler};
 pub use entity::{create_entity, get_entity, list_entities, Entity, EntityFilter, NewEntity, WorkflowPin};
 pub use event::{
-    cancel_event, get_event, list_events, prune_events, replay_event, send_event, Event, EventFilter, EventKind,
-    EventStatus, NewEvent, EVENT_KIND,
+    cancel_event, get_event, list_events, prune_events, replay_event, send_event, Accepted, Event, EventFilter,
+    EventKind, EventStatus, NewEvent, EVENT_KIND,
 };
 pub use interpreter::MAX_INLINE_EVENTS;
 pub use inventory::{get_position, InventoryPosition};

@@ -11,7 +11,7 @@ use sqlx::PgConnection;
 
 use super::audit::{self, Audit};
 use super::entity::{write_changes, Changed};
-use super::event::{accept_many, finish_events, insert_rows, Accept, EventKind, EventStatus, Finished, Row};
+use super::event::{accept_events, finish_events, insert_rows, Accept, EventKind, EventStatus, Finished, Row};
 use super::interpreter::{Staged, MAX_DELAY_SECONDS};
 use super::inventory::write_positions;
 use super::webhook;
@@ -210,7 +210,7 @@ impl Writes {
             })
             .collect();
         finish_events(&mut *conn, account, &finished).await?;
-        accept_many(&mut *conn, account, self.emitted).await?;
+        accept_events(&mut *conn, account, self.emitted).await?;
         queue::enqueue_many(&mut *conn, account, &self.hooks).await?;
         insert_rows(&mut *conn, account, &self.audits).await?;
         Ok(())

@@ -162,10 +162,10 @@ async fn processed_at_never_decreases_along_seq_within_an_entity() {
     // Queued while no worker runs: the worker's batch runs them as one chain, in one transaction.
     let mut ticks = Vec::new();
     for n in 0..20 {
-        let (e, _) = send_event(&q, &acct(), NewEvent::new("Tick", "C", "c").attributes(json!({"n": n})))
+        let e = send_event(&q, &acct(), NewEvent::new("Tick", "C", "c").attributes(json!({"n": n})))
             .await
             .unwrap();
-        ticks.push(e.id);
+        ticks.push(e.event.id);
     }
     let w = start_worker(&db.pool, fast_config());
     for id in &ticks {

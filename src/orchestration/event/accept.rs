@@ -24,27 +24,24 @@ pub(crate) struct Accept {
     pub traceparent: Option<String>,
 }
 
-/// Accepts events inside the caller's transaction: one queued job per event (keyed by its root entity, so
-/// the queue runs them in order), then the event rows, whose seqs are drawn after the queue's per-key locks.
-/// Returns each event and whether it was an idempotent replay of an earlier send.
-pub(crate) async fn accept_many(
-    conn: &mut PgConnection,
-    account: &AccountId,
-    events: Vec<Accept>,
-) -> Result<Vec<(Event, bool)>> {
-    Ok(accept_many_jobs(conn, account, events)
-        .await?
-        .into_iter()
-        .map(|(e, replayed, _)| (e, replayed))
-        .collect())
+/// An accepted event.
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    /// The event as stored (for a replay: as first accepted).
+    pub event: Event,
+    /// Whether it is an idempotent replay of an earlier send with the same key; nothing new was stored.
+    pub replayed: bool,
+    /// Its job.
+    pub job: JobId,
 }
 
-/// [`accept_many`], also returning each event's job.
-pub(crate) async fn accept_many_jobs(
+/// Accepts events inside the caller's transaction: one queued job per event (keyed by its root entity, so
+/// the queue runs them in order), then the event rows, whose seqs are drawn after the queue's per-key locks.
+pub(crate) async fn accept_events(
     conn: &mut PgConnection,
     account: &AccountId,
     events: Vec<Accept>,
-) -> Result<Vec<(Event, bool, JobId)>> {
+) -> Result<Vec<Accepted>> {
     if events.is_empty() {
         return Ok(Vec::new());
     }
@@ -133,7 +130,11 @@ pub(crate) async fn accept_many_jobs(
             let row = by_job
                 .remove(&o.id.0)
                 .ok_or_else(|| Error::Corrupt(format!("job {} has no event", o.id)))?;
-            Ok((row.into_event(account)?, o.replayed, o.id))
+            Ok(Accepted {
+                event: row.into_event(account)?,
+                replayed: o.replayed,
+                job: o.id,
+            })
         })
         .collect()
 }
@@ -173,44 +174,28 @@ async fn missing_entities(
         .collect())
 }
 
-/// Accepts an event (`POST /api/events`, answered 202): queued now, or scheduled for `scheduled_at`. Returns the
-/// event and whether it is an idempotent replay of an earlier send with the same key.
-pub async fn send_event(q: &Queue, account: &AccountId, event: NewEvent) -> Result<(Event, bool)> {
-    let (event, replayed, _) = accept_event(q, account, event).await?;
-    q.waker().wake(QUEUE);
-    Ok((event, replayed))
-}
-
-/// Accepts an event without waking workers; also returns its job.
-pub(crate) async fn accept_event(q: &Queue, account: &AccountId, event: NewEvent) -> Result<(Event, bool, JobId)> {
+/// Accepts an event (`POST /api/events`, answered 202): queued now, or scheduled for `scheduled_at`, and wakes
+/// the workers.
+pub async fn send_event(q: &Queue, account: &AccountId, event: NewEvent) -> Result<Accepted> {
     let mut tx = q.begin_for(account).await?;
-    let out = accept_event_in(&mut tx, account, event).await?;
-    tx.commit().await?;
-    Ok(out)
-}
-
-/// Accepts an event inside the caller's transaction; also returns its job.
-pub(crate) async fn accept_event_in(
-    conn: &mut PgConnection,
-    account: &AccountId,
-    event: NewEvent,
-) -> Result<(Event, bool, JobId)> {
-    accept_events_in(conn, account, vec![event])
+    let accepted = accept_new_events(&mut tx, account, vec![event])
         .await?
         .pop()
-        .ok_or_else(|| Error::Corrupt("accept returned nothing".into()))?
+        .ok_or_else(|| Error::Corrupt("accept returned nothing".into()))??;
+    tx.commit().await?;
+    q.waker().wake(QUEUE);
+    Ok(accepted)
 }
 
-/// Accepts events inside the caller's transaction, with one statement per step for all of them; also returns
-/// their jobs. An invalid event or one for an unknown entity gets its error in its place and the others are
-/// accepted; an idempotency conflict fails the call (the transaction must then be rolled back).
-pub(crate) async fn accept_events_in(
+/// Accepts sent events ([`NewEvent`]s, validated here) inside the caller's transaction, with one statement per
+/// step for all of them. An invalid event or one for an unknown entity gets its error in its place and the others
+/// are accepted; an idempotency conflict fails the call (the transaction must then be rolled back).
+pub(crate) async fn accept_new_events(
     conn: &mut PgConnection,
     account: &AccountId,
     mut events: Vec<NewEvent>,
-) -> Result<Vec<Result<(Event, bool, JobId)>>> {
-    let mut out: Vec<Option<Result<(Event, bool, JobId)>>> =
-        events.iter_mut().map(|e| e.validate().err().map(Err)).collect();
+) -> Result<Vec<Result<Accepted>>> {
+    let mut out: Vec<Option<Result<Accepted>>> = events.iter_mut().map(|e| e.validate().err().map(Err)).collect();
     let valid: Vec<&EntityKey> = events
         .iter()
         .zip(&out)
@@ -243,7 +228,7 @@ pub(crate) async fn accept_events_in(
             traceparent: e.traceparent,
         });
     }
-    for (i, accepted) in slots.into_iter().zip(accept_many_jobs(conn, account, accepts).await?) {
+    for (i, accepted) in slots.into_iter().zip(accept_events(conn, account, accepts).await?) {
         out[i] = Some(Ok(accepted));
     }
     out.into_iter()

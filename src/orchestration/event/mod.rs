@@ -15,8 +15,8 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use sqlx::{PgConnection, PgExecutor, Postgres, QueryBuilder};
 
-pub use self::accept::send_event;
-pub(crate) use self::accept::{accept_events_in, accept_many, Accept};
+pub(crate) use self::accept::{accept_events, accept_new_events, Accept};
+pub use self::accept::{send_event, Accepted};
 pub(crate) use self::write::{draw_seqs, finish_events, insert_rows, Finished, Row};
 use super::{Error, Page, Result, QUEUE};
 use crate::queue::{self, JobId, Queue};
@@ -531,7 +531,7 @@ pub async fn replay_event(q: &Queue, account: &AccountId, id: &str) -> Result<Ev
             action: "replay",
         });
     }
-    let mut out = accept_many(
+    let mut out = accept_events(
         &mut tx,
         account,
         vec![Accept {
@@ -548,7 +548,7 @@ pub async fn replay_event(q: &Queue, account: &AccountId, id: &str) -> Result<Ev
     tx.commit().await?;
     q.waker().wake(QUEUE);
     out.pop()
-        .map(|(e, _)| e)
+        .map(|a| a.event)
         .ok_or_else(|| Error::Corrupt("accept returned nothing".into()))
 }
 
