@@ -342,7 +342,7 @@ fn rules_apply_to_the_snapshot_and_stage_their_writes() {
             "inventory.Reserve without a shortfall event fails when too little is available",
             json!([rs("Go", json!([reserve(8, json!({}))]))]),
             json!({}),
-            json!({"failed": "rule inventory.Reserve failed: cannot reserve 8 of SKU-1@L: only 7 available"}),
+            json!({"failed": "rule inventory.Reserve failed: cannot reserve 8 of SKU-1@L: 7 available"}),
         ),
         (
             "inventory.ConfirmSale sells reserved units",
@@ -394,9 +394,9 @@ fn rules_apply_to_the_snapshot_and_stage_their_writes() {
         ),
         (
             "a later rule sees the positions as earlier rules left them",
-            json!([rs("Go", json!([reserve(5, json!({})), reserve(2, json!({}))]))]),
+            json!([rs("Go", json!([reserve(5, json!({})), reserve(3, json!({}))]))]),
             json!({}),
-            json!({"failed": "rule inventory.Reserve failed: cannot reserve 2 of SKU-1@L: only 2 available"}),
+            json!({"failed": "rule inventory.Reserve failed: cannot reserve 3 of SKU-1@L: 2 available"}),
         ),
         (
             "a position the shell does not hold stops the run: it must be locked first",
