@@ -12,11 +12,11 @@
 //! - [`db`]: pools and embedded migrations.
 //! - [`crypt`]: encryption at rest: per-account data keys wrapped by master keys, sealed values, rotation.
 //! - `group_commit`: concurrent callers' writes batched into one transaction (API enqueues, sync events, the
-//!   event executor).
+//!   event executions).
 //! - [`queue`]: the durable queue; the only writer of `job` rows.
 //! - [`runtime`]: the worker process: claim, execute, complete in batches, heartbeat, drain.
 //! - [`tenancy`]: account ids.
-//! - [`orchestration`]: workflows, entities, events and their audit log; the rule engine that executes events.
+//! - [`orchestration`]: workflows, entities, events and their audit log; the rule interpreter and the batches that execute events.
 //! - [`leader`]: named leases that elect one holder for singleton work.
 //! - [`rollout`]: versioned worker pools and blue-green rollouts (canary → promoted → completed | aborted).
 //! - [`autoscale`]: worker counts per pool version from queue depth, applied by a driver (processes, Kubernetes).

@@ -425,7 +425,8 @@ fn parse_event(body: &Value, headers: &HeaderMap) -> Result<NewEvent, ApiError> 
 #[tracing::instrument(skip_all, fields(account = %tenant.account))]
 pub async fn send_event(tenant: Tenant, headers: HeaderMap, JsonBody(body): JsonBody) -> Result<Response, ApiError> {
     let e = parse_event(&body, &headers)?;
-    let (event, replayed) = orchestration::send_event(&queue(&tenant), &tenant.account, e).await?;
+    let orchestration::Accepted { event, replayed, .. } =
+        orchestration::send_event(&queue(&tenant), &tenant.account, e).await?;
     let mut res = json(StatusCode::ACCEPTED, event);
     if replayed {
         res.headers_mut()

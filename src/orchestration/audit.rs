@@ -48,7 +48,7 @@ impl Category {
 }
 
 /// An audit record collected during an execution; `source` indexes the execution's events (0 = the root).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Audit {
     pub category: Category,
     pub name: String,
@@ -108,6 +108,7 @@ pub(crate) fn rows<'a>(
         job_id: None,
         scheduled_at: None,
         processed: true,
+        processed_at: None,
         error: a.error.clone(),
         traceparent: None,
     })

@@ -1,11 +1,11 @@
 //! Events for many entities at once, inside a caller's transaction: used by loads to fire `InventoryChanged` for
 //! every position a chunk changed. Kept apart from [`super::event`] so the single-event path stays as it is; this
-//! only adds bulk entity creation in front of the same acceptance ([`super::event::accept_many`]).
+//! only adds bulk entity creation in front of the same acceptance ([`super::event::accept_events`]).
 
 use serde_json::Value;
 use sqlx::PgConnection;
 
-use super::event::{accept_many, Accept};
+use super::event::{accept_events, Accept};
 use super::workflow::get_version;
 use super::{Error, Result};
 use crate::tenancy::AccountId;
@@ -91,7 +91,7 @@ pub(crate) async fn position_events(
     .execute(&mut *conn)
     .await?;
     let n = accepts.len();
-    accept_many(conn, account, accepts).await?;
+    accept_events(conn, account, accepts).await?;
     Ok(n)
 }
 

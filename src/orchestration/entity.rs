@@ -5,9 +5,9 @@ use chrono::{DateTime, Utc};
 use ordo_workers::rules::{EntityKey, Problem};
 use serde::Serialize;
 use serde_json::{json, Value};
-use sqlx::PgExecutor;
+use sqlx::{PgConnection, PgExecutor};
 
-use super::event::{accept_many, Accept, Event};
+use super::event::{accept_events, Accept, Event};
 use super::workflow::{get_version, Version};
 use super::{Error, Result, QUEUE};
 use crate::queue::Queue;
@@ -185,7 +185,7 @@ pub async fn create_entity(q: &Queue, account: &AccountId, new: NewEntity) -> Re
     let Some((created_at,)) = inserted else {
         return Err(Error::EntityExists(key));
     };
-    let (event, _) = accept_many(
+    let event = accept_events(
         &mut tx,
         account,
         vec![Accept {
@@ -200,6 +200,7 @@ pub async fn create_entity(q: &Queue, account: &AccountId, new: NewEntity) -> Re
     )
     .await?
     .pop()
+    .map(|a| a.event)
     .ok_or_else(|| Error::Corrupt("accept returned nothing".into()))?;
     tx.commit().await?;
     q.waker().wake(QUEUE);
@@ -217,6 +218,53 @@ pub async fn create_entity(q: &Queue, account: &AccountId, new: NewEntity) -> Re
         updated_at: created_at,
     };
     Ok((entity, event))
+}
+
+/// An entity as a batch of executions left it, to write.
+pub(crate) struct Changed<'a> {
+    /// The entity.
+    pub key: &'a EntityKey,
+    /// Its status now.
+    pub status: &'a str,
+    /// Its attributes now (opened; sealed on the way in).
+    pub attributes: &'a Value,
+}
+
+/// Writes the entities executions changed, with one statement.
+pub(crate) async fn write_changes(conn: &mut PgConnection, account: &AccountId, changed: &[Changed<'_>]) -> Result<()> {
+    if changed.is_empty() {
+        return Ok(());
+    }
+    let types: Vec<&str> = changed.iter().map(|c| c.key.entity_type.as_str()).collect();
+    let refs: Vec<&str> = changed.iter().map(|c| c.key.entity_ref.as_str()).collect();
+    let statuses: Vec<&str> = changed.iter().map(|c| c.status).collect();
+    let attributes: Vec<Value> = changed
+        .iter()
+        .map(|c| seal_attributes(account, c.key, c.attributes))
+        .collect::<Result<_, _>>()?;
+    sqlx::query(
+        r#"
+        update entity
+        set status = u.status,
+            attributes = u.attributes,
+            updated_at = now()
+        from unnest($2::text[], $3::text[], $4::text[], $5::jsonb[]) as u(type, ref, status, attributes)
+        where entity.account_id = $1
+          -- index conditions of their own, so that no join order can scan the account's rows
+          and entity.type = any($2)
+          and entity.ref = any($3)
+          and entity.type = u.type
+          and entity.ref = u.ref
+        "#,
+    )
+    .bind(account.as_str())
+    .bind(&types)
+    .bind(&refs)
+    .bind(&statuses)
+    .bind(&attributes)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 /// Reads an entity, with the workflow version now in force for it.

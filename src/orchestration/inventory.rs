@@ -1,7 +1,8 @@
-//! Inventory positions keyed by `(sku_ref, location_ref)`: read them, and (for the executor) lock and write the
-//! ones `inventory.*` rules touch inside an execution's transaction.
+//! Inventory positions keyed by `(sku_ref, location_ref)`: read them, and (for a batch of executions) lock and
+//! write the ones `inventory.*` rules touch inside its transaction, always in that key order.
 
 use std::collections::BTreeMap;
+use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
 use ordo_workers::rules::{Position, PositionKey};
@@ -51,21 +52,10 @@ pub async fn get_position<'e>(
     .await?)
 }
 
-/// Loads and locks positions for an execution; missing ones are left out (they start empty).
-pub(crate) async fn lock_positions(
-    conn: &mut PgConnection,
-    account: &AccountId,
-    keys: &[PositionKey],
-) -> Result<BTreeMap<PositionKey, Position>> {
-    if keys.is_empty() {
-        return Ok(BTreeMap::new());
-    }
-    let skus: Vec<&str> = keys.iter().map(|k| k.sku_ref.as_str()).collect();
-    let locs: Vec<&str> = keys.iter().map(|k| k.location_ref.as_str()).collect();
-    let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(
-        r#"
-        -- One primary-key probe per key (a hash join over the unnested keys scanned the table when its
-        -- statistics were stale), locked in key order so concurrent executions cannot deadlock.
+/// Locks `inventory_position` rows in key order: one primary-key probe per key (a hash join over the unnested
+/// keys scanned the table when its statistics were stale), locked in the global order, `(sku_ref,
+/// location_ref)`, so that executions locking positions with it cannot deadlock.
+const LOCK_SQL: &str = r#"
         select p.sku_ref, p.location_ref, p.on_hand, p.reserved
         from (select distinct * from unnest($2::text[], $3::text[]) as k(sku_ref, location_ref)) k
         cross join lateral (
@@ -77,20 +67,63 @@ pub(crate) async fn lock_positions(
         ) p
         order by p.sku_ref, p.location_ref
         for update of p
-        "#,
-    )
-    .bind(account.as_str())
-    .bind(&skus)
-    .bind(&locs)
-    .fetch_all(&mut *conn)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(sku_ref, location_ref, on_hand, reserved)| {
-            (PositionKey { sku_ref, location_ref }, Position { on_hand, reserved })
-        })
-        .collect())
+        "#;
+
+/// [`LOCK_SQL`] that fails at once (`lock_not_available`) instead of waiting for a row another transaction holds.
+static LOCK_NOWAIT_SQL: LazyLock<String> = LazyLock::new(|| format!("{LOCK_SQL} nowait"));
+
+/// Loads and locks positions for an execution, with one statement; missing ones are left out (they start
+/// empty). Without `wait`, a position another transaction holds makes it lock none and return `None`.
+pub(crate) async fn lock_positions(
+    conn: &mut PgConnection,
+    account: &AccountId,
+    keys: &[PositionKey],
+    wait: bool,
+) -> Result<Option<BTreeMap<PositionKey, Position>>> {
+    if keys.is_empty() {
+        return Ok(Some(BTreeMap::new()));
+    }
+    let skus: Vec<&str> = keys.iter().map(|k| k.sku_ref.as_str()).collect();
+    let locs: Vec<&str> = keys.iter().map(|k| k.location_ref.as_str()).collect();
+    let rows: Vec<(String, String, i64, i64)> = if wait {
+        sqlx::query_as(LOCK_SQL)
+            .bind(account.as_str())
+            .bind(&skus)
+            .bind(&locs)
+            .fetch_all(&mut *conn)
+            .await?
+    } else {
+        // A savepoint, so that a refusal leaves the caller's transaction usable and releases what it locked.
+        let mut sp = sqlx::Connection::begin(&mut *conn).await?;
+        let locked = sqlx::query_as(LOCK_NOWAIT_SQL.as_str())
+            .bind(account.as_str())
+            .bind(&skus)
+            .bind(&locs)
+            .fetch_all(&mut *sp)
+            .await;
+        match locked {
+            Ok(rows) => {
+                sp.commit().await?;
+                rows
+            }
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(LOCK_NOT_AVAILABLE) => {
+                sp.rollback().await?;
+                return Ok(None);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    Ok(Some(
+        rows.into_iter()
+            .map(|(sku_ref, location_ref, on_hand, reserved)| {
+                (PositionKey { sku_ref, location_ref }, Position { on_hand, reserved })
+            })
+            .collect(),
+    ))
 }
+
+/// SQLSTATE of a `nowait` lock that another transaction holds.
+const LOCK_NOT_AVAILABLE: &str = "55P03";
 
 /// Writes changed positions (insert or update) with one statement.
 pub(crate) async fn write_positions(

@@ -2,34 +2,43 @@
 //!
 //! Owns the tables `workflow`, `entity`, `event` and `inventory_position`; no other module writes them.
 //!
-//! An event is a job of kind [`EVENT_KIND`] whose handler is the rule engine ([`executor`]). Its job carries the
-//! root entity as `concurrency_key`, so the queue runs one entity's events one at a time in acceptance order while
-//! different entities run in parallel. One execution is one transaction: the entity's changes, changed inventory
-//! positions, emitted events (queued jobs), webhook jobs, audit records and the job's completion commit together,
-//! or (on failure) only the event's status and audit records do.
+//! An event is a job of kind [`EVENT_KIND`] whose handler ([`EventHandler`], in [`dispatch`]) executes it in a
+//! batch. Its job carries the root entity as `concurrency_key`, so the queue runs one entity's events one at a
+//! time in acceptance order while different entities run in parallel. One execution is one transaction: the
+//! entity's changes, changed inventory positions, emitted events (queued jobs), webhook jobs, audit records and the
+//! job's completion commit together, or (on failure) only the event's status and audit records do.
+//!
+//! An execution is split at its I/O seam: [`interpreter`] is pure (an entity snapshot, the event, the workflow and
+//! the locked positions in; staged writes out), and [`batch`] is the shell that locks, loads, interprets and writes
+//! through the functions of [`entity`], [`event`] and [`inventory`], collected by [`stage`].
 //!
 //! Invariants:
 //! - workflow versions are immutable rows; an entity pins a major version and runs its highest minor;
 //! - an event row is created in the same transaction as its job, after the queue's per-key lock, so `seq` order
 //!   is execution order within a root entity;
-//! - rules in `ordo-workers` are pure: they return actions and the executor applies them.
+//! - rules in `ordo-workers` are pure: they return actions and the interpreter applies them;
+//! - a transaction locks inventory positions in one global order, `(sku_ref, location_ref)` (see [`batch`]).
 
 pub mod audit;
+pub mod batch;
 pub mod bulk;
+pub mod dispatch;
 pub mod entity;
 pub mod event;
-pub mod executor;
+pub mod interpreter;
 pub mod inventory;
+pub mod stage;
 pub mod sync;
 pub mod webhook;
 pub mod workflow;
 
+pub use dispatch::{register, EventHandler};
 pub use entity::{create_entity, get_entity, list_entities, Entity, EntityFilter, NewEntity, WorkflowPin};
 pub use event::{
-    cancel_event, get_event, list_events, prune_events, replay_event, send_event, Event, EventFilter, EventKind,
-    EventStatus, NewEvent,
+    cancel_event, get_event, list_events, prune_events, replay_event, send_event, Accepted, Event, EventFilter,
+    EventKind, EventStatus, NewEvent, EVENT_KIND,
 };
-pub use executor::{register, EventExecutor, EVENT_KIND, MAX_INLINE_EVENTS};
+pub use interpreter::MAX_INLINE_EVENTS;
 pub use inventory::{get_position, InventoryPosition};
 pub use sync::{SyncEvents, SyncOutcome};
 pub use webhook::{WebhookDeliverer, WEBHOOK_KIND};
@@ -88,6 +97,13 @@ pub enum Error {
     Timeout {
         /// The event, for a later `GET /api/events/{id}`.
         event_id: String,
+    },
+    /// A batch of executions needed an inventory position out of the global lock order while another transaction
+    /// held it; its events run again one by one.
+    #[error("event {event} needs an inventory position another transaction holds, out of lock order")]
+    PositionBusy {
+        /// The event's seq.
+        event: i64,
     },
     /// A stored row does not have the shape the schema promises.
     #[error("corrupt orchestration data: {0}")]

@@ -22,16 +22,16 @@ use serde::Serialize;
 use sqlx::PgConnection;
 use tokio::sync::oneshot;
 
+use super::dispatch::EventHandler;
 use super::entity::{get_entities, Entity};
-use super::event::{accept_events_in, emitted_from, get_event, get_events, Event, EventStatus, NewEvent};
-use super::executor::EventExecutor;
+use super::event::{accept_new_events, emitted_from, get_event, get_events, Accepted, Event, EventStatus, NewEvent};
 use super::{Error, Result, QUEUE};
 use crate::group_commit::{split_by, GroupCommit, Limits};
 use crate::queue::{self, JobId, Queue};
 use crate::tenancy::AccountId;
 
-/// The API node's executor: the same rules as the workers', and its own cache of workflow definitions.
-static INLINE: LazyLock<EventExecutor> = LazyLock::new(|| EventExecutor::new(rules::registry()));
+/// The API node's event handler: the same rules as the workers', and its own cache of workflow definitions.
+static INLINE: LazyLock<EventHandler> = LazyLock::new(|| EventHandler::new(rules::registry()));
 
 /// Owner recorded on the jobs of events run inline, to tell them from a worker's.
 static OWNER: LazyLock<String> = LazyLock::new(|| format!("api:{}", std::process::id()));
@@ -195,12 +195,12 @@ async fn flush(q: &Queue, account: &AccountId, pending: Vec<Pending>) {
 /// flush runs as a task of its own, so a client that hangs up cannot cut this off.)
 async fn accept_and_run(q: &Queue, account: &AccountId, events: Vec<NewEvent>) -> Result<Vec<Result<Answer>>> {
     let mut tx = q.begin_for(account).await?;
-    let accepted = accept_events_in(&mut tx, account, events).await?;
+    let accepted = accept_new_events(&mut tx, account, events).await?;
     let runnable: Vec<JobId> = accepted
         .iter()
         .flatten()
-        .filter(|(event, replayed, _)| !replayed && event.status == EventStatus::Pending)
-        .map(|(_, _, job)| *job)
+        .filter(|a| !a.replayed && a.event.status == EventStatus::Pending)
+        .map(|a| a.job)
         .collect();
     let jobs = queue::lock_ids(&mut *tx, account, &runnable).await?;
     let ran: HashSet<JobId> = jobs.iter().map(|j| j.id).collect();
@@ -209,7 +209,7 @@ async fn accept_and_run(q: &Queue, account: &AccountId, events: Vec<NewEvent>) -
     if executed.events > 0 {
         executed.record("sync");
     }
-    if executed.queued || accepted.iter().flatten().any(|(_, _, job)| !ran.contains(job)) {
+    if executed.queued || accepted.iter().flatten().any(|a| !ran.contains(&a.job)) {
         // Workers pick up what the executions emitted, and the events that wait for them.
         q.waker().wake(QUEUE);
     }
@@ -217,8 +217,8 @@ async fn accept_and_run(q: &Queue, account: &AccountId, events: Vec<NewEvent>) -
     let seqs: Vec<i64> = accepted
         .iter()
         .flatten()
-        .filter(|(_, _, job)| ran.contains(job))
-        .map(|(event, _, _)| event.seq)
+        .filter(|a| ran.contains(&a.job))
+        .map(|a| a.event.seq)
         .collect();
     // Read back after the commit; should that fail, the calls read their outcome themselves.
     let read = async {
@@ -238,7 +238,7 @@ async fn accept_and_run(q: &Queue, account: &AccountId, events: Vec<NewEvent>) -
     Ok(accepted
         .into_iter()
         .map(|a| {
-            a.map(|(event, _, _)| match ran_out.remove(&event.id) {
+            a.map(|Accepted { event, .. }| match ran_out.remove(&event.id) {
                 Some(out) => Answer::Ran(out),
                 None => Answer::Waits(event),
             })

@@ -1,8 +1,9 @@
 //! Workflows: statuses, rulesets of rules and settings, stored as immutable versions (`1.0`, `1.1`, …, a major
 //! upload starts `2.0`). Validation lists every problem at once.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use ordo_workers::rules::{schema::is_template, Problem, RuleRegistry};
@@ -448,6 +449,36 @@ pub async fn list_workflows<'e>(
         None
     };
     Ok(Page { items, next_cursor })
+}
+
+/// Parsed workflow definitions by `(account, ref, major, minor)`. Versions are immutable, so an entry never goes
+/// stale; the cache only saves fetching and parsing the definition on every execution.
+#[derive(Default)]
+pub(crate) struct DefinitionCache {
+    by_version: Mutex<HashMap<VersionKey, Arc<Definition>>>,
+}
+
+/// `(account, ref, major, minor)`.
+pub(crate) type VersionKey = (String, String, i32, i32);
+
+/// Entries kept before the cache starts over (a bound, not a tuning knob: workflows are few).
+const DEFINITION_CACHE_SIZE: usize = 1024;
+
+impl DefinitionCache {
+    /// The definition of a version, when cached.
+    pub(crate) fn get(&self, key: &VersionKey) -> Option<Arc<Definition>> {
+        self.by_version.lock().ok()?.get(key).cloned()
+    }
+
+    /// Caches the definition of a version.
+    pub(crate) fn put(&self, key: VersionKey, def: Arc<Definition>) {
+        if let Ok(mut m) = self.by_version.lock() {
+            if m.len() >= DEFINITION_CACHE_SIZE {
+                m.clear();
+            }
+            m.insert(key, def);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -171,7 +171,7 @@ impl Scheduler {
         use crate::orchestration::Error as O;
         let q = queue::Queue::new(self.pool.clone(), self.waker.clone());
         match crate::orchestration::send_event(&q, &schedule.account_id, event).await {
-            Ok((_, replayed)) => Ok(usize::from(!replayed)),
+            Ok(accepted) => Ok(usize::from(!accepted.replayed)),
             // The tick's key already holds an event from an earlier version of the target: the tick fired.
             Err(O::IdempotencyConflict { .. }) => Ok(0),
             Err(e @ (O::EntityNotFound(_) | O::Invalid(_))) => {

@@ -15,6 +15,7 @@ mod history;
 mod lanes;
 mod load;
 mod orchestration;
+mod orchestration_batch;
 mod queue;
 mod quickstart;
 mod restart;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use hmac::{Hmac, Mac};
 use ordo::orchestration::{
     self, cancel_event, create_entity, get_entity, get_event, get_position, list_events, put_workflow, replay_event,
-    send_event, Error, Event, EventFilter, EventKind, EventStatus, NewEntity, NewEvent, SyncEvents,
+    send_event, Accepted, Error, Event, EventFilter, EventKind, EventStatus, NewEntity, NewEvent, SyncEvents,
 };
 use ordo::queue::Queue;
 use ordo::tenancy::{self, AccountId};
@@ -27,7 +27,7 @@ fn rules() -> RuleRegistry {
     ordo_workers::rules::registry()
 }
 
-fn queue(pool: &PgPool) -> Queue {
+pub(crate) fn queue(pool: &PgPool) -> Queue {
     Queue::new(pool.clone(), ordo::wake::Waker::disabled())
 }
 
@@ -42,10 +42,10 @@ async fn send(q: &Queue, name: &str, t: &str, r: &str, attributes: Value) -> Eve
     send_event(q, &acct(), NewEvent::new(name, t, r).attributes(attributes))
         .await
         .unwrap()
-        .0
+        .event
 }
 
-async fn wait_final(pool: &PgPool, id: &str) -> Event {
+pub(crate) async fn wait_final(pool: &PgPool, id: &str) -> Event {
     eventually(WAIT, &format!("event {id} to finish"), || async {
         let e = get_event(pool, &acct(), id).await.ok()?;
         e.status.is_final().then_some(e)
@@ -190,9 +190,13 @@ async fn workflow_versions_pin_entities_to_their_major() {
     ));
     let mut keyed = NewEvent::new("X", "T", "e1").attributes(json!({"a": 1}));
     keyed.idempotency_key = Some("k-1".into());
-    let (first, replayed) = send_event(&q, &acct(), keyed.clone()).await.unwrap();
+    let Accepted {
+        event: first, replayed, ..
+    } = send_event(&q, &acct(), keyed.clone()).await.unwrap();
     assert!(!replayed);
-    let (again, replayed) = send_event(&q, &acct(), keyed.clone()).await.unwrap();
+    let Accepted {
+        event: again, replayed, ..
+    } = send_event(&q, &acct(), keyed.clone()).await.unwrap();
     assert!(replayed);
     assert_eq!(again.id, first.id);
     keyed.attributes = json!({"a": 2});
@@ -762,7 +766,7 @@ async fn scheduled_events_fire_on_time_and_cancelled_ones_never_run() {
     )
     .await
     .unwrap()
-    .0;
+    .event;
     let skip = send_event(
         &q,
         &acct(),
@@ -772,7 +776,7 @@ async fn scheduled_events_fire_on_time_and_cancelled_ones_never_run() {
     )
     .await
     .unwrap()
-    .0;
+    .event;
     assert_eq!(fire.status, EventStatus::Scheduled);
     let cancelled = cancel_event(&q, &acct(), &skip.id).await.unwrap();
     assert_eq!(cancelled.status, EventStatus::Cancelled);
@@ -806,7 +810,7 @@ async fn scheduled_events_fire_on_time_and_cancelled_ones_never_run() {
     )
     .await
     .unwrap()
-    .0;
+    .event;
     let pruned = orchestration::prune_events(&db.pool, Duration::ZERO, 10_000)
         .await
         .unwrap();

@@ -1,5 +1,5 @@
 //! The `inventory.*` rules over inventory positions keyed by `(sku_ref, location_ref)`: `on_hand`, `reserved`,
-//! and `available = on_hand - reserved`. The executor loads the named positions (locked) before the rule runs and
+//! and `available = on_hand - reserved`. The engine loads the named positions (locked) before the rule runs and
 //! writes the changed ones in the execution's transaction.
 
 use serde_json::{json, Map, Value};

@@ -1,7 +1,7 @@
 //! The rule contract of the orchestration engine: pure rules that read an event and its entity and return
-//! [`Action`]s; the engine's executor applies them.
+//! [`Action`]s; the engine's interpreter applies them.
 //!
-//! A rule never touches storage. The executor renders the rule's string props as templates ([`template`]),
+//! A rule never touches storage. The interpreter renders the rule's string props as templates ([`template`]),
 //! loads the inventory positions the rule names ([`Rule::positions`]) into the [`RuleContext`], calls
 //! [`Rule::apply`], and applies the returned actions to its in-memory copy of the entity before the next rule
 //! runs. Everything commits in one transaction, or nothing does.
@@ -148,7 +148,7 @@ fn descend<'v>(mut v: &'v Value, path: &str) -> Option<&'v Value> {
     Some(v)
 }
 
-/// What a rule asks the executor to do.
+/// What a rule asks the interpreter to do.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum Action {
@@ -251,7 +251,7 @@ pub trait Rule: Send + Sync + 'static {
     fn validate(&self, props: &Value) -> Vec<Problem> {
         schema::check(&self.props_schema(), props)
     }
-    /// Inventory positions `apply` needs, from rendered props; the executor loads them first.
+    /// Inventory positions `apply` needs, from rendered props; the engine locks them first.
     fn positions(&self, _props: &Value) -> Result<Vec<PositionKey>, RuleError> {
         Ok(Vec::new())
     }

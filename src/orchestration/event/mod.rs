@@ -1,5 +1,8 @@
 //! The event log: orchestration events (accepted, scheduled, cancelled, replayed) and audit records, read and
-//! listed in ascending `seq`.
+//! listed in ascending `seq`. Accepting events is `accept`'s, writing rows `write`'s.
+
+mod accept;
+mod write;
 
 use std::fmt;
 use std::str::FromStr;
@@ -12,10 +15,15 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use sqlx::{PgConnection, PgExecutor, Postgres, QueryBuilder};
 
-use super::executor::EVENT_KIND;
-use super::{concurrency_key, Error, Page, Result, QUEUE};
-use crate::queue::{self, JobId, NewJob, Queue};
+pub(crate) use self::accept::{accept_events, accept_new_events, Accept};
+pub use self::accept::{send_event, Accepted};
+pub(crate) use self::write::{draw_seqs, finish_events, insert_rows, Finished, Row};
+use super::{Error, Page, Result, QUEUE};
+use crate::queue::{self, JobId, Queue};
 use crate::tenancy::AccountId;
+
+/// The job kind of an orchestration event.
+pub const EVENT_KIND: &str = "orchestration.event";
 
 /// Orchestration event or audit record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -300,408 +308,11 @@ impl NewEvent {
     }
 }
 
-/// An event about to be accepted inside a transaction (sent, emitted, scheduled or replayed).
-#[derive(Debug, Clone)]
-pub(crate) struct Accept {
-    pub name: String,
-    pub entity: EntityKey,
-    pub attributes: Value,
-    pub scheduled_at: Option<DateTime<Utc>>,
-    pub source_event_id: Option<i64>,
-    pub idempotency_key: Option<String>,
-    pub traceparent: Option<String>,
-}
-
-/// One row to insert into `event`.
-#[derive(Debug, Clone)]
-pub(crate) struct Row {
-    /// Drawn already, or 0 to draw it in the insert (in row order).
-    pub seq: i64,
-    pub name: String,
-    pub kind: EventKind,
-    pub category: Option<&'static str>,
-    pub status: EventStatus,
-    pub entity: EntityKey,
-    pub attributes: Value,
-    pub source_event_id: Option<i64>,
-    pub job_id: Option<i64>,
-    pub scheduled_at: Option<DateTime<Utc>>,
-    pub processed: bool,
-    pub error: Option<String>,
-    pub traceparent: Option<String>,
-}
-
-/// Draws `n` seqs, ascending.
-pub(crate) async fn draw_seqs(conn: &mut PgConnection, n: usize) -> Result<Vec<i64>> {
-    if n == 0 {
-        return Ok(Vec::new());
-    }
-    let mut seqs: Vec<i64> = sqlx::query_scalar("select nextval('event_seq') from generate_series(1, $1)")
-        .bind(n as i64)
-        .fetch_all(&mut *conn)
-        .await?;
-    seqs.sort_unstable();
-    Ok(seqs)
-}
-
-/// Inserts rows with one statement.
-pub(crate) async fn insert_rows(conn: &mut PgConnection, account: &AccountId, rows: &[Row]) -> Result<()> {
-    insert(conn, account, rows, false).await.map(|_| ())
-}
-
-/// Inserts rows of queued events with one statement and returns them as stored, each with its job.
-async fn insert_returning(conn: &mut PgConnection, account: &AccountId, rows: &[Row]) -> Result<Vec<JobEventRow>> {
-    insert(conn, account, rows, true).await
-}
-
-static INSERT_SQL: &str = r#"
-        insert into event (account_id, seq, name, kind, category, status, entity_type, entity_ref, attributes,
-                           source_event_id, job_id, scheduled_at, processed_at, error, traceparent)
-        select $1, case when t.seq = 0 then nextval('event_seq') else t.seq end, t.name, t.kind, t.category, t.status, t.entity_type, t.entity_ref, t.attributes,
-               t.source_event_id, t.job_id, t.scheduled_at, case when t.processed then clock_timestamp() end, t.error,
-               t.traceparent
-        from unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
-                    $9::jsonb[], $10::bigint[], $11::bigint[], $12::timestamptz[], $13::bool[], $14::text[],
-                    $15::text[])
-             as t(seq, name, kind, category, status, entity_type, entity_ref, attributes, source_event_id, job_id,
-                  scheduled_at, processed, error, traceparent)
-        "#;
-
-/// `INSERT_SQL ... returning` the stored rows: accepting events reads them back in the same round trip.
-static INSERT_RETURNING_SQL: LazyLock<String> =
-    LazyLock::new(|| format!("{INSERT_SQL} returning coalesce(job_id, 0) as job_id, {EVENT_COLUMNS}"));
-
-async fn insert(
-    conn: &mut PgConnection,
-    account: &AccountId,
-    rows: &[Row],
-    returning: bool,
-) -> Result<Vec<JobEventRow>> {
-    if rows.is_empty() {
-        return Ok(Vec::new());
-    }
-    crate::crypt::prepare(account.as_str()).await?;
-    let sealing = crate::crypt::enabled();
-    // A sealed value is bound to its event's seq, so with encryption on every seq is drawn first.
-    let mut drawn = if sealing {
-        draw_seqs(&mut *conn, rows.iter().filter(|r| r.seq == 0).count())
-            .await?
-            .into_iter()
-    } else {
-        Vec::new().into_iter()
-    };
-    let mut seq = Vec::with_capacity(rows.len());
-    let mut sealed_attrs = Vec::with_capacity(if sealing { rows.len() } else { 0 });
-    let mut sealed_errors = Vec::with_capacity(if sealing { rows.len() } else { 0 });
-    for r in rows.iter().filter(|_| sealing) {
-        let s = if r.seq == 0 {
-            drawn.next().unwrap_or_default()
-        } else {
-            r.seq
-        };
-        seq.push(s);
-        let id = s.to_string();
-        let row = [id.as_str()];
-        sealed_attrs.push(crate::crypt::seal_json(
-            &event_aad(account, &row, "attributes"),
-            &r.attributes,
-        )?);
-        sealed_errors.push(match &r.error {
-            Some(e) => Some(crate::crypt::seal_text(&event_aad(account, &row, "error"), e)?),
-            None => None,
-        });
-    }
-    let mut name = Vec::with_capacity(rows.len());
-    let mut kind = Vec::with_capacity(rows.len());
-    let mut category = Vec::with_capacity(rows.len());
-    let mut status = Vec::with_capacity(rows.len());
-    let mut etype = Vec::with_capacity(rows.len());
-    let mut eref = Vec::with_capacity(rows.len());
-    let mut attrs = Vec::with_capacity(rows.len());
-    let mut source = Vec::with_capacity(rows.len());
-    let mut job = Vec::with_capacity(rows.len());
-    let mut sched = Vec::with_capacity(rows.len());
-    let mut processed = Vec::with_capacity(rows.len());
-    let mut error = Vec::with_capacity(rows.len());
-    let mut trace = Vec::with_capacity(rows.len());
-    for (i, r) in rows.iter().enumerate() {
-        if !sealing {
-            seq.push(r.seq);
-        }
-        name.push(r.name.as_str());
-        kind.push(r.kind.as_str());
-        category.push(r.category);
-        status.push(r.status.as_str());
-        etype.push(r.entity.entity_type.as_str());
-        eref.push(r.entity.entity_ref.as_str());
-        attrs.push(sealed_attrs.get(i).unwrap_or(&r.attributes));
-        source.push(r.source_event_id);
-        job.push(r.job_id);
-        sched.push(r.scheduled_at);
-        processed.push(r.processed);
-        error.push(match sealed_errors.get(i) {
-            Some(e) => e.as_deref(),
-            None => r.error.as_deref(),
-        });
-        trace.push(r.traceparent.as_deref());
-    }
-    let sql = if returning {
-        INSERT_RETURNING_SQL.as_str()
-    } else {
-        INSERT_SQL
-    };
-    let stored: Vec<JobEventRow> = sqlx::query_as(sql)
-        .bind(account.as_str())
-        .bind(&seq)
-        .bind(&name)
-        .bind(&kind)
-        .bind(&category)
-        .bind(&status)
-        .bind(&etype)
-        .bind(&eref)
-        .bind(&attrs)
-        .bind(&source)
-        .bind(&job)
-        .bind(&sched)
-        .bind(&processed)
-        .bind(&error)
-        .bind(&trace)
-        .fetch_all(&mut *conn)
-        .await?;
-    Ok(stored)
-}
-
-/// Accepts events inside the caller's transaction: one queued job per event (keyed by its root entity, so
-/// the queue runs them in order), then the event rows, whose seqs are drawn after the queue's per-key locks.
-/// Returns each event and whether it was an idempotent replay of an earlier send.
-pub(crate) async fn accept_many(
-    conn: &mut PgConnection,
-    account: &AccountId,
-    events: Vec<Accept>,
-) -> Result<Vec<(Event, bool)>> {
-    Ok(accept_many_jobs(conn, account, events)
-        .await?
-        .into_iter()
-        .map(|(e, replayed, _)| (e, replayed))
-        .collect())
-}
-
-/// [`accept_many`], also returning each event's job.
-pub(crate) async fn accept_many_jobs(
-    conn: &mut PgConnection,
-    account: &AccountId,
-    events: Vec<Accept>,
-) -> Result<Vec<(Event, bool, JobId)>> {
-    if events.is_empty() {
-        return Ok(Vec::new());
-    }
-    let now = Utc::now();
-    let jobs: Vec<NewJob> = events
-        .iter()
-        .map(|e| {
-            let mut job = NewJob::new(
-                EVENT_KIND,
-                json!({"entity_type": e.entity.entity_type, "entity_ref": e.entity.entity_ref, "name": e.name}),
-            )
-            .queue(QUEUE)
-            .concurrency_key(concurrency_key(&e.entity));
-            job.traceparent.clone_from(&e.traceparent);
-            if let Some(t) = e.scheduled_at {
-                job = job.run_at(t);
-            }
-            if let Some(k) = &e.idempotency_key {
-                job = job.idempotency_key(format!("event:{k}"));
-                job.fingerprint = Some(queue::fingerprint(&json!({
-                    "name": e.name, "entity": e.entity, "attributes": e.attributes, "scheduled_at": e.scheduled_at,
-                })));
-            }
-            job
-        })
-        .collect();
-    let enqueued = queue::enqueue_many(&mut *conn, account, &jobs).await?;
-    let fresh: Vec<usize> = (0..events.len()).filter(|&i| !enqueued[i].replayed).collect();
-    let seqs = draw_seqs(conn, fresh.len()).await?;
-    let rows: Vec<Row> = fresh
-        .iter()
-        .zip(&seqs)
-        .map(|(&i, &seq)| {
-            let e = &events[i];
-            let scheduled = e.scheduled_at.filter(|t| *t > now);
-            Row {
-                seq,
-                name: e.name.clone(),
-                kind: EventKind::Orchestration,
-                category: None,
-                status: if scheduled.is_some() {
-                    EventStatus::Scheduled
-                } else {
-                    EventStatus::Pending
-                },
-                entity: e.entity.clone(),
-                attributes: e.attributes.clone(),
-                source_event_id: e.source_event_id,
-                job_id: Some(enqueued[i].id.0),
-                scheduled_at: e.scheduled_at,
-                processed: false,
-                error: None,
-                traceparent: e.traceparent.clone(),
-            }
-        })
-        .collect();
-    let mut by_job: std::collections::HashMap<i64, EventRow> = insert_returning(conn, account, &rows)
-        .await?
-        .into_iter()
-        .map(|r| (r.job_id, r.event))
-        .collect();
-    // Idempotent replays were not inserted: read the events they stand for.
-    let replayed: Vec<i64> = enqueued.iter().filter(|o| o.replayed).map(|o| o.id.0).collect();
-    if !replayed.is_empty() {
-        let earlier: Vec<JobEventRow> = sqlx::query_as(&format!(
-            // One index probe per job, whatever the statistics of a freshly loaded table say.
-            "select e.job_id, {} from unnest($2::bigint[]) as k(job_id) \
-             cross join lateral (select * from event where account_id = $1 and job_id = k.job_id) e",
-            EVENT_COLUMNS
-                .split(", ")
-                .map(|c| format!("e.{c}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))
-        .bind(account.as_str())
-        .bind(&replayed)
-        .fetch_all(&mut *conn)
-        .await?;
-        by_job.extend(earlier.into_iter().map(|r| (r.job_id, r.event)));
-    }
-
-    enqueued
-        .iter()
-        .map(|o| {
-            let row = by_job
-                .remove(&o.id.0)
-                .ok_or_else(|| Error::Corrupt(format!("job {} has no event", o.id)))?;
-            Ok((row.into_event(account)?, o.replayed, o.id))
-        })
-        .collect()
-}
-
 #[derive(sqlx::FromRow)]
-struct JobEventRow {
+pub(crate) struct JobEventRow {
     job_id: i64,
     #[sqlx(flatten)]
     event: EventRow,
-}
-
-/// Which of `entities` do not exist in the account, in one statement (events for unknown entities are refused at
-/// the door).
-async fn missing_entities(
-    conn: &mut PgConnection,
-    account: &AccountId,
-    entities: &[&EntityKey],
-) -> Result<std::collections::HashSet<EntityKey>> {
-    let types: Vec<&str> = entities.iter().map(|e| e.entity_type.as_str()).collect();
-    let refs: Vec<&str> = entities.iter().map(|e| e.entity_ref.as_str()).collect();
-    let found: Vec<(String, String)> = sqlx::query_as(
-        r#"
-        select k.type, k.ref
-        from unnest($2::text[], $3::text[]) as k(type, ref)
-        where exists (select 1 from entity e where e.account_id = $1 and e.type = k.type and e.ref = k.ref)
-        "#,
-    )
-    .bind(account.as_str())
-    .bind(&types)
-    .bind(&refs)
-    .fetch_all(&mut *conn)
-    .await?;
-    let found: std::collections::HashSet<EntityKey> = found
-        .into_iter()
-        .map(|(entity_type, entity_ref)| EntityKey {
-            entity_type,
-            entity_ref,
-        })
-        .collect();
-    Ok(entities
-        .iter()
-        .filter(|e| !found.contains(**e))
-        .map(|e| (*e).clone())
-        .collect())
-}
-
-/// Accepts an event (`POST /api/events`, answered 202): queued now, or scheduled for `scheduled_at`. Returns the
-/// event and whether it is an idempotent replay of an earlier send with the same key.
-pub async fn send_event(q: &Queue, account: &AccountId, event: NewEvent) -> Result<(Event, bool)> {
-    let (event, replayed, _) = accept_event(q, account, event).await?;
-    q.waker().wake(QUEUE);
-    Ok((event, replayed))
-}
-
-/// Accepts an event without waking workers; also returns its job.
-pub(crate) async fn accept_event(q: &Queue, account: &AccountId, event: NewEvent) -> Result<(Event, bool, JobId)> {
-    let mut tx = q.begin_for(account).await?;
-    let out = accept_event_in(&mut tx, account, event).await?;
-    tx.commit().await?;
-    Ok(out)
-}
-
-/// Accepts an event inside the caller's transaction; also returns its job.
-pub(crate) async fn accept_event_in(
-    conn: &mut PgConnection,
-    account: &AccountId,
-    event: NewEvent,
-) -> Result<(Event, bool, JobId)> {
-    accept_events_in(conn, account, vec![event])
-        .await?
-        .pop()
-        .ok_or_else(|| Error::Corrupt("accept returned nothing".into()))?
-}
-
-/// Accepts events inside the caller's transaction, with one statement per step for all of them; also returns
-/// their jobs. An invalid event or one for an unknown entity gets its error in its place and the others are
-/// accepted; an idempotency conflict fails the call (the transaction must then be rolled back).
-pub(crate) async fn accept_events_in(
-    conn: &mut PgConnection,
-    account: &AccountId,
-    mut events: Vec<NewEvent>,
-) -> Result<Vec<Result<(Event, bool, JobId)>>> {
-    let mut out: Vec<Option<Result<(Event, bool, JobId)>>> =
-        events.iter_mut().map(|e| e.validate().err().map(Err)).collect();
-    let valid: Vec<&EntityKey> = events
-        .iter()
-        .zip(&out)
-        .filter(|(_, o)| o.is_none())
-        .map(|(e, _)| &e.entity)
-        .collect();
-    let missing = if valid.is_empty() {
-        Default::default()
-    } else {
-        missing_entities(conn, account, &valid).await?
-    };
-    let mut accepts = Vec::new();
-    let mut slots = Vec::new();
-    for (i, e) in events.into_iter().enumerate() {
-        if out[i].is_some() {
-            continue;
-        }
-        if missing.contains(&e.entity) {
-            out[i] = Some(Err(Error::EntityNotFound(e.entity)));
-            continue;
-        }
-        slots.push(i);
-        accepts.push(Accept {
-            name: e.name,
-            entity: e.entity,
-            attributes: e.attributes,
-            scheduled_at: e.scheduled_at,
-            source_event_id: None,
-            idempotency_key: e.idempotency_key,
-            traceparent: e.traceparent,
-        });
-    }
-    for (i, accepted) in slots.into_iter().zip(accept_many_jobs(conn, account, accepts).await?) {
-        out[i] = Some(Ok(accepted));
-    }
-    out.into_iter()
-        .map(|o| o.ok_or_else(|| Error::Corrupt("an event was neither accepted nor refused".into())))
-        .collect()
 }
 
 fn parse_id(id: &str) -> Result<i64> {
@@ -920,7 +531,7 @@ pub async fn replay_event(q: &Queue, account: &AccountId, id: &str) -> Result<Ev
             action: "replay",
         });
     }
-    let mut out = accept_many(
+    let mut out = accept_events(
         &mut tx,
         account,
         vec![Accept {
@@ -937,7 +548,7 @@ pub async fn replay_event(q: &Queue, account: &AccountId, id: &str) -> Result<Ev
     tx.commit().await?;
     q.waker().wake(QUEUE);
     out.pop()
-        .map(|(e, _)| e)
+        .map(|a| a.event)
         .ok_or_else(|| Error::Corrupt("accept returned nothing".into()))
 }
 
