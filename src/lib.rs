@@ -10,6 +10,8 @@
 //! - [`api`]: the HTTP API (axum): jobs, queues, accounts, health, metrics, OpenAPI.
 //! - [`audit`]: the admin audit trail (`admin_event`): every admin change, who made it, what and when.
 //! - [`db`]: pools and embedded migrations.
+//! - [`engine`]: the seam the runtime runs through: engine handlers and the maintenance chores of their owners.
+//! - [`chore`]: periodic clean-up registered by a table's owner, run by the holder of the maintenance lease.
 //! - [`crypt`]: encryption at rest: per-account data keys wrapped by master keys, sealed values, rotation.
 //! - `group_commit`: concurrent callers' writes batched into one transaction (API enqueues, sync events, the
 //!   event executor).
@@ -31,11 +33,13 @@ pub mod api;
 pub mod audit;
 pub mod autoscale;
 pub mod bench;
+pub mod chore;
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod crypt;
 pub mod db;
+pub mod engine;
 pub(crate) mod group_commit;
 pub mod leader;
 pub mod load;

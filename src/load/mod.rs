@@ -21,9 +21,12 @@ pub mod client;
 pub mod records;
 pub mod store;
 
-pub use apply::{register, LoadChunkHandler, LOAD_KIND};
+pub use apply::{register, LoadChunkHandler};
 pub use records::{Outcome, CHUNK_RECORDS, MAX_RECORDS, PARTITIONS};
 pub use store::{Batch, BatchCounts, BatchStatus, Load, LoadDetail, LoadStatus, NewBatch, RecordResult};
+
+/// The job kind that processes one chunk of a load batch: args `{batch_id, chunk}`.
+pub const LOAD_KIND: &str = "load.batch";
 
 /// The queue chunk jobs go to (the one every worker serves unless told otherwise).
 pub const QUEUE: &str = "default";

@@ -583,6 +583,22 @@ pub async fn results(
         .collect()
 }
 
+/// First run of the loads' pruning after a worker starts.
+const PRUNE_FIRST: std::time::Duration = std::time::Duration::from_secs(5);
+/// Loads are kept by the day: once a minute is soon enough, and costs one statement.
+const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The maintenance chore that deletes loads past their retention, at most 1 000 a minute.
+pub fn prune_chore() -> crate::chore::Chore {
+    crate::chore::Chore::new("prune loads", PRUNE_FIRST, PRUNE_EVERY, |ctx| async move {
+        match prune_loads(&ctx.pool, ctx.retention, 1000).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(loads = n, "pruned loads past their retention"),
+            Err(e) => tracing::warn!(error = %e, "failed to prune loads"),
+        }
+    })
+}
+
 /// Deletes loads whose day ended more than `retention` ago (`ORDO_RETAIN_EVENTS_DAYS`, as for the event log), with
 /// their batches and chunks, at most `limit` loads per call; returns how many went. A load with a batch still
 /// pending or running is kept, so nothing is deleted under a chunk job.

@@ -14,7 +14,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::completer::{self, LaneHook, Settle, SettleKind};
+use super::completer;
+use super::settle::{LaneHook, Settle, SettleKind};
 use super::{heartbeat_loop, register_with_retry, release_lanes, Running};
 use crate::queue::{self, Job, JobId, RetryPolicy, WorkerInfo};
 use crate::wake::WakeSignals;

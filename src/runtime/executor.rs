@@ -10,9 +10,9 @@ use sqlx::PgPool;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::completer::{Settle, SettleKind};
-use super::engine::{EngineHandlers, EngineResult};
+use super::settle::{LaneHook, Settle, SettleKind};
 use super::Running;
+use crate::engine::{panic_message, EngineHandlers, EngineResult};
 use crate::queue::{Job, JobId};
 use crate::telemetry::metrics as m;
 
@@ -26,7 +26,7 @@ pub(crate) struct Executor {
     /// Fires when the worker begins to stop; a handler cancelled after that hands its job back.
     pub stopping: CancellationToken,
     /// Told when a handler settled a job of a concurrency key itself (committed): the key's next job is released.
-    pub lanes: super::completer::LaneHook,
+    pub lanes: LaneHook,
 }
 
 enum Ran {
@@ -226,17 +226,6 @@ fn trace_id(traceparent: Option<&str>) -> Option<String> {
 enum EngineResultOrStep {
     Step(Result<Outcome, StepError>),
     Engine(EngineResult),
-}
-
-/// The message a panic carried (its `&str` or `String` payload).
-pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = p.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = p.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "unknown panic".to_owned()
-    }
 }
 
 #[cfg(test)]

@@ -8,18 +8,16 @@
 
 mod completer;
 pub mod embed;
-mod engine;
 mod executor;
 mod fetcher;
 mod prefetch;
+mod settle;
 
-pub use completer::{Settle, SettleKind};
-pub use engine::{EngineHandler, EngineHandlers, EngineResult};
-pub(crate) use executor::panic_message;
 pub(crate) use fetcher::Dispatch;
 use fetcher::Fetcher;
 use prefetch::{auto_prefetch, size_prefetch};
 pub use prefetch::{Prefetch, AUTO_PREFETCH_MAX, AUTO_PREFETCH_WINDOW};
+pub use settle::{Settle, SettleKind};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -32,6 +30,8 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::chore::ChoreContext;
+use crate::engine::EngineHandlers;
 use crate::queue::{self, JobId, RetryPolicy, WorkerInfo};
 use crate::wake::{self, WakeSignals};
 
@@ -214,7 +214,7 @@ impl Worker {
             tasks.spawn(wake::subscribe(client, ns, signals.clone(), background.clone()));
         }
         let (settle_tx, settle_rx) = mpsc::unbounded_channel::<Settle>();
-        let lanes = completer::LaneHook {
+        let lanes = settle::LaneHook {
             signals: signals.clone(),
             release: Arc::new(tokio::sync::Notify::new()),
         };
@@ -247,17 +247,18 @@ impl Worker {
                 }
             }));
             tasks.spawn(m.run(background.clone()));
-            tasks.spawn(prune_event_log(
-                self.pool.clone(),
-                self.id.clone(),
-                cfg.event_retention,
-                background.clone(),
-            ));
-            tasks.spawn(purge_deleted_accounts(
-                self.pool.clone(),
-                self.id.clone(),
-                background.clone(),
-            ));
+            let ctx = ChoreContext {
+                pool: self.pool.clone(),
+                retention: cfg.event_retention,
+                stop: background.clone(),
+            };
+            for chore in self.engine.chores() {
+                tasks.spawn(
+                    chore
+                        .clone()
+                        .run(ctx.clone(), queue::MAINTENANCE_LEASE, self.id.clone()),
+                );
+            }
         }
 
         let jobs = TaskTracker::new();
@@ -392,7 +393,7 @@ impl Worker {
 
 /// Settles lane marks when poked after this worker finished jobs of concurrency keys, and wakes its fetchers of
 /// the queues whose jobs that released. Pokes arriving meanwhile coalesce into one more round.
-async fn release_lanes(pool: PgPool, lanes: completer::LaneHook, stop: CancellationToken) {
+async fn release_lanes(pool: PgPool, lanes: settle::LaneHook, stop: CancellationToken) {
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -403,75 +404,6 @@ async fn release_lanes(pool: PgPool, lanes: completer::LaneHook, stop: Cancellat
                 lanes.wake(queues.iter().map(String::as_str));
             }
             Err(e) => tracing::warn!(error = %e, "failed to settle lane marks"),
-        }
-    }
-}
-
-/// Every minute, if this worker holds the maintenance lease, deletes loads and event-log rows past their retention
-/// in batches. Lives here, not in `queue`, because neither belongs to the queue.
-async fn prune_event_log(pool: PgPool, holder: String, retention: Duration, stop: CancellationToken) {
-    let mut every = Duration::from_secs(5);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(every) => {}
-        }
-        every = Duration::from_secs(60);
-        if !holds_maintenance(&pool, &holder).await {
-            continue;
-        }
-        match crate::load::store::prune_loads(&pool, retention, 1000).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(loads = n, "pruned loads past their retention"),
-            Err(e) => tracing::warn!(error = %e, "failed to prune loads"),
-        }
-        loop {
-            match crate::orchestration::prune_events(&pool, retention, 5000).await {
-                Ok(5000) => continue,
-                Ok(n) => {
-                    if n > 0 {
-                        tracing::info!(events = n, "pruned the event log");
-                    }
-                    break;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "failed to prune the event log");
-                    break;
-                }
-            }
-        }
-    }
-}
-
-/// Whether `holder` holds the maintenance lease now (work that must run once, not on every worker, checks it).
-async fn holds_maintenance(pool: &PgPool, holder: &str) -> bool {
-    let leading = crate::leader::holder(pool, queue::MAINTENANCE_LEASE)
-        .await
-        .ok()
-        .flatten();
-    leading.as_deref() == Some(holder)
-}
-
-/// Every 2 s, if this worker holds the maintenance lease, purges deleted accounts' rows in passes of at most 5 000
-/// rows (one table of one account each), so no statement holds many locks or runs long.
-async fn purge_deleted_accounts(pool: PgPool, holder: String, stop: CancellationToken) {
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-        }
-        if !holds_maintenance(&pool, &holder).await {
-            continue;
-        }
-        while !stop.is_cancelled() {
-            match crate::tenancy::purge_deleted(&pool, 5000).await {
-                Ok(0) => break,
-                Ok(n) => tracing::debug!(rows = n, "purged rows of a deleted account"),
-                Err(e) => {
-                    tracing::warn!(error = %e, "failed to purge a deleted account");
-                    break;
-                }
-            }
         }
     }
 }
