@@ -3,10 +3,11 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::{Args, ValueEnum};
+use clap::Args;
 
 use crate::queue::{Retention, RetryPolicy};
 use crate::runtime::WorkerConfig;
+pub use crate::telemetry::LogFormat;
 
 /// Errors in the configuration.
 #[derive(Debug, thiserror::Error)]
@@ -125,15 +126,6 @@ impl TlsClientConfig {
                 message: format!("build the HTTP client: {}", crate::tls::error_chain(&e)),
             })
     }
-}
-
-/// Log format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
 }
 
 /// Logging.
