@@ -11,7 +11,25 @@ use std::time::Duration;
 use chrono::{NaiveDate, Utc};
 use sqlx::{PgExecutor, PgPool};
 
-use super::{Result, Retention};
+use super::Result;
+
+/// How long finished jobs are kept.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// Finished jobs without an idempotency key.
+    pub finished: Duration,
+    /// Finished jobs with an idempotency key (a replay within this window still finds the job).
+    pub keyed: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            finished: Duration::from_secs(24 * 3600),
+            keyed: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
 
 /// The stored columns of `job` and `job_history`, in table order.
 pub(crate) const STORED_COLUMNS: &str = "id, account_id, queue, kind, args, state, priority, attempt, max_attempts, \

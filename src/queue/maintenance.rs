@@ -7,26 +7,8 @@ use std::time::Duration;
 use sqlx::PgExecutor;
 
 use super::complete::{after_failures, discarded_row, with_error};
-use super::history::{add_history_days, retire_history, RetireCursor, Retired};
+use super::history::{add_history_days, retire_history, Retention, RetireCursor, Retired};
 use super::{JobId, Result, RetryPolicy};
-
-/// How long finished jobs are kept.
-#[derive(Debug, Clone, Copy)]
-pub struct Retention {
-    /// Finished jobs without an idempotency key.
-    pub finished: Duration,
-    /// Finished jobs with an idempotency key (a replay within this window still finds the job).
-    pub keyed: Duration,
-}
-
-impl Default for Retention {
-    fn default() -> Self {
-        Retention {
-            finished: Duration::from_secs(24 * 3600),
-            keyed: Duration::from_secs(7 * 24 * 3600),
-        }
-    }
-}
 
 /// Returns running jobs whose lease expired (their worker died or stalled): the attempt is used up and recorded,
 /// and the job becomes `retryable` after a backoff, or `discarded` when its attempts are exhausted. Returns the

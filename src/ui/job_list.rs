@@ -197,7 +197,7 @@ pub async fn list(
         // Bad filter values come back as a 422 naming the field: show them next to the form.
         Err(e @ Error::Api { .. }) if e.status() != StatusCode::UNAUTHORIZED => {
             let body = format!("{form}{}", e.message());
-            return Ok(respond(e.status(), layout(Some(&s), "jobs", "Jobs", &body)));
+            return Ok(respond(e.status(), layout(Some(s.role), "jobs", "Jobs", &body)));
         }
         Err(e) => return Err(e),
     };
@@ -245,7 +245,7 @@ pub async fn list(
         rows(items, admin),
         pager(&base, cursor, &answer["next_cursor"]),
     );
-    Ok(respond(StatusCode::OK, layout(Some(&s), "jobs", "Jobs", &body)))
+    Ok(respond(StatusCode::OK, layout(Some(s.role), "jobs", "Jobs", &body)))
 }
 
 fn action_of(q: &HashMap<String, String>) -> Result<&'static str, Error> {
@@ -287,7 +287,7 @@ pub async fn confirm(
         );
         return Ok(respond(
             StatusCode::OK,
-            layout(Some(&s), "jobs", "Nothing to do", &body),
+            layout(Some(s.role), "jobs", "Nothing to do", &body),
         ));
     };
     let mut hidden = String::new();
@@ -327,7 +327,7 @@ pub async fn confirm(
     );
     Ok(respond(
         StatusCode::OK,
-        layout(Some(&s), "jobs", &format!("{verb} matching jobs"), &body),
+        layout(Some(s.role), "jobs", &format!("{verb} matching jobs"), &body),
     ))
 }
 

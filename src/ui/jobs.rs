@@ -121,7 +121,7 @@ pub async fn detail(
     let title = format!("Job {id}");
     Ok(respond(
         StatusCode::OK,
-        layout(Some(&s), "jobs", &title, &detail_body(&job, &message)),
+        layout(Some(s.role), "jobs", &title, &detail_body(&job, &message)),
     ))
 }
 
@@ -152,6 +152,6 @@ pub async fn action(
     let title = format!("Job {id}");
     Ok(respond(
         err.status(),
-        layout(Some(&s), "jobs", &title, &detail_body(&job, &err.message())),
+        layout(Some(s.role), "jobs", &title, &detail_body(&job, &err.message())),
     ))
 }
