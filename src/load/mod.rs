@@ -36,8 +36,8 @@ pub const QUEUE: &str = "default";
 #[non_exhaustive]
 pub enum Error {
     /// The input is invalid; every bad field is named (HTTP 422).
-    #[error("invalid input: {}", .0.iter().map(|e| format!("{}: {}", e.path, e.message)).collect::<Vec<_>>().join("; "))]
-    Invalid(Vec<crate::queue::FieldError>),
+    #[error("invalid input: {0}")]
+    Invalid(crate::queue::FieldErrors),
     /// More records than a batch may hold (HTTP 413).
     #[error("a batch holds at most {max} records, got {got}")]
     TooManyRecords {

@@ -187,10 +187,9 @@ pub async fn create_load<'e>(
     now: DateTime<Utc>,
 ) -> Result<Load> {
     if name.is_empty() || name.len() > 255 || name.contains('\0') {
-        return Err(Error::Invalid(vec![queue::FieldError::new(
-            "/name",
-            "must be 1 to 255 characters",
-        )]));
+        return Err(Error::Invalid(
+            vec![queue::FieldError::new("/name", "must be 1 to 255 characters")].into(),
+        ));
     }
     // `on conflict do update` (a no-op write) returns the existing row too, in one race-free statement.
     let (row, inserted): (LoadRow, bool) = {
@@ -232,10 +231,13 @@ pub async fn list_loads<'e>(
 ) -> Result<Vec<Load>> {
     let before = match before {
         Some(c) => Some(parse_id(c).ok_or_else(|| {
-            Error::Invalid(vec![queue::FieldError::new(
-                "/query/cursor",
-                "is not a cursor of this listing",
-            )])
+            Error::Invalid(
+                vec![queue::FieldError::new(
+                    "/query/cursor",
+                    "is not a cursor of this listing",
+                )]
+                .into(),
+            )
         })?),
         None => None,
     };

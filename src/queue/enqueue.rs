@@ -70,7 +70,7 @@ fn route_sql(queue: &str, key: &str) -> String {
 /// Enqueues one job on `conn` (which may be inside the caller's transaction). Wake workers after commit with
 /// [`crate::wake::Waker::wake`]; [`super::Queue::enqueue`] does both.
 pub async fn enqueue(conn: &mut PgConnection, account: &AccountId, job: NewJob) -> Result<Enqueued> {
-    job.validate().map_err(Error::Invalid)?;
+    job.validate().map_err(|e| Error::Invalid(e.into()))?;
     match job.concurrency_key.clone() {
         Some(key) => {
             // A savepoint when the caller already runs a transaction; the advisory lock lives until the outer
@@ -257,7 +257,7 @@ pub async fn enqueue_many(
         }
     }
     if !invalid.is_empty() {
-        return Err(Error::Invalid(invalid));
+        return Err(Error::Invalid(invalid.into()));
     }
     if super::bulk::copyable(jobs) {
         if let Some(ids) = super::bulk::copy_jobs(conn, account, jobs).await? {

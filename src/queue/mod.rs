@@ -52,7 +52,7 @@ pub use stats::{
     finished_counts, fold_stats, prune_stats, queue_gauges, queue_stats, throughput, with_finished, FinishedCounts,
     QueueStats, Throughput,
 };
-pub use types::{json_integer, FieldError, Job, JobId, JobState, NewJob, ACTIVE_STATES, FINISHED_STATES};
+pub use types::{json_integer, FieldError, FieldErrors, Job, JobId, JobState, NewJob, ACTIVE_STATES, FINISHED_STATES};
 pub(crate) use types::{open_jobs, seal_json};
 
 use sqlx::PgPool;
@@ -103,8 +103,8 @@ pub enum Error {
         account: String,
     },
     /// One or more fields are invalid.
-    #[error("invalid job: {}", .0.iter().map(|e| format!("{}: {}", e.path, e.message)).collect::<Vec<_>>().join("; "))]
-    Invalid(Vec<FieldError>),
+    #[error("invalid job: {0}")]
+    Invalid(FieldErrors),
     /// A sealed value could not be sealed or opened (see [`crate::crypt`]).
     #[error(transparent)]
     Crypt(#[from] crate::crypt::Error),

@@ -262,6 +262,56 @@ pub struct NewJob {
     pub priority: i16,
     /// Earliest run time; `None` = now.
     pub run_at: Option<DateTime<Utc>>,
+/// Every invalid field of one input, shown as `path: message; path: message`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct FieldErrors(pub Vec<FieldError>);
+
+impl fmt::Display for FieldErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{}: {}", e.path, e.message)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::ops::Deref for FieldErrors {
+    type Target = [FieldError];
+    fn deref(&self) -> &[FieldError] {
+        &self.0
+    }
+}
+
+impl From<Vec<FieldError>> for FieldErrors {
+    fn from(v: Vec<FieldError>) -> Self {
+        FieldErrors(v)
+    }
+}
+
+impl From<FieldError> for FieldErrors {
+    fn from(e: FieldError) -> Self {
+        FieldErrors(vec![e])
+    }
+}
+
+impl From<FieldErrors> for Vec<FieldError> {
+    fn from(e: FieldErrors) -> Self {
+        e.0
+    }
+}
+
+impl IntoIterator for FieldErrors {
+    type Item = FieldError;
+    type IntoIter = std::vec::IntoIter<FieldError>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
     /// Attempts allowed.
     pub max_attempts: i32,
     /// Timeout override.

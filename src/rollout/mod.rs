@@ -26,7 +26,7 @@ pub use store::{
     unclaimed_queues, NewRollout, PoolVersionView, PoolView, Rollout, WorkerPool,
 };
 
-use crate::queue::FieldError;
+use crate::queue::FieldErrors;
 
 /// Errors of pools and rollouts.
 #[derive(Debug, thiserror::Error)]
@@ -51,8 +51,8 @@ pub enum Error {
         message: String,
     },
     /// One or more fields are invalid.
-    #[error("invalid request: {}", .0.iter().map(|e| format!("{}: {}", e.path, e.message)).collect::<Vec<_>>().join("; "))]
-    Invalid(Vec<FieldError>),
+    #[error("invalid request: {0}")]
+    Invalid(FieldErrors),
     /// A queue operation failed.
     #[error(transparent)]
     Queue(#[from] crate::queue::Error),
