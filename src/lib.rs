@@ -53,6 +53,7 @@ pub mod scheduler;
 pub mod supervisor;
 pub mod telemetry;
 pub mod tenancy;
+mod text_enum;
 pub mod tls;
 pub mod ui;
 pub mod wake;

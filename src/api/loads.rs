@@ -337,7 +337,8 @@ pub async fn results(
     let outcome = match q.given("outcome") {
         None => None,
         Some(s) => Some(
-            Outcome::parse(s)
+            s.parse::<Outcome>()
+                .ok()
                 .ok_or_else(|| ApiError::invalid("/query/outcome", "must be changed, unchanged or failed"))?,
         ),
     };

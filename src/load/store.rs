@@ -49,16 +49,11 @@ pub enum BatchStatus {
     Complete,
 }
 
-impl BatchStatus {
-    fn parse(s: &str) -> Result<Self> {
-        match s {
-            "pending" => Ok(BatchStatus::Pending),
-            "running" => Ok(BatchStatus::Running),
-            "complete" => Ok(BatchStatus::Complete),
-            o => Err(Error::Corrupt(format!("unknown batch status {o:?}"))),
-        }
-    }
-}
+crate::text_enum::text_enum!(BatchStatus as "batch status" {
+    Pending = "pending",
+    Running = "running",
+    Complete = "complete",
+});
 
 /// Record counts of a batch; once complete, `total = unchanged + changed + failed`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -300,7 +295,7 @@ impl TryFrom<BatchRow> for Batch {
         Ok(Batch {
             id: r.id.to_string(),
             load_id: r.load_id.to_string(),
-            status: BatchStatus::parse(&r.status)?,
+            status: r.status.parse().map_err(Error::Corrupt)?,
             counts: BatchCounts {
                 total: r.total.into(),
                 unchanged: r.unchanged.into(),

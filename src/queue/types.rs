@@ -64,46 +64,21 @@ pub const ACTIVE_STATES: [JobState; 4] = [
 /// States that end a job.
 pub const FINISHED_STATES: [JobState; 3] = [JobState::Completed, JobState::Discarded, JobState::Cancelled];
 
-impl JobState {
-    /// The database and JSON spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobState::Scheduled => "scheduled",
-            JobState::Available => "available",
-            JobState::Running => "running",
-            JobState::Completed => "completed",
-            JobState::Retryable => "retryable",
-            JobState::Discarded => "discarded",
-            JobState::Cancelled => "cancelled",
-        }
-    }
+// A job parked behind the head of its concurrency key (see `queue::lane`) is available to its users.
+crate::text_enum::text_enum!(JobState as "job state" {
+    Scheduled = "scheduled",
+    Available = "available" | "parked",
+    Running = "running",
+    Retryable = "retryable",
+    Completed = "completed",
+    Discarded = "discarded",
+    Cancelled = "cancelled",
+});
 
+impl JobState {
     /// Whether the job has ended.
     pub fn is_finished(self) -> bool {
         FINISHED_STATES.contains(&self)
-    }
-}
-
-impl fmt::Display for JobState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for JobState {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(match s {
-            "scheduled" => JobState::Scheduled,
-            // A job parked behind the head of its concurrency key (see `queue::lane`) is available to its users.
-            "available" | "parked" => JobState::Available,
-            "running" => JobState::Running,
-            "completed" => JobState::Completed,
-            "retryable" => JobState::Retryable,
-            "discarded" => JobState::Discarded,
-            "cancelled" => JobState::Cancelled,
-            other => return Err(format!("unknown job state {other:?}")),
-        })
     }
 }
 
@@ -262,6 +237,31 @@ pub struct NewJob {
     pub priority: i16,
     /// Earliest run time; `None` = now.
     pub run_at: Option<DateTime<Utc>>,
+    /// Attempts allowed.
+    pub max_attempts: i32,
+    /// Timeout override.
+    pub timeout_ms: Option<i32>,
+    /// Per-account deduplication key.
+    pub idempotency_key: Option<String>,
+    /// Payload fingerprint compared on a key replay; computed from the job when `None`.
+    pub fingerprint: Option<Vec<u8>>,
+    /// Ordered-exclusion key.
+    pub concurrency_key: Option<String>,
+    /// Version this job is routed to (`None` = any worker of the pool).
+    pub version: Option<String>,
+    /// W3C trace context.
+    pub traceparent: Option<String>,
+}
+
+/// One invalid field.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    /// JSON pointer-ish path, e.g. `/priority`.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
 /// Every invalid field of one input, shown as `path: message; path: message`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 #[serde(transparent)]
@@ -310,31 +310,6 @@ impl IntoIterator for FieldErrors {
     fn into_iter(self) -> Self::IntoIter {
         self.0.into_iter()
     }
-}
-
-    /// Attempts allowed.
-    pub max_attempts: i32,
-    /// Timeout override.
-    pub timeout_ms: Option<i32>,
-    /// Per-account deduplication key.
-    pub idempotency_key: Option<String>,
-    /// Payload fingerprint compared on a key replay; computed from the job when `None`.
-    pub fingerprint: Option<Vec<u8>>,
-    /// Ordered-exclusion key.
-    pub concurrency_key: Option<String>,
-    /// Version this job is routed to (`None` = any worker of the pool).
-    pub version: Option<String>,
-    /// W3C trace context.
-    pub traceparent: Option<String>,
-}
-
-/// One invalid field.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct FieldError {
-    /// JSON pointer-ish path, e.g. `/priority`.
-    pub path: String,
-    /// What is wrong.
-    pub message: String,
 }
 
 /// A JSON number as an integer, the way JSON Schema reads `integer`: `8` and `8.0` alike, `8.5` not.

@@ -111,30 +111,14 @@ impl RolloutState {
             }),
         }
     }
-
-    /// The database value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RolloutState::Canary => "canary",
-            RolloutState::Promoted => "promoted",
-            RolloutState::Completed => "completed",
-            RolloutState::Aborted => "aborted",
-        }
-    }
 }
 
-impl std::str::FromStr for RolloutState {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
-        Ok(match s {
-            "canary" => RolloutState::Canary,
-            "promoted" => RolloutState::Promoted,
-            "completed" => RolloutState::Completed,
-            "aborted" => RolloutState::Aborted,
-            other => return Err(format!("unknown rollout state {other:?}")),
-        })
-    }
-}
+crate::text_enum::text_enum!(RolloutState as "rollout state" {
+    Canary = "canary",
+    Promoted = "promoted",
+    Completed = "completed",
+    Aborted = "aborted",
+});
 
 impl Transition {
     fn verb(self) -> &'static str {
@@ -160,6 +144,13 @@ pub enum Role {
     /// Claims nothing; its workers exit.
     Retired,
 }
+
+crate::text_enum::text_enum!(Role as "pool version role" {
+    Stable = "stable",
+    Canary = "canary",
+    Draining = "draining",
+    Retired = "retired",
+});
 
 /// The share of new work a version with `role` receives while its pool's rollout is in `state` with
 /// `canary_percent` (no rollout: a stable version takes everything).
