@@ -8,7 +8,18 @@ use sqlx::PgExecutor;
 
 use super::complete::{after_failures, discarded_row, with_error};
 use super::history::{add_history_days, retire_history, Retention, RetireCursor, Retired};
-use super::{JobId, Result, RetryPolicy};
+use super::{JobId, JobState, Result, RetryPolicy};
+
+/// A maintenance round every second: an expired lease is rescued, and a due job promoted, within about a second.
+const ROUND_INTERVAL: Duration = Duration::from_secs(1);
+/// History partitions are a day each: looking after them every 10 s is plenty.
+const HISTORY_EVERY: Duration = Duration::from_secs(10);
+/// The most time one round spends retiring history, so the rescue and promotion of the next round are not late.
+const HISTORY_BUDGET: Duration = Duration::from_millis(200);
+/// The queue gauges' period at the least (longer when counting takes long, see `publish_gauges`).
+const GAUGES_EVERY: Duration = Duration::from_secs(5);
+/// A worker counts as live when it heartbeated within this: three missed heartbeats of the default lease.
+const WORKER_SEEN_WITHIN: Duration = Duration::from_secs(90);
 
 /// Returns running jobs whose lease expired (their worker died or stalled): the attempt is used up and recorded,
 /// and the job becomes `retryable` after a backoff, or `discarded` when its attempts are exhausted. Returns the
@@ -298,11 +309,14 @@ impl Maintainer {
             queues.entry(q.clone()).or_insert(([0; 4], 0.0));
         }
         for (queue, (counts, oldest)) in &queues {
-            for (state, n) in ["available", "scheduled", "running", "retryable"]
-                .into_iter()
-                .zip(counts)
-            {
-                metrics::gauge!(m::QUEUE_JOBS, "queue" => queue.clone(), "state" => state).set(*n as f64);
+            let states = [
+                JobState::Available,
+                JobState::Scheduled,
+                JobState::Running,
+                JobState::Retryable,
+            ];
+            for (state, n) in states.into_iter().zip(counts) {
+                metrics::gauge!(m::QUEUE_JOBS, "queue" => queue.clone(), "state" => state.as_str()).set(*n as f64);
             }
             metrics::gauge!(m::QUEUE_OLDEST_AVAILABLE_SECONDS, "queue" => queue.clone()).set(*oldest);
         }
