@@ -79,9 +79,7 @@ pub(super) async fn wait_for_workers(pool: &PgPool, n: usize) -> Result<(), Erro
 pub(super) async fn stop_workers(children: &mut [tokio::process::Child]) {
     for c in children.iter() {
         if let Some(pid) = c.id() {
-            let _ = std::process::Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status();
+            crate::supervisor::send_signal(pid, crate::supervisor::Signal::Term);
         }
     }
     for c in children.iter_mut() {

@@ -540,9 +540,7 @@ async fn wait_ready(
 async fn stop_children(children: Vec<(String, Child)>) {
     for (_, c) in &children {
         if let Some(pid) = c.id() {
-            let _ = std::process::Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status();
+            crate::supervisor::send_signal(pid, crate::supervisor::Signal::Term);
         }
     }
     for (name, mut c) in children {

@@ -260,6 +260,7 @@ async fn build_template(admin: &str) -> String {
         pool.close().await;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
+    use crate::supervisor::{send_signal, Signal};
             let left: i64 =
                 sqlx::query_scalar("select count(pg_terminate_backend(pid)) from pg_stat_activity where datname = $1")
                     .bind(&build)
@@ -314,14 +315,16 @@ where
     }
 }
 
-/// Sends `sig` (as `kill` spells it, e.g. `-KILL`) to a running child process.
+/// Sends `sig` (as `kill` spells it: `-TERM`, `-INT` or `-KILL`) to a running child process.
 pub fn signal(child: &tokio::process::Child, sig: &str) {
     let pid = child.id().expect("child is running");
-    let ok = Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .expect("run kill");
-    assert!(ok.success(), "kill {sig} {pid}");
+    let signal = match sig {
+        "-TERM" => Signal::Term,
+        "-INT" => Signal::Int,
+        "-KILL" => Signal::Kill,
+        other => panic!("no such signal in the test kit: {other}"),
+    };
+    assert!(send_signal(pid, signal), "kill {sig} {pid}");
 }
 
 /// Sends SIGTERM to a child process and asserts that it exits 0 within 30 s.
