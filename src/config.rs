@@ -9,6 +9,11 @@ use crate::queue::{Retention, RetryPolicy};
 use crate::runtime::WorkerConfig;
 pub use crate::telemetry::LogFormat;
 
+/// The CLI's HTTP connect timeout: an API that does not accept within 5 s is down, and the retry takes over.
+const HTTP_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The CLI's HTTP request timeout: above the API's own 30 s request deadline, so the API's answer arrives.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Errors in the configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -118,8 +123,8 @@ impl TlsClientConfig {
     /// timeout and a 60 s request timeout, so an unreachable server fails the command instead of hanging it.
     pub fn client(&self) -> Result<reqwest::Client, Error> {
         self.http_client()?
-            .connect_timeout(std::time::Duration::from_secs(5))
-            .timeout(std::time::Duration::from_secs(60))
+            .connect_timeout(HTTP_CONNECT_TIMEOUT)
+            .timeout(HTTP_TIMEOUT)
             .build()
             .map_err(|e| Error::Invalid {
                 name: "ORDO_CA_FILE",

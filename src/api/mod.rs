@@ -122,8 +122,8 @@ impl Default for Settings {
             rate_limit_rps: 1000,
             redis_url: None,
             redis_ca_file: None,
-            request_timeout: Duration::from_secs(30),
-            key_cache_ttl: Duration::from_secs(5),
+            request_timeout: REQUEST_TIMEOUT,
+            key_cache_ttl: KEY_CACHE_TTL,
         }
     }
 }
@@ -249,13 +249,20 @@ impl AppState {
 const ADMIN_CONNECTIONS: u32 = 4;
 
 /// A pool on the same server and database as `pool` whose connections switch to the admin role for their whole
+/// A request's deadline: above any list or bulk call's time on a loaded database, below a client's patience.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a verified API key is trusted without reading it again: a revoked key stops working within this.
+const KEY_CACHE_TTL: Duration = Duration::from_secs(5);
+/// A request waits at most this for a connection: while the database is away, requests answer 503 quickly.
+const REQUEST_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// life, so admin handlers and what they call run as that role without a role switch in every transaction.
 fn admin_pool(pool: &PgPool) -> PgPool {
     let opts = (*pool.connect_options()).clone();
     PgPoolOptions::new()
         .max_connections(ADMIN_CONNECTIONS)
         .min_connections(0)
-        .acquire_timeout(Duration::from_secs(5))
+        .acquire_timeout(crate::db::ACQUIRE_TIMEOUT)
         .after_connect(|conn, _| {
             Box::pin(async move {
                 sqlx::query(&format!("set role {}", crate::tenancy::ADMIN_ROLE))
@@ -455,7 +462,7 @@ pub async fn run(
     let pool = PgPoolOptions::new()
         .max_connections(args.db_connections.max(2))
         .min_connections(0)
-        .acquire_timeout(Duration::from_secs(2))
+        .acquire_timeout(REQUEST_ACQUIRE_TIMEOUT)
         .connect_lazy_with(opts);
     crate::db::check_schema(&pool).await?;
     db.install_keys(&pool);

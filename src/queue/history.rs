@@ -13,6 +13,11 @@ use sqlx::{PgExecutor, PgPool};
 
 use super::Result;
 
+/// Finished jobs are kept a day by default: long enough to look into yesterday's failures.
+pub const KEEP_FINISHED: Duration = Duration::from_secs(24 * 3600);
+/// Jobs with an idempotency key are kept a week by default, so a client's replay within that finds the job.
+pub const KEEP_KEYED: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// How long finished jobs are kept.
 #[derive(Debug, Clone, Copy)]
 pub struct Retention {
@@ -25,8 +30,8 @@ pub struct Retention {
 impl Default for Retention {
     fn default() -> Self {
         Retention {
-            finished: Duration::from_secs(24 * 3600),
-            keyed: Duration::from_secs(7 * 24 * 3600),
+            finished: KEEP_FINISHED,
+            keyed: KEEP_KEYED,
         }
     }
 }

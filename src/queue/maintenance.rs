@@ -173,7 +173,7 @@ impl Maintainer {
             pool,
             holder,
             retry,
-            interval: Duration::from_secs(1),
+            interval: ROUND_INTERVAL,
             retention: Retention::default(),
             history: std::sync::Mutex::default(),
             gauges_at: std::sync::Mutex::new(None),
@@ -235,7 +235,7 @@ impl Maintainer {
     async fn look_after_history(&self) -> Result<()> {
         let cursor = {
             let Ok(mut h) = self.history.lock() else { return Ok(()) };
-            if h.1.is_some_and(|t| t.elapsed() < Duration::from_secs(10)) {
+            if h.1.is_some_and(|t| t.elapsed() < HISTORY_EVERY) {
                 return Ok(());
             }
             h.1 = Some(std::time::Instant::now());
@@ -246,7 +246,7 @@ impl Maintainer {
             // a lock not had at once: the next round tries again (rows go to the default partition meanwhile)
             tracing::debug!(error = %e, "could not attach history partitions this round");
         }
-        let retired = retire_history(&self.pool, self.retention, &mut cursor, Duration::from_millis(200)).await;
+        let retired = retire_history(&self.pool, self.retention, &mut cursor, HISTORY_BUDGET).await;
         if let Ok(mut h) = self.history.lock() {
             h.0 = cursor;
         }
@@ -287,7 +287,7 @@ impl Maintainer {
             // Every 5 s, or less often when counting takes long: the count walks every waiting job, and under a
             // backlog of a million it takes over a second of the database's time, which the drain needs more.
             // At most 2 % of the time goes to it.
-            if at.is_some_and(|(t, cost)| t.elapsed() < (cost * 50).max(Duration::from_secs(5))) {
+            if at.is_some_and(|(t, cost)| t.elapsed() < (cost * 50).max(GAUGES_EVERY)) {
                 return;
             }
             *at = Some((std::time::Instant::now(), Duration::ZERO));
@@ -297,7 +297,7 @@ impl Maintainer {
         if let Ok(mut at) = self.gauges_at.lock() {
             *at = Some((counted, counted.elapsed()));
         }
-        let (Ok(rows), Ok(workers)) = (gauges, super::live_workers(&self.pool, Duration::from_secs(90)).await) else {
+        let (Ok(rows), Ok(workers)) = (gauges, super::live_workers(&self.pool, WORKER_SEEN_WITHIN).await) else {
             return;
         };
         let Ok(mut seen) = self.gauge_labels.lock() else { return };

@@ -544,11 +544,15 @@ async fn stop_children(children: Vec<(String, Child)>) {
         }
     }
     for (name, mut c) in children {
-        match tokio::time::timeout(Duration::from_secs(30), c.wait()).await {
+        match tokio::time::timeout(STOP_GRACE, c.wait()).await {
+/// How long a role may take to drain and exit after SIGTERM before it is killed: a worker's default drain (25 s)
+/// and its flush fit in it.
+const STOP_GRACE: Duration = Duration::from_secs(30);
+
             Ok(Ok(status)) if !status.success() => tracing::warn!(role = %name, %status, "role exited with an error"),
             Ok(_) => {}
             Err(_) => {
-                tracing::warn!(role = %name, "role did not stop within 30 s; killing it");
+                tracing::warn!(role = %name, "role did not stop within {STOP_GRACE:?}; killing it");
                 let _ = c.kill().await;
             }
         }

@@ -75,6 +75,11 @@ pub struct Scheduler {
     pub lease: Duration,
 }
 
+/// A cron tick fires within a quarter second of its time.
+const TICK: Duration = Duration::from_millis(250);
+/// The scheduler's lease: twenty ticks, so a short stall of the leader does not hand firing to another.
+const LEASE: Duration = Duration::from_secs(5);
+
 impl Scheduler {
     /// A scheduler identified as `holder` (put the pid in it, so operators and tests can tell who leads).
     pub fn new(pool: PgPool, holder: String, waker: Waker) -> Self {
@@ -82,8 +87,8 @@ impl Scheduler {
             pool,
             holder,
             waker,
-            tick: Duration::from_millis(250),
-            lease: Duration::from_secs(5),
+            tick: TICK,
+            lease: LEASE,
         }
     }
 
