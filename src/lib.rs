@@ -23,6 +23,7 @@
 //! - [`rollout`]: versioned worker pools and blue-green rollouts (canary → promoted → completed | aborted).
 //! - [`autoscale`]: worker counts per pool version from queue depth, applied by a driver (processes, Kubernetes).
 //! - [`scheduler`]: cron schedules; fires each tick exactly once under the `scheduler` lease.
+//! - [`retry`]: the one backoff every retry loop waits through; it ends early on cancellation.
 //! - [`wake`]: Redis wake-ups, a hint beside the poll loop.
 //! - [`load`]: loads of batch data (inventory records) processed in chunks by workers, and the `ordo load` client.
 //! - [`tls`]: TLS material, the API's HTTPS listener (certificate reloaded in place), the CLI's extra CA.
@@ -46,6 +47,7 @@ pub mod load;
 pub mod orchestration;
 pub mod pgserver;
 pub mod queue;
+pub mod retry;
 pub mod rollout;
 pub mod runtime;
 pub mod sandbox;
