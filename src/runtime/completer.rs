@@ -7,11 +7,16 @@ use std::time::Duration;
 use chrono::Utc;
 use sqlx::PgPool;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::settle::{LaneHook, Settle, SettleKind};
 use crate::queue::{self, Completion, Failure, RetryPolicy, Snooze};
+use crate::retry::{self, Backoff};
 
 const MAX_BATCH: usize = 2000;
+/// A settle write is on the critical path of every job: retry it sooner than a reconnect.
+const SETTLE_RETRY_FIRST: Duration = Duration::from_millis(50);
 
 /// The worker's offer to run the next job of each lane its completions release (see
 /// [`queue::complete_handing_off`]), so a busy key's jobs follow each other on this worker without a claim.
@@ -77,12 +82,48 @@ async fn complete_and_hand_off(
 }
 
 /// Runs until every sender is dropped and the buffer is written.
-pub(crate) async fn run(
+/// A running completer, owned by the worker that started it.
+pub(crate) struct Completer {
+    task: TaskTracker,
+    give_up: CancellationToken,
+}
+
+impl Completer {
+    /// Starts settling what arrives on `rx` (see [`run`]).
+    pub(crate) fn start(
+        pool: PgPool,
+        rx: mpsc::UnboundedReceiver<Settle>,
+        retry: RetryPolicy,
+        lanes: LaneHook,
+        offer: Option<Offer>,
+    ) -> Self {
+        let give_up = CancellationToken::new();
+        let task = TaskTracker::new();
+        task.spawn(run(pool, rx, retry, lanes, offer, give_up.clone()));
+        task.close();
+        Completer { task, give_up }
+    }
+
+    /// Waits until every outcome sent is written (the senders are gone), for at most `deadline`; what is left then
+    /// is dropped, and its leases expire and are rescued.
+    pub(crate) async fn finish(self, deadline: Duration) {
+        if tokio::time::timeout(deadline, self.task.wait()).await.is_err() {
+            tracing::error!("could not flush job outcomes before exit; their leases will expire and be rescued");
+            self.give_up.cancel();
+            self.task.wait().await;
+        }
+    }
+}
+
+/// Settles what arrives on `rx` until every sender is gone. A failed write is retried until it lands or `give_up`
+/// fires (the worker's flush deadline passed: the leases of what is left expire and maintenance rescues them).
+async fn run(
     pool: PgPool,
     mut rx: mpsc::UnboundedReceiver<Settle>,
     retry: RetryPolicy,
     lanes: LaneHook,
     mut offer: Option<Offer>,
+    give_up: CancellationToken,
 ) {
     let mut batch: Vec<Settle> = Vec::with_capacity(MAX_BATCH);
     loop {
@@ -104,7 +145,7 @@ pub(crate) async fn run(
                 Err(_) => break,
             }
         }
-        let mut delay = Duration::from_millis(50);
+        let mut backoff = Backoff::new(SETTLE_RETRY_FIRST, retry::MAX_DELAY);
         loop {
             match write(&pool, &batch, retry, offer.as_ref()).await {
                 Ok(()) => {
@@ -112,9 +153,10 @@ pub(crate) async fn run(
                     break;
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, jobs = batch.len(), retry_in = ?delay, "failed to settle jobs; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
+                    tracing::warn!(error = %e, jobs = batch.len(), retry_in = ?backoff.delay(), "failed to settle jobs; retrying");
+                    if !backoff.wait(&give_up).await {
+                        return;
+                    }
                 }
             }
         }
