@@ -301,9 +301,14 @@ impl Maintainer {
             return;
         };
         let Ok(mut seen) = self.gauge_labels.lock() else { return };
+        // By label, not by queue: every queue no operator declared adds to `other` (see `queue_label`).
         let mut queues = std::collections::BTreeMap::new();
         for (queue, available, scheduled, running, retryable, oldest) in rows {
-            queues.insert(queue, ([available, scheduled, running, retryable], oldest));
+            let (counts, max_oldest) = queues.entry(m::queue_label(&queue)).or_insert(([0; 4], 0.0));
+            for (total, n) in counts.iter_mut().zip([available, scheduled, running, retryable]) {
+                *total += n;
+            }
+            *max_oldest = f64::max(*max_oldest, oldest);
         }
         for q in &seen.0 {
             queues.entry(q.clone()).or_insert(([0; 4], 0.0));

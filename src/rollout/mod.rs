@@ -163,6 +163,28 @@ pub fn weight(role: Role, rollout: Option<(RolloutState, i16)>) -> i16 {
     }
 }
 
+/// How often a process re-reads the declared queues: a new pool's queue gets a metric label of its own within a
+/// minute, and reading costs one small query.
+const DECLARED_QUEUES_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Until `stop`, keeps the queues that may be metric labels (every worker pool's queues, see
+/// [`crate::telemetry::metrics::queue_label`]) up to date in this process.
+pub async fn declare_pool_queues(db: sqlx::PgPool, stop: tokio_util::sync::CancellationToken) {
+    loop {
+        match sqlx::query_scalar::<_, String>("select distinct q from worker_pool p, unnest(p.queues) as q")
+            .fetch_all(&db)
+            .await
+        {
+            Ok(queues) => crate::telemetry::metrics::declare_queues(queues),
+            Err(e) => tracing::debug!(error = %e, "could not read the pools' queues for metric labels"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(DECLARED_QUEUES_EVERY) => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -75,7 +75,7 @@ async fn complete_and_hand_off(
     .await?;
     tx.commit().await?;
     for job in handed {
-        metrics::counter!(crate::telemetry::metrics::JOBS_CLAIMED_TOTAL, "queue" => job.queue.clone()).increment(1);
+        metrics::counter!(crate::telemetry::metrics::JOBS_CLAIMED_TOTAL, "queue" => crate::telemetry::metrics::queue_label(&job.queue)).increment(1);
         offer.dispatch.start(job, permits.pop());
     }
     Ok(done.len())

@@ -66,7 +66,7 @@ impl Executor {
         // Kept for the failure logs only; parsed there, off the path of jobs that succeed.
         let traceparent = job.traceparent.clone();
         let delay = (chrono::Utc::now() - job.run_at).num_milliseconds().max(0) as f64 / 1000.0;
-        metrics::histogram!(m::JOB_START_DELAY_SECONDS, "queue" => job.queue.clone()).record(delay);
+        metrics::histogram!(m::JOB_START_DELAY_SECONDS, "queue" => m::queue_label(&job.queue)).record(delay);
         let started = std::time::Instant::now();
         let ran = match opened {
             Ok(()) => self.run_handler(job, ctx, timeout).await,

@@ -132,10 +132,10 @@ impl Fetcher {
             };
             match claimed {
                 Ok(jobs) => {
-                    metrics::histogram!(m::CLAIM_DURATION_SECONDS, "queue" => self.queue.clone())
+                    metrics::histogram!(m::CLAIM_DURATION_SECONDS, "queue" => m::queue_label(&self.queue))
                         .record(started.elapsed().as_secs_f64());
                     if !jobs.is_empty() {
-                        metrics::counter!(m::JOBS_CLAIMED_TOTAL, "queue" => self.queue.clone())
+                        metrics::counter!(m::JOBS_CLAIMED_TOTAL, "queue" => m::queue_label(&self.queue))
                             .increment(jobs.len() as u64);
                     }
                     errors.reset();

@@ -311,6 +311,10 @@ impl Worker {
             let ns = wake::namespace(&self.pool).await;
             tasks.spawn(wake::subscribe(client, ns, shared.signals.clone(), background.clone()));
         }
+        tasks.spawn(crate::rollout::declare_pool_queues(
+            self.pool.clone(),
+            background.clone(),
+        ));
         tasks.spawn(release_lanes(
             self.pool.clone(),
             shared.lanes.clone(),

@@ -262,6 +262,10 @@ pub async fn serve(
         ..queue::Retention::default()
     };
     let maintenance = tokio::spawn(maintainer.run(shutdown.child_token()));
+    let labels = tokio::spawn(crate::rollout::declare_pool_queues(
+        pool.clone(),
+        shutdown.child_token(),
+    ));
     // Rollouts also advance (auto-promote, auto-abort, completion) where no autoscaler runs; the controller has a
     // lease of its own, so running it here and in the autoscaler is harmless.
     let rollouts =
@@ -271,6 +275,7 @@ pub async fn serve(
     scheduler.lease = args.lease();
     tracing::info!(holder = %scheduler.holder(), "scheduler started");
     scheduler.run(shutdown).await;
+    let _ = labels.await;
     if let Err(e) = maintenance.await {
         tracing::warn!(error = %e, "queue maintenance task failed");
     }
