@@ -22,7 +22,7 @@ mod history;
 mod lane;
 mod limits;
 mod maintenance;
-mod registry;
+mod roster;
 mod routing;
 mod search;
 mod series;
@@ -43,7 +43,7 @@ pub use history::{add_history_days, retire_history, Retention, RetireCursor, Ret
 pub use lane::{marked_lanes, release_lanes};
 pub use limits::{get_limits, put_limits, usage, KindLimit, KindUsage, Limits, QueueLimit, QueueUsage, Usage};
 pub use maintenance::{autovacuum_on, promote_due, rescue_expired, Maintainer, MAINTENANCE_LEASE};
-pub use registry::{deregister_worker, heartbeat_worker, live_workers, register_worker, running_by_worker, WorkerInfo};
+pub use roster::{deregister_worker, heartbeat_worker, live_workers, register_worker, running_by_worker, WorkerInfo};
 pub use routing::{last_job_id, pool_depth, reroute_waiting, routed_active, version_outcomes, VersionDepth};
 pub use search::{bulk, list, list_all, BulkAction, BulkOutcome, JobFilter, MAX_BULK};
 pub use series::{minutes, prune_samples, sample_queues, Minute};

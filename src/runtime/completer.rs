@@ -31,7 +31,7 @@ pub(crate) struct Offer {
     pub held: std::sync::Arc<tokio::sync::Semaphore>,
     pub dispatch: super::Dispatch,
     /// Once the worker stops, nothing more is handed over (and the offer, which holds a sender of this
-    /// completer's channel through the executor, is dropped so the channel can close).
+    /// completer's channel through the attempt runner, is dropped so the channel can close).
     pub stopping: tokio_util::sync::CancellationToken,
 }
 

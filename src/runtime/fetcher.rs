@@ -10,7 +10,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{executor, Running, WorkerConfig};
+use super::{attempt, Running, WorkerConfig};
 use crate::queue::{self, ClaimRequest, FairShare};
 use crate::retry::{self, Backoff};
 use crate::telemetry::metrics as m;
@@ -42,7 +42,7 @@ pub(super) struct Fetcher {
 /// shutdown one still waiting is handed back at once.
 #[derive(Clone)]
 pub(crate) struct Dispatch {
-    pub(super) exec: Arc<executor::Executor>,
+    pub(super) exec: Arc<attempt::AttemptRunner>,
     /// Slots to run in (`concurrency`).
     pub(super) slots: Arc<Semaphore>,
     pub(super) running: Running,

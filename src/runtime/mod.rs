@@ -6,9 +6,9 @@
 //! heartbeated like running ones, and handed back at once when the worker stops; every write goes through `queue`
 //! and is fenced by attempt; the runtime writes no SQL itself.
 
+mod attempt;
 mod completer;
 pub mod embed;
-mod executor;
 mod fetcher;
 mod prefetch;
 mod settle;
@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ordo_workers::Registry;
+use ordo_workers::StepHandlers;
 use sqlx::PgPool;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -162,14 +162,14 @@ pub(crate) type Running = Arc<Mutex<HashMap<JobId, (i32, CancellationToken)>>>;
 pub struct Worker {
     cfg: WorkerConfig,
     pool: PgPool,
-    steps: Registry,
+    steps: StepHandlers,
     engine: EngineHandlers,
     id: String,
 }
 
 impl Worker {
     /// A worker running the step handlers of `steps` and the engine handlers of `engine`.
-    pub fn new(cfg: WorkerConfig, pool: PgPool, steps: Registry, engine: EngineHandlers) -> Self {
+    pub fn new(cfg: WorkerConfig, pool: PgPool, steps: StepHandlers, engine: EngineHandlers) -> Self {
         let id = new_worker_id();
         Worker {
             cfg,
@@ -211,7 +211,7 @@ impl Worker {
         self.start_background(&info, &shared, &tasks, &background, &shutdown)
             .await;
         let (settle_tx, settle_rx) = mpsc::unbounded_channel::<Settle>();
-        let exec = Arc::new(executor::Executor {
+        let exec = Arc::new(attempt::AttemptRunner {
             pool: self.pool.clone(),
             steps: self.steps.clone(),
             engine: self.engine.clone(),

@@ -5,7 +5,7 @@ use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
 use futures_util::FutureExt;
-use ordo_workers::{Outcome, Registry, StepContext, StepError};
+use ordo_workers::{Outcome, StepContext, StepError, StepHandlers};
 use sqlx::PgPool;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -16,9 +16,9 @@ use crate::engine::{panic_message, EngineHandlers, EngineResult};
 use crate::queue::{Job, JobId};
 use crate::telemetry::metrics as m;
 
-pub(crate) struct Executor {
+pub(crate) struct AttemptRunner {
     pub pool: PgPool,
-    pub steps: Registry,
+    pub steps: StepHandlers,
     pub engine: EngineHandlers,
     pub default_timeout: Duration,
     pub running: Running,
@@ -36,7 +36,7 @@ enum Ran {
     Panicked(String),
 }
 
-impl Executor {
+impl AttemptRunner {
     /// Runs the job, stopped by `cancel` when its lease is lost, and settles it (or its handler did).
     pub async fn execute(&self, mut job: Job, cancel: CancellationToken) {
         let id = job.id;
