@@ -22,17 +22,12 @@ pub enum Actor {
     Controller,
 }
 
-impl Actor {
-    /// The name stored and shown.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Actor::Admin => "admin",
-            Actor::Cli => "cli",
-            Actor::Sandbox => "sandbox",
-            Actor::Controller => "controller",
-        }
-    }
-}
+crate::text_enum::text_enum!(Actor as "actor" {
+    Admin = "admin",
+    Cli = "cli",
+    Sandbox = "sandbox",
+    Controller = "controller",
+});
 
 /// One admin change, as `GET /api/admin-events` lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]

@@ -8,7 +8,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::config::{DbConfig, MetricsConfig, RedisConfig, TelemetryConfig, WorkerArgs};
-use crate::runtime::{EngineHandlers, Worker};
+use crate::engine::EngineHandlers;
+use crate::runtime::Worker;
 
 /// ordo: a durable orchestration engine on PostgreSQL.
 #[derive(Debug, Parser)]
@@ -299,7 +300,8 @@ async fn run(cmd: Command) -> anyhow::Result<()> {
     }
 }
 
-/// The engine's own job kinds (those that need the database). `webhook_allow_private` lets webhooks reach
+/// The engine's own job kinds (those that need the database) and their owners' maintenance chores.
+/// `webhook_allow_private` lets webhooks reach
 /// private and loopback addresses (`ORDO_WEBHOOK_ALLOW_PRIVATE`; test builds always allow them, for local
 /// receivers).
 pub fn engine_handlers_with(webhook_allow_private: bool) -> EngineHandlers {
@@ -309,6 +311,8 @@ pub fn engine_handlers_with(webhook_allow_private: bool) -> EngineHandlers {
     crate::probe::register(&mut h);
     crate::orchestration::register(&mut h, webhook_allow_private || cfg!(feature = "testkit"));
     crate::load::register(&mut h);
+    h.chore(crate::orchestration::prune_chore());
+    h.chore(crate::tenancy::purge_chore());
     h
 }
 

@@ -3,10 +3,16 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::{Args, ValueEnum};
+use clap::Args;
 
 use crate::queue::{Retention, RetryPolicy};
-use crate::runtime::WorkerConfig;
+use crate::runtime::{defaults, WorkerConfig};
+pub use crate::telemetry::LogFormat;
+
+/// The CLI's HTTP connect timeout: an API that does not accept within 5 s is down, and the retry takes over.
+const HTTP_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The CLI's HTTP request timeout: above the API's own 30 s request deadline, so the API's answer arrives.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Errors in the configuration.
 #[derive(Debug, thiserror::Error)]
@@ -117,23 +123,14 @@ impl TlsClientConfig {
     /// timeout and a 60 s request timeout, so an unreachable server fails the command instead of hanging it.
     pub fn client(&self) -> Result<reqwest::Client, Error> {
         self.http_client()?
-            .connect_timeout(std::time::Duration::from_secs(5))
-            .timeout(std::time::Duration::from_secs(60))
+            .connect_timeout(HTTP_CONNECT_TIMEOUT)
+            .timeout(HTTP_TIMEOUT)
             .build()
             .map_err(|e| Error::Invalid {
                 name: "ORDO_CA_FILE",
                 message: format!("build the HTTP client: {}", crate::tls::error_chain(&e)),
             })
     }
-}
-
-/// Log format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
 }
 
 /// Logging.
@@ -176,7 +173,7 @@ pub struct WorkerArgs {
     #[arg(long, env = "ORDO_VERSION", default_value = "v1")]
     pub version: String,
     /// Jobs run at once.
-    #[arg(long, env = "ORDO_CONCURRENCY", default_value_t = 16)]
+    #[arg(long, env = "ORDO_CONCURRENCY", default_value_t = defaults::CONCURRENCY)]
     pub concurrency: usize,
     /// Jobs claimed ahead of free slots, waiting in the worker (leased) for a slot: `auto` (about 50 ms of the
     /// worker's recent throughput, at least the concurrency, at most 2000) or a number of jobs.
@@ -186,22 +183,22 @@ pub struct WorkerArgs {
     #[arg(long, env = "ORDO_QUEUES", value_delimiter = ',')]
     pub queues: Vec<String>,
     /// Job lease in milliseconds; workers heartbeat every third of it.
-    #[arg(long, env = "ORDO_LEASE_MS", default_value_t = 30_000)]
+    #[arg(long, env = "ORDO_LEASE_MS", default_value_t = defaults::LEASE.as_millis() as u64)]
     pub lease_ms: u64,
     /// Idle poll interval in milliseconds when no wake-up arrives.
-    #[arg(long, env = "ORDO_POLL_MS", default_value_t = 1_000)]
+    #[arg(long, env = "ORDO_POLL_MS", default_value_t = defaults::POLL.as_millis() as u64)]
     pub poll_ms: u64,
     /// Default per-job timeout in milliseconds (a job's `timeout_ms` overrides it).
-    #[arg(long, env = "ORDO_JOB_TIMEOUT_MS", default_value_t = 300_000)]
+    #[arg(long, env = "ORDO_JOB_TIMEOUT_MS", default_value_t = defaults::JOB_TIMEOUT.as_millis() as u64)]
     pub job_timeout_ms: u64,
     /// How long running jobs may finish after SIGTERM before they are handed back, in milliseconds.
-    #[arg(long, env = "ORDO_DRAIN_MS", default_value_t = 25_000)]
+    #[arg(long, env = "ORDO_DRAIN_MS", default_value_t = defaults::DRAIN.as_millis() as u64)]
     pub drain_ms: u64,
     /// Hours finished jobs are kept (jobs with an idempotency key at least 7 days).
-    #[arg(long, env = "ORDO_RETAIN_FINISHED_HOURS", default_value_t = 24)]
+    #[arg(long, env = "ORDO_RETAIN_FINISHED_HOURS", default_value_t = Retention::default().finished.as_secs() / 3600)]
     pub retain_finished_hours: u64,
     /// Days the event log is kept (events and audit records; pending and scheduled events are never pruned).
-    #[arg(long, env = "ORDO_RETAIN_EVENTS_DAYS", default_value_t = 30)]
+    #[arg(long, env = "ORDO_RETAIN_EVENTS_DAYS", default_value_t = defaults::EVENT_RETENTION_DAYS)]
     pub retain_events_days: u64,
     /// Let webhooks reach private, loopback and link-local addresses (the sandbox sets it).
     #[arg(long, env = "ORDO_WEBHOOK_ALLOW_PRIVATE", default_value_t = false, action = clap::ArgAction::Set)]
@@ -209,13 +206,13 @@ pub struct WorkerArgs {
     /// Claim loops per queue: one by default (with the automatic prefetch each claim brings many jobs, and two loops
     /// per worker make several workers' claims skip over each other's locked rows); two can help a lone worker
     /// with a fixed, small prefetch.
-    #[arg(long, env = "ORDO_CLAIMERS", default_value_t = 1)]
+    #[arg(long, env = "ORDO_CLAIMERS", default_value_t = defaults::CLAIMERS)]
     pub claimers: usize,
     /// Most jobs one claim statement takes (tuning).
-    #[arg(long, env = "ORDO_MAX_CLAIM", default_value_t = 2000, hide = true)]
+    #[arg(long, env = "ORDO_MAX_CLAIM", default_value_t = defaults::MAX_CLAIM, hide = true)]
     pub max_claim: usize,
     /// Base of the retry backoff in milliseconds (the first retry waits up to this).
-    #[arg(long, env = "ORDO_RETRY_BASE_MS", default_value_t = 1_000, hide = true)]
+    #[arg(long, env = "ORDO_RETRY_BASE_MS", default_value_t = RetryPolicy::default().base.as_millis() as u64, hide = true)]
     pub retry_base_ms: u64,
 }
 
@@ -266,7 +263,7 @@ impl WorkerArgs {
         redis.client()?;
         cfg.redis_url = redis.redis_url.clone();
         cfg.redis_ca_file = redis.redis_ca_file.clone();
-        cfg.event_retention = Duration::from_secs(self.retain_events_days.max(1) * 24 * 3600);
+        cfg.event_retention = crate::runtime::days(self.retain_events_days.max(1));
         cfg.retention = Retention {
             finished: Duration::from_secs(self.retain_finished_hours * 3600),
             ..Retention::default()

@@ -61,11 +61,15 @@ pub async fn connect(url: &str, max: u32) -> Result<PgPool> {
     PgPoolOptions::new()
         .max_connections(max)
         .min_connections(0)
-        .acquire_timeout(Duration::from_secs(5))
+        .acquire_timeout(ACQUIRE_TIMEOUT)
         .connect_with(opts)
         .await
         .map_err(|source| Error::Connect { target, source })
 }
+
+/// How long a caller waits for a pooled connection before failing: a database that does not hand one out within
+/// 5 s is down or saturated, and failing lets a retry loop or an HTTP 503 take over.
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Creates the database `url` names when it does not exist (`ordo migrate` on a fresh server), connecting to the
 /// server's `postgres` database to do so. Returns whether it created it.
@@ -77,7 +81,7 @@ pub async fn create_database_if_missing(url: &str) -> Result<bool> {
     let target = format!("{}:{}/postgres", opts.get_host(), opts.get_port());
     let admin = PgPoolOptions::new()
         .max_connections(1)
-        .acquire_timeout(Duration::from_secs(5))
+        .acquire_timeout(ACQUIRE_TIMEOUT)
         .connect_with(opts.database("postgres"))
         .await
         .map_err(|source| Error::Connect { target, source })?;

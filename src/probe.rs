@@ -6,8 +6,8 @@ use std::time::Duration;
 use ordo_workers::{BoxFuture, Outcome, StepContext, StepError};
 use sqlx::PgPool;
 
+use crate::engine::{EngineHandler, EngineHandlers, EngineResult};
 use crate::queue::Job;
-use crate::runtime::{EngineHandler, EngineHandlers, EngineResult};
 
 struct Record;
 

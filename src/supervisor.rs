@@ -36,3 +36,37 @@ async fn wait_for_signal() {
         let _ = tokio::signal::ctrl_c().await;
     }
 }
+
+/// A signal one process sends another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// SIGTERM: an ordo role stops claiming, drains and exits 0.
+    Term,
+    /// SIGINT: as SIGTERM, from a terminal.
+    Int,
+    /// SIGKILL: gone at once, nothing cleaned up.
+    Kill,
+}
+
+impl Signal {
+    /// The signal's name as `kill -s` takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Signal::Term => "TERM",
+            Signal::Int => "INT",
+            Signal::Kill => "KILL",
+        }
+    }
+}
+
+/// Sends `signal` to the process `pid`; true when it was delivered. Runs the `kill` utility, present wherever ordo
+/// runs: `unsafe` is forbidden in this crate, so no `libc::kill`, and no crate in the dependency tree sends a
+/// signal without it.
+pub fn send_signal(pid: u32, signal: Signal) -> bool {
+    std::process::Command::new("kill")
+        .args(["-s", signal.name(), &pid.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}

@@ -5,11 +5,12 @@
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
+
+use crate::retry::{self, Backoff};
 
 /// Errors making a Redis client.
 #[derive(Debug, thiserror::Error)]
@@ -164,7 +165,7 @@ impl WakeSignals {
 /// Listens for wake-ups of the given queues until `shutdown`, reconnecting with backoff. After each (re)connect
 /// every queue is poked once, in case a wake-up was missed while disconnected.
 pub async fn subscribe(client: redis::Client, namespace: String, signals: WakeSignals, shutdown: CancellationToken) {
-    let mut delay = Duration::from_millis(100);
+    let mut backoff = Backoff::new(retry::FIRST_DELAY, retry::MAX_DELAY);
     let by_channel: HashMap<String, Arc<Notify>> = signals
         .by_queue
         .iter()
@@ -184,7 +185,7 @@ pub async fn subscribe(client: redis::Client, namespace: String, signals: WakeSi
         };
         match pubsub {
             Ok(pubsub) => {
-                delay = Duration::from_millis(100);
+                backoff.reset();
                 signals.wake_all();
                 let mut stream = pubsub.into_on_message();
                 loop {
@@ -203,12 +204,12 @@ pub async fn subscribe(client: redis::Client, namespace: String, signals: WakeSi
                 }
                 tracing::warn!("redis subscription closed; reconnecting");
             }
-            Err(e) => tracing::warn!(error = %e, retry_in = ?delay, "redis unavailable; polling until it is back"),
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff.delay(), "redis unavailable; polling until it is back")
+            }
         }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(delay) => {}
+        if !backoff.wait(&shutdown).await {
+            return;
         }
-        delay = (delay * 2).min(Duration::from_secs(5));
     }
 }

@@ -282,7 +282,7 @@ impl From<queue::Error> for ApiError {
                 detail: e.to_string(),
                 errors: Vec::new(),
             },
-            queue::Error::Invalid(errs) => ApiError::Invalid(errs),
+            queue::Error::Invalid(errs) => ApiError::Invalid(errs.into()),
             queue::Error::UnknownAccount { account } => ApiError::NotFound(format!("account {account} not found")),
             queue::Error::Crypt(e) => e.into(),
             queue::Error::Database(e) => e.into(),
@@ -295,7 +295,7 @@ impl From<crate::scheduler::Error> for ApiError {
     fn from(e: crate::scheduler::Error) -> Self {
         use crate::scheduler::Error as S;
         match e {
-            S::Invalid(errs) => ApiError::Invalid(errs),
+            S::Invalid(errs) => ApiError::Invalid(errs.into()),
             e @ S::NotFound { .. } => ApiError::NotFound(e.to_string()),
             S::Conflict { name } => ApiError::Conflict {
                 detail: format!("schedule {name:?} already exists"),

@@ -19,7 +19,7 @@ use super::error::{ApiError, Problem};
 use super::extract::{ApiPath, JsonBody};
 use super::MAX_BATCH_JOBS;
 use crate::queue::{self, FieldError, Job, JobId, JobState, NewJob};
-use crate::telemetry::metrics::JOBS_ENQUEUED_TOTAL;
+use crate::telemetry::metrics::{queue_label, JOBS_ENQUEUED_TOTAL};
 pub(super) use wire::JobBody;
 use wire::{BatchBody, NewJobBody};
 
@@ -308,7 +308,7 @@ pub async fn create(tenant: Tenant, headers: HeaderMap, JsonBody(body): JsonBody
     if out.replayed {
         return Ok(job_response(StatusCode::OK, out.job, true, warning));
     }
-    metrics::counter!(JOBS_ENQUEUED_TOTAL, "queue" => queue_name).increment(1);
+    metrics::counter!(JOBS_ENQUEUED_TOTAL, "queue" => queue_label(&queue_name)).increment(1);
     Ok(job_response(StatusCode::CREATED, out.job, false, warning))
 }
 
@@ -377,7 +377,7 @@ pub async fn create_batch(
     }
     for (q, n) in created {
         tenant_waker(&tenant).wake(q);
-        metrics::counter!(JOBS_ENQUEUED_TOTAL, "queue" => q.to_owned()).increment(n);
+        metrics::counter!(JOBS_ENQUEUED_TOTAL, "queue" => queue_label(q)).increment(n);
     }
     let pairs: std::collections::BTreeSet<(&str, &str)> =
         jobs.iter().map(|j| (j.queue.as_str(), j.kind.as_str())).collect();

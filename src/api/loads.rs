@@ -74,7 +74,7 @@ impl From<load::Error> for ApiError {
     fn from(e: load::Error) -> Self {
         use load::Error as L;
         match e {
-            L::Invalid(errs) => ApiError::Invalid(errs),
+            L::Invalid(errs) => ApiError::Invalid(errs.into()),
             e @ L::TooManyRecords { .. } => ApiError::PayloadTooLarge(e.to_string()),
             e @ (L::LoadNotFound { .. } | L::BatchNotFound { .. }) => ApiError::NotFound(e.to_string()),
             e @ L::LoadExists { .. } => ApiError::Conflict {
@@ -337,7 +337,8 @@ pub async fn results(
     let outcome = match q.given("outcome") {
         None => None,
         Some(s) => Some(
-            Outcome::parse(s)
+            s.parse::<Outcome>()
+                .ok()
                 .ok_or_else(|| ApiError::invalid("/query/outcome", "must be changed, unchanged or failed"))?,
         ),
     };

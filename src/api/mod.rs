@@ -51,6 +51,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::{DbConfig, RedisConfig, TlsServerConfig};
 use crate::wake::Waker;
@@ -122,8 +123,8 @@ impl Default for Settings {
             rate_limit_rps: 1000,
             redis_url: None,
             redis_ca_file: None,
-            request_timeout: Duration::from_secs(30),
-            key_cache_ttl: Duration::from_secs(5),
+            request_timeout: REQUEST_TIMEOUT,
+            key_cache_ttl: KEY_CACHE_TTL,
         }
     }
 }
@@ -248,6 +249,13 @@ impl AppState {
 /// Connections of the admin pool at most: admin requests are few.
 const ADMIN_CONNECTIONS: u32 = 4;
 
+/// A request's deadline: above any list or bulk call's time on a loaded database, below a client's patience.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a verified API key is trusted without reading it again: a revoked key stops working within this.
+const KEY_CACHE_TTL: Duration = Duration::from_secs(5);
+/// A request waits at most this for a connection: while the database is away, requests answer 503 quickly.
+const REQUEST_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// A pool on the same server and database as `pool` whose connections switch to the admin role for their whole
 /// life, so admin handlers and what they call run as that role without a role switch in every transaction.
 fn admin_pool(pool: &PgPool) -> PgPool {
@@ -255,7 +263,7 @@ fn admin_pool(pool: &PgPool) -> PgPool {
     PgPoolOptions::new()
         .max_connections(ADMIN_CONNECTIONS)
         .min_connections(0)
-        .acquire_timeout(Duration::from_secs(5))
+        .acquire_timeout(crate::db::ACQUIRE_TIMEOUT)
         .after_connect(|conn, _| {
             Box::pin(async move {
                 sqlx::query(&format!("set role {}", crate::tenancy::ADMIN_ROLE))
@@ -388,10 +396,24 @@ pub fn router(state: AppState) -> Router {
 /// Serves `router(state)` on `listener` until `shutdown`, then closes idle connections and finishes in-flight
 /// requests (without the drain window of `ordo api`).
 pub async fn serve(listener: TcpListener, state: AppState, shutdown: CancellationToken) -> std::io::Result<()> {
+    let labels = declare_queues(&state, &shutdown);
     let app = router(state);
-    axum::serve(listener, app)
+    let served = axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+        .await;
+    labels.wait().await;
+    served
+}
+
+/// Keeps the declared queues (the `queue` metric label's values) fresh until `shutdown`, on a tracker to await.
+fn declare_queues(state: &AppState, shutdown: &CancellationToken) -> TaskTracker {
+    let tasks = TaskTracker::new();
+    tasks.spawn(crate::rollout::declare_pool_queues(
+        state.pool().clone(),
+        shutdown.clone(),
+    ));
+    tasks.close();
+    tasks
 }
 
 /// Like [`serve`], over HTTPS only: `tls` from [`crate::tls::server_config`].
@@ -401,10 +423,13 @@ pub async fn serve_tls(
     state: AppState,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    let labels = declare_queues(&state, &shutdown);
     let app = router(state);
-    axum::serve(crate::tls::TlsListener::new(listener, tls)?, app)
+    let served = axum::serve(crate::tls::TlsListener::new(listener, tls)?, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+        .await;
+    labels.wait().await;
+    served
 }
 
 /// Errors starting the API.
@@ -455,7 +480,7 @@ pub async fn run(
     let pool = PgPoolOptions::new()
         .max_connections(args.db_connections.max(2))
         .min_connections(0)
-        .acquire_timeout(Duration::from_secs(2))
+        .acquire_timeout(REQUEST_ACQUIRE_TIMEOUT)
         .connect_lazy_with(opts);
     crate::db::check_schema(&pool).await?;
     db.install_keys(&pool);

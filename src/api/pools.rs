@@ -32,7 +32,7 @@ impl From<rollout::Error> for ApiError {
                 detail: message,
                 errors: Vec::new(),
             },
-            R::Invalid(errs) => ApiError::Invalid(errs),
+            R::Invalid(errs) => ApiError::Invalid(errs.into()),
             R::Queue(e) => e.into(),
             R::Database(e) => e.into(),
         }
@@ -44,7 +44,7 @@ impl From<autoscale::Error> for ApiError {
         use autoscale::Error as A;
         match e {
             e @ A::PoolNotFound { .. } => ApiError::NotFound(e.to_string()),
-            A::Invalid(errs) => ApiError::Invalid(errs),
+            A::Invalid(errs) => ApiError::Invalid(errs.into()),
             A::Database(e) => e.into(),
             other => ApiError::Internal(other.to_string()),
         }

@@ -102,12 +102,7 @@ impl ProcessDriver {
 /// SIGTERM: the worker stops claiming, drains and exits 0.
 fn terminate(child: &Child) {
     if let Some(pid) = child.id() {
-        // `unsafe` is forbidden in this crate, so no libc::kill: the `kill` utility is everywhere the driver runs.
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        crate::supervisor::send_signal(pid, crate::supervisor::Signal::Term);
     }
 }
 

@@ -17,7 +17,7 @@ pub use kubernetes::{deployment_name, KubeConfig, KubernetesDriver};
 pub use run::{serve, Autoscaler, AutoscalerArgs, DriverKind, ServeError, AUTOSCALER_LEASE};
 pub use store::{get_target, observe, put_target, ScaleTarget, VersionStatus};
 
-use crate::queue::FieldError;
+use crate::queue::FieldErrors;
 use crate::rollout::Role;
 
 /// Errors of the autoscaler.
@@ -31,8 +31,8 @@ pub enum Error {
         pool: String,
     },
     /// One or more fields are invalid.
-    #[error("invalid scaling policy: {}", .0.iter().map(|e| format!("{}: {}", e.path, e.message)).collect::<Vec<_>>().join("; "))]
-    Invalid(Vec<FieldError>),
+    #[error("invalid scaling policy: {0}")]
+    Invalid(FieldErrors),
     /// The Kubernetes Deployment of a pool version does not exist.
     #[error("kubernetes: deployment {namespace}/{name} not found (create one Deployment per pool version)")]
     DeploymentNotFound {

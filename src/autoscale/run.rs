@@ -61,6 +61,13 @@ pub struct Autoscaler<D> {
     pub default_version: String,
 }
 
+/// A scaling decision every 2 s: queue depth changes faster than workers start, so more often gains nothing.
+const INTERVAL: Duration = Duration::from_secs(2);
+/// The autoscaler's lease: five rounds, so one slow round does not hand leadership over.
+const LEASE: Duration = Duration::from_secs(10);
+/// Workers heartbeating within this count as running: a worker heartbeats every 10 s with the default lease.
+const WORKER_FRESH: Duration = Duration::from_secs(30);
+
 impl<D: PoolDriver> Autoscaler<D> {
     /// An autoscaler identified as `holder`.
     pub fn new(db: PgPool, holder: String, driver: D) -> Self {
@@ -69,8 +76,8 @@ impl<D: PoolDriver> Autoscaler<D> {
             holder,
             driver,
             memory: HashMap::new(),
-            interval: Duration::from_secs(2),
-            lease: Duration::from_secs(10),
+            interval: INTERVAL,
+            lease: LEASE,
             default_version: "v1".to_owned(),
         }
     }
@@ -84,7 +91,7 @@ impl<D: PoolDriver> Autoscaler<D> {
             self.driver.apply(&[]).await?;
             return Ok(None);
         }
-        let fresh = self.lease.max(Duration::from_secs(30));
+        let fresh = self.lease.max(WORKER_FRESH);
         let observed = store::observe(&self.db, &self.default_version, fresh).await?;
         let now = Instant::now();
         let mut desired = Vec::with_capacity(observed.len());

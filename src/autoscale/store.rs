@@ -45,7 +45,7 @@ impl ScaleTarget {
         if errs.is_empty() {
             Ok(())
         } else {
-            Err(Error::Invalid(errs))
+            Err(Error::Invalid(errs.into()))
         }
     }
 

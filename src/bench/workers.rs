@@ -108,17 +108,19 @@ pub(super) async fn wait_for_workers(pool: &PgPool, n: usize) -> Result<(), Erro
     }
 }
 
-/// SIGTERM to each worker, then a kill for any still running after 30 s.
+/// How long a worker may take to drain and exit after SIGTERM before it is killed: its default drain (25 s) and
+/// its flush fit in it.
+const STOP_GRACE: Duration = Duration::from_secs(30);
+
+/// SIGTERM to each worker, then a kill for any still running after [`STOP_GRACE`].
 pub(super) async fn stop_workers(children: &mut [tokio::process::Child]) {
     for c in children.iter() {
         if let Some(pid) = c.id() {
-            let _ = std::process::Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status();
+            crate::supervisor::send_signal(pid, crate::supervisor::Signal::Term);
         }
     }
     for c in children.iter_mut() {
-        if tokio::time::timeout(Duration::from_secs(30), c.wait()).await.is_err() {
+        if tokio::time::timeout(STOP_GRACE, c.wait()).await.is_err() {
             let _ = c.kill().await;
         }
     }

@@ -17,13 +17,18 @@
 
 mod envelope;
 mod keyring;
+mod master;
 mod store;
 
 use std::fmt;
 
 pub use envelope::{is_sealed_json, is_sealed_text, DataKey, JSON_TAG, TEXT_PREFIX};
-pub use keyring::{enabled, install, open_json, open_text, prepare, seal_json, seal_text, MasterKeys};
-pub use store::{destroy_account_key, new_account_key, remember, rotate, store_account_key, Rotated};
+pub use keyring::{
+    destroy_account_key, enabled, install, new_account_key, open_json, open_text, prepare, remember, seal_json,
+    seal_text, store_account_key,
+};
+pub use master::MasterKeys;
+pub use store::{rotate, Rotated};
 
 /// Errors of encryption at rest.
 #[derive(Debug, thiserror::Error)]

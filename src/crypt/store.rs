@@ -1,11 +1,9 @@
 //! Every SQL statement on `account_key`: one wrapped data key per account, with the id of its master key.
 
-use std::sync::Arc;
-
 use sqlx::{PgConnection, PgPool};
 
 use super::envelope::DataKey;
-use super::keyring::{self, MasterKeys};
+use super::master::MasterKeys;
 use super::Result;
 
 /// The account's data key, unwrapped; created (in its own committed statement) when the account has none yet.
@@ -46,18 +44,13 @@ async fn load(pool: &PgPool, account: &str) -> Result<Option<(String, Vec<u8>)>>
     )
 }
 
-/// A data key for a new account, `None` without master keys: seal its first values with it, store it with
-/// [`store_account_key`] in the transaction that creates the account, and [`remember`] it after the commit.
-pub fn new_account_key() -> Option<Arc<DataKey>> {
-    keyring::masters().map(|_| Arc::new(DataKey::generate()))
-}
-
-/// Stores a data key from [`new_account_key`] inside the transaction that creates the account, so the key exists
-/// exactly when the account does.
-pub async fn store_account_key(conn: &mut PgConnection, account: &str, key: &DataKey) -> Result<()> {
-    let Some(masters) = keyring::masters() else {
-        return Ok(());
-    };
+/// Stores `key`, wrapped under the first master key, inside the caller's transaction.
+pub(super) async fn insert_key(
+    conn: &mut PgConnection,
+    masters: &MasterKeys,
+    account: &str,
+    key: &DataKey,
+) -> Result<()> {
     let (key_id, wrapped) = masters.wrap(account, key);
     sqlx::query("insert into account_key (account_id, master_key_id, wrapped) values ($1, $2, $3)")
         .bind(account)
@@ -68,20 +61,13 @@ pub async fn store_account_key(conn: &mut PgConnection, account: &str, key: &Dat
     Ok(())
 }
 
-/// Caches a key from [`new_account_key`] once the transaction that stored it committed.
-pub fn remember(account: &str, key: Arc<DataKey>) {
-    keyring::remember(account, key);
-}
-
-/// Destroys the data key of `account` (inside the caller's transaction) and drops it from this process's cache:
-/// whatever of the account is left, in the database or its backups, can no longer be decrypted.
-pub async fn destroy_account_key(conn: &mut PgConnection, account: &str) -> Result<bool> {
+/// Deletes the data key of `account` inside the caller's transaction; whether there was one.
+pub(super) async fn delete_key(conn: &mut PgConnection, account: &str) -> Result<bool> {
     let gone = sqlx::query("delete from account_key where account_id = $1")
         .bind(account)
         .execute(&mut *conn)
         .await?
         .rows_affected();
-    keyring::forget(account);
     Ok(gone > 0)
 }
 

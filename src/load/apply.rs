@@ -8,18 +8,16 @@ use serde_json::json;
 use sqlx::PgPool;
 
 use super::records::{decide, Key, Outcome};
-use super::{Error, Result};
+use super::{Error, Result, LOAD_KIND};
+use crate::engine::{EngineHandler, EngineHandlers, EngineResult};
 use crate::orchestration::bulk;
 use crate::queue::{self, Job};
-use crate::runtime::{EngineHandler, EngineHandlers, EngineResult};
 use crate::tenancy::AccountId;
 
-/// The job kind that processes one chunk of a load batch: args `{batch_id, chunk}`.
-pub const LOAD_KIND: &str = "load.batch";
-
-/// Registers the load handler.
+/// Registers the load handler and the pruning of old loads.
 pub fn register(h: &mut EngineHandlers) {
     h.register(LoadChunkHandler);
+    h.chore(super::store::prune_chore());
 }
 
 /// The engine handler of [`LOAD_KIND`].

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::records::MAX_RECORDS;
 use crate::client::encode;
+use crate::retry::{self, Backoff};
 
 /// `ordo load` flags.
 #[derive(Debug, Clone, Args)]
@@ -303,6 +304,11 @@ impl Records {
     }
 }
 
+/// The first wait before retrying a request: long enough for an API restart's listener hand-over.
+const RETRY_FIRST: Duration = Duration::from_millis(200);
+/// Random extra wait per retry, so many clients cut off together do not come back in step.
+const RETRY_JITTER: Duration = Duration::from_millis(100);
+
 /// The HTTP side: base URL, key, and the retry policy.
 struct Api {
     http: reqwest::Client,
@@ -324,7 +330,7 @@ impl Api {
     ) -> Result<(StatusCode, Value), ClientError> {
         let url = format!("{}{path}", self.base);
         let started = Instant::now();
-        let mut wait = Duration::from_millis(200);
+        let mut backoff = Backoff::new(RETRY_FIRST, retry::MAX_DELAY).with_jitter(RETRY_JITTER);
         let mut attempts = 0;
         loop {
             attempts += 1;
@@ -370,12 +376,9 @@ impl Api {
                 });
             }
             tracing::info!(%url, attempt = attempts, error = %last, "request failed; retrying");
-            let jitter = Duration::from_millis(rand::random::<u64>() % 100);
-            tokio::select! {
-                _ = self.shutdown.cancelled() => return Err(ClientError::Interrupted),
-                _ = tokio::time::sleep(wait + jitter) => {}
+            if !backoff.wait(&self.shutdown).await {
+                return Err(ClientError::Interrupted);
             }
-            wait = (wait * 2).min(Duration::from_secs(5));
         }
     }
 

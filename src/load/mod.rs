@@ -21,9 +21,12 @@ pub mod client;
 pub mod records;
 pub mod store;
 
-pub use apply::{register, LoadChunkHandler, LOAD_KIND};
+pub use apply::{register, LoadChunkHandler};
 pub use records::{Outcome, CHUNK_RECORDS, MAX_RECORDS, PARTITIONS};
 pub use store::{Batch, BatchCounts, BatchStatus, Load, LoadDetail, LoadStatus, NewBatch, RecordResult};
+
+/// The job kind that processes one chunk of a load batch: args `{batch_id, chunk}`.
+pub const LOAD_KIND: &str = "load.batch";
 
 /// The queue chunk jobs go to (the one every worker serves unless told otherwise).
 pub const QUEUE: &str = "default";
@@ -33,8 +36,8 @@ pub const QUEUE: &str = "default";
 #[non_exhaustive]
 pub enum Error {
     /// The input is invalid; every bad field is named (HTTP 422).
-    #[error("invalid input: {}", .0.iter().map(|e| format!("{}: {}", e.path, e.message)).collect::<Vec<_>>().join("; "))]
-    Invalid(Vec<crate::queue::FieldError>),
+    #[error("invalid input: {0}")]
+    Invalid(crate::queue::FieldErrors),
     /// More records than a batch may hold (HTTP 413).
     #[error("a batch holds at most {max} records, got {got}")]
     TooManyRecords {

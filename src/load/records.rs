@@ -39,26 +39,11 @@ pub enum Outcome {
     Failed,
 }
 
-impl Outcome {
-    /// The database and JSON spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Unchanged => "unchanged",
-            Outcome::Changed => "changed",
-            Outcome::Failed => "failed",
-        }
-    }
-
-    /// Parses the spelling.
-    pub fn parse(s: &str) -> Option<Outcome> {
-        match s {
-            "unchanged" => Some(Outcome::Unchanged),
-            "changed" => Some(Outcome::Changed),
-            "failed" => Some(Outcome::Failed),
-            _ => None,
-        }
-    }
-}
+crate::text_enum::text_enum!(Outcome as "record outcome" {
+    Unchanged = "unchanged",
+    Changed = "changed",
+    Failed = "failed",
+});
 
 /// One chunk's records as parallel arrays (the shape of a `load_chunk` row).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -49,16 +49,11 @@ pub enum BatchStatus {
     Complete,
 }
 
-impl BatchStatus {
-    fn parse(s: &str) -> Result<Self> {
-        match s {
-            "pending" => Ok(BatchStatus::Pending),
-            "running" => Ok(BatchStatus::Running),
-            "complete" => Ok(BatchStatus::Complete),
-            o => Err(Error::Corrupt(format!("unknown batch status {o:?}"))),
-        }
-    }
-}
+crate::text_enum::text_enum!(BatchStatus as "batch status" {
+    Pending = "pending",
+    Running = "running",
+    Complete = "complete",
+});
 
 /// Record counts of a batch; once complete, `total = unchanged + changed + failed`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -187,10 +182,9 @@ pub async fn create_load<'e>(
     now: DateTime<Utc>,
 ) -> Result<Load> {
     if name.is_empty() || name.len() > 255 || name.contains('\0') {
-        return Err(Error::Invalid(vec![queue::FieldError::new(
-            "/name",
-            "must be 1 to 255 characters",
-        )]));
+        return Err(Error::Invalid(
+            vec![queue::FieldError::new("/name", "must be 1 to 255 characters")].into(),
+        ));
     }
     // `on conflict do update` (a no-op write) returns the existing row too, in one race-free statement.
     let (row, inserted): (LoadRow, bool) = {
@@ -232,10 +226,13 @@ pub async fn list_loads<'e>(
 ) -> Result<Vec<Load>> {
     let before = match before {
         Some(c) => Some(parse_id(c).ok_or_else(|| {
-            Error::Invalid(vec![queue::FieldError::new(
-                "/query/cursor",
-                "is not a cursor of this listing",
-            )])
+            Error::Invalid(
+                vec![queue::FieldError::new(
+                    "/query/cursor",
+                    "is not a cursor of this listing",
+                )]
+                .into(),
+            )
         })?),
         None => None,
     };
@@ -298,7 +295,7 @@ impl TryFrom<BatchRow> for Batch {
         Ok(Batch {
             id: r.id.to_string(),
             load_id: r.load_id.to_string(),
-            status: BatchStatus::parse(&r.status)?,
+            status: r.status.parse().map_err(Error::Corrupt)?,
             counts: BatchCounts {
                 total: r.total.into(),
                 unchanged: r.unchanged.into(),
@@ -581,6 +578,22 @@ pub async fn results(
             Ok(result)
         })
         .collect()
+}
+
+/// First run of the loads' pruning after a worker starts.
+const PRUNE_FIRST: std::time::Duration = std::time::Duration::from_secs(5);
+/// Loads are kept by the day: once a minute is soon enough, and costs one statement.
+const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The maintenance chore that deletes loads past their retention, at most 1 000 a minute.
+pub fn prune_chore() -> crate::chore::Chore {
+    crate::chore::Chore::new("prune loads", PRUNE_FIRST, PRUNE_EVERY, |ctx| async move {
+        match prune_loads(&ctx.pool, ctx.retention, 1000).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(loads = n, "pruned loads past their retention"),
+            Err(e) => tracing::warn!(error = %e, "failed to prune loads"),
+        }
+    })
 }
 
 /// Deletes loads whose day ended more than `retention` ago (`ORDO_RETAIN_EVENTS_DAYS`, as for the event log), with

@@ -16,9 +16,9 @@ use super::event::EVENT_KIND;
 use super::webhook::WebhookDeliverer;
 use super::workflow::DefinitionCache;
 use super::{Error, Result};
+use crate::engine::{panic_message, EngineHandler, EngineHandlers, EngineResult};
 use crate::group_commit::{split_by, GroupCommit, Limits};
 use crate::queue::{self, Job};
-use crate::runtime::{panic_message, EngineHandler, EngineHandlers, EngineResult};
 use crate::tenancy::AccountId;
 
 /// Most claimed events a worker puts into one batch (the events waiting behind them in their entities come on

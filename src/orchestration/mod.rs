@@ -146,3 +146,28 @@ pub struct Page<T> {
     /// Pass as `cursor` for the next page; `None` on the last one.
     pub next_cursor: Option<String>,
 }
+
+/// First run of the event log's pruning after a worker starts, then its period.
+const PRUNE_FIRST: std::time::Duration = std::time::Duration::from_secs(5);
+/// Events age by days: looking once a minute keeps the table trim without a steady stream of deletes.
+const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The maintenance chore that deletes event-log rows past their retention, in batches of 5 000.
+pub fn prune_chore() -> crate::chore::Chore {
+    crate::chore::Chore::new("prune event log", PRUNE_FIRST, PRUNE_EVERY, |ctx| async move {
+        loop {
+            match prune_events(&ctx.pool, ctx.retention, 5000).await {
+                Ok(5000) => continue,
+                Ok(0) => break,
+                Ok(n) => {
+                    tracing::info!(events = n, "pruned the event log");
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "failed to prune the event log");
+                    break;
+                }
+            }
+        }
+    })
+}

@@ -34,8 +34,8 @@ use sqlx::PgPool;
 use super::audit::{self, Audit, Category};
 use super::event::EventStatus;
 use super::{Error, QUEUE};
+use crate::engine::{EngineHandler, EngineResult};
 use crate::queue::{self, Job, NewJob};
-use crate::runtime::{EngineHandler, EngineResult};
 use crate::tenancy::{self, AccountId};
 
 /// The job kind of one webhook delivery.

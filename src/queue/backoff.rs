@@ -13,12 +13,17 @@ pub struct RetryPolicy {
     pub cap: Duration,
 }
 
+/// The first retry of a failed job waits up to this (CONTRACT §4).
+pub const RETRY_BASE: Duration = Duration::from_secs(1);
+/// No retry waits longer than an hour (CONTRACT §4): a job failing for a day still runs 24 more times.
+pub const RETRY_CAP: Duration = Duration::from_secs(3600);
+
 impl Default for RetryPolicy {
     /// From 1 s, capped at 1 h (the contract's schedule).
     fn default() -> Self {
         RetryPolicy {
-            base: Duration::from_secs(1),
-            cap: Duration::from_secs(3600),
+            base: RETRY_BASE,
+            cap: RETRY_CAP,
         }
     }
 }

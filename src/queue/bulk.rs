@@ -11,7 +11,7 @@ use sqlx::encode::IsNull;
 use sqlx::postgres::PgArgumentBuffer;
 use sqlx::{Encode, PgConnection, Postgres};
 
-use super::{Error, NewJob, Result};
+use super::{Error, JobState, NewJob, Result};
 use crate::tenancy::AccountId;
 
 /// Below this many jobs the statement path is as fast (a `COPY` costs round trips of its own).
@@ -145,8 +145,8 @@ async fn copy_rows(
     for &(i, job) in rows {
         // Counts read a due job as available whatever it says; the claim goes by run_at, not by this.
         let state = match job.run_at {
-            Some(at) if at > now => "scheduled",
-            _ => "available",
+            Some(at) if at > now => JobState::Scheduled.as_str(),
+            _ => JobState::Available.as_str(),
         };
         out.tuple(if with_run_at { 11 } else { 10 });
         out.field(&ids[i])?;

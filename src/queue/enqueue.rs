@@ -11,7 +11,7 @@ use std::sync::LazyLock;
 use sha2::{Digest, Sha256};
 use sqlx::PgConnection;
 
-use super::lane::member;
+use super::lane::{lock_concurrency_keys, member};
 use super::stats::count_after;
 use super::types::JOB_COLUMNS;
 use super::{Error, Job, JobId, NewJob, Result};
@@ -67,31 +67,10 @@ fn route_sql(queue: &str, key: &str) -> String {
     )
 }
 
-/// Takes the advisory locks of the keys' buckets (see the migration `bucket_key_locks`), so that within one
-/// concurrency key id order is commit order; a transaction holds at most 512 of them however many keys it enqueues.
-pub(super) async fn lock_concurrency_keys(conn: &mut PgConnection, account: &AccountId, keys: &[&str]) -> Result<()> {
-    if keys.is_empty() {
-        return Ok(());
-    }
-    // In bucket order, each once, so two batches sharing buckets cannot deadlock.
-    sqlx::query(
-        r#"
-        select pg_advisory_xact_lock(job_key_lock_class(), b)
-        from (select distinct job_key_lock_bucket($1, k) as b from unnest($2::text[]) as k) t
-        order by b
-        "#,
-    )
-    .bind(account.as_str())
-    .bind(keys)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
-}
-
 /// Enqueues one job on `conn` (which may be inside the caller's transaction). Wake workers after commit with
 /// [`crate::wake::Waker::wake`]; [`super::Queue::enqueue`] does both.
 pub async fn enqueue(conn: &mut PgConnection, account: &AccountId, job: NewJob) -> Result<Enqueued> {
-    job.validate().map_err(Error::Invalid)?;
+    job.validate().map_err(|e| Error::Invalid(e.into()))?;
     match job.concurrency_key.clone() {
         Some(key) => {
             // A savepoint when the caller already runs a transaction; the advisory lock lives until the outer
@@ -278,7 +257,7 @@ pub async fn enqueue_many(
         }
     }
     if !invalid.is_empty() {
-        return Err(Error::Invalid(invalid));
+        return Err(Error::Invalid(invalid.into()));
     }
     if super::bulk::copyable(jobs) {
         if let Some(ids) = super::bulk::copy_jobs(conn, account, jobs).await? {

@@ -11,7 +11,30 @@ use std::time::Duration;
 use chrono::{NaiveDate, Utc};
 use sqlx::{PgExecutor, PgPool};
 
-use super::{Result, Retention};
+use super::Result;
+
+/// Finished jobs are kept a day by default: long enough to look into yesterday's failures.
+pub const KEEP_FINISHED: Duration = Duration::from_secs(24 * 3600);
+/// Jobs with an idempotency key are kept a week by default, so a client's replay within that finds the job.
+pub const KEEP_KEYED: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// How long finished jobs are kept.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// Finished jobs without an idempotency key.
+    pub finished: Duration,
+    /// Finished jobs with an idempotency key (a replay within this window still finds the job).
+    pub keyed: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            finished: KEEP_FINISHED,
+            keyed: KEEP_KEYED,
+        }
+    }
+}
 
 /// The stored columns of `job` and `job_history`, in table order.
 pub(crate) const STORED_COLUMNS: &str = "id, account_id, queue, kind, args, state, priority, attempt, max_attempts, \

@@ -12,9 +12,10 @@
 //! key's advisory lock (see `enqueue`), so such a finish marks its lane (`job_lane_mark`) and
 //! [`release_lanes`] settles the mark once no enqueuer holds the key.
 
-use sqlx::PgExecutor;
+use sqlx::{PgConnection, PgExecutor};
 
 use super::Result;
+use crate::tenancy::AccountId;
 
 /// Whether `{e}` is a member of its lane (see the module docs).
 pub(crate) fn member(e: &str) -> String {
@@ -177,4 +178,25 @@ pub async fn marked_lanes<'e>(exec: impl PgExecutor<'e>) -> Result<i64> {
     Ok(sqlx::query_scalar("select count(*) from job_lane_mark")
         .fetch_one(exec)
         .await?)
+}
+
+/// Takes the advisory locks of the keys' buckets (see the migration `bucket_key_locks`), so that within one
+/// concurrency key id order is commit order; a transaction holds at most 512 of them however many keys it enqueues.
+pub(super) async fn lock_concurrency_keys(conn: &mut PgConnection, account: &AccountId, keys: &[&str]) -> Result<()> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    // In bucket order, each once, so two batches sharing buckets cannot deadlock.
+    sqlx::query(
+        r#"
+        select pg_advisory_xact_lock(job_key_lock_class(), b)
+        from (select distinct job_key_lock_bucket($1, k) as b from unnest($2::text[]) as k) t
+        order by b
+        "#,
+    )
+    .bind(account.as_str())
+    .bind(keys)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }

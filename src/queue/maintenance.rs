@@ -7,26 +7,19 @@ use std::time::Duration;
 use sqlx::PgExecutor;
 
 use super::complete::{after_failures, discarded_row, with_error};
-use super::history::{add_history_days, retire_history, RetireCursor, Retired};
-use super::{JobId, Result, RetryPolicy};
+use super::history::{add_history_days, retire_history, Retention, RetireCursor, Retired};
+use super::{JobId, JobState, Result, RetryPolicy};
 
-/// How long finished jobs are kept.
-#[derive(Debug, Clone, Copy)]
-pub struct Retention {
-    /// Finished jobs without an idempotency key.
-    pub finished: Duration,
-    /// Finished jobs with an idempotency key (a replay within this window still finds the job).
-    pub keyed: Duration,
-}
-
-impl Default for Retention {
-    fn default() -> Self {
-        Retention {
-            finished: Duration::from_secs(24 * 3600),
-            keyed: Duration::from_secs(7 * 24 * 3600),
-        }
-    }
-}
+/// A maintenance round every second: an expired lease is rescued, and a due job promoted, within about a second.
+const ROUND_INTERVAL: Duration = Duration::from_secs(1);
+/// History partitions are a day each: looking after them every 10 s is plenty.
+const HISTORY_EVERY: Duration = Duration::from_secs(10);
+/// The most time one round spends retiring history, so the rescue and promotion of the next round are not late.
+const HISTORY_BUDGET: Duration = Duration::from_millis(200);
+/// The queue gauges' period at the least (longer when counting takes long, see `publish_gauges`).
+const GAUGES_EVERY: Duration = Duration::from_secs(5);
+/// A worker counts as live when it heartbeated within this: three missed heartbeats of the default lease.
+const WORKER_SEEN_WITHIN: Duration = Duration::from_secs(90);
 
 /// Returns running jobs whose lease expired (their worker died or stalled): the attempt is used up and recorded,
 /// and the job becomes `retryable` after a backoff, or `discarded` when its attempts are exhausted. Returns the
@@ -180,7 +173,7 @@ impl Maintainer {
             pool,
             holder,
             retry,
-            interval: Duration::from_secs(1),
+            interval: ROUND_INTERVAL,
             retention: Retention::default(),
             history: std::sync::Mutex::default(),
             gauges_at: std::sync::Mutex::new(None),
@@ -242,7 +235,7 @@ impl Maintainer {
     async fn look_after_history(&self) -> Result<()> {
         let cursor = {
             let Ok(mut h) = self.history.lock() else { return Ok(()) };
-            if h.1.is_some_and(|t| t.elapsed() < Duration::from_secs(10)) {
+            if h.1.is_some_and(|t| t.elapsed() < HISTORY_EVERY) {
                 return Ok(());
             }
             h.1 = Some(std::time::Instant::now());
@@ -253,7 +246,7 @@ impl Maintainer {
             // a lock not had at once: the next round tries again (rows go to the default partition meanwhile)
             tracing::debug!(error = %e, "could not attach history partitions this round");
         }
-        let retired = retire_history(&self.pool, self.retention, &mut cursor, Duration::from_millis(200)).await;
+        let retired = retire_history(&self.pool, self.retention, &mut cursor, HISTORY_BUDGET).await;
         if let Ok(mut h) = self.history.lock() {
             h.0 = cursor;
         }
@@ -294,7 +287,7 @@ impl Maintainer {
             // Every 5 s, or less often when counting takes long: the count walks every waiting job, and under a
             // backlog of a million it takes over a second of the database's time, which the drain needs more.
             // At most 2 % of the time goes to it.
-            if at.is_some_and(|(t, cost)| t.elapsed() < (cost * 50).max(Duration::from_secs(5))) {
+            if at.is_some_and(|(t, cost)| t.elapsed() < (cost * 50).max(GAUGES_EVERY)) {
                 return;
             }
             *at = Some((std::time::Instant::now(), Duration::ZERO));
@@ -304,23 +297,31 @@ impl Maintainer {
         if let Ok(mut at) = self.gauges_at.lock() {
             *at = Some((counted, counted.elapsed()));
         }
-        let (Ok(rows), Ok(workers)) = (gauges, super::live_workers(&self.pool, Duration::from_secs(90)).await) else {
+        let (Ok(rows), Ok(workers)) = (gauges, super::live_workers(&self.pool, WORKER_SEEN_WITHIN).await) else {
             return;
         };
         let Ok(mut seen) = self.gauge_labels.lock() else { return };
+        // By label, not by queue: every queue no operator declared adds to `other` (see `queue_label`).
         let mut queues = std::collections::BTreeMap::new();
         for (queue, available, scheduled, running, retryable, oldest) in rows {
-            queues.insert(queue, ([available, scheduled, running, retryable], oldest));
+            let (counts, max_oldest) = queues.entry(m::queue_label(&queue)).or_insert(([0; 4], 0.0));
+            for (total, n) in counts.iter_mut().zip([available, scheduled, running, retryable]) {
+                *total += n;
+            }
+            *max_oldest = f64::max(*max_oldest, oldest);
         }
         for q in &seen.0 {
             queues.entry(q.clone()).or_insert(([0; 4], 0.0));
         }
         for (queue, (counts, oldest)) in &queues {
-            for (state, n) in ["available", "scheduled", "running", "retryable"]
-                .into_iter()
-                .zip(counts)
-            {
-                metrics::gauge!(m::QUEUE_JOBS, "queue" => queue.clone(), "state" => state).set(*n as f64);
+            let states = [
+                JobState::Available,
+                JobState::Scheduled,
+                JobState::Running,
+                JobState::Retryable,
+            ];
+            for (state, n) in states.into_iter().zip(counts) {
+                metrics::gauge!(m::QUEUE_JOBS, "queue" => queue.clone(), "state" => state.as_str()).set(*n as f64);
             }
             metrics::gauge!(m::QUEUE_OLDEST_AVAILABLE_SECONDS, "queue" => queue.clone()).set(*oldest);
         }

@@ -22,7 +22,7 @@ mod history;
 mod lane;
 mod limits;
 mod maintenance;
-mod registry;
+mod roster;
 mod routing;
 mod search;
 mod series;
@@ -39,11 +39,11 @@ pub use complete::{
     snooze_many, Completion, Failure, HandOff, Snooze,
 };
 pub use enqueue::{enqueue, enqueue_many, fingerprint, EnqueueOutcome, Enqueued};
-pub use history::{add_history_days, retire_history, RetireCursor, Retired};
+pub use history::{add_history_days, retire_history, Retention, RetireCursor, Retired};
 pub use lane::{marked_lanes, release_lanes};
 pub use limits::{get_limits, put_limits, usage, KindLimit, KindUsage, Limits, QueueLimit, QueueUsage, Usage};
-pub use maintenance::{autovacuum_on, promote_due, rescue_expired, Maintainer, Retention, MAINTENANCE_LEASE};
-pub use registry::{deregister_worker, heartbeat_worker, live_workers, register_worker, running_by_worker, WorkerInfo};
+pub use maintenance::{autovacuum_on, promote_due, rescue_expired, Maintainer, MAINTENANCE_LEASE};
+pub use roster::{deregister_worker, heartbeat_worker, live_workers, register_worker, running_by_worker, WorkerInfo};
 pub use routing::{last_job_id, pool_depth, reroute_waiting, routed_active, version_outcomes, VersionDepth};
 pub use search::{bulk, list, list_all, BulkAction, BulkOutcome, JobFilter, MAX_BULK};
 pub use series::{minutes, prune_samples, sample_queues, Minute};
@@ -52,7 +52,7 @@ pub use stats::{
     finished_counts, fold_stats, prune_stats, queue_gauges, queue_stats, throughput, with_finished, FinishedCounts,
     QueueStats, Throughput,
 };
-pub use types::{json_integer, FieldError, Job, JobId, JobState, NewJob, ACTIVE_STATES, FINISHED_STATES};
+pub use types::{json_integer, FieldError, FieldErrors, Job, JobId, JobState, NewJob, ACTIVE_STATES, FINISHED_STATES};
 pub(crate) use types::{open_jobs, seal_json};
 
 use sqlx::PgPool;
@@ -103,8 +103,8 @@ pub enum Error {
         account: String,
     },
     /// One or more fields are invalid.
-    #[error("invalid job: {}", .0.iter().map(|e| format!("{}: {}", e.path, e.message)).collect::<Vec<_>>().join("; "))]
-    Invalid(Vec<FieldError>),
+    #[error("invalid job: {0}")]
+    Invalid(FieldErrors),
     /// A sealed value could not be sealed or opened (see [`crate::crypt`]).
     #[error(transparent)]
     Crypt(#[from] crate::crypt::Error),

@@ -64,46 +64,21 @@ pub const ACTIVE_STATES: [JobState; 4] = [
 /// States that end a job.
 pub const FINISHED_STATES: [JobState; 3] = [JobState::Completed, JobState::Discarded, JobState::Cancelled];
 
-impl JobState {
-    /// The database and JSON spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobState::Scheduled => "scheduled",
-            JobState::Available => "available",
-            JobState::Running => "running",
-            JobState::Completed => "completed",
-            JobState::Retryable => "retryable",
-            JobState::Discarded => "discarded",
-            JobState::Cancelled => "cancelled",
-        }
-    }
+// A job parked behind the head of its concurrency key (see `queue::lane`) is available to its users.
+crate::text_enum::text_enum!(JobState as "job state" {
+    Scheduled = "scheduled",
+    Available = "available" | "parked",
+    Running = "running",
+    Retryable = "retryable",
+    Completed = "completed",
+    Discarded = "discarded",
+    Cancelled = "cancelled",
+});
 
+impl JobState {
     /// Whether the job has ended.
     pub fn is_finished(self) -> bool {
         FINISHED_STATES.contains(&self)
-    }
-}
-
-impl fmt::Display for JobState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for JobState {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(match s {
-            "scheduled" => JobState::Scheduled,
-            // A job parked behind the head of its concurrency key (see `queue::lane`) is available to its users.
-            "available" | "parked" => JobState::Available,
-            "running" => JobState::Running,
-            "completed" => JobState::Completed,
-            "retryable" => JobState::Retryable,
-            "discarded" => JobState::Discarded,
-            "cancelled" => JobState::Cancelled,
-            other => return Err(format!("unknown job state {other:?}")),
-        })
     }
 }
 
@@ -285,6 +260,56 @@ pub struct FieldError {
     pub path: String,
     /// What is wrong.
     pub message: String,
+}
+
+/// Every invalid field of one input, shown as `path: message; path: message`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct FieldErrors(pub Vec<FieldError>);
+
+impl fmt::Display for FieldErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{}: {}", e.path, e.message)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::ops::Deref for FieldErrors {
+    type Target = [FieldError];
+    fn deref(&self) -> &[FieldError] {
+        &self.0
+    }
+}
+
+impl From<Vec<FieldError>> for FieldErrors {
+    fn from(v: Vec<FieldError>) -> Self {
+        FieldErrors(v)
+    }
+}
+
+impl From<FieldError> for FieldErrors {
+    fn from(e: FieldError) -> Self {
+        FieldErrors(vec![e])
+    }
+}
+
+impl From<FieldErrors> for Vec<FieldError> {
+    fn from(e: FieldErrors) -> Self {
+        e.0
+    }
+}
+
+impl IntoIterator for FieldErrors {
+    type Item = FieldError;
+    type IntoIter = std::vec::IntoIter<FieldError>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
 }
 
 /// A JSON number as an integer, the way JSON Schema reads `integer`: `8` and `8.0` alike, `8.5` not.

@@ -74,14 +74,19 @@ pub struct Controller {
     pub lease: Duration,
 }
 
+/// A rollout's automatic steps (promote, abort, complete) happen within half a second of being due.
+const TICK: Duration = Duration::from_millis(500);
+/// The controller's lease: ten ticks, so a leader that stalls for a few ticks keeps it.
+const LEASE: Duration = Duration::from_secs(5);
+
 impl Controller {
     /// A controller identified as `holder`.
     pub fn new(db: PgPool, holder: String) -> Self {
         Controller {
             db,
             holder,
-            tick: Duration::from_millis(500),
-            lease: Duration::from_secs(5),
+            tick: TICK,
+            lease: LEASE,
         }
     }
 

@@ -26,7 +26,7 @@ pub use store::{
     unclaimed_queues, NewRollout, PoolVersionView, PoolView, Rollout, WorkerPool,
 };
 
-use crate::queue::FieldError;
+use crate::queue::FieldErrors;
 
 /// Errors of pools and rollouts.
 #[derive(Debug, thiserror::Error)]
@@ -51,8 +51,8 @@ pub enum Error {
         message: String,
     },
     /// One or more fields are invalid.
-    #[error("invalid request: {}", .0.iter().map(|e| format!("{}: {}", e.path, e.message)).collect::<Vec<_>>().join("; "))]
-    Invalid(Vec<FieldError>),
+    #[error("invalid request: {0}")]
+    Invalid(FieldErrors),
     /// A queue operation failed.
     #[error(transparent)]
     Queue(#[from] crate::queue::Error),
@@ -111,30 +111,14 @@ impl RolloutState {
             }),
         }
     }
-
-    /// The database value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RolloutState::Canary => "canary",
-            RolloutState::Promoted => "promoted",
-            RolloutState::Completed => "completed",
-            RolloutState::Aborted => "aborted",
-        }
-    }
 }
 
-impl std::str::FromStr for RolloutState {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
-        Ok(match s {
-            "canary" => RolloutState::Canary,
-            "promoted" => RolloutState::Promoted,
-            "completed" => RolloutState::Completed,
-            "aborted" => RolloutState::Aborted,
-            other => return Err(format!("unknown rollout state {other:?}")),
-        })
-    }
-}
+crate::text_enum::text_enum!(RolloutState as "rollout state" {
+    Canary = "canary",
+    Promoted = "promoted",
+    Completed = "completed",
+    Aborted = "aborted",
+});
 
 impl Transition {
     fn verb(self) -> &'static str {
@@ -161,6 +145,13 @@ pub enum Role {
     Retired,
 }
 
+crate::text_enum::text_enum!(Role as "pool version role" {
+    Stable = "stable",
+    Canary = "canary",
+    Draining = "draining",
+    Retired = "retired",
+});
+
 /// The share of new work a version with `role` receives while its pool's rollout is in `state` with
 /// `canary_percent` (no rollout: a stable version takes everything).
 pub fn weight(role: Role, rollout: Option<(RolloutState, i16)>) -> i16 {
@@ -169,6 +160,28 @@ pub fn weight(role: Role, rollout: Option<(RolloutState, i16)>) -> i16 {
         (Role::Canary, Some((RolloutState::Canary, pct))) => pct,
         (Role::Stable, _) => 100,
         _ => 0,
+    }
+}
+
+/// How often a process re-reads the declared queues: a new pool's queue gets a metric label of its own within a
+/// minute, and reading costs one small query.
+const DECLARED_QUEUES_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Until `stop`, keeps the queues that may be metric labels (every worker pool's queues, see
+/// [`crate::telemetry::metrics::queue_label`]) up to date in this process.
+pub async fn declare_pool_queues(db: sqlx::PgPool, stop: tokio_util::sync::CancellationToken) {
+    loop {
+        match sqlx::query_scalar::<_, String>("select distinct q from worker_pool p, unnest(p.queues) as q")
+            .fetch_all(&db)
+            .await
+        {
+            Ok(queues) => crate::telemetry::metrics::declare_queues(queues),
+            Err(e) => tracing::debug!(error = %e, "could not read the pools' queues for metric labels"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(DECLARED_QUEUES_EVERY) => {}
+        }
     }
 }
 

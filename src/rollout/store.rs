@@ -116,7 +116,7 @@ impl NewRollout {
         if errs.is_empty() {
             Ok(())
         } else {
-            Err(Error::Invalid(errs))
+            Err(Error::Invalid(errs.into()))
         }
     }
 }
@@ -192,7 +192,7 @@ pub async fn put_pool<'a>(
         ));
     }
     if !errs.is_empty() {
-        return Err(Error::Invalid(errs));
+        return Err(Error::Invalid(errs.into()));
     }
     let mut queues = queues.to_vec();
     if pool == "default" && !queues.iter().any(|q| q == "default") {

@@ -5,80 +5,18 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use serde_json::Value;
 use sqlx::PgPool;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::queue::{self, Completion, Failure, JobId, RetryPolicy, Snooze};
-
-/// What to do with a finished attempt.
-#[derive(Debug, Clone)]
-pub enum SettleKind {
-    /// Completed with a result.
-    Complete(Value),
-    /// Failed; retried after `after` or the backoff, or discarded if `permanent` or out of attempts.
-    Fail {
-        /// Recorded in the error history.
-        message: String,
-        /// Discard now.
-        permanent: bool,
-        /// Retry delay chosen by the handler.
-        after: Option<Duration>,
-    },
-    /// Run again after the delay, attempt not used up.
-    Snooze(Duration),
-    /// Cancelled by its handler.
-    Cancel(String),
-    /// Given back at shutdown.
-    HandBack,
-}
-
-/// One outcome of one attempt.
-#[derive(Debug, Clone)]
-pub struct Settle {
-    /// The job.
-    pub id: JobId,
-    /// The attempt that ran.
-    pub attempt: i32,
-    /// What happened.
-    pub kind: SettleKind,
-    /// The job's queue when it has a concurrency key: its finish may release the next job of that key.
-    pub lane: Option<String>,
-}
-
-/// What the completer does after a batch that settled jobs of concurrency keys: wake this worker's fetchers of
-/// their queues (the next job of a key was released by the same statement) and have the lane marks settled.
-#[derive(Clone)]
-pub(crate) struct LaneHook {
-    /// The worker's per-queue wake-ups.
-    pub signals: crate::wake::WakeSignals,
-    /// Pokes the task that runs [`queue::release_lanes`].
-    pub release: std::sync::Arc<tokio::sync::Notify>,
-}
-
-impl LaneHook {
-    /// After settling jobs of these queues' keys.
-    pub fn settled<'a>(&self, queues: impl Iterator<Item = &'a str>) {
-        if self.wake(queues) {
-            self.release.notify_one();
-        }
-    }
-
-    /// Wakes this worker's fetchers of each queue (once per queue); false when there was none.
-    pub fn wake<'a>(&self, queues: impl Iterator<Item = &'a str>) -> bool {
-        let mut seen = std::collections::BTreeSet::new();
-        for q in queues {
-            if seen.insert(q) {
-                if let Some(n) = self.signals.get(q) {
-                    n.notify_one();
-                }
-            }
-        }
-        !seen.is_empty()
-    }
-}
+use super::settle::{LaneHook, Settle, SettleKind};
+use crate::queue::{self, Completion, Failure, RetryPolicy, Snooze};
+use crate::retry::{self, Backoff};
 
 const MAX_BATCH: usize = 2000;
+/// A settle write is on the critical path of every job: retry it sooner than a reconnect.
+const SETTLE_RETRY_FIRST: Duration = Duration::from_millis(50);
 
 /// The worker's offer to run the next job of each lane its completions release (see
 /// [`queue::complete_handing_off`]), so a busy key's jobs follow each other on this worker without a claim.
@@ -93,7 +31,7 @@ pub(crate) struct Offer {
     pub held: std::sync::Arc<tokio::sync::Semaphore>,
     pub dispatch: super::Dispatch,
     /// Once the worker stops, nothing more is handed over (and the offer, which holds a sender of this
-    /// completer's channel through the executor, is dropped so the channel can close).
+    /// completer's channel through the attempt runner, is dropped so the channel can close).
     pub stopping: tokio_util::sync::CancellationToken,
 }
 
@@ -137,19 +75,55 @@ async fn complete_and_hand_off(
     .await?;
     tx.commit().await?;
     for job in handed {
-        metrics::counter!(crate::telemetry::metrics::JOBS_CLAIMED_TOTAL, "queue" => job.queue.clone()).increment(1);
+        metrics::counter!(crate::telemetry::metrics::JOBS_CLAIMED_TOTAL, "queue" => crate::telemetry::metrics::queue_label(&job.queue)).increment(1);
         offer.dispatch.start(job, permits.pop());
     }
     Ok(done.len())
 }
 
 /// Runs until every sender is dropped and the buffer is written.
-pub(crate) async fn run(
+/// A running completer, owned by the worker that started it.
+pub(crate) struct Completer {
+    task: TaskTracker,
+    give_up: CancellationToken,
+}
+
+impl Completer {
+    /// Starts settling what arrives on `rx` (see [`run`]).
+    pub(crate) fn start(
+        pool: PgPool,
+        rx: mpsc::UnboundedReceiver<Settle>,
+        retry: RetryPolicy,
+        lanes: LaneHook,
+        offer: Option<Offer>,
+    ) -> Self {
+        let give_up = CancellationToken::new();
+        let task = TaskTracker::new();
+        task.spawn(run(pool, rx, retry, lanes, offer, give_up.clone()));
+        task.close();
+        Completer { task, give_up }
+    }
+
+    /// Waits until every outcome sent is written (the senders are gone), for at most `deadline`; what is left then
+    /// is dropped, and its leases expire and are rescued.
+    pub(crate) async fn finish(self, deadline: Duration) {
+        if tokio::time::timeout(deadline, self.task.wait()).await.is_err() {
+            tracing::error!("could not flush job outcomes before exit; their leases will expire and be rescued");
+            self.give_up.cancel();
+            self.task.wait().await;
+        }
+    }
+}
+
+/// Settles what arrives on `rx` until every sender is gone. A failed write is retried until it lands or `give_up`
+/// fires (the worker's flush deadline passed: the leases of what is left expire and maintenance rescues them).
+async fn run(
     pool: PgPool,
     mut rx: mpsc::UnboundedReceiver<Settle>,
     retry: RetryPolicy,
     lanes: LaneHook,
     mut offer: Option<Offer>,
+    give_up: CancellationToken,
 ) {
     let mut batch: Vec<Settle> = Vec::with_capacity(MAX_BATCH);
     loop {
@@ -171,7 +145,7 @@ pub(crate) async fn run(
                 Err(_) => break,
             }
         }
-        let mut delay = Duration::from_millis(50);
+        let mut backoff = Backoff::new(SETTLE_RETRY_FIRST, retry::MAX_DELAY);
         loop {
             match write(&pool, &batch, retry, offer.as_ref()).await {
                 Ok(()) => {
@@ -179,9 +153,10 @@ pub(crate) async fn run(
                     break;
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, jobs = batch.len(), retry_in = ?delay, "failed to settle jobs; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
+                    tracing::warn!(error = %e, jobs = batch.len(), retry_in = ?backoff.delay(), "failed to settle jobs; retrying");
+                    if !backoff.wait(&give_up).await {
+                        return;
+                    }
                 }
             }
         }

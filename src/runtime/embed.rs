@@ -14,7 +14,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::completer::{self, LaneHook, Settle, SettleKind};
+use super::completer::Completer;
+use super::settle::{LaneHook, Settle, SettleKind};
 use super::{heartbeat_loop, register_with_retry, release_lanes, Running};
 use crate::queue::{self, Job, JobId, RetryPolicy, WorkerInfo};
 use crate::wake::WakeSignals;
@@ -35,7 +36,7 @@ pub struct EmbedConfig {
 impl Default for EmbedConfig {
     fn default() -> Self {
         EmbedConfig {
-            lease: Duration::from_secs(30),
+            lease: super::defaults::LEASE,
             retry: RetryPolicy::default(),
             maintenance: true,
             retention: queue::Retention::default(),
@@ -170,7 +171,7 @@ impl Embedded {
             }));
             tasks.spawn(m.run(background.clone()));
         }
-        let completer = tokio::spawn(completer::run(pool.clone(), rx, cfg.retry, lanes, None));
+        let completer = Completer::start(pool.clone(), rx, cfg.retry, lanes, None);
 
         shutdown.cancelled().await;
         let _ = queue::heartbeat_worker(&pool, &info.id, true).await;
@@ -178,13 +179,8 @@ impl Embedded {
         if let Ok(mut tx) = holder.settle.lock() {
             tx.take();
         }
-        if tokio::time::timeout(Duration::from_secs(10), completer).await.is_err() {
-            tracing::error!("could not flush job outcomes before exit; their leases will expire and be rescued");
-        }
-        background.cancel();
-        tasks.close();
-        tasks.wait().await;
-        let _ = queue::deregister_worker(&pool, &info.id).await;
+        completer.finish(super::FLUSH_DEADLINE).await;
+        super::leave(&pool, &info.id, &background, &tasks).await;
     }
 }
 
@@ -224,7 +220,7 @@ pub async fn gather_permits(
 ) -> Option<Vec<tokio::sync::OwnedSemaphorePermit>> {
     let first = permits.clone().acquire_owned().await.ok()?;
     let mut got = vec![first];
-    let until = tokio::time::Instant::now() + Duration::from_millis(2);
+    let until = tokio::time::Instant::now() + super::fetcher::GATHER;
     while got.len() < want.min(max) {
         match tokio::time::timeout_at(until, permits.clone().acquire_owned()).await {
             Ok(Ok(p)) => got.push(p),

@@ -10,9 +10,18 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{executor, Running, WorkerConfig};
+use super::{attempt, Running, WorkerConfig};
 use crate::queue::{self, ClaimRequest, FairShare};
+use crate::retry::{self, Backoff};
 use crate::telemetry::metrics as m;
+
+/// A failed claim (the database gone or overloaded) is retried sooner than a reconnect: claiming is the worker's
+/// work, and the backoff still reaches [`retry::MAX_DELAY`] within a few attempts.
+const CLAIM_RETRY_FIRST: Duration = Duration::from_millis(50);
+/// The poll right after a claim found work: more is likely waiting, and a wake-up can arrive mid-claim and be lost.
+const BUSY_POLL: Duration = Duration::from_millis(10);
+/// How long a claim waits for more slots to free up, so one statement claims for several of them.
+pub(super) const GATHER: Duration = Duration::from_millis(2);
 
 /// Claims jobs of one queue while there are free slots, waking on a Redis publish or polling.
 pub(super) struct Fetcher {
@@ -33,7 +42,7 @@ pub(super) struct Fetcher {
 /// shutdown one still waiting is handed back at once.
 #[derive(Clone)]
 pub(crate) struct Dispatch {
-    pub(super) exec: Arc<executor::Executor>,
+    pub(super) exec: Arc<attempt::AttemptRunner>,
     /// Slots to run in (`concurrency`).
     pub(super) slots: Arc<Semaphore>,
     pub(super) running: Running,
@@ -78,9 +87,9 @@ impl Dispatch {
 impl Fetcher {
     /// Claims until `shutdown`.
     pub(super) async fn run(self, shutdown: CancellationToken) {
-        let mut error_delay = Duration::from_millis(50);
+        let mut errors = Backoff::new(CLAIM_RETRY_FIRST, retry::MAX_DELAY);
         // Poll fast right after finding work; back off towards the configured interval while idle.
-        let mut idle = Duration::from_millis(10);
+        let mut idle = BUSY_POLL;
         let mut share = FairShare::new();
         loop {
             // A permit before the claim: never hold more than concurrency + prefetch jobs.
@@ -93,7 +102,7 @@ impl Fetcher {
             let mut permits = vec![first];
             let want =
                 ((self.cfg.concurrency + self.prefetch.load(Ordering::Relaxed)) / 4).clamp(1, self.cfg.max_claim);
-            let gather_until = tokio::time::Instant::now() + Duration::from_millis(2);
+            let gather_until = tokio::time::Instant::now() + GATHER;
             while permits.len() < want {
                 match tokio::time::timeout_at(gather_until, self.held.clone().acquire_owned()).await {
                     Ok(Ok(p)) => permits.push(p),
@@ -123,34 +132,32 @@ impl Fetcher {
             };
             match claimed {
                 Ok(jobs) => {
-                    metrics::histogram!(m::CLAIM_DURATION_SECONDS, "queue" => self.queue.clone())
+                    metrics::histogram!(m::CLAIM_DURATION_SECONDS, "queue" => m::queue_label(&self.queue))
                         .record(started.elapsed().as_secs_f64());
                     if !jobs.is_empty() {
-                        metrics::counter!(m::JOBS_CLAIMED_TOTAL, "queue" => self.queue.clone())
+                        metrics::counter!(m::JOBS_CLAIMED_TOTAL, "queue" => m::queue_label(&self.queue))
                             .increment(jobs.len() as u64);
                     }
-                    error_delay = Duration::from_millis(50);
+                    errors.reset();
                     let got = jobs.len();
                     for job in jobs {
                         self.dispatch.start(job, permits.pop());
                     }
                     drop(permits);
                     if got == wanted {
-                        idle = Duration::from_millis(10);
+                        idle = BUSY_POLL;
                         continue;
                     }
                     if got > 0 {
-                        idle = Duration::from_millis(10);
+                        idle = BUSY_POLL;
                     }
                 }
                 Err(e) => {
                     drop(permits);
-                    tracing::warn!(queue = %self.queue, error = %e, retry_in = ?error_delay, "claim failed");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(error_delay) => {}
+                    tracing::warn!(queue = %self.queue, error = %e, retry_in = ?errors.delay(), "claim failed");
+                    if !errors.wait(&shutdown).await {
+                        return;
                     }
-                    error_delay = (error_delay * 2).min(Duration::from_secs(5));
                     continue;
                 }
             }

@@ -6,33 +6,35 @@
 //! heartbeated like running ones, and handed back at once when the worker stops; every write goes through `queue`
 //! and is fenced by attempt; the runtime writes no SQL itself.
 
+mod attempt;
 mod completer;
 pub mod embed;
-mod engine;
-mod executor;
 mod fetcher;
 mod prefetch;
+mod settle;
 
-pub use completer::{Settle, SettleKind};
-pub use engine::{EngineHandler, EngineHandlers, EngineResult};
-pub(crate) use executor::panic_message;
+use completer::{Completer, Offer};
 pub(crate) use fetcher::Dispatch;
 use fetcher::Fetcher;
 use prefetch::{auto_prefetch, size_prefetch};
 pub use prefetch::{Prefetch, AUTO_PREFETCH_MAX, AUTO_PREFETCH_WINDOW};
+pub use settle::{Settle, SettleKind};
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ordo_workers::Registry;
+use ordo_workers::StepHandlers;
 use sqlx::PgPool;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::chore::ChoreContext;
+use crate::engine::EngineHandlers;
 use crate::queue::{self, JobId, RetryPolicy, WorkerInfo};
+use crate::retry::{self, Backoff};
 use crate::wake::{self, WakeSignals};
 
 /// Errors that stop a worker.
@@ -88,31 +90,70 @@ pub struct WorkerConfig {
     pub event_retention: Duration,
 }
 
+/// The defaults of a worker, which `ordo worker`'s flags show and apply (CONTRACT §8): one place for each.
+pub mod defaults {
+    use std::time::Duration;
+
+    /// The queue a worker serves when given none and its pool names none.
+    pub const QUEUE: &str = "default";
+    /// Jobs run at once.
+    pub const CONCURRENCY: usize = 16;
+    /// Lease length: long enough that a database pause of a few seconds loses no lease, short enough that a dead
+    /// worker's jobs run again within half a minute.
+    pub const LEASE: Duration = Duration::from_secs(30);
+    /// Idle poll: the fallback when no wake-up comes (Redis off or a publish lost); a second of delay at most.
+    pub const POLL: Duration = Duration::from_secs(1);
+    /// Timeout of a job that sets none.
+    pub const JOB_TIMEOUT: Duration = Duration::from_secs(300);
+    /// Drain after SIGTERM: inside Kubernetes' default 30 s grace period, with time left to hand back and flush.
+    pub const DRAIN: Duration = Duration::from_secs(25);
+    /// Most jobs one claim statement takes.
+    pub const MAX_CLAIM: usize = 2000;
+    /// Claim loops per queue.
+    pub const CLAIMERS: usize = 1;
+    /// Days the event log (and loads) are kept.
+    pub const EVENT_RETENTION_DAYS: u64 = 30;
+}
+
 impl WorkerConfig {
-    /// Defaults of the contract for pool `default`, version `v1`, queue `default`.
+    /// The defaults of [`defaults`] for pool `pool`, version `version`, queue [`defaults::QUEUE`].
     pub fn new(pool: &str, version: &str) -> Self {
         WorkerConfig {
             pool: pool.to_owned(),
             version: version.to_owned(),
-            queues: vec!["default".to_owned()],
-            concurrency: 16,
-            lease: Duration::from_secs(30),
-            poll: Duration::from_secs(1),
-            default_timeout: Duration::from_secs(300),
-            drain: Duration::from_secs(25),
+            queues: vec![defaults::QUEUE.to_owned()],
+            concurrency: defaults::CONCURRENCY,
+            lease: defaults::LEASE,
+            poll: defaults::POLL,
+            default_timeout: defaults::JOB_TIMEOUT,
+            drain: defaults::DRAIN,
             retry: RetryPolicy::default(),
             redis_url: None,
             redis_ca_file: None,
             maintenance: true,
             prefetch: Prefetch::Auto,
-            max_claim: 2000,
-            claimers: 1,
+            max_claim: defaults::MAX_CLAIM,
+            claimers: defaults::CLAIMERS,
             retention: queue::Retention::default(),
             serve_unclaimed: false,
-            event_retention: Duration::from_secs(30 * 24 * 3600),
+            event_retention: days(defaults::EVENT_RETENTION_DAYS),
         }
     }
 }
+
+/// `n` days.
+pub fn days(n: u64) -> Duration {
+    Duration::from_secs(n * 24 * 3600)
+}
+
+/// A new queue is rare: looking for queues no pool claims every second at most is soon enough, even with a very
+/// short poll.
+const UNCLAIMED_EVERY: Duration = Duration::from_secs(1);
+/// How long the outcomes still queued at shutdown may take to be written before the worker exits without them.
+const FLUSH_DEADLINE: Duration = Duration::from_secs(10);
+/// How long handlers get to stop after their cancel token fired at the drain deadline, before their jobs are
+/// handed back without them: a handler that honours cancellation returns within moments.
+const HANDLER_STOP_GRACE: Duration = Duration::from_secs(2);
 
 /// Jobs this worker holds right now: attempt and the token that stops the handler.
 pub(crate) type Running = Arc<Mutex<HashMap<JobId, (i32, CancellationToken)>>>;
@@ -121,14 +162,14 @@ pub(crate) type Running = Arc<Mutex<HashMap<JobId, (i32, CancellationToken)>>>;
 pub struct Worker {
     cfg: WorkerConfig,
     pool: PgPool,
-    steps: Registry,
+    steps: StepHandlers,
     engine: EngineHandlers,
     id: String,
 }
 
 impl Worker {
     /// A worker running the step handlers of `steps` and the engine handlers of `engine`.
-    pub fn new(cfg: WorkerConfig, pool: PgPool, steps: Registry, engine: EngineHandlers) -> Self {
+    pub fn new(cfg: WorkerConfig, pool: PgPool, steps: StepHandlers, engine: EngineHandlers) -> Self {
         let id = new_worker_id();
         Worker {
             cfg,
@@ -159,23 +200,80 @@ impl Worker {
         if kinds.is_empty() {
             return Err(Error::NoKinds);
         }
-        let cfg = self.cfg.clone();
-        let info = WorkerInfo {
-            id: self.id.clone(),
-            pool: cfg.pool.clone(),
-            version: cfg.version.clone(),
-            queues: cfg.queues.clone(),
-            kinds: kinds.clone(),
-            host: hostname(),
-            pid: std::process::id() as i32,
-            concurrency: cfg.concurrency as i32,
-            started_at: chrono::Utc::now(),
-            heartbeat_at: chrono::Utc::now(),
-            stopping: false,
-        };
         // A retired version stops on its own (its rollout moved on): a child token, so the caller's stays as it is.
         let shutdown = shutdown.child_token();
-        register_with_retry(&self.pool, &info, &shutdown).await;
+        let info = self.info(kinds);
+        self.join(&info, &shutdown).await;
+        let shared = Shared::new(&self.cfg);
+        // Heartbeats, wake-ups and maintenance: they outlive the claim loops and stop after the flush.
+        let background = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        self.start_background(&info, &shared, &tasks, &background, &shutdown)
+            .await;
+        let (settle_tx, settle_rx) = mpsc::unbounded_channel::<Settle>();
+        let exec = Arc::new(attempt::AttemptRunner {
+            pool: self.pool.clone(),
+            steps: self.steps.clone(),
+            engine: self.engine.clone(),
+            default_timeout: self.cfg.default_timeout,
+            running: shared.running.clone(),
+            settle: settle_tx.clone(),
+            stopping: shutdown.clone(),
+            lanes: shared.lanes.clone(),
+        });
+        let jobs = TaskTracker::new();
+        let dispatch = Dispatch {
+            exec,
+            slots: Arc::new(Semaphore::new(self.cfg.concurrency)),
+            running: shared.running.clone(),
+            finished: shared.finished.clone(),
+            jobs: jobs.clone(),
+        };
+        let completer = Completer::start(
+            self.pool.clone(),
+            settle_rx,
+            self.cfg.retry,
+            shared.lanes.clone(),
+            Some(self.offer(&info, &shared, &dispatch, &shutdown)),
+        );
+        let claimers = self.start_claiming(&info, &shared, &dispatch, &shutdown);
+
+        shutdown.cancelled().await;
+        tracing::info!(worker.id = %self.id, held = shared.running.lock().map(|r| r.len()).unwrap_or(0), "stopping: no new claims; draining");
+        let _ = queue::heartbeat_worker(&self.pool, &self.id, true).await;
+        claimers.close();
+        claimers.wait().await;
+        drop(dispatch);
+        self.drain(&jobs, &shared.running, &settle_tx).await;
+        drop(settle_tx);
+        completer.finish(FLUSH_DEADLINE).await;
+        leave(&self.pool, &self.id, &background, &tasks).await;
+        tracing::info!(worker.id = %self.id, "worker stopped");
+        Ok(())
+    }
+
+    /// This worker's row in the worker registry.
+    fn info(&self, kinds: Vec<String>) -> WorkerInfo {
+        let now = chrono::Utc::now();
+        WorkerInfo {
+            id: self.id.clone(),
+            pool: self.cfg.pool.clone(),
+            version: self.cfg.version.clone(),
+            queues: self.cfg.queues.clone(),
+            kinds,
+            host: hostname(),
+            pid: std::process::id() as i32,
+            concurrency: self.cfg.concurrency as i32,
+            started_at: now,
+            heartbeat_at: now,
+            stopping: false,
+        }
+    }
+
+    /// Registers the worker and announces its pool version; cancels `shutdown` when that version is retired.
+    async fn join(&self, info: &WorkerInfo, shutdown: &CancellationToken) {
+        let cfg = &self.cfg;
+        register_with_retry(&self.pool, info, shutdown).await;
         match crate::rollout::announce_version(&self.pool, &cfg.pool, &cfg.version, &cfg.queues).await {
             Ok(Some(crate::rollout::Role::Retired)) => {
                 tracing::info!(pool = %cfg.pool, pool.version = %cfg.version, "this version is retired; exiting");
@@ -186,19 +284,19 @@ impl Worker {
         }
         tracing::info!(worker.id = %self.id, pool = %cfg.pool, pool.version = %cfg.version, queues = ?cfg.queues,
             concurrency = cfg.concurrency, "worker started");
+    }
 
-        let background = CancellationToken::new();
-        let tasks = TaskTracker::new();
-        let running: Running = Arc::default();
-        let slots = Arc::new(Semaphore::new(cfg.concurrency));
-        let prefetch = Arc::new(AtomicUsize::new(match cfg.prefetch {
-            Prefetch::Fixed(n) => n,
-            Prefetch::Auto => auto_prefetch(0.0, cfg.concurrency),
-        }));
-        let held = Arc::new(Semaphore::new(cfg.concurrency + prefetch.load(Ordering::Relaxed)));
-        let finished = Arc::new(AtomicU64::new(0));
-        let signals = WakeSignals::new(&cfg.queues);
-
+    /// Starts on `tasks` what runs beside the claim loops until `background` fires: Redis wake-ups, lane release,
+    /// heartbeats, the automatic prefetch and, when configured, queue maintenance and the registered chores.
+    async fn start_background(
+        &self,
+        info: &WorkerInfo,
+        shared: &Shared,
+        tasks: &TaskTracker,
+        background: &CancellationToken,
+        shutdown: &CancellationToken,
+    ) {
+        let cfg = &self.cfg;
         let redis = match cfg.redis_url.as_deref() {
             Some(url) => match wake::client(url, cfg.redis_ca_file.as_deref()) {
                 Ok(client) => Some(client),
@@ -211,104 +309,103 @@ impl Worker {
         };
         if let Some(client) = redis.clone() {
             let ns = wake::namespace(&self.pool).await;
-            tasks.spawn(wake::subscribe(client, ns, signals.clone(), background.clone()));
+            tasks.spawn(wake::subscribe(client, ns, shared.signals.clone(), background.clone()));
         }
-        let (settle_tx, settle_rx) = mpsc::unbounded_channel::<Settle>();
-        let lanes = completer::LaneHook {
-            signals: signals.clone(),
-            release: Arc::new(tokio::sync::Notify::new()),
-        };
-        tasks.spawn(release_lanes(self.pool.clone(), lanes.clone(), background.clone()));
+        tasks.spawn(crate::rollout::declare_pool_queues(
+            self.pool.clone(),
+            background.clone(),
+        ));
+        tasks.spawn(release_lanes(
+            self.pool.clone(),
+            shared.lanes.clone(),
+            background.clone(),
+        ));
         tasks.spawn(heartbeat_loop(
             self.pool.clone(),
             info.clone(),
-            running.clone(),
+            shared.running.clone(),
             cfg.lease,
             background.clone(),
             shutdown.clone(),
         ));
-        if cfg.maintenance {
-            let mut m = queue::Maintainer::new(self.pool.clone(), self.id.clone(), cfg.retry);
-            m.retention = cfg.retention;
-            // Jobs it releases or promotes: this worker's fetchers at once, every worker through Redis.
-            let waker = match redis {
-                Some(client) => Some(wake::Waker::with_client(
-                    client,
-                    &wake::namespace(&self.pool).await,
-                    background.clone(),
-                )),
-                None => None,
-            };
-            let local = lanes.clone();
-            m.on_ready = Some(Arc::new(move |q: &str| {
-                local.wake(std::iter::once(q));
-                if let Some(w) = &waker {
-                    w.wake(q);
-                }
-            }));
-            tasks.spawn(m.run(background.clone()));
-            tasks.spawn(prune_event_log(
-                self.pool.clone(),
-                self.id.clone(),
-                cfg.event_retention,
-                background.clone(),
-            ));
-            tasks.spawn(purge_deleted_accounts(
-                self.pool.clone(),
-                self.id.clone(),
-                background.clone(),
-            ));
-        }
-
-        let jobs = TaskTracker::new();
-        let exec = Arc::new(executor::Executor {
-            pool: self.pool.clone(),
-            steps: self.steps.clone(),
-            engine: self.engine.clone(),
-            default_timeout: cfg.default_timeout,
-            running: running.clone(),
-            settle: settle_tx.clone(),
-            stopping: shutdown.clone(),
-            lanes: lanes.clone(),
-        });
         if cfg.prefetch == Prefetch::Auto {
             tasks.spawn(size_prefetch(
-                held.clone(),
-                prefetch.clone(),
-                finished.clone(),
+                shared.held.clone(),
+                shared.prefetch.clone(),
+                shared.finished.clone(),
                 cfg.concurrency,
                 background.clone(),
             ));
         }
-        let dispatch = Dispatch {
-            exec: exec.clone(),
-            slots: slots.clone(),
-            running: running.clone(),
-            finished: finished.clone(),
-            jobs: jobs.clone(),
+        if !cfg.maintenance {
+            return;
+        }
+        let mut m = queue::Maintainer::new(self.pool.clone(), self.id.clone(), cfg.retry);
+        m.retention = cfg.retention;
+        // Jobs it releases or promotes: this worker's fetchers at once, every worker through Redis.
+        let waker = match redis {
+            Some(client) => Some(wake::Waker::with_client(
+                client,
+                &wake::namespace(&self.pool).await,
+                background.clone(),
+            )),
+            None => None,
         };
-        let offer = completer::Offer {
+        let local = shared.lanes.clone();
+        m.on_ready = Some(Arc::new(move |q: &str| {
+            local.wake(std::iter::once(q));
+            if let Some(w) = &waker {
+                w.wake(q);
+            }
+        }));
+        tasks.spawn(m.run(background.clone()));
+        let ctx = ChoreContext {
+            pool: self.pool.clone(),
+            retention: cfg.event_retention,
+            stop: background.clone(),
+        };
+        for chore in self.engine.chores() {
+            tasks.spawn(
+                chore
+                    .clone()
+                    .run(ctx.clone(), queue::MAINTENANCE_LEASE, self.id.clone()),
+            );
+        }
+    }
+
+    /// The offer the completer makes to run the next job of each lane its completions release.
+    fn offer(&self, info: &WorkerInfo, shared: &Shared, dispatch: &Dispatch, shutdown: &CancellationToken) -> Offer {
+        completer::Offer {
             worker_id: self.id.clone(),
-            lease: cfg.lease,
-            kinds: kinds.clone(),
-            queues: cfg.queues.clone(),
-            pool: cfg.pool.clone(),
-            version: cfg.version.clone(),
-            held: held.clone(),
+            lease: self.cfg.lease,
+            kinds: info.kinds.clone(),
+            queues: self.cfg.queues.clone(),
+            pool: self.cfg.pool.clone(),
+            version: self.cfg.version.clone(),
+            held: shared.held.clone(),
             dispatch: dispatch.clone(),
             stopping: shutdown.clone(),
-        };
-        let completer = tokio::spawn(completer::run(
-            self.pool.clone(),
-            settle_rx,
-            cfg.retry,
-            lanes.clone(),
-            Some(offer),
-        ));
+        }
+    }
+
+    /// Starts the claim loops (`claimers` per queue) and, for pool `default`, the search for queues no other pool
+    /// claims; all of them end when `shutdown` fires.
+    fn start_claiming(
+        &self,
+        info: &WorkerInfo,
+        shared: &Shared,
+        dispatch: &Dispatch,
+        shutdown: &CancellationToken,
+    ) -> TaskTracker {
+        let claimers = TaskTracker::new();
         let fetcher = {
-            let (pool, kinds, cfg, id) = (self.pool.clone(), kinds.clone(), cfg.clone(), self.id.clone());
-            let (held, prefetch, signals, dispatch) =
-                (held.clone(), prefetch.clone(), signals.clone(), dispatch.clone());
+            let (pool, kinds, cfg, id) = (self.pool.clone(), info.kinds.clone(), self.cfg.clone(), self.id.clone());
+            let (held, prefetch, signals, dispatch) = (
+                shared.held.clone(),
+                shared.prefetch.clone(),
+                shared.signals.clone(),
+                dispatch.clone(),
+            );
             move |q: &str| Fetcher {
                 pool: pool.clone(),
                 queue: q.to_owned(),
@@ -321,78 +418,109 @@ impl Worker {
                 dispatch: dispatch.clone(),
             }
         };
-        let mut fetchers = Vec::new();
-        for q in &cfg.queues {
-            for _ in 0..cfg.claimers.max(1) {
-                fetchers.push(tokio::spawn(fetcher(q).run(shutdown.clone())));
+        for q in &self.cfg.queues {
+            for _ in 0..self.cfg.claimers.max(1) {
+                claimers.spawn(fetcher(q).run(shutdown.clone()));
             }
         }
-        let discovery = cfg.serve_unclaimed.then(|| {
-            tokio::spawn(serve_unclaimed(
+        if self.cfg.serve_unclaimed {
+            claimers.spawn(serve_unclaimed(
                 self.pool.clone(),
                 info.clone(),
                 fetcher,
-                cfg.claimers.max(1),
-                // A new queue is rare: looking every second at most is soon enough, even with a very short poll.
-                cfg.poll.max(Duration::from_secs(1)),
+                self.cfg.claimers.max(1),
+                self.cfg.poll.max(UNCLAIMED_EVERY),
+                claimers.clone(),
                 shutdown.clone(),
-            ))
-        });
-
-        shutdown.cancelled().await;
-        tracing::info!(worker.id = %self.id, held = running.lock().map(|r| r.len()).unwrap_or(0), "stopping: no new claims; draining");
-        let _ = queue::heartbeat_worker(&self.pool, &self.id, true).await;
-        if let Some(d) = discovery {
-            fetchers.extend(d.await.unwrap_or_default());
+            ));
         }
-        for f in fetchers {
-            let _ = f.await;
-        }
-        jobs.close();
-        if tokio::time::timeout(cfg.drain, jobs.wait()).await.is_err() {
-            // Phase two: stop the handlers; each one that stops hands its job back through the completer.
-            let held: Vec<CancellationToken> = running
-                .lock()
-                .map(|r| r.values().map(|(_, t)| t.clone()).collect())
-                .unwrap_or_default();
-            tracing::warn!(jobs = held.len(), "drain deadline passed; handing back unfinished jobs");
-            for t in held {
-                t.cancel();
-            }
-            if tokio::time::timeout(Duration::from_secs(2), jobs.wait()).await.is_err() {
-                // Handlers that ignore cancellation: hand their jobs back directly; their late outcomes are fenced.
-                let left: Vec<(JobId, i32)> = running
-                    .lock()
-                    .map(|r| r.iter().map(|(id, (a, _))| (*id, *a)).collect())
-                    .unwrap_or_default();
-                for (id, attempt) in left {
-                    let _ = settle_tx.send(Settle {
-                        id,
-                        attempt,
-                        kind: SettleKind::HandBack,
-                        lane: None,
-                    });
-                }
-            }
-        }
-        drop(exec);
-        drop(dispatch);
-        drop(settle_tx);
-        if tokio::time::timeout(Duration::from_secs(10), completer).await.is_err() {
-            tracing::error!("could not flush job outcomes before exit; their leases will expire and be rescued");
-        }
-        background.cancel();
-        tasks.close();
-        tasks.wait().await;
-        let _ = queue::deregister_worker(&self.pool, &self.id).await;
-        tracing::info!(worker.id = %self.id, "worker stopped");
-        Ok(())
+        claimers
     }
+
+    /// Lets running jobs finish until the drain deadline; then stops their handlers, and hands back directly the
+    /// jobs of handlers that ignore that.
+    async fn drain(&self, jobs: &TaskTracker, running: &Running, settle: &mpsc::UnboundedSender<Settle>) {
+        jobs.close();
+        if tokio::time::timeout(self.cfg.drain, jobs.wait()).await.is_ok() {
+            return;
+        }
+        // Phase two: stop the handlers; each one that stops hands its job back through the completer.
+        let held: Vec<CancellationToken> = running
+            .lock()
+            .map(|r| r.values().map(|(_, t)| t.clone()).collect())
+            .unwrap_or_default();
+        tracing::warn!(jobs = held.len(), "drain deadline passed; handing back unfinished jobs");
+        for t in held {
+            t.cancel();
+        }
+        if tokio::time::timeout(HANDLER_STOP_GRACE, jobs.wait()).await.is_ok() {
+            return;
+        }
+        // Handlers that ignore cancellation: hand their jobs back directly; their late outcomes are fenced.
+        let left: Vec<(JobId, i32)> = running
+            .lock()
+            .map(|r| r.iter().map(|(id, (a, _))| (*id, *a)).collect())
+            .unwrap_or_default();
+        for (id, attempt) in left {
+            let _ = settle.send(Settle {
+                id,
+                attempt,
+                kind: SettleKind::HandBack,
+                lane: None,
+            });
+        }
+    }
+}
+
+/// What the parts of a running worker share.
+struct Shared {
+    /// Jobs held, with their attempt and cancel token.
+    running: Running,
+    /// Per-queue wake-ups of the claim loops.
+    signals: WakeSignals,
+    /// What the completer does after settling jobs of concurrency keys.
+    lanes: settle::LaneHook,
+    /// Jobs held at most (`concurrency + prefetch`).
+    held: Arc<Semaphore>,
+    /// The prefetch now (changes when automatic).
+    prefetch: Arc<AtomicUsize>,
+    /// Jobs finished so far, for the automatic prefetch's rate.
+    finished: Arc<AtomicU64>,
+}
+
+impl Shared {
+    fn new(cfg: &WorkerConfig) -> Self {
+        let prefetch = match cfg.prefetch {
+            Prefetch::Fixed(n) => n,
+            Prefetch::Auto => auto_prefetch(0.0, cfg.concurrency),
+        };
+        let signals = WakeSignals::new(&cfg.queues);
+        Shared {
+            running: Arc::default(),
+            lanes: settle::LaneHook {
+                signals: signals.clone(),
+                release: Arc::new(tokio::sync::Notify::new()),
+            },
+            signals,
+            held: Arc::new(Semaphore::new(cfg.concurrency + prefetch)),
+            prefetch: Arc::new(AtomicUsize::new(prefetch)),
+            finished: Arc::new(AtomicU64::new(0)),
+        }
+    }
+}
+
+/// The last step of a stop, once outcomes are flushed: stops the background tasks, waits for them and
+/// deregisters the worker.
+async fn leave(pool: &PgPool, worker_id: &str, background: &CancellationToken, tasks: &TaskTracker) {
+    background.cancel();
+    tasks.close();
+    tasks.wait().await;
+    let _ = queue::deregister_worker(pool, worker_id).await;
 }
 
 /// Settles lane marks when poked after this worker finished jobs of concurrency keys, and wakes its fetchers of
 /// the queues whose jobs that released. Pokes arriving meanwhile coalesce into one more round.
-async fn release_lanes(pool: PgPool, lanes: completer::LaneHook, stop: CancellationToken) {
+async fn release_lanes(pool: PgPool, lanes: settle::LaneHook, stop: CancellationToken) {
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -407,87 +535,18 @@ async fn release_lanes(pool: PgPool, lanes: completer::LaneHook, stop: Cancellat
     }
 }
 
-/// Every minute, if this worker holds the maintenance lease, deletes loads and event-log rows past their retention
-/// in batches. Lives here, not in `queue`, because neither belongs to the queue.
-async fn prune_event_log(pool: PgPool, holder: String, retention: Duration, stop: CancellationToken) {
-    let mut every = Duration::from_secs(5);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(every) => {}
-        }
-        every = Duration::from_secs(60);
-        if !holds_maintenance(&pool, &holder).await {
-            continue;
-        }
-        match crate::load::store::prune_loads(&pool, retention, 1000).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(loads = n, "pruned loads past their retention"),
-            Err(e) => tracing::warn!(error = %e, "failed to prune loads"),
-        }
-        loop {
-            match crate::orchestration::prune_events(&pool, retention, 5000).await {
-                Ok(5000) => continue,
-                Ok(n) => {
-                    if n > 0 {
-                        tracing::info!(events = n, "pruned the event log");
-                    }
-                    break;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "failed to prune the event log");
-                    break;
-                }
-            }
-        }
-    }
-}
-
-/// Whether `holder` holds the maintenance lease now (work that must run once, not on every worker, checks it).
-async fn holds_maintenance(pool: &PgPool, holder: &str) -> bool {
-    let leading = crate::leader::holder(pool, queue::MAINTENANCE_LEASE)
-        .await
-        .ok()
-        .flatten();
-    leading.as_deref() == Some(holder)
-}
-
-/// Every 2 s, if this worker holds the maintenance lease, purges deleted accounts' rows in passes of at most 5 000
-/// rows (one table of one account each), so no statement holds many locks or runs long.
-async fn purge_deleted_accounts(pool: PgPool, holder: String, stop: CancellationToken) {
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-        }
-        if !holds_maintenance(&pool, &holder).await {
-            continue;
-        }
-        while !stop.is_cancelled() {
-            match crate::tenancy::purge_deleted(&pool, 5000).await {
-                Ok(0) => break,
-                Ok(n) => tracing::debug!(rows = n, "purged rows of a deleted account"),
-                Err(e) => {
-                    tracing::warn!(error = %e, "failed to purge a deleted account");
-                    break;
-                }
-            }
-        }
-    }
-}
-
 /// Pool `default` serves every queue no other pool claims (CONTRACT §8), including queues first used after this
-/// worker started: looks for them every poll interval, starts claim loops for new ones and re-registers with them,
-/// so `/api/queues` no longer counts their jobs as unclaimable. Returns the claim loops it started.
+/// worker started: looks for them every poll interval, starts claim loops for new ones on `claimers` and
+/// re-registers with them, so `/api/queues` no longer counts their jobs as unclaimable.
 async fn serve_unclaimed(
     pool: PgPool,
     mut info: WorkerInfo,
     fetcher: impl Fn(&str) -> Fetcher,
-    claimers: usize,
+    per_queue: usize,
     every: Duration,
+    claimers: TaskTracker,
     shutdown: CancellationToken,
-) -> Vec<tokio::task::JoinHandle<()>> {
-    let mut started = Vec::new();
+) {
     loop {
         match crate::rollout::unclaimed_queues(&pool).await {
             Ok(found) => {
@@ -495,14 +554,14 @@ async fn serve_unclaimed(
                 if !new.is_empty() {
                     tracing::info!(queues = ?new, "serving queues no other pool claims");
                     for q in &new {
-                        for _ in 0..claimers {
-                            started.push(tokio::spawn(fetcher(q).run(shutdown.clone())));
+                        for _ in 0..per_queue {
+                            claimers.spawn(fetcher(q).run(shutdown.clone()));
                         }
                     }
                     info.queues.extend(new);
                     // Re-registering clears `stopping`: never once the worker began to stop.
                     if shutdown.is_cancelled() {
-                        return started;
+                        return;
                     }
                     if let Err(e) = queue::register_worker(&pool, &info).await {
                         tracing::warn!(error = %e, "failed to re-register the worker with its new queues");
@@ -512,24 +571,22 @@ async fn serve_unclaimed(
             Err(e) => tracing::warn!(error = %e, "failed to look for queues no other pool claims"),
         }
         tokio::select! {
-            _ = shutdown.cancelled() => return started,
+            _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
         }
     }
 }
 
 async fn register_with_retry(pool: &PgPool, info: &WorkerInfo, shutdown: &CancellationToken) {
-    let mut delay = Duration::from_millis(100);
+    let mut backoff = Backoff::new(retry::FIRST_DELAY, retry::MAX_DELAY);
     loop {
         match queue::register_worker(pool, info).await {
             Ok(()) => return,
-            Err(e) => tracing::warn!(error = %e, retry_in = ?delay, "failed to register worker"),
+            Err(e) => tracing::warn!(error = %e, retry_in = ?backoff.delay(), "failed to register worker"),
         }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(delay) => {}
+        if !backoff.wait(shutdown).await {
+            return;
         }
-        delay = (delay * 2).min(Duration::from_secs(5));
     }
 }
 

@@ -47,6 +47,9 @@ pub(super) fn auto_prefetch(per_s: f64, concurrency: usize) -> usize {
 /// Sizes an automatic prefetch (see [`Prefetch::Auto`]) every 100 ms from the jobs this worker finished: the
 /// buffer grows at once when throughput rises and shrinks as it falls, by permits handed back (a job waiting in
 /// the buffer is never dropped).
+/// How often the automatic prefetch is resized: often enough to follow a change of job length within a second.
+const RESIZE_EVERY: Duration = Duration::from_millis(100);
+
 pub(super) async fn size_prefetch(
     held: Arc<Semaphore>,
     prefetch: Arc<AtomicUsize>,
@@ -54,7 +57,7 @@ pub(super) async fn size_prefetch(
     concurrency: usize,
     stop: CancellationToken,
 ) {
-    let tick = Duration::from_millis(100);
+    let tick = RESIZE_EVERY;
     let mut last = finished.load(Ordering::Relaxed);
     let mut rate = 0.0_f64;
     loop {

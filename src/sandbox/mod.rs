@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::tenancy::AccountId;
 
@@ -120,12 +121,16 @@ pub async fn run(args: SandboxArgs, shutdown: CancellationToken, on_ready: impl 
             url
         }
     };
-    let result = run_cluster(&args, &database_url, shutdown).await;
+    // The sandbox's own tasks (log relays, the demo ERP receiver, the demo load): all end once the roles exited
+    // and `shutdown` fired, and are awaited before the private server stops.
+    let tasks = TaskTracker::new();
+    let shutdown = shutdown.child_token();
+    let result = run_cluster(&args, &database_url, shutdown.clone(), &tasks).await;
     let result = match result {
         Ok((ready, children, stop)) => {
             on_ready(&ready);
             if args.demo_load {
-                tokio::spawn(demo_load(database_url.clone(), stop.clone()));
+                tasks.spawn(demo_load(database_url.clone(), stop.clone()));
             }
             stop.cancelled().await;
             stop_children(children).await;
@@ -133,6 +138,9 @@ pub async fn run(args: SandboxArgs, shutdown: CancellationToken, on_ready: impl 
         }
         Err(e) => Err(e),
     };
+    shutdown.cancel();
+    tasks.close();
+    tasks.wait().await;
     if let Some(server) = private {
         if let Err(e) = server.stop() {
             tracing::warn!("failed to stop the private postgres: {e}");
@@ -194,6 +202,7 @@ async fn run_cluster(
     args: &SandboxArgs,
     database_url: &str,
     shutdown: CancellationToken,
+    tasks: &TaskTracker,
 ) -> Result<(Ready, Vec<(String, Child)>, CancellationToken), Error> {
     let pool = crate::db::connect(database_url, 2).await?;
     crate::db::migrate(&pool).await?;
@@ -222,7 +231,7 @@ async fn run_cluster(
     let erp_url = format!("http://127.0.0.1:{erp_port}{}", erp::PATH);
     let secret = crate::tenancy::webhook_secret(&pool, &demo).await?;
     let stop_erp = shutdown.clone();
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         if let Err(e) = erp::serve(erp, secret, stop_erp).await {
             tracing::warn!(error = %e, "the demo ERP receiver stopped");
         }
@@ -291,7 +300,7 @@ async fn run_cluster(
             role: name.to_owned(),
             source,
         })?;
-        prefix_output(name, &mut child);
+        prefix_output(name, &mut child, tasks);
         children.push((name.to_owned(), child));
     }
     if let Err(e) = wait_ready(&http, &url, &mut children, &shutdown).await {
@@ -311,7 +320,7 @@ async fn run_cluster(
 
 /// Five roles log at once: each line of a child's output goes to this process's stderr with the role in front,
 /// so one can tell them apart.
-fn prefix_output(role: &str, child: &mut Child) {
+fn prefix_output(role: &str, child: &mut Child, tasks: &TaskTracker) {
     use tokio::io::{AsyncBufReadExt, BufReader};
     let prefix = format!("{role:>12} | ");
     let out = child
@@ -325,7 +334,7 @@ fn prefix_output(role: &str, child: &mut Child) {
     for stream in [out, err].into_iter().flatten() {
         let prefix = prefix.clone();
         // Ends by itself when the child closes its end (it exited).
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             let mut lines = BufReader::new(stream).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 eprintln!("{prefix}{line}");
@@ -536,21 +545,23 @@ async fn wait_ready(
     }
 }
 
+/// How long a role may take to drain and exit after SIGTERM before it is killed: a worker's default drain (25 s)
+/// and its flush fit in it.
+const STOP_GRACE: Duration = Duration::from_secs(30);
+
 /// SIGTERM to every role, then wait for each (they drain and exit 0); SIGKILL after 30 s.
 async fn stop_children(children: Vec<(String, Child)>) {
     for (_, c) in &children {
         if let Some(pid) = c.id() {
-            let _ = std::process::Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status();
+            crate::supervisor::send_signal(pid, crate::supervisor::Signal::Term);
         }
     }
     for (name, mut c) in children {
-        match tokio::time::timeout(Duration::from_secs(30), c.wait()).await {
+        match tokio::time::timeout(STOP_GRACE, c.wait()).await {
             Ok(Ok(status)) if !status.success() => tracing::warn!(role = %name, %status, "role exited with an error"),
             Ok(_) => {}
             Err(_) => {
-                tracing::warn!(role = %name, "role did not stop within 30 s; killing it");
+                tracing::warn!(role = %name, "role did not stop within {STOP_GRACE:?}; killing it");
                 let _ = c.kill().await;
             }
         }

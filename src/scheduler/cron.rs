@@ -38,7 +38,7 @@ pub struct Timetable {
 /// (`@annually`), `@monthly`, `@weekly`, `@daily` (`@midnight`) and `@hourly`. Errors name the field `/cron` and
 /// quote the expression as the user wrote it, naming the cron field at fault and its bounds.
 pub fn parse_cron(expr: &str) -> Result<::cron::Schedule> {
-    let invalid = |msg: String| Error::Invalid(vec![FieldError::new("/cron", msg)]);
+    let invalid = |msg: String| Error::Invalid(vec![FieldError::new("/cron", msg)].into());
     let expanded = match expr.trim() {
         m if m.starts_with('@') => match macro_expansion(m) {
             Some(e) => e,
@@ -204,10 +204,13 @@ fn check_field(field: &CronField, text: &str) -> std::result::Result<(), String>
 /// Parses an IANA time-zone name (`Europe/Berlin`, `UTC`). Errors name the field `/timezone`.
 pub fn parse_timezone(name: &str) -> Result<Tz> {
     Tz::from_str(name).map_err(|_| {
-        Error::Invalid(vec![FieldError::new(
-            "/timezone",
-            format!("unknown time zone {name:?}: use an IANA name such as Europe/Berlin or UTC"),
-        )])
+        Error::Invalid(
+            vec![FieldError::new(
+                "/timezone",
+                format!("unknown time zone {name:?}: use an IANA name such as Europe/Berlin or UTC"),
+            )]
+            .into(),
+        )
     })
 }
 
@@ -289,7 +292,7 @@ impl Timetable {
                         errs.extend(v);
                     }
                 }
-                Err(Error::Invalid(errs))
+                Err(Error::Invalid(errs.into()))
             }
         }
     }

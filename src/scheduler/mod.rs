@@ -24,15 +24,15 @@ pub use cron::Timetable;
 pub use run::{due_ticks, serve, Scheduler, ServeError, SCHEDULER_LEASE};
 pub use store::{EventSpec, JobSpec, NewSchedule, Schedule, ScheduleUpdate, Target};
 
-use crate::queue::FieldError;
+use crate::queue::FieldErrors;
 
 /// Errors of schedules.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// One or more fields are invalid (`/cron`, `/timezone`, `/name`, `/job/...`); the API answers 422.
-    #[error("invalid schedule: {}", .0.iter().map(|e| format!("{}: {}", e.path, e.message)).collect::<Vec<_>>().join("; "))]
-    Invalid(Vec<FieldError>),
+    #[error("invalid schedule: {0}")]
+    Invalid(FieldErrors),
     /// No schedule of that name in the account.
     #[error("schedule {name:?} not found")]
     NotFound {

@@ -75,6 +75,11 @@ pub struct Scheduler {
     pub lease: Duration,
 }
 
+/// A cron tick fires within a quarter second of its time.
+const TICK: Duration = Duration::from_millis(250);
+/// The scheduler's lease: twenty ticks, so a short stall of the leader does not hand firing to another.
+const LEASE: Duration = Duration::from_secs(5);
+
 impl Scheduler {
     /// A scheduler identified as `holder` (put the pid in it, so operators and tests can tell who leads).
     pub fn new(pool: PgPool, holder: String, waker: Waker) -> Self {
@@ -82,8 +87,8 @@ impl Scheduler {
             pool,
             holder,
             waker,
-            tick: Duration::from_millis(250),
-            lease: Duration::from_secs(5),
+            tick: TICK,
+            lease: LEASE,
         }
     }
 
@@ -257,6 +262,10 @@ pub async fn serve(
         ..queue::Retention::default()
     };
     let maintenance = tokio::spawn(maintainer.run(shutdown.child_token()));
+    let labels = tokio::spawn(crate::rollout::declare_pool_queues(
+        pool.clone(),
+        shutdown.child_token(),
+    ));
     // Rollouts also advance (auto-promote, auto-abort, completion) where no autoscaler runs; the controller has a
     // lease of its own, so running it here and in the autoscaler is harmless.
     let rollouts =
@@ -266,6 +275,7 @@ pub async fn serve(
     scheduler.lease = args.lease();
     tracing::info!(holder = %scheduler.holder(), "scheduler started");
     scheduler.run(shutdown).await;
+    let _ = labels.await;
     if let Err(e) = maintenance.await {
         tracing::warn!(error = %e, "queue maintenance task failed");
     }

@@ -299,7 +299,7 @@ fn validate(name: &str, cron: &str, timezone: &str, target: &Target, now: DateTi
     target.validate(&mut errs);
     match timetable {
         Some(t) if errs.is_empty() => Ok(t),
-        _ => Err(Error::Invalid(errs)),
+        _ => Err(Error::Invalid(errs.into())),
     }
 }
 

@@ -1,11 +1,41 @@
 //! Every metric name of ordo, its description, and the Prometheus recorder behind `/metrics`.
 //!
-//! Labels come only from bounded sets (route templates, methods, status codes, queue names); never ids.
+//! Labels come only from bounded sets (route templates, methods, status codes, declared queue names); never ids.
+//! Queue names are tenant input, so a queue is a label value only when an operator declared it (a worker pool's
+//! queues, and the queue `default`); every other queue is counted under [`OTHER_QUEUE`].
 
-use std::sync::OnceLock;
+use std::collections::BTreeSet;
+use std::sync::{OnceLock, RwLock};
 
 use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+/// The `queue` label of every queue no operator declared.
+pub const OTHER_QUEUE: &str = "other";
+/// The queue that is always declared: the one jobs go to when they name none.
+const DEFAULT_QUEUE: &str = "default";
+
+static DECLARED_QUEUES: RwLock<BTreeSet<String>> = RwLock::new(BTreeSet::new());
+
+/// Replaces the set of declared queues (the worker pools' queues), which may be label values.
+pub fn declare_queues(queues: impl IntoIterator<Item = String>) {
+    let set: BTreeSet<String> = queues.into_iter().collect();
+    *DECLARED_QUEUES.write().unwrap_or_else(|p| p.into_inner()) = set;
+}
+
+/// The `queue` label of `queue`: its name when declared, else [`OTHER_QUEUE`].
+pub fn queue_label(queue: &str) -> String {
+    let declared = queue == DEFAULT_QUEUE
+        || DECLARED_QUEUES
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(queue);
+    if declared {
+        queue.to_owned()
+    } else {
+        OTHER_QUEUE.to_owned()
+    }
+}
 
 /// HTTP requests answered, by `route` template, `method` and `status`.
 pub const HTTP_REQUESTS_TOTAL: &str = "ordo_http_requests_total";
@@ -133,4 +163,22 @@ fn describe() {
         EVENT_BATCH_EVENTS_TOTAL,
         "Orchestration events executed in those transactions, by path"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A declared queue and `default` are label values; any other queue name, however many, is `other`.
+    #[test]
+    fn only_declared_queues_become_labels() {
+        declare_queues(["orders".to_owned()]);
+        assert_eq!(queue_label("orders"), "orders");
+        assert_eq!(queue_label("default"), "default");
+        for q in ["tenant-1", "tenant-2", "orders2", ""] {
+            assert_eq!(queue_label(q), OTHER_QUEUE);
+        }
+        declare_queues([]);
+        assert_eq!(queue_label("orders"), OTHER_QUEUE);
+    }
 }

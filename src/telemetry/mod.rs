@@ -5,7 +5,14 @@ pub mod trace;
 
 use tracing_subscriber::EnvFilter;
 
-use crate::config::LogFormat;
+/// Log format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
 
 /// Installs the global subscriber; logs go to stderr so stdout stays free for command output.
 pub fn init(format: LogFormat) {

@@ -287,6 +287,27 @@ const TENANT_TABLES: &[&str] = &[
     "account_key",
 ];
 
+/// A deleted account's rows go soon after the deletion, a few thousand at a time: looking every 2 s keeps the wait
+/// short and costs one indexed read when there is nothing to purge.
+const PURGE_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The maintenance chore that purges deleted accounts' rows in passes of at most 5 000 rows (one table of one
+/// account each), so no statement holds many locks or runs long.
+pub fn purge_chore() -> crate::chore::Chore {
+    crate::chore::Chore::new("purge deleted accounts", PURGE_EVERY, PURGE_EVERY, |ctx| async move {
+        while !ctx.stop.is_cancelled() {
+            match purge_deleted(&ctx.pool, 5000).await {
+                Ok(0) => break,
+                Ok(n) => tracing::debug!(rows = n, "purged rows of a deleted account"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "failed to purge a deleted account");
+                    break;
+                }
+            }
+        }
+    })
+}
+
 /// One bounded pass of the purge of deleted accounts: deletes at most `limit` rows of one table of the oldest
 /// deleted account, or the account's row once nothing else is left. Returns the rows deleted (0 = nothing to do).
 /// Call again while it returns more than 0; another account is never touched.

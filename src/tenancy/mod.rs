@@ -7,7 +7,8 @@ use std::fmt;
 
 pub use accounts::{
     create_account, create_key, delete_account, find_key, generate_key, generate_webhook_secret, hash_key,
-    list_accounts, purge_deleted, revoke_key, secrets_equal, webhook_secret, Account, KeyOwner, NewAccount, NewKey,
+    list_accounts, purge_chore, purge_deleted, revoke_key, secrets_equal, webhook_secret, Account, KeyOwner,
+    NewAccount, NewKey,
 };
 
 /// Errors of accounts and keys.

@@ -41,5 +41,5 @@ pub async fn list(
          <th scope=\"col\">Actor</th></tr></thead><tbody>{rows}</tbody></table></div>{}",
         pager("/ui/audit?", cursor, &answer["next_cursor"])
     );
-    Ok(respond(StatusCode::OK, layout(Some(&s), "audit", "Audit", &body)))
+    Ok(respond(StatusCode::OK, layout(Some(s.role), "audit", "Audit", &body)))
 }

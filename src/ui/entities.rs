@@ -184,7 +184,7 @@ pub async fn page(
     let (entity_type, entity_ref, status) = (field(&q, "type"), field(&q, "ref"), field(&q, "status"));
     let cursor = Some(field(&q, "cursor")).filter(|c| !c.is_empty());
     let form = search_form(entity_type, entity_ref, status);
-    let show = |status: StatusCode, body: String| respond(status, layout(Some(&s), "entities", "Entities", &body));
+    let show = |status: StatusCode, body: String| respond(status, layout(Some(s.role), "entities", "Entities", &body));
     if entity_type.is_empty() || entity_ref.is_empty() || !status.is_empty() {
         // No exact key: list what matches, a page at a time (all entities, or one type's, by ref prefix and status).
         let list = list_view(&ui, &s, entity_type, entity_ref, status, cursor).await?;

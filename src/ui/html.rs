@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use super::session::{Role, Session};
+use super::Role;
 
 /// Escapes text for HTML element content and double- or single-quoted attribute values.
 pub fn esc(s: &str) -> String {
@@ -205,11 +205,12 @@ const NAV_ADMIN: [(&str, &str); 7] = [
     ("audit", "Audit"),
 ];
 
-/// A whole page: head, skip link, navigation for the session's role, sign-out button, and `body` in `<main>`.
-pub fn layout(session: Option<&Session>, active: &str, title: &str, body: &str) -> String {
+/// A whole page: head, skip link, navigation for the signed-in role (none before sign-in), sign-out button, and
+/// `body` in `<main>`.
+pub fn layout(role: Option<Role>, active: &str, title: &str, body: &str) -> String {
     let mut nav = String::new();
-    if let Some(s) = session {
-        let items: &[(&str, &str)] = match s.role {
+    if let Some(role) = role {
+        let items: &[(&str, &str)] = match role {
             Role::Account => &NAV_ACCOUNT,
             Role::Admin => &NAV_ADMIN,
         };
@@ -219,7 +220,7 @@ pub fn layout(session: Option<&Session>, active: &str, title: &str, body: &str) 
             let _ = write!(nav, "<li><a href=\"/ui/{slug}\"{current}>{label}</a></li>");
         }
         nav.push_str("</ul>");
-        let who = match s.role {
+        let who = match role {
             Role::Account => "account key",
             Role::Admin => "admin",
         };

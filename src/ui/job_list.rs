@@ -13,19 +13,10 @@ use axum::Form;
 use chrono::NaiveDateTime;
 use serde_json::{json, Map, Value};
 
+use crate::queue::JobState;
+
 use super::html::{badge, enc, esc, flash, layout, pager, query, respond, t, time};
 use super::{field, require, Error, Role, Session, Ui, PAGE_SIZE};
-
-/// Every job state, in lifecycle order (CONTRACT §4).
-const STATES: [&str; 7] = [
-    "scheduled",
-    "available",
-    "running",
-    "retryable",
-    "completed",
-    "discarded",
-    "cancelled",
-];
 
 /// The search fields: (query name, label, placeholder); `state` is a select, the rest are text inputs.
 const TEXT_FIELDS: [(&str, &str, &str); 7] = [
@@ -99,7 +90,7 @@ fn search_form(q: &HashMap<String, String>, admin: bool) -> String {
         if name == "queue" {
             let state = field(q, "state");
             let mut options = String::from("<option value=\"\">any</option>");
-            for s in STATES {
+            for s in JobState::ALL.iter().map(|s| s.as_str()) {
                 let selected = if s == state { " selected" } else { "" };
                 let _ = write!(options, "<option value=\"{s}\"{selected}>{s}</option>");
             }
@@ -129,8 +120,8 @@ fn last_error(job: &Value) -> String {
 
 /// When a waiting job runs next: its `run_at` while it waits, nothing once it runs or finished.
 fn next_run(job: &Value) -> String {
-    match job["state"].as_str() {
-        Some("scheduled" | "available" | "retryable") => time(&job["run_at"]),
+    match job["state"].as_str().and_then(|s| s.parse().ok()) {
+        Some(JobState::Scheduled | JobState::Available | JobState::Retryable) => time(&job["run_at"]),
         _ => "—".to_owned(),
     }
 }
@@ -197,7 +188,7 @@ pub async fn list(
         // Bad filter values come back as a 422 naming the field: show them next to the form.
         Err(e @ Error::Api { .. }) if e.status() != StatusCode::UNAUTHORIZED => {
             let body = format!("{form}{}", e.message());
-            return Ok(respond(e.status(), layout(Some(&s), "jobs", "Jobs", &body)));
+            return Ok(respond(e.status(), layout(Some(s.role), "jobs", "Jobs", &body)));
         }
         Err(e) => return Err(e),
     };
@@ -245,7 +236,7 @@ pub async fn list(
         rows(items, admin),
         pager(&base, cursor, &answer["next_cursor"]),
     );
-    Ok(respond(StatusCode::OK, layout(Some(&s), "jobs", "Jobs", &body)))
+    Ok(respond(StatusCode::OK, layout(Some(s.role), "jobs", "Jobs", &body)))
 }
 
 fn action_of(q: &HashMap<String, String>) -> Result<&'static str, Error> {
@@ -287,7 +278,7 @@ pub async fn confirm(
         );
         return Ok(respond(
             StatusCode::OK,
-            layout(Some(&s), "jobs", "Nothing to do", &body),
+            layout(Some(s.role), "jobs", "Nothing to do", &body),
         ));
     };
     let mut hidden = String::new();
@@ -327,7 +318,7 @@ pub async fn confirm(
     );
     Ok(respond(
         StatusCode::OK,
-        layout(Some(&s), "jobs", &format!("{verb} matching jobs"), &body),
+        layout(Some(s.role), "jobs", &format!("{verb} matching jobs"), &body),
     ))
 }
 

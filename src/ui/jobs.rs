@@ -9,20 +9,22 @@ use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use serde_json::Value;
 
+use crate::queue::JobState;
+
 use super::html::{badge, button_form, enc, esc, flash, json_block, layout, query, respond, t, time};
 use super::{field, require, Error, Role, Session, Ui};
 
 fn detail_body(job: &Value, message: &str) -> String {
     let id = job["id"].as_str().unwrap_or("");
-    let state = job["state"].as_str().unwrap_or("");
+    let state: Option<JobState> = job["state"].as_str().and_then(|s| s.parse().ok());
     let admin = job.get("account").is_some();
     let mut actions = String::new();
     if admin {
         actions.push_str("<p class=\"hint\">Read-only: retry or cancel it signed in with its account's key.</p>");
-    } else if matches!(state, "discarded" | "cancelled") {
+    } else if matches!(state, Some(JobState::Discarded | JobState::Cancelled)) {
         actions.push_str(&button_form(&format!("/ui/jobs/{}/retry", enc(id)), "Retry", ""));
     }
-    if !admin && matches!(state, "scheduled" | "available" | "running" | "retryable") {
+    if !admin && state.is_some_and(|s| !s.is_finished()) {
         actions.push_str(&button_form(
             &format!("/ui/jobs/{}/cancel", enc(id)),
             "Cancel job",
@@ -62,7 +64,7 @@ fn detail_body(job: &Value, message: &str) -> String {
          <tbody>{errors}</tbody></table>",
         enc(queue),
         esc(queue),
-        badge(state),
+        badge(job["state"].as_str().unwrap_or("")),
         esc(queue),
         t(&job["kind"]),
         t(&job["attempt"]),
@@ -121,7 +123,7 @@ pub async fn detail(
     let title = format!("Job {id}");
     Ok(respond(
         StatusCode::OK,
-        layout(Some(&s), "jobs", &title, &detail_body(&job, &message)),
+        layout(Some(s.role), "jobs", &title, &detail_body(&job, &message)),
     ))
 }
 
@@ -152,6 +154,6 @@ pub async fn action(
     let title = format!("Job {id}");
     Ok(respond(
         err.status(),
-        layout(Some(&s), "jobs", &title, &detail_body(&job, &err.message())),
+        layout(Some(s.role), "jobs", &title, &detail_body(&job, &err.message())),
     ))
 }

@@ -44,7 +44,7 @@ pub async fn list(
         Ok(v) => v,
         Err(e) if e.status() != StatusCode::UNAUTHORIZED => {
             let body = format!("{form}{}", e.message());
-            return Ok(respond(e.status(), layout(Some(&s), "loads", "Loads", &body)));
+            return Ok(respond(e.status(), layout(Some(s.role), "loads", "Loads", &body)));
         }
         Err(e) => return Err(e),
     };
@@ -78,7 +78,7 @@ pub async fn list(
          <th scope=\"col\">Opened</th><th scope=\"col\">Closes</th></tr></thead><tbody>{rows}</tbody></table></div>{}",
         pager(&base, cursor, &answer["next_cursor"])
     );
-    Ok(respond(StatusCode::OK, layout(Some(&s), "loads", "Loads", &body)))
+    Ok(respond(StatusCode::OK, layout(Some(s.role), "loads", "Loads", &body)))
 }
 
 /// `GET /ui/loads/{id}`: the load's batches, their progress and counts.
@@ -134,7 +134,7 @@ pub async fn detail(State(ui): State<Ui>, s: Session, Path(id): Path<String>) ->
         totals[3],
     );
     let title = format!("Load {id}");
-    Ok(respond(StatusCode::OK, layout(Some(&s), "loads", &title, &body)))
+    Ok(respond(StatusCode::OK, layout(Some(s.role), "loads", &title, &body)))
 }
 
 /// `GET /ui/loads/{id}/batches/{batch}?cursor=`: the batch's counts and one page of its failed records.
@@ -198,5 +198,5 @@ pub async fn batch(
             &results["next_cursor"]
         ),
     );
-    Ok(respond(StatusCode::OK, layout(Some(&s), "loads", &title, &body)))
+    Ok(respond(StatusCode::OK, layout(Some(s.role), "loads", &title, &body)))
 }

@@ -44,7 +44,16 @@ use serde_json::Value;
 use tower::ServiceExt;
 
 use html::{layout, problems, respond};
-pub use session::{Role, Session};
+pub use session::Session;
+
+/// What the signed-in credential is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// An account's API key: the account's jobs, entities, workflows, schedules and loads.
+    Account,
+    /// `ORDO_ADMIN_TOKEN`: accounts, pools and rollouts.
+    Admin,
+}
 
 /// Largest API answer the dashboard reads (the API's own batch limit; pages ask for far less).
 const MAX_ANSWER: usize = 16 << 20;

@@ -152,7 +152,10 @@ pub async fn page(
          <thead><tr>{head}</tr></thead><tbody id=\"live\" data-src=\"/ui/fragments/overview\">{rows}</tbody>\
          </table></div>{history}"
     );
-    Ok(respond(StatusCode::OK, layout(Some(&s), "overview", "Overview", &body)))
+    Ok(respond(
+        StatusCode::OK,
+        layout(Some(s.role), "overview", "Overview", &body),
+    ))
 }
 
 /// `GET /ui/fragments/overview`: the overview's rows alone, for the live refresh.

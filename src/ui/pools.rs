@@ -92,7 +92,10 @@ async fn render_pools(
         rollout_list(&rollouts["items"]),
         start_form(form)
     );
-    Ok(respond(status, layout(Some(s), "pools", "Pools & rollouts", &body)))
+    Ok(respond(
+        status,
+        layout(Some(s.role), "pools", "Pools & rollouts", &body),
+    ))
 }
 
 /// The latest rollouts, newest first, each linking to its page.
@@ -171,7 +174,7 @@ pub async fn rollouts(
         Ok(v) => v,
         Err(e @ Error::Api { .. }) if e.status() == StatusCode::UNPROCESSABLE_ENTITY => {
             let body = format!("{form}{}", e.message());
-            return Ok(respond(e.status(), layout(Some(&s), "rollouts", "Rollouts", &body)));
+            return Ok(respond(e.status(), layout(Some(s.role), "rollouts", "Rollouts", &body)));
         }
         Err(e) => return Err(e),
     };
@@ -186,7 +189,10 @@ pub async fn rollouts(
         rollout_table(&answer["items"], "Rollouts, newest first"),
         pager(&base, cursor, &answer["next_cursor"]),
     );
-    Ok(respond(StatusCode::OK, layout(Some(&s), "rollouts", "Rollouts", &body)))
+    Ok(respond(
+        StatusCode::OK,
+        layout(Some(s.role), "rollouts", "Rollouts", &body),
+    ))
 }
 
 /// `GET /ui/pools?rollout=`: every pool; `rollout` opens that rollout.
@@ -326,7 +332,7 @@ pub async fn rollout(
     let title = format!("Rollout {id}");
     Ok(respond(
         StatusCode::OK,
-        layout(Some(&s), "pools", &title, &rollout_body(&r, &message)),
+        layout(Some(s.role), "pools", &title, &rollout_body(&r, &message)),
     ))
 }
 
@@ -375,7 +381,7 @@ pub async fn confirm(
         enc(&id),
     );
     let title = format!("Rollout {id}: confirm");
-    Ok(respond(StatusCode::OK, layout(Some(&s), "pools", &title, &body)))
+    Ok(respond(StatusCode::OK, layout(Some(s.role), "pools", &title, &body)))
 }
 
 /// `POST /ui/rollouts/{id}/{promote|abort}`: does it; a refusal (409) is shown on the rollout's page.
@@ -401,7 +407,7 @@ pub async fn act(
     let title = format!("Rollout {id}");
     Ok(respond(
         err.status(),
-        layout(Some(&s), "pools", &title, &rollout_body(&r, &err.message())),
+        layout(Some(s.role), "pools", &title, &rollout_body(&r, &err.message())),
     ))
 }
 
@@ -439,7 +445,10 @@ pub async fn accounts(
          <th scope=\"col\">Created</th></tr></thead><tbody>{rows}</tbody></table></div>{}",
         pager("/ui/accounts?", cursor, &answer["next_cursor"])
     );
-    Ok(respond(StatusCode::OK, layout(Some(&s), "accounts", "Accounts", &body)))
+    Ok(respond(
+        StatusCode::OK,
+        layout(Some(s.role), "accounts", "Accounts", &body),
+    ))
 }
 
 /// An account's limits with their use (`GET /api/accounts/{id}/usage`) as a list: `queue default: 3 / 5 running`,

@@ -89,7 +89,7 @@ async fn render(
          <tbody>{rows}</tbody></table></div>{}",
         pager("/ui/schedules?", cursor, &answer["next_cursor"])
     );
-    Ok(respond(status, layout(Some(s), "schedules", "Schedules", &body)))
+    Ok(respond(status, layout(Some(s.role), "schedules", "Schedules", &body)))
 }
 
 /// `GET /ui/schedules?cursor=`.

@@ -13,21 +13,12 @@ use axum::Form;
 use std::collections::HashMap;
 
 use super::html::{dec, enc, layout, problems, respond};
-use super::{Error, Ui};
+use super::{Error, Role, Ui};
 
 /// Name of the session cookie.
 pub const COOKIE_NAME: &str = "ordo_session";
 /// How long a session lasts without signing in again (8 hours): a forgotten browser does not stay signed in.
 const MAX_AGE_S: u32 = 8 * 3600;
-
-/// What the signed-in credential is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// An account's API key: the account's jobs, entities, workflows, schedules and loads.
-    Account,
-    /// `ORDO_ADMIN_TOKEN`: accounts, pools and rollouts.
-    Admin,
-}
 
 /// A signed-in user: the credential sent to the API as `Authorization: Bearer`, and its role.
 #[derive(Clone)]

@@ -105,5 +105,8 @@ pub async fn list(
         rows(items),
         pager(&base, cursor, &answer["next_cursor"]),
     );
-    Ok(respond(StatusCode::OK, layout(Some(&s), "workers", "Workers", &body)))
+    Ok(respond(
+        StatusCode::OK,
+        layout(Some(s.role), "workers", "Workers", &body),
+    ))
 }

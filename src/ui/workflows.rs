@@ -50,7 +50,7 @@ pub async fn list(
     );
     Ok(respond(
         StatusCode::OK,
-        layout(Some(&s), "workflows", "Workflows", &body),
+        layout(Some(s.role), "workflows", "Workflows", &body),
     ))
 }
 
@@ -204,7 +204,10 @@ pub async fn detail(
         diagram(&w),
         json_block(&w),
     );
-    Ok(respond(StatusCode::OK, layout(Some(&s), "workflows", &title, &body)))
+    Ok(respond(
+        StatusCode::OK,
+        layout(Some(s.role), "workflows", &title, &body),
+    ))
 }
 
 #[cfg(test)]

@@ -23,10 +23,7 @@ struct TermOnDrop(u32);
 impl Drop for TermOnDrop {
     fn drop(&mut self) {
         let pid = self.0.to_string();
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .stderr(Stdio::null())
-            .status();
+        ordo::supervisor::send_signal(self.0, ordo::supervisor::Signal::Term);
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::path::Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
@@ -108,9 +105,7 @@ async fn process_driver_follows_the_backlog_and_replaces_dead_workers() {
     .await;
 
     let victim = *live_pids(&db.pool).await.iter().next().unwrap();
-    let _ = std::process::Command::new("kill")
-        .args(["-KILL", &victim.to_string()])
-        .status();
+    ordo::supervisor::send_signal(victim as u32, ordo::supervisor::Signal::Kill);
     eventually(Duration::from_secs(30), "a replacement worker", || async {
         let pids = live_pids(&db.pool).await;
         (pids.len() == 1 && !pids.contains(&victim)).then_some(())

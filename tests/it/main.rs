@@ -13,6 +13,7 @@ mod deploy;
 mod fairness;
 mod history;
 mod lanes;
+mod layering;
 mod load;
 mod orchestration;
 mod orchestration_batch;

@@ -1,7 +1,7 @@
 //! The step contract of ordo and its built-in job kinds.
 //!
 //! This crate is a leaf: it knows nothing about Postgres, queues or leases. The engine's
-//! worker runtime owns a [`Registry`] built by [`registry()`], looks up the [`Handler`] for
+//! worker runtime owns a [`StepHandlers`] built by [`registry()`], looks up the [`Handler`] for
 //! a claimed job's kind, and calls [`Handler::run`] with a [`StepContext`] and the job's
 //! JSON args. The handler *returns* what should happen next and the runtime applies it,
 //! together with the job's completion, in one fenced transaction:
@@ -47,11 +47,11 @@ pub mod http;
 pub mod rules;
 pub mod step;
 
-pub use step::{parse_args, BoxFuture, Handler, Outcome, Registry, ResultExt, StepContext, StepError};
+pub use step::{parse_args, BoxFuture, Handler, Outcome, ResultExt, StepContext, StepError, StepHandlers};
 
 /// All built-in handlers: noop, sleep, fail, http.request.
-pub fn registry() -> Registry {
-    let mut registry = Registry::new();
+pub fn registry() -> StepHandlers {
+    let mut registry = StepHandlers::new();
     registry
         .register(builtin::Noop)
         .register(builtin::Sleep)

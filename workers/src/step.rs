@@ -156,13 +156,13 @@ pub trait Handler: Send + Sync + 'static {
     fn run(&self, ctx: StepContext, args: Value) -> BoxFuture<'static, Result<Outcome, StepError>>;
 }
 
-/// Handlers by job kind; cheap to clone, shared by every executor task of a worker.
+/// Step handlers by job kind; cheap to clone, shared by every job task of a worker.
 #[derive(Clone, Default)]
-pub struct Registry {
+pub struct StepHandlers {
     handlers: BTreeMap<&'static str, Arc<dyn Handler>>,
 }
 
-impl Registry {
+impl StepHandlers {
     /// An empty registry.
     pub fn new() -> Self {
         Self::default()
@@ -195,9 +195,9 @@ impl Registry {
     }
 }
 
-impl fmt::Debug for Registry {
+impl fmt::Debug for StepHandlers {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Registry")
+        f.debug_struct("StepHandlers")
             .field("kinds", &self.handlers.keys().collect::<Vec<_>>())
             .finish()
     }
@@ -286,7 +286,7 @@ mod tests {
     /// Registering a kind twice keeps only the later handler, so overrides are possible.
     #[tokio::test]
     async fn registry_register_replaces_an_existing_kind() {
-        let mut registry = Registry::new();
+        let mut registry = StepHandlers::new();
         assert!(registry.is_empty());
         registry
             .register(Fixed("b", "first"))
@@ -294,7 +294,7 @@ mod tests {
             .register(Fixed("b", "second"));
         assert_eq!(registry.kinds(), ["a", "b"]);
         assert_eq!(registry.len(), 2);
-        assert_eq!(format!("{registry:?}"), r#"Registry { kinds: ["a", "b"] }"#);
+        assert_eq!(format!("{registry:?}"), r#"StepHandlers { kinds: ["a", "b"] }"#);
 
         let handler = registry.get("b").expect("registered");
         let outcome = handler.run(StepContext::for_test("b"), Value::Null).await;

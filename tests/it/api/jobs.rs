@@ -367,6 +367,33 @@ async fn health_ready_and_metrics() {
     );
 }
 
+/// Queue names are tenant input: /metrics labels a queue by its name only when a worker pool declares it (or it is
+/// `default`); every other queue counts as `other`, so tenants cannot add series.
+#[tokio::test]
+async fn metrics_label_only_declared_queues() {
+    let app = app().await;
+    let key = app.account("acme").await;
+    sqlx::query("insert into worker_pool (name, queues) values ('orders', array['orders'])")
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    stop.cancel();
+    ordo::rollout::declare_pool_queues(app.db.pool.clone(), stop).await;
+    for queue in ["orders", "default", "tenant-chosen-name"] {
+        enqueue(&app, &key, json!({"kind": "noop", "queue": queue})).await;
+    }
+    let r = app.call(Method::GET, "/metrics", None, None).await;
+    let text = r.body.as_str().unwrap().to_owned();
+    for label in ["orders", "default", "other"] {
+        assert!(
+            text.contains(&format!("ordo_jobs_enqueued_total{{queue=\"{label}\"}} 1")),
+            "{label}: {text}"
+        );
+    }
+    assert!(!text.contains("tenant-chosen-name"), "{text}");
+}
+
 /// Batches may carry up to 16 MiB (single requests only 1 MiB).
 #[tokio::test]
 async fn batch_body_limit_is_sixteen_mebibytes() {

@@ -1,6 +1,10 @@
-//! Engine handlers: job kinds implemented inside the engine because they need the database (the orchestration
-//! executor, inventory rules). Such a handler may settle its job itself, inside its own transaction, with
-//! [`crate::queue::complete_in`], so its effects commit with the completion or not at all.
+//! The seam between the worker runtime and the modules that plug into it: engine handlers (job kinds implemented
+//! inside the engine because they need the database: the orchestration executor, webhooks, load chunks) and the
+//! chores their owners register with queue maintenance. It sits below `runtime`, `orchestration` and `load`, so
+//! the runtime runs what it is given and knows none of their tables.
+//!
+//! An engine handler may settle its job itself, inside its own transaction, with [`crate::queue::complete_in`], so
+//! its effects commit with the completion or not at all.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -8,6 +12,7 @@ use std::sync::Arc;
 use ordo_workers::{BoxFuture, Outcome, StepContext, StepError};
 use sqlx::PgPool;
 
+use crate::chore::Chore;
 use crate::queue::Job;
 
 /// What an engine handler did.
@@ -27,10 +32,11 @@ pub trait EngineHandler: Send + Sync + 'static {
     fn run(&self, pool: PgPool, job: Job, ctx: StepContext) -> BoxFuture<'static, EngineResult>;
 }
 
-/// Engine handlers by kind.
+/// Engine handlers by kind, and the maintenance chores of the modules that provide them.
 #[derive(Clone, Default)]
 pub struct EngineHandlers {
     by_kind: BTreeMap<String, Arc<dyn EngineHandler>>,
+    chores: Vec<Chore>,
 }
 
 impl EngineHandlers {
@@ -53,5 +59,27 @@ impl EngineHandlers {
     /// Kinds handled.
     pub fn kinds(&self) -> Vec<String> {
         self.by_kind.keys().cloned().collect()
+    }
+
+    /// Adds a chore that the holder of the maintenance lease runs.
+    pub fn chore(&mut self, chore: Chore) -> &mut Self {
+        self.chores.push(chore);
+        self
+    }
+
+    /// The chores registered.
+    pub fn chores(&self) -> &[Chore] {
+        &self.chores
+    }
+}
+
+/// The message a panic carried (its `&str` or `String` payload).
+pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".to_owned()
     }
 }

@@ -1,5 +1,5 @@
-//! Worker registration: each worker process announces its pool, version, queues and kinds, and heartbeats.
-//! A worker counts as live while its heartbeat is fresh.
+//! The worker roster (the `worker` table): each worker process announces its pool, version, queues and kinds, and
+//! heartbeats. A worker counts as live while its heartbeat is fresh.
 
 use std::time::Duration;
 

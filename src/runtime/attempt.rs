@@ -5,20 +5,20 @@ use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
 use futures_util::FutureExt;
-use ordo_workers::{Outcome, Registry, StepContext, StepError};
+use ordo_workers::{Outcome, StepContext, StepError, StepHandlers};
 use sqlx::PgPool;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::completer::{Settle, SettleKind};
-use super::engine::{EngineHandlers, EngineResult};
+use super::settle::{LaneHook, Settle, SettleKind};
 use super::Running;
+use crate::engine::{panic_message, EngineHandlers, EngineResult};
 use crate::queue::{Job, JobId};
 use crate::telemetry::metrics as m;
 
-pub(crate) struct Executor {
+pub(crate) struct AttemptRunner {
     pub pool: PgPool,
-    pub steps: Registry,
+    pub steps: StepHandlers,
     pub engine: EngineHandlers,
     pub default_timeout: Duration,
     pub running: Running,
@@ -26,7 +26,7 @@ pub(crate) struct Executor {
     /// Fires when the worker begins to stop; a handler cancelled after that hands its job back.
     pub stopping: CancellationToken,
     /// Told when a handler settled a job of a concurrency key itself (committed): the key's next job is released.
-    pub lanes: super::completer::LaneHook,
+    pub lanes: LaneHook,
 }
 
 enum Ran {
@@ -36,7 +36,7 @@ enum Ran {
     Panicked(String),
 }
 
-impl Executor {
+impl AttemptRunner {
     /// Runs the job, stopped by `cancel` when its lease is lost, and settles it (or its handler did).
     pub async fn execute(&self, mut job: Job, cancel: CancellationToken) {
         let id = job.id;
@@ -66,7 +66,7 @@ impl Executor {
         // Kept for the failure logs only; parsed there, off the path of jobs that succeed.
         let traceparent = job.traceparent.clone();
         let delay = (chrono::Utc::now() - job.run_at).num_milliseconds().max(0) as f64 / 1000.0;
-        metrics::histogram!(m::JOB_START_DELAY_SECONDS, "queue" => job.queue.clone()).record(delay);
+        metrics::histogram!(m::JOB_START_DELAY_SECONDS, "queue" => m::queue_label(&job.queue)).record(delay);
         let started = std::time::Instant::now();
         let ran = match opened {
             Ok(()) => self.run_handler(job, ctx, timeout).await,
@@ -226,17 +226,6 @@ fn trace_id(traceparent: Option<&str>) -> Option<String> {
 enum EngineResultOrStep {
     Step(Result<Outcome, StepError>),
     Engine(EngineResult),
-}
-
-/// The message a panic carried (its `&str` or `String` payload).
-pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = p.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = p.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "unknown panic".to_owned()
-    }
 }
 
 #[cfg(test)]
