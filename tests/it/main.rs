@@ -5,6 +5,7 @@
 
 mod api;
 mod autoscale;
+mod chaos;
 mod cli;
 mod crash;
 mod crypt;
