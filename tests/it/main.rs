@@ -19,6 +19,7 @@ mod orchestration;
 mod queue;
 mod quickstart;
 mod restart;
+mod rolling;
 mod rollout;
 mod sandbox;
 mod scheduler;
