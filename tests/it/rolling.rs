@@ -62,6 +62,7 @@ async fn stop_leader(child: &mut Child, kill: bool) -> &'static str {
     }
 }
 
+/// An `ordo scheduler` whose lease lasts 1.5 s, so a killed leader is replaced soon.
 fn spawn_scheduler(db_url: &str) -> Child {
     spawn_scheduler_process(db_url, 1500)
 }
@@ -149,6 +150,7 @@ async fn scheduler_rolling_restarts_fire_every_tick_once() {
     }
 }
 
+/// An `ordo autoscaler` deciding every 300 ms; its workers run two jobs at once, so a backlog lasts a while.
 fn spawn_autoscaler(db_url: &str) -> Child {
     crate::autoscale::spawn_autoscaler(db_url, 300, &["--concurrency=2"])
 }

@@ -192,6 +192,7 @@ impl RoleProcess {
     }
 }
 
+/// Starts `ordo <args>` against `db_url` with `env` (killed when the handle is dropped).
 fn spawn(args: &[String], db_url: &str, env: &[(String, String)]) -> Child {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();

@@ -29,11 +29,13 @@ type Deliveries = Arc<std::sync::Mutex<Vec<Delivery>>>;
 
 /// Job producers, each sending `BATCHES` batches of [`load::BATCH`] jobs: 20 000 jobs.
 const PRODUCERS: usize = 4;
+/// Batches of each producer.
 const BATCHES: usize = 50;
 /// The most one producer sends per batch: the load spreads over about a minute, so every fault meets it.
 const BATCH_EVERY: Duration = Duration::from_millis(1_200);
 /// Orders through the example workflow, one per `ORDER_EVERY` at most.
 const ORDERS: usize = 150;
+/// The shortest time between two orders.
 const ORDER_EVERY: Duration = Duration::from_millis(400);
 /// Stock of the one SKU the orders take: more than they need, so no order goes on hold.
 const STOCK: i64 = 1_000_000;
@@ -60,10 +62,12 @@ fn role_env(redis_url: &str) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// `env` as `Command` takes it.
 fn borrowed<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
     env.iter().map(|(k, v)| (*k, v.as_str())).collect()
 }
 
+/// Starts an `ordo worker` of `version` that polls often and retries soon, so the run settles fast after a fault.
 fn worker(name: &str, version: &str, db_url: &str, env: &[(&'static str, String)]) -> RoleProcess {
     let mut env = borrowed(env);
     env.extend([("ORDO_POLL_MS", "100"), ("ORDO_RETRY_BASE_MS", "50")]);
@@ -434,6 +438,7 @@ struct OrderEvent {
     snapshot_seq: Option<i64>,
 }
 
+/// The pids of `roles`.
 fn roles_pids(roles: &[RoleProcess]) -> Vec<u32> {
     roles.iter().map(RoleProcess::pid).collect()
 }
