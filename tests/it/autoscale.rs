@@ -57,13 +57,21 @@ pub fn spawn_autoscaler(db_url: &str, interval_ms: u64, worker_args: &[&str]) ->
         .expect("spawn ordo autoscaler")
 }
 
-/// Pids of live worker processes (fresh heartbeat) that are still running.
-pub async fn live_pids(pool: &PgPool) -> HashSet<i32> {
-    let rows: Vec<i32> =
-        sqlx::query_scalar("select pid from worker where heartbeat_at > now() - interval '2 seconds' and not stopping")
-            .fetch_all(pool)
-            .await
-            .unwrap();
+/// Pids of live worker processes (heartbeat within the last 2 s) that are still running.
+async fn live_pids(pool: &PgPool) -> HashSet<i32> {
+    live_pids_within(pool, Duration::from_secs(2)).await
+}
+
+/// Pids of live worker processes (not stopping, heartbeat within `fresh`) that are still running; none while the
+/// database does not answer.
+pub async fn live_pids_within(pool: &PgPool, fresh: Duration) -> HashSet<i32> {
+    let rows: Vec<i32> = sqlx::query_scalar(
+        "select pid from worker where heartbeat_at > now() - make_interval(secs => $1) and not stopping",
+    )
+    .bind(fresh.as_secs_f64())
+    .fetch_all(pool)
+    .await
+    .unwrap_or_default();
     rows.into_iter()
         .filter(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists())
         .collect()

@@ -3,7 +3,7 @@
 //! is stopped again and again, by SIGTERM (it must exit 0) and by SIGKILL, and a replacement started; no tick is
 //! lost or fired twice, and every scaling decision is still taken and applied once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +19,7 @@ use sqlx::PgPool;
 use tokio::process::Child;
 use tokio_util::sync::CancellationToken;
 
-use crate::autoscale::{live_pids, TermOnDrop};
+use crate::autoscale::{live_pids_within, TermOnDrop};
 use crate::scheduler::spawn_scheduler_process;
 use crate::support::{acct, count_state, create_execution_table, signal, stop_all};
 
@@ -150,9 +150,23 @@ async fn scheduler_rolling_restarts_fire_every_tick_once() {
     }
 }
 
-/// An `ordo autoscaler` deciding every 300 ms; its workers run two jobs at once, so a backlog lasts a while.
+/// An `ordo autoscaler` deciding every 300 ms; its workers run two jobs at once, so a backlog lasts a while, and
+/// hold 6 s leases: no worker is killed here, and a short lease would expire on a loaded machine and run a job
+/// again, which is the queue's promise after a lease is lost but not what this test is about.
 fn spawn_autoscaler(db_url: &str) -> Child {
-    crate::autoscale::spawn_autoscaler(db_url, 300, &["--concurrency=2"])
+    crate::autoscale::spawn_autoscaler(
+        db_url,
+        300,
+        &["--concurrency=2", &format!("--lease-ms={WORKER_LEASE_MS}")],
+    )
+}
+
+/// The lease of the autoscaler's workers; they heartbeat every third of it.
+const WORKER_LEASE_MS: u64 = 6_000;
+
+/// Pids of live worker processes: not stopping, heartbeating within the last lease, still running.
+async fn live_pids(db: &PgPool) -> HashSet<i32> {
+    live_pids_within(db, Duration::from_millis(WORKER_LEASE_MS)).await
 }
 
 /// The most live workers seen at once while `stop` is not cancelled, looking every 50 ms.
