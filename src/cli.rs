@@ -193,6 +193,9 @@ async fn run(cmd: Command) -> anyhow::Result<()> {
                 .context("connect to postgres")?;
             db.install_keys(&pool);
             let shutdown = crate::supervisor::shutdown_on_signals();
+            if args.stop_with_parent {
+                crate::supervisor::cancel_when_orphaned(shutdown.clone());
+            }
             metrics.start(&shutdown);
             let engine = engine_handlers_with(args.webhook_allow_private);
             let worker = Worker::new(cfg, pool, ordo_workers::registry(), engine);

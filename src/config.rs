@@ -203,6 +203,10 @@ pub struct WorkerArgs {
     /// Let webhooks reach private, loopback and link-local addresses (the sandbox sets it).
     #[arg(long, env = "ORDO_WEBHOOK_ALLOW_PRIVATE", default_value_t = false, action = clap::ArgAction::Set)]
     pub webhook_allow_private: bool,
+    /// Stop as on SIGTERM when the process that started this worker exits (the autoscaler's process driver sets it,
+    /// so its workers never outlive it).
+    #[arg(long, env = "ORDO_STOP_WITH_PARENT", default_value_t = false, action = clap::ArgAction::Set)]
+    pub stop_with_parent: bool,
     /// Claim loops per queue: one by default (with the automatic prefetch each claim brings many jobs, and two loops
     /// per worker make several workers' claims skip over each other's locked rows); two can help a lone worker
     /// with a fixed, small prefetch.

@@ -206,6 +206,18 @@ impl PgServer {
         format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
     }
 
+    /// Stops the server as a crash would (immediate shutdown: no checkpoint, so the next start recovers from the
+    /// WAL), for tests that crash-restart PostgreSQL under load; start it again with [`PgServer::start`].
+    pub fn crash(&self) -> Result<(), Error> {
+        run({
+            let mut c = pg_command(&self.bin_dir.join("pg_ctl"));
+            c.args(["-D"])
+                .arg(&self.data_dir)
+                .args(["-m", "immediate", "-w", "stop"]);
+            c
+        })
+    }
+
     /// Stops the server (fast shutdown: clients are disconnected, data is kept).
     pub fn stop(&self) -> Result<(), Error> {
         run({

@@ -1,7 +1,12 @@
 //! The root cancellation token and signal handling: SIGINT/SIGTERM cancel the token, every role watches a child
 //! of it and stops in its own orderly way.
 
+use std::time::Duration;
+
 use tokio_util::sync::CancellationToken;
+
+/// How often a process that stops with its parent looks whether the parent is still there.
+const PARENT_CHECK: Duration = Duration::from_millis(200);
 
 /// A token cancelled on the first SIGINT or SIGTERM.
 pub fn shutdown_on_signals() -> CancellationToken {
@@ -69,4 +74,30 @@ pub fn send_signal(pid: u32, signal: Signal) -> bool {
         .stderr(std::process::Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
+}
+
+/// Cancels `token` once the process that started this one has exited (this process was handed to another parent),
+/// as SIGTERM would. The autoscaler's process driver starts its workers so: a worker that outlived an autoscaler
+/// killed with SIGKILL would run beside the workers of the autoscaler that replaces it, and the pool would be
+/// larger than decided.
+pub fn cancel_when_orphaned(token: CancellationToken) {
+    #[cfg(unix)]
+    {
+        let parent = std::os::unix::process::parent_id();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = token.cancelled() => return,
+                    _ = tokio::time::sleep(PARENT_CHECK) => {}
+                }
+                if std::os::unix::process::parent_id() != parent {
+                    tracing::info!(parent, "the process that started this one exited; stopping");
+                    token.cancel();
+                    return;
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = token;
 }

@@ -58,7 +58,8 @@ impl PoolDriver for NoneDriver {
 }
 
 /// Runs `ordo worker --pool P --version V` children of this executable (the environment passes through),
-/// SIGTERMs the surplus, and replaces any that die.
+/// SIGTERMs the surplus, and replaces any that die. The children stop on their own when this process exits,
+/// even by SIGKILL.
 pub struct ProcessDriver {
     exe: PathBuf,
     extra_args: Vec<String>,
@@ -91,6 +92,8 @@ impl ProcessDriver {
             .args(["--pool", pool, "--version", version])
             .args(&self.extra_args)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            // A worker must not outlive this process: after a SIGKILL the replacing autoscaler starts its own.
+            .env("ORDO_STOP_WITH_PARENT", "true")
             .stdin(Stdio::null())
             .kill_on_drop(true)
             .spawn()?;

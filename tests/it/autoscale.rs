@@ -12,13 +12,13 @@ use serde_json::json;
 use sqlx::PgPool;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio::process::Command;
+use tokio::process::{Child, Command};
 
 use crate::support::{acct, create_execution_table, signal};
 
 /// SIGTERMs the autoscaler when a test ends early, so its worker children are stopped too (a SIGKILL from
 /// `kill_on_drop` would orphan them).
-struct TermOnDrop(u32);
+pub struct TermOnDrop(pub u32);
 
 impl Drop for TermOnDrop {
     fn drop(&mut self) {
@@ -31,13 +31,44 @@ impl Drop for TermOnDrop {
     }
 }
 
-/// Pids of live worker processes (fresh heartbeat) that are still running.
+/// Starts `ordo autoscaler --driver process` against `db_url`, a round every `interval_ms`; its workers poll every
+/// 50 ms, hold 1.5 s leases and take `worker_args`.
+pub fn spawn_autoscaler(db_url: &str, interval_ms: u64, worker_args: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_ordo"))
+        .args([
+            "autoscaler",
+            "--driver",
+            "process",
+            "--interval-ms",
+            &interval_ms.to_string(),
+        ])
+        .args(worker_args.iter().map(|a| format!("--worker-arg={a}")))
+        .env("DATABASE_URL", db_url)
+        .env_remove("REDIS_URL")
+        .env("ORDO_POLL_MS", "50")
+        .env("ORDO_LEASE_MS", "1500")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn ordo autoscaler")
+}
+
+/// Pids of live worker processes (heartbeat within the last 2 s) that are still running.
 async fn live_pids(pool: &PgPool) -> HashSet<i32> {
-    let rows: Vec<i32> =
-        sqlx::query_scalar("select pid from worker where heartbeat_at > now() - interval '2 seconds' and not stopping")
-            .fetch_all(pool)
-            .await
-            .unwrap();
+    live_pids_within(pool, Duration::from_secs(2)).await
+}
+
+/// Pids of live worker processes (not stopping, heartbeat within `fresh`) that are still running; none while the
+/// database does not answer.
+pub async fn live_pids_within(pool: &PgPool, fresh: Duration) -> HashSet<i32> {
+    let rows: Vec<i32> = sqlx::query_scalar(
+        "select pid from worker where heartbeat_at > now() - make_interval(secs => $1) and not stopping",
+    )
+    .bind(fresh.as_secs_f64())
+    .fetch_all(pool)
+    .await
+    .unwrap_or_default();
     rows.into_iter()
         .filter(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists())
         .collect()
@@ -61,17 +92,7 @@ async fn process_driver_follows_the_backlog_and_replaces_dead_workers() {
     )
     .await
     .unwrap();
-    let mut scaler = Command::new(env!("CARGO_BIN_EXE_ordo"))
-        .args(["autoscaler", "--driver", "process", "--interval-ms", "500"])
-        .env("DATABASE_URL", &db.url)
-        .env_remove("REDIS_URL")
-        .env("ORDO_POLL_MS", "50")
-        .env("ORDO_LEASE_MS", "1500")
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut scaler = spawn_autoscaler(&db.url, 500, &[]);
     let _guard = TermOnDrop(scaler.id().unwrap());
     eventually(Duration::from_secs(30), "the minimum of one worker", || async {
         (live_pids(&db.pool).await.len() == 1).then_some(())

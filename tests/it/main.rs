@@ -5,6 +5,7 @@
 
 mod api;
 mod autoscale;
+mod chaos;
 mod cli;
 mod crash;
 mod crypt;
@@ -20,6 +21,7 @@ mod orchestration_batch;
 mod queue;
 mod quickstart;
 mod restart;
+mod rolling;
 mod rollout;
 mod sandbox;
 mod scheduler;

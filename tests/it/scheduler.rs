@@ -45,7 +45,7 @@ async fn fired(pool: &PgPool, account: &AccountId, name: &str) -> Vec<(String, D
 }
 
 /// Starts the real `ordo scheduler` binary against `db_url`.
-fn spawn_scheduler_process(db_url: &str, lease_ms: u64) -> Child {
+pub fn spawn_scheduler_process(db_url: &str, lease_ms: u64) -> Child {
     Command::new(env!("CARGO_BIN_EXE_ordo"))
         .arg("scheduler")
         .args(["--lease-ms", &lease_ms.to_string()])

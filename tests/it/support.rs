@@ -62,7 +62,7 @@ pub fn start_worker(pool: &PgPool, cfg: WorkerConfig) -> InProcessWorker {
 
 /// `ordo <args>` against `db_url`, without Redis, logging warnings only, killed on drop; the environment lists
 /// are applied in order, so a later one overrides an earlier one.
-fn ordo_command(args: &[&str], db_url: &str, envs: &[&[(&str, &str)]]) -> Command {
+pub fn ordo_command(args: &[&str], db_url: &str, envs: &[&[(&str, &str)]]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_ordo"));
     c.args(args)
         .env("DATABASE_URL", db_url)
