@@ -18,6 +18,13 @@ const HISTORY_EVERY: Duration = Duration::from_secs(10);
 const HISTORY_BUDGET: Duration = Duration::from_millis(200);
 /// The queue gauges' period at the least (longer when counting takes long, see `publish_gauges`).
 const GAUGES_EVERY: Duration = Duration::from_secs(5);
+/// The states the queue gauges count, in the order of the counting query's columns.
+const GAUGE_STATES: [JobState; 4] = [
+    JobState::Available,
+    JobState::Scheduled,
+    JobState::Running,
+    JobState::Retryable,
+];
 /// A worker counts as live when it heartbeated within this: three missed heartbeats of the default lease.
 const WORKER_SEEN_WITHIN: Duration = Duration::from_secs(90);
 
@@ -314,13 +321,7 @@ impl Maintainer {
             queues.entry(q.clone()).or_insert(([0; 4], 0.0));
         }
         for (queue, (counts, oldest)) in &queues {
-            let states = [
-                JobState::Available,
-                JobState::Scheduled,
-                JobState::Running,
-                JobState::Retryable,
-            ];
-            for (state, n) in states.into_iter().zip(counts) {
+            for (state, n) in GAUGE_STATES.into_iter().zip(counts) {
                 metrics::gauge!(m::QUEUE_JOBS, "queue" => queue.clone(), "state" => state.as_str()).set(*n as f64);
             }
             metrics::gauge!(m::QUEUE_OLDEST_AVAILABLE_SECONDS, "queue" => queue.clone()).set(*oldest);

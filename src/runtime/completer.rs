@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 use super::settle::{LaneHook, Settle, SettleKind};
 use crate::queue::{self, Completion, Failure, RetryPolicy, Snooze};
 use crate::retry::{self, Backoff};
+use crate::telemetry::metrics as m;
 
 const MAX_BATCH: usize = 2000;
 /// A settle write is on the critical path of every job: retry it sooner than a reconnect.
@@ -75,13 +76,12 @@ async fn complete_and_hand_off(
     .await?;
     tx.commit().await?;
     for job in handed {
-        metrics::counter!(crate::telemetry::metrics::JOBS_CLAIMED_TOTAL, "queue" => crate::telemetry::metrics::queue_label(&job.queue)).increment(1);
+        metrics::counter!(m::JOBS_CLAIMED_TOTAL, "queue" => m::queue_label(&job.queue)).increment(1);
         offer.dispatch.start(job, permits.pop());
     }
     Ok(done.len())
 }
 
-/// Runs until every sender is dropped and the buffer is written.
 /// A running completer, owned by the worker that started it.
 pub(crate) struct Completer {
     task: TaskTracker,

@@ -132,12 +132,12 @@ impl Fetcher {
             };
             match claimed {
                 Ok(jobs) => {
-                    metrics::histogram!(m::CLAIM_DURATION_SECONDS, "queue" => m::queue_label(&self.queue))
-                        .record(started.elapsed().as_secs_f64());
+                    let took = started.elapsed().as_secs_f64();
+                    let label = m::queue_label(&self.queue);
                     if !jobs.is_empty() {
-                        metrics::counter!(m::JOBS_CLAIMED_TOTAL, "queue" => m::queue_label(&self.queue))
-                            .increment(jobs.len() as u64);
+                        metrics::counter!(m::JOBS_CLAIMED_TOTAL, "queue" => label.clone()).increment(jobs.len() as u64);
                     }
+                    metrics::histogram!(m::CLAIM_DURATION_SECONDS, "queue" => label).record(took);
                     errors.reset();
                     let got = jobs.len();
                     for job in jobs {
