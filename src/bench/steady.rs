@@ -151,6 +151,40 @@ struct Marks {
     ids: (i64, i64),
 }
 
+/// Takes the samples of one load: keeps the marks between them, writes each to the CSV as it is taken.
+struct Sampler<'a> {
+    pool: &'a PgPool,
+    account: &'a AccountId,
+    client: reqwest::Client,
+    metrics: Vec<std::net::SocketAddr>,
+    marks: Marks,
+    csv: Option<Csv>,
+    samples: Vec<SteadySample>,
+    started: Instant,
+}
+
+impl Sampler<'_> {
+    /// Samples the time since the last sample, in which `enqueued` jobs up to id `max_id` were enqueued.
+    async fn take(&mut self, enqueued: usize, max_id: i64) -> Result<(), Error> {
+        self.marks.ids = (self.marks.ids.1, max_id);
+        let s = sample(
+            self.pool,
+            self.account,
+            &self.client,
+            &self.metrics,
+            &mut self.marks,
+            self.started,
+            enqueued,
+        )
+        .await?;
+        if let Some(csv) = self.csv.as_mut() {
+            csv.write(&s)?;
+        }
+        self.samples.push(s);
+        Ok(())
+    }
+}
+
 /// `--steady-rate`: enqueue at a fixed rate while the workers run the jobs, sample every `--sample-secs`, then let
 /// the queue drain and report.
 pub(super) async fn run(
@@ -160,7 +194,7 @@ pub(super) async fn run(
     q: &Queue,
     account: &AccountId,
 ) -> Result<Summary, Error> {
-    let mut csv = args.csv.as_deref().map(Csv::create).transpose()?;
+    let csv = args.csv.as_deref().map(Csv::create).transpose()?;
     let (mut children, metrics) = spawn_workers_with_metrics(args, url, None)?;
     wait_for_workers(pool, args.workers).await?;
     let _ = sqlx::query("create extension if not exists pg_stat_statements")
@@ -185,12 +219,20 @@ pub(super) async fn run(
     let run_for = Duration::from_secs(args.steady_secs.max(1));
     let mut ticks = tokio::time::interval(Duration::from_millis(100));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut samples = Vec::new();
     let (mut total, mut this_sample, mut next_sample, mut max_id) = (0usize, 0usize, every, 0i64);
-    let mut marks = Marks {
-        scrape: scrape(&client, &metrics).await,
-        at: Instant::now(),
-        ids: (0, 0),
+    let mut sampler = Sampler {
+        pool,
+        account,
+        marks: Marks {
+            scrape: scrape(&client, &metrics).await,
+            at: Instant::now(),
+            ids: (0, 0),
+        },
+        client,
+        metrics,
+        csv,
+        samples: Vec::new(),
+        started,
     };
     let _ = sqlx::query("select pg_stat_statements_reset()").execute(pool).await;
     while started.elapsed() < run_for {
@@ -203,12 +245,7 @@ pub(super) async fn run(
         total += per_tick;
         this_sample += per_tick;
         if started.elapsed() >= next_sample {
-            marks.ids = (marks.ids.1, max_id);
-            let s = sample(pool, account, &client, &metrics, &mut marks, started, this_sample).await?;
-            if let Some(csv) = csv.as_mut() {
-                csv.write(&s)?;
-            }
-            samples.push(s);
+            sampler.take(this_sample, max_id).await?;
             this_sample = 0;
             next_sample += every;
         }
@@ -216,18 +253,10 @@ pub(super) async fn run(
     let load_secs = started.elapsed().as_secs_f64();
     // The figures at the end of the load, while the snapshot is still held; then let the queue drain.
     // A load whose length is a whole number of samples ended with one: that is the figure at its end.
-    let last = match samples.pop() {
-        Some(s) if this_sample == 0 => s,
-        previous => {
-            samples.extend(previous);
-            marks.ids = (marks.ids.1, max_id);
-            let s = sample(pool, account, &client, &metrics, &mut marks, started, this_sample).await?;
-            if let Some(csv) = csv.as_mut() {
-                csv.write(&s)?;
-            }
-            s
-        }
-    };
+    if this_sample > 0 || sampler.samples.is_empty() {
+        sampler.take(this_sample, max_id).await?;
+    }
+    let samples = sampler.samples;
     if let Some(mut conn) = pin.take() {
         let _ = sqlx::query("rollback").execute(&mut conn).await;
     }
@@ -252,8 +281,9 @@ pub(super) async fn run(
     }
     let worker_max_rss_mib = max_rss_mib(&children);
     stop_workers(&mut children).await;
-    let (dead_tuples, index_bytes, table_bytes) = (last.dead_tuples, last.index_bytes, last.table_bytes);
-    samples.push(last);
+    let last = samples.last();
+    let (dead_tuples, index_bytes, table_bytes) =
+        last.map_or((0, 0, 0), |l| (l.dead_tuples, l.index_bytes, l.table_bytes));
     Ok(Summary {
         jobs: total,
         enqueue_per_s: round(total as f64 / load_secs),

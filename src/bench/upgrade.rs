@@ -79,30 +79,19 @@ pub(super) async fn run(args: &BenchArgs, old: &Path, url: &str, pool: &PgPool) 
     wait_for_workers(pool, args.workers).await?;
     let client = reqwest::Client::new();
     let mut progress: Vec<(Instant, f64)> = Vec::new();
-    let mut record = |at: Instant, settled: f64| progress.push((at, settled));
-
     let started = Instant::now();
-    while started.elapsed() < PHASE {
-        record(Instant::now(), scrape(&client, &metrics).await.settled);
-        tokio::time::sleep(SCRAPE_EVERY).await;
-    }
+    watch(&client, &metrics, &mut progress, || started.elapsed() < PHASE).await;
     let migrate_started = Instant::now();
     let migrate = {
         let pool = pool.clone();
         tokio::spawn(async move { crate::db::migrate(&pool).await })
     };
-    while !migrate.is_finished() {
-        record(Instant::now(), scrape(&client, &metrics).await.settled);
-        tokio::time::sleep(SCRAPE_EVERY).await;
-    }
+    watch(&client, &metrics, &mut progress, || !migrate.is_finished()).await;
     let migrate_finished = Instant::now();
     migrate
         .await
         .map_err(|e| Error::Invalid(format!("the migrations panicked: {e}")))??;
-    while migrate_finished.elapsed() < PHASE {
-        record(Instant::now(), scrape(&client, &metrics).await.settled);
-        tokio::time::sleep(SCRAPE_EVERY).await;
-    }
+    watch(&client, &metrics, &mut progress, || migrate_finished.elapsed() < PHASE).await;
     let workers_survived = children.iter_mut().all(|c| matches!(c.try_wait(), Ok(None)));
     let worker_max_rss_mib = max_rss_mib(&children);
     stop_workers(&mut children).await;
@@ -139,6 +128,19 @@ pub(super) async fn run(args: &BenchArgs, old: &Path, url: &str, pool: &PgPool) 
         }),
         ..Summary::of(args)
     })
+}
+
+/// Reads the workers' settled count every [`SCRAPE_EVERY`] into `progress` while `more()` holds.
+async fn watch(
+    client: &reqwest::Client,
+    metrics: &[std::net::SocketAddr],
+    progress: &mut Vec<(Instant, f64)>,
+    mut more: impl FnMut() -> bool,
+) {
+    while more() {
+        progress.push((Instant::now(), scrape(client, metrics).await.settled));
+        tokio::time::sleep(SCRAPE_EVERY).await;
+    }
 }
 
 /// The drain over one stretch of time.
