@@ -169,7 +169,8 @@ static RETRY_SQL: LazyLock<String> = LazyLock::new(|| {
                 max_attempts = greatest(job.max_attempts, job.attempt + 1),
                 version = route_version(job.queue, coalesce(job.concurrency_key, job.id::text))
             from old
-            where job.id = old.id
+            where job.id = $2
+              and job.id = old.id
             returning {cols}
         ),
         -- no longer finished: out of the count of the minute it finished in, while that minute is still counted

@@ -105,10 +105,15 @@ pub async fn complete_many<'e>(exec: impl PgExecutor<'e>, items: &[Completion]) 
 static COMPLETE_SQL: LazyLock<String> = LazyLock::new(|| completion_sql(&release_after("done"), "select id from done"));
 
 /// Deletes the jobs of `job_leases($1, $2)` (each at its attempt) that satisfy `cond`, returning `row`.
+///
+/// Every statement that joins `job` to `job_leases` also bounds `job.id = any($1)`: a primary-key probe per id
+/// whichever side of the join the planner puts `job` on. Planned while `job` looked empty (a fresh database, or a
+/// backlog just drained), a generic plan may scan all of `job` once per pair instead, and a connection keeps that
+/// plan: under a snapshot held open, with the dead rows it keeps, a completion then took minutes.
 fn leased_delete(cond: &str, row: &str) -> String {
     format!(
         "delete from job using job_leases($1, $2) as r \
-         where job.id = r.id and job.attempt = r.attempt and {cond} returning {row}"
+         where job.id = any($1) and job.id = r.id and job.attempt = r.attempt and {cond} returning {row}"
     )
 }
 
@@ -307,7 +312,9 @@ static FAIL_SQL: LazyLock<String> = LazyLock::new(|| {
                 -- a retry is routed afresh (null outside a rollout), so it never waits for a retired version
                 version = route_version(job.queue, coalesce(job.concurrency_key, job.id::text))
             from job_leases($1, $2) as r
-            where job.id = r.id
+            -- an index condition whatever the join order (see leased_delete)
+            where job.id = any($1)
+              and job.id = r.id
               and job.attempt = r.attempt
               and job.state = 'running'
               and not {gives_up}
@@ -376,7 +383,9 @@ pub async fn snooze_many<'e>(exec: impl PgExecutor<'e>, items: &[Snooze]) -> Res
             leased_until = null,
             version = route_version(job.queue, coalesce(job.concurrency_key, job.id::text))
         from job_leases($1, $2) as r
-        where job.id = r.id
+        -- an index condition whatever the join order (see leased_delete)
+        where job.id = any($1)
+          and job.id = r.id
           and job.attempt = r.attempt
           and job.state = 'running'
         returning job.id
@@ -444,7 +453,9 @@ pub async fn hand_back<'e>(exec: impl PgExecutor<'e>, items: &[(JobId, i32)]) ->
             leased_until = null,
             version = route_version(job.queue, coalesce(job.concurrency_key, job.id::text))
         from job_leases($1, $2) as r
-        where job.id = r.id
+        -- an index condition whatever the join order (see leased_delete)
+        where job.id = any($1)
+          and job.id = r.id
           and job.attempt = r.attempt
           and job.state = 'running'
         returning job.id
@@ -468,7 +479,9 @@ pub async fn heartbeat<'e>(exec: impl PgExecutor<'e>, items: &[(JobId, i32)], le
         update job
         set leased_until = now() + make_interval(secs => $3)
         from job_leases($1, $2) as r
-        where job.id = r.id
+        -- an index condition whatever the join order (see leased_delete)
+        where job.id = any($1)
+          and job.id = r.id
           and job.attempt = r.attempt
           and job.state = 'running'
         returning job.id

@@ -44,10 +44,13 @@ pub(crate) fn release_after(done: &str) -> String {
                 select j.id
                 from job j
                 join lane_next n on j.id = n.next_id and not n.due
-                where j.state = 'parked'
+                -- index conditions whatever the join order (see complete.rs, leased_delete)
+                where j.id = any(array(select next_id from lane_next))
+                  and j.state = 'parked'
                 for update of j skip locked
             ) r
-            where job.id = r.id
+            where job.id = any(array(select next_id from lane_next))
+              and job.id = r.id
             returning job.id, false as handed
         ),"#,
     )
@@ -69,7 +72,9 @@ pub(crate) fn release_after_handing_off(done: &str, first: usize) -> String {
             select j.id, j.account_id, j.queue, j.kind, j.version
             from job j
             join lane_next n on j.id = n.next_id and not n.due
-            where j.state = 'parked'
+            -- an index condition whatever the join order (see complete.rs, leased_delete)
+            where j.id = any(array(select next_id from lane_next))
+              and j.state = 'parked'
             for update of j skip locked
         ),
         lane_offered as (
@@ -99,7 +104,8 @@ pub(crate) fn release_after_handing_off(done: &str, first: usize) -> String {
                 pool = case when r.handed then {pool}::text else job.pool end,
                 version = case when r.handed then {version}::text else job.version end
             from lane_handed r
-            where job.id = r.id
+            where job.id = any(array(select id from lane_handed))
+              and job.id = r.id
             returning job.id, r.handed
         ),"#
         ),

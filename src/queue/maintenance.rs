@@ -65,14 +65,17 @@ static RESCUE_SQL: LazyLock<String> = LazyLock::new(|| {
                 leased_until = null,
                 version = route_version(job.queue, coalesce(job.concurrency_key, job.id::text))
             from expired
-            where job.id = expired.id
+            -- an index condition whatever the join order (see complete.rs, leased_delete)
+            where job.id = any(array(select id from expired))
+              and job.id = expired.id
               and job.attempt < job.max_attempts
             returning job.id, job.account_id, job.queue, job.concurrency_key, job.state
         ),
         discarded as (
             delete from job
             using expired
-            where job.id = expired.id
+            where job.id = any(array(select id from expired))
+              and job.id = expired.id
               and job.attempt >= job.max_attempts
             returning {row}
         ){rest}
@@ -108,7 +111,9 @@ async fn promote(pool: &sqlx::PgPool, limit: i64) -> Result<(u64, Vec<String>)> 
         update job
         set state = 'available'
         from due
-        where job.id = due.id
+        -- an index condition whatever the join order (see complete.rs, leased_delete)
+        where job.id = any(array(select id from due))
+          and job.id = due.id
         "#,
     )
     .bind(limit)
