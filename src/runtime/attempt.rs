@@ -7,10 +7,9 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use ordo_workers::{Outcome, StepContext, StepError, StepHandlers};
 use sqlx::PgPool;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::settle::{LaneHook, Settle, SettleKind};
+use super::settle::{LaneHook, Outbox, Settle, SettleKind};
 use super::Running;
 use crate::engine::{panic_message, EngineHandlers, EngineResult};
 use crate::queue::{Job, JobId};
@@ -22,7 +21,7 @@ pub(crate) struct AttemptRunner {
     pub engine: EngineHandlers,
     pub default_timeout: Duration,
     pub running: Running,
-    pub settle: mpsc::UnboundedSender<Settle>,
+    pub settle: Outbox,
     /// Fires when the worker begins to stop; a handler cancelled after that hands its job back.
     pub stopping: CancellationToken,
     /// Told when a handler settled a job of a concurrency key itself (committed): the key's next job is released.
@@ -133,7 +132,7 @@ impl AttemptRunner {
             permanent: false,
             after: None,
         });
-        let _ = self.settle.send(Settle {
+        self.settle.send(Settle {
             id,
             attempt,
             kind,
@@ -148,7 +147,7 @@ impl AttemptRunner {
             r.remove(&job.id);
         }
         if hand_back {
-            let _ = self.settle.send(Settle {
+            self.settle.send(Settle {
                 id: job.id,
                 attempt: job.attempt,
                 kind: SettleKind::HandBack,

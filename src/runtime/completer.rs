@@ -2,6 +2,7 @@
 //! so a lone job is settled at once and a busy worker writes hundreds per statement. Outcomes are never
 //! dropped on a database error: the batch is retried until it lands (a lease that expires meanwhile fences it).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -10,7 +11,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::settle::{LaneHook, Settle, SettleKind};
+use super::settle::{LaneHook, Settle, SettleKind, Unwritten};
 use crate::queue::{self, Completion, Failure, RetryPolicy, Snooze};
 use crate::retry::{self, Backoff};
 use crate::telemetry::metrics as m;
@@ -82,6 +83,20 @@ async fn complete_and_hand_off(
     Ok(done.len())
 }
 
+/// The completer's end of the channel, and the count its writes take off.
+struct Inbox {
+    rx: mpsc::UnboundedReceiver<Settle>,
+    unwritten: Option<Arc<Unwritten>>,
+}
+
+impl Inbox {
+    fn written(&self, n: usize) {
+        if let Some(u) = &self.unwritten {
+            u.written(n);
+        }
+    }
+}
+
 /// A running completer, owned by the worker that started it.
 pub(crate) struct Completer {
     task: TaskTracker,
@@ -89,17 +104,18 @@ pub(crate) struct Completer {
 }
 
 impl Completer {
-    /// Starts settling what arrives on `rx` (see [`run`]).
+    /// Starts settling what arrives on `rx` (see [`run`]), taking what it writes off `unwritten`'s count.
     pub(crate) fn start(
         pool: PgPool,
         rx: mpsc::UnboundedReceiver<Settle>,
+        unwritten: Option<Arc<Unwritten>>,
         retry: RetryPolicy,
         lanes: LaneHook,
         offer: Option<Offer>,
     ) -> Self {
         let give_up = CancellationToken::new();
         let task = TaskTracker::new();
-        task.spawn(run(pool, rx, retry, lanes, offer, give_up.clone()));
+        task.spawn(run(pool, Inbox { rx, unwritten }, retry, lanes, offer, give_up.clone()));
         task.close();
         Completer { task, give_up }
     }
@@ -119,7 +135,7 @@ impl Completer {
 /// fires (the worker's flush deadline passed: the leases of what is left expire and maintenance rescues them).
 async fn run(
     pool: PgPool,
-    mut rx: mpsc::UnboundedReceiver<Settle>,
+    mut inbox: Inbox,
     retry: RetryPolicy,
     lanes: LaneHook,
     mut offer: Option<Offer>,
@@ -129,7 +145,7 @@ async fn run(
     loop {
         let stopping = offer.as_ref().map(|o| o.stopping.clone());
         let next = tokio::select! {
-            s = rx.recv() => s,
+            s = inbox.rx.recv() => s,
             _ = async { if let Some(t) = &stopping { t.cancelled().await } else { std::future::pending().await } } => {
                 offer = None;
                 continue;
@@ -140,7 +156,7 @@ async fn run(
             None => return,
         }
         while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
+            match inbox.rx.try_recv() {
                 Ok(s) => batch.push(s),
                 Err(_) => break,
             }
@@ -150,6 +166,7 @@ async fn run(
             match write(&pool, &batch, retry, offer.as_ref()).await {
                 Ok(()) => {
                     lanes.settled(batch.iter().filter_map(|s| s.lane.as_deref()));
+                    inbox.written(batch.len());
                     break;
                 }
                 Err(e) => {

@@ -171,7 +171,7 @@ impl Embedded {
             }));
             tasks.spawn(m.run(background.clone()));
         }
-        let completer = Completer::start(pool.clone(), rx, cfg.retry, lanes, None);
+        let completer = Completer::start(pool.clone(), rx, None, cfg.retry, lanes, None);
 
         shutdown.cancelled().await;
         let _ = queue::heartbeat_worker(&pool, &info.id, true).await;

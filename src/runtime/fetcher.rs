@@ -10,6 +10,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::settle::MAX_UNWRITTEN;
 use super::{attempt, Running, WorkerConfig};
 use crate::queue::{self, ClaimRequest, FairShare};
 use crate::retry::{self, Backoff};
@@ -92,6 +93,11 @@ impl Fetcher {
         let mut idle = BUSY_POLL;
         let mut share = FairShare::new();
         loop {
+            // No claim while the completer is behind: what the worker holds must not outgrow what it can settle.
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = self.dispatch.exec.settle.room(MAX_UNWRITTEN) => {}
+            }
             // A permit before the claim: never hold more than concurrency + prefetch jobs.
             let first = tokio::select! {
                 _ = shutdown.cancelled() => return,

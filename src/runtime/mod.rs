@@ -211,13 +211,15 @@ impl Worker {
         self.start_background(&info, &shared, &tasks, &background, &shutdown)
             .await;
         let (settle_tx, settle_rx) = mpsc::unbounded_channel::<Settle>();
+        let unwritten = Arc::new(settle::Unwritten::default());
+        let outbox = settle::Outbox::new(settle_tx, unwritten.clone());
         let exec = Arc::new(attempt::AttemptRunner {
             pool: self.pool.clone(),
             steps: self.steps.clone(),
             engine: self.engine.clone(),
             default_timeout: self.cfg.default_timeout,
             running: shared.running.clone(),
-            settle: settle_tx.clone(),
+            settle: outbox.clone(),
             stopping: shutdown.clone(),
             lanes: shared.lanes.clone(),
         });
@@ -232,6 +234,7 @@ impl Worker {
         let completer = Completer::start(
             self.pool.clone(),
             settle_rx,
+            Some(unwritten),
             self.cfg.retry,
             shared.lanes.clone(),
             Some(self.offer(&info, &shared, &dispatch, &shutdown)),
@@ -244,8 +247,8 @@ impl Worker {
         claimers.close();
         claimers.wait().await;
         drop(dispatch);
-        self.drain(&jobs, &shared.running, &settle_tx).await;
-        drop(settle_tx);
+        self.drain(&jobs, &shared.running, &outbox).await;
+        drop(outbox);
         completer.finish(FLUSH_DEADLINE).await;
         leave(&self.pool, &self.id, &background, &tasks).await;
         tracing::info!(worker.id = %self.id, "worker stopped");
@@ -439,7 +442,7 @@ impl Worker {
 
     /// Lets running jobs finish until the drain deadline; then stops their handlers, and hands back directly the
     /// jobs of handlers that ignore that.
-    async fn drain(&self, jobs: &TaskTracker, running: &Running, settle: &mpsc::UnboundedSender<Settle>) {
+    async fn drain(&self, jobs: &TaskTracker, running: &Running, settle: &settle::Outbox) {
         jobs.close();
         if tokio::time::timeout(self.cfg.drain, jobs.wait()).await.is_ok() {
             return;
@@ -462,7 +465,7 @@ impl Worker {
             .map(|r| r.iter().map(|(id, (a, _))| (*id, *a)).collect())
             .unwrap_or_default();
         for (id, attempt) in left {
-            let _ = settle.send(Settle {
+            settle.send(Settle {
                 id,
                 attempt,
                 kind: SettleKind::HandBack,
