@@ -326,8 +326,8 @@ async fn sample(
                coalesce(sum(total_exec_time) / nullif(sum(calls), 0), 0)::float8,
                coalesce(max(max_exec_time), 0)::float8
         from pg_stat_statements
-        -- both forms of the claim: the planned one and an idle claimer's blind one
-        where query like '%job_claim_pick(%' and query like '%update job%'
+        -- every form of the claim: the planned one (walking from floors or not) and an idle claimer's blind one
+        where (query like '%job_claim_pick(%' or query like '%job_claim_walk(%') and query like '%update job%'
         "#,
     )
     .fetch_one(pool)

@@ -37,8 +37,9 @@ fn lease(lease: &str, owner: &str) -> String {
 
 /// The fair claim. `$2` is the claim's share-out ([`Unit`]s as JSON, in turn order): first each unit takes up to
 /// its quota of its account's jobs, then units marked to take leftovers take what the claim has room for, in the
-/// same order. Each part is `job_claim_pick` (see its migration), which walks one account's jobs in the claim
-/// index (queue, account, priority, run_at, id) and locks only the rows it takes. With `record_starts`, the
+/// same order. Each part is `job_claim_walk` (see its migration), which walks one account's jobs in the claim
+/// index (queue, account, priority, run_at, id), from the floors `$8` gives per account (see [`super::floor`]),
+/// and locks only the rows it takes. With `record_starts`, the
 /// starts of rate-limited kinds are written down in the same statement (the caller holds the accounts' share rows
 /// locked).
 fn fair_claim_sql(record_starts: bool) -> String {
@@ -58,9 +59,14 @@ fn fair_claim_sql(record_starts: bool) -> String {
     format!(
         r#"
         with unit as (
-            select u.a, u.k, u.q, u.f, u.n
+            select u.a, u.k, u.q, u.f, u.n,
+                   -- the unit's walk (see floor.rs): every priority from the start unless $8 says where to start
+                   coalesce(w.lo, '{{-32768}}') as lo, coalesce(w.hi, '{{32767}}') as hi,
+                   coalesce(w.t, '{{-infinity}}') as t
             from rows from (jsonb_to_recordset($2::jsonb) as (a text, k text[], q bigint, f boolean))
                 with ordinality as u(a, k, q, f, n)
+            left join lateral jsonb_to_record($8::jsonb -> u.a) as w(lo smallint[], hi smallint[], t timestamptz[])
+                on true
             where not exists (select 1 from queue_pause p where p.account_id = u.a and p.queue = $1)
               -- a retired version claims nothing (evaluated once per statement: it does not depend on the row)
               and not exists (
@@ -70,15 +76,15 @@ fn fair_claim_sql(record_starts: bool) -> String {
         first as (
             select u.n, c.id
             from unit u
-            cross join lateral job_claim_pick($1, u.a, u.k, $3, u.q, '{{}}') as c(id)
+            cross join lateral job_claim_walk($1, u.a, u.k, $3, u.q, '{{}}', u.lo, u.hi, u.t) as c(id)
             where u.q > 0
         ),
         leftover as (
             select c.id
             from unit u
             -- rows `first` locked are this transaction's own: skip locked would not skip them
-            cross join lateral job_claim_pick(
-                $1, u.a, u.k, $3, $4 - (select count(*) from first), array(select id from first)
+            cross join lateral job_claim_walk(
+                $1, u.a, u.k, $3, $4 - (select count(*) from first), array(select id from first), u.lo, u.hi, u.t
             ) as c(id)
             where u.f and $4 > (select count(*) from first)
               -- a unit that took less than its quota has nothing more to give: another walk would only pass over
@@ -291,7 +297,24 @@ pub async fn claim(conn: &mut PgConnection, req: &ClaimRequest<'_>, share: &mut 
     if req.limit <= 0 {
         return Ok(Vec::new());
     }
-    if share.take_blind() {
+    let started = Instant::now();
+    let full = share.walks_from_start(started);
+    let jobs = claim_walking(conn, req, share, full).await?;
+    share.walked(Instant::now(), full, started.elapsed(), &jobs);
+    if jobs.is_empty() {
+        share.idle();
+    }
+    Ok(jobs)
+}
+
+/// [`claim`], walking each account's jobs from the start when `full`, else from the share's floors.
+async fn claim_walking(
+    conn: &mut PgConnection,
+    req: &ClaimRequest<'_>,
+    share: &mut FairShare,
+    full: bool,
+) -> Result<Vec<Job>> {
+    if full && share.take_blind() {
         let jobs = run_claim(&mut *conn, req, Blind(req.kinds), BLIND_CLAIM_SQL.as_str()).await?;
         if !jobs.is_empty() {
             return Ok(jobs);
@@ -303,6 +326,11 @@ pub async fn claim(conn: &mut PgConnection, req: &ClaimRequest<'_>, share: &mut 
         let active = super::share::active_accounts(&mut *conn, req.queue).await?;
         share.set_active(active, now);
     }
+    let ranges = if full {
+        serde_json::Value::Object(Default::default())
+    } else {
+        share.ranges(now)
+    };
     // Owned: the share is planned (mutably) while these are still needed.
     let limited: Vec<String> = share
         .active()
@@ -310,27 +338,22 @@ pub async fn claim(conn: &mut PgConnection, req: &ClaimRequest<'_>, share: &mut 
         .filter(|a| a.limited)
         .map(|a| a.account_id.clone())
         .collect();
-    let jobs = if limited.is_empty() {
+    if limited.is_empty() {
         let units = share.plan(req.limit, req.kinds, &HashMap::new());
-        let jobs = run_claim(&mut *conn, req, Planned(&units), CLAIM_SQL.as_str()).await?;
+        let jobs = run_claim(&mut *conn, req, Planned(&units, ranges), CLAIM_SQL.as_str()).await?;
         settle(share, &units, &jobs);
-        jobs
-    } else {
-        // Counted and taken one claim at a time per limited account: the share rows stay locked until commit.
-        let limited: Vec<&str> = limited.iter().map(String::as_str).collect();
-        // (a savepoint when the caller's connection is in a transaction already)
-        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-        super::share::lock_limited(&mut tx, &limited).await?;
-        let allowances = super::share::allowances(&mut tx, &limited, req.queue).await?;
-        let units = share.plan(req.limit, req.kinds, &allowances);
-        let jobs = run_claim(&mut *tx, req, Planned(&units), LIMITED_CLAIM_SQL.as_str()).await?;
-        tx.commit().await?;
-        settle(share, &units, &jobs);
-        jobs
-    };
-    if jobs.is_empty() {
-        share.idle();
+        return Ok(jobs);
     }
+    // Counted and taken one claim at a time per limited account: the share rows stay locked until commit.
+    let limited: Vec<&str> = limited.iter().map(String::as_str).collect();
+    // (a savepoint when the caller's connection is in a transaction already)
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    super::share::lock_limited(&mut tx, &limited).await?;
+    let allowances = super::share::allowances(&mut tx, &limited, req.queue).await?;
+    let units = share.plan(req.limit, req.kinds, &allowances);
+    let jobs = run_claim(&mut *tx, req, Planned(&units, ranges), LIMITED_CLAIM_SQL.as_str()).await?;
+    tx.commit().await?;
+    settle(share, &units, &jobs);
     Ok(jobs)
 }
 
@@ -344,8 +367,8 @@ fn settle(share: &mut FairShare, units: &[Unit], jobs: &[Job]) {
 
 /// What a claim statement takes as `$2`.
 enum Part<'a> {
-    /// The share-out, for [`CLAIM_SQL`] and [`LIMITED_CLAIM_SQL`].
-    Planned(&'a [Unit]),
+    /// The share-out and the walks' ranges per account, for [`CLAIM_SQL`] and [`LIMITED_CLAIM_SQL`].
+    Planned(&'a [Unit], serde_json::Value),
     /// The kinds, for [`BLIND_CLAIM_SQL`].
     Blind(&'a [String]),
 }
@@ -362,18 +385,24 @@ async fn run_claim<'e>(
         // scan once statistics change.
         .persistent(false)
         .bind(req.queue);
-    let query = match part {
-        Planned([]) => return Ok(Vec::new()),
-        Planned(units) => query.bind(serde_json::to_value(units).map_err(|e| sqlx::Error::Encode(Box::new(e)))?),
-        Blind(kinds) => query.bind(kinds),
+    let (query, ranges) = match part {
+        Planned([], _) => return Ok(Vec::new()),
+        Planned(units, ranges) => (
+            query.bind(serde_json::to_value(units).map_err(|e| sqlx::Error::Encode(Box::new(e)))?),
+            Some(ranges),
+        ),
+        Blind(kinds) => (query.bind(kinds), None),
     };
     // The locking selects live in CTEs: as plain subqueries the planner may lock more rows than the limit.
-    Ok(query
+    let query = query
         .bind(req.version)
         .bind(req.limit)
         .bind(req.lease.as_secs_f64())
         .bind(req.worker_id)
-        .bind(req.pool)
-        .fetch_all(exec)
-        .await?)
+        .bind(req.pool);
+    let query = match ranges {
+        Some(ranges) => query.bind(ranges),
+        None => query,
+    };
+    Ok(query.fetch_all(exec).await?)
 }

@@ -18,6 +18,7 @@ mod bulk;
 mod claim;
 mod complete;
 mod enqueue;
+mod floor;
 mod history;
 mod lane;
 mod limits;

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use sqlx::{PgConnection, PgExecutor};
 
-use super::Result;
+use super::floor::Floors;
+use super::{Job, Result};
 
 /// How long a claimer trusts its list of accounts with waiting work. A new account's first jobs wait at most this
 /// long (and a claim) for their first turn; the list costs one index descent per account to read.
@@ -68,6 +69,7 @@ pub struct FairShare {
     blind: bool,
     credit: HashMap<String, f64>,
     turn: usize,
+    floors: Floors,
 }
 
 impl FairShare {
@@ -76,9 +78,11 @@ impl FairShare {
         FairShare::default()
     }
 
-    /// Whether the list of accounts must be read again before the next claim.
+    /// Whether the list of accounts must be read again before the next claim. While walks start at the floors,
+    /// not until the next walk from the start: reading the list walks from the start too.
     pub fn stale(&self, now: Instant) -> bool {
-        self.read_at.is_none_or(|at| now.duration_since(at) >= REFRESH)
+        self.read_at
+            .is_none_or(|at| self.walks_from_start(now) && now.duration_since(at) >= REFRESH)
     }
 
     /// Forgets the list, so the next claim reads it first.
@@ -91,7 +95,11 @@ impl FairShare {
     /// accounts with work itself, in its own statement, instead of reading the list first: one round trip from an
     /// enqueue to its start. It serves them in account order, not in turn, for that one claim; the list is read
     /// before the claim after it.
+    /// While walks start at the floors, the list stays as it is instead, until the next walk from the start.
     pub fn idle(&mut self) {
+        if self.floors.active(Instant::now()) && !self.active.is_empty() {
+            return;
+        }
         self.active.clear();
         self.read_at = None;
         self.blind = true;
@@ -103,14 +111,50 @@ impl FairShare {
     }
 
     /// Replaces the list of accounts with waiting work, read at `now`; credits of accounts no longer there go.
-    pub fn set_active(&mut self, active: Vec<Active>, now: Instant) {
+    ///
+    /// While claims walk from floors (see [`super::floor`]) the list is read only with each walk from the start,
+    /// and an account found without work at that moment (its jobs all just claimed) may have work a moment later.
+    /// So then the list only grows: accounts no longer found stay, each a cheap walk from its floor, until a walk
+    /// from the start is fast again.
+    pub fn set_active(&mut self, mut active: Vec<Active>, now: Instant) {
+        if self.floors.engaged() {
+            let gone: Vec<Active> = self
+                .active
+                .drain(..)
+                .filter(|old| !active.iter().any(|x| x.account_id == old.account_id))
+                .collect();
+            active.extend(gone);
+        }
         self.credit.retain(|a, _| active.iter().any(|x| &x.account_id == a));
+        self.floors.retain(|a| active.iter().any(|x| x.account_id == a));
         self.active = active;
         self.read_at = Some(now);
         self.blind = false;
         if self.turn >= self.active.len() {
             self.turn = 0;
         }
+    }
+
+    /// Whether a claim starting at `now` walks from the start (else from the floors; see [`super::floor`]). A
+    /// claimer that knows no account with work walks from the start: it has no floor to walk from.
+    pub fn walks_from_start(&self, now: Instant) -> bool {
+        !self.floors.active(now) || self.active.is_empty()
+    }
+
+    /// The ranges a claim at `now` walks per account (see [`Floors::ranges`]).
+    pub fn ranges(&self, now: Instant) -> serde_json::Value {
+        self.floors.ranges(now)
+    }
+
+    /// Claims walk from floors until `until` (see [`Floors::engage`]).
+    pub fn walk_from_floors_until(&mut self, until: Instant) {
+        self.floors.engage(until);
+    }
+
+    /// Records a claim (see [`Floors::record`]).
+    pub fn walked(&mut self, now: Instant, full: bool, took: Duration, jobs: &[Job]) {
+        let claimed = jobs.iter().map(|j| (j.account_id.as_str(), j.priority, j.run_at));
+        self.floors.record(now, full, took, claimed);
     }
 
     /// The accounts with waiting work, as last read.

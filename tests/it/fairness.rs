@@ -367,3 +367,103 @@ async fn an_upgrade_with_live_jobs_serves_every_account() {
         .unwrap();
     assert_eq!(parked, 1);
 }
+
+/// `job_claim_walk` takes jobs only from its ranges, in claim order: each range's priorities from its time on.
+#[tokio::test]
+async fn a_claim_walk_takes_its_ranges_in_claim_order() {
+    let db = testkit::db().await;
+    let a = account(&db.pool, "walker").await;
+    let mut jobs = Vec::new();
+    for (priority, secs_ago) in [(5, 30), (5, 20), (5, 5), (2, 40), (7, 50), (7, 1)] {
+        let mut job = NewJob::new("noop", json!({}));
+        job.priority = priority;
+        job.run_at = Some(Utc::now() - chrono::Duration::seconds(secs_ago));
+        jobs.push(job);
+    }
+    let mut tx = db.pool.begin().await.unwrap();
+    let ids: Vec<i64> = queue::enqueue_many(&mut tx, &a, &jobs)
+        .await
+        .unwrap()
+        .iter()
+        .map(|o| o.id.0)
+        .collect();
+    tx.commit().await.unwrap();
+    let walk = |lo: Vec<i16>, hi: Vec<i16>, from: Vec<String>, limit: i64| {
+        let pool = db.pool.clone();
+        async move {
+            let mut tx = pool.begin().await.unwrap();
+            let got: Vec<i64> = sqlx::query_scalar(
+                "select job_claim_walk('default', 'walker', '{noop}', 'v1', $1, '{}', $2, $3, $4::text[]::timestamptz[])",
+            )
+            .bind(limit)
+            .bind(lo)
+            .bind(hi)
+            .bind(from)
+            .fetch_all(&mut *tx)
+            .await
+            .unwrap();
+            tx.rollback().await.unwrap();
+            got
+        }
+    };
+    let t = |secs_ago: i64| (Utc::now() - chrono::Duration::seconds(secs_ago)).to_rfc3339();
+    let inf = || "-infinity".to_owned();
+    // Everything, from the start: priority 2, then 5 by run_at, then 7.
+    let all = walk(vec![i16::MIN], vec![i16::MAX], vec![inf()], 10).await;
+    assert_eq!(all, vec![ids[3], ids[0], ids[1], ids[2], ids[4], ids[5]]);
+    // Priority 5 from 25 s ago, the others whole.
+    let got = walk(
+        vec![i16::MIN, 5, 6],
+        vec![4, 5, i16::MAX],
+        vec![inf(), t(25), inf()],
+        10,
+    )
+    .await;
+    assert_eq!(got, vec![ids[3], ids[1], ids[2], ids[4], ids[5]]);
+    // The limit counts across ranges.
+    let got = walk(vec![i16::MIN, 5, 6], vec![4, 5, i16::MAX], vec![inf(), t(25), inf()], 3).await;
+    assert_eq!(got, vec![ids[3], ids[1], ids[2]]);
+    // Only priority 7 from 10 s ago.
+    assert_eq!(walk(vec![7], vec![7], vec![t(10)], 10).await, vec![ids[5]]);
+}
+
+/// A claimer walking from floors takes new jobs beyond them at once; a job that becomes waiting behind its floor
+/// (here: enqueued for a time long past) waits for the next walk from the start, which takes it.
+#[tokio::test]
+async fn a_claimer_walking_from_floors_finds_a_job_behind_them_at_its_next_walk_from_the_start() {
+    let db = testkit::db().await;
+    let a = account(&db.pool, "floored").await;
+    let mut share = FairShare::new();
+    enqueue(&db.pool, &a, 3, "noop", json!({})).await;
+    assert_eq!(
+        claim(&db.pool, &mut share, 16).await,
+        HashMap::from([("floored".to_owned(), 3)])
+    );
+    let until = std::time::Instant::now() + Duration::from_secs(3600);
+    share.walk_from_floors_until(until);
+
+    let mut late = NewJob::new("noop", json!({"late": true}));
+    late.run_at = Some(Utc::now() - chrono::Duration::minutes(10));
+    let mut tx = db.pool.begin().await.unwrap();
+    queue::enqueue_many(&mut tx, &a, &[late]).await.unwrap();
+    tx.commit().await.unwrap();
+    enqueue(&db.pool, &a, 2, "noop", json!({})).await;
+    assert_eq!(
+        claim(&db.pool, &mut share, 16).await,
+        HashMap::from([("floored".to_owned(), 2)]),
+        "the new jobs, not the one behind the floor"
+    );
+    assert!(
+        claim(&db.pool, &mut share, 16).await.is_empty(),
+        "still walking from the floors"
+    );
+    // The list of accounts stays while walking from floors, even with no work found.
+    assert_eq!(share.active().len(), 1);
+
+    // The next walk from the start finds it.
+    share.walk_from_floors_until(std::time::Instant::now());
+    assert_eq!(
+        claim(&db.pool, &mut share, 16).await,
+        HashMap::from([("floored".to_owned(), 1)])
+    );
+}

@@ -1,0 +1,227 @@
+//! Claim floors: where a claimer's walk of each account's waiting jobs starts.
+//!
+//! A job that is claimed leaves its entry in the claim index behind, and vacuum removes no entry a snapshot still
+//! open may need. So while a transaction stays open (a long report, a forgotten session), a claim that walks an
+//! account's jobs from the start passes every job claimed since that transaction began, each a heap fetch to find
+//! it gone, and grows slower by the minute: at 1 000 jobs/s, 34 ms a claim after 150 s, and the claimer falls
+//! behind. Without such a transaction the first walk past a dead entry marks it, and later walks skip it cheaply.
+//!
+//! So a claimer remembers, per account and priority, how far its claims have taken jobs (less [`MARGIN`], for
+//! enqueues that commit a little after jobs enqueued later), and once walks from the start have proved slow
+//! ([`SLOW_WALKS`] in a row over [`SLOW`]) it starts its walks there. A job that becomes waiting behind that point
+//! (a lane's next job released without a taker, a job handed back or rescued, an enqueue committed more than the
+//! margin late) is found by the next walk from the start, which comes at least every [`FULL_WALK_EVERY`], or less
+//! often when it is slow, so that the walks from the start take at most a twentieth of the claimer's time. The
+//! list of accounts with work is read with those walks only (see `FairShare::set_active`), so a new account's
+//! first jobs wait as long. That is the price, paid only while walks from the start are slow; otherwise every
+//! claim walks from the start, as before.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde_json::{json, Map, Value};
+
+/// How far behind the furthest job claimed a walk starts: an enqueue whose transaction began before a claimed job's
+/// and committed after its claim is still found, if it committed within this.
+pub const MARGIN: Duration = Duration::from_secs(2);
+
+/// A walk from the start that takes this long means dead index entries are piling up: walks start at the floors.
+pub const SLOW: Duration = Duration::from_millis(20);
+
+/// How many walks from the start in a row must be slow before claims walk from floors: one slow walk is as likely
+/// a busy machine as dead entries, which make every walk slow.
+pub const SLOW_WALKS: u32 = 8;
+
+/// The longest a claimer walks from its floors before it walks from the start again (at least; see [`Floors`]).
+pub const FULL_WALK_EVERY: Duration = Duration::from_secs(1);
+
+/// How much longer than its own duration a slow walk from the start waits for the next one.
+const FULL_WALK_SPACING: u32 = 20;
+
+/// A claimer's floors for one queue: per account, per priority, the `run_at` its walks start from.
+#[derive(Debug, Default)]
+pub struct Floors {
+    by_account: HashMap<String, BTreeMap<i16, DateTime<Utc>>>,
+    /// Walks start at the floors until then; `None`: every walk starts from the start.
+    until: Option<Instant>,
+    /// Slow walks from the start in a row.
+    slow: u32,
+}
+
+impl Floors {
+    /// Whether walks start at the floors at `now` (else the claim walks from the start).
+    pub fn active(&self, now: Instant) -> bool {
+        self.until.is_some_and(|until| now < until)
+    }
+
+    /// Walks start at the floors until `until`, as if walks from the start had proved slow (for tests and
+    /// diagnostics: dead entries are slow to make).
+    pub fn engage(&mut self, until: Instant) {
+        self.until = Some(until);
+        self.slow = SLOW_WALKS;
+    }
+
+    /// Whether the last walk from the start was slow: claims walk from the floors, or will once it is their turn.
+    pub fn engaged(&self) -> bool {
+        self.until.is_some()
+    }
+
+    /// The claim statement's ranges per account (see the migration of `job_claim_walk`), as JSON: for each account
+    /// with floors, `lo`, `hi` and `t`, the priorities' ranges in priority order, each walked from its `t`. Empty when
+    /// walks start from the start.
+    pub fn ranges(&self, now: Instant) -> Value {
+        if !self.active(now) {
+            return Value::Object(Map::new());
+        }
+        let mut out = Map::new();
+        for (account, floors) in &self.by_account {
+            let (mut lo, mut hi, mut from) = (Vec::new(), Vec::new(), Vec::new());
+            // The next priority not yet covered; `None` once every one is.
+            let mut next = Some(i16::MIN);
+            for (&priority, at) in floors {
+                // The priorities between two with floors are walked whole: nothing was claimed there yet.
+                if let Some(n) = next.filter(|&n| n < priority) {
+                    lo.push(n);
+                    hi.push(priority - 1);
+                    from.push("-infinity".to_owned());
+                }
+                lo.push(priority);
+                hi.push(priority);
+                from.push(at.to_rfc3339());
+                next = priority.checked_add(1);
+            }
+            if let Some(n) = next {
+                lo.push(n);
+                hi.push(i16::MAX);
+                from.push("-infinity".to_owned());
+            }
+            out.insert(account.clone(), json!({ "lo": lo, "hi": hi, "t": from }));
+        }
+        Value::Object(out)
+    }
+
+    /// Records a claim at `now`: `full` when it walked from the start, `took` its time (with the list of accounts
+    /// it read first, which walks from the start too) and `jobs` the account, priority and `run_at` of each job it took. A walk from the start forgets the
+    /// floors first (it found any job waiting behind them), and decides whether the next walks start at the floors.
+    pub fn record<'a>(
+        &mut self,
+        now: Instant,
+        full: bool,
+        took: Duration,
+        jobs: impl IntoIterator<Item = (&'a str, i16, DateTime<Utc>)>,
+    ) {
+        if full {
+            self.by_account.clear();
+            self.slow = if took >= SLOW { self.slow.saturating_add(1) } else { 0 };
+            // Once engaged, one slow walk from the start keeps it so; a fast one ends it.
+            let engage = self.slow >= SLOW_WALKS || (self.until.is_some() && self.slow > 0);
+            self.until = engage.then(|| now + FULL_WALK_EVERY.max(took * FULL_WALK_SPACING));
+        }
+        let margin = chrono::Duration::from_std(MARGIN).unwrap_or_default();
+        for (account, priority, run_at) in jobs {
+            let floor = run_at - margin;
+            let floors = self.by_account.entry(account.to_owned()).or_default();
+            let at = floors.entry(priority).or_insert(floor);
+            if *at < floor {
+                *at = floor;
+            }
+        }
+    }
+
+    /// Forgets the floors of accounts no longer listed as having work.
+    pub fn retain(&mut self, keep: impl Fn(&str) -> bool) {
+        self.by_account.retain(|a, _| keep(a));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn job(account: &str, priority: i16, secs: i64) -> (&str, i16, DateTime<Utc>) {
+        (account, priority, Utc.timestamp_opt(1_000_000 + secs, 0).unwrap())
+    }
+
+    fn at(secs: i64) -> String {
+        (Utc.timestamp_opt(1_000_000 + secs, 0).unwrap() - chrono::Duration::from_std(MARGIN).unwrap()).to_rfc3339()
+    }
+
+    /// Walks start from the floors only after SLOW_WALKS slow walks from the start in a row, and stop at a fast one.
+    #[test]
+    fn floors_engage_after_slow_walks_in_a_row() {
+        let mut f = Floors::default();
+        let now = Instant::now();
+        let slow = SLOW * 2;
+        for _ in 0..SLOW_WALKS - 1 {
+            f.record(now, true, slow, []);
+            assert!(!f.active(now));
+        }
+        f.record(now, true, SLOW / 2, []);
+        for _ in 0..SLOW_WALKS - 1 {
+            f.record(now, true, slow, []);
+        }
+        assert!(!f.active(now), "a fast walk starts the count again");
+        f.record(now, true, slow, []);
+        assert!(f.active(now));
+        assert!(!f.active(now + FULL_WALK_EVERY), "the next walk from the start is due");
+        // Engaged, one slow walk from the start keeps it so; a fast one ends it.
+        let later = now + FULL_WALK_EVERY;
+        f.record(later, true, slow, []);
+        assert!(f.active(later));
+        f.record(later, true, SLOW / 2, []);
+        assert!(!f.active(later) && !f.engaged());
+        assert_eq!(f.ranges(later), serde_json::json!({}));
+    }
+
+    /// A slow walk from the start waits twenty times its own time for the next one.
+    #[test]
+    fn a_slower_walk_from_the_start_comes_less_often() {
+        let mut f = Floors::default();
+        let now = Instant::now();
+        for _ in 0..SLOW_WALKS {
+            f.record(now, true, Duration::from_millis(200), []);
+        }
+        assert!(f.active(now + Duration::from_millis(3_900)));
+        assert!(!f.active(now + Duration::from_secs(4)));
+    }
+
+    /// Per account, each priority with a floor is walked from it (the furthest job claimed less the margin), the
+    /// priorities around it whole; a walk from the start forgets the floors.
+    #[test]
+    fn ranges_walk_priorities_from_their_floors() {
+        let mut f = Floors::default();
+        let now = Instant::now();
+        for _ in 0..SLOW_WALKS {
+            f.record(now, true, SLOW, []);
+        }
+        f.record(
+            now,
+            false,
+            SLOW,
+            [job("a", 5, 10), job("a", 5, 30), job("a", 2, 7), job("b", 5, 3)],
+        );
+        f.record(now, false, SLOW, [job("a", 5, 20)]);
+        let r = f.ranges(now);
+        assert_eq!(
+            r["a"],
+            serde_json::json!({
+                "lo": [i16::MIN, 2, 3, 5, 6],
+                "hi": [1, 2, 4, 5, i16::MAX],
+                "t": ["-infinity", at(7), "-infinity", at(30), "-infinity"],
+            })
+        );
+        assert_eq!(
+            r["b"],
+            serde_json::json!({"lo": [i16::MIN, 5, 6], "hi": [4, 5, i16::MAX], "t": ["-infinity", at(3), "-infinity"]})
+        );
+        f.retain(|a| a == "a");
+        assert!(f.ranges(now).get("b").is_none());
+        f.record(now, true, SLOW, [job("a", 0, 1)]);
+        assert_eq!(
+            f.ranges(now)["a"],
+            serde_json::json!({"lo": [i16::MIN, 0, 1], "hi": [-1, 0, i16::MAX], "t": ["-infinity", at(1), "-infinity"]})
+        );
+    }
+}
