@@ -7,12 +7,13 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::request::Parts;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use utoipa::IntoParams;
 
 use super::error::ApiError;
+use crate::queue::FieldError;
 
 /// Page size when `?limit=` is absent.
 pub const DEFAULT_LIMIT: i64 = 100;
@@ -52,6 +53,37 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
         serde_json::from_slice(&bytes)
             .map(JsonBody)
             .map_err(|e| ApiError::MalformedJson(e.to_string()))
+    }
+}
+
+/// Header that may carry an idempotency key instead of the body's field.
+pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
+/// Header set on an answer that replays an earlier request with the same idempotency key.
+pub const REPLAYED_HEADER: &str = "idempotent-replayed";
+
+/// The `Idempotency-Key` header of jobs, events and load batches: absent, or a key of 1 to 255 visible
+/// characters; anything else is a field error naming the header.
+pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, FieldError> {
+    match headers.get(IDEMPOTENCY_KEY_HEADER) {
+        None => Ok(None),
+        Some(v) => match v.to_str() {
+            Ok(k) if !k.is_empty() && k.len() <= 255 => Ok(Some(k.to_owned())),
+            _ => Err(FieldError::new(
+                "/headers/idempotency-key",
+                "must be 1 to 255 visible characters",
+            )),
+        },
+    }
+}
+
+/// A request may carry its idempotency key in the header and in the body's `idempotency_key`, but not two keys.
+pub fn same_idempotency_key(field: Option<&str>, header: Option<&str>) -> Result<(), FieldError> {
+    match (field, header) {
+        (Some(f), Some(h)) if f != h => Err(FieldError::new(
+            "/idempotency_key",
+            "differs from the Idempotency-Key header",
+        )),
+        _ => Ok(()),
     }
 }
 

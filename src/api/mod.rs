@@ -18,6 +18,7 @@
 pub mod accounts;
 pub mod admin_events;
 pub mod auth;
+pub mod body;
 mod claimable;
 mod drain;
 mod enqueuer;
