@@ -24,7 +24,6 @@ mod drain;
 mod enqueuer;
 pub mod error;
 pub mod extract;
-pub mod fields;
 pub mod health;
 pub mod job_search;
 pub mod jobs;
