@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use crate::config::{DbConfig, MetricsConfig, RedisConfig, TelemetryConfig, WorkerArgs};
 use crate::engine::EngineHandlers;
 use crate::runtime::Worker;
+use crate::supervisor::Supervisor;
 
 /// ordo: a durable orchestration engine on PostgreSQL.
 #[derive(Debug, Parser)]
@@ -192,22 +193,24 @@ async fn run(cmd: Command) -> anyhow::Result<()> {
                 .await
                 .context("connect to postgres")?;
             db.install_keys(&pool);
-            let shutdown = crate::supervisor::shutdown_on_signals();
+            let supervisor = Supervisor::on_signals();
             if args.stop_with_parent {
-                crate::supervisor::cancel_when_orphaned(shutdown.clone());
+                supervisor.cancel_when_orphaned();
             }
-            metrics.start(&shutdown);
+            metrics.start(&supervisor);
             let engine = engine_handlers_with(args.webhook_allow_private);
             let worker = Worker::new(cfg, pool, ordo_workers::registry(), engine);
-            worker.run(shutdown).await.context("run worker")?;
+            let ran = worker.run(supervisor.token()).await;
+            supervisor.stop().await;
+            ran.context("run worker")?;
             Ok(())
         }
         Command::Autoscaler { db, metrics, args } => {
-            let shutdown = crate::supervisor::shutdown_on_signals();
-            metrics.start(&shutdown);
-            crate::autoscale::serve(&db, &args, shutdown)
-                .await
-                .context("run autoscaler")?;
+            let supervisor = Supervisor::on_signals();
+            metrics.start(&supervisor);
+            let ran = crate::autoscale::serve(&db, &args, supervisor.token()).await;
+            supervisor.stop().await;
+            ran.context("run autoscaler")?;
             Ok(())
         }
         Command::Scheduler {
@@ -216,16 +219,18 @@ async fn run(cmd: Command) -> anyhow::Result<()> {
             metrics,
             args,
         } => {
-            let shutdown = crate::supervisor::shutdown_on_signals();
-            metrics.start(&shutdown);
-            crate::scheduler::serve(&db, &redis, &args, shutdown)
-                .await
-                .context("run scheduler")?;
+            let supervisor = Supervisor::on_signals();
+            metrics.start(&supervisor);
+            let ran = crate::scheduler::serve(&db, &redis, &args, supervisor.token()).await;
+            supervisor.stop().await;
+            ran.context("run scheduler")?;
             Ok(())
         }
         Command::Api { db, redis, args } => {
-            let shutdown = crate::supervisor::shutdown_on_signals();
-            crate::api::run(&db, &redis, &args, shutdown).await.context("run api")?;
+            let supervisor = Supervisor::on_signals();
+            let ran = crate::api::run(&db, &redis, &args, supervisor.token()).await;
+            supervisor.stop().await;
+            ran.context("run api")?;
             Ok(())
         }
         Command::Account {
@@ -255,8 +260,8 @@ async fn run(cmd: Command) -> anyhow::Result<()> {
         } => Ok(crate::client::commands::account(command).await?),
         Command::Client(command) => Ok(crate::client::commands::run(command).await?),
         Command::Sandbox(args) => {
-            let shutdown = crate::supervisor::shutdown_on_signals();
-            crate::sandbox::run(args, shutdown, |r| {
+            let supervisor = Supervisor::on_signals();
+            let ran = crate::sandbox::run(args, supervisor.token(), |r| {
                 println!("ordo sandbox ready: url={} api_key={} admin_token={}", r.url, r.api_key, r.admin_token);
                 println!();
                 println!("Dashboard: {}/ui (sign in with the api_key, or the admin_token for pools and accounts)", r.url);
@@ -277,22 +282,24 @@ async fn run(cmd: Command) -> anyhow::Result<()> {
                 println!();
                 println!("Ctrl-C stops everything.");
             })
-            .await
-            .context("run sandbox")?;
+            .await;
+            supervisor.stop().await;
+            ran.context("run sandbox")?;
             Ok(())
         }
         Command::Load(args) => {
-            let shutdown = crate::supervisor::shutdown_on_signals();
-            let summary = crate::load::client::run(&args, shutdown)
-                .await
-                .context("load the file")?;
+            let supervisor = Supervisor::on_signals();
+            let loaded = crate::load::client::run(&args, supervisor.token()).await;
+            supervisor.stop().await;
+            let summary = loaded.context("load the file")?;
             println!("{}", serde_json::to_string(&summary)?);
             Ok(())
         }
         Command::Bench(args) => {
-            let summary = crate::bench::run(args.clone(), crate::supervisor::shutdown_on_signals())
-                .await
-                .context("run benchmark")?;
+            let supervisor = Supervisor::on_signals();
+            let ran = crate::bench::run(args.clone(), supervisor.token()).await;
+            supervisor.stop().await;
+            let summary = ran.context("run benchmark")?;
             if args.json {
                 println!("{}", serde_json::to_string(&summary)?);
             } else {

@@ -150,11 +150,12 @@ pub struct MetricsConfig {
 }
 
 impl MetricsConfig {
-    /// Starts the listener when configured; a bind failure is logged, the role keeps running.
-    pub fn start(&self, shutdown: &tokio_util::sync::CancellationToken) {
+    /// Starts the listener when configured, as a task of `supervisor` that ends with its token; a bind failure is
+    /// logged, the role keeps running.
+    pub fn start(&self, supervisor: &crate::supervisor::Supervisor) {
         if let Some(addr) = self.metrics_listen {
-            let shutdown = shutdown.clone();
-            tokio::spawn(async move {
+            let shutdown = supervisor.token();
+            supervisor.spawn(async move {
                 if let Err(e) = crate::telemetry::serve_metrics(addr, shutdown).await {
                     tracing::error!("failed to serve metrics on {addr}: {e}");
                 }

@@ -5,6 +5,9 @@
 //! slots is free and hands it to the flush function as one batch. At low load a batch is a single item, so latency
 //! does not change; under load items pile up while every slot is busy, and the batches grow with the load. Each
 //! item carries its own reply channel: the flush answers every item of its batch.
+//!
+//! The handles own the dispatcher, and the dispatcher owns its flushes: when the last handle is dropped it batches
+//! what is still queued, and ends once every flush it started has answered.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -12,15 +15,21 @@ use std::hash::Hash;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinHandle;
+use tokio_util::task::TaskTracker;
 
 /// Handle to a dispatcher; cheap to clone. The dispatcher stops when every handle is dropped.
 pub(crate) struct GroupCommit<T> {
     tx: mpsc::Sender<T>,
+    dispatcher: Arc<JoinHandle<()>>,
 }
 
 impl<T> Clone for GroupCommit<T> {
     fn clone(&self) -> Self {
-        GroupCommit { tx: self.tx.clone() }
+        GroupCommit {
+            tx: self.tx.clone(),
+            dispatcher: Arc::clone(&self.dispatcher),
+        }
     }
 }
 
@@ -43,8 +52,8 @@ impl<T: Send + 'static> GroupCommit<T> {
         Fut: Future<Output = ()> + Send + 'static,
     {
         let (tx, rx) = mpsc::channel(limits.depth.max(1));
-        tokio::spawn(dispatch(rx, limits, flush));
-        GroupCommit { tx }
+        let dispatcher = Arc::new(tokio::spawn(dispatch(rx, limits, flush)));
+        GroupCommit { tx, dispatcher }
     }
 
     /// Hands `item` to the dispatcher; gives it back when the dispatcher has stopped (its runtime shut down).
@@ -52,9 +61,9 @@ impl<T: Send + 'static> GroupCommit<T> {
         self.tx.send(item).await.map_err(|e| e.0)
     }
 
-    /// Whether the dispatcher has stopped.
+    /// Whether the dispatcher has stopped (its runtime shut down).
     pub(crate) fn is_closed(&self) -> bool {
-        self.tx.is_closed()
+        self.tx.is_closed() || self.dispatcher.is_finished()
     }
 }
 
@@ -75,12 +84,13 @@ where
     Fut: Future<Output = ()> + Send + 'static,
 {
     let slots = Arc::new(Semaphore::new(limits.flushes.max(1)));
+    let flushes = TaskTracker::new();
     loop {
         // A free slot first: while every slot is busy, items pile up and the next batch is bigger.
         let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
-            return;
+            break;
         };
-        let Some(first) = rx.recv().await else { return };
+        let Some(first) = rx.recv().await else { break };
         let mut batch = vec![first];
         while batch.len() < limits.max_batch {
             match rx.try_recv() {
@@ -89,11 +99,13 @@ where
             }
         }
         let flushing = flush(batch);
-        tokio::spawn(async move {
+        flushes.spawn(async move {
             flushing.await;
             drop(permit);
         });
     }
+    flushes.close();
+    flushes.wait().await;
 }
 
 #[cfg(test)]

@@ -1,23 +1,89 @@
 //! The root cancellation token and signal handling: SIGINT/SIGTERM cancel the token, every role watches a child
-//! of it and stops in its own orderly way.
+//! of it and stops in its own orderly way. A role's [`Supervisor`] also owns the process's own background tasks
+//! (the signal and orphan watches, the metrics listener), which end with the token and are awaited when it stops.
 
+use std::future::Future;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// How often a process that stops with its parent looks whether the parent is still there.
 const PARENT_CHECK: Duration = Duration::from_millis(200);
+/// How long [`Supervisor::stop`] waits for the background tasks: they end with the token, so this only bounds a
+/// listener whose last connection is slow to close.
+const TASKS_STOP: Duration = Duration::from_secs(2);
 
-/// A token cancelled on the first SIGINT or SIGTERM.
-pub fn shutdown_on_signals() -> CancellationToken {
-    let token = CancellationToken::new();
-    let t = token.clone();
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::info!("shutdown requested");
-        t.cancel();
-    });
-    token
+/// The root of a role: the shutdown token every part of it watches, and the background tasks of the process.
+#[derive(Debug)]
+pub struct Supervisor {
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Supervisor {
+    /// A supervisor whose token the first SIGINT or SIGTERM cancels.
+    pub fn on_signals() -> Self {
+        let supervisor = Supervisor {
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        };
+        let token = supervisor.token();
+        supervisor.spawn(async move {
+            tokio::select! {
+                _ = wait_for_signal() => {
+                    tracing::info!("shutdown requested");
+                    token.cancel();
+                }
+                _ = token.cancelled() => {}
+            }
+        });
+        supervisor
+    }
+
+    /// The token the role runs until; cancelled by a signal or by [`Supervisor::stop`].
+    pub fn token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Runs a background task of the process; it must end once the token is cancelled.
+    pub fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        self.tasks.spawn(task);
+    }
+
+    /// Cancels the token once the process that started this one has exited (this process was handed to another
+    /// parent), as SIGTERM would. The autoscaler's process driver starts its workers so: a worker that outlived an
+    /// autoscaler killed with SIGKILL would run beside the workers of the autoscaler that replaces it, and the
+    /// pool would be larger than decided.
+    pub fn cancel_when_orphaned(&self) {
+        #[cfg(unix)]
+        {
+            let token = self.token();
+            let parent = std::os::unix::process::parent_id();
+            self.spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = token.cancelled() => return,
+                        _ = tokio::time::sleep(PARENT_CHECK) => {}
+                    }
+                    if std::os::unix::process::parent_id() != parent {
+                        tracing::info!(parent, "the process that started this one exited; stopping");
+                        token.cancel();
+                        return;
+                    }
+                }
+            });
+        }
+    }
+
+    /// Ends the role's background tasks: cancels the token and waits for them (at most [`TASKS_STOP`]).
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.tasks.close();
+        if tokio::time::timeout(TASKS_STOP, self.tasks.wait()).await.is_err() {
+            tracing::warn!(tasks = self.tasks.len(), "background tasks still running at exit");
+        }
+    }
 }
 
 async fn wait_for_signal() {
@@ -74,30 +140,4 @@ pub fn send_signal(pid: u32, signal: Signal) -> bool {
         .stderr(std::process::Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
-}
-
-/// Cancels `token` once the process that started this one has exited (this process was handed to another parent),
-/// as SIGTERM would. The autoscaler's process driver starts its workers so: a worker that outlived an autoscaler
-/// killed with SIGKILL would run beside the workers of the autoscaler that replaces it, and the pool would be
-/// larger than decided.
-pub fn cancel_when_orphaned(token: CancellationToken) {
-    #[cfg(unix)]
-    {
-        let parent = std::os::unix::process::parent_id();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = token.cancelled() => return,
-                    _ = tokio::time::sleep(PARENT_CHECK) => {}
-                }
-                if std::os::unix::process::parent_id() != parent {
-                    tracing::info!(parent, "the process that started this one exited; stopping");
-                    token.cancel();
-                    return;
-                }
-            }
-        });
-    }
-    #[cfg(not(unix))]
-    let _ = token;
 }

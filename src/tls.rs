@@ -25,6 +25,7 @@ use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 
 /// How often, at most, a handshake looks at the certificate files' modification times.
 const RELOAD_CHECK: Duration = Duration::from_secs(1);
@@ -261,12 +262,15 @@ pub fn server_config(cert: ReloadingCert) -> Result<Arc<ServerConfig>> {
     Ok(Arc::new(config))
 }
 
-/// A listener that hands out connections once their TLS handshake completed, for `axum::serve`. Handshakes run
-/// in tasks of their own; dropping the listener stops accepting.
+/// A listener that hands out connections once their TLS handshake completed, for `axum::serve`. It owns its
+/// accept loop, and the loop owns the handshakes (tasks of their own); dropping the listener stops them all.
 pub struct TlsListener {
     ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
     local: SocketAddr,
+    /// Cancels the loop and the handshakes when the listener is dropped (declared first, so it runs first).
     _stop: DropGuard,
+    /// Aborts whatever of the loop is left after that.
+    _accepting: AbortOnDropHandle<()>,
 }
 
 impl TlsListener {
@@ -275,11 +279,12 @@ impl TlsListener {
         let local = tcp.local_addr()?;
         let (tx, ready) = mpsc::channel(ACCEPT_BACKLOG);
         let stop = CancellationToken::new();
-        tokio::spawn(accept_loop(tcp, TlsAcceptor::from(config), tx, stop.clone()));
+        let accepting = tokio::spawn(accept_loop(tcp, TlsAcceptor::from(config), tx, stop.clone()));
         Ok(TlsListener {
             ready,
             local,
             _stop: stop.drop_guard(),
+            _accepting: AbortOnDropHandle::new(accepting),
         })
     }
 }
@@ -290,9 +295,10 @@ async fn accept_loop(
     ready: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
     stop: CancellationToken,
 ) {
+    let handshakes = TaskTracker::new();
     loop {
         let accepted = tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => break,
             accepted = tcp.accept() => accepted,
         };
         let (stream, addr) = match accepted {
@@ -302,7 +308,7 @@ async fn accept_loop(
                 // Out of file descriptors and the like: accepting again at once would spin.
                 tracing::warn!(error = %e, "failed to accept a connection");
                 tokio::select! {
-                    _ = stop.cancelled() => return,
+                    _ = stop.cancelled() => break,
                     _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
                 }
             }
@@ -310,7 +316,7 @@ async fn accept_loop(
         let acceptor = acceptor.clone();
         let ready = ready.clone();
         let stop = stop.clone();
-        tokio::spawn(async move {
+        handshakes.spawn(async move {
             let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
             let tls = tokio::select! {
                 _ = stop.cancelled() => return,
@@ -326,6 +332,9 @@ async fn accept_loop(
             }
         });
     }
+    // Every handshake watches `stop` too, so this wait is short.
+    handshakes.close();
+    handshakes.wait().await;
 }
 
 fn is_connection_error(e: &std::io::Error) -> bool {

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::retry::{self, Backoff};
 
@@ -54,12 +55,18 @@ pub async fn namespace(pool: &sqlx::PgPool) -> String {
 #[derive(Clone, Debug)]
 pub struct Waker {
     tx: Option<mpsc::UnboundedSender<String>>,
+    /// The publisher's task: it ends at shutdown, and is aborted when the last clone is dropped (a wake-up is a
+    /// hint, so one still queued then may go).
+    _publisher: Option<Arc<AbortOnDropHandle<()>>>,
 }
 
 impl Waker {
     /// A waker that publishes nothing (no Redis configured).
     pub fn disabled() -> Self {
-        Waker { tx: None }
+        Waker {
+            tx: None,
+            _publisher: None,
+        }
     }
 
     /// Starts a publisher for `namespace` on the Redis at `url`. The publisher reconnects by itself; until it
@@ -71,8 +78,11 @@ impl Waker {
     /// Like [`Waker::start`], with a client already made (e.g. by [`client`], for a private CA).
     pub fn with_client(client: redis::Client, namespace: &str, shutdown: CancellationToken) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(publish_loop(client, namespace.to_owned(), rx, shutdown));
-        Waker { tx: Some(tx) }
+        let publisher = tokio::spawn(publish_loop(client, namespace.to_owned(), rx, shutdown));
+        Waker {
+            tx: Some(tx),
+            _publisher: Some(Arc::new(AbortOnDropHandle::new(publisher))),
+        }
     }
 
     /// Starts a publisher whose namespace is the database `pool` connects to, as workers expect.

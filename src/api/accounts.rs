@@ -2,33 +2,67 @@
 
 use axum::http::StatusCode;
 use axum::Json;
-use serde::Serialize;
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::auth::Admin;
+use super::body::{Body, RequestBody};
 use super::error::{ApiError, Problem};
-use super::extract::{ApiPath, JsonBody, Page, QueryParams};
+use super::extract::{ApiPath, Page, QueryParams};
 use super::AppState;
 use crate::audit;
-use crate::queue::FieldError;
 use crate::tenancy::{self, Account, AccountId};
 
 /// `POST /api/accounts` body.
-#[derive(Debug, ToSchema)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[schema(as = NewAccount)]
 #[serde(deny_unknown_fields)]
-#[allow(dead_code)]
 pub struct CreateAccountBody {
     /// Slug `[a-z0-9-]{1,63}`.
-    #[schema(pattern = "^[a-z0-9-]{1,63}$")]
-    id: String,
+    #[serde(deserialize_with = "account_slug")]
+    #[schema(value_type = String, pattern = "^[a-z0-9-]{1,63}$")]
+    id: AccountId,
     /// Display name (default empty).
+    #[serde(default, deserialize_with = "opt_text")]
     #[schema(max_length = 255)]
     name: Option<String>,
     /// Home region (default: this node's `ORDO_REGION`).
+    #[serde(default, deserialize_with = "opt_region")]
     #[schema(min_length = 1, max_length = 255)]
     region: Option<String>,
+}
+
+impl RequestBody for CreateAccountBody {
+    const NOT_AN_OBJECT: &'static str = "must be an object";
+}
+
+/// An account id: a slug, or what is wrong with it.
+fn account_slug<'de, D: Deserializer<'de>>(d: D) -> Result<AccountId, D::Error> {
+    match Value::deserialize(d)? {
+        Value::String(s) => AccountId::parse(&s).map_err(D::Error::custom),
+        Value::Null => Err(D::Error::custom("is required")),
+        _ => Err(D::Error::custom("must be a string")),
+    }
+}
+
+/// An optional string of at most 255 characters.
+fn opt_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    match Value::deserialize(d)? {
+        Value::Null => Ok(None),
+        Value::String(s) if s.chars().count() <= 255 => Ok(Some(s)),
+        Value::String(_) => Err(D::Error::custom("must be at most 255 characters")),
+        _ => Err(D::Error::custom("must be a string")),
+    }
+}
+
+/// An optional region: [`opt_text`], not empty.
+fn opt_region<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    match opt_text(d)? {
+        Some(r) if r.is_empty() => Err(D::Error::custom("must not be empty")),
+        r => Ok(r),
+    }
 }
 
 /// A created account with its secrets, shown once.
@@ -80,21 +114,6 @@ pub struct KeyCreated {
     pub api_key: String,
 }
 
-fn text(obj: &serde_json::Map<String, Value>, name: &str, errs: &mut Vec<FieldError>) -> Option<String> {
-    match obj.get(name) {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) if s.chars().count() <= 255 => Some(s.clone()),
-        Some(Value::String(_)) => {
-            errs.push(FieldError::new(format!("/{name}"), "must be at most 255 characters"));
-            None
-        }
-        Some(_) => {
-            errs.push(FieldError::new(format!("/{name}"), "must be a string"));
-            None
-        }
-    }
-}
-
 /// Create an account with one API key and a webhook secret.
 #[utoipa::path(
     post,
@@ -112,43 +131,11 @@ fn text(obj: &serde_json::Map<String, Value>, name: &str, errs: &mut Vec<FieldEr
 pub async fn create(
     admin: Admin,
     state: axum::extract::State<AppState>,
-    JsonBody(body): JsonBody,
+    Body(body): Body<CreateAccountBody>,
 ) -> Result<(StatusCode, Json<AccountCreated>), ApiError> {
-    let Some(obj) = body.as_object() else {
-        return Err(ApiError::invalid("", "must be an object"));
-    };
-    let mut errs = Vec::new();
-    for k in obj.keys() {
-        if !["id", "name", "region"].contains(&k.as_str()) {
-            errs.push(FieldError::new(format!("/{k}"), "unknown field"));
-        }
-    }
-    let id = match obj.get("id") {
-        Some(Value::String(s)) => match AccountId::parse(s) {
-            Ok(id) => Some(id),
-            Err(e) => {
-                errs.push(FieldError::new("/id", e.to_string()));
-                None
-            }
-        },
-        None | Some(Value::Null) => {
-            errs.push(FieldError::new("/id", "is required"));
-            None
-        }
-        Some(_) => {
-            errs.push(FieldError::new("/id", "must be a string"));
-            None
-        }
-    };
-    let name = text(obj, "name", &mut errs).unwrap_or_default();
-    let region = text(obj, "region", &mut errs);
-    if matches!(&region, Some(r) if r.is_empty()) {
-        errs.push(FieldError::new("/region", "must not be empty"));
-    }
-    let (Some(id), true) = (id, errs.is_empty()) else {
-        return Err(ApiError::Invalid(errs));
-    };
-    let region = region.unwrap_or_else(|| state.settings().region.clone());
+    let id = body.id;
+    let name = body.name.unwrap_or_default();
+    let region = body.region.unwrap_or_else(|| state.settings().region.clone());
     let mut tx = state.admin_pool().begin().await?;
     let created = tenancy::create_account(&mut *tx, &id, &name, &region).await?;
     audit::record(&mut tx, admin.actor(), "account.create", id.as_str()).await?;

@@ -1,57 +1,50 @@
-//! Request extractors that fail with problem JSON instead of axum's plain-text rejections.
+//! Request extractors and header readers that fail with problem JSON instead of axum's plain-text rejections
+//! (request bodies are read by [`super::body`]).
 
 use std::collections::HashMap;
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{FromRequest, FromRequestParts, Path, Request};
-use axum::http::header::CONTENT_TYPE;
+use axum::extract::{FromRequestParts, Path};
 use axum::http::request::Parts;
-use axum::http::StatusCode;
+use axum::http::HeaderMap;
 use serde::de::DeserializeOwned;
-use serde_json::Value;
 use utoipa::IntoParams;
 
 use super::error::ApiError;
+use crate::queue::FieldError;
 
 /// Page size when `?limit=` is absent.
 pub const DEFAULT_LIMIT: i64 = 100;
 /// Largest page size.
 pub const MAX_LIMIT: i64 = 1000;
 
-/// A JSON body as a [`Value`]: 415 without a JSON content type, 413 past the route's body limit, 400 when it does
-/// not parse. Handlers validate the shape themselves so every invalid field is reported at once (422).
-#[derive(Debug)]
-pub struct JsonBody(pub Value);
+/// Header that may carry an idempotency key instead of the body's field.
+pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
+/// Header set on an answer that replays an earlier request with the same idempotency key.
+pub const REPLAYED_HEADER: &str = "idempotent-replayed";
 
-fn is_json(content_type: &str) -> bool {
-    let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+/// The `Idempotency-Key` header of jobs, events and load batches: absent, or a key of 1 to 255 visible
+/// characters; anything else is a field error naming the header.
+pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, FieldError> {
+    match headers.get(IDEMPOTENCY_KEY_HEADER) {
+        None => Ok(None),
+        Some(v) => match v.to_str() {
+            Ok(k) if !k.is_empty() && k.len() <= 255 => Ok(Some(k.to_owned())),
+            _ => Err(FieldError::new(
+                "/headers/idempotency-key",
+                "must be 1 to 255 visible characters",
+            )),
+        },
+    }
 }
 
-impl<S: Send + Sync> FromRequest<S> for JsonBody {
-    type Rejection = ApiError;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let json = req
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(is_json);
-        if !json {
-            return Err(ApiError::UnsupportedMediaType);
-        }
-        let bytes = Bytes::from_request(req, state).await.map_err(|e: BytesRejection| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge("request body too large".to_owned())
-            } else {
-                ApiError::BadRequest(format!("could not read the body: {e}"))
-            }
-        })?;
-        // serde_json refuses nesting deeper than 128 levels, so a hostile body cannot exhaust the stack.
-        serde_json::from_slice(&bytes)
-            .map(JsonBody)
-            .map_err(|e| ApiError::MalformedJson(e.to_string()))
+/// A request may carry its idempotency key in the header and in the body's `idempotency_key`, but not two keys.
+pub fn same_idempotency_key(field: Option<&str>, header: Option<&str>) -> Result<(), FieldError> {
+    match (field, header) {
+        (Some(f), Some(h)) if f != h => Err(FieldError::new(
+            "/idempotency_key",
+            "differs from the Idempotency-Key header",
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -194,21 +187,6 @@ impl QueryParams {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// JSON content types are recognised with parameters and suffixes.
-    #[test]
-    fn json_content_types() {
-        for ok in [
-            "application/json",
-            "application/json; charset=utf-8",
-            "application/problem+json",
-        ] {
-            assert!(is_json(ok), "{ok}");
-        }
-        for bad in ["text/plain", "application/x-www-form-urlencoded", ""] {
-            assert!(!is_json(bad), "{bad}");
-        }
-    }
 
     /// Limits outside 1..=1000 are refused, and so is an empty one.
     #[test]

@@ -6,30 +6,19 @@
 use axum::extract::State;
 use axum::Json;
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{Admin, Tenant};
+use super::body::{self, field, Body, RequestBody};
 use super::error::{ApiError, Problem};
-use super::extract::{numeric_id, IdPage, JsonBody, QueryParams};
-use super::fields::{object, reject_unknown};
+use super::extract::{numeric_id, IdPage, QueryParams};
 use super::jobs::{JobBody, JobPage};
 use super::AppState;
 use crate::queue::{self, BulkAction, BulkOutcome, FieldError, Job, JobFilter, JobId, JobState};
 use crate::tenancy::AccountId;
-
-/// The filters every job listing takes (besides `limit` and `cursor`).
-const FILTERS: [&str; 8] = [
-    "queue",
-    "state",
-    "kind",
-    "kind_prefix",
-    "id",
-    "idempotency_key",
-    "from",
-    "to",
-];
 
 /// The filters whose values have a type or a set of values: given empty, they are as wrong as any other value.
 const TYPED: [&str; 4] = ["state", "id", "from", "to"];
@@ -156,34 +145,108 @@ pub async fn list(tenant: Tenant, q: QueryParams) -> Result<Json<JobPage>, ApiEr
     }))
 }
 
+// The filters are strings (or numbers) read by `parse_filter`, as the query string's.
 /// `POST /api/jobs/bulk` body.
-#[derive(Debug, ToSchema)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[schema(as = JobBulk)]
-#[allow(dead_code)]
+#[serde(deny_unknown_fields)]
 pub struct BulkBody {
     /// `retry` or `cancel`.
-    action: String,
+    #[serde(deserialize_with = "bulk_action")]
+    #[schema(value_type = String)]
+    action: BulkAction,
     /// Only this queue.
+    #[serde(default, deserialize_with = "filter")]
     queue: Option<String>,
     /// Only this state.
-    state: Option<JobState>,
+    #[serde(default, deserialize_with = "filter")]
+    #[schema(value_type = Option<JobState>)]
+    state: Option<String>,
     /// Only this kind.
+    #[serde(default, deserialize_with = "filter")]
     kind: Option<String>,
     /// Only kinds starting with this.
+    #[serde(default, deserialize_with = "filter")]
     kind_prefix: Option<String>,
     /// Only the job with this id.
+    #[serde(default, deserialize_with = "filter")]
     id: Option<String>,
     /// Only the job enqueued with this key.
+    #[serde(default, deserialize_with = "filter")]
     idempotency_key: Option<String>,
     /// Only jobs created at or after this time.
-    from: Option<DateTime<Utc>>,
+    #[serde(default, deserialize_with = "filter")]
+    #[schema(value_type = Option<DateTime<Utc>>)]
+    from: Option<String>,
     /// Only jobs created before this time.
-    to: Option<DateTime<Utc>>,
+    #[serde(default, deserialize_with = "filter")]
+    #[schema(value_type = Option<DateTime<Utc>>)]
+    to: Option<String>,
     /// Only jobs with an id below this one (the list's cursor: what a confirmation showed, not what came since).
+    #[serde(default, deserialize_with = "filter")]
     before: Option<String>,
     /// At most this many jobs, newest first, 1..1000 (default 1000).
+    #[serde(default, deserialize_with = "field::opt_int::<_, _, 1, 1000>")]
     #[schema(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
+}
+
+impl RequestBody for BulkBody {
+    /// When a field is wrong, the filters' own errors (an unknown state, a malformed time) are named beside it,
+    /// as the handler would name them.
+    fn read(json: &Value, at: &str) -> Result<Self, Vec<FieldError>> {
+        let mut errs = match body::read::<Self>(json, at) {
+            Ok(bulk) => return Ok(bulk),
+            Err(errs) => errs,
+        };
+        let text = |name: &str| match json.get(name) {
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(Value::Number(n)) => Some(n.to_string()),
+            _ => None,
+        };
+        let mut more = Vec::new();
+        parse_filter(text, &format!("{at}/"), &mut more);
+        more.retain(|e| !errs.iter().any(|x| x.path == e.path));
+        errs.append(&mut more);
+        Err(errs)
+    }
+}
+
+impl BulkBody {
+    /// A filter by its name in the query string.
+    fn filter(&self, name: &str) -> Option<String> {
+        let v = match name {
+            "queue" => &self.queue,
+            "state" => &self.state,
+            "kind" => &self.kind,
+            "kind_prefix" => &self.kind_prefix,
+            "id" => &self.id,
+            "idempotency_key" => &self.idempotency_key,
+            "from" => &self.from,
+            "to" => &self.to,
+            _ => &None,
+        };
+        v.clone()
+    }
+}
+
+/// `retry` or `cancel`.
+fn bulk_action<'de, D: Deserializer<'de>>(d: D) -> Result<BulkAction, D::Error> {
+    match Value::deserialize(d)? {
+        Value::String(s) if s == "retry" => Ok(BulkAction::Retry),
+        Value::String(s) if s == "cancel" => Ok(BulkAction::Cancel),
+        _ => Err(D::Error::custom("must be retry or cancel")),
+    }
+}
+
+/// A filter's value as the query string would carry it: a string, or a number written out.
+fn filter<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    match Value::deserialize(d)? {
+        Value::Null => Ok(None),
+        Value::String(s) => Ok(Some(s)),
+        Value::Number(n) => Ok(Some(n.to_string())),
+        _ => Err(D::Error::custom("must be a string")),
+    }
 }
 
 /// What a bulk action did.
@@ -214,50 +277,20 @@ pub struct BulkOutcomeBody {
     security(("bearer" = []))
 )]
 #[tracing::instrument(skip_all, fields(account = %tenant.account))]
-pub async fn bulk(tenant: Tenant, JsonBody(body): JsonBody) -> Result<Json<BulkOutcome>, ApiError> {
-    let obj = object(&body)?;
+pub async fn bulk(tenant: Tenant, Body(body): Body<BulkBody>) -> Result<Json<BulkOutcome>, ApiError> {
     let mut errs = Vec::new();
-    let mut known = vec!["action", "before", "limit"];
-    known.extend(FILTERS);
-    reject_unknown(obj, &known, &mut errs);
-    let text = |name: &str| match obj.get(name) {
-        Some(Value::String(s)) => Some(s.clone()),
-        Some(Value::Number(n)) => Some(n.to_string()),
-        _ => None,
-    };
-    for name in FILTERS.iter().chain(&["action", "before"]) {
-        if obj.get(*name).is_some_and(|v| !v.is_null()) && text(name).is_none() {
-            errs.push(FieldError::new(format!("/{name}"), "must be a string"));
-        }
-    }
-    let action = match text("action").as_deref() {
-        Some("retry") => Some(BulkAction::Retry),
-        Some("cancel") => Some(BulkAction::Cancel),
-        _ => {
-            errs.push(FieldError::new("/action", "must be retry or cancel"));
-            None
-        }
-    };
-    let mut f = parse_filter(text, "/", &mut errs);
-    f.limit = match obj.get("limit") {
-        None | Some(Value::Null) => queue::MAX_BULK,
-        Some(v) => match v.as_i64() {
-            Some(n) if (1..=queue::MAX_BULK).contains(&n) => n,
-            _ => {
-                errs.push(FieldError::new("/limit", "must be an integer from 1 to 1000"));
-                0
-            }
-        },
-    };
-    if let Some(b) = text("before") {
+    let mut f = parse_filter(|name| body.filter(name), "/", &mut errs);
+    f.limit = body.limit.unwrap_or(queue::MAX_BULK);
+    if let Some(b) = &body.before {
         match b.parse::<JobId>() {
             Ok(id) => f.before = Some(id),
             Err(_) => errs.push(FieldError::new("/before", "must be a job id (a number)")),
         }
     }
-    let Some(action) = action.filter(|_| errs.is_empty()) else {
+    if !errs.is_empty() {
         return Err(ApiError::Invalid(errs));
-    };
+    }
+    let action = body.action;
     let mut tx = tenant.begin().await?;
     let out = queue::bulk(&mut tx, &tenant.account, &f, action).await?;
     tx.commit().await?;

@@ -1,46 +1,27 @@
 //! `/api/jobs`: enqueue one or many, read, list, cancel, retry (CONTRACT §4).
 //!
-//! Request bodies are parsed by hand from JSON values rather than derived, so that every invalid field of every
-//! job is reported at once with its path (`/jobs/3/priority`), and so that the idempotency fingerprint is taken
-//! from the request exactly as sent (minus the key), before any default is filled in.
+//! The idempotency fingerprint is taken from the request exactly as sent (minus the key), before any default is
+//! filled in, which is why the handlers read their bodies with the JSON as sent ([`SentBody`]).
 
 use std::collections::BTreeMap;
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::auth::Tenant;
+use super::body::SentBody;
 use super::error::{ApiError, Problem};
-use super::extract::{ApiPath, JsonBody};
-use super::MAX_BATCH_JOBS;
-use crate::queue::{self, FieldError, Job, JobId, JobState, NewJob};
+use super::extract::{idempotency_key, same_idempotency_key, ApiPath, REPLAYED_HEADER};
+use crate::queue::{self, Job, JobId, JobState};
 use crate::telemetry::metrics::{queue_label, JOBS_ENQUEUED_TOTAL};
 pub(super) use wire::JobBody;
 use wire::{BatchBody, NewJobBody};
 
 mod wire;
-
-/// Header that may carry the idempotency key instead of the body field.
-pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
-/// Header set on a replayed idempotent request.
-pub const REPLAYED_HEADER: &str = "idempotent-replayed";
-
-const FIELDS: [&str; 9] = [
-    "kind",
-    "args",
-    "queue",
-    "priority",
-    "run_at",
-    "max_attempts",
-    "timeout_ms",
-    "idempotency_key",
-    "concurrency_key",
-];
 
 /// One job's outcome in a batch.
 #[derive(Debug, Serialize, ToSchema)]
@@ -70,145 +51,6 @@ pub struct JobPage {
     pub items: Vec<Job>,
     /// Cursor of the next page; null on the last.
     pub next_cursor: Option<String>,
-}
-
-/// Whether a JSON value holds a NUL character anywhere, which PostgreSQL cannot store in `text` or `jsonb`.
-pub(crate) fn has_nul(v: &Value) -> bool {
-    match v {
-        Value::String(s) => s.contains('\0'),
-        Value::Array(a) => a.iter().any(has_nul),
-        Value::Object(m) => m.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
-        _ => false,
-    }
-}
-
-fn string_field(obj: &Map<String, Value>, name: &str, base: &str, errs: &mut Vec<FieldError>) -> Option<String> {
-    match obj.get(name) {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) if s.contains('\0') => {
-            errs.push(FieldError::new(
-                format!("{base}/{name}"),
-                "must not contain NUL characters",
-            ));
-            None
-        }
-        Some(Value::String(s)) if !s.is_empty() && s.chars().count() <= 255 => Some(s.clone()),
-        Some(Value::String(_)) => {
-            errs.push(FieldError::new(format!("{base}/{name}"), "must be 1 to 255 characters"));
-            None
-        }
-        Some(_) => {
-            errs.push(FieldError::new(format!("{base}/{name}"), "must be a string"));
-            None
-        }
-    }
-}
-
-fn int_field(
-    obj: &Map<String, Value>,
-    name: &str,
-    base: &str,
-    range: std::ops::RangeInclusive<i64>,
-    errs: &mut Vec<FieldError>,
-) -> Option<i64> {
-    match obj.get(name) {
-        None | Some(Value::Null) => None,
-        Some(v @ Value::Number(_)) => match queue::json_integer(v) {
-            Some(i) if range.contains(&i) => Some(i),
-            _ => {
-                errs.push(FieldError::new(
-                    format!("{base}/{name}"),
-                    format!("must be an integer from {} to {}", range.start(), range.end()),
-                ));
-                None
-            }
-        },
-        Some(_) => {
-            errs.push(FieldError::new(format!("{base}/{name}"), "must be an integer"));
-            None
-        }
-    }
-}
-
-/// Parses one job object, pushing every problem (paths prefixed with `base`) into `errs`.
-pub(crate) fn parse_job(v: &Value, base: &str, errs: &mut Vec<FieldError>) -> Option<NewJob> {
-    let Some(obj) = v.as_object() else {
-        errs.push(FieldError::new(base, "must be an object"));
-        return None;
-    };
-    let before = errs.len();
-    for key in obj.keys() {
-        if !FIELDS.contains(&key.as_str()) {
-            errs.push(FieldError::new(format!("{base}/{key}"), "unknown field"));
-        }
-    }
-    let kind = string_field(obj, "kind", base, errs);
-    if kind.is_none() && !errs.iter().any(|e| e.path == format!("{base}/kind")) {
-        errs.push(FieldError::new(format!("{base}/kind"), "is required"));
-    }
-    let args = match obj.get("args") {
-        None | Some(Value::Null) => Value::Object(Map::new()),
-        Some(a @ Value::Object(_)) if has_nul(a) => {
-            errs.push(FieldError::new(
-                format!("{base}/args"),
-                "must not contain NUL characters",
-            ));
-            Value::Null
-        }
-        Some(a @ Value::Object(_)) => a.clone(),
-        Some(_) => {
-            errs.push(FieldError::new(format!("{base}/args"), "must be an object"));
-            Value::Null
-        }
-    };
-    let queue = string_field(obj, "queue", base, errs);
-    let priority = int_field(obj, "priority", base, 0..=9, errs);
-    let run_at = match obj.get("run_at") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => match DateTime::parse_from_rfc3339(s) {
-            Ok(t) => Some(t.with_timezone(&Utc)),
-            Err(_) => {
-                errs.push(FieldError::new(format!("{base}/run_at"), "must be an RFC 3339 time"));
-                None
-            }
-        },
-        Some(_) => {
-            errs.push(FieldError::new(
-                format!("{base}/run_at"),
-                "must be an RFC 3339 time string",
-            ));
-            None
-        }
-    };
-    let max_attempts = int_field(obj, "max_attempts", base, 1..=i64::from(i32::MAX), errs);
-    let timeout_ms = int_field(obj, "timeout_ms", base, 1..=i64::from(i32::MAX), errs);
-    let idempotency_key = string_field(obj, "idempotency_key", base, errs);
-    let concurrency_key = string_field(obj, "concurrency_key", base, errs);
-    if errs.len() > before {
-        return None;
-    }
-    let mut job = NewJob::new(kind?, args);
-    if let Some(q) = queue {
-        job.queue = q;
-    }
-    // The ranges were checked above, so these conversions cannot fail.
-    if let Some(p) = priority.and_then(|p| i16::try_from(p).ok()) {
-        job.priority = p;
-    }
-    job.run_at = run_at;
-    if let Some(m) = max_attempts.and_then(|m| i32::try_from(m).ok()) {
-        job.max_attempts = m;
-    }
-    job.timeout_ms = timeout_ms.and_then(|t| i32::try_from(t).ok());
-    if let Some(k) = idempotency_key {
-        // The payload compared on a replay is the request as sent, without the key itself.
-        let mut sent = obj.clone();
-        sent.remove("idempotency_key");
-        job.fingerprint = Some(queue::fingerprint(&Value::Object(sent)));
-        job.idempotency_key = Some(k);
-    }
-    job.concurrency_key = concurrency_key;
-    Some(job)
 }
 
 /// The request's W3C `traceparent`, normalised; an invalid one is ignored, as the W3C spec asks.
@@ -255,39 +97,29 @@ fn job_response(status: StatusCode, job: Job, replayed: bool, warning: Option<St
     security(("bearer" = []))
 )]
 #[tracing::instrument(skip_all, fields(account = %tenant.account))]
-pub async fn create(tenant: Tenant, headers: HeaderMap, JsonBody(body): JsonBody) -> Result<Response, ApiError> {
-    let mut errs = Vec::new();
-    let header_key = match headers.get(IDEMPOTENCY_KEY_HEADER) {
-        None => None,
-        Some(v) => match v.to_str() {
-            Ok(k) if !k.is_empty() && k.len() <= 255 => Some(k.to_owned()),
-            _ => {
-                errs.push(FieldError::new(
-                    "/headers/idempotency-key",
-                    "must be 1 to 255 visible characters",
-                ));
-                None
-            }
-        },
-    };
-    let job = parse_job(&body, "", &mut errs);
-    let Some(mut job) = job.filter(|_| errs.is_empty()) else {
-        return Err(ApiError::Invalid(errs));
-    };
-    if let Some(k) = header_key {
-        match &job.idempotency_key {
-            Some(field) if *field != k => {
-                return Err(ApiError::invalid(
-                    "/idempotency_key",
-                    "differs from the Idempotency-Key header",
-                ))
-            }
-            Some(_) => {}
-            None => {
-                job.fingerprint = Some(queue::fingerprint(&body));
-                job.idempotency_key = Some(k);
-            }
+pub async fn create(
+    tenant: Tenant,
+    headers: HeaderMap,
+    sent: Result<SentBody<NewJobBody>, ApiError>,
+) -> Result<Response, ApiError> {
+    // A bad header is named beside the body's bad fields, first.
+    let (SentBody { body, json }, header_key) = match (sent, idempotency_key(&headers)) {
+        (Ok(sent), Ok(key)) => (sent, key),
+        (Err(ApiError::Invalid(mut errs)), Err(e)) => {
+            errs.insert(0, e);
+            return Err(ApiError::Invalid(errs));
         }
+        (Err(e), _) => return Err(e),
+        (Ok(_), Err(e)) => return Err(ApiError::Invalid(vec![e])),
+    };
+    same_idempotency_key(body.idempotency_key.as_deref(), header_key.as_deref())
+        .map_err(|e| ApiError::Invalid(vec![e]))?;
+    let keyed = body.idempotency_key.is_some();
+    let mut job = body.into_job(&json);
+    if let (false, Some(k)) = (keyed, header_key) {
+        // The key is not part of the body, so the whole body is the payload compared.
+        job.fingerprint = Some(queue::fingerprint(&json));
+        job.idempotency_key = Some(k);
     }
     job.traceparent = traceparent(&headers);
     // Validated here, alone: a job refused inside a shared transaction would fail its neighbours.
@@ -334,38 +166,19 @@ fn tenant_waker(tenant: &Tenant) -> &crate::wake::Waker {
 pub async fn create_batch(
     tenant: Tenant,
     headers: HeaderMap,
-    JsonBody(body): JsonBody,
+    SentBody { body, json }: SentBody<BatchBody>,
 ) -> Result<(StatusCode, Json<BatchResponse>), ApiError> {
-    let Some(obj) = body.as_object() else {
-        return Err(ApiError::invalid("", "must be an object {\"jobs\": [...]}"));
-    };
-    if let Some(k) = obj.keys().find(|k| *k != "jobs") {
-        return Err(ApiError::invalid(format!("/{k}"), "unknown field"));
-    }
-    let Some(items) = obj.get("jobs").and_then(Value::as_array) else {
-        return Err(ApiError::invalid("/jobs", "must be an array of jobs"));
-    };
-    if items.len() > MAX_BATCH_JOBS {
-        return Err(ApiError::PayloadTooLarge(format!(
-            "a batch holds at most {MAX_BATCH_JOBS} jobs, got {}",
-            items.len()
-        )));
-    }
-    if items.is_empty() {
-        return Err(ApiError::invalid("/jobs", "must hold at least one job"));
-    }
     let trace = traceparent(&headers);
-    let mut errs = Vec::new();
-    let mut jobs = Vec::with_capacity(items.len());
-    for (i, item) in items.iter().enumerate() {
-        if let Some(mut job) = parse_job(item, &format!("/jobs/{i}"), &mut errs) {
+    let jobs: Vec<_> = body
+        .jobs
+        .into_iter()
+        .zip(json["jobs"].as_array().into_iter().flatten())
+        .map(|(job, sent)| {
+            let mut job = job.into_job(sent);
             job.traceparent.clone_from(&trace);
-            jobs.push(job);
-        }
-    }
-    if !errs.is_empty() {
-        return Err(ApiError::Invalid(errs));
-    }
+            job
+        })
+        .collect();
     let mut tx = tenant.begin().await?;
     let out = queue::enqueue_many(&mut tx, &tenant.account, &jobs).await?;
     tx.commit().await?;
@@ -471,12 +284,20 @@ pub async fn retry(tenant: Tenant, ApiPath(id): ApiPath<String>) -> Result<Json<
 mod tests {
     use std::collections::BTreeSet;
 
+    use chrono::Utc;
+
+    use super::super::body;
     use super::*;
 
     fn errors_of(v: Value) -> Vec<String> {
-        let mut errs = Vec::new();
-        parse_job(&v, "/jobs/3", &mut errs);
-        errs.into_iter().map(|e| e.path).collect()
+        match body::read::<NewJobBody>(&v, "/jobs/3") {
+            Ok(_) => Vec::new(),
+            Err(errs) => errs.into_iter().map(|e| e.path).collect(),
+        }
+    }
+
+    fn parse_job(v: &Value) -> queue::NewJob {
+        body::read::<NewJobBody>(v, "").unwrap().into_job(v)
     }
 
     /// Every invalid field is named, with its index path.
@@ -506,26 +327,9 @@ mod tests {
     /// Defaults are filled in; the fingerprint ignores the key but not the payload.
     #[test]
     fn parse_job_fills_defaults_and_fingerprints_as_sent() {
-        let mut errs = Vec::new();
-        let a = parse_job(
-            &serde_json::json!({"kind": "noop", "idempotency_key": "k"}),
-            "",
-            &mut errs,
-        )
-        .unwrap();
-        let b = parse_job(
-            &serde_json::json!({"kind": "noop", "idempotency_key": "other"}),
-            "",
-            &mut errs,
-        )
-        .unwrap();
-        let c = parse_job(
-            &serde_json::json!({"kind": "noop", "priority": 5, "idempotency_key": "k"}),
-            "",
-            &mut errs,
-        )
-        .unwrap();
-        assert!(errs.is_empty());
+        let a = parse_job(&serde_json::json!({"kind": "noop", "idempotency_key": "k"}));
+        let b = parse_job(&serde_json::json!({"kind": "noop", "idempotency_key": "other"}));
+        let c = parse_job(&serde_json::json!({"kind": "noop", "priority": 5, "idempotency_key": "k"}));
         assert_eq!((a.queue.as_str(), a.priority, a.max_attempts), ("default", 5, 20));
         assert_eq!(a.fingerprint, b.fingerprint);
         assert_ne!(

@@ -5,15 +5,15 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::Utc;
-use serde::Serialize;
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{json, Value};
 use utoipa::ToSchema;
 
 use super::auth::Tenant;
+use super::body::{field, Body, RequestBody, SentBody};
 use super::error::{ApiError, Problem};
-use super::extract::{next_page, ApiPath, IdPage, JsonBody, Limit, QueryParams};
-use super::fields::{object, reject_unknown, string};
-use super::jobs::{IDEMPOTENCY_KEY_HEADER, REPLAYED_HEADER};
+use super::extract::{idempotency_key, next_page, ApiPath, IdPage, Limit, QueryParams, REPLAYED_HEADER};
 use crate::load::{self, store, Load, LoadDetail, Outcome, RecordResult};
 use crate::queue::{self, FieldError};
 
@@ -24,30 +24,73 @@ use crate::queue::{self, FieldError};
 pub struct LoadDocument(Value);
 
 /// `POST /api/loads` body.
-#[derive(Debug, ToSchema)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-#[allow(dead_code)]
 pub struct NewLoadBody {
     /// Unique per account and UTC day.
+    #[serde(deserialize_with = "field::nonempty")]
     #[schema(min_length = 1)]
     name: String,
 }
 
+impl RequestBody for NewLoadBody {}
+
 /// `POST /api/loads/{id}/batches` body.
-#[derive(Debug, ToSchema)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-#[allow(dead_code)]
 pub struct NewBatchBody {
     /// `upsert`.
+    #[serde(rename = "action", deserialize_with = "upsert_action")]
     #[schema(pattern = "^upsert$")]
-    action: String,
+    _action: String,
     /// `inventory`.
+    #[serde(rename = "entity_type", deserialize_with = "inventory_type")]
     #[schema(pattern = "^inventory$")]
-    entity_type: String,
+    _entity_type: String,
     /// 1 to 5 000 records `{sku_ref, location_ref, qty}`; a record of another shape is refused on its own (its
     /// result says why), not the batch.
+    #[serde(deserialize_with = "records")]
     #[schema(min_items = 1, max_items = 5000)]
     records: Vec<Value>,
+}
+
+impl RequestBody for NewBatchBody {
+    /// More records than a batch holds is a 413, however the rest looks.
+    fn admit(json: &Value) -> Result<(), ApiError> {
+        match json.get("records").and_then(Value::as_array) {
+            Some(r) if r.len() > load::MAX_RECORDS => Err(load::Error::TooManyRecords {
+                max: load::MAX_RECORDS,
+                got: r.len(),
+            }
+            .into()),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The one value a field takes, as a string.
+fn exactly<'de, D: Deserializer<'de>>(d: D, value: &str) -> Result<String, D::Error> {
+    match Value::deserialize(d)? {
+        Value::String(s) if s == value => Ok(s),
+        _ => Err(D::Error::custom(format!("must be {value:?}"))),
+    }
+}
+
+fn upsert_action<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    exactly(d, "upsert")
+}
+
+fn inventory_type<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    exactly(d, "inventory")
+}
+
+/// A batch's records: a non-empty array (each record is checked on its own when the batch is processed).
+fn records<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Value>, D::Error> {
+    match Value::deserialize(d)? {
+        Value::Array(r) if !r.is_empty() => Ok(r),
+        Value::Array(_) => Err(D::Error::custom("must hold at least one record")),
+        _ => Err(D::Error::custom("must be an array of records")),
+    }
 }
 
 /// A page of loads.
@@ -119,14 +162,8 @@ fn json_response<T: Serialize>(status: StatusCode, body: T) -> Response {
     security(("bearer" = []))
 )]
 #[tracing::instrument(skip_all, fields(account = %tenant.account))]
-pub async fn create(tenant: Tenant, JsonBody(body): JsonBody) -> Result<Response, ApiError> {
-    let obj = object(&body)?;
-    let mut errs = Vec::new();
-    reject_unknown(obj, &["name"], &mut errs);
-    let name = string(obj, "name", true, &mut errs);
-    let (Some(name), true) = (name, errs.is_empty()) else {
-        return Err(ApiError::Invalid(errs));
-    };
+pub async fn create(tenant: Tenant, Body(body): Body<NewLoadBody>) -> Result<Response, ApiError> {
+    let name = body.name;
     let mut tx = tenant.begin().await?;
     let created = store::create_load(&mut *tx, &tenant.account, &name, Utc::now()).await?;
     tx.commit().await?;
@@ -187,19 +224,6 @@ pub async fn get(tenant: Tenant, ApiPath(id): ApiPath<String>) -> Result<Json<Lo
     Ok(Json(detail))
 }
 
-fn header_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    match headers.get(IDEMPOTENCY_KEY_HEADER) {
-        None => Ok(None),
-        Some(v) => match v.to_str() {
-            Ok(k) if !k.is_empty() && k.len() <= 255 => Ok(Some(k.to_owned())),
-            _ => Err(ApiError::invalid(
-                "/headers/idempotency-key",
-                "must be 1 to 255 visible characters",
-            )),
-        },
-    }
-}
-
 /// Send a batch of up to 5 000 records to an open load; workers process it (202). The same `Idempotency-Key`
 /// again answers 200 with the same batch and `Idempotent-Replayed: true`.
 #[utoipa::path(
@@ -226,43 +250,12 @@ pub async fn create_batch(
     tenant: Tenant,
     ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
-    JsonBody(mut body): JsonBody,
+    SentBody { body, json }: SentBody<NewBatchBody>,
 ) -> Result<Response, ApiError> {
-    let key = header_key(&headers)?;
+    let key = idempotency_key(&headers).map_err(|e| ApiError::Invalid(vec![e]))?;
     // The payload compared on a replay is the request as sent, for this load.
-    let fingerprint = queue::fingerprint(&json!({"load": id, "body": body}));
-    let Some(obj) = body.as_object_mut() else {
-        return Err(ApiError::invalid("", "must be a JSON object"));
-    };
-    let mut errs = Vec::new();
-    reject_unknown(obj, &["action", "entity_type", "records"], &mut errs);
-    if obj.get("action").and_then(Value::as_str) != Some("upsert") {
-        errs.push(FieldError::new("/action", "must be \"upsert\""));
-    }
-    if obj.get("entity_type").and_then(Value::as_str) != Some("inventory") {
-        errs.push(FieldError::new("/entity_type", "must be \"inventory\""));
-    }
-    let records = match obj.remove("records") {
-        Some(Value::Array(r)) if r.len() > load::MAX_RECORDS => {
-            return Err(load::Error::TooManyRecords {
-                max: load::MAX_RECORDS,
-                got: r.len(),
-            }
-            .into())
-        }
-        Some(Value::Array(r)) if !r.is_empty() => r,
-        Some(Value::Array(_)) => {
-            errs.push(FieldError::new("/records", "must hold at least one record"));
-            Vec::new()
-        }
-        _ => {
-            errs.push(FieldError::new("/records", "must be an array of records"));
-            Vec::new()
-        }
-    };
-    if !errs.is_empty() {
-        return Err(ApiError::Invalid(errs));
-    }
+    let fingerprint = queue::fingerprint(&json!({"load": id, "body": json}));
+    let records = body.records;
     let new = store::NewBatch {
         records,
         idempotency_key: key,

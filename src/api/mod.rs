@@ -18,12 +18,12 @@
 pub mod accounts;
 pub mod admin_events;
 pub mod auth;
+pub mod body;
 mod claimable;
 mod drain;
 mod enqueuer;
 pub mod error;
 pub mod extract;
-pub mod fields;
 pub mod health;
 pub mod job_search;
 pub mod jobs;

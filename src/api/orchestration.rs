@@ -6,105 +6,101 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
 use super::auth::Tenant;
+use super::body::{field, Body, RequestBody};
 use super::error::{ApiError, Problem};
-use super::extract::{ApiPath, IdPage, JsonBody, Limit, Page, QueryParams};
-use super::fields::{object, reject_unknown, string};
+use super::extract::{
+    idempotency_key, same_idempotency_key, ApiPath, IdPage, Limit, Page, QueryParams, REPLAYED_HEADER,
+};
 use crate::orchestration::{self, EventFilter, EventKind, EventStatus, NewEntity, NewEvent, Version};
 use crate::queue::{FieldError, Queue};
 
 /// Longest wait of `POST /api/events/sync`.
 const MAX_SYNC_TIMEOUT_MS: u64 = 60_000;
 
+// A workflow body is checked by `orchestration::workflow`, which names every problem of it at once.
 /// A JSON document of the orchestration API (workflow, entity, event, page, …); see CONTRACT §5 for its fields.
-#[derive(Debug, ToSchema)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[schema(as = OrchestrationDocument, value_type = Object)]
-#[allow(dead_code)]
 pub struct Document(Value);
 
-// The `*Body` structs below document request bodies for OpenAPI only: bodies are parsed by hand, so that every bad
-// field is reported at once.
+impl RequestBody for Document {}
 
 /// `POST /api/entities` body.
-#[derive(Debug, ToSchema)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[schema(as = NewEntity)]
 #[serde(deny_unknown_fields)]
-#[allow(dead_code)]
-struct NewEntityBody {
+pub struct NewEntityBody {
     /// Entity type; with `subtype` it names the workflow `TYPE::SUBTYPE` the entity follows, which must exist.
-    #[serde(rename = "type")]
+    #[serde(rename = "type", deserialize_with = "field::nonempty")]
     #[schema(min_length = 1, max_length = 255, pattern = "^(:?[^:])*:?$")]
     entity_type: String,
     /// Subtype (no `::` either).
+    #[serde(deserialize_with = "field::nonempty")]
     #[schema(min_length = 1, max_length = 255, pattern = "^(:?[^:])*:?$")]
     subtype: String,
     /// The entity's own reference, unique per type.
-    #[serde(rename = "ref")]
+    #[serde(rename = "ref", deserialize_with = "field::nonempty")]
     #[schema(min_length = 1, max_length = 255)]
     entity_ref: String,
     /// Initial status, one the workflow declares (default: its first).
+    #[serde(default, deserialize_with = "field::opt_nonempty")]
     #[schema(min_length = 1)]
     status: Option<String>,
     /// Attributes.
+    #[serde(default, deserialize_with = "field::opt_attributes")]
     attributes: Option<Map<String, Value>>,
 }
 
+impl RequestBody for NewEntityBody {}
+
 /// The entity an event is about.
-#[derive(Debug, ToSchema)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[schema(as = EventEntity)]
-#[allow(dead_code)]
-struct EventEntityBody {
+#[serde(expecting = "an object {type, ref}")]
+pub struct EventEntityBody {
     /// Entity type.
-    #[serde(rename = "type")]
+    #[serde(rename = "type", deserialize_with = "field::nonempty")]
     #[schema(min_length = 1)]
     entity_type: String,
     /// Entity ref.
-    #[serde(rename = "ref")]
+    #[serde(rename = "ref", deserialize_with = "field::nonempty")]
     #[schema(min_length = 1)]
     entity_ref: String,
 }
 
 /// `POST /api/events` and `POST /api/events/sync` body.
-#[derive(Debug, ToSchema)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[schema(as = NewEvent)]
 #[serde(deny_unknown_fields)]
-#[allow(dead_code)]
-struct NewEventBody {
+pub struct NewEventBody {
     /// Event name, e.g. `CREATE`.
+    #[serde(deserialize_with = "field::nonempty")]
     #[schema(min_length = 1, max_length = 255)]
     name: String,
     /// The entity, which must exist.
     entity: EventEntityBody,
     /// Attributes.
+    #[serde(default, deserialize_with = "field::opt_attributes")]
     attributes: Option<Map<String, Value>>,
     /// Run it then instead of now (RFC 3339).
+    #[serde(default, deserialize_with = "field::opt_time")]
     scheduled_at: Option<DateTime<Utc>>,
     /// Per-account deduplication key (or the `Idempotency-Key` header).
+    #[serde(default, deserialize_with = "field::opt_nonempty")]
     #[schema(min_length = 1)]
     idempotency_key: Option<String>,
 }
 
+impl RequestBody for NewEventBody {}
+
 /// The queue of an account request: its transactions run as the account under row-level security.
 fn queue(tenant: &Tenant) -> Queue {
     Queue::for_accounts(tenant.state().pool().clone(), tenant.state().waker().clone())
-}
-
-fn attributes(obj: &Map<String, Value>, errs: &mut Vec<FieldError>) -> Option<Value> {
-    match obj.get("attributes") {
-        None | Some(Value::Null) => None,
-        Some(v @ Value::Object(_)) if !super::jobs::has_nul(v) => Some(v.clone()),
-        Some(_) => {
-            errs.push(FieldError::new(
-                "/attributes",
-                "must be an object without NUL characters",
-            ));
-            None
-        }
-    }
 }
 
 fn json<T: Serialize>(status: StatusCode, body: T) -> Response {
@@ -133,7 +129,7 @@ pub async fn put_workflow(
     tenant: Tenant,
     ApiPath(reference): ApiPath<String>,
     q: QueryParams,
-    JsonBody(body): JsonBody,
+    Body(Document(body)): Body<Document>,
 ) -> Result<Response, ApiError> {
     let major = match q.given("major") {
         None | Some("false") => false,
@@ -262,21 +258,14 @@ pub async fn rules(_tenant: Tenant, q: QueryParams) -> Result<Response, ApiError
     security(("bearer" = []))
 )]
 #[tracing::instrument(skip_all, fields(account = %tenant.account))]
-pub async fn create_entity(tenant: Tenant, headers: HeaderMap, JsonBody(body): JsonBody) -> Result<Response, ApiError> {
-    let obj = object(&body)?;
-    let mut errs = Vec::new();
-    reject_unknown(obj, &["type", "subtype", "ref", "status", "attributes"], &mut errs);
-    let t = string(obj, "type", true, &mut errs);
-    let sub = string(obj, "subtype", true, &mut errs);
-    let r = string(obj, "ref", true, &mut errs);
-    let status = string(obj, "status", false, &mut errs);
-    let attrs = attributes(obj, &mut errs);
-    let (Some(t), Some(sub), Some(r), true) = (t, sub, r, errs.is_empty()) else {
-        return Err(ApiError::Invalid(errs));
-    };
-    let mut new = NewEntity::new(t, sub, r);
-    new.status = status;
-    new.attributes = attrs;
+pub async fn create_entity(
+    tenant: Tenant,
+    headers: HeaderMap,
+    Body(body): Body<NewEntityBody>,
+) -> Result<Response, ApiError> {
+    let mut new = NewEntity::new(body.entity_type, body.subtype, body.entity_ref);
+    new.status = body.status;
+    new.attributes = body.attributes.map(Value::Object);
     new.traceparent = super::jobs::traceparent(&headers);
     let (entity, _) = orchestration::create_entity(&queue(&tenant), &tenant.account, new).await?;
     Ok(json(StatusCode::CREATED, entity))
@@ -334,75 +323,17 @@ pub async fn get_entity(tenant: Tenant, ApiPath((t, r)): ApiPath<(String, String
     Ok(json(StatusCode::OK, e))
 }
 
-fn parse_event(body: &Value, headers: &HeaderMap) -> Result<NewEvent, ApiError> {
-    let obj = object(body)?;
-    let mut errs = Vec::new();
-    reject_unknown(
-        obj,
-        &["name", "entity", "attributes", "scheduled_at", "idempotency_key"],
-        &mut errs,
-    );
-    let name = string(obj, "name", true, &mut errs);
-    let entity = match obj.get("entity") {
-        Some(Value::Object(e)) => {
-            let t = match e.get("type") {
-                Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
-                _ => {
-                    errs.push(FieldError::new("/entity/type", "must be a non-empty string"));
-                    None
-                }
-            };
-            let r = match e.get("ref") {
-                Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
-                _ => {
-                    errs.push(FieldError::new("/entity/ref", "must be a non-empty string"));
-                    None
-                }
-            };
-            t.zip(r)
-        }
-        _ => {
-            errs.push(FieldError::new("/entity", "must be an object {type, ref}"));
-            None
-        }
-    };
-    let attrs = attributes(obj, &mut errs);
-    let scheduled_at = match obj.get("scheduled_at") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => match DateTime::parse_from_rfc3339(s) {
-            Ok(t) => Some(t.with_timezone(&Utc)),
-            Err(_) => {
-                errs.push(FieldError::new("/scheduled_at", "must be an RFC 3339 time"));
-                None
-            }
-        },
-        Some(_) => {
-            errs.push(FieldError::new("/scheduled_at", "must be an RFC 3339 time"));
-            None
-        }
-    };
-    let field_key = string(obj, "idempotency_key", false, &mut errs);
-    let header_key = headers
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    if let (Some(f), Some(h)) = (&field_key, &header_key) {
-        if f != h {
-            errs.push(FieldError::new(
-                "/idempotency_key",
-                "differs from the Idempotency-Key header",
-            ));
-        }
+/// The event of a body, its idempotency key from the field or the header (not two different ones).
+fn new_event(body: NewEventBody, headers: &HeaderMap) -> Result<NewEvent, ApiError> {
+    let header_key = idempotency_key(headers).map_err(|e| ApiError::Invalid(vec![e]))?;
+    same_idempotency_key(body.idempotency_key.as_deref(), header_key.as_deref())
+        .map_err(|e| ApiError::Invalid(vec![e]))?;
+    let mut e = NewEvent::new(body.name, body.entity.entity_type, body.entity.entity_ref);
+    if let Some(a) = body.attributes {
+        e = e.attributes(Value::Object(a));
     }
-    let (Some(name), Some((t, r)), true) = (name, entity, errs.is_empty()) else {
-        return Err(ApiError::Invalid(errs));
-    };
-    let mut e = NewEvent::new(name, t, r);
-    if let Some(a) = attrs {
-        e = e.attributes(a);
-    }
-    e.scheduled_at = scheduled_at;
-    e.idempotency_key = field_key.or(header_key);
+    e.scheduled_at = body.scheduled_at;
+    e.idempotency_key = body.idempotency_key.or(header_key);
     e.traceparent = super::jobs::traceparent(headers);
     Ok(e)
 }
@@ -423,14 +354,18 @@ fn parse_event(body: &Value, headers: &HeaderMap) -> Result<NewEvent, ApiError> 
     security(("bearer" = []))
 )]
 #[tracing::instrument(skip_all, fields(account = %tenant.account))]
-pub async fn send_event(tenant: Tenant, headers: HeaderMap, JsonBody(body): JsonBody) -> Result<Response, ApiError> {
-    let e = parse_event(&body, &headers)?;
+pub async fn send_event(
+    tenant: Tenant,
+    headers: HeaderMap,
+    Body(body): Body<NewEventBody>,
+) -> Result<Response, ApiError> {
+    let e = new_event(body, &headers)?;
     let orchestration::Accepted { event, replayed, .. } =
         orchestration::send_event(&queue(&tenant), &tenant.account, e).await?;
     let mut res = json(StatusCode::ACCEPTED, event);
     if replayed {
         res.headers_mut()
-            .insert("idempotent-replayed", axum::http::HeaderValue::from_static("true"));
+            .insert(REPLAYED_HEADER, axum::http::HeaderValue::from_static("true"));
     }
     Ok(res)
 }
@@ -454,7 +389,7 @@ pub async fn send_event_sync(
     tenant: Tenant,
     headers: HeaderMap,
     q: QueryParams,
-    JsonBody(body): JsonBody,
+    Body(body): Body<NewEventBody>,
 ) -> Result<Response, ApiError> {
     let timeout_ms = match q.given("timeout_ms") {
         None => 10_000,
@@ -463,7 +398,7 @@ pub async fn send_event_sync(
             _ => return Err(ApiError::invalid("/query/timeout_ms", "must be 1 to 60000")),
         },
     };
-    let e = parse_event(&body, &headers)?;
+    let e = new_event(body, &headers)?;
     let timeout = Duration::from_millis(timeout_ms);
     let out = tenant
         .state()

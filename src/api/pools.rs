@@ -6,14 +6,13 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use axum::Json;
-use serde::de::DeserializeOwned;
 use serde::Serialize;
-use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::auth::Admin;
+use super::body::{Body, RequestBody};
 use super::error::{ApiError, Problem};
-use super::extract::{next_page, ApiPath, IdPage, JsonBody, Page, QueryParams};
+use super::extract::{next_page, ApiPath, IdPage, Page, QueryParams};
 use super::AppState;
 use crate::audit;
 use crate::autoscale::{self, ScaleTarget};
@@ -51,22 +50,21 @@ impl From<autoscale::Error> for ApiError {
     }
 }
 
-/// Parses a body into `T`; a wrong shape is a 422 naming the field serde stopped at.
-fn parse<T: DeserializeOwned>(mut body: Value) -> Result<T, ApiError> {
-    if !body.is_object() {
-        return Err(ApiError::invalid("", "must be an object"));
-    }
-    super::fields::integral_floats_as_integers(&mut body);
-    serde_json::from_value(body).map_err(|e| {
-        let msg = e.to_string();
-        let path = msg
-            .split('`')
-            .nth(1)
-            .filter(|_| msg.starts_with("unknown field") || msg.starts_with("missing field"))
-            .map(|f| format!("/{f}"))
-            .unwrap_or_default();
-        ApiError::Invalid(vec![FieldError::new(path, msg)])
-    })
+// The admin bodies are plain serde types with plain integer fields: integral floats are read as integers.
+
+impl RequestBody for PutPoolBody {
+    const NOT_AN_OBJECT: &'static str = "must be an object";
+    const INTEGRAL_FLOATS: bool = true;
+}
+
+impl RequestBody for ScaleTarget {
+    const NOT_AN_OBJECT: &'static str = "must be an object";
+    const INTEGRAL_FLOATS: bool = true;
+}
+
+impl RequestBody for NewRollout {
+    const NOT_AN_OBJECT: &'static str = "must be an object";
+    const INTEGRAL_FLOATS: bool = true;
 }
 
 /// `PUT /api/pools/{pool}` body.
@@ -74,15 +72,14 @@ fn parse<T: DeserializeOwned>(mut body: Value) -> Result<T, ApiError> {
 #[serde(deny_unknown_fields)]
 pub struct PutPoolBody {
     /// Queues the pool serves (pool `default` always serves `default` and every queue no other pool lists).
-    #[schema(value_type = Vec<QueueName>)]
-    pub queues: Vec<String>,
+    pub queues: Vec<QueueName>,
 }
 
 /// A queue's name: 1 to 255 characters.
-#[derive(Debug, ToSchema)]
+#[derive(Debug, serde::Deserialize, ToSchema)]
 #[schema(pattern = "^[\\s\\S]{1,255}$")]
-#[allow(dead_code)]
-struct QueueName(String);
+#[serde(transparent)]
+pub struct QueueName(pub String);
 
 /// `GET /api/pools` answer.
 #[derive(Debug, Serialize, ToSchema)]
@@ -112,11 +109,11 @@ pub async fn put(
     admin: Admin,
     state: axum::extract::State<AppState>,
     ApiPath(pool): ApiPath<String>,
-    JsonBody(body): JsonBody,
+    Body(body): Body<PutPoolBody>,
 ) -> Result<Json<WorkerPool>, ApiError> {
-    let body: PutPoolBody = parse(body)?;
+    let queues: Vec<String> = body.queues.into_iter().map(|q| q.0).collect();
     let mut tx = state.admin_pool().begin().await?;
-    let out = rollout::put_pool(&mut *tx, &pool, &body.queues).await?;
+    let out = rollout::put_pool(&mut *tx, &pool, &queues).await?;
     audit::record(&mut tx, admin.actor(), "pool.put", &pool).await?;
     tx.commit().await?;
     Ok(Json(out))
@@ -163,9 +160,8 @@ pub async fn put_scaling(
     admin: Admin,
     state: axum::extract::State<AppState>,
     ApiPath(pool): ApiPath<String>,
-    JsonBody(body): JsonBody,
+    Body(target): Body<ScaleTarget>,
 ) -> Result<Json<ScaleTarget>, ApiError> {
-    let target: ScaleTarget = parse(body)?;
     let mut tx = state.admin_pool().begin().await?;
     let out = autoscale::put_target(&mut *tx, &pool, &target).await?;
     audit::record(&mut tx, admin.actor(), "scaling.put", &pool).await?;
@@ -191,9 +187,8 @@ pub async fn put_scaling(
 pub async fn create_rollout(
     admin: Admin,
     state: axum::extract::State<AppState>,
-    JsonBody(body): JsonBody,
+    Body(req): Body<NewRollout>,
 ) -> Result<(StatusCode, Json<Rollout>), ApiError> {
-    let req: NewRollout = parse(body)?;
     check_servable(&state, &req).await?;
     let mut tx = state.admin_pool().begin().await?;
     let out = rollout::start(&mut *tx, &req).await?;

@@ -5,14 +5,14 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::Utc;
-use serde::Serialize;
-use serde_json::{Map, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::auth::Tenant;
+use super::body::{field, Body, RequestBody};
 use super::error::{ApiError, Problem};
-use super::extract::{next_page, ApiPath, JsonBody, Page, QueryParams};
-use super::fields::{boolean, object, reject_unknown, string};
+use super::extract::{next_page, ApiPath, Page, QueryParams};
 use crate::queue::FieldError;
 use crate::scheduler::store::{self, EventSpec, JobSpec, NewSchedule, Schedule, ScheduleUpdate, Target};
 
@@ -48,49 +48,62 @@ pub struct ScheduleBody {
 }
 
 /// `POST /api/schedules` body.
-#[derive(Debug, ToSchema)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-#[allow(dead_code)]
 pub struct NewScheduleBody {
     /// Unique per account.
+    #[serde(deserialize_with = "field::nonempty")]
     #[schema(min_length = 1)]
     name: String,
     /// 5 fields, or 6 with leading seconds.
+    #[serde(deserialize_with = "field::nonempty")]
     #[schema(min_length = 1)]
     cron: String,
     /// IANA time zone (default `UTC`).
+    #[serde(default, deserialize_with = "field::opt_nonempty")]
     #[schema(min_length = 1)]
     timezone: Option<String>,
     /// The job each tick enqueues (give `job` or `event`).
+    #[serde(default)]
     #[schema(value_type = Option<crate::scheduler::JobSpec>)]
     job: Option<Value>,
     /// The event each tick sends, `{name, entity: {type, ref}, attributes?}` (give `job` or `event`).
+    #[serde(default)]
     #[schema(value_type = Option<Object>)]
     event: Option<Value>,
     /// Create it paused.
+    #[serde(default, deserialize_with = "field::opt_bool")]
     paused: Option<bool>,
 }
 
+impl RequestBody for NewScheduleBody {}
+
 /// `PATCH /api/schedules/{name}` body: the fields to change.
-#[derive(Debug, ToSchema)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-#[allow(dead_code)]
 pub struct ScheduleChangeBody {
     /// New expression.
+    #[serde(default, deserialize_with = "field::opt_nonempty")]
     #[schema(min_length = 1)]
     cron: Option<String>,
     /// New time zone.
+    #[serde(default, deserialize_with = "field::opt_nonempty")]
     #[schema(min_length = 1)]
     timezone: Option<String>,
     /// New job (replaces the target).
+    #[serde(default)]
     #[schema(value_type = Option<crate::scheduler::JobSpec>)]
     job: Option<Value>,
     /// New event (replaces the target).
+    #[serde(default)]
     #[schema(value_type = Option<Object>)]
     event: Option<Value>,
     /// Pause (`true`) or resume (`false`).
+    #[serde(default, deserialize_with = "field::opt_bool")]
     paused: Option<bool>,
 }
+
+impl RequestBody for ScheduleChangeBody {}
 
 /// A page of schedules.
 #[derive(Debug, Serialize, ToSchema)]
@@ -129,7 +142,7 @@ fn event_target(v: &Value, errs: &mut Vec<FieldError>) -> Option<Target> {
         }
         _ => errs.push(FieldError::new("/event/entity", "is required: {type, ref}")),
     }
-    if super::jobs::has_nul(v) {
+    if field::has_nul(v) {
         errs.push(FieldError::new("/event", "strings must not contain NUL characters"));
     }
     if errs.len() > before {
@@ -144,23 +157,23 @@ fn event_target(v: &Value, errs: &mut Vec<FieldError>) -> Option<Target> {
     }
 }
 
-fn target(obj: &Map<String, Value>, required: bool, errs: &mut Vec<FieldError>) -> Option<Target> {
-    let given = |k: &str| obj.get(k).is_some_and(|v| !v.is_null());
-    if given("event") {
-        if given("job") {
+/// The target of a body's `job` or `event` (a null one is absent); `required` when the body must have one.
+fn target(job: Option<&Value>, event: Option<&Value>, required: bool, errs: &mut Vec<FieldError>) -> Option<Target> {
+    if let Some(event) = event {
+        if job.is_some() {
             errs.push(FieldError::new("/event", "give either job or event, not both"));
             return None;
         }
-        return event_target(&obj["event"], errs);
+        return event_target(event, errs);
     }
-    match obj.get("job") {
-        None | Some(Value::Null) => {
+    match job {
+        None => {
             if required {
                 errs.push(FieldError::new("/job", "is required (or event)"));
             }
             None
         }
-        Some(v) if super::jobs::has_nul(v) => {
+        Some(v) if field::has_nul(v) => {
             errs.push(FieldError::new("/job", "strings must not contain NUL characters"));
             None
         }
@@ -188,26 +201,13 @@ fn target(obj: &Map<String, Value>, required: bool, errs: &mut Vec<FieldError>) 
     security(("bearer" = []))
 )]
 #[tracing::instrument(skip_all, fields(account = %tenant.account))]
-pub async fn create(tenant: Tenant, JsonBody(body): JsonBody) -> Result<Response, ApiError> {
-    let obj = object(&body)?;
+pub async fn create(tenant: Tenant, Body(body): Body<NewScheduleBody>) -> Result<Response, ApiError> {
     let mut errs = Vec::new();
-    reject_unknown(obj, &["name", "cron", "timezone", "job", "event", "paused"], &mut errs);
-    let name = string(obj, "name", false, &mut errs);
-    let cron = string(obj, "cron", false, &mut errs);
-    let timezone = string(obj, "timezone", false, &mut errs);
-    let paused = boolean(obj, "paused", &mut errs).unwrap_or(false);
-    let target = target(obj, true, &mut errs);
-    if name.is_none() && !errs.iter().any(|e| e.path == "/name") {
-        errs.push(FieldError::new("/name", "is required"));
-    }
-    if cron.is_none() && !errs.iter().any(|e| e.path == "/cron") {
-        errs.push(FieldError::new("/cron", "is required"));
-    }
-    let (Some(name), Some(cron), Some(target), true) = (name, cron, target, errs.is_empty()) else {
+    let Some(target) = target(body.job.as_ref(), body.event.as_ref(), true, &mut errs) else {
         return Err(ApiError::Invalid(errs));
     };
-    let mut new = NewSchedule::new(name, cron, target).paused(paused);
-    if let Some(tz) = timezone {
+    let mut new = NewSchedule::new(body.name, body.cron, target).paused(body.paused.unwrap_or(false));
+    if let Some(tz) = body.timezone {
         new = new.timezone(tz);
     }
     let mut tx = tenant.begin().await?;
@@ -280,16 +280,14 @@ pub async fn get(tenant: Tenant, ApiPath(name): ApiPath<String>) -> Result<Json<
 pub async fn update(
     tenant: Tenant,
     ApiPath(name): ApiPath<String>,
-    JsonBody(body): JsonBody,
+    Body(body): Body<ScheduleChangeBody>,
 ) -> Result<Json<Schedule>, ApiError> {
-    let obj = object(&body)?;
     let mut errs = Vec::new();
-    reject_unknown(obj, &["cron", "timezone", "job", "event", "paused"], &mut errs);
     let change = ScheduleUpdate {
-        cron: string(obj, "cron", false, &mut errs),
-        timezone: string(obj, "timezone", false, &mut errs),
-        target: target(obj, false, &mut errs),
-        paused: boolean(obj, "paused", &mut errs),
+        cron: body.cron,
+        timezone: body.timezone,
+        target: target(body.job.as_ref(), body.event.as_ref(), false, &mut errs),
+        paused: body.paused,
     };
     if !errs.is_empty() {
         return Err(ApiError::Invalid(errs));
