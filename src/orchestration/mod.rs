@@ -48,6 +48,16 @@ use ordo_workers::rules::{EntityKey, Problem};
 
 use crate::queue;
 
+/// Rule problems as the queue's field errors, shown the one way field errors are (`path: message; …`).
+fn field_errors(problems: &[Problem]) -> queue::FieldErrors {
+    queue::FieldErrors(
+        problems
+            .iter()
+            .map(|p| queue::FieldError::new(p.path.clone(), p.message.clone()))
+            .collect(),
+    )
+}
+
 /// The queue orchestration jobs (events and webhook deliveries) go to.
 pub const QUEUE: &str = "default";
 
@@ -56,7 +66,7 @@ pub const QUEUE: &str = "default";
 #[non_exhaustive]
 pub enum Error {
     /// The input is invalid; every problem is listed (HTTP 422).
-    #[error("invalid input: {}", .0.iter().map(|p| format!("{}: {}", p.path, p.message)).collect::<Vec<_>>().join("; "))]
+    #[error("invalid input: {}", field_errors(.0))]
     Invalid(Vec<Problem>),
     /// No workflow (or no such version) in the account (HTTP 404).
     #[error("workflow {reference} not found")]
