@@ -75,6 +75,11 @@ pub fn find_bin_dir() -> Result<PathBuf, Error> {
     versions.sort();
     versions.pop().map(|(_, p)| p).ok_or(Error::NoBinaries)
 }
+/// How long a server has to accept connections after it started, and how often it is tried.
+const START_WITHIN: Duration = Duration::from_secs(60);
+const START_POLL: Duration = Duration::from_millis(50);
+/// How long one connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
 fn is_root() -> bool {
     // The effective uid without libc: /proc/self/status has "Uid: real effective ...".
@@ -183,7 +188,7 @@ impl PgServer {
                 .args(["-o", &opts, "-w", "-t", "60", "start"]);
             c
         })?;
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + START_WITHIN;
         while !server.accepts() {
             if Instant::now() > deadline {
                 return Err(Error::Timeout {
@@ -191,14 +196,14 @@ impl PgServer {
                     secs: 60,
                 });
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(START_POLL);
         }
         Ok(server)
     }
 
     /// Whether something accepts TCP connections on the port.
     pub fn accepts(&self) -> bool {
-        std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], self.port).into(), Duration::from_millis(500)).is_ok()
+        std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], self.port).into(), CONNECT_TIMEOUT).is_ok()
     }
 
     /// The URL of database `db` on this server.

@@ -29,6 +29,8 @@ use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 
 /// How often, at most, a handshake looks at the certificate files' modification times.
 const RELOAD_CHECK: Duration = Duration::from_secs(1);
+/// How long the listener waits after a failed accept (out of file descriptors, say) before it tries again.
+const ACCEPT_RETRY: Duration = Duration::from_secs(1);
 /// Longest a client may take to complete its handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshaken connections waiting for the server to take them.
@@ -309,7 +311,7 @@ async fn accept_loop(
                 tracing::warn!(error = %e, "failed to accept a connection");
                 tokio::select! {
                     _ = stop.cancelled() => break,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    _ = tokio::time::sleep(ACCEPT_RETRY) => continue,
                 }
             }
         };

@@ -63,6 +63,8 @@ pub struct Autoscaler<D> {
 
 /// A scaling decision every 2 s: queue depth changes faster than workers start, so more often gains nothing.
 const INTERVAL: Duration = Duration::from_secs(2);
+/// The shortest leader lease, however short the interval: a lease must outlast a slow round.
+const MIN_LEASE: Duration = Duration::from_secs(2);
 /// The autoscaler's lease: five rounds, so one slow round does not hand leadership over.
 const LEASE: Duration = Duration::from_secs(10);
 /// Workers heartbeating within this count as running: a worker heartbeats every 10 s with the default lease.
@@ -169,7 +171,7 @@ pub async fn serve(db: &DbConfig, args: &AutoscalerArgs, shutdown: CancellationT
     let controller = crate::rollout::Controller::new(pool.clone(), holder.clone());
     let rollouts = tokio::spawn(controller.run(shutdown.clone()));
     let interval = Duration::from_millis(args.interval_ms.max(50));
-    let lease = (interval * 5).max(Duration::from_secs(2));
+    let lease = (interval * 5).max(MIN_LEASE);
     match (args.driver, kube) {
         (DriverKind::Kubernetes, Some(driver)) => run_with(pool, holder, driver, args, interval, lease, shutdown).await,
         (DriverKind::Process, _) => {

@@ -304,6 +304,10 @@ impl Records {
     }
 }
 
+/// How often progress is printed as a line when the output is not a terminal.
+const PLAIN_PROGRESS_EVERY: Duration = Duration::from_secs(2);
+/// How often the load's status is asked for while its batches run.
+const STATUS_POLL: Duration = Duration::from_millis(200);
 /// The first wait before retrying a request: long enough for an API restart's listener hand-over.
 const RETRY_FIRST: Duration = Duration::from_millis(200);
 /// Random extra wait per retry, so many clients cut off together do not come back in step.
@@ -458,7 +462,7 @@ impl Progress {
             let bar = format!("{}{}", "=".repeat(filled), " ".repeat(20 - filled));
             let _ = write!(err, "\r{phase:<10} [{bar}] {pct:>3}% {done}/{of} {extra}\x1b[K");
             let _ = err.flush();
-        } else if force || self.last.elapsed() >= Duration::from_secs(2) {
+        } else if force || self.last.elapsed() >= PLAIN_PROGRESS_EVERY {
             let _ = writeln!(err, "{phase}: {done}/{of} {extra}");
             self.last = Instant::now();
         }
@@ -615,7 +619,7 @@ pub async fn run(args: &LoadArgs, shutdown: CancellationToken) -> Result<Summary
         }
         tokio::select! {
             _ = shutdown.cancelled() => return Err(ClientError::Interrupted),
-            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = tokio::time::sleep(STATUS_POLL) => {}
         }
     }
 }

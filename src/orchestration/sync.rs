@@ -138,10 +138,14 @@ enum Answer {
     Waits(Event),
 }
 
+/// The first and the longest wait between two looks at a synchronous event's outcome.
+const FIRST_WAIT: Duration = Duration::from_millis(1);
+const LONGEST_WAIT: Duration = Duration::from_millis(25);
+
 /// Waits until an accepted event has run (polling, with short waits first: an idle worker picks an event up
 /// within milliseconds of the wake-up) and reads its outcome; [`Error::Timeout`] at `deadline`.
 async fn wait_for(q: &Queue, account: &AccountId, accepted: Event, deadline: Instant) -> Result<SyncOutcome> {
-    let mut wait = Duration::from_millis(1);
+    let mut wait = FIRST_WAIT;
     let done = loop {
         let mut tx = q.begin_for(account).await?;
         let e = get_event(&mut *tx, account, &accepted.id).await?;
@@ -154,7 +158,7 @@ async fn wait_for(q: &Queue, account: &AccountId, accepted: Event, deadline: Ins
             return Err(Error::Timeout { event_id: accepted.id });
         }
         tokio::time::sleep(wait.min(deadline - now)).await;
-        wait = (wait * 2).min(Duration::from_millis(25));
+        wait = (wait * 2).min(LONGEST_WAIT);
     };
     let mut tx = q.begin_for(account).await?;
     let out = outcomes(&mut tx, account, vec![done]).await?.pop();

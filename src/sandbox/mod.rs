@@ -275,7 +275,7 @@ async fn run_cluster(
         .trust
         .http_client()?
         .no_proxy()
-        .timeout(Duration::from_secs(2))
+        .timeout(PROBE_TIMEOUT)
         .build()
         .map_err(std::io::Error::other)?;
     let roles: [(&str, &[&str]); 5] = [
@@ -446,7 +446,7 @@ async fn demo_load(database_url: String, stop: CancellationToken) {
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = tokio::time::sleep(DEMO_EVENT_EVERY) => {}
         }
         n += 1;
         let sku = DEMO_SKUS[(n % 3) as usize];
@@ -508,11 +508,7 @@ async fn demo_inventory_batch(pool: &sqlx::PgPool, demo: &AccountId, n: u64) -> 
 }
 
 async fn local_redis() -> Option<String> {
-    let up = tokio::time::timeout(
-        Duration::from_millis(300),
-        tokio::net::TcpStream::connect("127.0.0.1:6379"),
-    )
-    .await;
+    let up = tokio::time::timeout(REDIS_PROBE_TIMEOUT, tokio::net::TcpStream::connect("127.0.0.1:6379")).await;
     matches!(up, Ok(Ok(_))).then(|| "redis://127.0.0.1:6379".to_owned())
 }
 
@@ -523,7 +519,7 @@ async fn wait_ready(
     children: &mut [(String, Child)],
     shutdown: &CancellationToken,
 ) -> Result<(), Error> {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + READY_WITHIN;
     loop {
         for (name, child) in children.iter_mut() {
             if let Ok(Some(_)) = child.try_wait() {
@@ -541,10 +537,19 @@ async fn wait_ready(
                 last,
             });
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(READY_POLL).await;
     }
 }
 
+/// How long a probe of a role the sandbox started may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the demo sends an event: a few a second, enough to watch the dashboard move.
+const DEMO_EVENT_EVERY: Duration = Duration::from_millis(200);
+/// How long finding a Redis on its default port may take before the sandbox starts its own.
+const REDIS_PROBE_TIMEOUT: Duration = Duration::from_millis(300);
+/// How long the roles have to become ready, and how often they are asked.
+const READY_WITHIN: Duration = Duration::from_secs(60);
+const READY_POLL: Duration = Duration::from_millis(100);
 /// How long a role may take to drain and exit after SIGTERM before it is killed: a worker's default drain (25 s)
 /// and its flush fit in it.
 const STOP_GRACE: Duration = Duration::from_secs(30);
