@@ -5,6 +5,8 @@
 -- The previous release's workers keep calling job_claim_pick, which stays.
 --
 -- The same pinned plan as job_claim_pick: the ordered walk of job_claim_idx, whose start key is (priority, run_at).
+set local lock_timeout = '5s';
+
 create function job_claim_walk(
     p_queue text, p_account text, p_kinds text[], p_version text, p_limit bigint, p_skip bigint[],
     p_lo smallint[], p_hi smallint[], p_from timestamptz[]
