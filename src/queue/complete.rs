@@ -94,6 +94,7 @@ pub async fn complete_many<'e>(exec: impl PgExecutor<'e>, items: &[Completion]) 
     }
     let (ids, attempts, results) = completion_arrays(items);
     let rows: Vec<i64> = sqlx::query_scalar(COMPLETE_SQL.as_str())
+        .persistent(false)
         .bind(&ids)
         .bind(&attempts)
         .bind(&results)
@@ -106,14 +107,14 @@ static COMPLETE_SQL: LazyLock<String> = LazyLock::new(|| completion_sql(&release
 
 /// Deletes the jobs of `job_leases($1, $2)` (each at its attempt) that satisfy `cond`, returning `row`.
 ///
-/// Every statement that joins `job` to `job_leases` also bounds `job.id = any($1)`: a primary-key probe per id
-/// whichever side of the join the planner puts `job` on. Planned while `job` looked empty (a fresh database, or a
-/// backlog just drained), a generic plan may scan all of `job` once per pair instead, and a connection keeps that
-/// plan: under a snapshot held open, with the dead rows it keeps, a completion then took minutes.
+/// Every statement joining `job` to `job_leases` runs unnamed (`persistent(false)`), planned with the state of
+/// the table at that moment: a named statement's generic plan, made while `job` looked empty (a fresh database),
+/// put `job` outside the join, a walk of the whole table per statement, and the connection kept it; under a
+/// snapshot held open one completion then ran for minutes.
 fn leased_delete(cond: &str, row: &str) -> String {
     format!(
         "delete from job using job_leases($1, $2) as r \
-         where job.id = any($1) and job.id = r.id and job.attempt = r.attempt and {cond} returning {row}"
+         where job.id = r.id and job.attempt = r.attempt and {cond} returning {row}"
     )
 }
 
@@ -175,6 +176,7 @@ pub async fn complete_handing_off(
     }
     let (ids, attempts, results) = completion_arrays(items);
     let rows: Vec<(Option<i64>, Option<i64>)> = sqlx::query_as(COMPLETE_HANDING_OFF_SQL.as_str())
+        .persistent(false)
         .bind(&ids)
         .bind(&attempts)
         .bind(&results)
@@ -229,6 +231,7 @@ pub async fn complete_locked<'e>(exec: impl PgExecutor<'e>, items: &[Completion]
     }
     let (ids, attempts, results) = completion_arrays(items);
     let rows: Vec<i64> = sqlx::query_scalar(COMPLETE_LOCKED_SQL.as_str())
+        .persistent(false)
         .bind(&ids)
         .bind(&attempts)
         .bind(&results)
@@ -276,6 +279,7 @@ pub async fn fail_many<'e>(exec: impl PgExecutor<'e>, items: &[Failure]) -> Resu
     let permanent: Vec<bool> = items.iter().map(|f| f.permanent).collect();
     let retry_at: Vec<DateTime<Utc>> = items.iter().map(|f| f.retry_at).collect();
     let rows: Vec<i64> = sqlx::query_scalar(FAIL_SQL.as_str())
+        .persistent(false)
         .bind(&ids)
         .bind(&attempts)
         .bind(&messages)
@@ -312,9 +316,7 @@ static FAIL_SQL: LazyLock<String> = LazyLock::new(|| {
                 -- a retry is routed afresh (null outside a rollout), so it never waits for a retired version
                 version = route_version(job.queue, coalesce(job.concurrency_key, job.id::text))
             from job_leases($1, $2) as r
-            -- an index condition whatever the join order (see leased_delete)
-            where job.id = any($1)
-              and job.id = r.id
+            where job.id = r.id
               and job.attempt = r.attempt
               and job.state = 'running'
               and not {gives_up}
@@ -383,14 +385,13 @@ pub async fn snooze_many<'e>(exec: impl PgExecutor<'e>, items: &[Snooze]) -> Res
             leased_until = null,
             version = route_version(job.queue, coalesce(job.concurrency_key, job.id::text))
         from job_leases($1, $2) as r
-        -- an index condition whatever the join order (see leased_delete)
-        where job.id = any($1)
-          and job.id = r.id
+        where job.id = r.id
           and job.attempt = r.attempt
           and job.state = 'running'
         returning job.id
         "#,
     )
+    .persistent(false)
     .bind(&ids)
     .bind(&attempts)
     .bind(&delays)
@@ -407,6 +408,7 @@ pub async fn cancel_running<'e>(exec: impl PgExecutor<'e>, items: &[(JobId, i32,
     let (ids, attempts) = ids_attempts(items.iter().map(|(id, a, _)| (id, a)));
     let reasons: Vec<String> = items.iter().map(|(_, _, r)| truncate(r)).collect();
     let rows: Vec<i64> = sqlx::query_scalar(CANCEL_RUNNING_SQL.as_str())
+        .persistent(false)
         .bind(&ids)
         .bind(&attempts)
         .bind(&reasons)
@@ -453,14 +455,13 @@ pub async fn hand_back<'e>(exec: impl PgExecutor<'e>, items: &[(JobId, i32)]) ->
             leased_until = null,
             version = route_version(job.queue, coalesce(job.concurrency_key, job.id::text))
         from job_leases($1, $2) as r
-        -- an index condition whatever the join order (see leased_delete)
-        where job.id = any($1)
-          and job.id = r.id
+        where job.id = r.id
           and job.attempt = r.attempt
           and job.state = 'running'
         returning job.id
         "#,
     )
+    .persistent(false)
     .bind(&ids)
     .bind(&attempts)
     .fetch_all(exec)
@@ -479,14 +480,13 @@ pub async fn heartbeat<'e>(exec: impl PgExecutor<'e>, items: &[(JobId, i32)], le
         update job
         set leased_until = now() + make_interval(secs => $3)
         from job_leases($1, $2) as r
-        -- an index condition whatever the join order (see leased_delete)
-        where job.id = any($1)
-          and job.id = r.id
+        where job.id = r.id
           and job.attempt = r.attempt
           and job.state = 'running'
         returning job.id
         "#,
     )
+    .persistent(false)
     .bind(&ids)
     .bind(&attempts)
     .bind(lease.as_secs_f64())

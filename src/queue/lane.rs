@@ -44,13 +44,10 @@ pub(crate) fn release_after(done: &str) -> String {
                 select j.id
                 from job j
                 join lane_next n on j.id = n.next_id and not n.due
-                -- index conditions whatever the join order (see complete.rs, leased_delete)
-                where j.id = any(array(select next_id from lane_next))
-                  and j.state = 'parked'
+                where j.state = 'parked'
                 for update of j skip locked
             ) r
-            where job.id = any(array(select next_id from lane_next))
-              and job.id = r.id
+            where job.id = r.id
             returning job.id, false as handed
         ),"#,
     )
@@ -72,9 +69,7 @@ pub(crate) fn release_after_handing_off(done: &str, first: usize) -> String {
             select j.id, j.account_id, j.queue, j.kind, j.version
             from job j
             join lane_next n on j.id = n.next_id and not n.due
-            -- an index condition whatever the join order (see complete.rs, leased_delete)
-            where j.id = any(array(select next_id from lane_next))
-              and j.state = 'parked'
+            where j.state = 'parked'
             for update of j skip locked
         ),
         lane_offered as (
@@ -104,8 +99,7 @@ pub(crate) fn release_after_handing_off(done: &str, first: usize) -> String {
                 pool = case when r.handed then {pool}::text else job.pool end,
                 version = case when r.handed then {version}::text else job.version end
             from lane_handed r
-            where job.id = any(array(select id from lane_handed))
-              and job.id = r.id
+            where job.id = r.id
             returning job.id, r.handed
         ),"#
         ),

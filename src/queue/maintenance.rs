@@ -32,7 +32,9 @@ const WORKER_SEEN_WITHIN: Duration = Duration::from_secs(90);
 /// and the job becomes `retryable` after a backoff, or `discarded` when its attempts are exhausted. Returns the
 /// ids rescued (at most `limit`).
 pub async fn rescue_expired<'e>(exec: impl PgExecutor<'e>, policy: RetryPolicy, limit: i64) -> Result<Vec<JobId>> {
+    // Unnamed, planned each time (see complete.rs, leased_delete): the join of `job` to the expired ids.
     let rows: Vec<i64> = sqlx::query_scalar(RESCUE_SQL.as_str())
+        .persistent(false)
         .bind(policy.base.as_secs_f64())
         .bind(policy.cap.as_secs_f64())
         .bind(limit)
@@ -65,17 +67,14 @@ static RESCUE_SQL: LazyLock<String> = LazyLock::new(|| {
                 leased_until = null,
                 version = route_version(job.queue, coalesce(job.concurrency_key, job.id::text))
             from expired
-            -- an index condition whatever the join order (see complete.rs, leased_delete)
-            where job.id = any(array(select id from expired))
-              and job.id = expired.id
+            where job.id = expired.id
               and job.attempt < job.max_attempts
             returning job.id, job.account_id, job.queue, job.concurrency_key, job.state
         ),
         discarded as (
             delete from job
             using expired
-            where job.id = any(array(select id from expired))
-              and job.id = expired.id
+            where job.id = expired.id
               and job.attempt >= job.max_attempts
             returning {row}
         ){rest}
@@ -111,9 +110,7 @@ async fn promote(pool: &sqlx::PgPool, limit: i64) -> Result<(u64, Vec<String>)> 
         update job
         set state = 'available'
         from due
-        -- an index condition whatever the join order (see complete.rs, leased_delete)
-        where job.id = any(array(select id from due))
-          and job.id = due.id
+        where job.id = due.id
         "#,
     )
     .bind(limit)
