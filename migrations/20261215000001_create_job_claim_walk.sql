@@ -2,7 +2,7 @@
 -- jobs of priorities p_lo[i]..p_hi[i] due from p_from[i] on, in that order, until p_limit jobs are taken. A
 -- claimer passes the positions it has already claimed past, so that a claim starts where waiting work starts
 -- instead of walking every index entry a snapshot held open still keeps (each costs a heap fetch to find it dead).
--- The previous release's workers keep calling job_claim_pick, which stays.
+-- The previous release's workers keep calling job_claim_pick, which stays, now as job_claim_walk over everything.
 --
 -- The same pinned plan as job_claim_pick: the ordered walk of job_claim_idx, whose start key is (priority, run_at).
 set local lock_timeout = '5s';
@@ -44,4 +44,16 @@ begin
         v_left := v_left - v_got;
     end loop;
 end
+$$;
+
+-- One definition of what a claim may take: job_claim_pick (the previous release's walk, and the blind claim's) is
+-- job_claim_walk over every priority from the start. Same arguments, same rows, same order.
+create or replace function job_claim_pick(
+    p_queue text, p_account text, p_kinds text[], p_version text, p_limit bigint, p_skip bigint[]
+)
+returns setof bigint
+language sql
+volatile
+as $$
+    select job_claim_walk(p_queue, p_account, p_kinds, p_version, p_limit, p_skip, '{-32768}', '{32767}', '{-infinity}')
 $$;
