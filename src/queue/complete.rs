@@ -1,7 +1,7 @@
 //! Settling running jobs: complete, fail, snooze, cancel, hand back, and heartbeat. Every statement is fenced by
 //! `(id, attempt, state = 'running')` and returns the ids it changed, so the caller learns which leases were lost.
-//! The batch forms take arrays, paired through `job_leases` (see its migration): one round trip and one
-//! primary-key probe per job settle a whole batch.
+//! The batch forms take arrays, paired through `job_leases` (see its migration) and joined by [`LEASED`]: one round
+//! trip and one primary-key probe per job settle a whole batch.
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -14,7 +14,7 @@ use super::history::{append_history, finished_row};
 use super::lane::{release_after, release_after_handing_off};
 use super::stats::count_after;
 use super::types::JOB_COLUMNS;
-use super::types::WAITING_BY_ID;
+use super::types::{by_id, WAITING_BY_ID};
 use super::{Error, JobId, Result};
 
 /// A successful attempt.
@@ -53,6 +53,10 @@ pub struct Snooze {
     /// How long to wait.
     pub delay: Duration,
 }
+
+/// The condition pairing `job` with `job_leases(..) as r`: each job at its leased attempt, probed by id (see
+/// [`by_id`]).
+static LEASED: LazyLock<String> = LazyLock::new(|| format!("{} and job.attempt = r.attempt", by_id("job.id", "r.id")));
 
 /// Longest error message kept per attempt; handlers sometimes put whole response bodies in errors.
 const MAX_ERROR_LEN: usize = 4096;
@@ -113,8 +117,8 @@ static COMPLETE_SQL: LazyLock<String> = LazyLock::new(|| completion_sql(&release
 /// snapshot held open one completion then ran for minutes.
 fn leased_delete(cond: &str, row: &str) -> String {
     format!(
-        "delete from job using job_leases($1, $2) as r \
-         where job.id = r.id and job.attempt = r.attempt and {cond} returning {row}"
+        "delete from job using job_leases($1, $2) as r where {leased} and {cond} returning {row}",
+        leased = *LEASED
     )
 }
 
@@ -316,8 +320,7 @@ static FAIL_SQL: LazyLock<String> = LazyLock::new(|| {
                 -- a retry is routed afresh (null outside a rollout), so it never waits for a retired version
                 version = route_version(job.queue, coalesce(job.concurrency_key, job.id::text))
             from job_leases($1, $2) as r
-            where job.id = r.id
-              and job.attempt = r.attempt
+            where {leased}
               and job.state = 'running'
               and not {gives_up}
             returning job.id, job.account_id, job.queue, job.concurrency_key, job.state
@@ -325,6 +328,7 @@ static FAIL_SQL: LazyLock<String> = LazyLock::new(|| {
         -- a discarded job keeps the version that ran it
         discarded as ({discarded}){rest}
         "#,
+        leased = *LEASED,
         discarded = leased_delete(
             &format!("job.state = 'running' and {gives_up}"),
             &discarded_row(&errors)
@@ -376,7 +380,18 @@ pub async fn snooze_many<'e>(exec: impl PgExecutor<'e>, items: &[Snooze]) -> Res
     }
     let (ids, attempts) = ids_attempts(items.iter().map(|s| (&s.id, &s.attempt)));
     let delays: Vec<f64> = items.iter().map(|s| s.delay.as_secs_f64()).collect();
-    let rows: Vec<i64> = sqlx::query_scalar(
+    let rows: Vec<i64> = sqlx::query_scalar(SNOOZE_SQL.as_str())
+        .persistent(false)
+        .bind(&ids)
+        .bind(&attempts)
+        .bind(&delays)
+        .fetch_all(exec)
+        .await?;
+    Ok(to_ids(rows))
+}
+
+static SNOOZE_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
         r#"
         update job
         set state = case when ($3::float8[])[r.ord] > 0 then 'scheduled' else 'available' end,
@@ -385,20 +400,13 @@ pub async fn snooze_many<'e>(exec: impl PgExecutor<'e>, items: &[Snooze]) -> Res
             leased_until = null,
             version = route_version(job.queue, coalesce(job.concurrency_key, job.id::text))
         from job_leases($1, $2) as r
-        where job.id = r.id
-          and job.attempt = r.attempt
+        where {leased}
           and job.state = 'running'
         returning job.id
         "#,
+        leased = *LEASED
     )
-    .persistent(false)
-    .bind(&ids)
-    .bind(&attempts)
-    .bind(&delays)
-    .fetch_all(exec)
-    .await?;
-    Ok(to_ids(rows))
-}
+});
 
 /// Cancels running jobs at their handler's request, recording the reason. Returns the ids changed.
 pub async fn cancel_running<'e>(exec: impl PgExecutor<'e>, items: &[(JobId, i32, String)]) -> Result<Vec<JobId>> {
@@ -446,7 +454,17 @@ pub async fn hand_back<'e>(exec: impl PgExecutor<'e>, items: &[(JobId, i32)]) ->
         return Ok(Vec::new());
     }
     let (ids, attempts) = ids_attempts(items.iter().map(|(id, a)| (id, a)));
-    let rows: Vec<i64> = sqlx::query_scalar(
+    let rows: Vec<i64> = sqlx::query_scalar(HAND_BACK_SQL.as_str())
+        .persistent(false)
+        .bind(&ids)
+        .bind(&attempts)
+        .fetch_all(exec)
+        .await?;
+    Ok(to_ids(rows))
+}
+
+static HAND_BACK_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
         r#"
         update job
         set state = 'available',
@@ -455,19 +473,13 @@ pub async fn hand_back<'e>(exec: impl PgExecutor<'e>, items: &[(JobId, i32)]) ->
             leased_until = null,
             version = route_version(job.queue, coalesce(job.concurrency_key, job.id::text))
         from job_leases($1, $2) as r
-        where job.id = r.id
-          and job.attempt = r.attempt
+        where {leased}
           and job.state = 'running'
         returning job.id
         "#,
+        leased = *LEASED
     )
-    .persistent(false)
-    .bind(&ids)
-    .bind(&attempts)
-    .fetch_all(exec)
-    .await?;
-    Ok(to_ids(rows))
-}
+});
 
 /// Extends the leases of running jobs; returns the ids still held (a missing id means the lease was lost).
 pub async fn heartbeat<'e>(exec: impl PgExecutor<'e>, items: &[(JobId, i32)], lease: Duration) -> Result<Vec<JobId>> {
@@ -475,25 +487,29 @@ pub async fn heartbeat<'e>(exec: impl PgExecutor<'e>, items: &[(JobId, i32)], le
         return Ok(Vec::new());
     }
     let (ids, attempts) = ids_attempts(items.iter().map(|(id, a)| (id, a)));
-    let rows: Vec<i64> = sqlx::query_scalar(
+    let rows: Vec<i64> = sqlx::query_scalar(HEARTBEAT_SQL.as_str())
+        .persistent(false)
+        .bind(&ids)
+        .bind(&attempts)
+        .bind(lease.as_secs_f64())
+        .fetch_all(exec)
+        .await?;
+    Ok(to_ids(rows))
+}
+
+static HEARTBEAT_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
         r#"
         update job
         set leased_until = now() + make_interval(secs => $3)
         from job_leases($1, $2) as r
-        where job.id = r.id
-          and job.attempt = r.attempt
+        where {leased}
           and job.state = 'running'
         returning job.id
         "#,
+        leased = *LEASED
     )
-    .persistent(false)
-    .bind(&ids)
-    .bind(&attempts)
-    .bind(lease.as_secs_f64())
-    .fetch_all(exec)
-    .await?;
-    Ok(to_ids(rows))
-}
+});
 
 #[cfg(test)]
 mod tests {

@@ -14,6 +14,7 @@
 
 use sqlx::{PgConnection, PgExecutor};
 
+use super::types::by_id;
 use super::Result;
 use crate::tenancy::AccountId;
 
@@ -36,20 +37,24 @@ pub(crate) fn member(e: &str) -> String {
 pub(crate) fn release_after(done: &str) -> String {
     release(
         done,
-        r#"
+        &format!(
+            r#"
         lane_released as (
             update job
             set state = 'available', run_at = least(job.run_at, now())
             from (
                 select j.id
                 from job j
-                join lane_next n on j.id = n.next_id and not n.due
+                join lane_next n on {next} and not n.due
                 where j.state = 'parked'
                 for update of j skip locked
             ) r
-            where job.id = r.id
+            where {released}
             returning job.id, false as handed
         ),"#,
+            next = by_id("j.id", "n.next_id"),
+            released = by_id("job.id", "r.id")
+        ),
     )
 }
 
@@ -68,7 +73,7 @@ pub(crate) fn release_after_handing_off(done: &str, first: usize) -> String {
         lane_locked as (
             select j.id, j.account_id, j.queue, j.kind, j.version
             from job j
-            join lane_next n on j.id = n.next_id and not n.due
+            join lane_next n on {next} and not n.due
             where j.state = 'parked'
             for update of j skip locked
         ),
@@ -99,9 +104,11 @@ pub(crate) fn release_after_handing_off(done: &str, first: usize) -> String {
                 pool = case when r.handed then {pool}::text else job.pool end,
                 version = case when r.handed then {version}::text else job.version end
             from lane_handed r
-            where job.id = r.id
+            where {handed}
             returning job.id, r.handed
-        ),"#
+        ),"#,
+            next = by_id("j.id", "n.next_id"),
+            handed = by_id("job.id", "r.id")
         ),
     )
 }
@@ -140,13 +147,16 @@ fn release(done: &str, released: &str) -> String {
                          and e.run_at <= now()
                    ) as due
             from lane l
-            -- nothing else of the lane is active (the head index holds its few unparked jobs)
+            -- nothing else of the lane is active (the head index holds its few unparked jobs). `offset 0` keeps
+            -- this a probe per lane: as an anti-join, statistics that call `job` empty chose a walk of the whole
+            -- head index per lane, every keyed job's dead versions included under a snapshot held open.
             where not exists (
                 select 1 from job e
                 where e.account_id = l.account_id
                   and e.concurrency_key = l.concurrency_key
                   and e.state in ('available', 'retryable', 'running')
                   and e.id <> all(l.ids)
+                offset 0
             )
         ),{released}
         lane_marked as (

@@ -8,6 +8,7 @@ use sqlx::PgExecutor;
 
 use super::complete::{after_failures, discarded_row, with_error};
 use super::history::{add_history_days, retire_history, Retention, RetireCursor, Retired};
+use super::types::by_id;
 use super::{JobId, JobState, Result, RetryPolicy};
 
 /// A maintenance round every second: an expired lease is rescued, and a due job promoted, within about a second.
@@ -67,18 +68,19 @@ static RESCUE_SQL: LazyLock<String> = LazyLock::new(|| {
                 leased_until = null,
                 version = route_version(job.queue, coalesce(job.concurrency_key, job.id::text))
             from expired
-            where job.id = expired.id
+            where {expired}
               and job.attempt < job.max_attempts
             returning job.id, job.account_id, job.queue, job.concurrency_key, job.state
         ),
         discarded as (
             delete from job
             using expired
-            where job.id = expired.id
+            where {expired}
               and job.attempt >= job.max_attempts
             returning {row}
         ){rest}
         "#,
+        expired = by_id("job.id", "expired.id"),
         row = discarded_row(&errors),
         rest = after_failures()
     )
@@ -94,28 +96,7 @@ pub async fn promote_due(pool: &sqlx::PgPool, limit: i64) -> Result<u64> {
 
 /// [`promote_due`], also returning the queues of the keyed jobs it promoted (one entry per job).
 async fn promote(pool: &sqlx::PgPool, limit: i64) -> Result<(u64, Vec<String>)> {
-    let done = sqlx::query(
-        r#"
-        with due as (
-            select id
-            from job
-            where state in ('scheduled', 'retryable')
-              and run_at <= now()
-              -- a keyed retryable job is its lane's head already
-              and (concurrency_key is null or state = 'retryable')
-            order by run_at
-            limit $1
-            for update skip locked
-        )
-        update job
-        set state = 'available'
-        from due
-        where job.id = due.id
-        "#,
-    )
-    .bind(limit)
-    .execute(pool)
-    .await?;
+    let done = sqlx::query(PROMOTE_SQL.as_str()).bind(limit).execute(pool).await?;
     // In rounds of at most 500: each promoted key holds an advisory lock until its round commits, and the server's
     // lock table is shared by every session.
     let round = limit.clamp(1, 500);
@@ -133,6 +114,29 @@ async fn promote(pool: &sqlx::PgPool, limit: i64) -> Result<(u64, Vec<String>)> 
     }
     Ok((done.rows_affected() + keyed.len() as u64, keyed))
 }
+
+static PROMOTE_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        r#"
+        with due as (
+            select id
+            from job
+            where state in ('scheduled', 'retryable')
+              and run_at <= now()
+              -- a keyed retryable job is its lane's head already
+              and (concurrency_key is null or state = 'retryable')
+            order by run_at
+            limit $1
+            for update skip locked
+        )
+        update job
+        set state = 'available'
+        from due
+        where {due}
+        "#,
+        due = by_id("job.id", "due.id")
+    )
+});
 
 /// The maintenance loop: whichever process holds the lease `queue.maintenance` rescues, promotes and retires history.
 pub struct Maintainer {

@@ -204,13 +204,23 @@ pub(crate) fn seal_json(account: &str, id: i64, field: &str, v: &Value) -> Resul
     crate::crypt::seal_json(&crate::crypt::Aad::new(account, "job", &[id.as_str()], field), v)
 }
 
-/// Columns of [`Job`], in one place so every `returning` clause agrees.
 /// A waiting job (`available`, `scheduled` or `retryable`), for statements that find jobs by id: said by the states
 /// it is not, so that the planner cannot use the claim index (whose predicate is those three states) for them.
 /// That index holds every waiting job of a queue; on statistics taken while it was nearly empty, a lookup of a few
 /// ids through it read all of them.
 pub(crate) const WAITING_BY_ID: &str = "job.state not in ('running', 'completed', 'discarded', 'cancelled')";
 
+/// `{column} = any(array[{id}])`: how a statement joins `job` by id to rows it already holds (a lease list, a CTE).
+///
+/// Unlike `=` it is no equijoin, so the planner can neither walk `job_pkey` in order for a merge join nor scan
+/// `job` to hash on it: it probes the key once per row, whatever the statistics say. Statistics taken while the
+/// queue was briefly empty call `job` empty and make such a walk look cheapest; under a snapshot held open it reads
+/// every row version written since, and one completion ran for minutes.
+pub(crate) fn by_id(column: &str, id: &str) -> String {
+    format!("{column} = any(array[{id}])")
+}
+
+/// Columns of [`Job`], in one place so every `returning` clause agrees.
 pub(crate) const JOB_COLUMNS: &str = "id, account_id, queue, kind, args, state, priority, attempt, max_attempts, \
     run_at, created_at, started_at, finished_at, result, errors, idempotency_key, concurrency_key, pool, version, \
     timeout_ms, traceparent, lease_owner, leased_until";

@@ -9,7 +9,7 @@ use ordo::testkit::{self, eventually};
 use serde_json::json;
 use sqlx::PgPool;
 
-use crate::support::{acct, create_execution_table, spawn_worker_process};
+use crate::support::{acct, create_execution_table, spawn_worker_process, JOB_READS};
 
 const LEASE: Duration = Duration::from_secs(30);
 
@@ -46,21 +46,14 @@ async fn claim_sharing(
 /// transaction's own statistics, exact and immediate). The list of accounts is read before, outside the count: a
 /// worker reads it every 50 ms, not per claim, and its cost depends on the number of accounts, not on any key.
 async fn claim_counting_reads(pool: &PgPool, kinds: &[&str], limit: i64) -> (Vec<queue::Job>, i64) {
-    // The backend's pending counters may still hold earlier transactions' reads: take the difference.
-    const READ: &str = r#"
-        select (select coalesce(sum(pg_stat_get_xact_tuples_returned(indexrelid)), 0)
-                from pg_index where indrelid = 'job'::regclass)::bigint
-             + pg_stat_get_xact_tuples_fetched('job'::regclass)
-             + pg_stat_get_xact_tuples_returned('job'::regclass)
-        "#;
     let mut tx = pool.begin().await.unwrap();
     let mut share = queue::FairShare::new();
     let active = queue::share::active_accounts(&mut *tx, "default").await.unwrap();
     // Read "an hour from now": fresh for the claim however slow the machine (it is read again once stale).
     share.set_active(active, std::time::Instant::now() + Duration::from_secs(3600));
-    let before: i64 = sqlx::query_scalar(READ).fetch_one(&mut *tx).await.unwrap();
+    let before: i64 = sqlx::query_scalar(JOB_READS).fetch_one(&mut *tx).await.unwrap();
     let jobs = claim_sharing(&mut tx, kinds, limit, &mut share).await;
-    let after: i64 = sqlx::query_scalar(READ).fetch_one(&mut *tx).await.unwrap();
+    let after: i64 = sqlx::query_scalar(JOB_READS).fetch_one(&mut *tx).await.unwrap();
     tx.commit().await.unwrap();
     (jobs, after - before)
 }

@@ -11,7 +11,7 @@ use serde_json::json;
 use sqlx::PgPool;
 use tokio::sync::Barrier;
 
-use crate::support::acct;
+use crate::support::{acct, JOB_READS};
 
 fn kinds() -> Vec<String> {
     vec!["noop".to_owned(), "sleep".to_owned(), "fail".to_owned()]
@@ -1184,4 +1184,213 @@ async fn copied_batches_under_the_api_role_insert_each_job_once() {
         .await
         .unwrap();
     assert_eq!(stored, ids, "200 jobs, each once, in batch order");
+}
+
+/// A transaction whose planner may not use nested loops, hash joins or sequential scans, with the reads of `job`
+/// so far: any plan that walks an index of `job` for a join is now the cheapest it has.
+async fn walk_preferring_tx(pool: &PgPool) -> (sqlx::Transaction<'static, sqlx::Postgres>, i64) {
+    let mut tx = pool.begin().await.expect("begin");
+    for off in ["enable_nestloop", "enable_hashjoin", "enable_seqscan"] {
+        sqlx::query(&format!("set local {off} = off"))
+            .execute(&mut *tx)
+            .await
+            .expect("set");
+    }
+    let before: i64 = sqlx::query_scalar(JOB_READS).fetch_one(&mut *tx).await.expect("reads");
+    (tx, before)
+}
+
+/// Commits `tx` and asserts that `what` read few rows of `job` since `before`.
+async fn assert_probed(mut tx: sqlx::Transaction<'static, sqlx::Postgres>, before: i64, what: &str) {
+    let after: i64 = sqlx::query_scalar(JOB_READS).fetch_one(&mut *tx).await.expect("reads");
+    tx.commit().await.expect("commit");
+    assert!(
+        after - before < 1_000,
+        "{what} read {} rows of job: a walk past the dead versions, not a probe by id",
+        after - before
+    );
+}
+
+/// Every statement that settles leased jobs, rescues them or releases their lanes finds them by probing `job`'s
+/// key, whatever plan looks cheaper: with 20 000 dead row versions kept by a snapshot held open and the planner
+/// denied nested loops, hash joins and sequential scans (which leaves a merge join walking `job_pkey` wherever a
+/// statement joins `job` by `=`), each reads a few rows, not the dead versions. A soak under a held snapshot
+/// stalled on such a walk, chosen on statistics that called `job` empty.
+#[tokio::test]
+async fn settling_probes_each_job_by_id_whatever_plan_looks_cheaper() {
+    let db = testkit::db().await;
+    let pool = &db.pool;
+    let mut pin = pool.begin().await.expect("begin");
+    sqlx::query("set transaction isolation level repeatable read")
+        .execute(&mut *pin)
+        .await
+        .expect("isolation");
+    sqlx::query("select 1").execute(&mut *pin).await.expect("snapshot");
+    sqlx::query(
+        "insert into job (account_id, queue, kind, args, state) \
+         select 'filler', 'default', 'noop', '{}', 'completed' from generate_series(1, 20000)",
+    )
+    .execute(pool)
+    .await
+    .expect("fill");
+    sqlx::query("delete from job where account_id = 'filler'")
+        .execute(pool)
+        .await
+        .expect("delete");
+    sqlx::query("analyze job").execute(pool).await.expect("analyze");
+
+    let names = [
+        "complete",
+        "fail",
+        "discard",
+        "snooze",
+        "cancel",
+        "hand_back",
+        "heartbeat",
+        "rescue",
+    ];
+    for n in names {
+        enqueue(pool, NewJob::new("noop", json!({ "n": n }))).await;
+    }
+    // Lanes with a parked job behind their heads: released by a completion, handed over, and released by
+    // `release_lanes` once its head is gone.
+    let lanes = [
+        ("k1", "lane"),
+        ("k1", "parked1"),
+        ("k2", "hand_off"),
+        ("k2", "parked2"),
+        ("k3", "marked"),
+        ("k3", "parked3"),
+    ];
+    for (key, n) in lanes {
+        enqueue(pool, NewJob::new("noop", json!({ "n": n })).concurrency_key(key)).await;
+    }
+    let claimed = claim_n(pool, 20, Duration::from_secs(30)).await;
+    assert_eq!(
+        claimed.len(),
+        names.len() + 3,
+        "every head claimed, the parked jobs not"
+    );
+    let job = |n: &str| {
+        claimed
+            .iter()
+            .find(|j| j.args["n"] == n)
+            .unwrap_or_else(|| panic!("{n} claimed"))
+            .clone()
+    };
+
+    let (mut tx, before) = walk_preferring_tx(pool).await;
+    let j = job("complete");
+    assert_eq!(
+        queue::complete_many(&mut *tx, &[ok(j.id, j.attempt)]).await.unwrap(),
+        vec![j.id]
+    );
+    assert_probed(tx, before, "complete_many").await;
+
+    let (mut tx, before) = walk_preferring_tx(pool).await;
+    let j = job("lane");
+    assert_eq!(
+        queue::complete_many(&mut *tx, &[ok(j.id, j.attempt)]).await.unwrap(),
+        vec![j.id]
+    );
+    assert_probed(tx, before, "complete_many releasing a lane").await;
+
+    let (mut tx, before) = walk_preferring_tx(pool).await;
+    let j = job("hand_off");
+    let kinds = kinds();
+    let offer = queue::HandOff {
+        worker_id: "test-worker",
+        lease: Duration::from_secs(30),
+        kinds: &kinds,
+        queues: &["default".to_owned()],
+        pool: "default",
+        version: "v1",
+        limit: 1,
+    };
+    let (done, handed) = queue::complete_handing_off(&mut tx, &[ok(j.id, j.attempt)], &offer)
+        .await
+        .unwrap();
+    assert_eq!((done, handed.len()), (vec![j.id], 1));
+    assert_probed(tx, before, "complete_handing_off").await;
+
+    for (n, permanent) in [("fail", false), ("discard", true)] {
+        let (mut tx, before) = walk_preferring_tx(pool).await;
+        let j = job(n);
+        let failure = Failure {
+            id: j.id,
+            attempt: j.attempt,
+            message: "boom".into(),
+            permanent,
+            retry_at: Utc::now(),
+        };
+        assert_eq!(queue::fail_many(&mut *tx, &[failure]).await.unwrap(), vec![j.id]);
+        assert_probed(tx, before, n).await;
+    }
+
+    let (mut tx, before) = walk_preferring_tx(pool).await;
+    let j = job("snooze");
+    let snooze = Snooze {
+        id: j.id,
+        attempt: j.attempt,
+        delay: Duration::from_secs(60),
+    };
+    assert_eq!(queue::snooze_many(&mut *tx, &[snooze]).await.unwrap(), vec![j.id]);
+    assert_probed(tx, before, "snooze_many").await;
+
+    let (mut tx, before) = walk_preferring_tx(pool).await;
+    let j = job("cancel");
+    let cancelled = queue::cancel_running(&mut *tx, &[(j.id, j.attempt, "no".into())])
+        .await
+        .unwrap();
+    assert_eq!(cancelled, vec![j.id]);
+    assert_probed(tx, before, "cancel_running").await;
+
+    let (mut tx, before) = walk_preferring_tx(pool).await;
+    let j = job("hand_back");
+    assert_eq!(
+        queue::hand_back(&mut *tx, &[(j.id, j.attempt)]).await.unwrap(),
+        vec![j.id]
+    );
+    assert_probed(tx, before, "hand_back").await;
+
+    let (mut tx, before) = walk_preferring_tx(pool).await;
+    let j = job("heartbeat");
+    let held = queue::heartbeat(&mut *tx, &[(j.id, j.attempt)], Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(held, vec![j.id]);
+    assert_probed(tx, before, "heartbeat").await;
+
+    let j = job("rescue");
+    sqlx::query("update job set leased_until = now() - interval '1 minute' where id = $1")
+        .bind(j.id)
+        .execute(pool)
+        .await
+        .expect("expire");
+    let (mut tx, before) = walk_preferring_tx(pool).await;
+    let rescued = queue::rescue_expired(&mut *tx, RetryPolicy::default(), 100)
+        .await
+        .unwrap();
+    assert_eq!(rescued, vec![j.id]);
+    assert_probed(tx, before, "rescue_expired").await;
+
+    // A head gone without releasing its lane (as when a finish raced a parked enqueue), and the lane marked.
+    sqlx::query("delete from job where id = $1")
+        .bind(job("marked").id)
+        .execute(pool)
+        .await
+        .expect("delete head");
+    sqlx::query("insert into job_lane_mark (account_id, concurrency_key) values ($1, 'k3')")
+        .bind(acct().as_str())
+        .execute(pool)
+        .await
+        .expect("mark");
+    let (mut tx, before) = walk_preferring_tx(pool).await;
+    assert_eq!(
+        queue::release_lanes(&mut *tx, 100).await.unwrap(),
+        vec!["default".to_owned()]
+    );
+    assert_probed(tx, before, "release_lanes").await;
+
+    pin.rollback().await.expect("rollback");
 }

@@ -12,6 +12,15 @@ use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
 /// The account every test uses unless it tests isolation.
+/// Index entries and heap rows of `job` the current transaction has read so far: its own statistics, exact and
+/// immediate. The backend's pending counters may still hold earlier transactions' reads: take a difference.
+pub const JOB_READS: &str = r#"
+    select (select coalesce(sum(pg_stat_get_xact_tuples_returned(indexrelid)), 0)
+            from pg_index where indrelid = 'job'::regclass)::bigint
+         + pg_stat_get_xact_tuples_fetched('job'::regclass)
+         + pg_stat_get_xact_tuples_returned('job'::regclass)
+    "#;
+
 pub fn acct() -> AccountId {
     AccountId::default_account()
 }
