@@ -4,6 +4,7 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use sqlx::PgExecutor;
 
 use super::complete::{after_failures, discarded_row, with_error};
@@ -19,6 +20,11 @@ const HISTORY_EVERY: Duration = Duration::from_secs(10);
 const HISTORY_BUDGET: Duration = Duration::from_millis(200);
 /// The queue gauges' period at the least (longer when counting takes long, see `publish_gauges`).
 const GAUGES_EVERY: Duration = Duration::from_secs(5);
+/// How far before the start of the previous rescue the next one starts (see `RescueFloor`): a lease written by a
+/// transaction that was committing as that rescue began ends no earlier than this before it.
+const RESCUE_MARGIN: Duration = Duration::from_secs(10);
+/// How often a rescue walks every lease from the start, at the least (see `RescueFloor`).
+const RESCUE_FULL_EVERY: Duration = Duration::from_secs(60);
 /// The states the queue gauges count, in the order of the counting query's columns.
 const GAUGE_STATES: [JobState; 4] = [
     JobState::Available,
@@ -33,15 +39,62 @@ const WORKER_SEEN_WITHIN: Duration = Duration::from_secs(90);
 /// and the job becomes `retryable` after a backoff, or `discarded` when its attempts are exhausted. Returns the
 /// ids rescued (at most `limit`).
 pub async fn rescue_expired<'e>(exec: impl PgExecutor<'e>, policy: RetryPolicy, limit: i64) -> Result<Vec<JobId>> {
-    // Unnamed, planned each time (see complete.rs, leased_delete): the join of `job` to the expired ids.
+    rescue_expired_since(exec, policy, limit, None).await
+}
+
+/// [`rescue_expired`] of the leases that ended at `since` or later (all of them for `None`): see [`RescueFloor`].
+async fn rescue_expired_since<'e>(
+    exec: impl PgExecutor<'e>,
+    policy: RetryPolicy,
+    limit: i64,
+    since: Option<DateTime<Utc>>,
+) -> Result<Vec<JobId>> {
+    // Unnamed, planned each time: the walk starts at the bound given.
     let rows: Vec<i64> = sqlx::query_scalar(RESCUE_SQL.as_str())
         .persistent(false)
         .bind(policy.base.as_secs_f64())
         .bind(policy.cap.as_secs_f64())
         .bind(limit)
+        .bind(since)
         .fetch_all(exec)
         .await?;
     Ok(rows.into_iter().map(JobId).collect())
+}
+
+/// Where the next rescue starts its walk of the leases by end (`job_leased_until_idx`, upward).
+///
+/// Under a snapshot held open that index keeps every lease written since (each claim and heartbeat writes one), and
+/// a walk from the start reads them all, every round. A lease written after a rescue began ends after that moment,
+/// so the next rescue may start there, less [`RESCUE_MARGIN`] for transactions that were committing. A walk from the
+/// start every [`RESCUE_FULL_EVERY`] (or 20 times its own time, if longer) finds what a walk skipped because another
+/// transaction held the job locked.
+#[derive(Debug, Default)]
+struct RescueFloor {
+    /// Where the next walk may start; `None` before the first whole walk.
+    from: Option<DateTime<Utc>>,
+    /// When the last walk from the start began, and how long it took.
+    full: Option<(std::time::Instant, Duration)>,
+}
+
+impl RescueFloor {
+    /// Where the next walk starts: `None` for a walk from the start.
+    fn since(&self) -> Option<DateTime<Utc>> {
+        match self.full {
+            Some((at, took)) if at.elapsed() < (took * 20).max(RESCUE_FULL_EVERY) => self.from,
+            _ => None,
+        }
+    }
+
+    /// A walk from `since` that began at `began` by the server's clock (`started` by this process's) went through
+    /// every expired lease.
+    fn walked(&mut self, since: Option<DateTime<Utc>>, began: DateTime<Utc>, started: std::time::Instant) {
+        if since.is_none() {
+            self.full = Some((started, started.elapsed()));
+        }
+        self.from = chrono::Duration::from_std(RESCUE_MARGIN)
+            .ok()
+            .and_then(|m| began.checked_sub_signed(m));
+    }
 }
 
 static RESCUE_SQL: LazyLock<String> = LazyLock::new(|| {
@@ -56,6 +109,7 @@ static RESCUE_SQL: LazyLock<String> = LazyLock::new(|| {
             from job
             where state = 'running'
               and leased_until < now()
+              and leased_until >= coalesce($4::timestamptz, '-infinity')
             order by leased_until
             limit $3
             for update skip locked
@@ -153,6 +207,8 @@ pub struct Maintainer {
     gauges_at: std::sync::Mutex<Option<(std::time::Instant, Duration)>>,
     /// The minute (Unix seconds / 60) the queues were last sampled in (see [`super::sample_queues`]).
     sampled_minute: std::sync::Mutex<Option<i64>>,
+    /// Where the next rescue starts.
+    rescue_floor: std::sync::Mutex<RescueFloor>,
     /// Label sets published before, so a queue or pool version that emptied is set back to zero.
     gauge_labels: std::sync::Mutex<GaugeLabels>,
     /// Called with each queue that a round made jobs claimable in (released or promoted jobs of concurrency keys),
@@ -192,6 +248,7 @@ impl Maintainer {
             gauges_at: std::sync::Mutex::new(None),
             sampled_minute: std::sync::Mutex::new(None),
             gauge_labels: std::sync::Mutex::default(),
+            rescue_floor: std::sync::Mutex::default(),
             on_ready: None,
         }
     }
@@ -204,15 +261,7 @@ impl Maintainer {
         if !held {
             return Ok(false);
         }
-        loop {
-            let rescued = rescue_expired(&self.pool, self.retry, 1000).await?;
-            if !rescued.is_empty() {
-                tracing::info!(jobs = rescued.len(), "rescued jobs whose lease expired");
-            }
-            if rescued.len() < 1000 {
-                break;
-            }
-        }
+        self.rescue().await?;
         // Lanes marked by finishes that raced an enqueue of their key, and any a worker did not settle itself. In
         // rounds of 500: each mark holds an advisory lock until its round commits, and the server's lock table is
         // shared by every session.
@@ -241,6 +290,26 @@ impl Maintainer {
         super::prune_samples(&self.pool, self.retention.finished).await?;
         super::share::prune_starts(&self.pool).await?;
         Ok(true)
+    }
+
+    /// Rescues every expired lease, walking from the floor (see [`RescueFloor`]).
+    async fn rescue(&self) -> Result<()> {
+        let since = self.rescue_floor.lock().map_or(None, |f| f.since());
+        let started = std::time::Instant::now();
+        let began: DateTime<Utc> = sqlx::query_scalar("select now()").fetch_one(&self.pool).await?;
+        loop {
+            let rescued = rescue_expired_since(&self.pool, self.retry, 1000, since).await?;
+            if !rescued.is_empty() {
+                tracing::info!(jobs = rescued.len(), "rescued jobs whose lease expired");
+            }
+            if rescued.len() < 1000 {
+                break;
+            }
+        }
+        if let Ok(mut floor) = self.rescue_floor.lock() {
+            floor.walked(since, began, started);
+        }
+        Ok(())
     }
 
     /// Every 10 s: attaches the coming days' history partitions and retires history past retention, for at most
@@ -365,5 +434,44 @@ impl Maintainer {
             }
         }
         let _ = crate::leader::release(&self.pool, MAINTENANCE_LEASE, &self.holder).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(secs, 0).expect("a valid time")
+    }
+
+    #[test]
+    fn a_rescue_walks_from_the_start_first_then_from_the_last_start_less_the_margin() {
+        let mut floor = RescueFloor::default();
+        assert_eq!(floor.since(), None, "no walk yet");
+        floor.walked(None, at(1_000), std::time::Instant::now());
+        assert_eq!(floor.since(), Some(at(990)));
+        floor.walked(Some(at(990)), at(1_001), std::time::Instant::now());
+        assert_eq!(floor.since(), Some(at(991)), "a walk from the floor moves it on");
+    }
+
+    #[test]
+    fn a_rescue_walks_from_the_start_again_once_a_minute_or_twenty_times_its_cost() {
+        let ago = |secs| {
+            std::time::Instant::now()
+                .checked_sub(Duration::from_secs(secs))
+                .expect("uptime")
+        };
+        let mut floor = RescueFloor {
+            from: Some(at(990)),
+            full: Some((ago(61), Duration::from_millis(5))),
+        };
+        assert_eq!(floor.since(), None, "a minute after the last walk from the start");
+        floor.full = Some((ago(59), Duration::from_millis(5)));
+        assert_eq!(floor.since(), Some(at(990)));
+        floor.full = Some((ago(100), Duration::from_secs(6)));
+        assert_eq!(floor.since(), Some(at(990)), "a walk of 6 s waits 120 s");
+        floor.full = Some((ago(121), Duration::from_secs(6)));
+        assert_eq!(floor.since(), None);
     }
 }
