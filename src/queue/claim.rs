@@ -299,12 +299,34 @@ pub async fn claim(conn: &mut PgConnection, req: &ClaimRequest<'_>, share: &mut 
     }
     let started = Instant::now();
     let full = share.walks_from_start(started);
-    let jobs = claim_walking(conn, req, share, full).await?;
+    let jobs = if full && share.counts_reads() {
+        // The transaction's own statistics count what this walk read (see `floor::DEAD_READS`).
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        let before = index_reads(&mut tx).await?;
+        let jobs = claim_walking(&mut tx, req, share, full).await?;
+        let read = index_reads(&mut tx).await? - before;
+        tx.commit().await?;
+        share.counted(read, jobs.len());
+        jobs
+    } else {
+        claim_walking(conn, req, share, full).await?
+    };
     share.walked(Instant::now(), full, started.elapsed(), &jobs);
     if jobs.is_empty() {
         share.idle();
     }
     Ok(jobs)
+}
+
+/// Index entries of `job` the connection's transaction has read so far: exact and immediate, but the backend's
+/// pending counters may also hold earlier transactions' reads, so callers take a difference.
+async fn index_reads(conn: &mut PgConnection) -> Result<i64> {
+    Ok(sqlx::query_scalar(
+        "select coalesce(sum(pg_stat_get_xact_tuples_returned(indexrelid)), 0)::bigint \
+         from pg_index where indrelid = 'job'::regclass",
+    )
+    .fetch_one(conn)
+    .await?)
 }
 
 /// [`claim`], walking each account's jobs from the start when `full`, else from the share's floors.

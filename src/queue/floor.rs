@@ -8,7 +8,8 @@
 //!
 //! So a claimer remembers, per account and priority, how far its claims have taken jobs (less [`MARGIN`], for
 //! enqueues that commit a little after jobs enqueued later), and once walks from the start have proved slow
-//! ([`SLOW_WALKS`] in a row over [`SLOW`]) it starts its walks there. A job that becomes waiting behind that point
+//! ([`SLOW_WALKS`] in a row over [`SLOW`], each after the first counted as passing dead entries, see
+//! [`DEAD_READS`]) it starts its walks there. A job that becomes waiting behind that point
 //! (a lane's next job released without a taker, a job handed back or rescued, an enqueue committed more than the
 //! margin late) is found by the next walk from the start, which comes at least every [`FULL_WALK_EVERY`], or less
 //! often when it is slow, so that the walks from the start take at most a twentieth of the claimer's time. The
@@ -39,6 +40,17 @@ pub const FULL_WALK_EVERY: Duration = Duration::from_secs(1);
 /// How much longer than its own duration a slow walk from the start waits for the next one.
 const FULL_WALK_SPACING: u32 = 20;
 
+/// A walk from the start that read at least this many index entries of `job`, beyond [`READS_PER_JOB`] per job it
+/// took, passed dead ones kept by a snapshot: a walk is slow for them only then. A claim over a large backlog for
+/// many accounts is slow too, and reads the entries of jobs claimed a moment ago that no walk could remove yet (a
+/// run with a 1 000 000-job backlog and 100 busy accounts read up to 50 per job taken), but floors would not make
+/// it faster and would delay the jobs of accounts new to the list (p50 start delay 60 ms → 250–1 250 ms there).
+/// Under a snapshot held open, a walk from the start that takes 20 ms reads tens of thousands.
+pub const DEAD_READS: i64 = 10_000;
+
+/// Index entries a walk may read per job it takes without counting as passing dead ones (see [`DEAD_READS`]).
+pub const READS_PER_JOB: i64 = 100;
+
 /// A claimer's floors for one queue: per account, per priority, the `run_at` its walks start from.
 #[derive(Debug, Default)]
 pub struct Floors {
@@ -47,6 +59,9 @@ pub struct Floors {
     until: Option<Instant>,
     /// Slow walks from the start in a row.
     slow: u32,
+    /// Whether the walk from the start being recorded passed dead entries, when its reads were counted (see
+    /// [`Floors::counts_reads`]).
+    dead: Option<bool>,
 }
 
 impl Floors {
@@ -65,6 +80,19 @@ impl Floors {
     /// Whether the last walk from the start was slow: claims walk from the floors, or will once it is their turn.
     pub fn engaged(&self) -> bool {
         self.until.is_some()
+    }
+
+    /// Whether the next walk from the start should count the index entries it reads: after a slow one, so that the
+    /// next tells dead entries from a merely large claim (see [`DEAD_READS`]).
+    pub fn counts_reads(&self) -> bool {
+        self.slow > 0 || self.until.is_some()
+    }
+
+    /// Notes that the walk from the start about to be recorded read `read` index entries of `job` and took `taken`
+    /// jobs.
+    pub fn counted(&mut self, read: i64, taken: usize) {
+        let taken = i64::try_from(taken).unwrap_or(i64::MAX);
+        self.dead = Some(read >= DEAD_READS.saturating_add(taken.saturating_mul(READS_PER_JOB)));
     }
 
     /// The claim statement's ranges per account (see the migration of `job_claim_walk`), as JSON: for each account
@@ -113,7 +141,11 @@ impl Floors {
     ) {
         if full {
             self.by_account.clear();
-            self.slow = if took >= SLOW { self.slow.saturating_add(1) } else { 0 };
+            // A walk whose reads were counted is slow only if it passed dead entries; the first slow one is not
+            // counted (that costs a transaction), and the next tells.
+            let slow = took >= SLOW && self.dead != Some(false);
+            self.dead = None;
+            self.slow = if slow { self.slow.saturating_add(1) } else { 0 };
             // Once engaged, one slow walk from the start keeps it so; a fast one ends it.
             let engage = self.slow >= SLOW_WALKS || (self.until.is_some() && self.slow > 0);
             self.until = engage.then(|| now + FULL_WALK_EVERY.max(took * FULL_WALK_SPACING));
@@ -173,6 +205,35 @@ mod tests {
         f.record(later, true, SLOW / 2, []);
         assert!(!f.active(later) && !f.engaged());
         assert_eq!(f.ranges(later), serde_json::json!({}));
+    }
+
+    /// Slow walks from the start that read about what they took (a large claim, not dead entries) never engage the
+    /// floors, and one such walk ends them; slow walks past dead entries engage them as before.
+    #[test]
+    fn only_walks_past_dead_entries_engage_the_floors() {
+        let mut f = Floors::default();
+        let now = Instant::now();
+        let slow = SLOW * 2;
+        assert!(!f.counts_reads());
+        f.record(now, true, slow, []);
+        assert!(f.counts_reads(), "after a slow walk the next one is counted");
+        for _ in 0..SLOW_WALKS * 2 {
+            f.counted(READS_PER_JOB * 500 + DEAD_READS - 1, 500);
+            f.record(now, true, slow, []);
+        }
+        assert!(
+            !f.active(now) && !f.counts_reads(),
+            "a large claim is no reason for floors"
+        );
+        for _ in 0..SLOW_WALKS {
+            f.record(now, true, slow, []);
+            f.counted(DEAD_READS + READS_PER_JOB * 10, 10);
+        }
+        f.record(now, true, slow, []);
+        assert!(f.active(now));
+        f.counted(200, 100);
+        f.record(now, true, slow, []);
+        assert!(!f.engaged(), "a counted walk without dead entries ends them");
     }
 
     /// A slow walk from the start waits twenty times its own time for the next one.

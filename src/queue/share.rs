@@ -151,6 +151,16 @@ impl FairShare {
         self.floors.engage(until);
     }
 
+    /// Whether the next walk from the start should count its reads (see [`Floors::counts_reads`]).
+    pub fn counts_reads(&self) -> bool {
+        self.floors.counts_reads()
+    }
+
+    /// Notes the reads of the walk from the start about to be recorded (see [`Floors::counted`]).
+    pub fn counted(&mut self, read: i64, taken: usize) {
+        self.floors.counted(read, taken);
+    }
+
     /// Records a claim (see [`Floors::record`]).
     pub fn walked(&mut self, now: Instant, full: bool, took: Duration, jobs: &[Job]) {
         let claimed = jobs.iter().map(|j| (j.account_id.as_str(), j.priority, j.run_at));
