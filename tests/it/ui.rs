@@ -299,10 +299,21 @@ impl Browser {
     }
 
     /// Signs in through the form with `key`.
-    pub(crate) async fn sign_in(&self, base: &str, key: &str) {
+    /// Submits `key` on the sign-in page; a wrong one is answered on that page.
+    pub(crate) async fn submit_key(&self, base: &str, key: &str) {
         self.goto(&format!("{base}/ui/login")).await;
         self.type_into("#key", key).await;
         self.click("form[action='/ui/login'] button[type=submit]").await;
+    }
+
+    /// Signs in with `key` and waits for the overview the form redirects to: a `goto` before the redirect lands can
+    /// be overtaken by it (a test then stood on the overview, looking for the page it had asked for).
+    pub(crate) async fn sign_in(&self, base: &str, key: &str) {
+        self.submit_key(base, key).await;
+        eventually(PATIENCE, "the overview after sign-in", || async {
+            self.url().await.ends_with("/ui/overview").then_some(())
+        })
+        .await;
     }
 }
 
@@ -379,7 +390,7 @@ async fn ui_sign_in_and_watch_queue_depth_change() {
     let other = server.account("rival").await;
     let b = Browser::start("ui_sign_in_and_watch_queue_depth_change").await;
 
-    b.sign_in(&server.base, "not-a-key").await;
+    b.submit_key(&server.base, "not-a-key").await;
     let msg = b.text("[role=alert]").await;
     assert!(msg.contains("Unknown or revoked key"), "{msg}");
 
