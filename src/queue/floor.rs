@@ -44,7 +44,7 @@ const FULL_WALK_SPACING: u32 = 20;
 /// took, passed dead ones kept by a snapshot: a walk is slow for them only then. A claim over a large backlog for
 /// many accounts is slow too, and reads the entries of jobs claimed a moment ago that no walk could remove yet (a
 /// run with a 1 000 000-job backlog and 100 busy accounts read up to 50 per job taken), but floors would not make
-/// it faster and would delay the jobs of accounts new to the list (p50 start delay 60 ms → 250–1 250 ms there).
+/// it faster and would delay the jobs of accounts new to the list (p50 start delay 60 ms → 110–1 250 ms there).
 /// Under a snapshot held open, a walk from the start that takes 20 ms reads tens of thousands.
 pub const DEAD_READS: i64 = 10_000;
 
