@@ -4,6 +4,7 @@ use std::sync::LazyLock;
 
 use sqlx::{PgConnection, PgExecutor};
 
+use super::complete::ROUTED_AFRESH;
 use super::history::{append_history, finished_row, STORED_COLUMNS};
 use super::lane::{member, release_after};
 use super::stats::count_after;
@@ -167,7 +168,7 @@ static RETRY_SQL: LazyLock<String> = LazyLock::new(|| {
                 run_at = now(),
                 finished_at = null,
                 max_attempts = greatest(job.max_attempts, job.attempt + 1),
-                version = route_version(job.queue, coalesce(job.concurrency_key, job.id::text))
+                version = {ROUTED_AFRESH}
             from old
             where job.id = $2
               and job.id = old.id

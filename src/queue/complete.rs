@@ -58,6 +58,10 @@ pub struct Snooze {
 /// [`by_id`]).
 static LEASED: LazyLock<String> = LazyLock::new(|| format!("{} and job.attempt = r.attempt", by_id("job.id", "r.id")));
 
+/// A job's version when it waits again: routed afresh (null outside a rollout), so it never waits for a retired
+/// version.
+pub(crate) const ROUTED_AFRESH: &str = "route_version(job.queue, coalesce(job.concurrency_key, job.id::text))";
+
 /// Longest error message kept per attempt; handlers sometimes put whole response bodies in errors.
 const MAX_ERROR_LEN: usize = 4096;
 
@@ -111,13 +115,22 @@ static COMPLETE_SQL: LazyLock<String> = LazyLock::new(|| completion_sql(&release
 
 /// Deletes the jobs of `job_leases($1, $2)` (each at its attempt) that satisfy `cond`, returning `row`.
 ///
-/// Every statement joining `job` to `job_leases` runs unnamed (`persistent(false)`), planned with the state of
-/// the table at that moment: a named statement's generic plan, made while `job` looked empty (a fresh database),
-/// put `job` outside the join, a walk of the whole table per statement, and the connection kept it; under a
-/// snapshot held open one completion then ran for minutes.
+/// [`LEASED`] keeps the join a probe per job whatever the statistics say. The statements also run unnamed
+/// (`persistent(false)`), planned with the table as it is each time rather than with a plan a connection made while
+/// `job` looked empty.
 fn leased_delete(cond: &str, row: &str) -> String {
     format!(
         "delete from job using job_leases($1, $2) as r where {leased} and {cond} returning {row}",
+        leased = *LEASED
+    )
+}
+
+/// Updates the jobs of `job_leases($1, $2)` (each at its attempt) that are running and satisfy `cond` with `set`,
+/// returning `row` (see [`leased_delete`]).
+fn leased_update(set: &str, cond: &str, row: &str) -> String {
+    format!(
+        "update job set {set} from job_leases($1, $2) as r \
+         where {leased} and job.state = 'running' and {cond} returning {row}",
         leased = *LEASED
     )
 }
@@ -311,24 +324,18 @@ static FAIL_SQL: LazyLock<String> = LazyLock::new(|| {
     let errors = with_error("($3::text[])[r.ord]", true);
     format!(
         r#"
-        with retried as (
-            update job
-            set state = 'retryable',
-                run_at = ($5::timestamptz[])[r.ord],
-                errors = {errors},
-                leased_until = null,
-                -- a retry is routed afresh (null outside a rollout), so it never waits for a retired version
-                version = route_version(job.queue, coalesce(job.concurrency_key, job.id::text))
-            from job_leases($1, $2) as r
-            where {leased}
-              and job.state = 'running'
-              and not {gives_up}
-            returning job.id, job.account_id, job.queue, job.concurrency_key, job.state
-        ),
+        with retried as ({retried}),
         -- a discarded job keeps the version that ran it
         discarded as ({discarded}){rest}
         "#,
-        leased = *LEASED,
+        retried = leased_update(
+            &format!(
+                "state = 'retryable', run_at = ($5::timestamptz[])[r.ord], errors = {errors}, leased_until = null, \
+                 version = {ROUTED_AFRESH}"
+            ),
+            &format!("not {gives_up}"),
+            "job.id, job.account_id, job.queue, job.concurrency_key, job.state"
+        ),
         discarded = leased_delete(
             &format!("job.state = 'running' and {gives_up}"),
             &discarded_row(&errors)
@@ -391,20 +398,14 @@ pub async fn snooze_many<'e>(exec: impl PgExecutor<'e>, items: &[Snooze]) -> Res
 }
 
 static SNOOZE_SQL: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        r#"
-        update job
-        set state = case when ($3::float8[])[r.ord] > 0 then 'scheduled' else 'available' end,
-            run_at = now() + make_interval(secs => ($3::float8[])[r.ord]),
-            attempt = job.attempt - 1,
-            leased_until = null,
-            version = route_version(job.queue, coalesce(job.concurrency_key, job.id::text))
-        from job_leases($1, $2) as r
-        where {leased}
-          and job.state = 'running'
-        returning job.id
-        "#,
-        leased = *LEASED
+    leased_update(
+        &format!(
+            "state = case when ($3::float8[])[r.ord] > 0 then 'scheduled' else 'available' end, \
+             run_at = now() + make_interval(secs => ($3::float8[])[r.ord]), attempt = job.attempt - 1, \
+             leased_until = null, version = {ROUTED_AFRESH}"
+        ),
+        "true",
+        "job.id",
     )
 });
 
@@ -464,20 +465,13 @@ pub async fn hand_back<'e>(exec: impl PgExecutor<'e>, items: &[(JobId, i32)]) ->
 }
 
 static HAND_BACK_SQL: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        r#"
-        update job
-        set state = 'available',
-            attempt = job.attempt - 1,
-            run_at = least(job.run_at, now()),
-            leased_until = null,
-            version = route_version(job.queue, coalesce(job.concurrency_key, job.id::text))
-        from job_leases($1, $2) as r
-        where {leased}
-          and job.state = 'running'
-        returning job.id
-        "#,
-        leased = *LEASED
+    leased_update(
+        &format!(
+            "state = 'available', attempt = job.attempt - 1, run_at = least(job.run_at, now()), \
+             leased_until = null, version = {ROUTED_AFRESH}"
+        ),
+        "true",
+        "job.id",
     )
 });
 
@@ -497,19 +491,8 @@ pub async fn heartbeat<'e>(exec: impl PgExecutor<'e>, items: &[(JobId, i32)], le
     Ok(to_ids(rows))
 }
 
-static HEARTBEAT_SQL: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        r#"
-        update job
-        set leased_until = now() + make_interval(secs => $3)
-        from job_leases($1, $2) as r
-        where {leased}
-          and job.state = 'running'
-        returning job.id
-        "#,
-        leased = *LEASED
-    )
-});
+static HEARTBEAT_SQL: LazyLock<String> =
+    LazyLock::new(|| leased_update("leased_until = now() + make_interval(secs => $3)", "true", "job.id"));
 
 #[cfg(test)]
 mod tests {

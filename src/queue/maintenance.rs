@@ -7,7 +7,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::PgExecutor;
 
-use super::complete::{after_failures, discarded_row, with_error};
+use super::complete::{after_failures, discarded_row, with_error, ROUTED_AFRESH};
 use super::history::{add_history_days, retire_history, Retention, RetireCursor, Retired};
 use super::types::by_id;
 use super::{JobId, JobState, Result, RetryPolicy};
@@ -120,7 +120,7 @@ static RESCUE_SQL: LazyLock<String> = LazyLock::new(|| {
                 run_at = now() + make_interval(secs => least($2, $1 * power(2, greatest(job.attempt, 1) - 1)) * random()),
                 errors = {errors},
                 leased_until = null,
-                version = route_version(job.queue, coalesce(job.concurrency_key, job.id::text))
+                version = {ROUTED_AFRESH}
             from expired
             where {expired}
               and job.attempt < job.max_attempts
