@@ -80,26 +80,10 @@ pub struct AccountCreated {
     pub webhook_secret: String,
 }
 
-/// An account as listed.
-#[derive(Debug, ToSchema)]
-#[schema(as = Account)]
-#[allow(dead_code)]
-pub struct AccountBody {
-    /// Slug.
-    id: String,
-    /// Display name.
-    name: String,
-    /// Home region.
-    region: String,
-    /// Creation time.
-    created_at: chrono::DateTime<chrono::Utc>,
-}
-
 /// A page of accounts.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AccountPage {
     /// Accounts ordered by id.
-    #[schema(value_type = Vec<AccountBody>)]
     pub items: Vec<Account>,
     /// Cursor of the next page; null on the last.
     pub next_cursor: Option<String>,

@@ -15,7 +15,7 @@ use super::auth::{Admin, Tenant};
 use super::body::{self, field, Body, RequestBody};
 use super::error::{ApiError, Problem};
 use super::extract::{numeric_id, IdPage, QueryParams};
-use super::jobs::{JobBody, JobPage};
+use super::jobs::JobPage;
 use super::AppState;
 use crate::queue::{self, BulkAction, BulkOutcome, FieldError, Job, JobFilter, JobId, JobState};
 use crate::tenancy::AccountId;
@@ -249,21 +249,6 @@ fn filter<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     }
 }
 
-/// What a bulk action did.
-#[derive(Debug, Serialize, ToSchema)]
-#[schema(as = JobBulkOutcome)]
-#[allow(dead_code)]
-pub struct BulkOutcomeBody {
-    /// Jobs the filter matched (at most `limit`).
-    matched: u64,
-    /// Jobs retried or cancelled.
-    changed: u64,
-    /// Jobs whose state does not allow the action.
-    skipped: u64,
-    /// More jobs match than `limit`: send the request again for the next ones.
-    more: bool,
-}
-
 /// Retry or cancel every job a filter matches (at most `limit`, newest first), each as its own action would.
 #[utoipa::path(
     post,
@@ -271,7 +256,7 @@ pub struct BulkOutcomeBody {
     tag = "jobs",
     request_body = BulkBody,
     responses(
-        (status = 200, description = "What was done", body = BulkOutcomeBody),
+        (status = 200, description = "What was done", body = BulkOutcome),
         (status = 422, description = "Invalid action or filter", body = Problem),
     ),
     security(("bearer" = []))
@@ -299,35 +284,31 @@ pub async fn bulk(tenant: Tenant, Body(body): Body<BulkBody>) -> Result<Json<Bul
 }
 
 /// A job with its account, as the admin sees it.
-#[derive(Debug, ToSchema)]
-#[schema(as = AccountJob)]
-#[allow(dead_code)]
-pub struct AccountJobBody {
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AccountJob {
     /// The account the job belongs to.
     account: String,
     /// The job's own fields, as `GET /api/jobs/{id}` shows them, beside `account`.
     #[serde(flatten)]
-    job: JobBody,
+    job: Job,
+}
+
+impl From<Job> for AccountJob {
+    fn from(job: Job) -> Self {
+        AccountJob {
+            account: job.account_id.clone(),
+            job,
+        }
+    }
 }
 
 /// A page of jobs of any account.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AccountJobPage {
     /// Jobs, newest first, each with an `account` field beside the job's own.
-    #[schema(value_type = Vec<AccountJobBody>)]
-    pub items: Vec<Value>,
+    pub items: Vec<AccountJob>,
     /// Cursor of the next page; null on the last.
     pub next_cursor: Option<String>,
-}
-
-/// The job as JSON with its account beside its own fields.
-fn with_account(job: Job) -> Value {
-    let account = job.account_id.clone();
-    let mut v = serde_json::to_value(job).unwrap_or(Value::Null);
-    if let Value::Object(m) = &mut v {
-        m.insert("account".to_owned(), Value::String(account));
-    }
-    v
 }
 
 /// List the jobs of every account (or of one), newest first: the same filters as `GET /api/jobs`.
@@ -363,7 +344,7 @@ pub async fn admin_list(
         None => queue::list_all(state.admin_pool(), &filter).await?,
     };
     Ok(Json(AccountJobPage {
-        items: items.into_iter().map(with_account).collect(),
+        items: items.into_iter().map(AccountJob::from).collect(),
         next_cursor: next.map(|id| id.to_string()),
     }))
 }

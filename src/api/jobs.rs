@@ -9,7 +9,6 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
-use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::auth::Tenant;
@@ -18,7 +17,6 @@ use super::error::{ApiError, Problem};
 use super::extract::{idempotency_key, same_idempotency_key, ApiPath, REPLAYED_HEADER};
 use crate::queue::{self, Job, JobId, JobState};
 use crate::telemetry::metrics::{queue_label, JOBS_ENQUEUED_TOTAL};
-pub(super) use wire::JobBody;
 use wire::{BatchBody, NewJobBody};
 
 mod wire;
@@ -47,7 +45,6 @@ pub struct BatchResponse {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct JobPage {
     /// Jobs, newest first.
-    #[schema(value_type = Vec<JobBody>)]
     pub items: Vec<Job>,
     /// Cursor of the next page; null on the last.
     pub next_cursor: Option<String>,
@@ -62,18 +59,20 @@ pub(crate) fn traceparent(headers: &HeaderMap) -> Option<String> {
         .map(|t| t.to_string())
 }
 
+/// The answer to `POST /api/jobs`: the job, with `warnings` when there is something the caller should know.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EnqueuedJob {
+    #[serde(flatten)]
+    job: Job,
+    /// Only when there is something to say, e.g. that no live worker serving the queue knows the kind.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    warnings: Vec<String>,
+}
+
 /// A job answer, with `warnings` (an additive field) when there is something the caller should know.
 fn job_response(status: StatusCode, job: Job, replayed: bool, warning: Option<String>) -> Response {
-    let mut res = match warning {
-        None => (status, Json(job)).into_response(),
-        Some(w) => match serde_json::to_value(&job) {
-            Ok(Value::Object(mut body)) => {
-                body.insert("warnings".to_owned(), Value::Array(vec![Value::String(w)]));
-                (status, Json(Value::Object(body))).into_response()
-            }
-            _ => (status, Json(job)).into_response(),
-        },
-    };
+    let warnings = warning.into_iter().collect();
+    let mut res = (status, Json(EnqueuedJob { job, warnings })).into_response();
     if replayed {
         res.headers_mut()
             .insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
@@ -89,8 +88,8 @@ fn job_response(status: StatusCode, job: Job, replayed: bool, warning: Option<St
     request_body = NewJobBody,
     params(("Idempotency-Key" = Option<String>, Header, description = "Idempotency key, instead of the body field")),
     responses(
-        (status = 201, description = "Created", body = JobBody),
-        (status = 200, description = "Replay of an idempotent request (header Idempotent-Replayed: true)", body = JobBody),
+        (status = 201, description = "Created", body = EnqueuedJob),
+        (status = 200, description = "Replay of an idempotent request (header Idempotent-Replayed: true)", body = EnqueuedJob),
         (status = 409, description = "Idempotency key used with a different payload", body = Problem),
         (status = 422, description = "Invalid fields", body = Problem),
     ),
@@ -221,7 +220,7 @@ fn parse_id(id: &str) -> Result<JobId, ApiError> {
     tag = "jobs",
     params(("id" = String, Path, description = "Job id")),
     responses(
-        (status = 200, description = "The job", body = JobBody),
+        (status = 200, description = "The job", body = Job),
         (status = 404, description = "Unknown, or another account's", body = Problem),
     ),
     security(("bearer" = []))
@@ -242,7 +241,7 @@ pub async fn get(tenant: Tenant, ApiPath(id): ApiPath<String>) -> Result<Json<Jo
     tag = "jobs",
     params(("id" = String, Path, description = "Job id")),
     responses(
-        (status = 200, description = "The cancelled job", body = JobBody),
+        (status = 200, description = "The cancelled job", body = Job),
         (status = 404, description = "Unknown, or another account's", body = Problem),
         (status = 409, description = "Already finished", body = Problem),
     ),
@@ -264,7 +263,7 @@ pub async fn cancel(tenant: Tenant, ApiPath(id): ApiPath<String>) -> Result<Json
     tag = "jobs",
     params(("id" = String, Path, description = "Job id")),
     responses(
-        (status = 200, description = "The job, available again", body = JobBody),
+        (status = 200, description = "The job, available again", body = Job),
         (status = 404, description = "Unknown, or another account's", body = Problem),
         (status = 409, description = "Running or completed", body = Problem),
     ),
@@ -288,6 +287,9 @@ mod tests {
 
     use super::super::body;
     use super::*;
+    use serde_json::Value;
+
+    use crate::queue::JobError;
 
     fn errors_of(v: Value) -> Vec<String> {
         match body::read::<NewJobBody>(&v, "/jobs/3") {
@@ -338,12 +340,18 @@ mod tests {
         );
     }
 
-    /// The documented job schema names every field the API serialises.
+    /// The documented job schema names exactly the fields the API serialises, its error entries too: what serde
+    /// skips (the account, the lease) the document leaves out.
     #[test]
     fn job_schema_matches_serialisation() {
         use utoipa::PartialSchema;
-        let schema = serde_json::to_value(JobBody::schema()).unwrap();
-        let props = schema["properties"].as_object().unwrap();
+        let keys_of = |v: &Value| v.as_object().unwrap().keys().cloned().collect::<BTreeSet<String>>();
+        let error = JobError {
+            attempt: 1,
+            at: Utc::now(),
+            message: "boom".into(),
+            version: None,
+        };
         let job = Job {
             id: JobId(1),
             account_id: "a".into(),
@@ -359,21 +367,21 @@ mod tests {
             started_at: None,
             finished_at: None,
             result: None,
-            errors: Value::Array(vec![]),
+            errors: vec![error.clone()],
             idempotency_key: None,
             concurrency_key: None,
             pool: None,
             version: None,
             timeout_ms: None,
             traceparent: None,
-            lease_owner: None,
-            leased_until: None,
+            lease_owner: Some("w".into()),
+            leased_until: Some(Utc::now()),
         };
-        let v = serde_json::to_value(&job).unwrap();
-        let mut keys: BTreeSet<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
-        // Added by `POST /api/jobs` to its answer only (see `job_response`).
-        keys.insert("warnings");
-        let documented: BTreeSet<&str> = props.keys().map(String::as_str).collect();
-        assert_eq!(keys, documented);
+        let documented = |schema| keys_of(&serde_json::to_value(schema).unwrap()["properties"]);
+        assert_eq!(keys_of(&serde_json::to_value(&job).unwrap()), documented(Job::schema()));
+        assert_eq!(
+            keys_of(&serde_json::to_value(&error).unwrap()),
+            documented(JobError::schema())
+        );
     }
 }

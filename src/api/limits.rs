@@ -218,45 +218,6 @@ pub async fn put(
     Ok(Json(limits))
 }
 
-/// A queue limit and its use now.
-#[derive(Debug, ToSchema)]
-#[schema(as = QueueUsage)]
-#[allow(dead_code)]
-pub struct QueueUsageBody {
-    /// The limit.
-    max_running: i32,
-    /// The account's jobs of the queue leased now (running, or fetched ahead by a worker).
-    running: i64,
-}
-
-/// A kind's limits and their use now.
-#[derive(Debug, ToSchema)]
-#[schema(as = KindUsage)]
-#[allow(dead_code)]
-pub struct KindUsageBody {
-    /// The running limit, if any.
-    max_running: Option<i32>,
-    /// The rate limit, if any.
-    max_per_second: Option<i32>,
-    /// The account's jobs of the kind leased now.
-    running: i64,
-    /// Started within the last second (rate-limited kinds only).
-    started_last_second: i64,
-}
-
-/// An account's limits with their use now.
-#[derive(Debug, ToSchema)]
-#[schema(as = Usage)]
-#[allow(dead_code)]
-pub struct UsageBody {
-    /// The account's weight.
-    weight: i32,
-    /// Per limited queue.
-    queues: BTreeMap<String, QueueUsageBody>,
-    /// Per limited kind.
-    kinds: BTreeMap<String, KindUsageBody>,
-}
-
 /// Read an account's limits with what it uses of them now (running jobs against each limit).
 #[utoipa::path(
     get,
@@ -264,7 +225,7 @@ pub struct UsageBody {
     tag = "accounts",
     params(("id" = String, Path, description = "Account id")),
     responses(
-        (status = 200, description = "The account's limits and their use", body = UsageBody),
+        (status = 200, description = "The account's limits and their use", body = queue::Usage),
         (status = 404, description = "Unknown account", body = Problem),
     ),
     security(("admin" = []))

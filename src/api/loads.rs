@@ -17,12 +17,6 @@ use super::extract::{idempotency_key, next_page, ApiPath, IdPage, Limit, QueryPa
 use crate::load::{self, store, Load, LoadDetail, Outcome, RecordResult};
 use crate::queue::{self, FieldError};
 
-/// Any JSON document of this resource (the shapes are in CONTRACT §6).
-#[derive(Debug, ToSchema)]
-#[schema(as = LoadDocument, value_type = Object)]
-#[allow(dead_code)]
-pub struct LoadDocument(Value);
-
 /// `POST /api/loads` body.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -97,7 +91,6 @@ fn records<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Value>, D::Error> {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct LoadPage {
     /// Loads, newest first.
-    #[schema(value_type = Vec<LoadDocument>)]
     pub items: Vec<Load>,
     /// Cursor of the next page; null on the last.
     pub next_cursor: Option<String>,
@@ -107,7 +100,6 @@ pub struct LoadPage {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ResultPage {
     /// Records in index order.
-    #[schema(value_type = Vec<LoadDocument>)]
     pub items: Vec<RecordResult>,
     /// Cursor (`after`) of the next page; null on the last.
     pub next_cursor: Option<String>,
@@ -155,7 +147,7 @@ fn json_response<T: Serialize>(status: StatusCode, body: T) -> Response {
     tag = "loads",
     request_body = NewLoadBody,
     responses(
-        (status = 201, description = "Opened: {id, name, status: open, created_at, closes_at}", body = LoadDocument),
+        (status = 201, description = "Opened", body = Load),
         (status = 409, description = "A load of that name is already open today (its id in detail)", body = Problem),
         (status = 422, description = "Invalid name", body = Problem),
     ),
@@ -211,7 +203,7 @@ pub async fn list(tenant: Tenant, q: QueryParams) -> Result<Json<LoadPage>, ApiE
     tag = "loads",
     params(("id" = String, Path, description = "Load id")),
     responses(
-        (status = 200, description = "{id, name, status, created_at, closes_at, batches: [{id, status, counts}]}", body = LoadDocument),
+        (status = 200, description = "The load with its batches", body = LoadDetail),
         (status = 404, description = "No such load in this account", body = Problem),
     ),
     security(("bearer" = []))
@@ -236,8 +228,8 @@ pub async fn get(tenant: Tenant, ApiPath(id): ApiPath<String>) -> Result<Json<Lo
         ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "Deduplicates resends (per account)"),
     ),
     responses(
-        (status = 202, description = "Accepted: {id, status: pending, counts}", body = LoadDocument),
-        (status = 200, description = "Replay of an earlier send (header Idempotent-Replayed: true)", body = LoadDocument),
+        (status = 202, description = "Accepted, pending", body = store::Batch),
+        (status = 200, description = "Replay of an earlier send (header Idempotent-Replayed: true)", body = store::Batch),
         (status = 404, description = "No such load in this account", body = Problem),
         (status = 409, description = "The load is closed, or the key was used with a different batch", body = Problem),
         (status = 413, description = "More than 5 000 records or a body over 16 MiB", body = Problem),
@@ -284,7 +276,7 @@ pub async fn create_batch(
         ("batch_id" = String, Path, description = "Batch id"),
     ),
     responses(
-        (status = 200, description = "{id, load_id, status: pending|running|complete, counts: {total, unchanged, changed, failed}}", body = LoadDocument),
+        (status = 200, description = "The batch's status and counts", body = store::Batch),
         (status = 404, description = "No such batch in this load and account", body = Problem),
     ),
     security(("bearer" = []))
@@ -361,7 +353,7 @@ pub async fn results(
         ("location_ref" = String, Path, description = "Location"),
     ),
     responses(
-        (status = 200, description = "{sku_ref, location_ref, on_hand, reserved, available, updated_at}", body = LoadDocument),
+        (status = 200, description = "The position", body = crate::orchestration::InventoryPosition),
         (status = 404, description = "No such position in this account", body = Problem),
     ),
     security(("bearer" = []))

@@ -22,42 +22,10 @@ async fn stats(tenant: &Tenant, tx: &mut sqlx::PgConnection) -> Result<Vec<Queue
     Ok(queue::with_finished(active, &finished))
 }
 
-/// One queue's figures.
-#[derive(Debug, ToSchema)]
-#[schema(as = QueueStats)]
-#[allow(dead_code)]
-pub struct QueueStatsBody {
-    /// Queue name.
-    queue: String,
-    /// Paused for this account.
-    paused: bool,
-    /// Runnable now.
-    available: i64,
-    /// Waiting for a future `run_at`.
-    scheduled: i64,
-    /// Held by workers.
-    running: i64,
-    /// Waiting for a retry.
-    retryable: i64,
-    /// Completed within the retention window.
-    completed: i64,
-    /// Discarded within the retention window.
-    discarded: i64,
-    /// Cancelled within the retention window.
-    cancelled: i64,
-    /// Runnable, but no live worker has a handler for the kind.
-    unclaimable: i64,
-    /// Runnable, but held back by one of the account's limits (CONTRACT §12).
-    limited: i64,
-    /// Age of the oldest runnable job in milliseconds, 0 when none.
-    oldest_available_ms: i64,
-}
-
 /// `GET /api/queues` answer.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct QueuePage {
     /// Every queue the account has jobs in or has paused.
-    #[schema(value_type = Vec<QueueStatsBody>)]
     pub items: Vec<QueueStats>,
     /// Pass as `cursor` for the next page; null on the last page.
     pub next_cursor: Option<String>,
@@ -130,7 +98,7 @@ async fn set_paused(tenant: &Tenant, name: &str, paused: bool) -> Result<QueueSt
     tag = "queues",
     params(("queue" = String, Path, description = "Queue name")),
     responses(
-        (status = 200, description = "The queue", body = QueueStatsBody),
+        (status = 200, description = "The queue", body = QueueStats),
         (status = 422, description = "Invalid queue name", body = Problem),
     ),
     security(("bearer" = []))
@@ -147,7 +115,7 @@ pub async fn pause(tenant: Tenant, ApiPath(name): ApiPath<String>) -> Result<Jso
     tag = "queues",
     params(("queue" = String, Path, description = "Queue name")),
     responses(
-        (status = 200, description = "The queue", body = QueueStatsBody),
+        (status = 200, description = "The queue", body = QueueStats),
         (status = 422, description = "Invalid queue name", body = Problem),
     ),
     security(("bearer" = []))
@@ -160,31 +128,6 @@ pub async fn resume(tenant: Tenant, ApiPath(name): ApiPath<String>) -> Result<Js
 /// The longest history asked for at once: the counters and samples are kept for the finished-job retention
 /// (24 h by default).
 const MAX_HISTORY_MINUTES: i64 = 1440;
-
-/// One minute of the account's queues.
-#[derive(Debug, ToSchema)]
-#[schema(as = QueueMinute)]
-#[allow(dead_code)]
-pub struct MinuteBody {
-    /// The minute's start (RFC 3339).
-    minute: chrono::DateTime<chrono::Utc>,
-    /// Jobs enqueued.
-    enqueued: i64,
-    /// Jobs completed.
-    completed: i64,
-    /// Failed attempts (retried or not).
-    failed: i64,
-    /// Jobs discarded.
-    discarded: i64,
-    /// Jobs cancelled.
-    cancelled: i64,
-    /// Runnable jobs at the minute's sample; null when none was taken.
-    available: Option<i64>,
-    /// Running jobs at the sample.
-    running: Option<i64>,
-    /// How long the oldest runnable job had waited at the sample (ms): the start delay.
-    oldest_wait_ms: Option<i64>,
-}
 
 /// Sums over the window.
 #[derive(Debug, Default, Serialize, ToSchema)]
@@ -207,7 +150,6 @@ pub struct HistoryPage {
     /// The window's start: the minute `minutes` ago.
     pub since: chrono::DateTime<chrono::Utc>,
     /// Minutes with a count or a sample, oldest first (minutes with neither are left out).
-    #[schema(value_type = Vec<MinuteBody>)]
     pub items: Vec<queue::Minute>,
     /// Always null: the window is one page.
     pub next_cursor: Option<String>,

@@ -16,37 +16,6 @@ use super::extract::{next_page, ApiPath, Page, QueryParams};
 use crate::queue::FieldError;
 use crate::scheduler::store::{self, EventSpec, JobSpec, NewSchedule, Schedule, ScheduleUpdate, Target};
 
-/// A schedule as the API shows it.
-#[derive(Debug, ToSchema)]
-#[schema(as = Schedule)]
-#[allow(dead_code)]
-pub struct ScheduleBody {
-    /// Unique per account: 1 to 128 of `A-Z a-z 0-9 . _ -`.
-    name: String,
-    /// 5 fields, or 6 with leading seconds.
-    cron: String,
-    /// IANA time zone.
-    timezone: String,
-    /// The job each tick enqueues (as `POST /api/jobs`, without `run_at` and `idempotency_key`); absent for an
-    /// event schedule.
-    #[schema(value_type = Option<Object>)]
-    job: Option<Value>,
-    /// The event each tick sends (as `POST /api/events`, without `scheduled_at` and `idempotency_key`); absent for
-    /// a job schedule.
-    #[schema(value_type = Option<Object>)]
-    event: Option<Value>,
-    /// Paused schedules do not fire.
-    paused: bool,
-    /// The next tick; null while paused.
-    next_fire_at: Option<String>,
-    /// The latest tick fired.
-    last_fired_at: Option<String>,
-    /// Creation time.
-    created_at: String,
-    /// Latest change.
-    updated_at: String,
-}
-
 /// `POST /api/schedules` body.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -109,7 +78,6 @@ impl RequestBody for ScheduleChangeBody {}
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SchedulePage {
     /// Schedules in name order.
-    #[schema(value_type = Vec<ScheduleBody>)]
     pub items: Vec<Schedule>,
     /// Cursor of the next page; null on the last.
     pub next_cursor: Option<String>,
@@ -194,7 +162,7 @@ fn target(job: Option<&Value>, event: Option<&Value>, required: bool, errs: &mut
     tag = "schedules",
     request_body = NewScheduleBody,
     responses(
-        (status = 201, description = "Created, with its next tick", body = ScheduleBody),
+        (status = 201, description = "Created, with its next tick", body = Schedule),
         (status = 409, description = "A schedule of that name exists", body = Problem),
         (status = 422, description = "Invalid fields (cron, timezone, job, event, …)", body = Problem),
     ),
@@ -248,7 +216,7 @@ pub async fn list(tenant: Tenant, q: QueryParams) -> Result<Json<SchedulePage>, 
     tag = "schedules",
     params(("name" = String, Path, description = "Schedule name")),
     responses(
-        (status = 200, description = "The schedule", body = ScheduleBody),
+        (status = 200, description = "The schedule", body = Schedule),
         (status = 404, description = "No such schedule in this account", body = Problem),
     ),
     security(("bearer" = []))
@@ -270,7 +238,7 @@ pub async fn get(tenant: Tenant, ApiPath(name): ApiPath<String>) -> Result<Json<
     params(("name" = String, Path, description = "Schedule name")),
     request_body = ScheduleChangeBody,
     responses(
-        (status = 200, description = "The changed schedule", body = ScheduleBody),
+        (status = 200, description = "The changed schedule", body = Schedule),
         (status = 404, description = "No such schedule in this account", body = Problem),
         (status = 422, description = "Invalid fields", body = Problem),
     ),

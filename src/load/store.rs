@@ -13,7 +13,7 @@ use crate::queue::{self, NewJob};
 use crate::tenancy::AccountId;
 
 /// Whether a load still takes batches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LoadStatus {
     /// Its UTC day is today.
@@ -23,7 +23,7 @@ pub enum LoadStatus {
 }
 
 /// A load as users see it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Load {
     /// Id.
     pub id: String,
@@ -38,7 +38,7 @@ pub struct Load {
 }
 
 /// A batch's processing state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum BatchStatus {
     /// Stored; no chunk has started.
@@ -56,7 +56,7 @@ crate::text_enum::text_enum!(BatchStatus as "batch status" {
 });
 
 /// Record counts of a batch; once complete, `total = unchanged + changed + failed`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct BatchCounts {
     /// Records in the batch.
     pub total: i64,
@@ -69,7 +69,7 @@ pub struct BatchCounts {
 }
 
 /// A batch as users see it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Batch {
     /// Id.
     pub id: String,
@@ -86,7 +86,7 @@ pub struct Batch {
 }
 
 /// A load with its batches (`GET /api/loads/{id}`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct LoadDetail {
     /// The load.
     #[serde(flatten)]
@@ -96,7 +96,7 @@ pub struct LoadDetail {
 }
 
 /// One record's result (`GET …/results`).
-#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct RecordResult {
     /// Position in the batch, from 0.
     pub index: i32,
@@ -105,6 +105,7 @@ pub struct RecordResult {
     /// As sent.
     pub location_ref: Option<String>,
     /// `changed`, `unchanged` or `failed`.
+    #[schema(pattern = "^(changed|unchanged|failed)$")]
     pub outcome: String,
     /// Why it failed.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -13,7 +13,7 @@ use super::{Error, Result};
 use crate::tenancy::AccountId;
 
 /// A position as users see it (`GET /api/inventory/{sku_ref}/{location_ref}`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct InventoryPosition {
     /// Stock-keeping unit.
     pub sku_ref: String,

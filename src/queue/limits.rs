@@ -258,7 +258,7 @@ pub async fn put_limits(conn: &mut PgConnection, account: &AccountId, limits: &L
 }
 
 /// An account's limits with what it uses of them right now: what the dashboard shows.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Usage {
     /// Its weight.
     pub weight: i32,
@@ -269,16 +269,16 @@ pub struct Usage {
 }
 
 /// A queue limit and its use.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct QueueUsage {
     /// The limit.
     pub max_running: i32,
-    /// Leased now (running, or fetched ahead by a worker).
+    /// The account's jobs of the queue leased now (running, or fetched ahead by a worker).
     pub running: i64,
 }
 
 /// A kind's limits and their use.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct KindUsage {
     /// The running limit, if any.
     pub max_running: Option<i32>,

@@ -53,7 +53,9 @@ pub use stats::{
     finished_counts, fold_stats, prune_stats, queue_gauges, queue_stats, throughput, with_finished, FinishedCounts,
     QueueStats, Throughput,
 };
-pub use types::{json_integer, FieldError, FieldErrors, Job, JobId, JobState, NewJob, ACTIVE_STATES, FINISHED_STATES};
+pub use types::{
+    json_integer, FieldError, FieldErrors, Job, JobError, JobId, JobState, NewJob, ACTIVE_STATES, FINISHED_STATES,
+};
 pub(crate) use types::{open_jobs, seal_json};
 
 use sqlx::PgPool;

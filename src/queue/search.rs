@@ -163,8 +163,9 @@ pub enum BulkAction {
     Cancel,
 }
 
-/// What a [`bulk`] call did.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+/// What a bulk retry or cancel did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = JobBulkOutcome)]
 pub struct BulkOutcome {
     /// Jobs the filter matched (at most the limit).
     pub matched: u64,
@@ -172,7 +173,7 @@ pub struct BulkOutcome {
     pub changed: u64,
     /// Jobs whose state does not allow the action (finished, or changed since they were matched).
     pub skipped: u64,
-    /// More jobs match than the limit: call again for the next ones.
+    /// More jobs match than the limit: send the request again for the next ones.
     pub more: bool,
 }
 

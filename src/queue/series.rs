@@ -51,9 +51,10 @@ pub async fn prune_samples<'e>(exec: impl PgExecutor<'e>, keep: Duration) -> Res
 }
 
 /// One minute of an account's queues (all of them, or one).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = QueueMinute)]
 pub struct Minute {
-    /// The minute (its start).
+    /// The minute's start (RFC 3339).
     pub minute: DateTime<Utc>,
     /// Jobs enqueued.
     pub enqueued: i64,
@@ -69,7 +70,7 @@ pub struct Minute {
     pub available: Option<i64>,
     /// Running jobs at the sample.
     pub running: Option<i64>,
-    /// How long the oldest runnable job had waited at the sample, in milliseconds.
+    /// How long the oldest runnable job had waited at the sample, in milliseconds: the start delay.
     pub oldest_wait_ms: Option<i64>,
 }
 

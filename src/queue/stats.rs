@@ -11,7 +11,7 @@ use super::Result;
 use crate::tenancy::AccountId;
 
 /// One queue's figures.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct QueueStats {
     /// Queue name.
     pub queue: String,
@@ -35,7 +35,7 @@ pub struct QueueStats {
     pub unclaimable: i64,
     /// Runnable, but held back by one of the account's limits, which is full right now (CONTRACT §12).
     pub limited: i64,
-    /// Age of the oldest runnable job, 0 when none.
+    /// Age of the oldest runnable job in milliseconds, 0 when none.
     pub oldest_available_ms: i64,
 }
 

@@ -108,10 +108,11 @@ impl Encode<'_, Postgres> for JobState {
     }
 }
 
-/// A job as stored.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+/// A job as stored, and as the API shows it (`job` in CONTRACT §4).
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Job {
-    /// Id.
+    /// Id (a string in JSON).
+    #[schema(value_type = String)]
     pub id: JobId,
     /// Owning account.
     #[serde(skip)]
@@ -126,7 +127,7 @@ pub struct Job {
     pub state: JobState,
     /// 0 runs first.
     pub priority: i16,
-    /// Attempts started so far.
+    /// Attempts started so far (1 during the first run).
     pub attempt: i32,
     /// Attempts allowed.
     pub max_attempts: i32,
@@ -140,15 +141,16 @@ pub struct Job {
     pub finished_at: Option<DateTime<Utc>>,
     /// Handler result, once completed.
     pub result: Option<Value>,
-    /// Error history, one entry per failed attempt.
-    pub errors: Value,
+    /// Error history, one entry per failed or cancelled attempt.
+    #[sqlx(json)]
+    pub errors: Vec<JobError>,
     /// Per-account deduplication key.
     pub idempotency_key: Option<String>,
     /// Jobs of one key run one at a time, in order.
     pub concurrency_key: Option<String>,
     /// Pool of the worker that ran it.
     pub pool: Option<String>,
-    /// Version routed to, or that ran it.
+    /// Version routed to while waiting (null = any), or that ran it.
     pub version: Option<String>,
     /// Per-job timeout override.
     pub timeout_ms: Option<i32>,
@@ -173,15 +175,26 @@ impl Job {
         if let Some(r) = self.result.take() {
             self.result = Some(crate::crypt::open_json(&aad("result"), r)?);
         }
-        if let Value::Array(entries) = &mut self.errors {
-            for e in entries {
-                if let Some(Value::String(m)) = e.get_mut("message") {
-                    *m = crate::crypt::open_text(&aad("error"), std::mem::take(m))?;
-                }
-            }
+        for e in &mut self.errors {
+            e.message = crate::crypt::open_text(&aad("error"), std::mem::take(&mut e.message))?;
         }
         Ok(())
     }
+}
+
+/// One entry of a job's error history.
+// Written by `complete::with_error`; what `Job::open` reads back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct JobError {
+    /// The attempt that failed or was cancelled.
+    pub attempt: i32,
+    /// When (RFC 3339).
+    pub at: DateTime<Utc>,
+    /// What went wrong.
+    pub message: String,
+    /// The version that ran the attempt; null for a cancellation, or when the job had none.
+    #[serde(default)]
+    pub version: Option<String>,
 }
 
 /// Opens every job's sealed fields (see [`Job::open`]), loading each account's data key first.

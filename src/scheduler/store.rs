@@ -79,12 +79,14 @@ impl JobSpec {
 
 /// The orchestration event a tick sends, as `POST /api/events` takes it, without `scheduled_at` and
 /// `idempotency_key` (the tick sets both).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = ScheduledEvent)]
 #[serde(deny_unknown_fields)]
 pub struct EventSpec {
     /// Event name.
     pub name: String,
-    /// The entity it is sent to (must exist when the tick fires).
+    /// The entity it is sent to, `{"type": ..., "ref": ...}` (it must exist when the tick fires).
+    #[schema(value_type = Object)]
     pub entity: EntityKey,
     /// Attributes (an object).
     #[serde(default = "empty_object")]
@@ -121,7 +123,7 @@ impl EventSpec {
 }
 
 /// What a tick fires. Serialised tagged: `{"job": {...}}` or `{"event": {...}}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Target {
@@ -180,15 +182,15 @@ pub fn tick_key(name: &str, tick: DateTime<Utc>) -> String {
     )
 }
 
-/// A schedule as stored.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// A schedule as stored, and as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Schedule {
     /// Owning account.
     #[serde(skip)]
     pub account_id: AccountId,
     /// Unique per account; part of every tick's idempotency key.
     pub name: String,
-    /// The expression as given (5 or 6 fields).
+    /// The expression as given: 5 fields, or 6 with leading seconds.
     pub cron: String,
     /// IANA time zone the expression is read in.
     pub timezone: String,

@@ -18,7 +18,7 @@ const KEY_PREFIX: &str = "ordo_";
 const WEBHOOK_SECRET_PREFIX: &str = "whsec_";
 
 /// An account as listed to administrators (never with its secrets).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Account {
     /// Slug.
     pub id: String,

@@ -72,7 +72,7 @@ async fn sigkilled_worker_jobs_are_completed_by_another_worker() {
         let j = queue::get(&db.pool, &acct(), o.id).await.unwrap();
         assert_eq!(j.state, JobState::Completed);
         assert!(j.attempt >= 2, "the first attempt died with the worker");
-        assert!(j.errors.to_string().contains("lease expired"));
+        assert!(j.errors.iter().any(|e| e.message.contains("lease expired")));
     }
     let finished_per_job: Vec<i64> = sqlx::query_scalar(
         "select count(*) filter (where finished_at is not null) from test_execution group by job_id",

@@ -64,11 +64,10 @@ async fn failing_task_is_retried_by_ordo_then_discarded_with_every_error() {
         .unwrap();
     assert_eq!(job.state, JobState::Discarded);
     assert_eq!((job.attempt, job.max_attempts), (3, 3));
-    let errors = job.errors.as_array().unwrap();
-    let attempts: Vec<i64> = errors.iter().map(|e| e["attempt"].as_i64().unwrap()).collect();
+    let attempts: Vec<i32> = job.errors.iter().map(|e| e.attempt).collect();
     assert_eq!(attempts, [1, 2, 3]);
-    for (n, e) in errors.iter().enumerate() {
-        assert_eq!(e["message"], format!("flaky failed on attempt {}", n + 1));
+    for (n, e) in job.errors.iter().enumerate() {
+        assert_eq!(e.message, format!("flaky failed on attempt {}", n + 1));
     }
 }
 

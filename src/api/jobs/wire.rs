@@ -1,6 +1,5 @@
-//! The wire format of `/api/jobs`. The request bodies are serde types read by [`crate::api::body`] and documented
-//! from the same definitions. The answers are serialised from the queue's own types, so the structs describing
-//! them exist for the OpenAPI document only, hence `allow(dead_code)` on those.
+//! The wire format of `/api/jobs` requests: serde types read by [`crate::api::body`] and documented from the same
+//! definitions. The answers are the queue's own types ([`crate::queue::Job`]), documented where they are declared.
 
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
@@ -10,7 +9,7 @@ use utoipa::ToSchema;
 use crate::api::body::{self, field, RequestBody};
 use crate::api::error::ApiError;
 use crate::api::MAX_BATCH_JOBS;
-use crate::queue::{self, FieldError, JobState, NewJob};
+use crate::queue::{self, FieldError, NewJob};
 
 /// A job to enqueue (the body of `POST /api/jobs`, and each element of a batch).
 #[derive(Debug, Deserialize, ToSchema)]
@@ -84,69 +83,6 @@ impl NewJobBody {
         job.concurrency_key = self.concurrency_key;
         job
     }
-}
-
-/// One entry of a job's error history.
-#[derive(Debug, ToSchema)]
-#[schema(as = JobError)]
-#[allow(dead_code)]
-pub(super) struct JobErrorBody {
-    /// Attempt that failed.
-    attempt: i32,
-    /// When (RFC 3339).
-    at: DateTime<Utc>,
-    /// What went wrong.
-    message: String,
-}
-
-/// A job (`job` in CONTRACT §4).
-#[derive(Debug, ToSchema)]
-#[schema(as = Job)]
-#[allow(dead_code)]
-pub(in crate::api) struct JobBody {
-    /// Id (a string).
-    id: String,
-    /// Queue.
-    queue: String,
-    /// Handler kind.
-    kind: String,
-    /// Handler arguments.
-    args: Value,
-    /// Current state.
-    state: JobState,
-    /// 0 runs first.
-    priority: i16,
-    /// Attempts started (1 during the first run).
-    attempt: i32,
-    /// Attempts allowed.
-    max_attempts: i32,
-    /// Earliest run time.
-    run_at: DateTime<Utc>,
-    /// Enqueue time.
-    created_at: DateTime<Utc>,
-    /// Start of the latest attempt.
-    started_at: Option<DateTime<Utc>>,
-    /// End time, once finished.
-    finished_at: Option<DateTime<Utc>>,
-    /// Handler result, once completed.
-    result: Option<Value>,
-    /// One entry per failed attempt.
-    errors: Vec<JobErrorBody>,
-    /// Deduplication key.
-    idempotency_key: Option<String>,
-    /// Ordering key.
-    concurrency_key: Option<String>,
-    /// Pool of the worker that ran it.
-    pool: Option<String>,
-    /// Version routed to while waiting (null = any), or that ran it.
-    version: Option<String>,
-    /// Per-job timeout override.
-    timeout_ms: Option<i32>,
-    /// W3C trace context of the request that created it.
-    traceparent: Option<String>,
-    /// Only in answers to `POST /api/jobs`, and only when there is something to say: e.g. that no live worker
-    /// serving the queue knows the kind, so the job waits.
-    warnings: Option<Vec<String>>,
 }
 
 /// `POST /api/jobs/batch` body.
