@@ -8,8 +8,9 @@
 //! ([`interpreter::predicted_positions`]) are locked with one ordered statement. A position found only while
 //! interpreting is locked then if it sorts after every position the batch holds; otherwise only if it is free at
 //! once. A chained round whose positions are not free leaves its events for later, and a claimed event whose
-//! position is not free fails the batch (its events run again one by one); only a batch of one claimed event
-//! waits for a position out of order, as every execution did before.
+//! position is not free fails the batch (its events run again one by one). A batch of one claimed event has
+//! nowhere to fall back to: when it needs a taken position that sorts before one it holds, it lets go of every
+//! position it holds (a savepoint taken before its first) and locks them all again, in order, with the new one.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, LazyLock};
@@ -125,8 +126,7 @@ pub(crate) async fn execute_batch(
         definitions,
         entities: HashMap::new(),
         positions: BTreeMap::new(),
-        // Only a lone claimed event may wait for a position out of order: it holds no other batch's way.
-        wait_out_of_order: jobs.len() == 1,
+        lone: jobs.len() == 1,
         out: Writes::default(),
     };
     let mut round = jobs;
@@ -187,6 +187,8 @@ pub(crate) async fn execute_batch(
         let per_key = (room / follow.len()).max(1) as i64;
         round = queue::lock_following(&mut *tx, &follow, version.as_deref(), per_key).await?;
         first = false;
+        // Its chained rounds take positions in order only, like any batch's.
+        batch.lone = false;
         if round.is_empty() {
             break;
         }
@@ -231,6 +233,12 @@ impl Executed {
     }
 }
 
+/// Taken by a lone batch before it locks its first position; [`ROLLBACK_TO_POSITIONS`] lets go of them all (and of
+/// nothing else: the events and entities were locked before it, and nothing is written until the end).
+const SAVEPOINT_POSITIONS: &str = "savepoint positions";
+/// See [`SAVEPOINT_POSITIONS`].
+const ROLLBACK_TO_POSITIONS: &str = "rollback to savepoint positions";
+
 /// A batch's working state.
 struct Batch<'a> {
     account: &'a AccountId,
@@ -240,8 +248,10 @@ struct Batch<'a> {
     entities: HashMap<EntityKey, Current>,
     /// Each position the batch has locked (or found missing), as its successful executions have left it so far.
     positions: BTreeMap<PositionKey, Position>,
-    /// Whether a position found while interpreting may be waited for out of the global order.
-    wait_out_of_order: bool,
+    /// A batch of one claimed event, in its first round: a position its execution finds while interpreting is
+    /// waited for, even out of the global order, by locking all of its positions again (see
+    /// [`Batch::relock_in_order`]).
+    lone: bool,
     out: Writes,
 }
 
@@ -355,14 +365,46 @@ impl Batch<'_> {
             Wait::InOrder if in_order => Wait::Yes,
             w => w,
         };
+        if wait == Wait::Yes && !in_order && self.lone {
+            return self.relock_in_order(conn, new).await.map(|()| true);
+        }
+        if self.lone && self.positions.is_empty() {
+            // Before the first position it locks, so that it can let go of them all (see `relock_in_order`).
+            sqlx::query(SAVEPOINT_POSITIONS).execute(&mut *conn).await?;
+        }
         let Some(found) = lock_positions(conn, self.account, &new, wait == Wait::Yes).await? else {
             return Ok(false);
         };
-        for k in new {
+        self.keep(new, &found);
+        Ok(true)
+    }
+
+    /// Locks `new`, which sorts before a position the lone batch holds: at once if free; otherwise, since waiting
+    /// for it while holding the later ones could close a cycle with a batch that holds it and waits for those, it
+    /// lets go of every position (back to the savepoint taken before the first) and locks them all again, `new`
+    /// with them, in the global order. Only the first execution of a lone batch asks this, before it has staged
+    /// anything, so the positions are read afresh from the database.
+    async fn relock_in_order(&mut self, conn: &mut PgConnection, new: Vec<PositionKey>) -> Result<()> {
+        if let Some(found) = lock_positions(conn, self.account, &new, false).await? {
+            self.keep(new, &found);
+            return Ok(());
+        }
+        sqlx::query(ROLLBACK_TO_POSITIONS).execute(&mut *conn).await?;
+        let all: BTreeSet<PositionKey> = std::mem::take(&mut self.positions).into_keys().chain(new).collect();
+        let all: Vec<PositionKey> = all.into_iter().collect();
+        let found = lock_positions(conn, self.account, &all, true)
+            .await?
+            .unwrap_or_default();
+        self.keep(all, &found);
+        Ok(())
+    }
+
+    /// Holds `keys` as locked, each as `found` (a missing position starts empty).
+    fn keep(&mut self, keys: Vec<PositionKey>, found: &BTreeMap<PositionKey, Position>) {
+        for k in keys {
             let p = found.get(&k).copied().unwrap_or_default();
             self.positions.insert(k, p);
         }
-        Ok(true)
     }
 
     /// Interprets a prepared event, locking the positions it turns out to need, and stages its writes. Returns
@@ -402,11 +444,7 @@ impl Batch<'_> {
                 .ok_or_else(|| Error::Corrupt(format!("entity {key:?} of a locked event is not loaded")))?;
             match interpreter::interpret(self.rules, flow, snapshot(&key, current), trigger, &self.positions) {
                 Outcome::NeedsPositions(keys) => {
-                    let wait = if first && self.wait_out_of_order {
-                        Wait::Yes
-                    } else {
-                        Wait::InOrder
-                    };
+                    let wait = if first && self.lone { Wait::Yes } else { Wait::InOrder };
                     if !self.lock_positions(conn, keys, wait).await? {
                         if first {
                             return Err(Error::PositionBusy { event: p.root.seq });

@@ -5,12 +5,13 @@ use std::time::Duration;
 
 use ordo::orchestration::{
     create_entity, get_position, list_events, put_workflow, send_event, EventFilter, EventKind, EventStatus, NewEntity,
-    NewEvent, SyncEvents,
+    NewEvent, SyncEvents, SyncOutcome,
 };
 use ordo::queue::Queue;
 use ordo::testkit::{self, eventually};
 use serde_json::{json, Value};
 use sqlx::PgPool;
+use tokio::task::JoinHandle;
 
 use crate::orchestration::{queue, wait_final};
 use crate::support::{acct, fast_config, start_worker};
@@ -47,6 +48,77 @@ fn reserve(sku: &str) -> Value {
     json!({"name": "inventory.Reserve", "props": {"sku_ref": sku, "location_ref": "L", "qty": 1}})
 }
 
+/// Positions SKU-A and SKU-B at location L, 10 on hand each.
+async fn stock_a_and_b(pool: &PgPool) {
+    sqlx::query(
+        "insert into inventory_position (account_id, sku_ref, location_ref, on_hand) \
+         values ($1, 'SKU-A', 'L', 10), ($1, 'SKU-B', 'L', 10)",
+    )
+    .bind(acct().as_str())
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+/// Locks position `sku` in a transaction of the test's own (`nowait`: an error if another holds it).
+async fn lock_position(
+    pool: &PgPool,
+    sku: &str,
+    nowait: bool,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let sql = format!(
+        "select 1 from inventory_position where account_id = $1 and sku_ref = $2 for update{}",
+        if nowait { " nowait" } else { "" }
+    );
+    sqlx::query(&sql)
+        .bind(acct().as_str())
+        .bind(sku)
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
+}
+
+/// Waits until `n` sessions of the test's database wait for a row lock.
+async fn row_lock_waiters(pool: &PgPool, n: i64) {
+    eventually(WAIT, "executions to wait for a row lock", || async {
+        let waiting: i64 = sqlx::query_scalar(
+            "select count(*) from pg_stat_activity where datname = current_database() \
+             and wait_event_type = 'Lock' and wait_event in ('transactionid', 'tuple')",
+        )
+        .fetch_one(pool)
+        .await
+        .ok()?;
+        (waiting == n).then_some(())
+    })
+    .await;
+}
+
+/// Sends event `name` to an entity as a sync call, through a group commit of its own (an API node of its own: a
+/// transaction of its own, whatever else arrives).
+fn send_alone(
+    q: &Queue,
+    entity_type: &str,
+    entity: &str,
+    name: &str,
+) -> JoinHandle<ordo::orchestration::Result<SyncOutcome>> {
+    let (q, event) = (q.clone(), NewEvent::new(name, entity_type, entity));
+    let node = SyncEvents::start(q.clone(), 1);
+    tokio::spawn(async move { node.send(&q, &acct(), event, WAIT).await })
+}
+
+/// Each call succeeded, and each of SKU-A and SKU-B has 2 reserved of its 10.
+async fn both_reserved_twice(pool: &PgPool, calls: [(JoinHandle<ordo::orchestration::Result<SyncOutcome>>, &str); 2]) {
+    for (call, name) in calls {
+        let out = call.await.unwrap().unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(out.status, EventStatus::Success, "{name}: {:?}", out.error);
+    }
+    for sku in ["SKU-A", "SKU-B"] {
+        let p = get_position(pool, &acct(), sku, "L").await.unwrap().unwrap();
+        assert_eq!((p.on_hand, p.reserved), (10, 2), "{sku}");
+    }
+}
+
 /// Two executions that reserve the same two positions in opposite rule orders lock them in one order, all at
 /// once: while the first position is held elsewhere, both wait for it and neither holds the second, so they can
 /// never wait on each other (a deadlock that PostgreSQL would break after a second by failing one of them).
@@ -66,72 +138,83 @@ async fn executions_reserving_positions_in_opposite_orders_never_wait_on_each_ot
         }),
     )
     .await;
-    sqlx::query(
-        "insert into inventory_position (account_id, sku_ref, location_ref, on_hand) \
-         values ($1, 'SKU-A', 'L', 10), ($1, 'SKU-B', 'L', 10)",
-    )
-    .bind(acct().as_str())
-    .execute(&db.pool)
-    .await
-    .unwrap();
+    stock_a_and_b(&db.pool).await;
     created(&db.pool, &q, "L", &["x", "y"]).await;
 
     // Hold the position both executions lock first, in the global order, so that both queue up behind it.
-    let mut hold = db.pool.begin().await.unwrap();
-    sqlx::query("select 1 from inventory_position where account_id = $1 and sku_ref = 'SKU-A' for update")
-        .bind(acct().as_str())
-        .execute(&mut *hold)
-        .await
-        .unwrap();
-    // Two API nodes' group commits: two transactions, whatever arrives when.
-    let (one, two) = (SyncEvents::start(q.clone(), 1), SyncEvents::start(q.clone(), 1));
-    let ab = {
-        let q = q.clone();
-        tokio::spawn(async move { one.send(&q, &acct(), NewEvent::new("AB", "L", "x"), WAIT).await })
-    };
-    let ba = {
-        let q = q.clone();
-        tokio::spawn(async move { two.send(&q, &acct(), NewEvent::new("BA", "L", "y"), WAIT).await })
-    };
-    let database: String = sqlx::query_scalar("select current_database()")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
-    eventually(WAIT, "both executions to wait for a row lock", || async {
-        let waiting: i64 = sqlx::query_scalar(
-            "select count(*) from pg_stat_activity \
-             where datname = $1 and wait_event_type = 'Lock' and wait_event in ('transactionid', 'tuple')",
-        )
-        .bind(&database)
-        .fetch_one(&db.pool)
-        .await
-        .ok()?;
-        (waiting == 2).then_some(())
-    })
-    .await;
+    let hold = lock_position(&db.pool, "SKU-A", false).await.unwrap();
+    let ab = send_alone(&q, "L", "x", "AB");
+    let ba = send_alone(&q, "L", "y", "BA");
+    row_lock_waiters(&db.pool, 2).await;
 
     // Neither waiting execution holds the other position: taking it does not wait.
-    let mut probe = db.pool.begin().await.unwrap();
-    let free =
-        sqlx::query("select 1 from inventory_position where account_id = $1 and sku_ref = 'SKU-B' for update nowait")
-            .bind(acct().as_str())
-            .execute(&mut *probe)
-            .await;
+    let free = lock_position(&db.pool, "SKU-B", true).await;
     assert!(
         free.is_ok(),
-        "a waiting execution holds SKU-B while it waits for SKU-A: {free:?}"
+        "a waiting execution holds SKU-B while it waits for SKU-A: {:?}",
+        free.as_ref().err()
     );
-    probe.rollback().await.unwrap();
+    free.unwrap().rollback().await.unwrap();
     hold.rollback().await.unwrap();
+    both_reserved_twice(&db.pool, [(ab, "AB"), (ba, "BA")]).await;
+}
 
-    for (call, name) in [(ab, "AB"), (ba, "BA")] {
-        let out = call.await.unwrap().unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert_eq!(out.status, EventStatus::Success, "{name}: {:?}", out.error);
+/// Reserves the position the entity's `sku` attribute names once `SetAttribute` has set it to `to`: a position no
+/// prediction can name, since predictions read the entity as it was before the event.
+fn found_late(first: &str, to: &str) -> Value {
+    json!([
+        reserve(first),
+        {"name": "core.SetAttribute", "props": {"name": "sku", "value": to}},
+        {"name": "inventory.Reserve", "props": {"sku_ref": "{{entity.attributes.sku}}", "location_ref": "L", "qty": 1}},
+    ])
+}
+
+/// Two lone executions, each holding one position and finding the other only while interpreting, never wait on
+/// each other: the one whose find sorts before what it holds lets go of it and takes both in order. Here `y`
+/// waits for SKU-A (held by the test) and will want SKU-B next; `x` holds SKU-B and finds SKU-A. Had `x` waited for
+/// SKU-A holding SKU-B, `y` would have taken SKU-A and waited for SKU-B: a deadlock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lone_executions_finding_positions_late_never_wait_on_each_other() {
+    let db = testkit::db().await;
+    let q = queue(&db.pool);
+    put(
+        &db.pool,
+        "M::X",
+        json!({
+            "statuses": [{"name": "CREATED"}],
+            "rulesets": [
+                {"name": "BthenA", "entity_type": "M", "rules": found_late("SKU-B", "SKU-A")},
+                {"name": "AthenB", "entity_type": "M", "rules": found_late("SKU-A", "SKU-B")},
+            ]
+        }),
+    )
+    .await;
+    stock_a_and_b(&db.pool).await;
+    let w = start_worker(&db.pool, fast_config());
+    for r in ["x", "y"] {
+        // `sku` names no position before the event sets it.
+        let entity = NewEntity::new("M", "X", r).attributes(json!({"sku": "none"}));
+        let (_, create) = create_entity(&q, &acct(), entity).await.unwrap();
+        wait_final(&db.pool, &create.id).await;
     }
-    for sku in ["SKU-A", "SKU-B"] {
-        let p = get_position(&db.pool, &acct(), sku, "L").await.unwrap().unwrap();
-        assert_eq!((p.on_hand, p.reserved), (10, 2), "{sku}");
-    }
+    w.stop().await;
+
+    let hold = lock_position(&db.pool, "SKU-A", false).await.unwrap();
+    let y = send_alone(&q, "M", "y", "AthenB");
+    row_lock_waiters(&db.pool, 1).await;
+    let x = send_alone(&q, "M", "x", "BthenA");
+    row_lock_waiters(&db.pool, 2).await;
+
+    // `x` waits for SKU-A without holding SKU-B: taking it does not wait.
+    let free = lock_position(&db.pool, "SKU-B", true).await;
+    assert!(
+        free.is_ok(),
+        "x holds SKU-B while it waits for SKU-A: {:?}",
+        free.as_ref().err()
+    );
+    free.unwrap().rollback().await.unwrap();
+    hold.rollback().await.unwrap();
+    both_reserved_twice(&db.pool, [(y, "AthenB"), (x, "BthenA")]).await;
 }
 
 /// A worker's batch that runs an entity's waiting events one after another, each with an inline event, stamps
