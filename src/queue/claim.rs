@@ -299,19 +299,18 @@ pub async fn claim(conn: &mut PgConnection, req: &ClaimRequest<'_>, share: &mut 
     }
     let started = Instant::now();
     let full = share.walks_from_start(started);
-    let jobs = if full && share.counts_reads() {
+    let (jobs, reads) = if full && share.counts_reads() {
         // The transaction's own statistics count what this walk read (see `floor::DEAD_READS`).
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         let before = index_reads(&mut tx).await?;
         let jobs = claim_walking(&mut tx, req, share, full).await?;
         let read = index_reads(&mut tx).await? - before;
         tx.commit().await?;
-        share.counted(read, jobs.len());
-        jobs
+        (jobs, Some(read))
     } else {
-        claim_walking(conn, req, share, full).await?
+        (claim_walking(conn, req, share, full).await?, None)
     };
-    share.walked(Instant::now(), full, started.elapsed(), &jobs);
+    share.walked(Instant::now(), full, started.elapsed(), reads, &jobs);
     if jobs.is_empty() {
         share.idle();
     }

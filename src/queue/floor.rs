@@ -59,9 +59,13 @@ pub struct Floors {
     until: Option<Instant>,
     /// Slow walks from the start in a row.
     slow: u32,
-    /// Whether the walk from the start being recorded passed dead entries, when its reads were counted (see
-    /// [`Floors::counts_reads`]).
-    dead: Option<bool>,
+}
+
+/// Whether a walk from the start that read `read` index entries of `job` and took `taken` jobs passed dead entries
+/// (see [`DEAD_READS`]).
+pub fn passed_dead(read: i64, taken: usize) -> bool {
+    let taken = i64::try_from(taken).unwrap_or(i64::MAX);
+    read >= DEAD_READS.saturating_add(taken.saturating_mul(READS_PER_JOB))
 }
 
 impl Floors {
@@ -86,13 +90,6 @@ impl Floors {
     /// next tells dead entries from a merely large claim (see [`DEAD_READS`]).
     pub fn counts_reads(&self) -> bool {
         self.slow > 0 || self.until.is_some()
-    }
-
-    /// Notes that the walk from the start about to be recorded read `read` index entries of `job` and took `taken`
-    /// jobs.
-    pub fn counted(&mut self, read: i64, taken: usize) {
-        let taken = i64::try_from(taken).unwrap_or(i64::MAX);
-        self.dead = Some(read >= DEAD_READS.saturating_add(taken.saturating_mul(READS_PER_JOB)));
     }
 
     /// The claim statement's ranges per account (see the migration of `job_claim_walk`), as JSON: for each account
@@ -130,21 +127,23 @@ impl Floors {
     }
 
     /// Records a claim at `now`: `full` when it walked from the start, `took` its time (with the list of accounts
-    /// it read first, which walks from the start too) and `jobs` the account, priority and `run_at` of each job it took. A walk from the start forgets the
-    /// floors first (it found any job waiting behind them), and decides whether the next walks start at the floors.
+    /// it read first, which walks from the start too), `dead` whether it passed dead entries when its reads were
+    /// counted ([`passed_dead`]), and `jobs` the account, priority and `run_at` of each job it took. A walk from the
+    /// start forgets the floors first (it found any job waiting behind them), and decides whether the next walks
+    /// start at the floors.
     pub fn record<'a>(
         &mut self,
         now: Instant,
         full: bool,
         took: Duration,
+        dead: Option<bool>,
         jobs: impl IntoIterator<Item = (&'a str, i16, DateTime<Utc>)>,
     ) {
         if full {
             self.by_account.clear();
             // A walk whose reads were counted is slow only if it passed dead entries; the first slow one is not
             // counted (that costs a transaction), and the next tells.
-            let slow = took >= SLOW && self.dead != Some(false);
-            self.dead = None;
+            let slow = took >= SLOW && dead != Some(false);
             self.slow = if slow { self.slow.saturating_add(1) } else { 0 };
             // Once engaged, one slow walk from the start keeps it so; a fast one ends it.
             let engage = self.slow >= SLOW_WALKS || (self.until.is_some() && self.slow > 0);
@@ -187,22 +186,22 @@ mod tests {
         let now = Instant::now();
         let slow = SLOW * 2;
         for _ in 0..SLOW_WALKS - 1 {
-            f.record(now, true, slow, []);
+            f.record(now, true, slow, None, []);
             assert!(!f.active(now));
         }
-        f.record(now, true, SLOW / 2, []);
+        f.record(now, true, SLOW / 2, None, []);
         for _ in 0..SLOW_WALKS - 1 {
-            f.record(now, true, slow, []);
+            f.record(now, true, slow, None, []);
         }
         assert!(!f.active(now), "a fast walk starts the count again");
-        f.record(now, true, slow, []);
+        f.record(now, true, slow, None, []);
         assert!(f.active(now));
         assert!(!f.active(now + FULL_WALK_EVERY), "the next walk from the start is due");
         // Engaged, one slow walk from the start keeps it so; a fast one ends it.
         let later = now + FULL_WALK_EVERY;
-        f.record(later, true, slow, []);
+        f.record(later, true, slow, None, []);
         assert!(f.active(later));
-        f.record(later, true, SLOW / 2, []);
+        f.record(later, true, SLOW / 2, None, []);
         assert!(!f.active(later) && !f.engaged());
         assert_eq!(f.ranges(later), serde_json::json!({}));
     }
@@ -215,24 +214,23 @@ mod tests {
         let now = Instant::now();
         let slow = SLOW * 2;
         assert!(!f.counts_reads());
-        f.record(now, true, slow, []);
+        f.record(now, true, slow, None, []);
         assert!(f.counts_reads(), "after a slow walk the next one is counted");
+        let large = Some(passed_dead(READS_PER_JOB * 500 + DEAD_READS - 1, 500));
         for _ in 0..SLOW_WALKS * 2 {
-            f.counted(READS_PER_JOB * 500 + DEAD_READS - 1, 500);
-            f.record(now, true, slow, []);
+            f.record(now, true, slow, large, []);
         }
         assert!(
             !f.active(now) && !f.counts_reads(),
             "a large claim is no reason for floors"
         );
+        f.record(now, true, slow, None, []);
+        let dead = Some(passed_dead(DEAD_READS + READS_PER_JOB * 10, 10));
         for _ in 0..SLOW_WALKS {
-            f.record(now, true, slow, []);
-            f.counted(DEAD_READS + READS_PER_JOB * 10, 10);
+            f.record(now, true, slow, dead, []);
         }
-        f.record(now, true, slow, []);
         assert!(f.active(now));
-        f.counted(200, 100);
-        f.record(now, true, slow, []);
+        f.record(now, true, slow, Some(passed_dead(200, 100)), []);
         assert!(!f.engaged(), "a counted walk without dead entries ends them");
     }
 
@@ -242,7 +240,7 @@ mod tests {
         let mut f = Floors::default();
         let now = Instant::now();
         for _ in 0..SLOW_WALKS {
-            f.record(now, true, Duration::from_millis(200), []);
+            f.record(now, true, Duration::from_millis(200), None, []);
         }
         assert!(f.active(now + Duration::from_millis(3_900)));
         assert!(!f.active(now + Duration::from_secs(4)));
@@ -255,15 +253,16 @@ mod tests {
         let mut f = Floors::default();
         let now = Instant::now();
         for _ in 0..SLOW_WALKS {
-            f.record(now, true, SLOW, []);
+            f.record(now, true, SLOW, None, []);
         }
         f.record(
             now,
             false,
             SLOW,
+            None,
             [job("a", 5, 10), job("a", 5, 30), job("a", 2, 7), job("b", 5, 3)],
         );
-        f.record(now, false, SLOW, [job("a", 5, 20)]);
+        f.record(now, false, SLOW, None, [job("a", 5, 20)]);
         let r = f.ranges(now);
         assert_eq!(
             r["a"],
@@ -279,7 +278,7 @@ mod tests {
         );
         f.retain(|a| a == "a");
         assert!(f.ranges(now).get("b").is_none());
-        f.record(now, true, SLOW, [job("a", 0, 1)]);
+        f.record(now, true, SLOW, None, [job("a", 0, 1)]);
         assert_eq!(
             f.ranges(now)["a"],
             serde_json::json!({"lo": [i16::MIN, 0, 1], "hi": [-1, 0, i16::MAX], "t": ["-infinity", at(1), "-infinity"]})

@@ -156,15 +156,12 @@ impl FairShare {
         self.floors.counts_reads()
     }
 
-    /// Notes the reads of the walk from the start about to be recorded (see [`Floors::counted`]).
-    pub fn counted(&mut self, read: i64, taken: usize) {
-        self.floors.counted(read, taken);
-    }
-
-    /// Records a claim (see [`Floors::record`]).
-    pub fn walked(&mut self, now: Instant, full: bool, took: Duration, jobs: &[Job]) {
+    /// Records a claim (see [`Floors::record`]); `reads`: the index entries a walk from the start read, when they
+    /// were counted.
+    pub fn walked(&mut self, now: Instant, full: bool, took: Duration, reads: Option<i64>, jobs: &[Job]) {
+        let dead = reads.map(|read| super::floor::passed_dead(read, jobs.len()));
         let claimed = jobs.iter().map(|j| (j.account_id.as_str(), j.priority, j.run_at));
-        self.floors.record(now, full, took, claimed);
+        self.floors.record(now, full, took, dead, claimed);
     }
 
     /// The accounts with waiting work, as last read.
