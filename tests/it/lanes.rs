@@ -106,16 +106,25 @@ async fn fill(pool: &PgPool, hot: usize) -> Vec<JobId> {
     keyed
 }
 
-/// Claims of 16 until the 500 unkeyed jobs ran, completing each batch: returns the rows read per claim (mean) and
-/// the keyed jobs started, in order. Asserts that no claim takes two jobs of the key.
-async fn drain_unkeyed(pool: &PgPool) -> (i64, Vec<JobId>) {
+/// What a drain of the unkeyed jobs read: the first claim (before any completion left a dead index entry) and the
+/// mean of all claims.
+struct Reads {
+    first: i64,
+    mean: i64,
+}
+
+/// Claims of 16 until the 500 unkeyed jobs ran, completing each batch: returns the rows read and the keyed jobs
+/// started, in order. Asserts that no claim takes two jobs of the key.
+async fn drain_unkeyed(pool: &PgPool) -> (Reads, Vec<JobId>) {
     let (mut claims, mut read, mut unkeyed) = (0, 0, 0);
+    let mut first = None;
     let mut started = Vec::new();
     while unkeyed < 500 {
         let (jobs, r) = claim_counting_reads(pool, &["noop"], 16).await;
         assert!(!jobs.is_empty(), "work left to claim");
         claims += 1;
         read += r;
+        first.get_or_insert(r);
         let of_key: Vec<JobId> = jobs
             .iter()
             .filter(|j| j.concurrency_key.is_some())
@@ -126,7 +135,11 @@ async fn drain_unkeyed(pool: &PgPool) -> (i64, Vec<JobId>) {
         unkeyed += jobs.iter().filter(|j| j.concurrency_key.is_none()).count();
         complete(pool, &jobs).await;
     }
-    (read / claims, started)
+    let reads = Reads {
+        first: first.unwrap_or(0),
+        mean: read / claims,
+    };
+    (reads, started)
 }
 
 /// 20 000 jobs of one key and 500 without: each claim reads as many rows as with no keyed run present (the first
@@ -138,15 +151,29 @@ async fn a_hot_key_costs_other_work_nothing_and_keeps_its_order() {
     let hot = testkit::db().await;
     fill(&base.pool, 0).await;
     let keyed = fill(&hot.pool, 20_000).await;
-    let (base_read, none) = drain_unkeyed(&base.pool).await;
+    let (without, none) = drain_unkeyed(&base.pool).await;
     assert!(none.is_empty());
-    let (hot_read, started) = drain_unkeyed(&hot.pool).await;
-    // The head of the key and its lane probes, never the run behind it (20 000 rows a claim in the first design).
-    // The margin is for the dead index entries a claim steps over until they are marked killed, which depends on
-    // how the suite's load interleaves with each completion (seen: 166 rows against 108 in one loaded run).
+    let (beside, started) = drain_unkeyed(&hot.pool).await;
+    eprintln!(
+        "rows read a claim: first {} / {}, mean {} / {} (without / beside the key)",
+        without.first, beside.first, without.mean, beside.mean
+    );
+    // Before any completion, both tables hold only live rows: the head of the key and its lane probes are all a
+    // claim beside it reads more (the first design read the 20 000-job run on every claim).
     assert!(
-        hot_read <= base_read * 2 + 16,
-        "a claim next to a 20 000-job key read {hot_read} rows, without it {base_read}"
+        beside.first <= without.first + 16,
+        "the first claim next to a 20 000-job key read {} rows, without it {}",
+        beside.first,
+        without.first
+    );
+    // Later claims also step over the dead index entries of earlier completions until they are marked killed,
+    // which other tests' snapshots delay by a varying amount (seen: 296 rows a claim against 134): the mean only
+    // has to stay far below the run.
+    assert!(
+        beside.mean <= without.mean * 4,
+        "a claim next to a 20 000-job key read {} rows on average, without it {}",
+        beside.mean,
+        without.mean
     );
     assert!(
         started.len() >= 5,
