@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 use super::auth::Admin;
 use super::body::{Body, RequestBody};
 use super::error::{ApiError, Problem};
-use super::extract::{ApiPath, Page, QueryParams};
+use super::extract::{ApiPath, Page};
 use super::AppState;
 use crate::audit;
 use crate::tenancy::{self, Account, AccountId};
@@ -152,13 +152,8 @@ pub async fn create(
     security(("admin" = []))
 )]
 #[tracing::instrument(skip_all)]
-pub async fn list(
-    _: Admin,
-    state: axum::extract::State<AppState>,
-    q: QueryParams,
-) -> Result<Json<AccountPage>, ApiError> {
-    let limit = q.limit()?;
-    let (items, next_cursor) = tenancy::list_accounts(state.admin_pool(), q.get("cursor"), limit).await?;
+pub async fn list(_: Admin, state: axum::extract::State<AppState>, page: Page) -> Result<Json<AccountPage>, ApiError> {
+    let (items, next_cursor) = tenancy::list_accounts(state.admin_pool(), page.cursor.as_deref(), page.limit).await?;
     Ok(Json(AccountPage { items, next_cursor }))
 }
 

@@ -6,7 +6,7 @@ use utoipa::ToSchema;
 
 use super::auth::Admin;
 use super::error::{ApiError, Problem};
-use super::extract::{next_page, IdPage, QueryParams};
+use super::extract::{next_page, IdPage};
 use super::AppState;
 use crate::audit::{self, AdminEvent};
 
@@ -37,11 +37,9 @@ pub struct AdminEventPage {
 pub async fn list(
     _: Admin,
     state: axum::extract::State<AppState>,
-    q: QueryParams,
+    page: IdPage,
 ) -> Result<Json<AdminEventPage>, ApiError> {
-    let limit = q.limit()?;
-    let before = q.id_cursor("cursor")?;
-    let mut items = audit::list(state.admin_pool(), before, limit + 1).await?;
-    let next_cursor = next_page(&mut items, limit, |e| e.id.clone());
+    let mut items = audit::list(state.admin_pool(), page.cursor, page.limit + 1).await?;
+    let next_cursor = next_page(&mut items, page.limit, |e| e.id.clone());
     Ok(Json(AdminEventPage { items, next_cursor }))
 }

@@ -63,39 +63,112 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath
     }
 }
 
-/// `?limit=` of every list, as the OpenAPI document describes it (read with [`QueryParams::limit`]).
+/// `?limit=` of a list with no cursor. The handler reads it with [`Limit::read`] or takes it as an extractor; the
+/// OpenAPI document describes the same fields.
 #[derive(Debug, IntoParams)]
 #[into_params(parameter_in = Query)]
-#[allow(dead_code)]
 pub struct Limit {
     /// Page size (default 100).
-    #[param(minimum = 1, maximum = 1000)]
-    limit: Option<i64>,
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 1000)]
+    pub limit: i64,
+}
+
+impl Limit {
+    /// `?limit=`: default 100, 1..=1000 else 422.
+    pub fn read(q: &QueryParams) -> Result<Self, ApiError> {
+        let limit = match q.given("limit") {
+            None => DEFAULT_LIMIT,
+            Some(s) => match s.parse::<i64>() {
+                Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
+                _ => return Err(ApiError::invalid("/query/limit", "must be an integer from 1 to 1000")),
+            },
+        };
+        Ok(Limit { limit })
+    }
 }
 
 /// `?limit=&cursor=` of a list in key order, whose cursor is the last key of the previous page.
 #[derive(Debug, IntoParams)]
 #[into_params(parameter_in = Query)]
-#[allow(dead_code)]
 pub struct Page {
     /// Page size (default 100).
-    #[param(minimum = 1, maximum = 1000)]
-    limit: Option<i64>,
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 1000)]
+    pub limit: i64,
     /// `next_cursor` of the previous page.
-    cursor: Option<String>,
+    pub cursor: Option<String>,
 }
 
-/// `?limit=&cursor=` of a list paged by id or sequence number (read with [`QueryParams::id_cursor`]).
+impl Page {
+    /// `?limit=` as [`Limit::read`], and `?cursor=` (absent when empty).
+    pub fn read(q: &QueryParams) -> Result<Self, ApiError> {
+        Ok(Page {
+            limit: Limit::read(q)?.limit,
+            cursor: q.get("cursor").map(str::to_owned),
+        })
+    }
+
+    /// This page of a list that is computed whole (queues, pools, rules), ordered by `key`: the items after the
+    /// cursor, at most `limit` of them, and the `next_cursor` while more follow.
+    pub fn of<T>(&self, mut items: Vec<T>, key: impl Fn(&T) -> &str) -> (Vec<T>, Option<String>) {
+        items.sort_by(|a, b| key(a).cmp(key(b)));
+        if let Some(after) = &self.cursor {
+            items.retain(|i| key(i) > after.as_str());
+        }
+        let next = next_page(&mut items, self.limit, |i| key(i).to_owned());
+        (items, next)
+    }
+}
+
+/// `?limit=&cursor=` of a list paged by id or sequence number.
 #[derive(Debug, IntoParams)]
 #[into_params(parameter_in = Query)]
-#[allow(dead_code)]
 pub struct IdPage {
     /// Page size (default 100).
-    #[param(minimum = 1, maximum = 1000)]
-    limit: Option<i64>,
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 1000)]
+    pub limit: i64,
     /// `next_cursor` of the previous page.
-    #[param(pattern = "^[1-9][0-9]{0,17}$")]
-    cursor: Option<String>,
+    #[param(value_type = Option<String>, pattern = "^[1-9][0-9]{0,17}$")]
+    pub cursor: Option<i64>,
+}
+
+impl IdPage {
+    /// `?limit=` as [`Limit::read`], and `?cursor=` as the document's pattern allows it, else 422.
+    pub fn read(q: &QueryParams) -> Result<Self, ApiError> {
+        Ok(IdPage {
+            limit: Limit::read(q)?.limit,
+            cursor: id_cursor(q, "cursor")?,
+        })
+    }
+}
+
+/// The page parameters are extractors of their own, for handlers that read nothing else from the query string.
+macro_rules! from_query {
+    ($($t:ty),*) => {$(
+        impl<S: Send + Sync> FromRequestParts<S> for $t {
+            type Rejection = ApiError;
+
+            async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+                Self::read(&QueryParams::from_request_parts(parts, state).await?)
+            }
+        }
+    )*};
+}
+
+from_query!(Limit, Page, IdPage);
+
+/// A numeric cursor under `name` (`cursor`, or an older name of it): a positive id or sequence number of at most
+/// 18 digits, as [`IdPage`] documents it, else 422.
+pub fn id_cursor(q: &QueryParams, name: &str) -> Result<Option<i64>, ApiError> {
+    let Some(s) = q.given(name) else {
+        return Ok(None);
+    };
+    match numeric_id(s) {
+        Some(n) => Ok(Some(n)),
+        None => Err(ApiError::invalid(
+            format!("/query/{name}"),
+            "is not a cursor of this listing",
+        )),
+    }
 }
 
 /// Cuts a page read with `limit + 1` rows down to `limit`, and gives the cursor of the next page (the key of its
@@ -140,48 +213,6 @@ impl QueryParams {
     pub fn given(&self, name: &str) -> Option<&str> {
         self.0.get(name).map(String::as_str)
     }
-
-    /// `?limit=`: default 100, 1..=1000 else 422.
-    pub fn limit(&self) -> Result<i64, ApiError> {
-        match self.given("limit") {
-            None => Ok(DEFAULT_LIMIT),
-            Some(s) => match s.parse::<i64>() {
-                Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
-                _ => Err(ApiError::invalid("/query/limit", "must be an integer from 1 to 1000")),
-            },
-        }
-    }
-
-    /// A numeric cursor (`name` is `cursor`, or an older name of it): a positive id or sequence number of at most
-    /// 18 digits, as [`IdPage`] documents it, else 422.
-    pub fn id_cursor(&self, name: &str) -> Result<Option<i64>, ApiError> {
-        let Some(s) = self.given(name) else {
-            return Ok(None);
-        };
-        match numeric_id(s) {
-            Some(n) => Ok(Some(n)),
-            None => Err(ApiError::invalid(
-                format!("/query/{name}"),
-                "is not a cursor of this listing",
-            )),
-        }
-    }
-
-    /// One page of a list that is computed whole (queues, pools, rules), ordered by `key`: `?limit=` as every
-    /// list, and `?cursor=` = the key of the previous page's last item. Returns the page and its `next_cursor`.
-    pub fn page_by_key<T>(
-        &self,
-        mut items: Vec<T>,
-        key: impl Fn(&T) -> &str,
-    ) -> Result<(Vec<T>, Option<String>), ApiError> {
-        let limit = self.limit()? as usize;
-        items.sort_by(|a, b| key(a).cmp(key(b)));
-        if let Some(after) = self.get("cursor") {
-            items.retain(|i| key(i) > after);
-        }
-        let next = next_page(&mut items, limit as i64, |i| key(i).to_owned());
-        Ok((items, next))
-    }
 }
 
 #[cfg(test)]
@@ -192,10 +223,10 @@ mod tests {
     #[test]
     fn limit_bounds() {
         let q = |v: &str| QueryParams(HashMap::from([("limit".to_owned(), v.to_owned())]));
-        assert_eq!(QueryParams::default().limit().unwrap(), 100);
-        assert_eq!(q("1000").limit().unwrap(), 1000);
+        assert_eq!(Limit::read(&QueryParams::default()).unwrap().limit, 100);
+        assert_eq!(Limit::read(&q("1000")).unwrap().limit, 1000);
         for bad in ["0", "1001", "-1", "x", ""] {
-            assert!(q(bad).limit().is_err(), "{bad:?}");
+            assert!(Limit::read(&q(bad)).is_err(), "{bad:?}");
         }
     }
 
@@ -203,12 +234,12 @@ mod tests {
     #[test]
     fn id_cursor_is_the_documented_pattern() {
         let q = |v: &str| QueryParams(HashMap::from([("cursor".to_owned(), v.to_owned())]));
-        assert_eq!(QueryParams::default().id_cursor("cursor").unwrap(), None);
+        assert_eq!(IdPage::read(&QueryParams::default()).unwrap().cursor, None);
         for (ok, n) in [("1", 1), ("42", 42), ("999999999999999999", 999_999_999_999_999_999)] {
-            assert_eq!(q(ok).id_cursor("cursor").unwrap(), Some(n), "{ok}");
+            assert_eq!(IdPage::read(&q(ok)).unwrap().cursor, Some(n), "{ok}");
         }
         for bad in ["", "0", "01", "+1", "-1", " 1", "1a", "1234567890123456789"] {
-            assert!(q(bad).id_cursor("cursor").is_err(), "{bad:?}");
+            assert!(IdPage::read(&q(bad)).is_err(), "{bad:?}");
         }
     }
 
@@ -219,12 +250,12 @@ mod tests {
             QueryParams(pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect())
         };
         let items = || vec!["c", "a", "b"];
-        let (page, next) = q(&[("limit", "2")]).page_by_key(items(), |s| s).unwrap();
+        let (page, next) = Page::read(&q(&[("limit", "2")])).unwrap().of(items(), |s| s);
         assert_eq!((page, next.as_deref()), (vec!["a", "b"], Some("b")));
-        let (page, next) = q(&[("limit", "2"), ("cursor", "b")])
-            .page_by_key(items(), |s| s)
-            .unwrap();
+        let (page, next) = Page::read(&q(&[("limit", "2"), ("cursor", "b")]))
+            .unwrap()
+            .of(items(), |s| s);
         assert_eq!((page, next), (vec!["c"], None));
-        assert!(q(&[("limit", "0")]).page_by_key(items(), |s| s).is_err());
+        assert!(Page::read(&q(&[("limit", "0")])).is_err());
     }
 }

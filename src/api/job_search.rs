@@ -14,7 +14,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::{Admin, Tenant};
 use super::body::{self, field, Body, RequestBody};
 use super::error::{ApiError, Problem};
-use super::extract::{numeric_id, IdPage, QueryParams};
+use super::extract::{id_cursor, numeric_id, IdPage, Limit, QueryParams};
 use super::jobs::JobPage;
 use super::AppState;
 use crate::queue::{self, BulkAction, BulkOutcome, FieldError, Job, JobFilter, JobId, JobState};
@@ -23,41 +23,37 @@ use crate::tenancy::AccountId;
 /// The filters whose values have a type or a set of values: given empty, they are as wrong as any other value.
 const TYPED: [&str; 4] = ["state", "id", "from", "to"];
 
-/// The filters of a job listing, for the OpenAPI document (they are read by [`parse_filter`]).
-#[derive(Debug, IntoParams)]
+/// The filters of a job listing, as [`JobSearch::read`] reads them from a query string or a bulk body; the OpenAPI
+/// document describes the same fields.
+#[derive(Debug, Default, IntoParams)]
 #[into_params(parameter_in = Query)]
-#[allow(dead_code)]
 pub struct JobSearch {
     /// Only this queue.
-    queue: Option<String>,
+    pub queue: Option<String>,
     /// Only this state.
-    state: Option<JobState>,
+    pub state: Option<JobState>,
     /// Only this kind.
-    kind: Option<String>,
+    pub kind: Option<String>,
     /// Only kinds starting with this.
-    kind_prefix: Option<String>,
+    pub kind_prefix: Option<String>,
     /// Only the job with this id.
-    #[param(pattern = "^[1-9][0-9]{0,17}$")]
-    id: Option<String>,
+    #[param(value_type = Option<String>, pattern = "^[1-9][0-9]{0,17}$")]
+    pub id: Option<JobId>,
     /// Only the job enqueued with this key.
-    idempotency_key: Option<String>,
+    pub idempotency_key: Option<String>,
     /// Only jobs created at or after this time (RFC 3339).
-    from: Option<DateTime<Utc>>,
+    pub from: Option<DateTime<Utc>>,
     /// Only jobs created before this time (RFC 3339).
-    to: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
 }
 
-/// Reads the filters through `get` (`prefix` + name is each field's error path); every invalid one is reported.
-fn parse_filter(get: impl Fn(&str) -> Option<String>, prefix: &str, errs: &mut Vec<FieldError>) -> JobFilter {
-    let mut f = JobFilter::default();
-    let nonempty = |name: &str| get(name).filter(|v| !v.is_empty() || TYPED.contains(&name));
-    f.queue = nonempty("queue");
-    f.kind = nonempty("kind");
-    f.kind_prefix = nonempty("kind_prefix");
-    f.idempotency_key = nonempty("idempotency_key");
-    if let Some(s) = nonempty("state") {
-        match s.parse::<JobState>() {
-            Ok(s) => f.state = Some(s),
+impl JobSearch {
+    /// Reads the filters through `get` (`prefix` + name is each field's error path); every invalid one is
+    /// reported.
+    fn read(get: impl Fn(&str) -> Option<String>, prefix: &str, errs: &mut Vec<FieldError>) -> JobSearch {
+        let nonempty = |name: &str| get(name).filter(|v| !v.is_empty() || TYPED.contains(&name));
+        let state = nonempty("state").and_then(|s| match s.parse::<JobState>() {
+            Ok(s) => Some(s),
             Err(_) => {
                 let valid: Vec<&str> = queue::ACTIVE_STATES
                     .iter()
@@ -68,53 +64,80 @@ fn parse_filter(get: impl Fn(&str) -> Option<String>, prefix: &str, errs: &mut V
                     format!("{prefix}state"),
                     format!("unknown state {s:?}: must be one of {}", valid.join(", ")),
                 ));
-            }
-        }
-    }
-    if let Some(id) = nonempty("id") {
-        match numeric_id(&id) {
-            Some(id) => f.id = Some(JobId(id)),
-            None => errs.push(FieldError::new(format!("{prefix}id"), "must be a job id (a number)")),
-        }
-    }
-    let mut time = |name: &str| {
-        let v = nonempty(name)?;
-        match DateTime::parse_from_rfc3339(&v) {
-            Ok(t) => Some(t.with_timezone(&Utc)),
-            Err(_) => {
-                errs.push(FieldError::new(
-                    format!("{prefix}{name}"),
-                    "must be an RFC 3339 time, e.g. 2026-12-01T12:00:00Z",
-                ));
                 None
             }
+        });
+        let id = nonempty("id").and_then(|id| match numeric_id(&id) {
+            Some(id) => Some(JobId(id)),
+            None => {
+                errs.push(FieldError::new(format!("{prefix}id"), "must be a job id (a number)"));
+                None
+            }
+        });
+        let mut time = |name: &str| {
+            let v = nonempty(name)?;
+            match DateTime::parse_from_rfc3339(&v) {
+                Ok(t) => Some(t.with_timezone(&Utc)),
+                Err(_) => {
+                    errs.push(FieldError::new(
+                        format!("{prefix}{name}"),
+                        "must be an RFC 3339 time, e.g. 2026-12-01T12:00:00Z",
+                    ));
+                    None
+                }
+            }
+        };
+        let (from, to) = (time("from"), time("to"));
+        JobSearch {
+            queue: nonempty("queue"),
+            state,
+            kind: nonempty("kind"),
+            kind_prefix: nonempty("kind_prefix"),
+            id,
+            idempotency_key: nonempty("idempotency_key"),
+            from,
+            to,
         }
-    };
-    f.created_from = time("from");
-    f.created_to = time("to");
-    f
+    }
+
+    /// The queue's filter for these filters, `limit` jobs below `before`.
+    fn filter(self, limit: i64, before: Option<JobId>) -> JobFilter {
+        JobFilter {
+            queue: self.queue,
+            state: self.state,
+            kind: self.kind,
+            kind_prefix: self.kind_prefix,
+            id: self.id,
+            idempotency_key: self.idempotency_key,
+            created_from: self.from,
+            created_to: self.to,
+            before,
+            limit,
+        }
+    }
 }
 
-/// The filter, page size and cursor of a listing's query string.
+/// The filter, page size and cursor of a listing's query string ([`JobSearch`] and [`IdPage`]); every invalid
+/// parameter is reported.
 fn listing(q: &QueryParams) -> Result<JobFilter, ApiError> {
-    let mut errs = Vec::new();
-    let limit = q.limit().unwrap_or_else(|e| {
-        if let ApiError::Invalid(mut v) = e {
-            errs.append(&mut v);
+    /// A parameter's value, or `None` with its field errors added to the others.
+    fn named<T>(r: Result<T, ApiError>, errs: &mut Vec<FieldError>) -> Result<Option<T>, ApiError> {
+        match r {
+            Ok(v) => Ok(Some(v)),
+            Err(ApiError::Invalid(mut v)) => {
+                errs.append(&mut v);
+                Ok(None)
+            }
+            Err(e) => Err(e),
         }
-        0
-    });
-    let mut f = parse_filter(|n| q.given(n).map(str::to_owned), "/query/", &mut errs);
-    f.limit = limit;
-    match q.id_cursor("cursor") {
-        Ok(id) => f.before = id.map(JobId),
-        Err(ApiError::Invalid(mut v)) => errs.append(&mut v),
-        Err(e) => return Err(e),
     }
-    if errs.is_empty() {
-        Ok(f)
-    } else {
-        Err(ApiError::Invalid(errs))
+    let mut errs = Vec::new();
+    let limit = named(Limit::read(q).map(|l| l.limit), &mut errs)?;
+    let search = JobSearch::read(|n| q.given(n).map(str::to_owned), "/query/", &mut errs);
+    let cursor = named(id_cursor(q, "cursor"), &mut errs)?.flatten();
+    match limit {
+        Some(limit) if errs.is_empty() => Ok(search.filter(limit, cursor.map(JobId))),
+        _ => Err(ApiError::Invalid(errs)),
     }
 }
 
@@ -145,7 +168,7 @@ pub async fn list(tenant: Tenant, q: QueryParams) -> Result<Json<JobPage>, ApiEr
     }))
 }
 
-// The filters are strings (or numbers) read by `parse_filter`, as the query string's.
+// The filters are strings (or numbers) read by `JobSearch::read`, as the query string's.
 /// `POST /api/jobs/bulk` body.
 #[derive(Debug, Deserialize, ToSchema)]
 #[schema(as = JobBulk)]
@@ -205,7 +228,7 @@ impl RequestBody for BulkBody {
             _ => None,
         };
         let mut more = Vec::new();
-        parse_filter(text, &format!("{at}/"), &mut more);
+        JobSearch::read(text, &format!("{at}/"), &mut more);
         more.retain(|e| !errs.iter().any(|x| x.path == e.path));
         errs.append(&mut more);
         Err(errs)
@@ -264,17 +287,18 @@ fn filter<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
 #[tracing::instrument(skip_all, fields(account = %tenant.account))]
 pub async fn bulk(tenant: Tenant, Body(body): Body<BulkBody>) -> Result<Json<BulkOutcome>, ApiError> {
     let mut errs = Vec::new();
-    let mut f = parse_filter(|name| body.filter(name), "/", &mut errs);
-    f.limit = body.limit.unwrap_or(queue::MAX_BULK);
-    if let Some(b) = &body.before {
-        match b.parse::<JobId>() {
-            Ok(id) => f.before = Some(id),
-            Err(_) => errs.push(FieldError::new("/before", "must be a job id (a number)")),
+    let search = JobSearch::read(|name| body.filter(name), "/", &mut errs);
+    let before = body.before.as_ref().and_then(|b| match b.parse::<JobId>() {
+        Ok(id) => Some(id),
+        Err(_) => {
+            errs.push(FieldError::new("/before", "must be a job id (a number)"));
+            None
         }
-    }
+    });
     if !errs.is_empty() {
         return Err(ApiError::Invalid(errs));
     }
+    let f = search.filter(body.limit.unwrap_or(queue::MAX_BULK), before);
     let action = body.action;
     let mut tx = tenant.begin().await?;
     let out = queue::bulk(&mut tx, &tenant.account, &f, action).await?;

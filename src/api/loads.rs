@@ -179,8 +179,8 @@ pub async fn create(tenant: Tenant, Body(body): Body<NewLoadBody>) -> Result<Res
 )]
 #[tracing::instrument(skip_all, fields(account = %tenant.account))]
 pub async fn list(tenant: Tenant, q: QueryParams) -> Result<Json<LoadPage>, ApiError> {
-    let limit = q.limit()?;
-    let cursor = q.id_cursor("cursor")?.map(|id| id.to_string());
+    let IdPage { limit, cursor } = IdPage::read(&q)?;
+    let cursor = cursor.map(|id| id.to_string());
     let mut tx = tenant.begin().await?;
     let mut items = store::list_loads(
         &mut *tx,
@@ -318,7 +318,7 @@ pub async fn results(
     ApiPath((id, batch_id)): ApiPath<(String, String)>,
     q: QueryParams,
 ) -> Result<Json<ResultPage>, ApiError> {
-    let limit = q.limit()?;
+    let Limit { limit } = Limit::read(&q)?;
     let outcome = match q.given("outcome") {
         None => None,
         Some(s) => Some(

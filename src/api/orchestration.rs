@@ -158,10 +158,9 @@ pub async fn put_workflow(
     security(("bearer" = []))
 )]
 #[tracing::instrument(skip_all, fields(account = %tenant.account))]
-pub async fn list_workflows(tenant: Tenant, q: QueryParams) -> Result<Response, ApiError> {
-    let limit = q.limit()?;
+pub async fn list_workflows(tenant: Tenant, page: Page) -> Result<Response, ApiError> {
     let mut tx = tenant.begin().await?;
-    let page = orchestration::list_workflows(&mut *tx, &tenant.account, limit, q.get("cursor")).await?;
+    let page = orchestration::list_workflows(&mut *tx, &tenant.account, page.limit, page.cursor.as_deref()).await?;
     tx.commit().await?;
     Ok(json(StatusCode::OK, page))
 }
@@ -229,14 +228,14 @@ pub async fn get_workflow_version(
     ),
     security(("bearer" = []))
 )]
-pub async fn rules(_tenant: Tenant, q: QueryParams) -> Result<Response, ApiError> {
+pub async fn rules(_tenant: Tenant, page: Page) -> Result<Response, ApiError> {
     let all: Vec<(String, Value)> = ordo_workers::rules::registry()
         .rules()
         .into_iter()
         .map(|r| (r.name.to_owned(), serde_json::to_value(r).unwrap_or(Value::Null)))
         .collect();
-    let (page, next_cursor) = q.page_by_key(all, |(name, _)| name)?;
-    let items: Vec<Value> = page.into_iter().map(|(_, v)| v).collect();
+    let (items, next_cursor) = page.of(all, |(name, _)| name);
+    let items: Vec<Value> = items.into_iter().map(|(_, v)| v).collect();
     Ok(json(
         StatusCode::OK,
         serde_json::json!({"items": items, "next_cursor": next_cursor}),
@@ -291,7 +290,7 @@ pub async fn create_entity(
 )]
 #[tracing::instrument(skip_all, fields(account = %tenant.account))]
 pub async fn list_entities(tenant: Tenant, q: QueryParams) -> Result<Response, ApiError> {
-    let limit = q.limit()?;
+    let Limit { limit } = Limit::read(&q)?;
     let filter = orchestration::EntityFilter {
         entity_type: q.get("type").map(str::to_owned),
         ref_prefix: q.get("ref_prefix").map(str::to_owned),
@@ -453,7 +452,7 @@ pub async fn get_event(tenant: Tenant, ApiPath(id): ApiPath<String>) -> Result<R
 )]
 #[tracing::instrument(skip_all, fields(account = %tenant.account))]
 pub async fn list_events(tenant: Tenant, q: QueryParams) -> Result<Response, ApiError> {
-    let limit = q.limit()?;
+    let IdPage { limit, cursor } = IdPage::read(&q)?;
     let mut errs = Vec::new();
     let time = |name: &str, errs: &mut Vec<FieldError>| match q.given(name) {
         None => None,
@@ -499,7 +498,7 @@ pub async fn list_events(tenant: Tenant, q: QueryParams) -> Result<Response, Api
     if !errs.is_empty() {
         return Err(ApiError::Invalid(errs));
     }
-    let cursor = q.id_cursor("cursor")?.map(|seq| seq.to_string());
+    let cursor = cursor.map(|seq| seq.to_string());
     let mut tx = tenant.begin().await?;
     let page = orchestration::list_events(&mut tx, &tenant.account, &f, limit, cursor.as_deref()).await?;
     tx.commit().await?;

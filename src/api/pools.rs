@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 use super::auth::Admin;
 use super::body::{Body, RequestBody};
 use super::error::{ApiError, Problem};
-use super::extract::{next_page, ApiPath, IdPage, Page, QueryParams};
+use super::extract::{id_cursor, next_page, ApiPath, IdPage, Page, QueryParams};
 use super::AppState;
 use crate::audit;
 use crate::autoscale::{self, ScaleTarget};
@@ -134,10 +134,9 @@ pub async fn put(
     security(("admin" = []))
 )]
 #[tracing::instrument(skip_all)]
-pub async fn list(_: Admin, state: axum::extract::State<AppState>, q: QueryParams) -> Result<Json<PoolPage>, ApiError> {
-    q.limit()?;
+pub async fn list(_: Admin, state: axum::extract::State<AppState>, page: Page) -> Result<Json<PoolPage>, ApiError> {
     let all = rollout::list_pools(state.admin_pool(), LIVE_WORKER).await?;
-    let (items, next_cursor) = q.page_by_key(all, |p| &p.pool)?;
+    let (items, next_cursor) = page.of(all, |p| &p.pool);
     Ok(Json(PoolPage { items, next_cursor }))
 }
 
@@ -271,14 +270,14 @@ pub async fn list_rollouts(
                 .map_err(|_| ApiError::invalid("/query/state", "must be canary, promoted, completed or aborted"))?,
         ),
     };
-    let limit = q.limit()?;
+    let page = IdPage::read(&q)?;
     // `after` was this list's cursor before it took `cursor` like every list; both are still read.
-    let before = match q.id_cursor("cursor")? {
+    let before = match page.cursor {
         Some(c) => Some(c),
-        None => q.id_cursor("after")?,
+        None => id_cursor(&q, "after")?,
     };
-    let mut items = rollout::list(state.admin_pool(), q.get("pool"), rollout_state, before, limit + 1).await?;
-    let next_cursor = next_page(&mut items, limit, |r| r.id.to_string());
+    let mut items = rollout::list(state.admin_pool(), q.get("pool"), rollout_state, before, page.limit + 1).await?;
+    let next_cursor = next_page(&mut items, page.limit, |r| r.id.to_string());
     Ok(Json(RolloutPage { items, next_cursor }))
 }
 
@@ -400,7 +399,7 @@ pub async fn workers(
     state: axum::extract::State<AppState>,
     q: QueryParams,
 ) -> Result<Json<WorkerPage>, ApiError> {
-    q.limit()?;
+    let page = Page::read(&q)?;
     let live = crate::queue::live_workers(state.admin_pool(), LIVE_WORKER).await?;
     let running: std::collections::HashMap<String, i64> = crate::queue::running_by_worker(state.admin_pool())
         .await?
@@ -414,6 +413,6 @@ pub async fn workers(
             worker: w,
         })
         .collect();
-    let (items, next_cursor) = q.page_by_key(items, |w| &w.worker.id)?;
+    let (items, next_cursor) = page.of(items, |w| &w.worker.id);
     Ok(Json(WorkerPage { items, next_cursor }))
 }

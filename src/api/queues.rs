@@ -8,7 +8,7 @@ use utoipa::ToSchema;
 
 use super::auth::Tenant;
 use super::error::{ApiError, Problem};
-use super::extract::{ApiPath, Page, QueryParams};
+use super::extract::{ApiPath, Limit, Page, QueryParams};
 use crate::queue::{self, QueueStats};
 
 /// A worker counts as live (its kinds claimable) while its heartbeat is this fresh: three heartbeat intervals of
@@ -46,12 +46,11 @@ pub struct QueuePage {
     security(("bearer" = []))
 )]
 #[tracing::instrument(skip_all, fields(account = %tenant.account))]
-pub async fn list(tenant: Tenant, q: QueryParams) -> Result<Json<QueuePage>, ApiError> {
-    q.limit()?;
+pub async fn list(tenant: Tenant, page: Page) -> Result<Json<QueuePage>, ApiError> {
     let mut tx = tenant.begin().await?;
     let all = stats(&tenant, &mut tx).await?;
     tx.commit().await?;
-    let (items, next_cursor) = q.page_by_key(all, |s| &s.queue)?;
+    let (items, next_cursor) = page.of(all, |s| &s.queue);
     Ok(Json(QueuePage { items, next_cursor }))
 }
 
@@ -176,7 +175,7 @@ pub struct HistoryPage {
 #[tracing::instrument(skip_all, fields(account = %tenant.account))]
 pub async fn history(tenant: Tenant, q: QueryParams) -> Result<Json<HistoryPage>, ApiError> {
     // One page whatever the limit; a bad one is still refused as on every list.
-    q.limit()?;
+    Limit::read(&q)?;
     let minutes = match q.get("minutes") {
         None => 60,
         Some(s) => match s.parse::<i64>() {

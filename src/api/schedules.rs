@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 use super::auth::Tenant;
 use super::body::{field, Body, RequestBody};
 use super::error::{ApiError, Problem};
-use super::extract::{next_page, ApiPath, Page, QueryParams};
+use super::extract::{next_page, ApiPath, Page};
 use crate::queue::FieldError;
 use crate::scheduler::store::{self, EventSpec, JobSpec, NewSchedule, Schedule, ScheduleUpdate, Target};
 
@@ -199,13 +199,11 @@ pub async fn create(tenant: Tenant, Body(body): Body<NewScheduleBody>) -> Result
     security(("bearer" = []))
 )]
 #[tracing::instrument(skip_all, fields(account = %tenant.account))]
-pub async fn list(tenant: Tenant, q: QueryParams) -> Result<Json<SchedulePage>, ApiError> {
-    let limit = q.limit()?;
-    let after = q.get("cursor");
+pub async fn list(tenant: Tenant, page: Page) -> Result<Json<SchedulePage>, ApiError> {
     let mut tx = tenant.begin().await?;
-    let mut items = store::list(&mut *tx, &tenant.account, after, limit + 1).await?;
+    let mut items = store::list(&mut *tx, &tenant.account, page.cursor.as_deref(), page.limit + 1).await?;
     tx.commit().await?;
-    let next_cursor = next_page(&mut items, limit, |s| s.name.clone());
+    let next_cursor = next_page(&mut items, page.limit, |s| s.name.clone());
     Ok(Json(SchedulePage { items, next_cursor }))
 }
 
