@@ -154,6 +154,11 @@ const FLUSH_DEADLINE: Duration = Duration::from_secs(10);
 /// How long handlers get to stop after their cancel token fired at the drain deadline, before their jobs are
 /// handed back without them: a handler that honours cancellation returns within moments.
 const HANDLER_STOP_GRACE: Duration = Duration::from_secs(2);
+/// The least time between two rounds of lane marks. A lane's next job is released by the statement that finishes
+/// its head; a round only settles marks (a lane left empty, or an enqueue that raced the finish), and each costs
+/// a walk of the marks whatever their number: after every completion batch of a busy worker, those rounds were
+/// the largest single cost of running keyed events.
+const LANE_ROUND_GAP: Duration = Duration::from_millis(25);
 
 /// Jobs this worker holds right now: attempt and the token that stops the handler.
 pub(crate) type Running = Arc<Mutex<HashMap<JobId, (i32, CancellationToken)>>>;
@@ -522,18 +527,24 @@ async fn leave(pool: &PgPool, worker_id: &str, background: &CancellationToken, t
 }
 
 /// Settles lane marks when poked after this worker finished jobs of concurrency keys, and wakes its fetchers of
-/// the queues whose jobs that released. Pokes arriving meanwhile coalesce into one more round.
+/// the queues whose jobs that released. Pokes arriving meanwhile coalesce into one more round, and rounds are at
+/// least [`LANE_ROUND_GAP`] apart.
 async fn release_lanes(pool: PgPool, lanes: settle::LaneHook, stop: CancellationToken) {
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = lanes.release.notified() => {}
         }
+        let next_round = tokio::time::Instant::now() + LANE_ROUND_GAP;
         match queue::release_lanes(&pool, 500).await {
             Ok(queues) => {
                 lanes.wake(queues.iter().map(String::as_str));
             }
             Err(e) => tracing::warn!(error = %e, "failed to settle lane marks"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep_until(next_round) => {}
         }
     }
 }
