@@ -14,7 +14,7 @@ use super::auth::Tenant;
 use super::body::{field, Body, RequestBody};
 use super::error::{ApiError, Problem};
 use super::extract::{
-    idempotency_key, same_idempotency_key, ApiPath, IdPage, Limit, Page, QueryParams, REPLAYED_HEADER,
+    id_cursor, idempotency_key, same_idempotency_key, ApiPath, IdPage, Limit, Page, QueryParams, REPLAYED_HEADER,
 };
 use crate::orchestration::{self, EventFilter, EventKind, EventStatus, NewEntity, NewEvent, Version};
 use crate::queue::{FieldError, Queue};
@@ -452,7 +452,7 @@ pub async fn get_event(tenant: Tenant, ApiPath(id): ApiPath<String>) -> Result<R
 )]
 #[tracing::instrument(skip_all, fields(account = %tenant.account))]
 pub async fn list_events(tenant: Tenant, q: QueryParams) -> Result<Response, ApiError> {
-    let IdPage { limit, cursor } = IdPage::read(&q)?;
+    let Limit { limit } = Limit::read(&q)?;
     let mut errs = Vec::new();
     let time = |name: &str, errs: &mut Vec<FieldError>| match q.given(name) {
         None => None,
@@ -498,7 +498,8 @@ pub async fn list_events(tenant: Tenant, q: QueryParams) -> Result<Response, Api
     if !errs.is_empty() {
         return Err(ApiError::Invalid(errs));
     }
-    let cursor = cursor.map(|seq| seq.to_string());
+    // The cursor after the filters, as the listing always checked them.
+    let cursor = id_cursor(&q, "cursor")?.map(|seq| seq.to_string());
     let mut tx = tenant.begin().await?;
     let page = orchestration::list_events(&mut tx, &tenant.account, &f, limit, cursor.as_deref()).await?;
     tx.commit().await?;
