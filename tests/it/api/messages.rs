@@ -120,3 +120,38 @@ async fn cron_errors_name_the_users_field_and_macros_work() {
         assert_eq!(r.expect(StatusCode::CREATED)["cron"], cron);
     }
 }
+
+/// A listing names its bad parameters as it always has: the job list every one of them, limit, filters and
+/// cursor in that order; the event list its limit first, then its filters, then its cursor.
+#[tokio::test]
+async fn listings_name_bad_page_parameters_in_their_order() {
+    let app = app().await;
+    let key = app.account("acme").await;
+    let paths = |body: &serde_json::Value| -> Vec<String> {
+        body["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["path"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let r = app
+        .call(Method::GET, "/api/jobs?limit=0&state=done&cursor=x", Some(&key), None)
+        .await;
+    assert_eq!(
+        paths(r.expect(StatusCode::UNPROCESSABLE_ENTITY)),
+        ["/query/limit", "/query/state", "/query/cursor"]
+    );
+    for (query, path) in [
+        ("limit=0&kind=x&cursor=x", "/query/limit"),
+        ("kind=x&cursor=x", "/query/kind"),
+        ("cursor=x", "/query/cursor"),
+    ] {
+        let r = app
+            .call(Method::GET, &format!("/api/events?{query}"), Some(&key), None)
+            .await;
+        assert_eq!(paths(r.expect(StatusCode::UNPROCESSABLE_ENTITY)), [path], "{query}");
+    }
+    let r = app.call(Method::GET, "/api/queues?limit=1001", Some(&key), None).await;
+    assert_eq!(paths(r.expect(StatusCode::UNPROCESSABLE_ENTITY)), ["/query/limit"]);
+}
