@@ -25,7 +25,7 @@ const TYPED: [&str; 4] = ["state", "id", "from", "to"];
 
 /// The filters of a job listing, as [`JobSearch::read`] reads them from a query string or a bulk body; the OpenAPI
 /// document describes the same fields.
-#[derive(Debug, Default, IntoParams)]
+#[derive(Debug, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct JobSearch {
     /// Only this queue.

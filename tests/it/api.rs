@@ -121,6 +121,16 @@ impl Resp {
     }
 }
 
+/// The `path` of every field error of a problem body, in order.
+pub fn error_paths(problem: &Value) -> Vec<&str> {
+    problem["errors"]
+        .as_array()
+        .expect("a problem with field errors")
+        .iter()
+        .map(|e| e["path"].as_str().expect("a field error's path"))
+        .collect()
+}
+
 /// Asserts that an error response is RFC 9457 problem JSON.
 #[track_caller]
 pub fn assert_problem(r: &Resp) {

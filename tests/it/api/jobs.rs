@@ -7,7 +7,7 @@ use axum::http::{Method, Request, StatusCode};
 use serde_json::{json, Value};
 use tokio::sync::Barrier;
 
-use super::{app, enqueue, send};
+use super::{app, enqueue, error_paths, send};
 
 async fn count_jobs(pool: &sqlx::PgPool) -> i64 {
     sqlx::query_scalar("select count(*) from job_all")
@@ -174,13 +174,7 @@ async fn batch_of_ten_thousand_is_all_or_nothing() {
         .call(Method::POST, "/api/jobs/batch", Some(&key), Some(json!({"jobs": jobs})))
         .await;
     let body = r.expect(StatusCode::UNPROCESSABLE_ENTITY);
-    let paths: Vec<&str> = body["errors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["path"].as_str().unwrap())
-        .collect();
-    assert_eq!(paths, ["/jobs/7777/priority", "/jobs/9999/kind"]);
+    assert_eq!(error_paths(body), ["/jobs/7777/priority", "/jobs/9999/kind"]);
     assert_eq!(count_jobs(&app.db.pool).await, 0);
 
     let r = app

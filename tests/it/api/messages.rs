@@ -3,7 +3,7 @@
 use axum::http::{Method, StatusCode};
 use serde_json::json;
 
-use super::app;
+use super::{app, error_paths};
 
 /// An unknown `state=` filter is a 422 that lists the valid states; an unknown event `status=` likewise.
 #[tokio::test]
@@ -127,19 +127,11 @@ async fn cron_errors_name_the_users_field_and_macros_work() {
 async fn listings_name_bad_page_parameters_in_their_order() {
     let app = app().await;
     let key = app.account("acme").await;
-    let paths = |body: &serde_json::Value| -> Vec<String> {
-        body["errors"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e["path"].as_str().unwrap().to_owned())
-            .collect()
-    };
     let r = app
         .call(Method::GET, "/api/jobs?limit=0&state=done&cursor=x", Some(&key), None)
         .await;
     assert_eq!(
-        paths(r.expect(StatusCode::UNPROCESSABLE_ENTITY)),
+        error_paths(r.expect(StatusCode::UNPROCESSABLE_ENTITY)),
         ["/query/limit", "/query/state", "/query/cursor"]
     );
     for (query, path) in [
@@ -150,8 +142,15 @@ async fn listings_name_bad_page_parameters_in_their_order() {
         let r = app
             .call(Method::GET, &format!("/api/events?{query}"), Some(&key), None)
             .await;
-        assert_eq!(paths(r.expect(StatusCode::UNPROCESSABLE_ENTITY)), [path], "{query}");
+        assert_eq!(
+            error_paths(r.expect(StatusCode::UNPROCESSABLE_ENTITY)),
+            [path],
+            "{query}"
+        );
     }
     let r = app.call(Method::GET, "/api/queues?limit=1001", Some(&key), None).await;
-    assert_eq!(paths(r.expect(StatusCode::UNPROCESSABLE_ENTITY)), ["/query/limit"]);
+    assert_eq!(
+        error_paths(r.expect(StatusCode::UNPROCESSABLE_ENTITY)),
+        ["/query/limit"]
+    );
 }

@@ -4,7 +4,7 @@
 use axum::http::{Method, StatusCode};
 use serde_json::json;
 
-use super::{app, assert_problem, ADMIN};
+use super::{app, assert_problem, error_paths, ADMIN};
 
 /// Pools and rollouts are admin resources; the state machine answers 409 for illegal transitions, 404 for
 /// unknown rollouts and 422 for invalid fields.
@@ -65,13 +65,7 @@ async fn pools_and_rollouts_over_http() {
         )
         .await;
     let body = r.expect(StatusCode::UNPROCESSABLE_ENTITY);
-    let paths: Vec<&str> = body["errors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["path"].as_str().unwrap())
-        .collect();
-    assert_eq!(paths, vec!["/max", "/target_per_worker"]);
+    assert_eq!(error_paths(body), vec!["/max", "/target_per_worker"]);
     app.call(Method::PUT, "/api/pools/nope/scaling", Some(ADMIN), Some(policy))
         .await
         .expect(StatusCode::NOT_FOUND);

@@ -4,7 +4,7 @@
 use axum::http::{Method, StatusCode};
 use serde_json::json;
 
-use super::app;
+use super::{app, error_paths};
 
 /// A schedule round-trips through the API with its next tick; names are per account; changes and deletion work.
 #[tokio::test]
@@ -102,12 +102,7 @@ async fn invalid_schedules_name_the_field() {
             .call(Method::POST, "/api/schedules", Some(&a), Some(body.clone()))
             .await;
         let p = r.expect(StatusCode::UNPROCESSABLE_ENTITY);
-        let paths: Vec<&str> = p["errors"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e["path"].as_str().unwrap())
-            .collect();
+        let paths = error_paths(p);
         assert!(paths.contains(&path), "{body} → {paths:?}");
     }
     app.call(
@@ -179,12 +174,7 @@ async fn event_schedules_are_validated() {
             .call(Method::POST, "/api/schedules", Some(&a), Some(body.clone()))
             .await;
         let p = r.expect(StatusCode::UNPROCESSABLE_ENTITY);
-        let paths: Vec<&str> = p["errors"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e["path"].as_str().unwrap())
-            .collect();
+        let paths = error_paths(p);
         assert!(paths.contains(&path), "{body} → {paths:?}");
     }
     // A change to an event target is validated too, and a job schedule can become an event schedule.
