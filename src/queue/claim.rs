@@ -319,7 +319,7 @@ pub async fn claim(conn: &mut PgConnection, req: &ClaimRequest<'_>, share: &mut 
 
 /// Index entries of `job` the connection's transaction has read so far: exact and immediate, but the backend's
 /// pending counters may also hold earlier transactions' reads, so callers take a difference.
-async fn index_reads(conn: &mut PgConnection) -> Result<i64> {
+pub(super) async fn index_reads(conn: &mut PgConnection) -> Result<i64> {
     Ok(sqlx::query_scalar(
         "select coalesce(sum(pg_stat_get_xact_tuples_returned(indexrelid)), 0)::bigint \
          from pg_index where indrelid = 'job'::regclass",

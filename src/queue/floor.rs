@@ -12,16 +12,19 @@
 //! [`DEAD_READS`]) it starts its walks there. A job that becomes waiting behind that point
 //! (a lane's next job released without a taker, a job handed back or rescued, an enqueue committed more than the
 //! margin late) is found by the next walk from the start, which comes at least every [`FULL_WALK_EVERY`], or less
-//! often when it is slow, so that the walks from the start take at most a twentieth of the claimer's time. The
-//! list of accounts with work is read with those walks only (see `FairShare::set_active`), so a new account's
-//! first jobs wait as long. That is the price, paid only while walks from the start are slow; otherwise every
-//! claim walks from the start, as before.
+//! often when it is slow, so that the walks from the start take at most a twentieth of the time. A worker's scout
+//! makes those walks beside its claims (see [`super::scout`]), and a claim walks from the start only when the
+//! scout saw a job behind a floor, or when no scout reported in time. The list of accounts with work is read with
+//! those walks only (see `FairShare::set_active`), so a new account's first jobs wait as long. That is the price,
+//! paid only while walks from the start are slow; otherwise every claim walks from the start, as before.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
+
+use super::scout::Floor;
 
 /// How far behind the furthest job claimed a walk starts: an enqueue whose transaction began before a claimed job's
 /// and committed after its claim is still found, if it committed within this.
@@ -50,6 +53,12 @@ pub const DEAD_READS: i64 = 10_000;
 
 /// Index entries a walk may read per job it takes without counting as passing dead ones (see [`DEAD_READS`]).
 pub const READS_PER_JOB: i64 = 100;
+
+/// How long after a walk from the start that took `took` the next one comes: at least [`FULL_WALK_EVERY`], and
+/// [`FULL_WALK_SPACING`] times its own time when longer, so that those walks take at most a twentieth of the time.
+pub fn scout_every(took: Duration) -> Duration {
+    FULL_WALK_EVERY.max(took * FULL_WALK_SPACING)
+}
 
 /// A claimer's floors for one queue: per account, per priority, the `run_at` its walks start from.
 #[derive(Debug, Default)]
@@ -147,7 +156,7 @@ impl Floors {
             self.slow = if slow { self.slow.saturating_add(1) } else { 0 };
             // Once engaged, one slow walk from the start keeps it so; a fast one ends it.
             let engage = self.slow >= SLOW_WALKS || (self.until.is_some() && self.slow > 0);
-            self.until = engage.then(|| now + FULL_WALK_EVERY.max(took * FULL_WALK_SPACING));
+            self.until = engage.then(|| now + scout_every(took));
         }
         let margin = chrono::Duration::from_std(MARGIN).unwrap_or_default();
         for (account, priority, run_at) in jobs {
@@ -158,6 +167,41 @@ impl Floors {
                 *at = floor;
             }
         }
+    }
+
+    /// The floors for the scout (see [`super::scout`]): each account's priorities with the `run_at` their walks start
+    /// from; `None` while claims walk from the start, when there is nothing to scout for.
+    pub fn floors(&self) -> Option<Vec<Floor>> {
+        self.until?;
+        Some(
+            self.by_account
+                .iter()
+                .flat_map(|(account, floors)| {
+                    floors.iter().map(|(&priority, &at)| Floor {
+                        account_id: account.clone(),
+                        priority,
+                        at,
+                    })
+                })
+                .collect(),
+        )
+    }
+
+    /// Records a walk from the start that the scout made beside the claims at `now`: `took` its time, `dead` whether
+    /// it passed dead entries, `behind` whether a job waits behind a floor. A fast one, or one that passed no dead
+    /// entries, ends the floors as a claim's would. Otherwise claims keep walking from the floors until twice the
+    /// scout's spacing from now (so a scout that stops reporting leaves the walks from the start to the claims
+    /// again), except when a job waits behind a floor: then the next claim walks from the start and takes it.
+    pub fn scouted(&mut self, now: Instant, took: Duration, dead: bool, behind: bool) {
+        if self.until.is_none() {
+            return;
+        }
+        if took < SLOW || !dead {
+            self.slow = 0;
+            self.until = None;
+            return;
+        }
+        self.until = Some(if behind { now } else { now + scout_every(took) * 2 });
     }
 
     /// Forgets the floors of accounts no longer listed as having work.
@@ -232,6 +276,57 @@ mod tests {
         assert!(f.active(now));
         f.record(now, true, slow, Some(passed_dead(200, 100)), []);
         assert!(!f.engaged(), "a counted walk without dead entries ends them");
+    }
+
+    /// The scout's walks keep the claims on their floors while they pass dead entries, end the floors when fast or
+    /// past none, and send the next claim from the start when a job waits behind a floor.
+    #[test]
+    fn the_scouts_walks_keep_end_or_step_behind_the_floors() {
+        let mut f = Floors::default();
+        let now = Instant::now();
+        let walk = Duration::from_millis(200);
+        f.scouted(now, walk, true, false);
+        assert!(
+            !f.engaged() && f.floors().is_none(),
+            "nothing to scout for before the floors engage"
+        );
+        for _ in 0..SLOW_WALKS {
+            f.record(now, true, SLOW * 2, None, []);
+        }
+        f.record(now, false, SLOW, None, [job("a", 5, 10), job("a", 2, 7)]);
+        let floor = |priority, secs: i64| Floor {
+            account_id: "a".to_owned(),
+            priority,
+            at: Utc.timestamp_opt(1_000_000 + secs, 0).unwrap() - chrono::Duration::from_std(MARGIN).unwrap(),
+        };
+        assert_eq!(f.floors(), Some(vec![floor(2, 7), floor(5, 10)]));
+
+        // Past the claims' own next walk from the start, up to twice the scout's spacing.
+        let later = now + Duration::from_secs(60);
+        f.scouted(later, walk, true, false);
+        assert_eq!(scout_every(walk), Duration::from_secs(4));
+        assert!(f.active(later + Duration::from_millis(7_900)));
+        assert!(
+            !f.active(later + Duration::from_secs(8)),
+            "a scout that stops reporting leaves it to the claims"
+        );
+        f.scouted(later, walk, true, true);
+        assert!(
+            !f.active(later) && f.engaged(),
+            "a job behind a floor: the next claim walks from the start"
+        );
+        assert!(f.floors().is_some());
+
+        f.scouted(later, walk, false, false);
+        assert!(
+            !f.engaged() && f.floors().is_none(),
+            "a walk past no dead entries ends the floors"
+        );
+        for _ in 0..SLOW_WALKS {
+            f.record(now, true, SLOW * 2, None, []);
+        }
+        f.scouted(later, SLOW / 2, true, false);
+        assert!(!f.engaged(), "so does a fast one");
     }
 
     /// A slow walk from the start waits twenty times its own time for the next one.

@@ -25,6 +25,7 @@ mod limits;
 mod maintenance;
 mod roster;
 mod routing;
+mod scout;
 mod search;
 mod series;
 pub mod share;
@@ -39,13 +40,15 @@ pub use complete::{
     cancel_running, complete_handing_off, complete_in, complete_locked, complete_many, fail_many, hand_back, heartbeat,
     snooze_many, Completion, Failure, HandOff, Snooze,
 };
-pub use enqueue::{enqueue, enqueue_many, fingerprint, EnqueueOutcome, Enqueued};
+pub use enqueue::{enqueue, enqueue_many, enqueue_many_locking, fingerprint, EnqueueOutcome, Enqueued};
+pub use floor::{scout_every, FULL_WALK_EVERY};
 pub use history::{add_history_days, retire_history, Retention, RetireCursor, Retired};
-pub use lane::{marked_lanes, release_lanes};
+pub use lane::{marked_lanes, release_lanes, KeyLocks};
 pub use limits::{get_limits, put_limits, usage, KindLimit, KindUsage, Limits, QueueLimit, QueueUsage, Usage};
 pub use maintenance::{autovacuum_on, promote_due, rescue_expired, Maintainer, MAINTENANCE_LEASE};
 pub use roster::{deregister_worker, heartbeat_worker, live_workers, register_worker, running_by_worker, WorkerInfo};
 pub use routing::{last_job_id, pool_depth, reroute_waiting, routed_active, version_outcomes, VersionDepth};
+pub use scout::{scout, Floor, Scouted};
 pub use search::{bulk, list, list_all, BulkAction, BulkOutcome, JobFilter, MAX_BULK};
 pub use series::{minutes, prune_samples, sample_queues, Minute};
 pub use share::FairShare;

@@ -18,6 +18,7 @@ use serde::Serialize;
 use sqlx::{PgConnection, PgExecutor};
 
 use super::floor::Floors;
+use super::scout::{Floor, Scouted};
 use super::{Job, Result};
 
 /// How long a claimer trusts its list of accounts with waiting work. A new account's first jobs wait at most this
@@ -162,6 +163,22 @@ impl FairShare {
         let dead = reads.map(|read| super::floor::passed_dead(read, jobs.len()));
         let claimed = jobs.iter().map(|j| (j.account_id.as_str(), j.priority, j.run_at));
         self.floors.record(now, full, took, dead, claimed);
+    }
+
+    /// The floors for this claimer's scout (see [`super::scout`]); `None` while claims walk from the start.
+    pub fn scout_floors(&self) -> Option<Vec<Floor>> {
+        self.floors.floors()
+    }
+
+    /// Takes the scout's report of a walk from the start at `now` (see [`Floors::scouted`]): the list of accounts
+    /// with work it read, and whether claims go on walking from the floors.
+    pub fn scouted(&mut self, now: Instant, report: Scouted) {
+        let dead = super::floor::passed_dead(report.reads, 0);
+        self.floors.scouted(now, report.took, dead, report.behind);
+        // Once the floors end, the next claim walks from the start and reads the list itself.
+        if self.floors.engaged() {
+            self.set_active(report.active, now);
+        }
     }
 
     /// The accounts with waiting work, as last read.

@@ -2,7 +2,7 @@
 //! [`Dispatch`] starts each job the worker holds (claimed, or handed over by a completion) as a slot frees.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sqlx::PgPool;
@@ -23,6 +23,64 @@ const CLAIM_RETRY_FIRST: Duration = Duration::from_millis(50);
 const BUSY_POLL: Duration = Duration::from_millis(10);
 /// How long a claim waits for more slots to free up, so one statement claims for several of them.
 pub(super) const GATHER: Duration = Duration::from_millis(2);
+
+/// How often a fetcher whose claims walk from floors tells its scout where they start.
+const PUBLISH: Duration = Duration::from_millis(100);
+
+/// What a fetcher and its scout share: where the claims walk from, and the scout's latest report.
+#[derive(Default)]
+struct Board {
+    /// `None` while claims walk from the start: the scout then waits.
+    floors: Option<Vec<queue::Floor>>,
+    report: Option<queue::Scouted>,
+}
+
+/// A fetcher's scout (see [`queue::scout`]): while its claims walk from floors, it walks the queue from the start
+/// on a connection of its own, as often as a claim would have, and leaves its report on the board.
+struct Scout {
+    pool: PgPool,
+    queue: String,
+    kinds: Vec<String>,
+    version: String,
+    board: Arc<Mutex<Board>>,
+}
+
+impl Scout {
+    async fn run(self, stop: CancellationToken) {
+        let mut every = queue::FULL_WALK_EVERY;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            every = queue::FULL_WALK_EVERY;
+            let Some(floors) = self.board.lock().ok().and_then(|b| b.floors.clone()) else {
+                continue;
+            };
+            let scouted = match self.pool.acquire().await {
+                Ok(mut conn) => queue::scout(&mut conn, &self.queue, &self.kinds, &self.version, &floors).await,
+                Err(e) => Err(e.into()),
+            };
+            match scouted {
+                Ok(report) => {
+                    tracing::debug!(
+                        queue = %self.queue, took_ms = report.took.as_millis() as u64, reads = report.reads,
+                        behind = report.behind, "scouted behind the claim floors"
+                    );
+                    every = queue::scout_every(report.took);
+                    if let Ok(mut b) = self.board.lock() {
+                        b.report = Some(report);
+                    }
+                }
+                // The claims walk from the start again once the floors' time is up without a report.
+                Err(e) if !stop.is_cancelled() => {
+                    tracing::warn!(queue = %self.queue, error = %e, "scouting behind the claim floors failed");
+                }
+                Err(_) => return,
+            }
+        }
+    }
+}
 
 /// Claims jobs of one queue while there are free slots, waking on a Redis publish or polling.
 pub(super) struct Fetcher {
@@ -92,6 +150,21 @@ impl Fetcher {
         // Poll fast right after finding work; back off towards the configured interval while idle.
         let mut idle = BUSY_POLL;
         let mut share = FairShare::new();
+        let board = Arc::new(Mutex::new(Board::default()));
+        let scouting = shutdown.child_token();
+        // Ends the scout with this loop, whichever way it returns.
+        let _scouting = scouting.clone().drop_guard();
+        tokio::spawn(
+            Scout {
+                pool: self.pool.clone(),
+                queue: self.queue.clone(),
+                kinds: self.kinds.clone(),
+                version: self.cfg.version.clone(),
+                board: board.clone(),
+            }
+            .run(scouting),
+        );
+        let mut published = None::<std::time::Instant>;
         loop {
             // No claim while the completer is behind: what the worker holds must not outgrow what it can settle.
             tokio::select! {
@@ -132,10 +205,21 @@ impl Fetcher {
             };
             let wanted = permits.len();
             let started = std::time::Instant::now();
+            if let Some(report) = board.lock().ok().and_then(|mut b| b.report.take()) {
+                share.scouted(started, report);
+            }
             let claimed = match self.pool.acquire().await {
                 Ok(mut conn) => queue::claim(&mut conn, &req, &mut share).await,
                 Err(e) => Err(e.into()),
             };
+            // The scout reads the floors at most every PUBLISH: its walks come a second or more apart.
+            if published.is_none_or(|at| at.elapsed() >= PUBLISH) {
+                let floors = share.scout_floors();
+                published = floors.is_some().then(std::time::Instant::now);
+                if let Ok(mut b) = board.lock() {
+                    b.floors = floors;
+                }
+            }
             match claimed {
                 Ok(jobs) => {
                     let took = started.elapsed().as_secs_f64();

@@ -467,3 +467,73 @@ async fn a_claimer_walking_from_floors_finds_a_job_behind_them_at_its_next_walk_
         HashMap::from([("floored".to_owned(), 1)])
     );
 }
+
+/// The scout walks from the start beside the claims: it reads the accounts with work and sees a job waiting behind
+/// a claimer's floor (not one of a kind the claimer does not run), and once it reports that, the next claim walks
+/// from the start and takes the job.
+#[tokio::test]
+async fn the_scout_sees_a_job_behind_the_floors_and_the_next_claim_takes_it() {
+    let db = testkit::db().await;
+    let a = account(&db.pool, "scouted").await;
+    let mut share = FairShare::new();
+    assert!(
+        share.scout_floors().is_none(),
+        "nothing to scout while claims walk from the start"
+    );
+    enqueue(&db.pool, &a, 3, "noop", json!({})).await;
+    assert_eq!(
+        claim(&db.pool, &mut share, 16).await,
+        HashMap::from([("scouted".to_owned(), 3)])
+    );
+    share.walk_from_floors_until(std::time::Instant::now() + Duration::from_secs(3600));
+    let floors = share.scout_floors().expect("claims walk from floors");
+    assert_eq!(floors.len(), 1, "{floors:?}");
+    assert_eq!((floors[0].account_id.as_str(), floors[0].priority), ("scouted", 5));
+    let scout = |floors: Vec<queue::Floor>| {
+        let pool = db.pool.clone();
+        async move {
+            let mut conn = pool.acquire().await.unwrap();
+            queue::scout(&mut conn, "default", &kinds(), "v1", &floors)
+                .await
+                .unwrap()
+        }
+    };
+    let report = scout(floors.clone()).await;
+    assert!(!report.behind && report.active.is_empty(), "{report:?}");
+
+    let late = |kind: &str| {
+        let mut job = NewJob::new(kind, json!({"late": true}));
+        job.run_at = Some(Utc::now() - chrono::Duration::minutes(10));
+        job
+    };
+    let mut tx = db.pool.begin().await.unwrap();
+    queue::enqueue_many(&mut tx, &a, &[late("unknown.kind")]).await.unwrap();
+    tx.commit().await.unwrap();
+    let report = scout(floors.clone()).await;
+    assert!(!report.behind, "a kind this claimer does not run is not its business");
+    assert_eq!(report.active.len(), 1, "the account has work: {report:?}");
+
+    let mut tx = db.pool.begin().await.unwrap();
+    queue::enqueue_many(&mut tx, &a, &[late("noop")]).await.unwrap();
+    tx.commit().await.unwrap();
+    let report = scout(floors).await;
+    assert!(report.behind, "{report:?}");
+    assert!(
+        claim(&db.pool, &mut share, 16).await.is_empty(),
+        "the claims still walk from the floors"
+    );
+    // As under a snapshot held open: the walk was slow and passed dead entries.
+    share.scouted(
+        std::time::Instant::now(),
+        queue::Scouted {
+            took: Duration::from_millis(200),
+            reads: 1_000_000,
+            ..report
+        },
+    );
+    assert_eq!(
+        claim(&db.pool, &mut share, 16).await,
+        HashMap::from([("scouted".to_owned(), 1)]),
+        "the claim after the report walks from the start"
+    );
+}
