@@ -1,13 +1,14 @@
 //! Events for many entities at once, inside a caller's transaction: used by loads to fire `InventoryChanged` for
 //! every position a chunk changed. Kept apart from [`super::event`] so the single-event path stays as it is; this
-//! only adds bulk entity creation in front of the same acceptance ([`super::event::accept_events`]).
+//! only adds bulk entity creation in front of the same acceptance ([`super::event::accept_events_locking`]).
 
 use serde_json::Value;
 use sqlx::PgConnection;
 
-use super::event::{accept_events, Accept};
+use super::event::{accept_events_locking, Accept};
 use super::workflow::get_version;
 use super::{Error, Result};
+use crate::queue::KeyLocks;
 use crate::tenancy::AccountId;
 use ordo_workers::rules::EntityKey;
 
@@ -28,11 +29,12 @@ pub fn position_ref(sku_ref: &str, location_ref: &str) -> String {
 /// entities first (in the workflow's status `CREATED`, or its first status when it declares no `CREATED`; no
 /// `CREATE` event is queued for them). Each position is its own root entity, so their events run in parallel.
 /// Returns how many events were queued (0 without the workflow). Statements are bulk: one entity insert and one
-/// acceptance, whatever the number of changes.
+/// acceptance, whatever the number of changes; the events' key locks are held as `locks` says (see [`KeyLocks`]).
 pub(crate) async fn position_events(
     conn: &mut PgConnection,
     account: &AccountId,
     changes: &[(&str, &str, Value)],
+    locks: KeyLocks,
 ) -> Result<usize> {
     if changes.is_empty() {
         return Ok(0);
@@ -91,7 +93,7 @@ pub(crate) async fn position_events(
     .execute(&mut *conn)
     .await?;
     let n = accepts.len();
-    accept_events(conn, account, accepts).await?;
+    accept_events_locking(conn, account, accepts, locks).await?;
     Ok(n)
 }
 

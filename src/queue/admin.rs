@@ -219,7 +219,7 @@ pub async fn retry(conn: &mut PgConnection, account: &AccountId, id: JobId) -> R
     .fetch_optional(&mut *tx)
     .await?;
     if let Some(Some(key)) = &key {
-        super::lane::lock_concurrency_keys(&mut tx, account, &[key.as_str()]).await?;
+        super::lane::lock_concurrency_keys(&mut tx, account, &[key.as_str()], super::KeyLocks::Exclusive).await?;
     }
     let job = transition(&mut tx, account, id, RETRY_SQL.as_str(), "retry").await?;
     tx.commit().await?;

@@ -11,7 +11,7 @@ use std::sync::LazyLock;
 use sha2::{Digest, Sha256};
 use sqlx::PgConnection;
 
-use super::lane::{lock_concurrency_keys, member};
+use super::lane::{lock_concurrency_keys, member, KeyLocks};
 use super::stats::count_after;
 use super::types::JOB_COLUMNS;
 use super::{Error, Job, JobId, NewJob, Result};
@@ -76,7 +76,7 @@ pub async fn enqueue(conn: &mut PgConnection, account: &AccountId, job: NewJob) 
             // A savepoint when the caller already runs a transaction; the advisory lock lives until the outer
             // commit either way.
             let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-            lock_concurrency_keys(&mut tx, account, &[key.as_str()]).await?;
+            lock_concurrency_keys(&mut tx, account, &[key.as_str()], KeyLocks::Exclusive).await?;
             let out = insert_one(&mut tx, account, job).await?;
             tx.commit().await?;
             Ok(out)
@@ -244,6 +244,16 @@ pub async fn enqueue_many(
     account: &AccountId,
     jobs: &[NewJob],
 ) -> Result<Vec<EnqueueOutcome>> {
+    enqueue_many_locking(conn, account, jobs, KeyLocks::Exclusive).await
+}
+
+/// [`enqueue_many`], holding the locks of the jobs' concurrency keys as `locks` says (see [`KeyLocks`]).
+pub async fn enqueue_many_locking(
+    conn: &mut PgConnection,
+    account: &AccountId,
+    jobs: &[NewJob],
+    locks: KeyLocks,
+) -> Result<Vec<EnqueueOutcome>> {
     if jobs.is_empty() {
         return Ok(Vec::new());
     }
@@ -271,7 +281,7 @@ pub async fn enqueue_many(
         }
     }
     let keys: Vec<&str> = jobs.iter().filter_map(|j| j.concurrency_key.as_deref()).collect();
-    lock_concurrency_keys(conn, account, &keys).await?;
+    lock_concurrency_keys(conn, account, &keys, locks).await?;
 
     let n = jobs.len();
     // Drawn after the key locks, as the statement would draw them.

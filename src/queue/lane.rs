@@ -190,23 +190,51 @@ pub async fn marked_lanes<'e>(exec: impl PgExecutor<'e>) -> Result<i64> {
         .await?)
 }
 
+/// How an enqueue holds the locks of its keys' buckets (see [`lock_concurrency_keys`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum KeyLocks {
+    /// Enqueuers of a bucket's keys take turns: what every enqueue does unless its caller says otherwise.
+    #[default]
+    Exclusive,
+    /// Enqueuers holding them shared go together; exclusive holders still wait for them and they for exclusive
+    /// ones, and lane release and promotion leave their keys alone meanwhile. Only for a caller that never enqueues
+    /// a key while another shared holder may enqueue the same key: a load's chunks, whose positions each belong to
+    /// one partition, whose chunks run one at a time.
+    Shared,
+}
+
 /// Takes the advisory locks of the keys' buckets (see the migration `bucket_key_locks`), so that within one
 /// concurrency key id order is commit order; a transaction holds at most 512 of them however many keys it enqueues.
-pub(super) async fn lock_concurrency_keys(conn: &mut PgConnection, account: &AccountId, keys: &[&str]) -> Result<()> {
+pub(super) async fn lock_concurrency_keys(
+    conn: &mut PgConnection,
+    account: &AccountId,
+    keys: &[&str],
+    locks: KeyLocks,
+) -> Result<()> {
     if keys.is_empty() {
         return Ok(());
     }
-    // In bucket order, each once, so two batches sharing buckets cannot deadlock.
-    sqlx::query(
-        r#"
-        select pg_advisory_xact_lock(job_key_lock_class(), b)
-        from (select distinct job_key_lock_bucket($1, k) as b from unnest($2::text[]) as k) t
-        order by b
-        "#,
-    )
-    .bind(account.as_str())
-    .bind(keys)
-    .execute(&mut *conn)
-    .await?;
+    // In bucket order, each once, so two batches sharing buckets cannot deadlock (shared or not).
+    let sql = match locks {
+        KeyLocks::Exclusive => {
+            r#"
+            select pg_advisory_xact_lock(job_key_lock_class(), b)
+            from (select distinct job_key_lock_bucket($1, k) as b from unnest($2::text[]) as k) t
+            order by b
+            "#
+        }
+        KeyLocks::Shared => {
+            r#"
+            select pg_advisory_xact_lock_shared(job_key_lock_class(), b)
+            from (select distinct job_key_lock_bucket($1, k) as b from unnest($2::text[]) as k) t
+            order by b
+            "#
+        }
+    };
+    sqlx::query(sql)
+        .bind(account.as_str())
+        .bind(keys)
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }

@@ -770,6 +770,86 @@ async fn a_batch_of_many_keys_holds_few_locks() {
     assert_eq!(parked, 0, "every key is its own lane");
 }
 
+/// Enqueuers holding their keys' locks shared (a load's chunks) go together, while an exclusive enqueuer of the
+/// same bucket waits for them: two uncommitted shared batches of many keys, then one exclusive enqueue of one of
+/// those keys, which waits until both commit.
+#[tokio::test]
+async fn shared_key_locks_go_together_and_exclusive_ones_wait_for_them() {
+    let db = testkit::db().await;
+    let batch = |from: usize| -> Vec<NewJob> {
+        (from..from + 1000)
+            .map(|i| NewJob::new("noop", json!({"i": i})).concurrency_key(format!("key-{i}")))
+            .collect()
+    };
+    let mut first = db.pool.begin().await.unwrap();
+    queue::enqueue_many_locking(&mut first, &acct(), &batch(0), queue::KeyLocks::Shared)
+        .await
+        .unwrap();
+    // 1 000 keys fall into nearly every one of the 512 buckets, so exclusive locks would make this one wait.
+    let mut second = db.pool.begin().await.unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        queue::enqueue_many_locking(&mut second, &acct(), &batch(1000), queue::KeyLocks::Shared),
+    )
+    .await
+    .expect("a second shared holder does not wait for the first")
+    .unwrap();
+    let shared: i64 = sqlx::query_scalar(
+        "select count(*) from pg_locks where locktype = 'advisory' and mode = 'ShareLock' and pid = pg_backend_pid()",
+    )
+    .fetch_one(&mut *second)
+    .await
+    .unwrap();
+    assert!(shared > 400, "{shared} shared advisory locks held");
+
+    let pool = db.pool.clone();
+    let exclusive = tokio::spawn(async move {
+        let mut tx = pool.begin().await.unwrap();
+        queue::enqueue(
+            &mut tx,
+            &acct(),
+            NewJob::new("noop", json!({"x": 1})).concurrency_key("key-7"),
+        )
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+    });
+    eventually(
+        Duration::from_secs(30),
+        "the exclusive enqueue waits for an advisory lock",
+        || {
+            let pool = db.pool.clone();
+            async move {
+                let waiting: i64 = sqlx::query_scalar(
+                "select count(*) from pg_locks where locktype = 'advisory' and mode = 'ExclusiveLock' and not granted \
+                 and database = (select oid from pg_database where datname = current_database())",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+                (waiting == 1).then_some(())
+            }
+        },
+    )
+    .await;
+    assert!(!exclusive.is_finished());
+    first.commit().await.unwrap();
+    second.commit().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(60), exclusive)
+        .await
+        .expect("the exclusive enqueue goes on once the shared holders commit")
+        .unwrap();
+    let states: Vec<String> = sqlx::query_scalar("select state from job where concurrency_key = 'key-7' order by id")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        states,
+        ["available", "parked"],
+        "committed in id order: the later job waits behind the first"
+    );
+}
+
 /// The depth the autoscaler scales by counts a key's head, not the jobs parked behind it: 1 000 jobs of one key
 /// need one worker at a time.
 #[tokio::test]

@@ -9,7 +9,7 @@ use sqlx::PgConnection;
 use super::write::{draw_seqs, insert_returning, Row};
 use super::{Event, EventKind, EventRow, EventStatus, JobEventRow, NewEvent, EVENT_COLUMNS, EVENT_KIND};
 use crate::orchestration::{concurrency_key, Error, Result, QUEUE};
-use crate::queue::{self, JobId, NewJob, Queue};
+use crate::queue::{self, JobId, KeyLocks, NewJob, Queue};
 use crate::tenancy::AccountId;
 
 /// An event about to be accepted inside a transaction (sent, emitted, scheduled or replayed).
@@ -42,6 +42,16 @@ pub(crate) async fn accept_events(
     account: &AccountId,
     events: Vec<Accept>,
 ) -> Result<Vec<Accepted>> {
+    accept_events_locking(conn, account, events, KeyLocks::Exclusive).await
+}
+
+/// [`accept_events`], holding the queue's per-key locks as `locks` says (see [`KeyLocks`]).
+pub(crate) async fn accept_events_locking(
+    conn: &mut PgConnection,
+    account: &AccountId,
+    events: Vec<Accept>,
+    locks: KeyLocks,
+) -> Result<Vec<Accepted>> {
     if events.is_empty() {
         return Ok(Vec::new());
     }
@@ -68,7 +78,7 @@ pub(crate) async fn accept_events(
             job
         })
         .collect();
-    let enqueued = queue::enqueue_many(&mut *conn, account, &jobs).await?;
+    let enqueued = queue::enqueue_many_locking(&mut *conn, account, &jobs, locks).await?;
     let fresh: Vec<usize> = (0..events.len()).filter(|&i| !enqueued[i].replayed).collect();
     let seqs = draw_seqs(conn, fresh.len()).await?;
     let rows: Vec<Row> = fresh

@@ -15,7 +15,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use sqlx::{PgConnection, PgExecutor, Postgres, QueryBuilder};
 
-pub(crate) use self::accept::{accept_events, accept_new_events, Accept};
+pub(crate) use self::accept::{accept_events, accept_events_locking, accept_new_events, Accept};
 pub use self::accept::{send_event, Accepted};
 pub(crate) use self::write::{draw_seqs, finish_events, insert_rows, Finished, Row};
 use super::{Error, Page, Result, QUEUE};
