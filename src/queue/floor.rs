@@ -219,8 +219,20 @@ mod tests {
         (account, priority, Utc.timestamp_opt(1_000_000 + secs, 0).unwrap())
     }
 
+    /// The floor a job of [`job`] at `secs` leaves: its `run_at` less the margin.
+    fn floor_at(secs: i64) -> DateTime<Utc> {
+        Utc.timestamp_opt(1_000_000 + secs, 0).unwrap() - chrono::Duration::from_std(MARGIN).unwrap()
+    }
+
     fn at(secs: i64) -> String {
-        (Utc.timestamp_opt(1_000_000 + secs, 0).unwrap() - chrono::Duration::from_std(MARGIN).unwrap()).to_rfc3339()
+        floor_at(secs).to_rfc3339()
+    }
+
+    /// Engages the floors at `now` with SLOW_WALKS walks from the start that took `took` each.
+    fn engage(f: &mut Floors, now: Instant, took: Duration) {
+        for _ in 0..SLOW_WALKS {
+            f.record(now, true, took, None, []);
+        }
     }
 
     /// Walks start from the floors only after SLOW_WALKS slow walks from the start in a row, and stop at a fast one.
@@ -290,14 +302,12 @@ mod tests {
             !f.engaged() && f.floors().is_none(),
             "nothing to scout for before the floors engage"
         );
-        for _ in 0..SLOW_WALKS {
-            f.record(now, true, SLOW * 2, None, []);
-        }
+        engage(&mut f, now, SLOW * 2);
         f.record(now, false, SLOW, None, [job("a", 5, 10), job("a", 2, 7)]);
-        let floor = |priority, secs: i64| Floor {
+        let floor = |priority, secs| Floor {
             account_id: "a".to_owned(),
             priority,
-            at: Utc.timestamp_opt(1_000_000 + secs, 0).unwrap() - chrono::Duration::from_std(MARGIN).unwrap(),
+            at: floor_at(secs),
         };
         assert_eq!(f.floors(), Some(vec![floor(2, 7), floor(5, 10)]));
 
@@ -322,9 +332,7 @@ mod tests {
             !f.engaged() && f.floors().is_none(),
             "a walk past no dead entries ends the floors"
         );
-        for _ in 0..SLOW_WALKS {
-            f.record(now, true, SLOW * 2, None, []);
-        }
+        engage(&mut f, now, SLOW * 2);
         f.scouted(later, SLOW / 2, true, false);
         assert!(!f.engaged(), "so does a fast one");
     }
@@ -334,9 +342,7 @@ mod tests {
     fn a_slower_walk_from_the_start_comes_less_often() {
         let mut f = Floors::default();
         let now = Instant::now();
-        for _ in 0..SLOW_WALKS {
-            f.record(now, true, Duration::from_millis(200), None, []);
-        }
+        engage(&mut f, now, Duration::from_millis(200));
         assert!(f.active(now + Duration::from_millis(3_900)));
         assert!(!f.active(now + Duration::from_secs(4)));
     }
@@ -347,9 +353,7 @@ mod tests {
     fn ranges_walk_priorities_from_their_floors() {
         let mut f = Floors::default();
         let now = Instant::now();
-        for _ in 0..SLOW_WALKS {
-            f.record(now, true, SLOW, None, []);
-        }
+        engage(&mut f, now, SLOW);
         f.record(
             now,
             false,

@@ -215,21 +215,20 @@ pub(super) async fn lock_concurrency_keys(
         return Ok(());
     }
     // In bucket order, each once, so two batches sharing buckets cannot deadlock (shared or not).
+    macro_rules! lock_buckets {
+        ($lock:literal) => {
+            concat!(
+                "select ",
+                $lock,
+                "(job_key_lock_class(), b) \
+                 from (select distinct job_key_lock_bucket($1, k) as b from unnest($2::text[]) as k) t \
+                 order by b"
+            )
+        };
+    }
     let sql = match locks {
-        KeyLocks::Exclusive => {
-            r#"
-            select pg_advisory_xact_lock(job_key_lock_class(), b)
-            from (select distinct job_key_lock_bucket($1, k) as b from unnest($2::text[]) as k) t
-            order by b
-            "#
-        }
-        KeyLocks::Shared => {
-            r#"
-            select pg_advisory_xact_lock_shared(job_key_lock_class(), b)
-            from (select distinct job_key_lock_bucket($1, k) as b from unnest($2::text[]) as k) t
-            order by b
-            "#
-        }
+        KeyLocks::Exclusive => lock_buckets!("pg_advisory_xact_lock"),
+        KeyLocks::Shared => lock_buckets!("pg_advisory_xact_lock_shared"),
     };
     sqlx::query(sql)
         .bind(account.as_str())

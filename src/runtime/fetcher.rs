@@ -205,20 +205,31 @@ impl Fetcher {
             };
             let wanted = permits.len();
             let started = std::time::Instant::now();
-            if let Some(report) = board.lock().ok().and_then(|mut b| b.report.take()) {
-                share.scouted(started, report);
+            // Only while the scout has floors is there a report to take: no lock on the board otherwise.
+            if published.is_some() {
+                if let Some(report) = board.lock().ok().and_then(|mut b| b.report.take()) {
+                    share.scouted(started, report);
+                }
             }
             let claimed = match self.pool.acquire().await {
                 Ok(mut conn) => queue::claim(&mut conn, &req, &mut share).await,
                 Err(e) => Err(e.into()),
             };
-            // The scout reads the floors at most every PUBLISH: its walks come a second or more apart.
+            // The scout reads the floors at most every PUBLISH (its walks come a second or more apart), and the board
+            // is touched only while claims walk from floors or just stopped to.
             if published.is_none_or(|at| at.elapsed() >= PUBLISH) {
                 let floors = share.scout_floors();
-                published = floors.is_some().then(std::time::Instant::now);
-                if let Ok(mut b) = board.lock() {
-                    b.floors = floors;
+                let on = floors.is_some();
+                if on || published.is_some() {
+                    if let Ok(mut b) = board.lock() {
+                        // A report of a walk made for floors that ended since would be taken for the next ones.
+                        if !on {
+                            b.report = None;
+                        }
+                        b.floors = floors;
+                    }
                 }
+                published = on.then(std::time::Instant::now);
             }
             match claimed {
                 Ok(jobs) => {
