@@ -24,7 +24,16 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
 
-use super::scout::Floor;
+/// Where a claimer's walks of one account's priority start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Floor {
+    /// The account.
+    pub account_id: String,
+    /// The priority.
+    pub priority: i16,
+    /// Walks of this priority start at this `run_at`.
+    pub at: DateTime<Utc>,
+}
 
 /// How far behind the furthest job claimed a walk starts: an enqueue whose transaction began before a claimed job's
 /// and committed after its claim is still found, if it committed within this.

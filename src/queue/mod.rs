@@ -41,17 +41,17 @@ pub use complete::{
     snooze_many, Completion, Failure, HandOff, Snooze,
 };
 pub use enqueue::{enqueue, enqueue_many, enqueue_many_locking, fingerprint, EnqueueOutcome, Enqueued};
-pub use floor::{scout_every, FULL_WALK_EVERY};
+pub use floor::{scout_every, Floor, FULL_WALK_EVERY};
 pub use history::{add_history_days, retire_history, Retention, RetireCursor, Retired};
 pub use lane::{marked_lanes, release_lanes, KeyLocks};
 pub use limits::{get_limits, put_limits, usage, KindLimit, KindUsage, Limits, QueueLimit, QueueUsage, Usage};
 pub use maintenance::{autovacuum_on, promote_due, rescue_expired, Maintainer, MAINTENANCE_LEASE};
 pub use roster::{deregister_worker, heartbeat_worker, live_workers, register_worker, running_by_worker, WorkerInfo};
 pub use routing::{last_job_id, pool_depth, reroute_waiting, routed_active, version_outcomes, VersionDepth};
-pub use scout::{scout, Floor, Scouted};
+pub use scout::scout;
 pub use search::{bulk, list, list_all, BulkAction, BulkOutcome, JobFilter, MAX_BULK};
 pub use series::{minutes, prune_samples, sample_queues, Minute};
-pub use share::FairShare;
+pub use share::{FairShare, Scouted};
 pub use stats::{
     finished_counts, fold_stats, prune_stats, queue_gauges, queue_stats, throughput, with_finished, FinishedCounts,
     QueueStats, Throughput,

@@ -8,37 +8,14 @@
 //! connection of its own, locking nothing, and reports what it found; the claimer takes the report before its next
 //! claim (see [`super::FairShare::scouted`]) and walks from the start only when the scout saw a job behind a floor.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
-use super::share::{active_accounts, Active};
+use super::floor::Floor;
+use super::share::{active_accounts, Scouted};
 use super::Result;
-
-/// Where a claimer's walks of one account's priority start (see [`super::floor`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Floor {
-    /// The account.
-    pub account_id: String,
-    /// The priority.
-    pub priority: i16,
-    /// Walks of this priority start at this `run_at`.
-    pub at: DateTime<Utc>,
-}
-
-/// What one walk of the scout found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Scouted {
-    /// The accounts with waiting work in the queue.
-    pub active: Vec<Active>,
-    /// Some job the claimer could take waits behind one of its floors.
-    pub behind: bool,
-    /// How long the walk took.
-    pub took: Duration,
-    /// Index entries of `job` it read.
-    pub reads: i64,
-}
 
 /// Walks `queue` from the start for a claimer of `kinds` at `version` whose claims start at `floors`: reads the
 /// accounts with waiting work, and whether a job it could claim (due, its turn come, its queue not paused) waits

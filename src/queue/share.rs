@@ -17,8 +17,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use sqlx::{PgConnection, PgExecutor};
 
-use super::floor::Floors;
-use super::scout::{Floor, Scouted};
+use super::floor::{Floor, Floors};
 use super::{Job, Result};
 
 /// How long a claimer trusts its list of accounts with waiting work. A new account's first jobs wait at most this
@@ -60,6 +59,19 @@ pub struct Unit {
     pub q: i64,
     /// Takes the claim's leftovers.
     pub f: bool,
+}
+
+/// What one walk of the scout found (see [`super::scout`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scouted {
+    /// The accounts with waiting work in the queue.
+    pub active: Vec<Active>,
+    /// Some job the claimer could take waits behind one of its floors.
+    pub behind: bool,
+    /// How long the walk took.
+    pub took: Duration,
+    /// Index entries of `job` it read.
+    pub reads: i64,
 }
 
 /// A claimer's share-out state for one queue.
